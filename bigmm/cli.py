@@ -1,0 +1,117 @@
+"""The ``bigmm`` command: argument parsing only; the work is in the pipeline and the API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ._version import __version__
+from .errors import BigmmError
+
+log = logging.getLogger("bigmm")
+
+
+def _chunks(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected SAMPLES,VARIANTS such as 2048,8192") from None
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError("chunk sizes must be positive")
+    return a, b
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigmm", description="Linear mixed models for big genotype cohorts.")
+    p.add_argument("--version", action="version", version=f"bigmm {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the analysis described by a YAML config")
+    r.add_argument("config", type=Path)
+    r.add_argument("--force", action="store_true",
+                   help="replace the results of another run in the output directory")
+
+    i = sub.add_parser("ingest", help="convert a PLINK .bed/.bim/.fam fileset into a Zarr cohort store")
+    i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
+    i.add_argument("--out", required=True, type=Path, help="store to create (e.g. cohort.zarr)")
+    i.add_argument("--chunks", type=_chunks, default=(2048, 8192), help="SAMPLES,VARIANTS per chunk")
+    i.add_argument("--force", action="store_true", help="replace an existing store")
+
+    s = sub.add_parser("simulate", help="simulate a cohort with known heritability")
+    s.add_argument("--n", type=int, required=True, help="samples")
+    s.add_argument("--p", type=int, required=True, help="variants")
+    s.add_argument("--h2", type=float, nargs="+", default=[0.5], help="true h2 of each trait")
+    s.add_argument("--out", required=True, help="output prefix: PREFIX.bed/.bim/.fam, "
+                   "PREFIX.pheno.tsv, PREFIX.covar.tsv, PREFIX.truth.json")
+    s.add_argument("--zarr", action="store_true", help="write a cohort store PREFIX.zarr instead of PLINK")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--maf", type=float, nargs=2, default=(0.05, 0.5), metavar=("MIN", "MAX"))
+    s.add_argument("--genotype-missing", type=float, default=0.0)
+    s.add_argument("--phenotype-missing", type=float, default=0.0)
+    s.add_argument("--pops", type=int, default=1, help="populations (Balding-Nichols)")
+    s.add_argument("--fst", type=float, default=0.0)
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s bigmm %(levelname)s: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return _dispatch(args)
+    except BigmmError as exc:
+        print(f"bigmm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bigmm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "run":
+        from .config import load_config
+        from .pipeline import run
+
+        cfg = load_config(args.config)
+        outcome = run(cfg, force=args.force)
+        for f in outcome.result.fits:
+            print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f}\t"
+                  f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
+        print(f"results: {outcome.results_json}")
+        return 0
+    if args.command == "ingest":
+        from .io.plink import ingest_plink
+
+        store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
+        print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
+        return 0
+    if args.command == "simulate":
+        from .simulate import simulate, write_tables
+
+        prefix = args.out
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
+                          genotype_missing=args.genotype_missing, n_pops=args.pops, fst=args.fst,
+                          phenotype_missing=args.phenotype_missing,
+                          out_plink=None if args.zarr else prefix,
+                          out_zarr=prefix + ".zarr" if args.zarr else None)
+        write_tables(cohort, prefix + ".pheno.tsv", prefix + ".covar.tsv", prefix + ".truth.json")
+        print(f"simulated {args.n} samples x {args.p} variants: {prefix}"
+              + (".zarr" if args.zarr else ".bed/.bim/.fam") + f", {prefix}.pheno.tsv, {prefix}.covar.tsv")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

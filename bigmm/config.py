@@ -1,0 +1,173 @@
+"""The run configuration: a YAML file parsed once into typed objects.
+
+YAML is read with ``yaml.safe_load`` (no Python object tags). Unknown keys and
+wrong types are errors that name the key and the file. Relative paths are
+resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenotypesConfig(_Section):
+    plink: Optional[Path] = None
+    zarr: Optional[Path] = None
+    chunks: tuple[int, int] = (2048, 8192)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.plink is None) == (self.zarr is None):
+            raise ValueError("give exactly one of 'plink' (fileset prefix) or 'zarr' (cohort store)")
+        if min(self.chunks) < 1:
+            raise ValueError("chunks must be positive")
+        return self
+
+
+class VariantsConfig(_Section):
+    min_maf: float = Field(0.0, ge=0.0, le=0.5)
+    max_missing: float = Field(1.0, ge=0.0, le=1.0)
+    standardize: Literal["gcta", "center"] = "gcta"
+    include: Optional[Path] = None
+
+
+class PhenotypesConfig(_Section):
+    file: Path
+    columns: Union[list[str], Literal["all"]] = "all"
+    missing: Literal["auto", "indicator", "subset"] = "auto"
+
+
+class CovariatesConfig(_Section):
+    file: Optional[Path] = None
+    columns: list[str] = []
+    categorical: list[str] = []
+
+    @model_validator(mode="after")
+    def _file_if_columns(self):
+        if self.columns and self.file is None:
+            raise ValueError("'columns' needs 'file'")
+        return self
+
+
+class SpectrumConfig(_Section):
+    method: Literal["exact"] = "exact"
+
+
+class GrmConfig(_Section):
+    block_size: Optional[int] = Field(None, ge=1)
+    export_gcta: bool = False
+
+
+class ClusterConfig(_Section):
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "4GiB"
+    address: Optional[str] = None
+    dashboard: bool = False
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(v)
+        except Exception:
+            raise ValueError(f"memory_limit {v!r} is not a size such as 4GiB or 500MB") from None
+        return v
+
+
+class RemlConfig(_Section):
+    grid_size: int = Field(101, ge=3)
+
+
+class RunConfig(_Section):
+    genotypes: GenotypesConfig
+    variants: VariantsConfig = VariantsConfig()
+    phenotypes: PhenotypesConfig
+    covariates: CovariatesConfig = CovariatesConfig()
+    spectrum: SpectrumConfig = SpectrumConfig()
+    grm: GrmConfig = GrmConfig()
+    reml: RemlConfig = RemlConfig()
+    output: Path
+    cluster: ClusterConfig = ClusterConfig()
+
+    #: where the config came from (not a YAML key)
+    source: Optional[Path] = Field(None, exclude=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the configuration content (resolved paths included)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("variants", "include"),
+                ("phenotypes", "file"), ("covariates", "file"), ("output",)}
+
+
+def _resolve(raw: dict, base: Path) -> dict:
+    out = json.loads(json.dumps(raw, default=str))
+    for path in _PATH_FIELDS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict) and isinstance(node.get(path[-1]), str):
+            p = Path(node[path[-1]]).expanduser()
+            node[path[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+    return out
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"  {loc}: required key is missing")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {loc}: {err['msg']}{got_s}")
+    return f"invalid configuration {where}:\n" + "\n".join(lines)
+
+
+def parse_config(raw: dict, base: Path | None = None, source: Path | None = None) -> RunConfig:
+    """Validate a configuration mapping; relative paths are taken from ``base``."""
+    where = str(source) if source else "(mapping)"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the configuration must be a mapping of sections")
+    resolved = _resolve(raw, base or Path.cwd())
+    try:
+        cfg = RunConfig.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, where)) from None
+    return cfg.model_copy(update={"source": source})
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run configuration."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty")
+    return parse_config(raw, base=path.resolve().parent, source=path.resolve())

@@ -1,0 +1,244 @@
+"""The genomic relationship matrix K = X Xᵀ / p, blockwise, and GCTA's binary format.
+
+Only the upper-triangle sample blocks (I ≤ J) are computed; each block is a
+task that streams the variant chunks of sample blocks I and J from the store,
+standardizes them in place and accumulates ``X_I X_Jᵀ`` in float64. A task
+holds one output block and two genotype slabs, so peak memory per task is
+``8 b² + 2 · 8 b c`` bytes for block size b and variant chunk c, whatever n
+and p are. Blocks on the diagonal use the symmetric kernel (``X @ X.T``).
+
+Cost: n² p multiply-adds over all blocks (half of a full GEMM); each genotype
+chunk is read ``n / b`` times.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import zarr
+
+from .genotypes import Standardization, standardize_block
+from .store import new_array
+
+log = logging.getLogger("bigmm")
+
+
+def _variant_chunk(G) -> int:
+    chunks = getattr(G, "chunks", None)
+    if chunks is not None and len(chunks) == 2 and isinstance(chunks[1], (int, np.integer)):
+        return int(chunks[1])
+    return 8192
+
+
+def _row_block(G, rows: slice, cols: slice) -> np.ndarray:
+    return np.asarray(G[rows, cols])
+
+
+def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int, p_kept: int,
+              dtype=np.float64) -> np.ndarray:
+    """``X_I X_Jᵀ / p`` for sample ranges I and J, streamed over variant chunks."""
+    ni = rows_i.stop - rows_i.start
+    nj = rows_j.stop - rows_j.start
+    acc = np.zeros((ni, nj), dtype=np.float64)
+    p = G.shape[1]
+    same = rows_i == rows_j
+    for v0 in range(0, p, variant_step):
+        cols = slice(v0, min(p, v0 + variant_step))
+        sc = scale[cols]
+        if not sc.any():
+            continue
+        xi = standardize_block(_row_block(G, rows_i, cols), center[cols], sc, dtype)
+        if same:
+            acc += xi @ xi.T
+        else:
+            xj = standardize_block(_row_block(G, rows_j, cols), center[cols], sc, dtype)
+            acc += xi @ xj.T
+    acc /= p_kept
+    return acc
+
+
+def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, block: np.ndarray) -> tuple:
+    group = zarr.open_group(out_path, mode="r+")
+    K = group["K"]
+    K[rows_i, rows_j] = block
+    if I != J:
+        K[rows_j, rows_i] = block.T
+    group["done"][I, J] = 1
+    return (I, J)
+
+
+def _block_task(G, center, scale, I, J, rows_i, rows_j, step, p_kept, dtype, out_path):
+    block = grm_block(G, center, scale, rows_i, rows_j, step, p_kept, dtype)
+    if out_path is None:
+        return block
+    return _write_block(out_path, I, J, rows_i, rows_j, block)
+
+
+def _blocks(n: int, b: int) -> list[slice]:
+    return [slice(s, min(n, s + b)) for s in range(0, n, b)]
+
+
+def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Path | None = None,
+        dtype=np.float64):
+    """Compute the GRM ``K = X Xᵀ / p`` of all samples of ``G``.
+
+    Parameters
+    ----------
+    G : array-like (n, p) of int8
+        Genotypes (a zarr array of a cohort store, or a NumPy array); -1 missing.
+    std : Standardization
+        Filters and standardization of the variants; ``p = std.n_kept``.
+    block_size : int, optional
+        Samples per output block (default: the store's sample chunk, or 2048).
+    out : path, optional
+        A Zarr group created by :func:`create_grm_store`. Blocks are written
+        as they finish and recorded in its ``done`` ledger; blocks already
+        marked done are skipped, so an interrupted computation resumes. When
+        None, K is returned as a NumPy array (small n only).
+    dtype : numpy dtype
+        Compute precision of each product; accumulation is float64.
+
+    Returns
+    -------
+    numpy.ndarray or zarr.Array
+
+    Notes
+    -----
+    Runs on the active Dask scheduler (a distributed client if one is the
+    default). Peak memory per task: one b x b block plus two b x c slabs.
+    """
+    import dask
+
+    from .tasks import run_tasks
+
+    n, p = G.shape
+    if p != std.center.shape[0]:
+        raise ValueError(f"standardization has {std.center.shape[0]} variants, genotypes {p}")
+    if block_size is None:
+        chunks = getattr(G, "chunks", None)
+        block_size = int(chunks[0]) if chunks is not None and isinstance(chunks[0], (int, np.integer)) else 2048
+    step = _variant_chunk(G)
+    blocks = _blocks(n, block_size)
+    out_path = None
+    done = np.zeros((len(blocks), len(blocks)), dtype=bool)
+    if out is not None:
+        out_path = str(out)
+        group = zarr.open_group(out_path, mode="r")
+        if group["K"].chunks[0] != block_size:
+            raise ValueError("GRM store block size differs from block_size")
+        done = np.asarray(group["done"][...]).astype(bool)
+    task = dask.delayed(_block_task, pure=False)
+    todo = []
+    for I, ri in enumerate(blocks):
+        for J in range(I, len(blocks)):
+            if not done[I, J]:
+                todo.append(((I, J), task(G, std.center, std.scale, I, J, ri, blocks[J], step,
+                                          std.n_kept, dtype, out_path)))
+    n_total = len(blocks) * (len(blocks) + 1) // 2
+    if n_total - len(todo):
+        log.info("GRM: %d of %d blocks already done, computing %d", n_total - len(todo), n_total, len(todo))
+    results = run_tasks([t for _, t in todo], f"GRM {n}x{n} blocks", )
+    if out is not None:
+        return zarr.open_group(out_path, mode="r")["K"]
+    K = np.empty((n, n), dtype=np.float64)
+    for ((I, J), _), block in zip(todo, results):
+        K[blocks[I], blocks[J]] = block
+        K[blocks[J], blocks[I]] = block.T
+    return K
+
+
+def create_grm_store(path: str | Path, n: int, block_size: int, attrs: dict) -> zarr.Group:
+    """An empty GRM group: ``K`` (n x n float64, chunks = blocks) and the ``done`` ledger."""
+    group = zarr.open_group(str(path), mode="w")
+    nb = (n + block_size - 1) // block_size
+    new_array(group, "K", shape=(n, n), dtype="float64", chunks=(block_size, block_size),
+              fill_value=np.nan)
+    # one chunk per block, so that concurrent tasks never rewrite each other's entries
+    done = new_array(group, "done", shape=(nb, nb), dtype="int8", chunks=(1, 1), fill_value=0)
+    done[...] = 0
+    group.attrs.update(attrs)
+    return group
+
+
+def grm_complete(group: zarr.Group) -> bool:
+    done = np.asarray(group["done"][...])
+    return bool(np.all(np.triu(done) == np.triu(np.ones_like(done))))
+
+
+def write_gcta_grm(prefix: str | Path, K, ids: Sequence[tuple[str, str]], n_variants: int,
+                   rows_per_block: int = 2048) -> list[Path]:
+    """Write GCTA's ``.grm.bin``, ``.grm.N.bin`` and ``.grm.id``.
+
+    ``.grm.bin`` holds the lower triangle including the diagonal, row by row
+    (row i: K[i, 0..i]), as little-endian float32; ``.grm.N.bin`` the number
+    of variants used for each entry in the same layout (here the same for all
+    pairs, as missing genotypes are mean-imputed); ``.grm.id`` FID and IID.
+    Streams ``K`` by row blocks, so a Zarr K never has to fit in memory.
+    """
+    from .store import atomic_write_text
+    import os
+    import uuid
+
+    prefix = str(prefix)
+    n = K.shape[0]
+    if len(ids) != n:
+        raise ValueError("ids and K disagree in size")
+    paths = [Path(prefix + ".grm.bin"), Path(prefix + ".grm.N.bin"), Path(prefix + ".grm.id")]
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    tmp = [p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}") for p in paths[:2]]
+    try:
+        with open(tmp[0], "wb") as fk, open(tmp[1], "wb") as fn:
+            for r0 in range(0, n, rows_per_block):
+                r1 = min(n, r0 + rows_per_block)
+                block = np.asarray(K[r0:r1, 0:r1], dtype=np.float64)
+                for i in range(r0, r1):
+                    row = block[i - r0, : i + 1].astype("<f4")
+                    fk.write(row.tobytes())
+                    fn.write(np.full(i + 1, n_variants, dtype="<f4").tobytes())
+            fk.flush()
+            os.fsync(fk.fileno())
+            fn.flush()
+            os.fsync(fn.fileno())
+        os.replace(tmp[0], paths[0])
+        os.replace(tmp[1], paths[1])
+    finally:
+        for t in tmp:
+            if t.exists():
+                t.unlink()
+    atomic_write_text(paths[2], "".join(f"{f}\t{i}\n" for f, i in ids))
+    return paths
+
+
+def read_gcta_grm(prefix: str | Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """Read a GCTA binary GRM: (ids, K as a full symmetric float64 matrix, N)."""
+    from .errors import InputError
+
+    prefix = str(prefix)
+    id_path = Path(prefix + ".grm.id")
+    if not id_path.exists():
+        raise InputError(f"{id_path} does not exist")
+    ids = []
+    with open(id_path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if len(fields) < 2:
+                raise InputError(f"{id_path} line {lineno}: expected FID IID")
+            ids.append((fields[0], fields[1]))
+    n = len(ids)
+    m = n * (n + 1) // 2
+    out = []
+    for suffix in (".grm.bin", ".grm.N.bin"):
+        path = Path(prefix + suffix)
+        vals = np.fromfile(path, dtype="<f4")
+        if vals.size != m:
+            raise InputError(f"{path} has {vals.size} values, {id_path.name} has {n} samples "
+                             f"which need {m}")
+        full = np.zeros((n, n), dtype=np.float64)
+        il = np.tril_indices(n)
+        full[il] = vals
+        full.T[il] = vals
+        out.append(full)
+    return ids, out[0], out[1]

@@ -1,0 +1,448 @@
+"""REML for ``y = Z ω + g + e`` on a spectrum of the GRM (DESIGN.md §2).
+
+With ``K = U diag(s) Uᵀ`` and ``V = σ² (h² K + (1 − h²) I)`` the eigenvalues of
+``V / σ²`` are ``d_i = h² s_i + 1 − h²``. After one rotation ``ỹ = Uᵀy``,
+``Z̃ = UᵀZ`` each evaluation of the σ²-profiled restricted log-likelihood
+
+    ℓ_R(h²) = −½ [(n − c) log(2π σ̂²) + Σ log d_i + log det A + (n − c)]
+
+(``A = Z̃ᵀ D⁻¹ Z̃``, ``σ̂² = R / (n − c)``, Harville's form without
+``log det ZᵀZ``) costs O(k c²). A reduced spectrum (k < n) adds one tail term
+with eigenvalue ``λ̄`` and multiplicity ``n − k`` built from totals, never from
+the discarded eigenvectors.
+
+ℓ_R is maximised over h² ∈ [0, 1] by a grid (all phenotypes at once) and
+Brent's method in the best grid bracket, which finds the global optimum of a
+possibly multimodal profile and the boundary solutions h² = 0 and h² = 1.
+
+Missing phenotype values (DESIGN.md §2): a missing ``y_j`` is set to 0 and an
+indicator column ``e_j`` added to Z; the REML likelihood, estimates and
+information then equal those of the observed samples alone. In the rotated
+basis the indicator's column is row j of U. When many values are missing an
+exact spectrum of the observed subset is cheaper; ``missing_method`` in the
+output says which ran.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import linalg, optimize, stats
+
+from .errors import InputError
+from .spectrum import Spectrum
+
+LOG2PI = math.log(2.0 * math.pi)
+GRID_SIZE = 101
+XATOL = 1e-10
+#: h² upper bound when K is singular (V would be singular at h² = 1)
+SINGULAR_H2_MAX = 1.0 - 1e-6
+LOGL_CONVENTION = "Harville REML without the log det(Z'Z) term"
+
+
+@dataclass(frozen=True)
+class FixedEffect:
+    name: str
+    estimate: float
+    se: float
+
+
+@dataclass(frozen=True)
+class PhenotypeFit:
+    """REML estimates for one phenotype (field meanings in DESIGN.md §1-2)."""
+
+    name: str
+    n: int
+    h2: float
+    h2_se: float
+    h2_se_method: str
+    pve: float
+    mean_diag_K: float
+    sigma2_g: float
+    sigma2_g_se: float
+    sigma2_e: float
+    sigma2_e_se: float
+    logl_reml: float
+    logl_reml_h2_0: float
+    logl_ml: float
+    h2_ml: float
+    lrt_stat: float
+    lrt_pvalue: float
+    boundary: str  # "", "lower" (h² = 0) or "upper" (h² at its maximum)
+    fixed_effects: tuple[FixedEffect, ...]
+    n_missing: int
+    missing_method: str  # "none", "indicator" or "subset_spectrum"
+    sigma2_g_sigma2_e_cov: float = float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fixed_effects"] = [asdict(f) for f in self.fixed_effects]
+        return d
+
+
+@dataclass(frozen=True)
+class RemlResult:
+    """Fits of every phenotype on one spectrum."""
+
+    fits: tuple[PhenotypeFit, ...]
+    spectrum_method: str
+    logl_convention: str = LOGL_CONVENTION
+    notes: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> PhenotypeFit:
+        for f in self.fits:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"spectrum": self.spectrum_method, "logl_convention": self.logl_convention,
+                "notes": self.notes, "phenotypes": [f.to_dict() for f in self.fits]}
+
+
+class _Rotated:
+    """The rotated data of one group of phenotypes sharing a design (and missingness).
+
+    ``n`` counts all rows of the model (observed + indicator rows); ``n_ind``
+    indicator columns sit after the ``c_user`` user columns of Z̃.
+    """
+
+    def __init__(self, s, Zt, Yt, n, n_tail, lam, ZZt, Zyt, yyt, c_user, n_ind):
+        self.s = s
+        self.Zt = Zt
+        self.Yt = Yt
+        self.n = n
+        self.n_tail = n_tail
+        self.lam = lam
+        self.ZZt = ZZt
+        self.Zyt = Zyt
+        self.yyt = yyt
+        self.c = Zt.shape[1]
+        self.c_user = c_user
+        self.n_ind = n_ind
+
+    def _weighted(self, w: np.ndarray, wt: float):
+        """Z̃ᵀWZ̃ (+tail) for weights w (k,) and tail weight wt."""
+        A = (self.Zt * w[:, None]).T @ self.Zt
+        if self.n_tail:
+            A = A + wt * self.ZZt
+        return A
+
+    def loglik(self, h: float, cols=slice(None)):
+        """(ℓ_R, ℓ_ML, σ̂²_REML, σ̂²_ML) of phenotypes ``cols`` at h² = h."""
+        d = h * self.s + (1.0 - h)
+        w = 1.0 / d
+        logdet = float(np.log(d).sum())
+        wt = 0.0
+        if self.n_tail:
+            dt = h * self.lam + (1.0 - h)
+            wt = 1.0 / dt
+            logdet += self.n_tail * math.log(dt)
+        Y = self.Yt[:, cols]
+        Zw = self.Zt * w[:, None]
+        A = Zw.T @ self.Zt
+        B = Zw.T @ Y
+        yWy = np.einsum("ij,ij->j", Y * w[:, None], Y)
+        if self.n_tail:
+            A = A + wt * self.ZZt
+            B = B + wt * self.Zyt[:, cols]
+            yWy = yWy + wt * self.yyt[cols]
+        cf = linalg.cho_factor(A, lower=True, check_finite=False)
+        sol = linalg.cho_solve(cf, B, check_finite=False)
+        R = yWy - np.einsum("ij,ij->j", B, sol)
+        logdetA = 2.0 * float(np.log(np.diag(cf[0])).sum())
+        nmc = self.n - self.c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s2 = R / nmc
+            llr = -0.5 * (nmc * (LOG2PI + np.log(s2)) + logdet + logdetA + nmc)
+            # ML of the observed samples: log det V_o = log det V + log det A_EE
+            n_obs = self.n - self.n_ind
+            logdet_o = logdet
+            if self.n_ind:
+                AEE = A[self.c_user:, self.c_user:]
+                cfe = linalg.cho_factor(AEE, lower=True, check_finite=False)
+                logdet_o += 2.0 * float(np.log(np.diag(cfe[0])).sum())
+            s2ml = R / n_obs
+            llml = -0.5 * (n_obs * (LOG2PI + np.log(s2ml)) + logdet_o + n_obs)
+        return llr, llml, s2, s2ml
+
+    def fixed_and_information(self, j: int, h: float, sigma2: float):
+        """ω̂, Cov(ω̂) and the observed and expected REML information in (σ²_g, σ²_e)."""
+        sg, se = h * sigma2, (1.0 - h) * sigma2
+        v = sg * self.s + se
+        vt = sg * self.lam + se if self.n_tail else 1.0
+        y = self.Yt[:, j]
+        nt = self.n_tail
+        C = linalg.inv(self._weighted(1.0 / v, 1.0 / vt))
+        C = 0.5 * (C + C.T)
+        Zy = self.Zt.T @ (y / v)
+        if nt:
+            Zy = Zy + self.Zyt[:, j] / vt
+        omega = C @ Zy
+        r = y - self.Zt @ omega
+        p = r / v
+        if nt:
+            rr_t = float(self.yyt[j] - 2.0 * omega @ self.Zyt[:, j] + omega @ self.ZZt @ omega)
+            Ztr_t = self.Zyt[:, j] - self.ZZt @ omega
+        comps = {"g": (self.s, self.lam), "e": (np.ones_like(self.s), 1.0)}
+        keys = ("g", "e")
+        Q = {a: self._weighted(comps[a][0] / v ** 2, comps[a][1] / vt ** 2) for a in keys}
+        Zp = {}
+        for a in keys:
+            av, at = comps[a]
+            z = self.Zt.T @ (av * p / v)
+            if nt:
+                z = z + at / vt ** 2 * Ztr_t
+            Zp[a] = z
+        T = np.zeros((2, 2))
+        quad = np.zeros((2, 2))
+        for ia, a in enumerate(keys):
+            for ib, b in enumerate(keys):
+                av, at = comps[a]
+                bv, bt = comps[b]
+                t = float(np.sum(av * bv / v ** 2))
+                t -= 2.0 * float(np.trace(C @ self._weighted(av * bv / v ** 3, at * bt / vt ** 3)))
+                t += float(np.trace(C @ Q[a] @ C @ Q[b]))
+                q = float(np.sum(av * bv * p ** 2 / v)) - float(Zp[a] @ C @ Zp[b])
+                if nt:
+                    t += nt * at * bt / vt ** 2
+                    q += at * bt * rr_t / vt ** 3
+                T[ia, ib] = t
+                quad[ia, ib] = q
+        expected = 0.5 * T
+        observed = -0.5 * T + quad
+        return omega, C, observed, expected
+
+
+def _mean_K(spec: Spectrum, obs: np.ndarray) -> tuple[float, float]:
+    """(mean of diag K, mean of all entries of K) over the samples ``obs``."""
+    n_o = int(obs.sum())
+    u1 = spec.U[obs].sum(axis=0)
+    total = float(np.sum(spec.s * u1 ** 2))
+    if spec.n_tail:
+        total += spec.tail * (n_o - float(u1 @ u1))
+    if spec.diag_K is not None:
+        mdiag = float(spec.diag_K[obs].mean())
+    else:
+        mdiag = spec.trace_K / spec.n if n_o == spec.n else float("nan")
+    return mdiag, total / n_o ** 2
+
+
+def _h2_max(spec: Spectrum) -> float:
+    smin = float(spec.s.min())
+    if spec.n_tail:
+        smin = min(smin, spec.tail)
+    scale = float(spec.s.max()) if spec.k else 1.0
+    return 1.0 if smin > 1e-10 * max(scale, 1e-300) else SINGULAR_H2_MAX
+
+
+def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray) -> _Rotated:
+    """Rotate a group of phenotypes with shared missingness ``~obs`` (indicator approach)."""
+    U = spec.U
+    miss = np.flatnonzero(~obs)
+    Y = np.where(np.isnan(Y), 0.0, Y)
+    Zt = U.T @ Z
+    Yt = U.T @ Y
+    c_user = Z.shape[1]
+    if miss.size:
+        Zt = np.hstack([Zt, U[miss].T])
+    n_tail = spec.n_tail
+    ZZt = Zyt = yyt = None
+    if n_tail:
+        E = np.zeros((spec.n, miss.size))
+        E[miss, np.arange(miss.size)] = 1.0
+        Zaug = np.hstack([Z, E])
+        ZZt = Zaug.T @ Zaug - Zt.T @ Zt
+        Zyt = Zaug.T @ Y - Zt.T @ Yt
+        yyt = np.einsum("ij,ij->j", Y, Y) - np.einsum("ij,ij->j", Yt, Yt)
+    return _Rotated(s=spec.s, Zt=Zt, Yt=Yt, n=spec.n, n_tail=n_tail, lam=spec.tail, ZZt=ZZt,
+                    Zyt=Zyt, yyt=yyt, c_user=c_user, n_ind=int(miss.size))
+
+
+def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maximise ℓ_R (which=0) or ℓ_ML (which=1) over h² for every phenotype of ``rot``."""
+    m = rot.Yt.shape[1]
+    ll = np.array([rot.loglik(h)[which] for h in grid])  # (G, m)
+    ll = np.where(np.isfinite(ll), ll, -np.inf)
+    best_h = np.empty(m)
+    best_ll = np.empty(m)
+    G = grid.size
+    for j in range(m):
+        i = int(np.argmax(ll[:, j]))
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, G - 1)]
+
+        def f(h, j=j):
+            val = rot.loglik(h, cols=[j])[which][0]
+            return -val if np.isfinite(val) else np.inf
+
+        res = optimize.minimize_scalar(f, bounds=(lo, hi), method="bounded",
+                                       options={"xatol": XATOL, "maxiter": 500})
+        cands = [(float(res.x), -float(res.fun)), (float(grid[i]), float(ll[i, j]))]
+        if i == 0:
+            cands.append((0.0, -f(0.0)))
+        if i == G - 1:
+            cands.append((hmax, -f(hmax)))
+        h, v = max(cands, key=lambda t: t[1])
+        # prefer the exact boundary when it is as good as the interior point found
+        for hb, vb in cands:
+            if hb in (0.0, hmax) and vb >= v:
+                h, v = hb, vb
+        best_h[j], best_ll[j] = h, v
+    return best_h, best_ll
+
+
+def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, names, znames,
+               method: str, grid_size: int) -> list[PhenotypeFit]:
+    rot = _rotate(spec, Y, Z, obs)
+    hmax = _h2_max(spec)
+    grid = np.linspace(0.0, hmax, grid_size)
+    h_reml, ll_reml = _maximise(rot, 0, hmax, grid)
+    h_ml, ll_ml = _maximise(rot, 1, hmax, grid)
+    ll0 = rot.loglik(0.0)[0]
+    mdiag, mK = _mean_K(spec, obs)
+    dpve = mdiag - mK
+    fits = []
+    for j, name in enumerate(names):
+        h = float(h_reml[j])
+        s2 = float(rot.loglik(h, cols=[j])[2][0])
+        omega, C, observed, expected = rot.fixed_and_information(j, h, s2)
+        sg, se = h * s2, (1.0 - h) * s2
+        boundary = "lower" if h == 0.0 else ("upper" if h >= hmax else "")
+        cov, se_method = None, "observed_information"
+        if not boundary:
+            try:
+                np.linalg.cholesky(observed)
+                cov = np.linalg.inv(observed)
+            except np.linalg.LinAlgError:
+                cov = None
+        if cov is None:
+            se_method = ("expected_information (at the boundary)" if boundary
+                         else "expected_information (observed information not positive definite)")
+            try:
+                cov = np.linalg.inv(expected)
+            except np.linalg.LinAlgError:
+                cov = np.full((2, 2), np.nan)
+        grad = np.array([se, -sg]) / (sg + se) ** 2
+        with np.errstate(invalid="ignore"):
+            h_se = float(np.sqrt(grad @ cov @ grad))
+            sg_se, se_se = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
+        lrt = max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
+        pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
+        pve = sg * dpve / (sg * dpve + se) if (sg * dpve + se) > 0 else float("nan")
+        fe = tuple(FixedEffect(name=zn, estimate=float(omega[i]), se=float(np.sqrt(C[i, i])))
+                   for i, zn in enumerate(znames))
+        fits.append(PhenotypeFit(
+            name=name, n=int(obs.sum()), h2=h, h2_se=h_se, h2_se_method=se_method, pve=float(pve),
+            mean_diag_K=mdiag, sigma2_g=sg, sigma2_g_se=sg_se, sigma2_e=se, sigma2_e_se=se_se,
+            logl_reml=float(ll_reml[j]), logl_reml_h2_0=float(ll0[j]), logl_ml=float(ll_ml[j]),
+            h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
+            fixed_effects=fe, n_missing=int((~obs).sum()), missing_method=method,
+            sigma2_g_sigma2_e_cov=float(cov[0, 1])))
+    return fits
+
+
+def _choose_missing_method(spec: Spectrum, n_obs: int, c: int, n_miss: int, requested: str) -> str:
+    if requested == "indicator" or spec.n_tail:
+        return "indicator"
+    if requested == "subset":
+        return "subset_spectrum"
+    evals = 3 * GRID_SIZE + 100
+    indicator_cost = evals * spec.n * (c + n_miss) ** 2 + spec.n * spec.k * n_miss
+    subset_cost = 10.0 * n_obs ** 3
+    return "indicator" if indicator_cost <= subset_cost else "subset_spectrum"
+
+
+def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
+             covariate_names: Sequence[str] | None = None,
+             missing: Literal["auto", "indicator", "subset"] = "auto",
+             grid_size: int = GRID_SIZE) -> RemlResult:
+    """REML estimates of h², σ²_g, σ²_e and the fixed effects for each phenotype.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        Eigenpairs of the GRM over the n samples of the model (exact, or top-k
+        with its tail).
+    Y : (n,) or (n, m) array
+        Phenotypes; NaN marks a missing value. Phenotypes with different
+        missing patterns each get the exact REML of their observed samples.
+    Z : (n, c) array, optional
+        Fixed effects including the intercept (default: intercept only).
+    missing : {"auto", "indicator", "subset"}
+        How missing values are handled (see module docstring); "auto" picks
+        the cheaper exact method.
+    grid_size : int
+        Points of the h² grid before Brent refinement.
+
+    Returns
+    -------
+    RemlResult
+        One :class:`PhenotypeFit` per column of Y.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    n = spectrum.n
+    if Y.shape[0] != n:
+        raise InputError(f"phenotypes have {Y.shape[0]} rows, the spectrum {n} samples")
+    Z = np.ones((n, 1)) if Z is None else np.asarray(Z, dtype=np.float64)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.shape[0] != n:
+        raise InputError(f"covariates have {Z.shape[0]} rows, the spectrum {n} samples")
+    if not np.all(np.isfinite(Z)):
+        raise InputError("covariates contain missing or non-finite values; drop those samples first")
+    m, c = Y.shape[1], Z.shape[1]
+    names = list(phenotype_names) if phenotype_names is not None else [f"pheno{j + 1}" for j in range(m)]
+    znames = list(covariate_names) if covariate_names is not None else \
+        (["intercept"] + [f"covar{i}" for i in range(1, c)])
+    if len(names) != m or len(znames) != c:
+        raise InputError("phenotype_names / covariate_names do not match the columns of Y / Z")
+    if missing not in ("auto", "indicator", "subset"):
+        raise InputError(f"missing must be auto, indicator or subset, not {missing!r}")
+    obs_all = ~np.isnan(Y)
+    for j in range(m):
+        yo = Y[obs_all[:, j], j]
+        if yo.size < c + 2:
+            raise InputError(f"phenotype {names[j]!r}: {yo.size} observed samples, need at least "
+                             f"{c + 2} for {c} fixed effects")
+        if np.ptp(yo) == 0:
+            raise InputError(f"phenotype {names[j]!r} is constant; there is nothing to fit")
+        if np.linalg.matrix_rank(Z[obs_all[:, j]]) < c:
+            raise InputError(f"phenotype {names[j]!r}: the fixed effects are collinear on its "
+                             f"{yo.size} observed samples")
+    groups: dict[bytes, list[int]] = {}
+    for j in range(m):
+        groups.setdefault(np.packbits(obs_all[:, j]).tobytes(), []).append(j)
+    fits: list[PhenotypeFit | None] = [None] * m
+    methods = set()
+    for cols in groups.values():
+        obs = obs_all[:, cols[0]]
+        n_miss = int((~obs).sum())
+        sub_names = [names[j] for j in cols]
+        if n_miss == 0:
+            method = "none"
+            out = _fit_group(spectrum, Y[:, cols], Z, obs, sub_names, znames, method, grid_size)
+        else:
+            method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
+            if method == "subset_spectrum":
+                sub = spectrum.subset(obs)
+                out = _fit_group(sub, Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool),
+                                 sub_names, znames, method, grid_size)
+                out = [_with(f, n_missing=n_miss) for f in out]
+            else:
+                out = _fit_group(spectrum, Y[:, cols], Z, obs, sub_names, znames, method, grid_size)
+        methods.add(method)
+        for j, f in zip(cols, out):
+            fits[j] = f
+    return RemlResult(fits=tuple(fits), spectrum_method=spectrum.method,
+                      notes={"missing_methods": sorted(methods), "grid_size": grid_size})
+
+
+def _with(fit: PhenotypeFit, **changes) -> PhenotypeFit:
+    from dataclasses import replace
+
+    return replace(fit, **changes)

@@ -1,0 +1,307 @@
+"""The Zarr cohort store and atomic commits of everything bigmm writes.
+
+Layout of a cohort store (a Zarr v3 group)::
+
+    store.zarr/
+      zarr.json            attributes: format, format_version, bigmm_version,
+                           n_samples, n_variants, provenance, complete=True
+      genotypes            int8 (n_samples, n_variants), allele count of
+                           ``variant_allele1``, -1 for missing
+      sample_fid, sample_iid
+      variant_chrom, variant_id, variant_pos, variant_allele1, variant_allele2
+
+Every array bigmm writes carries a CRC32C checksum after its compressor and is
+written with ``write_empty_chunks=True`` (DESIGN.md §5): a flipped byte or a
+truncated chunk fails loudly on read, and a missing chunk file means "never
+written", not "all fill value".
+
+Stores and stage outputs are committed by :func:`atomic_dir`: written under a
+temporary name beside the destination, fsynced, then renamed into place, so an
+interrupted write never leaves something that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from ._version import __version__
+from .errors import InputError
+
+STORE_FORMAT = "bigmm-cohort"
+STORE_FORMAT_VERSION = 1
+DEFAULT_CHUNKS = (2048, 8192)  # samples x variants: 16 MiB of int8 per chunk
+
+#: compressor + checksum used for every array bigmm writes
+CODECS = (ZstdCodec(level=1), Crc32cCodec())
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
+def new_array(group: zarr.Group, name: str, *, shape, dtype, chunks=None, data=None,
+              fill_value=None, attributes=None) -> zarr.Array:
+    """Create a checksummed array in ``group`` (and fill it from ``data``)."""
+    if data is not None:
+        data = np.asarray(data)
+        shape = data.shape
+        if dtype is None:
+            dtype = data.dtype
+    if chunks is None:
+        chunks = shape if all(s > 0 for s in shape) else tuple(max(1, s) for s in shape)
+    arr = group.create_array(
+        name, shape=shape, dtype=dtype, chunks=chunks, compressors=CODECS,
+        fill_value=fill_value, config=ARRAY_CONFIG, attributes=attributes or {},
+    )
+    if data is not None and data.size:
+        arr[...] = data
+    return arr
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for fn in filenames:
+            fd = os.open(os.path.join(dirpath, fn), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree, if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``final`` only on success.
+
+    The temporary directory sits beside ``final`` (same file system, so the
+    rename is atomic). On an exception it is removed and ``final`` is left as
+    it was. ``os.replace`` cannot swap a non-empty directory, so with
+    ``overwrite`` the old directory is first renamed aside and deleted after
+    the new one is in place.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not overwrite:
+        raise InputError(f"{final} already exists; remove it or ask to overwrite it")
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_tree_dir(final.parent)
+        if old is not None:
+            remove_path(old)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def _fsync_tree_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that it appears whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_tree_dir(path.parent)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CohortStore:
+    """A committed cohort store: genotypes plus sample and variant tables."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def genotypes(self) -> zarr.Array:
+        """The int8 genotype array (n_samples x n_variants), -1 for missing."""
+        return self.group["genotypes"]
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.genotypes.shape[0])
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.genotypes.shape[1])
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        return tuple(self.genotypes.chunks)
+
+    def _read(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name][...])
+
+    @property
+    def sample_fid(self) -> np.ndarray:
+        return self._read("sample_fid").astype(object)
+
+    @property
+    def sample_iid(self) -> np.ndarray:
+        return self._read("sample_iid").astype(object)
+
+    def sample_ids(self) -> list[tuple[str, str]]:
+        return list(zip(self.sample_fid.tolist(), self.sample_iid.tolist()))
+
+    def variant_table(self) -> dict[str, np.ndarray]:
+        return {
+            "chrom": self._read("variant_chrom").astype(object),
+            "id": self._read("variant_id").astype(object),
+            "pos": self._read("variant_pos"),
+            "allele1": self._read("variant_allele1").astype(object),
+            "allele2": self._read("variant_allele2").astype(object),
+        }
+
+    def to_dask(self):
+        """The genotype array as a lazy Dask array with the store's chunks."""
+        import dask.array as da
+
+        return da.from_zarr(self.genotypes)
+
+
+def open_store(path: str | os.PathLike) -> CohortStore:
+    """Open a committed cohort store, checking that it is complete."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"genotype store {path} does not exist; create it with `bigmm ingest`")
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise InputError(f"{path} is not a Zarr store ({exc})") from None
+    attrs = dict(group.attrs)
+    if attrs.get("format") != STORE_FORMAT:
+        raise InputError(f"{path} is not a bigmm cohort store (no format={STORE_FORMAT!r} attribute)")
+    if attrs.get("format_version") != STORE_FORMAT_VERSION:
+        raise InputError(f"{path} has store format version {attrs.get('format_version')}, "
+                         f"this bigmm reads version {STORE_FORMAT_VERSION}; re-ingest the genotypes")
+    if not attrs.get("complete"):
+        raise InputError(f"{path} is incomplete (an interrupted write); re-create it")
+    missing = [n for n in ("genotypes", "sample_fid", "sample_iid", "variant_chrom", "variant_id",
+                           "variant_pos", "variant_allele1", "variant_allele2") if n not in group]
+    if missing:
+        raise InputError(f"{path} lacks arrays {missing}; re-create it")
+    return CohortStore(path=path, group=group)
+
+
+def _check_ids(name: str, values: Sequence, n: int) -> np.ndarray:
+    arr = np.asarray([str(v) for v in values], dtype=object)
+    if arr.shape != (n,):
+        raise InputError(f"{name} has {arr.shape[0]} entries, expected {n}")
+    return arr
+
+
+def write_store_tables(group: zarr.Group, fid, iid, variants: dict) -> None:
+    """Write the sample and variant tables of a cohort store."""
+    for name, vals in (("sample_fid", fid), ("sample_iid", iid)):
+        new_array(group, name, shape=(len(vals),), dtype=str, data=np.asarray(vals, dtype=str))
+    for key in ("chrom", "id", "allele1", "allele2"):
+        new_array(group, f"variant_{key}", shape=(len(variants[key]),), dtype=str,
+                  data=np.asarray(variants[key], dtype=str))
+    new_array(group, "variant_pos", shape=(len(variants["pos"]),), dtype="int64",
+              data=np.asarray(variants["pos"], dtype=np.int64))
+
+
+def finish_store(group: zarr.Group, n: int, p: int, provenance: dict) -> None:
+    group.attrs.update({
+        "format": STORE_FORMAT,
+        "format_version": STORE_FORMAT_VERSION,
+        "bigmm_version": __version__,
+        "n_samples": int(n),
+        "n_variants": int(p),
+        "created": now_utc(),
+        "provenance": provenance,
+        "complete": True,
+    })
+
+
+def create_store(path: str | os.PathLike, genotypes: np.ndarray, *, fid=None, iid=None,
+                 variants: dict | None = None, chunks: tuple[int, int] = DEFAULT_CHUNKS,
+                 overwrite: bool = False, provenance: dict | None = None) -> CohortStore:
+    """Create a cohort store from an in-memory genotype matrix.
+
+    Parameters
+    ----------
+    genotypes : (n_samples, n_variants) integer array
+        Allele counts 0, 1, 2; -1 (or any negative value) for missing.
+    fid, iid : sequences of str, optional
+        Sample IDs; default ``S1..Sn`` for both.
+    variants : dict, optional
+        Keys ``chrom, id, pos, allele1, allele2`` (``allele1`` is the counted
+        allele); defaults to chromosome 1, IDs ``v1..vp``, alleles A/G.
+    """
+    G = np.asarray(genotypes)
+    if G.ndim != 2:
+        raise InputError(f"genotypes must be a 2-D array (samples x variants), got shape {G.shape}")
+    if not np.issubdtype(G.dtype, np.integer):
+        raise InputError(f"genotypes must be integer allele counts, got dtype {G.dtype}")
+    if G.size and (G.max() > 2):
+        raise InputError("genotypes must be allele counts 0, 1, 2 (or -1 for missing); found values above 2")
+    n, p = G.shape
+    fid = _check_ids("fid", fid if fid is not None else [f"S{i + 1}" for i in range(n)], n)
+    iid = _check_ids("iid", iid if iid is not None else [f"S{i + 1}" for i in range(n)], n)
+    if variants is None:
+        variants = {"chrom": ["1"] * p, "id": [f"v{j + 1}" for j in range(p)],
+                    "pos": np.arange(1, p + 1), "allele1": ["A"] * p, "allele2": ["G"] * p}
+    for key in ("chrom", "id", "pos", "allele1", "allele2"):
+        if key not in variants or len(variants[key]) != p:
+            raise InputError(f"variants[{key!r}] must have {p} entries")
+    chunks = (min(chunks[0], max(n, 1)), min(chunks[1], max(p, 1)))
+    with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        arr = new_array(group, "genotypes", shape=(n, p), dtype="int8", chunks=chunks, fill_value=-1)
+        Gi = np.where(G < 0, -1, G).astype(np.int8)
+        arr[...] = Gi
+        write_store_tables(group, fid, iid, variants)
+        finish_store(group, n, p, provenance or {"source": "numpy"})
+    return open_store(path)
