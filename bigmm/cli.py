@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)  # a run also logs INFO to its run.log, whatever the terminal shows
     handler.setFormatter(logging.Formatter("%(asctime)s bigmm %(levelname)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(level)

@@ -7,6 +7,7 @@ resolved against the directory of the config file.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -39,7 +40,7 @@ class GenotypesConfig(_Section):
 class VariantsConfig(_Section):
     min_maf: float = Field(0.0, ge=0.0, le=0.5)
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
-    standardize: Literal["gcta", "center"] = "gcta"
+    standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
     include: Optional[Path] = None
 
 
@@ -131,12 +132,27 @@ def _resolve(raw: dict, base: Path) -> dict:
     return out
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed beside the last key of ``loc`` (a validation error location)."""
+    model = RunConfig
+    for key in loc[:-1]:
+        field = model.model_fields.get(key)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return [k for k in model.model_fields if k != "source"]
+
+
 def _format_errors(exc: ValidationError, where: str) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key")
+            known = _known_keys(err["loc"])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1, cutoff=0.75)
+            hint = (f" (did you mean {close[0]!r}?)" if close
+                    else f"; the keys here are {', '.join(known)}" if known else "")
+            lines.append(f"  {loc}: unknown key{hint}")
         elif err["type"] == "missing":
             lines.append(f"  {loc}: required key is missing")
         else:
@@ -168,6 +184,8 @@ def load_config(path: str | Path) -> RunConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path} as text ({exc})") from None
     if raw is None:
         raise ConfigError(f"{path} is empty")
     return parse_config(raw, base=path.resolve().parent, source=path.resolve())

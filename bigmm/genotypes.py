@@ -20,7 +20,8 @@ import numpy as np
 
 from .errors import InputError
 
-Standardize = Literal["gcta", "center"]
+Standardize = Literal["gcta", "center", "sample_sd"]
+STANDARDIZATIONS = ("gcta", "center", "sample_sd")
 DROP_REASONS = ("all_missing", "monomorphic", "max_missing", "min_maf", "not_in_variant_list")
 
 
@@ -105,9 +106,13 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     Parameters
     ----------
     stats : VariantStats
-    standardize : {"gcta", "center"}
-        ``gcta``: ``(g - 2f) / sqrt(2f(1-f))`` (GCTA, GEMMA ``-gk 2``);
-        ``center``: ``g - 2f`` (GEMMA ``-gk 1``).
+    standardize : {"gcta", "center", "sample_sd"}
+        ``gcta``: ``(g - 2f) / sqrt(2f(1-f))`` (GCTA);
+        ``center``: ``g - 2f`` (GEMMA ``-gk 1``);
+        ``sample_sd``: ``(g - 2f) / sd(g)`` with the sample standard deviation
+        of the called genotypes (divisor N), as GEMMA ``-gk 2`` computes it.
+        It differs from ``gcta`` by the departure from Hardy-Weinberg
+        proportions.
     min_maf : float
         Drop variants with minor allele frequency below this.
     max_missing : float
@@ -120,8 +125,8 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     the order all_missing, monomorphic, max_missing, min_maf,
     not_in_variant_list.
     """
-    if standardize not in ("gcta", "center"):
-        raise InputError(f"standardize must be 'gcta' or 'center', not {standardize!r}")
+    if standardize not in STANDARDIZATIONS:
+        raise InputError(f"standardize must be one of {', '.join(STANDARDIZATIONS)}, not {standardize!r}")
     p = stats.n_variants
     f = stats.freq
     reason = np.full(p, -1)
@@ -153,6 +158,11 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     if standardize == "gcta":
         with np.errstate(divide="ignore"):
             scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, 2.0 * fk * (1.0 - fk), 1.0)), 0.0)
+    elif standardize == "sample_sd":
+        nc = np.maximum(stats.n_called, 1)
+        var = stats.allele_sq_sum / nc - (stats.allele_sum / nc) ** 2
+        with np.errstate(divide="ignore"):
+            scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
     else:
         scale = keep.astype(np.float64)
     # sum over called genotypes of (g - c)^2 = S2 - 2 c S1 + c^2 N

@@ -76,6 +76,7 @@ class PhenotypeFit:
     n_missing: int
     missing_method: str  # "none", "indicator" or "subset_spectrum"
     sigma2_g_sigma2_e_cov: float = float("nan")
+    ml_note: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,6 +169,45 @@ class _Rotated:
             s2ml = R / n_obs
             llml = -0.5 * (n_obs * (LOG2PI + np.log(s2ml)) + logdet_o + n_obs)
         return llr, llml, s2, s2ml
+
+    def dloglik(self, h: float, j: int, which: int) -> float:
+        """d/dh² of ℓ_R (which=0) or ℓ_ML (which=1) for phenotype j, analytically.
+
+        With W = D⁻¹, dW/dh = −(s − 1)/d²; by the envelope theorem the GLS residual
+        sum R = r̃ᵀWr̃ has dR/dh = r̃ᵀ (dW/dh) r̃, so
+        dℓ_R/dh = −½ [(n − c) R'/R + Σ (s − 1)/d + tr(A⁻¹ dA/dh)].
+        """
+        d = h * self.s + (1.0 - h)
+        w = 1.0 / d
+        dw = -(self.s - 1.0) * w * w
+        dlogdet = float(np.sum((self.s - 1.0) * w))
+        y = self.Yt[:, j]
+        A = self._weighted(w, 0.0)
+        dA = self._weighted(dw, 0.0)
+        b = self.Zt.T @ (w * y)
+        if self.n_tail:
+            dt = h * self.lam + (1.0 - h)
+            wt, dwt = 1.0 / dt, -(self.lam - 1.0) / dt ** 2
+            dlogdet += self.n_tail * (self.lam - 1.0) * wt
+            A = A + wt * self.ZZt
+            dA = dA + dwt * self.ZZt
+            b = b + wt * self.Zyt[:, j]
+        omega = linalg.solve(A, b, assume_a="pos")
+        r = y - self.Zt @ omega
+        R = float(np.sum(w * r * r))
+        dR = float(np.sum(dw * r * r))
+        if self.n_tail:
+            rr_t = float(self.yyt[j] - 2.0 * omega @ self.Zyt[:, j] + omega @ self.ZZt @ omega)
+            R += wt * rr_t
+            dR += dwt * rr_t
+        if which == 0:
+            return -0.5 * ((self.n - self.c) * dR / R + dlogdet + float(np.trace(linalg.solve(A, dA, assume_a="pos"))))
+        n_obs = self.n - self.n_ind
+        dlogdet_o = dlogdet
+        if self.n_ind:
+            e = slice(self.c_user, None)
+            dlogdet_o += float(np.trace(linalg.solve(A[e, e], dA[e, e], assume_a="pos")))
+        return -0.5 * (n_obs * dR / R + dlogdet_o)
 
     def fixed_and_information(self, j: int, h: float, sigma2: float):
         """ω̂, Cov(ω̂) and the observed and expected REML information in (σ²_g, σ²_e)."""
@@ -286,6 +326,7 @@ def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray) -> tuple
         if i == G - 1:
             cands.append((hmax, -f(hmax)))
         h, v = max(cands, key=lambda t: t[1])
+        h, v = _polish(rot, j, which, h, v, f, grid[0], grid[-1])
         # prefer the exact boundary when it is as good as the interior point found
         for hb, vb in cands:
             if hb in (0.0, hmax) and vb >= v:
@@ -294,13 +335,37 @@ def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray) -> tuple
     return best_h, best_ll
 
 
+def _polish(rot: _Rotated, j: int, which: int, h: float, v: float, f, lo: float, hi: float):
+    """Refine an interior optimum to the root of the analytic score.
+
+    Brent on function values locates the maximum only to ~sqrt(eps · |ℓ| / ℓ'')
+    (1e-7 here); the root of dℓ/dh² is defined to ~eps · scale / ℓ''.
+    """
+    delta = 1e-5
+    a, b = max(lo, h - delta), min(hi, h + delta)
+    if not (a < h < b):
+        return h, v
+    try:
+        ga, gb = rot.dloglik(a, j, which), rot.dloglik(b, j, which)
+    except (linalg.LinAlgError, ValueError):
+        return h, v
+    if not (ga > 0 > gb):
+        return h, v
+    root = optimize.brentq(lambda x: rot.dloglik(x, j, which), a, b, xtol=1e-15, rtol=1e-15)
+    vr = -f(root)
+    return (root, vr) if vr >= v - 1e-9 * max(1.0, abs(v)) else (h, v)
+
+
 def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, names, znames,
                method: str, grid_size: int) -> list[PhenotypeFit]:
     rot = _rotate(spec, Y, Z, obs)
     hmax = _h2_max(spec)
     grid = np.linspace(0.0, hmax, grid_size)
     h_reml, ll_reml = _maximise(rot, 0, hmax, grid)
-    h_ml, ll_ml = _maximise(rot, 1, hmax, grid)
+    # With a singular K whose null space meets span(Z) (a centred GRM and an intercept) the ML
+    # likelihood grows without bound as h² → 1; report its largest maximum below the last grid step.
+    ml_capped = hmax < 1.0
+    h_ml, ll_ml = _maximise(rot, 1, grid[-2] if ml_capped else hmax, grid[:-1] if ml_capped else grid)
     ll0 = rot.loglik(0.0)[0]
     mdiag, mK = _mean_K(spec, obs)
     dpve = mdiag - mK
@@ -340,7 +405,9 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
             logl_reml=float(ll_reml[j]), logl_reml_h2_0=float(ll0[j]), logl_ml=float(ll_ml[j]),
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
             fixed_effects=fe, n_missing=int((~obs).sum()), missing_method=method,
-            sigma2_g_sigma2_e_cov=float(cov[0, 1])))
+            sigma2_g_sigma2_e_cov=float(cov[0, 1]),
+            ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
+                     f"without bound as h2 -> 1" if ml_capped else "")))
     return fits
 
 

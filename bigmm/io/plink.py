@@ -38,8 +38,12 @@ def plink_paths(prefix: str | os.PathLike) -> dict[str, Path]:
 
 
 def read_fam(path: Path) -> tuple[list[str], list[str]]:
-    """FID and IID of every line of a .fam file (6 whitespace-separated columns)."""
+    """FID and IID of every line of a .fam file (6 whitespace-separated columns).
+
+    (FID, IID) pairs must be unique.
+    """
     fid, iid = [], []
+    seen: dict[tuple[str, str], int] = {}
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
             fields = line.split()
@@ -48,6 +52,11 @@ def read_fam(path: Path) -> tuple[list[str], list[str]]:
             if len(fields) != 6:
                 raise InputError(f"{path} line {lineno}: expected 6 columns "
                                  f"(FID IID father mother sex phenotype), found {len(fields)}")
+            key = (fields[0], fields[1])
+            if key in seen:
+                raise InputError(f"{path} line {lineno}: duplicate sample ID {key[0]}/{key[1]} "
+                                 f"(first on line {seen[key]}); sample IDs must be unique")
+            seen[key] = lineno
             fid.append(fields[0])
             iid.append(fields[1])
     if not fid:
@@ -101,6 +110,26 @@ def check_bed(path: Path, n: int, p: int) -> None:
                          f"three files belong together and the .bed was copied completely")
 
 
+def _check_padding(buf: bytes, paths: dict[str, Path], n: int, v0: int, ids: list[str]) -> None:
+    """The unused 2-bit slots closing each variant of a .bed must be zero.
+
+    A .fam a few lines short of the .bed's samples leaves the .bed the same
+    size (samples are packed four to a byte), so the size check cannot see it;
+    the genotypes of the extra samples then sit in these slots.
+    """
+    if n % 4 == 0:
+        return
+    last = np.frombuffer(buf, dtype=np.uint8).reshape(-1, (n + 3) // 4)[:, -1]
+    bad = np.flatnonzero(last & ((0xFF << (2 * (n % 4))) & 0xFF))
+    if bad.size:
+        j = v0 + int(bad[0])
+        raise InputError(f"{paths['bed']} holds genotypes for more samples than the {n} in "
+                         f"{paths['fam'].name} (first seen at variant {ids[j]}); lines of the .fam "
+                         f"are probably missing: check that the three files belong together (if they "
+                         f"do, the .bed's padding bits are not zero: rewrite it with "
+                         f"`plink --bfile ... --make-bed`)")
+
+
 def _file_fingerprint(path: Path, hash_content: bool = True) -> dict:
     st = path.stat()
     out = {"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime}
@@ -145,12 +174,6 @@ def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
     variants = read_bim(paths["bim"])
     n, p = len(fid), len(variants["id"])
     check_bed(paths["bed"], n, p)
-    seen = {}
-    for i, key in enumerate(zip(fid, iid)):
-        if key in seen:
-            raise InputError(f"{paths['fam']} line {i + 1}: duplicate sample ID {key[0]}/{key[1]} "
-                             f"(first on line {seen[key] + 1}); sample IDs must be unique")
-        seen[key] = i
     cs, cv = min(chunks[0], n), min(chunks[1], p)
     rows_per_block = max(cs, (max_block_bytes // max(cv, 1)) // cs * cs)
     bytes_per_variant = (n + 3) // 4
@@ -165,7 +188,9 @@ def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
             n_blocks = (p + cv - 1) // cv
             for b, v0 in enumerate(range(0, p, cv)):
                 v1 = min(p, v0 + cv)
-                bed_hash.update(raw.read((v1 - v0) * bytes_per_variant))
+                buf = raw.read((v1 - v0) * bytes_per_variant)
+                bed_hash.update(buf)
+                _check_padding(buf, paths, n, v0, variants["id"])
                 for r0 in range(0, n, rows_per_block):
                     r1 = min(n, r0 + rows_per_block)
                     block = bed.read(index=np.s_[r0:r1, v0:v1], dtype="int8", order="C")

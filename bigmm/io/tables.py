@@ -71,8 +71,11 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file {path} does not exist")
-    with open(path) as fh:
-        raw = fh.read().splitlines()
+    try:
+        with open(path) as fh:
+            raw = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} file {path} as a text table ({exc})") from None
     lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.startswith("#")]
     if not lines:
         raise InputError(f"{what} file {path} is empty")
@@ -197,6 +200,10 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     analysed &= has_any
     Y[~analysed] = np.nan
     if not analysed.any():
+        if not (has_any & in_pheno).any():
+            raise InputError(f"phenotype file {pheno.path}: every value of "
+                             f"{', '.join(repr(n) for n in names)} is missing (NA, -9 or empty) for "
+                             f"the genotyped samples; there is nothing to fit")
         raise InputError(f"no genotyped sample has both a phenotype in {pheno.path} and all covariates")
     for j, name in enumerate(names):
         y = Y[analysed, j]
@@ -212,8 +219,9 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     for j, name in enumerate(names):
         n_obs = int((~np.isnan(Y[analysed, j])).sum())
         if n_obs < c + 2:
-            raise InputError(f"phenotype {name!r}: {n_obs} samples with data, but the model has "
-                             f"{c} fixed effects; REML needs at least {c + 2}")
+            raise InputError(f"phenotype {name!r} in {pheno.path}: {n_obs} samples with data, but "
+                             f"the model has {c} fixed effects ({', '.join(znames)}); REML needs at "
+                             f"least {c + 2}: drop covariates or add samples")
     notes["n_analysed"] = n_an
     return Design(Y=Y, Z=Z, phenotype_names=names, covariate_names=znames, analysed=analysed,
                   notes=notes)
@@ -227,10 +235,13 @@ def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:
     for j in range(1, Zs.shape[1] + 1):
         sv = np.linalg.svd(Zs[:, :j], compute_uv=False)
         if sv[-1] <= 1e-8 * sv[0]:
-            what = "is constant (collinear with the intercept)" if j > 1 and np.ptp(Z[:, j - 1]) == 0 \
-                else "is collinear with " + ", ".join(names[:j - 1])
             if j == 1 or not np.any(Z[:, j - 1]):
                 what = "is zero for every analysed sample"
+            elif np.ptp(Z[:, j - 1]) == 0:
+                what = "is constant (collinear with the intercept)"
+            else:  # the earlier columns are independent, so the combination is unique
+                coef = np.abs(np.linalg.lstsq(Zs[:, :j - 1], Zs[:, j - 1], rcond=None)[0])
+                what = "is collinear with " + ", ".join(n for n, c in zip(names, coef) if c > 1e-6 * coef.max())
             raise InputError(f"covariate {names[j - 1]!r}"
                              + (f" in {source}" if source else "")
                              + f" {what} among the analysed samples; drop it or recode it")
