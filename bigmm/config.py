@@ -167,6 +167,9 @@ def parse_config(raw: dict, base: Path | None = None, source: Path | None = None
     where = str(source) if source else "(mapping)"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the configuration must be a mapping of sections")
+    if "source" in raw:  # a field of RunConfig, but not a YAML key
+        raise ConfigError(f"invalid configuration {where}:\n  source: unknown key; the keys here are "
+                          f"{', '.join(_known_keys(('source',)))}")
     resolved = _resolve(raw, base or Path.cwd())
     try:
         cfg = RunConfig.model_validate(resolved)
