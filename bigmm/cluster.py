@@ -49,7 +49,8 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
     env = {k: str(nblas) for k in BLAS_ENV}
     cluster = LocalCluster(
         n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-        host="127.0.0.1", dashboard_address=":8787" if cfg.dashboard else None,
+        host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
+        scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
         memory_limit=parse_bytes(cfg.memory_limit), env=env, silence_logs=logging.ERROR,
     )
     client = Client(cluster)

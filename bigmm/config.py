@@ -54,6 +54,7 @@ class CovariatesConfig(_Section):
     file: Optional[Path] = None
     columns: list[str] = []
     categorical: list[str] = []
+    pcs: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _file_if_columns(self):
@@ -63,7 +64,14 @@ class CovariatesConfig(_Section):
 
 
 class SpectrumConfig(_Section):
-    method: Literal["exact"] = "exact"
+    method: Literal["exact", "randomized", "auto"] = "exact"
+    rank: int = Field(200, ge=1)
+    oversample: Optional[int] = Field(None, ge=0)
+    power_iters: Optional[int] = Field(None, ge=0)
+    seed: int = 0
+    probes: int = Field(30, ge=0)
+    #: method "auto" uses the exact spectrum up to this many analysed samples
+    exact_max_n: int = Field(10000, ge=1)
 
 
 class GrmConfig(_Section):

@@ -37,14 +37,14 @@ from .errors import InputError
 from .genotypes import Standardization, VariantStats, standardization, variant_stats
 from .io.tables import Design, build_design
 from .reml import RemlResult, fit_reml
-from .spectrum import Spectrum, exact_spectrum
+from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from .store import CohortStore, atomic_dir, atomic_write_text, new_array, now_utc, open_store, remove_path
 
 log = logging.getLogger("bigmm")
 
 #: files and directories of a run directory that bigmm owns (removed by --force)
 RUN_FILES = ("run.json", "run.log", "genotypes.zarr", "variants.zarr", "grm.zarr", "grm.zarr.partial",
-             "spectrum.zarr", "results.json", "results.tsv", "gcta")
+             "spectrum.zarr", "results.json", "results.tsv", "gcta", "eigenvalues.tsv", "pcs.tsv")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ def _read_id_list(path: Path) -> list[str]:
 def validate_inputs(cfg: RunConfig) -> tuple[list[tuple[str, str]], Design, list[str] | None]:
     """Read and check every input before any computation."""
     ids = _genotype_ids(cfg)
+    if cfg.genotypes.plink is not None:
+        from .io.plink import check_bed, plink_paths, read_bim
+
+        paths = plink_paths(cfg.genotypes.plink)
+        check_bed(paths["bed"], len(ids), len(read_bim(paths["bim"])["id"]))
     seen = {}
     for i, key in enumerate(ids):
         if key in seen:
@@ -203,6 +208,68 @@ def stage_grm(cfg: RunConfig, out: Path, store: CohortStore, std: Standardizatio
     return zarr.open_group(str(final), mode="r")["K"]
 
 
+def spectrum_method(cfg: RunConfig, n: int) -> str:
+    """The spectrum that will run: ``auto`` is exact up to ``spectrum.exact_max_n`` samples."""
+    if cfg.spectrum.method == "auto":
+        return "exact" if n <= cfg.spectrum.exact_max_n else "randomized"
+    return cfg.spectrum.method
+
+
+def task_memory(cc) -> int | None:
+    """Bytes one task may use: 60% of a worker's memory (Dask starts spilling at 60%) per thread."""
+    if cc.address:
+        return None
+    from dask.utils import parse_bytes
+
+    return int(0.6 * parse_bytes(cc.memory_limit) / cc.threads_per_worker)
+
+
+def check_memory(cfg: RunConfig, n: int, method: str) -> None:
+    """Refuse, before computing, a configuration whose tasks cannot fit their memory."""
+    mem = task_memory(cfg.cluster)
+    if mem is None:
+        return
+    from dask.utils import format_bytes
+
+    chunk_s, chunk_v = cfg.genotypes.chunks
+    if cfg.genotypes.zarr is not None:
+        chunk_s, chunk_v = open_store(cfg.genotypes.zarr).chunks
+    if method == "randomized":
+        from .spectrum import DEFAULT_OVERSAMPLE, plan_pass
+
+        sc = cfg.spectrum
+        if not 0 < sc.rank < n:
+            raise InputError(f"spectrum.rank must be between 1 and n − 1 = {n - 1} analysed samples "
+                             f"(got {sc.rank})")
+        l = min(n, sc.rank + (DEFAULT_OVERSAMPLE if sc.oversample is None else sc.oversample))
+        plan_pass(n, max(l + 1, l + sc.probes), [(0, chunk_v)], mem, 1)
+    else:
+        block = cfg.grm.block_size or chunk_s
+        need = 8 * block * block + 2 * 8 * block * chunk_v
+        if need > mem:
+            raise InputError(f"a GRM block task needs {format_bytes(need)} (block {block} samples, "
+                             f"variant chunk {chunk_v}) but cluster.memory_limit allows "
+                             f"{format_bytes(mem)} per task; raise the limit or set grm.block_size")
+
+
+def write_spectrum_tables(out: Path, spec: Spectrum, ids: list, n_pcs: int) -> None:
+    """``eigenvalues.tsv`` (with Ritz residuals when randomized) and ``pcs.tsv`` (FID IID PC1..)."""
+    res = spec.diagnostics.get("ritz_residuals")
+    lines = ["index\teigenvalue" + ("\tritz_residual" if res else "")]
+    for i, v in enumerate(spec.s):
+        lines.append(f"{i + 1}\t{v:.10g}" + (f"\t{res[i]:.3e}" if res else ""))
+    atomic_write_text(out / "eigenvalues.tsv", "\n".join(lines) + "\n")
+    m = min(n_pcs, spec.k)
+    rows = ["FID\tIID\t" + "\t".join(f"PC{i + 1}" for i in range(m))]
+    for (f, i), u in zip(ids, spec.U[:, :m]):
+        rows.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" for x in u))
+    atomic_write_text(out / "pcs.tsv", "\n".join(rows) + "\n")
+
+
+def _json_diag(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "ritz_residuals"}
+
+
 def save_spectrum(path: Path, spec: Spectrum, rows: np.ndarray) -> None:
     with atomic_dir(path, overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
@@ -213,8 +280,11 @@ def save_spectrum(path: Path, spec: Spectrum, rows: np.ndarray) -> None:
         if spec.diag_K is not None:
             new_array(g, "diag_K", shape=(n,), dtype="float64", data=spec.diag_K)
         new_array(g, "sample_index", shape=rows.shape, dtype="int64", data=rows)
+        if spec.ritz_cross is not None:
+            new_array(g, "ritz_cross", shape=(spec.k,), dtype="float64", data=spec.ritz_cross)
         g.attrs.update({"n": n, "k": spec.k, "trace_K": spec.trace_K, "method": spec.method,
-                        "rank": spec.rank, "diagnostics": spec.diagnostics})
+                        "rank": spec.rank, "diagnostics": spec.diagnostics,
+                        "tail_trace_K2": spec.tail_trace_K2})
 
 
 def run(cfg: RunConfig, force: bool = False, client=None) -> RunOutcome:
@@ -224,9 +294,16 @@ def run(cfg: RunConfig, force: bool = False, client=None) -> RunOutcome:
     cluster on 127.0.0.1 by default) for the duration of the run.
     """
     out = Path(cfg.output)
+    timings: dict = {}
+    t_validate = time.perf_counter()
+    # every input is read and checked before anything is written or computed
+    ids, design, include = validate_inputs(cfg)
+    analysed = np.flatnonzero(design.analysed)
+    method = spectrum_method(cfg, analysed.size)
+    check_memory(cfg, analysed.size, method)
     check_output_dir(out, cfg, force)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict = {}
+    timings["validate"] = {"seconds": round(time.perf_counter() - t_validate, 3)}
     with _log_to(out / "run.log"):
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
@@ -235,11 +312,9 @@ def run(cfg: RunConfig, force: bool = False, client=None) -> RunOutcome:
         manifest = {"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
                     "config": cfg.model_dump(mode="json"), "started": now_utc(), "status": "running"}
         atomic_write_text(out / "run.json", json.dumps(manifest, indent=2) + "\n")
-        with _stage("validate", timings):
-            ids, design, include = validate_inputs(cfg)
-            analysed = np.flatnonzero(design.analysed)
-            log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects",
-                     len(ids), analysed.size, len(design.phenotype_names), design.Z.shape[1])
+        log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; "
+                 "spectrum %s%s", len(ids), analysed.size, len(design.phenotype_names),
+                 design.Z.shape[1], method, " (auto)" if cfg.spectrum.method == "auto" else "")
         if client is None:
             from .cluster import dask_client
 
@@ -261,19 +336,41 @@ def run(cfg: RunConfig, force: bool = False, client=None) -> RunOutcome:
                 save_variants(out / "variants.zarr", stats, std)
                 log.info("variants: %d of %d kept; dropped %s", std.n_kept, store.n_variants,
                          {k: c for k, c in std.dropped.items() if c} or "none")
-            with _stage("grm", timings):
-                K = stage_grm(cfg, out, store, std)
+            K = None
+            if method == "exact" or cfg.grm.export_gcta:
+                with _stage("grm", timings):
+                    K = stage_grm(cfg, out, store, std)
             with _stage("spectrum", timings):
-                K_S = np.asarray(K.get_orthogonal_selection((analysed, analysed)))
-                spec = exact_spectrum(K_S)
-                del K_S
+                if method == "exact":
+                    K_S = np.asarray(K.get_orthogonal_selection((analysed, analysed)))
+                    spec = exact_spectrum(K_S)
+                    del K_S
+                else:
+                    sc = cfg.spectrum
+                    spec = randomized_spectrum(
+                        store.genotypes, std, sc.rank, oversample=sc.oversample,
+                        power_iters=sc.power_iters, seed=sc.seed, n_probes=sc.probes,
+                        rows=None if analysed.size == len(ids) else analysed,
+                        memory=task_memory(cfg.cluster))
+                    d = spec.diagnostics
+                    log.info("spectrum: randomized, k = %d, l = %d, %d passes over X, max Ritz "
+                             "residual %.2e, ||U'U - I|| = %.1e", spec.k, spec.k + d["oversample"],
+                             d["passes_over_X"], d["max_ritz_residual"], d["orthonormality_error"])
                 save_spectrum(out / "spectrum.zarr", spec, analysed)
-                log.info("spectrum: exact, n = %d, numerical rank %d, top eigenvalue %.4g",
-                         spec.n, spec.rank, spec.s[0])
+                write_spectrum_tables(out, spec, [ids[i] for i in analysed],
+                                      max(cfg.covariates.pcs, 20))
+                log.info("spectrum: %s, n = %d, k = %d, numerical rank %d, top eigenvalue %.4g",
+                         spec.method, spec.n, spec.k, spec.rank, spec.s[0])
         with _stage("reml", timings):
-            result = fit_reml(spec, design.Y[analysed], design.Z[analysed],
-                              phenotype_names=design.phenotype_names,
-                              covariate_names=design.covariate_names,
+            Z, znames = design.Z[analysed], list(design.covariate_names)
+            if cfg.covariates.pcs:
+                if cfg.covariates.pcs > spec.k:
+                    raise InputError(f"covariates.pcs = {cfg.covariates.pcs} but the spectrum has only "
+                                     f"{spec.k} eigenvectors")
+                Z = np.hstack([Z, spec.U[:, :cfg.covariates.pcs]])
+                znames += [f"PC{i + 1}" for i in range(cfg.covariates.pcs)]
+            result = fit_reml(spec, design.Y[analysed], Z,
+                              phenotype_names=design.phenotype_names, covariate_names=znames,
                               missing=cfg.phenotypes.missing, grid_size=cfg.reml.grid_size)
             for f in result.fits:
                 log.info("REML %s: n = %d, h2 = %.4f (SE %.4f), sigma2_g = %.4g, sigma2_e = %.4g%s",
@@ -293,7 +390,9 @@ def run(cfg: RunConfig, force: bool = False, client=None) -> RunOutcome:
                 "n_variants_total": store.n_variants,
                 "variants_dropped": std.dropped,
                 "standardize": std.standardize,
-                "spectrum_info": {"method": spec.method, "n": spec.n, "k": spec.k, "rank": spec.rank},
+                "spectrum_info": {"method": spec.method, "requested": cfg.spectrum.method, "n": spec.n,
+                                  "k": spec.k, "rank": spec.rank, "trace_K": spec.trace_K,
+                                  "tail_eigenvalue": spec.tail, **_json_diag(spec.diagnostics)},
                 "design": design.notes,
                 "stage_timings": timings,
                 "config_fingerprint": cfg.fingerprint(),

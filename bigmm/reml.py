@@ -59,6 +59,7 @@ class PhenotypeFit:
     h2: float
     h2_se: float
     h2_se_method: str
+    h2_se_curvature: float  # 1/sqrt(−ℓ''): the model-based SE (equals h2_se on a full spectrum)
     pve: float
     mean_diag_K: float
     sigma2_g: float
@@ -386,13 +387,18 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
         if cov is None:
             se_method = ("expected_information (at the boundary)" if boundary
                          else "expected_information (observed information not positive definite)")
-            try:
-                cov = np.linalg.inv(expected)
-            except np.linalg.LinAlgError:
-                cov = np.full((2, 2), np.nan)
+            cov = _safe_inv(expected)
         grad = np.array([se, -sg]) / (sg + se) ** 2
+        h_se_curv = _delta_se(grad, cov)
+        if spec.n_tail:
+            # reduced spectrum: the curvature of the approximate likelihood misses the tail's
+            # second moments; sandwich H⁻¹ (H + Δ) H⁻¹ with H its expected information
+            Hinv = _safe_inv(expected)
+            cov = Hinv + Hinv @ _sandwich_excess(spec, sg, se) @ Hinv
+            se_method = ("sandwich (expected information of the reduced model, tail tr K² "
+                         + ("estimated with probes" if spec.method == "randomized" else "exact") + ")")
+        h_se = _delta_se(grad, cov)
         with np.errstate(invalid="ignore"):
-            h_se = float(np.sqrt(grad @ cov @ grad))
             sg_se, se_se = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
         lrt = max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
         pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
@@ -400,7 +406,8 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
         fe = tuple(FixedEffect(name=zn, estimate=float(omega[i]), se=float(np.sqrt(C[i, i])))
                    for i, zn in enumerate(znames))
         fits.append(PhenotypeFit(
-            name=name, n=int(obs.sum()), h2=h, h2_se=h_se, h2_se_method=se_method, pve=float(pve),
+            name=name, n=int(obs.sum()), h2=h, h2_se=h_se, h2_se_method=se_method,
+            h2_se_curvature=h_se_curv, pve=float(pve),
             mean_diag_K=mdiag, sigma2_g=sg, sigma2_g_se=sg_se, sigma2_e=se, sigma2_e_se=se_se,
             logl_reml=float(ll_reml[j]), logl_reml_h2_0=float(ll0[j]), logl_ml=float(ll_ml[j]),
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
@@ -409,6 +416,39 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else "")))
     return fits
+
+
+def _safe_inv(M: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        return np.full(M.shape, np.nan)
+
+
+def _delta_se(grad: np.ndarray, cov: np.ndarray) -> float:
+    with np.errstate(invalid="ignore"):
+        return float(np.sqrt(grad @ cov @ grad))
+
+
+def _sandwich_excess(spec: Spectrum, sg: float, se: float) -> np.ndarray:
+    """Δ = Var(score) − H for the reduced model, in (σ²_g, σ²_e).
+
+    With P₁ block-diagonal in (U₁, tail), the score variance ½ tr(M_a V M_b V)
+    under the true V = σ²_g K + σ²_e I exceeds the model's by the tail's second
+    moment, ``σ⁴_g (tr K₂² − n_t λ̄²)``, and by the coupling ``ρ_i = ‖P₂ K u_i‖²``
+    of inexact eigenvectors; M_a = V₁⁻¹ (∂V₁/∂θ_a) V₁⁻¹ (Z's projection, O(c/n), ignored).
+    """
+    lam, nt = spec.tail, spec.n_tail
+    vt = sg * lam + se
+    v = sg * spec.s + se
+    mt = np.array([lam, 1.0]) / vt ** 2
+    mi = np.stack([spec.s / v ** 2, 1.0 / v ** 2])
+    excess_tail = max(0.0, spec.tail_trace_K2 - nt * lam ** 2) if np.isfinite(spec.tail_trace_K2) else 0.0
+    D = 0.5 * sg ** 2 * excess_tail * np.outer(mt, mt)
+    if spec.ritz_cross is not None:
+        r = mi @ spec.ritz_cross  # Σ_i m_a,i ρ_i
+        D += 0.5 * sg ** 2 * (np.outer(r, mt) + np.outer(mt, r))
+    return D
 
 
 def _choose_missing_method(spec: Spectrum, n_obs: int, c: int, n_miss: int, requested: str) -> str:

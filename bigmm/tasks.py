@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 log = logging.getLogger("bigmm")
 
@@ -27,37 +27,76 @@ def current_client():
         return None
 
 
+def total_threads() -> int:
+    """Threads available to Dask tasks: the client's workers, else this machine's cores."""
+    import os
+
+    client = current_client()
+    if client is not None:
+        try:
+            return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        except Exception:  # pragma: no cover - scheduler info is best effort
+            pass
+    return os.cpu_count() or 1
+
+
 def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str | None = None,
-              num_workers: int | None = None) -> list:
-    """Compute a list of ``dask.delayed`` objects and return their results in order."""
+              num_workers: int | None = None, combine: Callable | None = None):
+    """Compute a list of ``dask.delayed`` objects.
+
+    Without ``combine`` the results are returned as a list, in order. With it, each
+    result is folded into a running value as soon as it arrives,
+    ``state = combine(state, result)`` (``state`` starts as None), and the final
+    state is returned: large partial results are then never all held at once.
+    """
     import dask
 
     tasks = list(tasks)
     if not tasks:
-        return []
+        return [] if combine is None else None
     client = current_client() if scheduler is None else None
     t0 = time.perf_counter()
+    state = None
+    results: list = [None] * len(tasks)
+    last = t0
+    done = 0
+
+    def report(force=False):
+        nonlocal last
+        now = time.perf_counter()
+        if force or now - last >= interval:
+            el = now - t0
+            log.info("%s: %d/%d (%.0f%%), %.1f s elapsed, ETA %.0f s", desc, done, len(tasks),
+                     100.0 * done / len(tasks), el, el / max(done, 1) * (len(tasks) - done))
+            last = now
+
     if client is None:
         kwargs = {"scheduler": scheduler or "threads"}
-        if num_workers is not None and kwargs["scheduler"] == "threads":
-            kwargs["num_workers"] = num_workers
-        results = list(dask.compute(*tasks, **kwargs))
-        log.info("%s: %d tasks done in %.1f s", desc, len(tasks), time.perf_counter() - t0)
-        return results
+        if kwargs["scheduler"] == "threads":
+            kwargs["num_workers"] = num_workers or total_threads()
+        # batches of one task per thread: bounded memory when combining, and progress lines
+        batch = kwargs.get("num_workers", 1) if combine is not None or len(tasks) > 8 else len(tasks)
+        for b0 in range(0, len(tasks), batch):
+            out = dask.compute(*tasks[b0:b0 + batch], **kwargs)
+            for i, r in enumerate(out):
+                if combine is None:
+                    results[b0 + i] = r
+                else:
+                    state = combine(state, r)
+            done += len(out)
+            report(force=done == len(tasks))
+        return results if combine is None else state
     from distributed import as_completed
 
     futures = client.compute(tasks)
     index = {f.key: i for i, f in enumerate(futures)}
-    results: list = [None] * len(futures)
-    last = t0
-    done = 0
     for fut in as_completed(futures):
-        results[index[fut.key]] = fut.result()
+        r = fut.result()
+        if combine is None:
+            results[index[fut.key]] = r
+        else:
+            state = combine(state, r)
+        fut.release()
         done += 1
-        now = time.perf_counter()
-        if now - last >= interval or done == len(futures):
-            el = now - t0
-            log.info("%s: %d/%d (%.0f%%), %.1f s elapsed, ETA %.0f s", desc, done, len(futures),
-                     100.0 * done / len(futures), el, el / done * (len(futures) - done))
-            last = now
-    return results
+        report(force=done == len(tasks))
+    return results if combine is None else state

@@ -19,3 +19,12 @@ def random_genotypes(rng, n, p, missing=0.02, maf=(0.05, 0.5)):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def local_cluster(n_workers=2, threads_per_worker=1):
+    """A real dask.distributed LocalCluster of worker processes on 127.0.0.1 (random ports)."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                        scheduler_kwargs={"dashboard": False}, worker_dashboard_address=None)

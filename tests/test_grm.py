@@ -86,7 +86,8 @@ def test_gcta_export_roundtrip(cohort, tmp_path):
 
 @pytest.mark.distributed
 def test_grm_on_local_cluster_equals_single_threaded(cohort, tmp_path):
-    from distributed import Client, LocalCluster
+    from conftest import local_cluster
+    from distributed import Client
 
     G, store = cohort
     std = bigmm.standardization(bigmm.variant_stats(store.to_dask()), "gcta")
@@ -97,8 +98,7 @@ def test_grm_on_local_cluster_equals_single_threaded(cohort, tmp_path):
         K_single = bigmm.grm(store.genotypes, std, block_size=40)
     path = tmp_path / "K.zarr"
     create_grm_store(path, store.n_samples, 40, {})
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         bigmm.grm(store.genotypes, std, block_size=40, out=path)
     K_dist = zarr.open_group(path, mode="r")["K"][...]

@@ -93,11 +93,11 @@ def test_cli_run_matches_dense_reference(cohort, tmp_path):
 
 
 def test_api_run_with_own_client_and_atomic_results(cohort, tmp_path, monkeypatch):
-    from distributed import Client, LocalCluster
+    from conftest import local_cluster
+    from distributed import Client
 
     cfg = bigmm.load_config(write_config(tmp_path / "run.yaml", cohort, tmp_path / "out"))
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with local_cluster(1, 2) as cluster, Client(cluster) as client:
         outcome = bigmm.run(cfg, client=client)
         first = outcome.result["trait1"]
         # a failure while writing the report leaves no results.json behind
