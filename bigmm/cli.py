@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import BigmmError
+from .pipeline import RunInterrupted
 
 log = logging.getLogger("bigmm")
 
@@ -30,10 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run the analysis described by a YAML config")
+    r = sub.add_parser("run", help="run (or resume) the analysis described by a YAML config")
     r.add_argument("config", type=Path)
     r.add_argument("--force", action="store_true",
-                   help="replace the results of another run in the output directory")
+                   help="rerun every stage; also replaces another run's results in the output directory")
+    r.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="rerun from STAGE on (ingest, variant_stats, grm, spectrum, rotate, reml, report)")
+
+    c = sub.add_parser("check", help="validate a config and all its inputs; report every problem")
+    c.add_argument("config", type=Path)
+    c.add_argument("--no-cluster", action="store_true", help="do not contact the cluster")
+
+    st = sub.add_parser("status", help="state of each stage of a run directory, and what would rerun")
+    st.add_argument("run_dir", type=Path)
+
+    sb = sub.add_parser("submit", help="write (and optionally submit) a SLURM job script that runs the config")
+    sb.add_argument("config", type=Path)
+    sb.add_argument("--script", type=Path, help="where to write it (default OUTPUT/submit.sbatch)")
+    sb.add_argument("--submit", action="store_true", help="also submit it with sbatch")
 
     i = sub.add_parser("ingest", help="convert a PLINK .bed/.bim/.fam fileset into a Zarr cohort store")
     i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
@@ -75,8 +90,12 @@ def main(argv=None) -> int:
         print(f"bigmm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bigmm: interrupted", file=sys.stderr)
+        print("bigmm: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except RunInterrupted as exc:
+        print(f"bigmm: stopped by signal {exc.signum}; run the same command again to resume",
+              file=sys.stderr)
+        return 128 + exc.signum
 
 
 def _dispatch(args) -> int:
@@ -85,11 +104,41 @@ def _dispatch(args) -> int:
         from .pipeline import run
 
         cfg = load_config(args.config)
-        outcome = run(cfg, force=args.force)
+        outcome = run(cfg, force=args.force, from_stage=args.from_stage)
         for f in outcome.result.fits:
             print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f}\t"
                   f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
         print(f"results: {outcome.results_json}")
+        return 0
+    if args.command == "check":
+        from .check import check_file
+
+        problems = check_file(args.config, contact_cluster=not args.no_cluster)
+        if problems:
+            print(f"{args.config}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 2
+        print(f"{args.config}: OK")
+        return 0
+    if args.command == "status":
+        from .pipeline import read_manifest, status
+
+        rows = status(args.run_dir)
+        m = read_manifest(args.run_dir)
+        print(f"{args.run_dir}: run {m.get('status', '?')}"
+              + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
+        print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
+        for r in rows:
+            sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+            print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
+        return 0
+    if args.command == "submit":
+        from .config import load_config
+        from .submit import write_job_script
+
+        path = write_job_script(load_config(args.config), args.script, submit=args.submit)
+        print(f"job script: {path}" + ("" if args.submit else f" (submit it with: sbatch {path})"))
         return 0
     if args.command == "ingest":
         from .io.plink import ingest_plink

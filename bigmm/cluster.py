@@ -1,9 +1,17 @@
 """A Dask client from the ``cluster:`` section of a run configuration.
 
-The default is a ``LocalCluster`` of worker processes bound to 127.0.0.1 with
-the dashboard off. BLAS threads per worker are set so that
-``workers × threads_per_worker × BLAS threads ≤ cores``: the environment of the
-worker processes fixes OpenBLAS/MKL/OpenMP threads before NumPy loads.
+Backends, all through ``dask.distributed``:
+
+- ``local`` (default): a ``LocalCluster`` of worker processes bound to 127.0.0.1,
+  dashboard off unless asked;
+- ``address``: join a running scheduler (``tcp://`` or ``tls://`` with certificates);
+- ``slurm`` / ``pbs`` / ``sge``: worker jobs through dask-jobqueue (the optional
+  extra ``pip install 'bigmm[jobqueue]'``), scaled to ``workers`` jobs or adaptively.
+
+BLAS threads per worker process are set so that ``threads × BLAS threads ≤ cores``
+(the environment of worker processes fixes OpenBLAS/MKL/OpenMP threads before NumPy
+loads). The scheduler drops a silent worker after ``worker_ttl`` seconds (Dask's
+default of 5 minutes is long for batch jobs).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from .errors import ConfigError
 log = logging.getLogger("bigmm")
 
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
 
 
 def blas_threads_per_worker(workers: int, threads_per_worker: int, cores: int | None = None) -> int:
@@ -26,39 +35,96 @@ def blas_threads_per_worker(workers: int, threads_per_worker: int, cores: int | 
     return max(1, cores // (workers * threads_per_worker))
 
 
+def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None):
+    """The dask-jobqueue cluster object for a ``slurm``/``pbs``/``sge`` backend (no job submitted)."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError(f"cluster.backend {cfg.backend!r} needs dask-jobqueue: "
+                          f"pip install 'bigmm[jobqueue]'") from None
+    jq = cfg.jobqueue
+    threads = max(1, jq.cores // jq.processes)
+    prologue = [f"export {k}=1" for k in BLAS_ENV] + list(jq.job_script_prologue)
+    kwargs = dict(cores=jq.cores, memory=jq.memory, processes=jq.processes, walltime=jq.walltime,
+                  job_extra_directives=list(jq.job_extra_directives), job_script_prologue=prologue,
+                  local_directory=jq.local_directory, log_directory=jq.log_directory,
+                  interface=jq.interface, name=f"bigmm-{cfg.backend}")
+    if jq.queue:
+        kwargs["queue"] = jq.queue
+    if jq.account:
+        kwargs["account"] = jq.account
+    if scheduler_host:
+        kwargs["scheduler_options"] = {"host": scheduler_host}
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg.backend])
+    log.debug("jobqueue: %s with %d threads per worker process", cls.__name__, threads)
+    return cls(**kwargs)
+
+
+def _security(cfg: ClusterConfig):
+    if cfg.tls is None:
+        return None
+    from distributed.security import Security
+
+    for label, path in (("ca_file", cfg.tls.ca_file), ("cert", cfg.tls.cert), ("key", cfg.tls.key)):
+        if path is not None and not path.exists():
+            raise ConfigError(f"cluster.tls.{label}: {path} does not exist")
+    return Security(tls_ca_file=str(cfg.tls.ca_file), tls_client_cert=str(cfg.tls.cert),
+                    tls_client_key=str(cfg.tls.key) if cfg.tls.key else None, require_encryption=True)
+
+
 @contextlib.contextmanager
 def dask_client(cfg: ClusterConfig) -> Iterator:
     """Yield a ``distributed.Client`` made from the config, closed on exit."""
+    import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
-    if cfg.address:
-        try:
-            client = Client(cfg.address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); "
-                              f"start it or fix cluster.address") from None
-        log.info("cluster: joined scheduler %s (%d workers)", cfg.address,
-                 len(client.scheduler_info().get("workers", {})))
+    with dask.config.set({"distributed.scheduler.worker-ttl": f"{cfg.worker_ttl}s"}):
+        if cfg.backend == "address":
+            try:
+                client = Client(cfg.address, timeout="20s", security=_security(cfg))
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); "
+                                  f"start it or fix cluster.address") from None
+            log.info("cluster: joined scheduler %s (%d workers)", cfg.address,
+                     len(client.scheduler_info().get("workers", {})))
+            try:
+                yield client
+            finally:
+                client.close()
+            return
+        if cfg.backend in JOBQUEUE_CLASSES:
+            cluster = make_jobqueue_cluster(cfg)
+            jq = cfg.jobqueue
+            if jq.adaptive is not None:
+                cluster.adapt(minimum_jobs=jq.adaptive.minimum, maximum_jobs=jq.adaptive.maximum)
+                how = f"adaptive {jq.adaptive.minimum}..{jq.adaptive.maximum} jobs"
+            else:
+                cluster.scale(jobs=cfg.workers)
+                how = f"{cfg.workers} jobs"
+            client = Client(cluster)
+            log.info("cluster: %s, %s of %d cores / %s, walltime %s", cfg.backend, how, jq.cores,
+                     jq.memory, jq.walltime)
+            try:
+                yield client
+            finally:
+                client.close()
+                cluster.close()
+            return
+        nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
+        env = {k: str(nblas) for k in BLAS_ENV}
+        cluster = LocalCluster(
+            n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+            host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
+            scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
+            memory_limit=parse_bytes(cfg.memory_limit), env=env, silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+        log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d%s", cfg.workers,
+                 cfg.threads_per_worker, cfg.memory_limit, nblas,
+                 f", dashboard {client.dashboard_link}" if cfg.dashboard else "")
         try:
             yield client
         finally:
             client.close()
-        return
-    nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
-    env = {k: str(nblas) for k in BLAS_ENV}
-    cluster = LocalCluster(
-        n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-        host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
-        scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
-        memory_limit=parse_bytes(cfg.memory_limit), env=env, silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
-    log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d%s", cfg.workers,
-             cfg.threads_per_worker, cfg.memory_limit, nblas,
-             f", dashboard {client.dashboard_link}" if cfg.dashboard else "")
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+            cluster.close()

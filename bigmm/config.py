@@ -76,26 +76,102 @@ class SpectrumConfig(_Section):
 
 class GrmConfig(_Section):
     block_size: Optional[int] = Field(None, ge=1)
-    export_gcta: bool = False
+    #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
+    export_gcta: Union[bool, str] = False
+
+
+def _check_size(v: str | None, what: str) -> str | None:
+    if v is None:
+        return v
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(v)
+    except Exception:
+        raise ValueError(f"{what} {v!r} is not a size such as 4GiB or 500MB") from None
+    return v
+
+
+class TlsConfig(_Section):
+    ca_file: Path
+    cert: Path
+    key: Optional[Path] = None
+
+
+class AdaptiveConfig(_Section):
+    minimum: int = Field(0, ge=0)
+    maximum: int = Field(1, ge=1)
+
+
+class JobqueueConfig(_Section):
+    """Resources of each worker job (dask-jobqueue)."""
+
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    walltime: str = "01:00:00"
+    cores: int = Field(4, ge=1)
+    memory: str = "16GiB"
+    processes: int = Field(1, ge=1)
+    job_extra_directives: list[str] = []
+    job_script_prologue: list[str] = []
+    adaptive: Optional[AdaptiveConfig] = None
+    local_directory: Optional[str] = None
+    log_directory: Optional[str] = None
+    interface: Optional[str] = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v):
+        return _check_size(v, "memory")
 
 
 class ClusterConfig(_Section):
+    backend: Literal["local", "address", "slurm", "pbs", "sge"] = "local"
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str = "4GiB"
     address: Optional[str] = None
+    tls: Optional[TlsConfig] = None
     dashboard: bool = False
+    jobqueue: JobqueueConfig = JobqueueConfig()
+    #: seconds after which the scheduler drops a silent worker (distributed's default is 300)
+    worker_ttl: int = Field(120, ge=10)
 
     @field_validator("memory_limit")
     @classmethod
     def _memory(cls, v: str) -> str:
-        from dask.utils import parse_bytes
+        return _check_size(v, "memory_limit")
 
-        try:
-            parse_bytes(v)
-        except Exception:
-            raise ValueError(f"memory_limit {v!r} is not a size such as 4GiB or 500MB") from None
-        return v
+    @model_validator(mode="after")
+    def _backend(self):
+        if self.address and self.backend == "local":
+            object.__setattr__(self, "backend", "address")
+        if self.backend == "address" and not self.address:
+            raise ValueError("backend 'address' needs cluster.address (tcp://host:port or tls://host:port)")
+        if self.address and not (self.address.startswith("tcp://") or self.address.startswith("tls://")):
+            raise ValueError(f"address {self.address!r} must start with tcp:// or tls://")
+        if self.address and self.address.startswith("tls://") and self.tls is None:
+            raise ValueError("a tls:// address needs cluster.tls {ca_file, cert, key}")
+        return self
+
+
+class SubmitConfig(_Section):
+    """The driver's own batch job, for ``bigmm submit``."""
+
+    scheduler: Literal["slurm"] = "slurm"
+    job_name: Optional[str] = None
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    walltime: str = "04:00:00"
+    cores: int = Field(2, ge=1)
+    memory: str = "8GiB"
+    job_extra_directives: list[str] = []
+    setup: list[str] = []
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v):
+        return _check_size(v, "memory")
 
 
 class RemlConfig(_Section):
@@ -112,6 +188,29 @@ class RunConfig(_Section):
     reml: RemlConfig = RemlConfig()
     output: Path
     cluster: ClusterConfig = ClusterConfig()
+    submit: SubmitConfig = SubmitConfig()
+
+    @model_validator(mode="after")
+    def _outputs_inside(self):
+        exp = self.grm.export_gcta
+        if isinstance(exp, str):
+            target = (self.output / exp).resolve()
+            if Path(exp).is_absolute() or not target.is_relative_to(self.output.resolve()):
+                raise ValueError(f"grm.export_gcta {exp!r} writes outside the output directory "
+                                 f"{self.output}; give a prefix relative to it (e.g. gcta/grm)")
+        return self
+
+    def gcta_prefix(self) -> Path | None:
+        exp = self.grm.export_gcta
+        if exp is False:
+            return None
+        return self.output / ("gcta/grm" if exp is True else exp)
+
+    def section_fingerprint(self, *names: str) -> str:
+        """Hash of some sections of the configuration."""
+        dump = self.model_dump(mode="json")
+        blob = json.dumps({n: dump.get(n) for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     #: where the config came from (not a YAML key)
     source: Optional[Path] = Field(None, exclude=True)
@@ -123,7 +222,8 @@ class RunConfig(_Section):
 
 
 _PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("variants", "include"),
-                ("phenotypes", "file"), ("covariates", "file"), ("output",)}
+                ("phenotypes", "file"), ("covariates", "file"), ("output",),
+                ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
 
 
 def _resolve(raw: dict, base: Path) -> dict:

@@ -104,6 +104,16 @@ class RemlResult:
         return {"spectrum": self.spectrum_method, "logl_convention": self.logl_convention,
                 "notes": self.notes, "phenotypes": [f.to_dict() for f in self.fits]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RemlResult":
+        fits = []
+        for p in d["phenotypes"]:
+            p = dict(p)
+            p["fixed_effects"] = tuple(FixedEffect(**fe) for fe in p["fixed_effects"])
+            fits.append(PhenotypeFit(**{k: (float("nan") if v is None else v) for k, v in p.items()}))
+        return cls(fits=tuple(fits), spectrum_method=d["spectrum"],
+                   logl_convention=d.get("logl_convention", LOGL_CONVENTION), notes=d.get("notes", {}))
+
 
 class _Rotated:
     """The rotated data of one group of phenotypes sharing a design (and missingness).
@@ -112,19 +122,48 @@ class _Rotated:
     indicator columns sit after the ``c_user`` user columns of Z̃.
     """
 
-    def __init__(self, s, Zt, Yt, n, n_tail, lam, ZZt, Zyt, yyt, c_user, n_ind):
+    ARRAYS = ("s", "Zt", "Yt", "ZZt", "Zyt", "yyt", "ritz_cross")
+    META = ("n", "n_tail", "lam", "c_user", "n_ind", "names", "cols", "method", "hmax",
+            "mean_diag_K", "mean_K", "tail_excess", "spectrum_method")
+
+    def __init__(self, s, Zt, Yt, n, n_tail, lam, ZZt, Zyt, yyt, c_user, n_ind, *, names=(),
+                 cols=(), method="none", hmax=1.0, mean_diag_K=float("nan"), mean_K=float("nan"),
+                 tail_excess=0.0, ritz_cross=None, spectrum_method="exact"):
         self.s = s
         self.Zt = Zt
         self.Yt = Yt
-        self.n = n
-        self.n_tail = n_tail
-        self.lam = lam
+        self.n = int(n)
+        self.n_tail = int(n_tail)
+        self.lam = float(lam)
         self.ZZt = ZZt
         self.Zyt = Zyt
         self.yyt = yyt
         self.c = Zt.shape[1]
-        self.c_user = c_user
-        self.n_ind = n_ind
+        self.c_user = int(c_user)
+        self.n_ind = int(n_ind)
+        self.names = list(names)
+        self.cols = [int(c) for c in cols]
+        self.method = method
+        self.hmax = float(hmax)
+        self.mean_diag_K = float(mean_diag_K)
+        self.mean_K = float(mean_K)
+        #: tr K₂² − n_t λ̄² of the tail (second moment the reduced model leaves out)
+        self.tail_excess = float(tail_excess)
+        self.ritz_cross = ritz_cross
+        self.spectrum_method = spectrum_method
+        self.n_missing = int(n_ind)
+
+    def to_dict(self) -> tuple[dict, dict]:
+        """(arrays, metadata) for storage."""
+        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+        return arrays, {k: getattr(self, k) for k in self.META}
+
+    @classmethod
+    def from_dict(cls, arrays: dict, meta: dict) -> "_Rotated":
+        a = {k: arrays.get(k) for k in cls.ARRAYS}
+        m = dict(meta)
+        return cls(a["s"], a["Zt"], a["Yt"], m.pop("n"), m.pop("n_tail"), m.pop("lam"), a["ZZt"],
+                   a["Zyt"], a["yyt"], m.pop("c_user"), m.pop("n_ind"), ritz_cross=a["ritz_cross"], **m)
 
     def _weighted(self, w: np.ndarray, wt: float):
         """Z̃ᵀWZ̃ (+tail) for weights w (k,) and tail weight wt."""
@@ -280,10 +319,16 @@ def _h2_max(spec: Spectrum) -> float:
     return 1.0 if smin > 1e-10 * max(scale, 1e-300) else SINGULAR_H2_MAX
 
 
-def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray) -> _Rotated:
+def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, **meta) -> _Rotated:
     """Rotate a group of phenotypes with shared missingness ``~obs`` (indicator approach)."""
     U = spec.U
     miss = np.flatnonzero(~obs)
+    mdiag, mK = _mean_K(spec, obs)
+    excess = 0.0
+    if spec.n_tail and np.isfinite(spec.tail_trace_K2):
+        excess = max(0.0, spec.tail_trace_K2 - spec.n_tail * spec.tail ** 2)
+    meta.update(hmax=_h2_max(spec), mean_diag_K=mdiag, mean_K=mK, tail_excess=excess,
+                ritz_cross=spec.ritz_cross, spectrum_method=spec.method)
     Y = np.where(np.isnan(Y), 0.0, Y)
     Zt = U.T @ Z
     Yt = U.T @ Y
@@ -300,7 +345,7 @@ def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray) -> _R
         Zyt = Zaug.T @ Y - Zt.T @ Yt
         yyt = np.einsum("ij,ij->j", Y, Y) - np.einsum("ij,ij->j", Yt, Yt)
     return _Rotated(s=spec.s, Zt=Zt, Yt=Yt, n=spec.n, n_tail=n_tail, lam=spec.tail, ZZt=ZZt,
-                    Zyt=Zyt, yyt=yyt, c_user=c_user, n_ind=int(miss.size))
+                    Zyt=Zyt, yyt=yyt, c_user=c_user, n_ind=int(miss.size), **meta)
 
 
 def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,10 +402,9 @@ def _polish(rot: _Rotated, j: int, which: int, h: float, v: float, f, lo: float,
     return (root, vr) if vr >= v - 1e-9 * max(1.0, abs(v)) else (h, v)
 
 
-def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, names, znames,
-               method: str, grid_size: int) -> list[PhenotypeFit]:
-    rot = _rotate(spec, Y, Z, obs)
-    hmax = _h2_max(spec)
+def _fit_group(rot: _Rotated, znames, grid_size: int) -> list[PhenotypeFit]:
+    hmax = rot.hmax
+    names = rot.names
     grid = np.linspace(0.0, hmax, grid_size)
     h_reml, ll_reml = _maximise(rot, 0, hmax, grid)
     # With a singular K whose null space meets span(Z) (a centred GRM and an intercept) the ML
@@ -368,8 +412,9 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
     ml_capped = hmax < 1.0
     h_ml, ll_ml = _maximise(rot, 1, grid[-2] if ml_capped else hmax, grid[:-1] if ml_capped else grid)
     ll0 = rot.loglik(0.0)[0]
-    mdiag, mK = _mean_K(spec, obs)
-    dpve = mdiag - mK
+    mdiag = rot.mean_diag_K
+    dpve = mdiag - rot.mean_K
+    n_obs = rot.n - rot.n_ind
     fits = []
     for j, name in enumerate(names):
         h = float(h_reml[j])
@@ -390,13 +435,14 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
             cov = _safe_inv(expected)
         grad = np.array([se, -sg]) / (sg + se) ** 2
         h_se_curv = _delta_se(grad, cov)
-        if spec.n_tail:
+        if rot.n_tail:
             # reduced spectrum: the curvature of the approximate likelihood misses the tail's
             # second moments; sandwich H⁻¹ (H + Δ) H⁻¹ with H its expected information
             Hinv = _safe_inv(expected)
-            cov = Hinv + Hinv @ _sandwich_excess(spec, sg, se) @ Hinv
+            cov = Hinv + Hinv @ _sandwich_excess(rot, sg, se) @ Hinv
             se_method = ("sandwich (expected information of the reduced model, tail tr K² "
-                         + ("estimated with probes" if spec.method == "randomized" else "exact") + ")")
+                         + ("estimated with probes" if rot.spectrum_method.startswith("randomized")
+                            else "exact") + ")")
         h_se = _delta_se(grad, cov)
         with np.errstate(invalid="ignore"):
             sg_se, se_se = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
@@ -406,12 +452,12 @@ def _fit_group(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, na
         fe = tuple(FixedEffect(name=zn, estimate=float(omega[i]), se=float(np.sqrt(C[i, i])))
                    for i, zn in enumerate(znames))
         fits.append(PhenotypeFit(
-            name=name, n=int(obs.sum()), h2=h, h2_se=h_se, h2_se_method=se_method,
+            name=name, n=n_obs, h2=h, h2_se=h_se, h2_se_method=se_method,
             h2_se_curvature=h_se_curv, pve=float(pve),
             mean_diag_K=mdiag, sigma2_g=sg, sigma2_g_se=sg_se, sigma2_e=se, sigma2_e_se=se_se,
             logl_reml=float(ll_reml[j]), logl_reml_h2_0=float(ll0[j]), logl_ml=float(ll_ml[j]),
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
-            fixed_effects=fe, n_missing=int((~obs).sum()), missing_method=method,
+            fixed_effects=fe, n_missing=rot.n_missing, missing_method=rot.method,
             sigma2_g_sigma2_e_cov=float(cov[0, 1]),
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else "")))
@@ -430,7 +476,7 @@ def _delta_se(grad: np.ndarray, cov: np.ndarray) -> float:
         return float(np.sqrt(grad @ cov @ grad))
 
 
-def _sandwich_excess(spec: Spectrum, sg: float, se: float) -> np.ndarray:
+def _sandwich_excess(rot: _Rotated, sg: float, se: float) -> np.ndarray:
     """Δ = Var(score) − H for the reduced model, in (σ²_g, σ²_e).
 
     With P₁ block-diagonal in (U₁, tail), the score variance ½ tr(M_a V M_b V)
@@ -438,56 +484,40 @@ def _sandwich_excess(spec: Spectrum, sg: float, se: float) -> np.ndarray:
     moment, ``σ⁴_g (tr K₂² − n_t λ̄²)``, and by the coupling ``ρ_i = ‖P₂ K u_i‖²``
     of inexact eigenvectors; M_a = V₁⁻¹ (∂V₁/∂θ_a) V₁⁻¹ (Z's projection, O(c/n), ignored).
     """
-    lam, nt = spec.tail, spec.n_tail
+    lam = rot.lam
     vt = sg * lam + se
-    v = sg * spec.s + se
+    v = sg * rot.s + se
     mt = np.array([lam, 1.0]) / vt ** 2
-    mi = np.stack([spec.s / v ** 2, 1.0 / v ** 2])
-    excess_tail = max(0.0, spec.tail_trace_K2 - nt * lam ** 2) if np.isfinite(spec.tail_trace_K2) else 0.0
-    D = 0.5 * sg ** 2 * excess_tail * np.outer(mt, mt)
-    if spec.ritz_cross is not None:
-        r = mi @ spec.ritz_cross  # Σ_i m_a,i ρ_i
+    mi = np.stack([rot.s / v ** 2, 1.0 / v ** 2])
+    D = 0.5 * sg ** 2 * rot.tail_excess * np.outer(mt, mt)
+    if rot.ritz_cross is not None:
+        r = mi @ rot.ritz_cross  # Σ_i m_a,i ρ_i
         D += 0.5 * sg ** 2 * (np.outer(r, mt) + np.outer(mt, r))
     return D
 
 
 def _choose_missing_method(spec: Spectrum, n_obs: int, c: int, n_miss: int, requested: str) -> str:
-    if requested == "indicator" or spec.n_tail:
+    """Indicator columns or a spectrum of the observed subset, whichever is cheaper (both exact)."""
+    if requested == "indicator":
         return "indicator"
     if requested == "subset":
         return "subset_spectrum"
     evals = 3 * GRID_SIZE + 100
-    indicator_cost = evals * spec.n * (c + n_miss) ** 2 + spec.n * spec.k * n_miss
-    subset_cost = 10.0 * n_obs ** 3
+    indicator_cost = evals * spec.k * (c + n_miss) ** 2 + spec.n * spec.k * n_miss
+    if spec.n_tail:  # reduced spectrum: QR of the observed rows of U, then k x k work
+        subset_cost = 4.0 * n_obs * spec.k ** 2 + evals * spec.k * c ** 2
+    else:  # exact: eigendecomposition of the observed block
+        subset_cost = 10.0 * n_obs ** 3
     return "indicator" if indicator_cost <= subset_cost else "subset_spectrum"
 
 
-def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
-             covariate_names: Sequence[str] | None = None,
-             missing: Literal["auto", "indicator", "subset"] = "auto",
-             grid_size: int = GRID_SIZE) -> RemlResult:
-    """REML estimates of h², σ²_g, σ²_e and the fixed effects for each phenotype.
+def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
+           covariate_names: Sequence[str] | None = None,
+           missing: Literal["auto", "indicator", "subset"] = "auto") -> "RotatedDesign":
+    """Validate Y and Z and rotate them onto the spectrum, one group per missing pattern.
 
-    Parameters
-    ----------
-    spectrum : Spectrum
-        Eigenpairs of the GRM over the n samples of the model (exact, or top-k
-        with its tail).
-    Y : (n,) or (n, m) array
-        Phenotypes; NaN marks a missing value. Phenotypes with different
-        missing patterns each get the exact REML of their observed samples.
-    Z : (n, c) array, optional
-        Fixed effects including the intercept (default: intercept only).
-    missing : {"auto", "indicator", "subset"}
-        How missing values are handled (see module docstring); "auto" picks
-        the cheaper exact method.
-    grid_size : int
-        Points of the h² grid before Brent refinement.
-
-    Returns
-    -------
-    RemlResult
-        One :class:`PhenotypeFit` per column of Y.
+    Cost O(n k (c + m)) (plus, for a group handled by ``subset_spectrum``, the
+    subset's spectrum). See :func:`fit_reml` for the parameters.
     """
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim == 1:
@@ -524,32 +554,123 @@ def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | 
     groups: dict[bytes, list[int]] = {}
     for j in range(m):
         groups.setdefault(np.packbits(obs_all[:, j]).tobytes(), []).append(j)
-    fits: list[PhenotypeFit | None] = [None] * m
-    methods = set()
+    rotated = []
     for cols in groups.values():
         obs = obs_all[:, cols[0]]
         n_miss = int((~obs).sum())
-        sub_names = [names[j] for j in cols]
+        meta = dict(names=[names[j] for j in cols], cols=cols)
         if n_miss == 0:
-            method = "none"
-            out = _fit_group(spectrum, Y[:, cols], Z, obs, sub_names, znames, method, grid_size)
+            rotated.append(_rotate(spectrum, Y[:, cols], Z, obs, method="none", **meta))
+            continue
+        method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
+        if method == "subset_spectrum":
+            sub = spectrum.subset(obs)
+            rot = _rotate(sub, Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool), method=method,
+                          **meta)
         else:
-            method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
-            if method == "subset_spectrum":
-                sub = spectrum.subset(obs)
-                out = _fit_group(sub, Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool),
-                                 sub_names, znames, method, grid_size)
-                out = [_with(f, n_missing=n_miss) for f in out]
-            else:
-                out = _fit_group(spectrum, Y[:, cols], Z, obs, sub_names, znames, method, grid_size)
-        methods.add(method)
-        for j, f in zip(cols, out):
+            rot = _rotate(spectrum, Y[:, cols], Z, obs, method=method, **meta)
+        rot.n_missing = n_miss
+        rotated.append(rot)
+    return RotatedDesign(groups=rotated, phenotype_names=names, covariate_names=znames,
+                         spectrum_method=spectrum.method)
+
+
+def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
+             covariate_names: Sequence[str] | None = None,
+             missing: Literal["auto", "indicator", "subset"] = "auto",
+             grid_size: int = GRID_SIZE) -> RemlResult:
+    """REML estimates of h², σ²_g, σ²_e and the fixed effects for each phenotype.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        Eigenpairs of the GRM over the n samples of the model (exact, or top-k
+        with its tail).
+    Y : (n,) or (n, m) array
+        Phenotypes; NaN marks a missing value. Phenotypes with different
+        missing patterns each get the exact REML of their observed samples.
+    Z : (n, c) array, optional
+        Fixed effects including the intercept (default: intercept only).
+    missing : {"auto", "indicator", "subset"}
+        How missing values are handled (see module docstring); "auto" picks
+        the cheaper exact method.
+    grid_size : int
+        Points of the h² grid before Brent refinement.
+
+    Returns
+    -------
+    RemlResult
+        One :class:`PhenotypeFit` per column of Y.
+
+    Notes
+    -----
+    The same as ``fit_rotated(rotate(spectrum, Y, Z, ...))``: the rotation is
+    the only step that touches n-sized arrays.
+    """
+    design = rotate(spectrum, Y, Z, phenotype_names=phenotype_names,
+                    covariate_names=covariate_names, missing=missing)
+    return fit_rotated(design, grid_size=grid_size)
+
+
+@dataclass
+class RotatedDesign:
+    """Phenotypes and fixed effects rotated onto a spectrum, grouped by missing pattern:
+    everything REML needs, with sizes k x (c + m) instead of n."""
+
+    groups: list
+    phenotype_names: list
+    covariate_names: list
+    spectrum_method: str
+
+    def save(self, path) -> None:
+        """One .npz file (zip members carry CRC-32 checks); written atomically."""
+        import json
+        import os
+        import uuid
+        from pathlib import Path
+
+        path = Path(path)
+        arrays, metas = {}, []
+        for i, g in enumerate(self.groups):
+            a, m = g.to_dict()
+            m["n_missing"] = getattr(g, "n_missing", 0)
+            metas.append(m)
+            arrays.update({f"g{i}_{k}": v for k, v in a.items()})
+        arrays["meta"] = np.frombuffer(json.dumps({
+            "groups": metas, "phenotype_names": self.phenotype_names,
+            "covariate_names": self.covariate_names, "spectrum_method": self.spectrum_method,
+        }).encode(), dtype=np.uint8)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.npz")
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path) -> "RotatedDesign":
+        import json
+
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(bytes(f["meta"]).decode())
+            groups = []
+            for i, m in enumerate(meta["groups"]):
+                arrays = {k: f[f"g{i}_{k}"] for k in _Rotated.ARRAYS if f"g{i}_{k}" in f.files}
+                n_missing = m.pop("n_missing")
+                g = _Rotated.from_dict(arrays, m)
+                g.n_missing = n_missing
+                groups.append(g)
+        return cls(groups=groups, phenotype_names=meta["phenotype_names"],
+                   covariate_names=meta["covariate_names"], spectrum_method=meta["spectrum_method"])
+
+
+def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult:
+    """REML for every phenotype of a :class:`RotatedDesign` (cost independent of n for k < n)."""
+    fits: list[PhenotypeFit | None] = [None] * len(design.phenotype_names)
+    for rot in design.groups:
+        for j, f in zip(rot.cols, _fit_group(rot, design.covariate_names, grid_size)):
             fits[j] = f
-    return RemlResult(fits=tuple(fits), spectrum_method=spectrum.method,
-                      notes={"missing_methods": sorted(methods), "grid_size": grid_size})
-
-
-def _with(fit: PhenotypeFit, **changes) -> PhenotypeFit:
-    from dataclasses import replace
-
-    return replace(fit, **changes)
+    methods = sorted({g.method for g in design.groups})
+    return RemlResult(fits=tuple(fits), spectrum_method=design.spectrum_method,
+                      notes={"missing_methods": methods, "grid_size": grid_size})

@@ -6,10 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from .reml import RemlResult
 from .store import atomic_write_text
 
-TSV_COLUMNS = ("n", "h2", "h2_se", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
+TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
                "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                "n_missing", "missing_method", "h2_se_method")
 
@@ -25,26 +24,25 @@ def _clean(obj):
     return obj
 
 
-def results_document(result: RemlResult, run_info: dict) -> dict:
-    doc = dict(run_info)
-    doc.update(result.to_dict())
-    return _clean(doc)
+def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, Path]:
+    """Write results.tsv then results.json (the latter marks a finished run).
 
-
-def write_results(outdir: Path, result: RemlResult, run_info: dict) -> tuple[Path, Path]:
-    """Write results.tsv then results.json (the latter marks a finished run)."""
+    ``reml`` is :meth:`RemlResult.to_dict` (as stored in ``reml.json``).
+    """
     outdir = Path(outdir)
-    doc = results_document(result, run_info)
-    fe_names = [fe.name for fe in result.fits[0].fixed_effects] if result.fits else []
+    doc = dict(run_info)
+    doc.update(reml)
+    doc = _clean(doc)
+    fits = reml["phenotypes"]
+    fe_names = [fe["name"] for fe in fits[0]["fixed_effects"]] if fits else []
     header = ["phenotype", *TSV_COLUMNS]
     for name in fe_names:
         header += [f"beta_{name}", f"se_{name}"]
     rows = ["\t".join(header)]
-    for fit in result.fits:
-        d = fit.to_dict()
-        vals = [fit.name] + [_fmt(d[c]) for c in TSV_COLUMNS]
-        for fe in fit.fixed_effects:
-            vals += [_fmt(fe.estimate), _fmt(fe.se)]
+    for fit in fits:
+        vals = [fit["name"]] + [_fmt(fit[c]) for c in TSV_COLUMNS]
+        for fe in fit["fixed_effects"]:
+            vals += [_fmt(fe["estimate"]), _fmt(fe["se"])]
         rows.append("\t".join(vals))
     tsv = outdir / "results.tsv"
     js = outdir / "results.json"

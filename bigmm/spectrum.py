@@ -8,11 +8,14 @@ A :class:`Spectrum` is what REML needs: eigenvectors ``U`` (n x k), eigenvalues
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .genotypes import standardize_block
+
+log = logging.getLogger("bigmm")
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,40 @@ class Spectrum:
         return max(0.0, (self.trace_K - float(self.s.sum())) / self.n_tail)
 
     def subset(self, rows: np.ndarray) -> "Spectrum":
-        """Spectrum of ``K[rows][:, rows]`` by a new eigendecomposition (exact spectra only)."""
-        if self.n_tail:
-            raise ValueError("a reduced spectrum cannot be restricted to a subset exactly")
-        Ur = self.U[rows]
-        K = (Ur * self.s) @ Ur.T
-        return exact_spectrum(K)
+        """The spectrum of the model restricted to the samples ``rows``.
+
+        Exact spectrum: eigendecomposition of ``K[rows][:, rows]`` (O(n_o³)).
+        Reduced spectrum: the reduced model ``K₁ = U S Uᵀ + λ̄ (I − U Uᵀ)`` restricted
+        to the rows is ``λ̄ I + U_o (S − λ̄) U_oᵀ``; with ``U_o = Q R`` and
+        ``R (S − λ̄) Rᵀ = E Γ Eᵀ`` it has eigenvectors ``Q E``, eigenvalues ``λ̄ + Γ``
+        and the same tail ``λ̄``: again a reduced spectrum, in O(n_o k²), with no
+        pass over the genotypes. The tail's excess second moment (for the
+        sandwich SE) is scaled by (n_o / n)², as the off-diagonal pairs that
+        dominate it are.
+        """
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        n_o = rows.size
+        diag = self.diag_K[rows] if self.diag_K is not None else None
+        if not self.n_tail:
+            Ur = self.U[rows]
+            sub = exact_spectrum((Ur * self.s) @ Ur.T)
+            return sub
+        from scipy.linalg import eigh, qr
+
+        lam = self.tail
+        Q, R = qr(self.U[rows], mode="economic")
+        M0 = (R * (self.s - lam)) @ R.T
+        gam, E = eigh(0.5 * (M0 + M0.T))
+        gam, E = gam[::-1], E[:, ::-1]
+        U = np.ascontiguousarray(Q @ E)
+        s = np.maximum(lam + gam, 0.0)
+        k = s.size
+        excess = max(0.0, self.tail_trace_K2 - self.n_tail * lam ** 2) * (n_o / self.n) ** 2
+        return Spectrum(U=U, s=s, n=n_o, trace_K=lam * n_o + float(gam.sum()), diag_K=diag,
+                        method=self.method, rank=k, diagnostics={"subset_of": self.n},
+                        tail_trace_K2=(n_o - k) * lam ** 2 + excess)
 
 
 def exact_spectrum(K: np.ndarray) -> Spectrum:
@@ -268,7 +299,8 @@ def cholesky_qr2(Y: np.ndarray) -> np.ndarray:
 def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
                         power_iters: int | None = None, seed: int = 0,
                         n_probes: int = DEFAULT_PROBES, rows=None, dtype=np.float64,
-                        memory: int | None = None, n_tasks: int | None = None) -> Spectrum:
+                        memory: int | None = None, n_tasks: int | None = None,
+                        checkpoint=None) -> Spectrum:
     """Top-``rank`` eigenpairs of ``K = X Xᵀ / p`` from the genotypes, without forming K.
 
     Randomized subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4 and
@@ -299,6 +331,10 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
         Samples (rows of G) the spectrum is over; default all.
     memory : int, optional
         Bytes one task may use; the pass is cut to fit or an error says what is needed.
+    checkpoint : object, optional
+        With ``save(state)`` and ``load() -> state or None``: the state after each
+        pass (the orthonormal block Q, diag K, K 1) is saved, and a run resumes
+        after the last saved pass.
 
     References
     ----------
@@ -335,20 +371,32 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     chunks = getattr(G, "chunks", None)
     cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
     plan_pass(n, max(l + 1, l + n_probes), [(0, min(cw, p))], memory, 1, np.dtype(dtype).itemsize)
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     kw = dict(rows=rows, dtype=dtype, memory=memory, n_tasks=n_tasks)
     n_pass = q + 2
-    Omega = rng.standard_normal((n, l))
-    Y, diag = apply_grm(G, std, np.hstack([Omega, np.ones((n, 1))]), want_diag=True,
-                        desc=f"randomized spectrum pass 1/{n_pass}", **kw)
-    K1 = Y[:, -1].copy()
-    Q = cholesky_qr2(Y[:, :l])
-    del Y, Omega
-    for i in range(q):
-        Y, _ = apply_grm(G, std, Q, desc=f"randomized spectrum pass {i + 2}/{n_pass}", **kw)
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and state["Q"].shape == (n, l) and 1 <= state["pass"] <= q + 1:
+        done, Q, diag, K1 = int(state["pass"]), state["Q"], state["diag"], state["K1"]
+        log.info("randomized spectrum: resuming after pass %d of %d (checkpoint)", done, n_pass)
+    else:
+        # Ω and the probes come from separate streams of the seed, so a resumed run draws
+        # exactly what an uninterrupted one does
+        Omega = np.random.default_rng([seed, 0]).standard_normal((n, l))
+        Y, diag = apply_grm(G, std, np.hstack([Omega, np.ones((n, 1))]), want_diag=True,
+                            desc=f"randomized spectrum pass 1/{n_pass}", **kw)
+        K1 = Y[:, -1].copy()
+        Q = cholesky_qr2(Y[:, :l])
+        del Y, Omega
+        done = 1
+        if checkpoint is not None:
+            checkpoint.save({"pass": done, "Q": Q, "diag": diag, "K1": K1})
+    for i in range(done, q + 1):
+        Y, _ = apply_grm(G, std, Q, desc=f"randomized spectrum pass {i + 1}/{n_pass}", **kw)
         Q = cholesky_qr2(Y)
-    probes = rng.choice(np.array([-1.0, 1.0]), size=(n, n_probes))
+        del Y
+        if checkpoint is not None:
+            checkpoint.save({"pass": i + 1, "Q": Q, "diag": diag, "K1": K1})
+    probes = np.random.default_rng([seed, 1]).choice(np.array([-1.0, 1.0]), size=(n, n_probes))
     Y, _ = apply_grm(G, std, np.hstack([Q, probes]), desc=f"randomized spectrum pass {n_pass}/{n_pass}", **kw)
     YQ, Yp = Y[:, :l], Y[:, l:]
     T = Q.T @ YQ

@@ -152,6 +152,113 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class StoreIntegrityError(InputError):
+    """A chunk of an array bigmm wrote is missing, truncated or corrupted."""
+
+
+def _chunk_path(arr: zarr.Array, idx: tuple[int, ...]) -> str:
+    return "c/" + "/".join(str(i) for i in idx)
+
+
+def _array_dir(arr: zarr.Array) -> Path | None:
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return None
+    return Path(root) / arr.path
+
+
+def verify_chunks(arr: zarr.Array, label: str) -> None:
+    """Check that every chunk file of ``arr`` exists (bigmm writes all of them).
+
+    A deleted chunk would otherwise read back as the fill value without any
+    error (DESIGN.md §5). Only local stores are listed.
+    """
+    d = _array_dir(arr)
+    if d is None or arr.size == 0:
+        return
+    grid = tuple((s + c - 1) // c for s, c in zip(arr.shape, arr.chunks))
+    present = set()
+    base = d / "c"
+    for dirpath, _dirs, files in os.walk(base):
+        rel = os.path.relpath(dirpath, base)
+        prefix = () if rel == "." else tuple(int(x) for x in rel.split(os.sep))
+        for f in files:
+            if f.isdigit():
+                present.add(prefix + (int(f),))
+    expected = int(np.prod(grid))
+    if len(present) < expected:
+        for idx in np.ndindex(*grid):
+            if idx not in present:
+                raise StoreIntegrityError(
+                    f"{label}: chunk {idx} (file {d / _chunk_path(arr, idx)}) is missing, "
+                    f"{expected - len(present)} of {expected} chunks in all; the store is damaged: "
+                    f"re-create it (or rerun the stage that wrote it)")
+
+
+class CheckedArray:
+    """A zarr array whose read errors name the array and the damaged chunk.
+
+    Reads go straight to zarr; only when one fails are the chunks it covers
+    read one by one to find the culprit (a CRC32C mismatch or a truncated
+    file). Picklable, so Dask tasks can carry it.
+    """
+
+    def __init__(self, arr: zarr.Array, label: str):
+        self.arr = arr
+        self.label = label
+
+    shape = property(lambda self: self.arr.shape)
+    chunks = property(lambda self: self.arr.chunks)
+    dtype = property(lambda self: self.arr.dtype)
+    ndim = property(lambda self: self.arr.ndim)
+    size = property(lambda self: self.arr.size)
+
+    def __len__(self):
+        return self.arr.shape[0]
+
+    def __getitem__(self, sel):
+        try:
+            return self.arr[sel]
+        except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
+            raise self._locate(sel, exc) from exc
+
+    def get_orthogonal_selection(self, sel):
+        try:
+            return self.arr.get_orthogonal_selection(sel)
+        except Exception as exc:  # noqa: BLE001
+            raise self._locate(tuple(slice(None) for _ in self.shape), exc) from exc
+
+    def _locate(self, sel, exc) -> Exception:
+        if not isinstance(sel, tuple):
+            sel = (sel,)
+        if any(s is Ellipsis for s in sel):
+            i = sel.index(Ellipsis)
+            sel = sel[:i] + (slice(None),) * (len(self.shape) - len(sel) + 1) + sel[i + 1:]
+        sel = sel + (slice(None),) * (len(self.shape) - len(sel))
+        ranges = []
+        for s, n, c in zip(sel, self.shape, self.chunks):
+            if isinstance(s, slice):
+                a, b, _ = s.indices(n)
+            elif isinstance(s, (int, np.integer)):
+                a, b = int(s) % n, int(s) % n + 1
+            else:
+                idx = np.asarray(s)
+                a, b = (int(idx.min()), int(idx.max()) + 1) if idx.size else (0, 0)
+            ranges.append(range(a // c, (max(a, b - 1)) // c + 1))
+        d = _array_dir(self.arr)
+        for idx in np.ndindex(*[len(r) for r in ranges]):
+            ci = tuple(r[i] for r, i in zip(ranges, idx))
+            region = tuple(slice(i * c, min(n, (i + 1) * c)) for i, c, n in zip(ci, self.chunks, self.shape))
+            try:
+                self.arr[region]
+            except Exception as e2:  # noqa: BLE001
+                where = f" (file {d / _chunk_path(self.arr, ci)})" if d is not None else ""
+                return StoreIntegrityError(f"{self.label}: chunk {ci}{where} cannot be read: {e2}; "
+                                           f"the file is truncated or corrupted: re-create the store "
+                                           f"(or rerun the stage that wrote it)")
+        return exc
+
+
 @dataclass(frozen=True)
 class CohortStore:
     """A committed cohort store: genotypes plus sample and variant tables."""
@@ -164,9 +271,9 @@ class CohortStore:
         return dict(self.group.attrs)
 
     @property
-    def genotypes(self) -> zarr.Array:
+    def genotypes(self) -> CheckedArray:
         """The int8 genotype array (n_samples x n_variants), -1 for missing."""
-        return self.group["genotypes"]
+        return CheckedArray(self.group["genotypes"], f"{self.path}/genotypes")
 
     @property
     def n_samples(self) -> int:
@@ -207,11 +314,12 @@ class CohortStore:
         """The genotype array as a lazy Dask array with the store's chunks."""
         import dask.array as da
 
-        return da.from_zarr(self.genotypes)
+        G = self.genotypes
+        return da.from_array(G, chunks=G.chunks, asarray=True, name=f"genotypes-{self.attrs.get('created', '')}-{self.path}")
 
 
-def open_store(path: str | os.PathLike) -> CohortStore:
-    """Open a committed cohort store, checking that it is complete."""
+def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:
+    """Open a committed cohort store, checking that it is complete (every chunk file present)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"genotype store {path} does not exist; create it with `bigmm ingest`")
@@ -231,6 +339,9 @@ def open_store(path: str | os.PathLike) -> CohortStore:
                            "variant_pos", "variant_allele1", "variant_allele2") if n not in group]
     if missing:
         raise InputError(f"{path} lacks arrays {missing}; re-create it")
+    if verify:
+        for name in ("genotypes", "sample_fid", "sample_iid", "variant_id"):
+            verify_chunks(group[name], f"{path}/{name}")
     return CohortStore(path=path, group=group)
 
 

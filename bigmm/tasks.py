@@ -27,6 +27,19 @@ def current_client():
         return None
 
 
+def _progress_bar(desc: str, total: int):
+    """A tqdm bar on an interactive terminal when INFO messages are shown; else None."""
+    import sys
+
+    if total < 2 or not sys.stderr.isatty() or log.getEffectiveLevel() > logging.INFO:
+        return None
+    if not any(getattr(h, "stream", None) is sys.stderr and h.level <= logging.INFO for h in log.handlers):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="task", leave=False, file=sys.stderr)
+
+
 def total_threads() -> int:
     """Threads available to Dask tasks: the client's workers, else this machine's cores."""
     import os
@@ -61,13 +74,22 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
     last = t0
     done = 0
 
+    bar = _progress_bar(desc, len(tasks))
+
     def report(force=False):
         nonlocal last
         now = time.perf_counter()
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+            if done == len(tasks):
+                bar.close()
         if force or now - last >= interval:
             el = now - t0
-            log.info("%s: %d/%d (%.0f%%), %.1f s elapsed, ETA %.0f s", desc, done, len(tasks),
-                     100.0 * done / len(tasks), el, el / max(done, 1) * (len(tasks) - done))
+            # with a bar on the terminal, these lines still go to the run log
+            (log.debug if bar is not None and not force else log.info)(
+                "%s: %d/%d (%.0f%%), %.1f s elapsed, ETA %.0f s", desc, done, len(tasks),
+                100.0 * done / len(tasks), el, el / max(done, 1) * (len(tasks) - done))
             last = now
 
     if client is None:

@@ -108,10 +108,12 @@ def test_api_run_with_own_client_and_atomic_results(cohort, tmp_path, monkeypatc
 
         monkeypatch.setattr(report_module, "write_results", boom)
         with pytest.raises(RuntimeError, match="disk full"):
-            bigmm.run(cfg, client=client)
+            bigmm.run(cfg, client=client, from_stage="report")
         assert not (tmp_path / "out" / "results.json").exists()
-        assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "running"
+        manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+        assert manifest["status"] == "failed" and manifest["resume_from"] == "report"
         monkeypatch.undo()
-        again = bigmm.run(cfg, client=client).result["trait1"]
-    assert again.h2 == pytest.approx(first.h2, abs=1e-12)
+        again = bigmm.run(cfg, client=client)
+    assert again.stages_run == ("report",)
+    assert again.result["trait1"].h2 == pytest.approx(first.h2, abs=1e-12)
     assert (tmp_path / "out" / "results.json").exists()

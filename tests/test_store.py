@@ -11,6 +11,7 @@ from conftest import random_genotypes
 
 import bigmm
 from bigmm.errors import InputError
+from bigmm.store import StoreIntegrityError
 
 
 def write_plink(prefix, G, rng):
@@ -105,5 +106,21 @@ def test_corrupted_chunk_is_detected(tmp_path, rng):
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x01
     chunk.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="checksum"):
+    with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(0, 0\).*checksum"):
         bigmm.open_store(tmp_path / "s.zarr").genotypes[...]
+
+
+def test_truncated_and_deleted_chunks_are_detected(tmp_path, rng):
+    """A truncated chunk fails its CRC; a deleted one would read as fill values, so
+    opening a store lists every chunk file (DESIGN.md §5)."""
+    G = random_genotypes(rng, 16, 16)
+    bigmm.create_store(tmp_path / "s.zarr", G, chunks=(8, 8))
+    chunk = tmp_path / "s.zarr" / "genotypes" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    store = bigmm.open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(store.genotypes[:8, :], G[:8, :])  # other chunks still read
+    with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\).*c/1/0"):
+        store.genotypes[4:12, 0:4]
+    chunk.unlink()
+    with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\).*missing"):
+        bigmm.open_store(tmp_path / "s.zarr")

@@ -1,0 +1,76 @@
+"""``bigmm submit``: a batch script that runs the whole job (the driver) unattended on SLURM.
+
+The script runs ``bigmm run CONFIG`` in a batch job. The workers are whatever
+``cluster:`` says (a local cluster inside the job's allocation, or worker jobs
+through dask-jobqueue). ``--signal=B:TERM@120`` asks SLURM to send SIGTERM two
+minutes before the wall-time limit: bigmm then stops cleanly, and submitting
+the same script again resumes from the last committed stage or checkpoint.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ConfigError
+
+
+def _slurm_mem(size: str) -> str:
+    from dask.utils import parse_bytes
+
+    return f"{max(1, parse_bytes(size) // 2**20)}M"
+
+
+def job_script(cfg: RunConfig, python: str | None = None) -> str:
+    """The text of the driver's SLURM batch script."""
+    sub = cfg.submit
+    out = Path(cfg.output)
+    name = sub.job_name or f"bigmm-{out.name}"
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name={name}",
+             f"#SBATCH --time={sub.walltime}",
+             "#SBATCH --nodes=1",
+             "#SBATCH --ntasks=1",
+             f"#SBATCH --cpus-per-task={sub.cores}",
+             f"#SBATCH --mem={_slurm_mem(sub.memory)}",
+             f"#SBATCH --output={out / 'slurm-%j.out'}",
+             "#SBATCH --signal=B:TERM@120"]
+    if sub.queue:
+        lines.append(f"#SBATCH --partition={sub.queue}")
+    if sub.account:
+        lines.append(f"#SBATCH --account={sub.account}")
+    lines += [f"#SBATCH {d}" for d in sub.job_extra_directives]
+    lines += ["", "set -euo pipefail", f"mkdir -p {shlex.quote(str(out))}"]
+    lines += list(sub.setup)
+    cmd = [python or sys.executable, "-m", "bigmm.cli", "run", str(cfg.source)]
+    lines += [
+        "# bigmm resumes from its last committed stage: resubmit this script after a time-out.",
+        "# Run in the background and wait, so that the shell forwards SLURM's SIGTERM to bigmm.",
+        " ".join(shlex.quote(c) for c in cmd) + " &",
+        "pid=$!",
+        "trap 'kill -TERM $pid; wait $pid' TERM",
+        "wait $pid",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_job_script(cfg: RunConfig, path: Path | None = None, submit: bool = False) -> Path:
+    """Write the script (default ``OUTPUT/submit.sbatch``) and optionally ``sbatch`` it."""
+    if cfg.source is None:
+        raise ConfigError("bigmm submit needs a config file")
+    path = Path(path) if path else Path(cfg.output) / "submit.sbatch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job_script(cfg))
+    path.chmod(0o755)
+    if submit:
+        try:
+            res = subprocess.run(["sbatch", str(path)], capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise ConfigError(f"sbatch not found: this machine has no SLURM; the script is in {path}") from None
+        if res.returncode != 0:
+            raise ConfigError(f"sbatch {path} failed: {res.stderr.strip()}")
+        print(res.stdout.strip())
+    return path
