@@ -72,12 +72,16 @@ class SpectrumConfig(_Section):
     probes: int = Field(30, ge=0)
     #: method "auto" uses the exact spectrum up to this many analysed samples
     exact_max_n: int = Field(10000, ge=1)
+    #: precision of the products in each pass over X (accumulated in float64)
+    dtype: Literal["float32", "float64"] = "float32"
 
 
 class GrmConfig(_Section):
     block_size: Optional[int] = Field(None, ge=1)
     #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
     export_gcta: Union[bool, str] = False
+    #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
+    dtype: Literal["float32", "float64"] = "float32"
 
 
 def _check_size(v: str | None, what: str) -> str | None:

@@ -175,12 +175,23 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
 
 
 def standardize_block(g: np.ndarray, center: np.ndarray, scale: np.ndarray,
-                      out_dtype=np.float64) -> np.ndarray:
-    """Standardize one block of genotypes (rows x variants): missing → 0."""
-    x = g.astype(out_dtype)
-    x -= np.asarray(center, dtype=out_dtype)
-    x *= np.asarray(scale, dtype=out_dtype)
-    x[g < 0] = 0.0
+                      out_dtype=np.float64, out: np.ndarray | None = None) -> np.ndarray:
+    """Standardize one block of genotypes (rows x variants): ``(g − c) s``, missing → 0.
+
+    Computed as ``g·s + (−c·s)`` straight from the int8 block, with the missing
+    mask applied only when the block has missing calls; ``out`` (a buffer of
+    at least the block's size) avoids an allocation per block.
+    """
+    dt = np.dtype(out_dtype)
+    if out is None:
+        x = np.empty(g.shape, dtype=dt)
+    else:
+        x = out.reshape(-1)[: g.size].reshape(g.shape)
+    s = np.asarray(scale, dtype=dt)
+    np.multiply(g, s, out=x, casting="unsafe")
+    x += np.asarray(-np.asarray(center, dtype=np.float64) * np.asarray(scale, dtype=np.float64), dtype=dt)
+    if g.size and g.min() < 0:
+        np.putmask(x, g < 0, 0.0)
     return x
 
 

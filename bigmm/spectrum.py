@@ -209,6 +209,7 @@ def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, wan
     acc = np.zeros(M.shape, dtype=np.float64)
     diag = np.zeros(n) if want_diag else None
     Md = M.astype(dtype, copy=False)
+    buf = np.empty(n * sub_width, dtype=dtype)
     for a, b in bounds:
         if not scale[a:b].any():
             continue
@@ -220,7 +221,7 @@ def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, wan
             sc = scale[a + w0:a + w1]
             if not sc.any():
                 continue
-            X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], sc, dtype)
+            X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], sc, dtype, out=buf)
             acc += X @ (X.T @ Md)
             if want_diag:
                 diag += np.einsum("ij,ij->i", X, X)
