@@ -41,6 +41,8 @@ XATOL = 1e-10
 #: h² upper bound when K is singular (V would be singular at h² = 1)
 SINGULAR_H2_MAX = 1.0 - 1e-6
 LOGL_CONVENTION = "Harville REML without the log det(Z'Z) term"
+#: phenotypes whose REML profile over the h² grid is kept for the report
+PROFILES_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class _Rotated:
         self.ritz_cross = ritz_cross
         self.spectrum_method = spectrum_method
         self.n_missing = int(n_ind)
+        #: (spectrum, rows of the model's samples, Y, Z, observed mask) it was rotated from;
+        #: kept in memory for predictions, never saved
+        self.source = None
 
     def to_dict(self) -> tuple[dict, dict]:
         """(arrays, metadata) for storage."""
@@ -348,11 +353,17 @@ def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, **met
                     Zyt=Zyt, yyt=yyt, c_user=c_user, n_ind=int(miss.size), **meta)
 
 
-def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Maximise ℓ_R (which=0) or ℓ_ML (which=1) over h² for every phenotype of ``rot``."""
+def _maximise(rot: _Rotated, which: int, hmax: float, grid: np.ndarray, profile: dict | None = None):
+    """Maximise ℓ_R (which=0) or ℓ_ML (which=1) over h² for every phenotype of ``rot``.
+
+    With ``profile`` (a dict) the grid values of each phenotype are stored in it by name.
+    """
     m = rot.Yt.shape[1]
     ll = np.array([rot.loglik(h)[which] for h in grid])  # (G, m)
     ll = np.where(np.isfinite(ll), ll, -np.inf)
+    if profile is not None:
+        for j, name in enumerate(rot.names):
+            profile[name] = ll[:, j]
     best_h = np.empty(m)
     best_ll = np.empty(m)
     G = grid.size
@@ -402,11 +413,11 @@ def _polish(rot: _Rotated, j: int, which: int, h: float, v: float, f, lo: float,
     return (root, vr) if vr >= v - 1e-9 * max(1.0, abs(v)) else (h, v)
 
 
-def _fit_group(rot: _Rotated, znames, grid_size: int) -> list[PhenotypeFit]:
+def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = None) -> list[PhenotypeFit]:
     hmax = rot.hmax
     names = rot.names
     grid = np.linspace(0.0, hmax, grid_size)
-    h_reml, ll_reml = _maximise(rot, 0, hmax, grid)
+    h_reml, ll_reml = _maximise(rot, 0, hmax, grid, profile)
     # With a singular K whose null space meets span(Z) (a centred GRM and an intercept) the ML
     # likelihood grows without bound as h² → 1; report its largest maximum below the last grid step.
     ml_capped = hmax < 1.0
@@ -560,15 +571,19 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
         n_miss = int((~obs).sum())
         meta = dict(names=[names[j] for j in cols], cols=cols)
         if n_miss == 0:
-            rotated.append(_rotate(spectrum, Y[:, cols], Z, obs, method="none", **meta))
+            rot = _rotate(spectrum, Y[:, cols], Z, obs, method="none", **meta)
+            rot.source = (spectrum, np.arange(n), Y[:, cols], Z, obs)
+            rotated.append(rot)
             continue
         method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
         if method == "subset_spectrum":
             sub = spectrum.subset(obs)
             rot = _rotate(sub, Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool), method=method,
                           **meta)
+            rot.source = (sub, np.flatnonzero(obs), Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool))
         else:
             rot = _rotate(spectrum, Y[:, cols], Z, obs, method=method, **meta)
+            rot.source = (spectrum, np.arange(n), Y[:, cols], Z, obs)
         rot.n_missing = n_miss
         rotated.append(rot)
     return RotatedDesign(groups=rotated, phenotype_names=names, covariate_names=znames,
@@ -668,9 +683,19 @@ class RotatedDesign:
 def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult:
     """REML for every phenotype of a :class:`RotatedDesign` (cost independent of n for k < n)."""
     fits: list[PhenotypeFit | None] = [None] * len(design.phenotype_names)
+    profile: dict = {}
     for rot in design.groups:
-        for j, f in zip(rot.cols, _fit_group(rot, design.covariate_names, grid_size)):
+        for j, f in zip(rot.cols, _fit_group(rot, design.covariate_names, grid_size, profile)):
             fits[j] = f
     methods = sorted({g.method for g in design.groups})
+    # the REML profile over the h² grid of the first phenotypes, for the report's plots
+    shown = set(design.phenotype_names[:PROFILES_KEPT])
+    profiles = {}
+    for rot in design.groups:
+        grid = np.linspace(0.0, rot.hmax, grid_size)
+        for nm in rot.names:
+            if nm in shown:
+                profiles[nm] = {"h2": grid.tolist(),
+                                "logl_reml": [float(v) if np.isfinite(v) else None for v in profile[nm]]}
     return RemlResult(fits=tuple(fits), spectrum_method=design.spectrum_method,
-                      notes={"missing_methods": methods, "grid_size": grid_size})
+                      notes={"missing_methods": methods, "grid_size": grid_size, "profiles": profiles})

@@ -35,8 +35,10 @@ class Table:
         try:
             return self.columns.index(name)
         except ValueError:
-            raise InputError(f"{self.path}: no column {name!r}; the header has "
-                             f"{', '.join(self.columns) or 'no data columns'}") from None
+            raise InputError(f"{self.path}: no column {name!r}; the file has columns "
+                             f"{', '.join(self.columns) or 'none besides FID IID'}"
+                             + (" (no header line: columns are numbered from 1 after FID IID)"
+                                if self.columns and self.columns[0] == "1" else "")) from None
 
     def numeric(self, name: str) -> np.ndarray:
         """Column ``name`` as float64, NaN for missing; a clear error for text."""
@@ -67,7 +69,12 @@ class Table:
 
 
 def read_table(path: str | Path, what: str = "table") -> Table:
-    """Read a headed FID IID table; errors name the file and line."""
+    """Read an FID IID table; errors name the file and line.
+
+    With a header (first line ``FID IID ...``, or PLINK 2's ``#FID IID ...``) columns
+    have its names; without one (GCTA's ``--pheno``/``--qcovar``/``--covar`` layout)
+    they are named by position after FID and IID: ``1``, ``2``, ...
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file {path} does not exist")
@@ -76,7 +83,8 @@ def read_table(path: str | Path, what: str = "table") -> Table:
             raw = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {what} file {path} as a text table ({exc})") from None
-    lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.startswith("#")]
+    lines = [(i + 1, ln) for i, ln in enumerate(raw)
+             if ln.strip() and not (ln.startswith("#") and not ln.upper().startswith("#FID"))]
     if not lines:
         raise InputError(f"{what} file {path} is empty")
     header_line = lines[0][1]
@@ -86,16 +94,22 @@ def read_table(path: str | Path, what: str = "table") -> Table:
         return [c.strip() for c in line.rstrip("\r\n").split("\t")] if tab else line.split()
 
     header = split(header_line)
-    if len(header) < 2 or header[0].upper() != "FID" or header[1].upper() != "IID":
-        raise InputError(f"{path} line {lines[0][0]}: the first line must be a header starting "
-                         f"with FID IID (found {' '.join(header[:3])!r})")
-    columns = header[2:]
+    if len(header) < 2:
+        raise InputError(f"{path} line {lines[0][0]}: expected FID IID and at least one value")
+    if header[0].upper().lstrip("#") == "FID" and header[1].upper() == "IID":
+        columns = header[2:]
+        data = lines[1:]
+    else:
+        # GCTA/PLINK layout without a header (--pheno, --qcovar, --covar): columns 1, 2, ...
+        columns = [str(i + 1) for i in range(len(header) - 2)]
+        header = ["FID", "IID"] + columns
+        data = lines
     dup = {c for c in columns if columns.count(c) > 1}
     if dup:
         raise InputError(f"{path}: duplicate column names {sorted(dup)}")
     fid, iid, cells, linenos = [], [], [], []
     seen: dict[tuple[str, str], int] = {}
-    for lineno, line in lines[1:]:
+    for lineno, line in data:
         fields = split(line)
         if len(fields) != len(header):
             raise InputError(f"{path} line {lineno}: {len(fields)} fields, but the header has "
@@ -137,7 +151,7 @@ class Design:
 
 def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_columns=None,
                  covar_path=None, covar_columns: Sequence[str] = (),
-                 categorical: Sequence[str] = ()) -> Design:
+                 categorical: Sequence[str] = (), qcovar_path=None, dcovar_path=None) -> Design:
     """Read phenotypes and covariates, align them to ``sample_ids`` and build Z.
 
     Z always starts with an intercept. Categorical covariates are one-hot
@@ -194,6 +208,29 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                 zcols.append(col)
                 znames.append(name)
         notes["n_missing_covariates"] = int((in_pheno & ~analysed).sum())
+    # GCTA-layout covariate files: every column quantitative (--qcovar) or discrete (--covar)
+    for path, discrete in ((qcovar_path, False), (dcovar_path, True)):
+        if path is None:
+            continue
+        cov = read_table(path, "covariate")
+        crow = align_rows(cov, sample_ids)
+        tag = Path(path).name
+        for name in cov.columns:
+            if discrete:
+                vals = cov.text(name)
+                col = np.array([vals[r] if r >= 0 else None for r in crow], dtype=object)
+                analysed &= np.array([v is not None for v in col])
+                levels = sorted({v for v, a in zip(col, analysed) if a})
+                for lev in levels[1:]:
+                    zcols.append(np.array([1.0 if v == lev else 0.0 for v in col]))
+                    znames.append(f"{tag}:{name}={lev}")
+            else:
+                vals = cov.numeric(name)
+                col = np.full(n_gen, np.nan)
+                col[crow >= 0] = vals[crow[crow >= 0]]
+                analysed &= ~np.isnan(col)
+                zcols.append(col)
+                znames.append(f"{tag}:{name}")
     Z = np.column_stack(zcols)
     Z[~analysed] = 0.0
     has_any = ~np.all(np.isnan(Y), axis=1)
