@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy import linalg, optimize, stats
+from scipy import stats
 
 from .errors import InputError
 from .spectrum import Spectrum
@@ -198,10 +198,12 @@ class _Rotated:
             A = A + wt * self.ZZt
             B = B + wt * self.Zyt[:, cols]
             yWy = yWy + wt * self.yyt[cols]
-        cf = linalg.cho_factor(A, lower=True, check_finite=False)
-        sol = linalg.cho_solve(cf, B, check_finite=False)
+        # NumPy's LAPACK calls for these c x c systems: SciPy's cho_solve hands a multi-column
+        # right-hand side to threaded BLAS, which stalls on a busy machine
+        L = np.linalg.cholesky(A)
+        sol = np.linalg.solve(A, B)
         R = self._residual_sum(Y, w, wt, sol, cols, yWy, B)
-        logdetA = 2.0 * float(np.log(np.diag(cf[0])).sum())
+        logdetA = 2.0 * float(np.log(np.diag(L)).sum())
         nmc = self.n - self.c
         with np.errstate(divide="ignore", invalid="ignore"):
             s2 = R / nmc
@@ -211,8 +213,7 @@ class _Rotated:
             logdet_o = logdet
             if self.n_ind:
                 AEE = A[self.c_user:, self.c_user:]
-                cfe = linalg.cho_factor(AEE, lower=True, check_finite=False)
-                logdet_o += 2.0 * float(np.log(np.diag(cfe[0])).sum())
+                logdet_o += 2.0 * float(np.log(np.diag(np.linalg.cholesky(AEE))).sum())
             s2ml = R / n_obs
             llml = -0.5 * (n_obs * (LOG2PI + np.log(s2ml)) + logdet_o + n_obs)
         return llr, llml, s2, s2ml
@@ -271,7 +272,12 @@ class _Rotated:
         return -0.5 * (n_obs * (LOG2PI + np.log(R / n_obs)) + logdet + n_obs)
 
     def dloglik_batch(self, h: np.ndarray, cols: np.ndarray, which: int) -> np.ndarray:
-        """d/dh² of ℓ_R or ℓ_ML at per-phenotype h² (see :meth:`dloglik`)."""
+        """d/dh² of ℓ_R (which=0) or ℓ_ML (which=1) at per-phenotype h².
+
+        With W = D⁻¹, dW/dh = −(s − 1)/d²; by the envelope theorem the GLS residual
+        sum R = r̃ᵀWr̃ has dR/dh = r̃ᵀ (dW/dh) r̃, so
+        dℓ_R/dh = −½ [(n − c) R'/R + Σ (s − 1)/d + tr(A⁻¹ dA/dh)].
+        """
         d, w, Y, A, b, yWy, logdet, dt, wt = self._batch(h, cols)
         dw = -(self.s[None, :] - 1.0) * w * w
         dlogdet = ((self.s[None, :] - 1.0) * w).sum(axis=1)
@@ -297,45 +303,6 @@ class _Rotated:
             dlogdet = dlogdet + np.trace(np.linalg.solve(A[:, e, e], dA[:, e, e]), axis1=1, axis2=2)
         return -0.5 * ((self.n - self.n_ind) * dR / R + dlogdet)
 
-    def dloglik(self, h: float, j: int, which: int) -> float:
-        """d/dh² of ℓ_R (which=0) or ℓ_ML (which=1) for phenotype j, analytically.
-
-        With W = D⁻¹, dW/dh = −(s − 1)/d²; by the envelope theorem the GLS residual
-        sum R = r̃ᵀWr̃ has dR/dh = r̃ᵀ (dW/dh) r̃, so
-        dℓ_R/dh = −½ [(n − c) R'/R + Σ (s − 1)/d + tr(A⁻¹ dA/dh)].
-        """
-        d = h * self.s + (1.0 - h)
-        w = 1.0 / d
-        dw = -(self.s - 1.0) * w * w
-        dlogdet = float(np.sum((self.s - 1.0) * w))
-        y = self.Yt[:, j]
-        A = self._weighted(w, 0.0)
-        dA = self._weighted(dw, 0.0)
-        b = self.Zt.T @ (w * y)
-        if self.n_tail:
-            dt = h * self.lam + (1.0 - h)
-            wt, dwt = 1.0 / dt, -(self.lam - 1.0) / dt ** 2
-            dlogdet += self.n_tail * (self.lam - 1.0) * wt
-            A = A + wt * self.ZZt
-            dA = dA + dwt * self.ZZt
-            b = b + wt * self.Zyt[:, j]
-        omega = linalg.solve(A, b, assume_a="pos")
-        r = y - self.Zt @ omega
-        R = float(np.sum(w * r * r))
-        dR = float(np.sum(dw * r * r))
-        if self.n_tail:
-            rr_t = float(self.yyt[j] - 2.0 * omega @ self.Zyt[:, j] + omega @ self.ZZt @ omega)
-            R += wt * rr_t
-            dR += dwt * rr_t
-        if which == 0:
-            return -0.5 * ((self.n - self.c) * dR / R + dlogdet + float(np.trace(linalg.solve(A, dA, assume_a="pos"))))
-        n_obs = self.n - self.n_ind
-        dlogdet_o = dlogdet
-        if self.n_ind:
-            e = slice(self.c_user, None)
-            dlogdet_o += float(np.trace(linalg.solve(A[e, e], dA[e, e], assume_a="pos")))
-        return -0.5 * (n_obs * dR / R + dlogdet_o)
-
     def fixed_and_information(self, j: int, h: float, sigma2: float):
         """ω̂, Cov(ω̂) and the observed and expected REML information in (σ²_g, σ²_e)."""
         sg, se = h * sigma2, (1.0 - h) * sigma2
@@ -343,7 +310,7 @@ class _Rotated:
         vt = sg * self.lam + se if self.n_tail else 1.0
         y = self.Yt[:, j]
         nt = self.n_tail
-        C = linalg.inv(self._weighted(1.0 / v, 1.0 / vt))
+        C = np.linalg.inv(self._weighted(1.0 / v, 1.0 / vt))
         C = 0.5 * (C + C.T)
         Zy = self.Zt.T @ (y / v)
         if nt:
