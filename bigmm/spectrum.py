@@ -143,7 +143,10 @@ def exact_spectrum(K: np.ndarray) -> Spectrum:
 # Randomized top-k eigendecomposition straight from the genotypes
 # --------------------------------------------------------------------------------------
 
-#: defaults chosen by measurement (docs/lowrank.md): oversampling l − k and power iterations q
+#: Defaults, from the measurements in docs/lowrank.md: with l = k + 50 and q = 4 (6 passes
+#: over X) well-separated (structure) eigenvalues are exact to 1e-13 and ĥ² stays unbiased and
+#: calibrated; bulk Ritz values come out 3-10% low, which costs 5-20% of the efficiency of the
+#: exact top-k model. q = 10 (12 passes) recovers most of it; a larger k buys more than passes.
 DEFAULT_OVERSAMPLE = 50
 DEFAULT_POWER_ITERS = 4
 DEFAULT_PROBES = 30
