@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, parse_config
+from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
+                     VariantsConfig, parse_config)
 from .errors import BigmmError, ConfigError, InputError
 
 
@@ -62,8 +63,7 @@ def _check_disk(cfg: RunConfig, n: int, p: int, method: str) -> None:
                           f"({detail}) under {cfg.output}, but {where} has {format_bytes(free)} free")
 
 
-def _check_cluster(cfg: RunConfig) -> None:
-    cc = cfg.cluster
+def _check_cluster(cc: ClusterConfig) -> None:
     if cc.backend == "address":
         from distributed import Client
 
@@ -82,17 +82,20 @@ def _check_cluster(cfg: RunConfig) -> None:
                               f"pip install 'bigmm[jobqueue]'") from None
 
 
-def check_config(cfg: RunConfig, contact_cluster: bool = True, force: bool = False) -> list[str]:
-    """Every problem of a parsed configuration's inputs (empty list: ready to run)."""
+def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenotypes: PhenotypesConfig | None,
+                  covariates: CovariatesConfig | None, variants: VariantsConfig | None):
+    """Problems of the input files of the sections given (None: a section that is itself invalid).
+
+    Returns the genotype sample IDs and the number of variants (None if unreadable).
+    """
     from .io.plink import check_bed, plink_paths, read_bim, read_fam
-    from .io.tables import build_design
-    from .pipeline import _read_id_list, check_memory, check_output_dir, spectrum_method
+    from .io.tables import build_design, read_table
+    from .pipeline import _read_id_list
     from .store import open_store
 
-    problems: list[str] = []
     ids = p = None
-    g = cfg.genotypes
-    if g.plink is not None:
+    g = genotypes
+    if g is not None and g.plink is not None:
         paths = _attempt(problems, plink_paths, g.plink)
         if paths:
             fam = _attempt(problems, read_fam, paths["fam"])
@@ -103,7 +106,7 @@ def check_config(cfg: RunConfig, contact_cluster: bool = True, force: bool = Fal
                 p = len(bim["id"])
             if fam and bim:
                 _attempt(problems, check_bed, paths["bed"], len(ids), p)
-    else:
+    elif g is not None:
         store = _attempt(problems, open_store, g.zarr)
         if store is not None:
             ids, p = store.sample_ids(), store.n_variants
@@ -114,24 +117,30 @@ def check_config(cfg: RunConfig, contact_cluster: bool = True, force: bool = Fal
                 problems.append(f"genotype samples: duplicate ID {key[0]}/{key[1]}")
                 break
             seen.add(key)
-        cov = cfg.covariates
-        _attempt(problems, build_design, ids, cfg.phenotypes.file, cfg.phenotypes.columns, cov.file,
-                 cov.columns, cov.categorical)
-    else:
-        # without genotype IDs, still check that the tables exist and parse
-        from .io.tables import read_table
-
-        t = _attempt(problems, read_table, cfg.phenotypes.file, "phenotype")
-        if t is not None and cfg.phenotypes.columns != "all":
-            for c in cfg.phenotypes.columns:
+    # each table and its columns on its own, so that problems in both are reported; then the
+    # design (values, sample overlap) when both are readable
+    before = len(problems)
+    for section, what in ((phenotypes, "phenotype"), (covariates, "covariate")):
+        if section is None or section.file is None:
+            continue
+        t = _attempt(problems, read_table, section.file, what)
+        if t is not None and section.columns != "all":
+            for c in section.columns:
                 _attempt(problems, t.column_index, c)
-        if cfg.covariates.file is not None:
-            t = _attempt(problems, read_table, cfg.covariates.file, "covariate")
-            if t is not None:
-                for c in cfg.covariates.columns:
-                    _attempt(problems, t.column_index, c)
-    if cfg.variants.include is not None:
-        _attempt(problems, _read_id_list, cfg.variants.include)
+    if ids is not None and phenotypes is not None and covariates is not None and len(problems) == before:
+        _attempt(problems, build_design, ids, phenotypes.file, phenotypes.columns, covariates.file,
+                 covariates.columns, covariates.categorical)
+    if variants is not None and variants.include is not None:
+        _attempt(problems, _read_id_list, variants.include)
+    return ids, p
+
+
+def check_config(cfg: RunConfig, contact_cluster: bool = True, force: bool = False) -> list[str]:
+    """Every problem of a parsed configuration's inputs (empty list: ready to run)."""
+    from .pipeline import check_memory, check_output_dir, spectrum_method
+
+    problems: list[str] = []
+    ids, p = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants)
     if ids is not None:
         method = spectrum_method(cfg, len(ids))
         _attempt(problems, check_memory, cfg, len(ids), method)
@@ -140,7 +149,7 @@ def check_config(cfg: RunConfig, contact_cluster: bool = True, force: bool = Fal
     if not force:
         _attempt(problems, check_output_dir, Path(cfg.output), cfg, False)
     if contact_cluster:
-        _attempt(problems, _check_cluster, cfg)
+        _attempt(problems, _check_cluster, cfg.cluster)
     return problems
 
 
@@ -165,33 +174,31 @@ def check_file(path: str | Path, contact_cluster: bool = True) -> list[str]:
         problems = [ln.strip() for ln in str(exc).splitlines()[1:]]
         problems = [f"{path}: {ln}" for ln in problems] or [str(exc)]
         # sections that are valid on their own still get their inputs checked
-        problems += _check_valid_sections(raw, path)
+        problems += _check_valid_sections(raw, path, contact_cluster)
         return problems
     return check_config(cfg, contact_cluster)
 
 
-def _check_valid_sections(raw: dict, path: Path) -> list[str]:
-    """File checks for the sections of an invalid config that are themselves valid."""
-    from .config import CovariatesConfig, GenotypesConfig, PhenotypesConfig, _resolve
-    from .io.plink import plink_paths
-    from .io.tables import read_table
-    from .store import open_store
+def _check_valid_sections(raw: dict, path: Path, contact_cluster: bool) -> list[str]:
+    """Input and cluster checks for the sections of an invalid config that are themselves valid."""
+    from .config import _resolve
 
     resolved = _resolve(raw, path.resolve().parent)
-    problems: list[str] = []
-    for key, model, check in (
-        ("genotypes", GenotypesConfig, lambda c: plink_paths(c.plink) if c.plink else open_store(c.zarr)),
-        ("phenotypes", PhenotypesConfig, lambda c: read_table(c.file, "phenotype")),
-        ("covariates", CovariatesConfig, lambda c: read_table(c.file, "covariate") if c.file else None),
-    ):
-        section = resolved.get(key)
+    valid: dict = {}
+    for key, model in (("genotypes", GenotypesConfig), ("phenotypes", PhenotypesConfig),
+                       ("covariates", CovariatesConfig), ("variants", VariantsConfig),
+                       ("cluster", ClusterConfig)):
+        section = resolved.get(key, None if key in ("genotypes", "phenotypes") else {})
         if not isinstance(section, dict):
             continue
         try:
-            cfg = model.model_validate(section)
+            valid[key] = model.model_validate(section)
         except Exception:  # noqa: BLE001 - its schema errors are already reported
             continue
-        _attempt(problems, check, cfg)
+    problems: list[str] = []
+    _check_inputs(problems, *(valid.get(k) for k in ("genotypes", "phenotypes", "covariates", "variants")))
+    if contact_cluster and "cluster" in valid:
+        _attempt(problems, _check_cluster, valid["cluster"])
     return problems
 
 

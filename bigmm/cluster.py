@@ -48,13 +48,16 @@ def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None)
     kwargs = dict(cores=jq.cores, memory=jq.memory, processes=jq.processes, walltime=jq.walltime,
                   job_extra_directives=list(jq.job_extra_directives), job_script_prologue=prologue,
                   local_directory=jq.local_directory, log_directory=jq.log_directory,
-                  interface=jq.interface, name=f"bigmm-{cfg.backend}")
+                  interface=jq.interface, job_name=f"bigmm-{cfg.backend}",
+                  # the scheduler's HTTP server on localhost only, unless the dashboard is asked for
+                  scheduler_options={"dashboard": cfg.dashboard,
+                                     "dashboard_address": ":8787" if cfg.dashboard else "127.0.0.1:0"})
     if jq.queue:
         kwargs["queue"] = jq.queue
-    if jq.account:
-        kwargs["account"] = jq.account
+    if jq.account:  # SGE calls it the project (-P)
+        kwargs["project" if cfg.backend == "sge" else "account"] = jq.account
     if scheduler_host:
-        kwargs["scheduler_options"] = {"host": scheduler_host}
+        kwargs["scheduler_options"]["host"] = scheduler_host
     cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg.backend])
     log.debug("jobqueue: %s with %d threads per worker process", cls.__name__, threads)
     return cls(**kwargs)
@@ -117,7 +120,10 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
             n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
             host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
             scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
-            memory_limit=parse_bytes(cfg.memory_limit), env=env, silence_logs=logging.ERROR,
+            memory_limit=parse_bytes(cfg.memory_limit), env=env,
+            # a failed task reaches the driver as its exception (a BigmmError's message, or the
+            # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
+            silence_logs=logging.CRITICAL,
         )
         client = Client(cluster)
         log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d%s", cfg.workers,

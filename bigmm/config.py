@@ -198,8 +198,9 @@ class RunConfig(_Section):
     def _outputs_inside(self):
         exp = self.grm.export_gcta
         if isinstance(exp, str):
-            target = (self.output / exp).resolve()
-            if Path(exp).is_absolute() or not target.is_relative_to(self.output.resolve()):
+            # a prefix: the files are PREFIX.grm.*, so PREFIX must name something inside
+            target, out = (self.output / exp).resolve(), self.output.resolve()
+            if Path(exp).is_absolute() or target == out or not target.is_relative_to(out):
                 raise ValueError(f"grm.export_gcta {exp!r} writes outside the output directory "
                                  f"{self.output}; give a prefix relative to it (e.g. gcta/grm)")
         return self

@@ -55,6 +55,7 @@ from .reml import RemlResult, RotatedDesign, fit_rotated, rotate
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from .store import (CheckedArray, CohortStore, atomic_dir, atomic_write_text, new_array, now_utc,
                     open_store, remove_path, verify_chunks)
+from .tasks import pause_point
 
 log = logging.getLogger("bigmm")
 
@@ -134,12 +135,12 @@ def stage_inputs(cfg: RunConfig, method: str) -> dict[str, dict]:
     spec = {"method": method}
     if method == "randomized":
         spec.update(rank=sc.rank, oversample=sc.oversample, power_iters=sc.power_iters, seed=sc.seed,
-                    probes=sc.probes)
+                    probes=sc.probes, dtype=sc.dtype)
     return {
         "ingest": geno,
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
                           "include": file_fingerprint(cfg.variants.include)},
-        "grm": {"block_size": cfg.grm.block_size},
+        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
         "spectrum": spec,
         "rotate": {"phenotypes": cfg.section_fingerprint("phenotypes"),
                    "phenotype_file": file_fingerprint(cfg.phenotypes.file),
@@ -200,8 +201,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(out: Path):
-    """An exclusive lock file with PID and host; a lock left by a dead process is taken over."""
+def run_lock(out: Path, replace: bool = False):
+    """An exclusive lock file with PID and host; a lock left by a dead process is taken over.
+
+    With ``replace`` (``--force`` on another run's directory, see :func:`check_output_dir`)
+    the other run's files are removed once the lock is held, never under a run in progress.
+    """
     path = Path(out) / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_utc()}
     for attempt in range(2):
@@ -225,6 +230,10 @@ def run_lock(out: Path):
             json.dump(me, fh)
         break
     try:
+        if replace:
+            log.warning("--force: removing the previous run in %s", out)
+            for name in RUN_FILES:
+                remove_path(Path(out) / name)
         yield
     finally:
         path.unlink(missing_ok=True)
@@ -382,24 +391,34 @@ def check_memory(cfg: RunConfig, n: int, method: str) -> None:
                              f"{format_bytes(mem)} per task; raise it or set grm.block_size")
 
 
-def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> None:
-    """Refuse an output directory holding another run's results (unless ``force``)."""
+def is_this_run(manifest: dict, cfg: RunConfig) -> bool:
+    """Whether a run directory's manifest is this config's: the same config, or the same config
+    file edited since (the stages' fingerprints then decide what reruns)."""
+    return (manifest.get("config_fingerprint") in (None, cfg.fingerprint())
+            or (cfg.source is not None and manifest.get("config_source") == str(cfg.source)))
+
+
+def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
+    """Refuse an output directory holding another run's results (unless ``force``).
+
+    Returns True when ``force`` is to replace another run (done under the run's lock).
+    """
     if not out.exists():
-        return
+        return False
     if not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
     manifest = read_manifest(out) if (out / "run.json").exists() else None
-    other = manifest.get("config_fingerprint") if manifest else None
+    other = None if manifest is None or is_this_run(manifest, cfg) else manifest["config_fingerprint"]
     if manifest is None and (out / "results.json").exists():
         other = "unknown"
-    if other is not None and other != cfg.fingerprint():
-        if not force:
-            raise InputError(f"output directory {out} holds the results of another run "
-                             f"(config fingerprint {other}, this config {cfg.fingerprint()}); "
-                             f"choose another output or rerun with --force to replace them")
-        log.warning("--force: removing the previous run in %s", out)
-        for name in RUN_FILES:
-            remove_path(out / name)
+    if other is None:
+        return False
+    if not force:
+        source = manifest.get("config_source") if manifest else None
+        raise InputError(f"output directory {out} holds the results of another run "
+                         f"(config fingerprint {other}{f' from {source}' if source else ''}, this config "
+                         f"{cfg.fingerprint()}); choose another output or rerun with --force to replace them")
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -590,6 +609,7 @@ class Runner:
             self.manifest.setdefault("stages", {}).pop(later, None)
         write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
         log.info("stage %s: start", name)
+        pause_point(name)
         t0 = time.perf_counter()
         value, info = fn()
         self.commit(name, time.perf_counter() - t0, **(info or {}))
@@ -649,10 +669,17 @@ class Runner:
         store, std = self.store(), self.std()
         final, partial = self.out / "grm.zarr", self.out / "grm.zarr.partial"
         n = store.n_samples
-        block = self.cfg.grm.block_size or store.chunks[0]
+        dtype = np.dtype(self.cfg.grm.dtype)
+        block = self.cfg.grm.block_size
+        if block is None:
+            from .grm import default_block_size
+            from .tasks import total_threads
+
+            block = default_block_size(n, total_threads(), store.chunks[0], store.chunks[1],
+                                       task_memory(self.cfg.cluster), dtype.itemsize)
         fp = self.plan["grm"]["fingerprint"]
         attrs = {"n_samples": n, "n_variants": std.n_kept, "standardize": std.standardize,
-                 "block_size": block, "fingerprint": fp,
+                 "block_size": block, "fingerprint": fp, "dtype": dtype.name,
                  "samples": "all samples of the genotype store, in store order",
                  "bigmm_version": __version__}
         remove_path(final)
@@ -660,11 +687,13 @@ class Runner:
             g = zarr.open_group(str(partial), mode="r")
             if g.attrs.get("fingerprint") != fp:
                 remove_path(partial)
+            else:  # resume in the checkpoint's blocks (the default size depends on the cluster)
+                block = int(g.attrs["block_size"])
         if not partial.exists():
             create_grm_store(partial, n, block, attrs)
         nb = (n + block - 1) // block
         before = int(np.triu(np.asarray(zarr.open_group(str(partial), mode="r")["done"][...])).sum())
-        grm(store.genotypes, std, block_size=block, out=partial)
+        grm(store.genotypes, std, block_size=block, out=partial, dtype=dtype)
         if not grm_complete(zarr.open_group(str(partial), mode="r")):
             raise RuntimeError("GRM blocks missing after computation")
         _fsync_tree(partial)
@@ -684,7 +713,8 @@ class Runner:
             ck = PassCheckpoint(self.out / "spectrum.partial", self.plan["spectrum"]["fingerprint"])
             spec = randomized_spectrum(store.genotypes, std, sc.rank, oversample=sc.oversample,
                                        power_iters=sc.power_iters, seed=sc.seed, n_probes=sc.probes,
-                                       memory=task_memory(self.cfg.cluster), checkpoint=ck)
+                                       memory=task_memory(self.cfg.cluster), checkpoint=ck,
+                                       dtype=np.dtype(sc.dtype))
             d = spec.diagnostics
             log.info("spectrum: randomized, k = %d, l = %d, %d passes over X, max Ritz residual %.2e, "
                      "||U'U - I|| = %.1e", spec.k, spec.k + d["oversample"], d["passes_over_X"],
@@ -783,16 +813,17 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     out = Path(cfg.output)
     raise_problems(cfg, force=force)  # every input is checked, all problems reported together
     inputs = validate_inputs(cfg)
-    check_output_dir(out, cfg, force)
+    replace = check_output_dir(out, cfg, force)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(cfg, inputs, force, from_stage)
-    with run_lock(out), _log_to(out / "run.log"), _signals_raise():
+    with run_lock(out, replace), _log_to(out / "run.log"), _signals_raise():
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
         previous = read_manifest(out) or {}
-        if previous.get("config_fingerprint") == cfg.fingerprint():
+        if previous and is_this_run(previous, cfg):
             runner.manifest = previous
         runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
+                                "config_source": str(cfg.source) if cfg.source else None,
                                 "config": cfg.model_dump(mode="json"), "started": now_utc(),
                                 "spectrum_method": inputs.method})
         runner.manifest.pop("error", None)

@@ -63,6 +63,7 @@ def write_job_script(cfg: RunConfig, path: Path | None = None, submit: bool = Fa
         raise ConfigError("bigmm submit needs a config file")
     path = Path(path) if path else Path(cfg.output) / "submit.sbatch"
     path.parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.output).mkdir(parents=True, exist_ok=True)  # SLURM opens --output before the script runs
     path.write_text(job_script(cfg))
     path.chmod(0o755)
     if submit:

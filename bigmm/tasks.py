@@ -9,6 +9,7 @@ scheduler.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Sequence
 
@@ -27,6 +28,23 @@ def current_client():
         return None
 
 
+def pause_point(point: str) -> None:
+    """Test hook: wait here, until the process is killed or interrupted, when the environment
+    variable ``BIGMM_TEST_PAUSE_AT`` equals ``point``.
+
+    The fault tests (tests/test_faults.py) stop runs at chosen places with it. Points: a stage
+    name (the stage starts, see ``pipeline.Runner.stage``) and ``DESC:N`` (N tasks of the
+    task list that progress lines call DESC have finished on a distributed client, e.g.
+    ``GRM 800x800 blocks:2`` or ``randomized spectrum pass 2/4:1``; tasks already running
+    go on). Unset, it costs one environment look-up.
+    """
+    if os.environ.get("BIGMM_TEST_PAUSE_AT") != point:
+        return
+    log.warning("test pause at %s (BIGMM_TEST_PAUSE_AT): waiting to be stopped", point)
+    while True:
+        time.sleep(0.1)
+
+
 def _progress_bar(desc: str, total: int):
     """A tqdm bar on an interactive terminal when INFO messages are shown; else None."""
     import sys
@@ -42,8 +60,6 @@ def _progress_bar(desc: str, total: int):
 
 def total_threads() -> int:
     """Threads available to Dask tasks: the client's workers, else this machine's cores."""
-    import os
-
     client = current_client()
     if client is not None:
         try:
@@ -121,4 +137,5 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
         fut.release()
         done += 1
         report(force=done == len(tasks))
+        pause_point(f"{desc}:{done}")
     return results if combine is None else state

@@ -35,7 +35,7 @@ def write_config(path, cohort, output, **over):
         "covariates": {"file": str(cohort / "covar.tsv"), "columns": ["age", "sex"],
                        "categorical": ["sex"]},
         "spectrum": {"method": "exact"},
-        "grm": {"export_gcta": True},
+        "grm": {"export_gcta": True, "dtype": "float64"},  # float64: compared with the dense reference at 1e-7
         "output": str(output),
         "cluster": {"workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB"},
     }
