@@ -106,6 +106,12 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                 p = len(bim["id"])
             if fam and bim:
                 _attempt(problems, check_bed, paths["bed"], len(ids), p)
+    elif g is not None and g.vcf_zarr is not None:
+        from .io.vcfzarr import open_vcf_zarr
+
+        store = _attempt(problems, open_vcf_zarr, g.vcf_zarr)
+        if store is not None:
+            ids, p = store.sample_ids(), store.n_variants
     elif g is not None:
         store = _attempt(problems, open_store, g.zarr)
         if store is not None:
@@ -129,7 +135,7 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                 _attempt(problems, t.column_index, c)
     if ids is not None and phenotypes is not None and covariates is not None and len(problems) == before:
         _attempt(problems, build_design, ids, phenotypes.file, phenotypes.columns, covariates.file,
-                 covariates.columns, covariates.categorical)
+                 covariates.columns, covariates.categorical, covariates.qcovar, covariates.covar)
     if variants is not None and variants.include is not None:
         _attempt(problems, _read_id_list, variants.include)
     return ids, p

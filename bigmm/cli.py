@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--script", type=Path, help="where to write it (default OUTPUT/submit.sbatch)")
     sb.add_argument("--submit", action="store_true", help="also submit it with sbatch")
 
+    sc = sub.add_parser("score", help="apply a run's SNP effects to another cohort (PLINK or Zarr)")
+    sc.add_argument("--run", required=True, type=Path, help="run directory with snp_effects (predict.snp_effects)")
+    src = sc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bfile", help="target PLINK fileset prefix")
+    src.add_argument("--zarr", type=Path, help="target cohort store")
+    src.add_argument("--vcf-zarr", type=Path, help="target VCF Zarr store")
+    sc.add_argument("--out", required=True, type=Path, help="scores table to write (FID IID per phenotype)")
+
     i = sub.add_parser("ingest", help="convert a PLINK .bed/.bim/.fam fileset into a Zarr cohort store")
     i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
     i.add_argument("--out", required=True, type=Path, help="store to create (e.g. cohort.zarr)")
@@ -139,6 +147,13 @@ def _dispatch(args) -> int:
 
         path = write_job_script(load_config(args.config), args.script, submit=args.submit)
         print(f"job script: {path}" + ("" if args.submit else f" (submit it with: sbatch {path})"))
+        return 0
+    if args.command == "score":
+        from .scoring import score_run
+
+        path, counts = score_run(args.run, args.out, bfile=args.bfile, zarr_path=args.zarr,
+                                 vcf_zarr=args.vcf_zarr)
+        print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
         return 0
     if args.command == "ingest":
         from .io.plink import ingest_plink

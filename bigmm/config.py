@@ -26,12 +26,14 @@ class _Section(BaseModel):
 class GenotypesConfig(_Section):
     plink: Optional[Path] = None
     zarr: Optional[Path] = None
+    vcf_zarr: Optional[Path] = None
     chunks: tuple[int, int] = (2048, 8192)
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.plink is None) == (self.zarr is None):
-            raise ValueError("give exactly one of 'plink' (fileset prefix) or 'zarr' (cohort store)")
+        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr)) != 1:
+            raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store) "
+                             "or 'vcf_zarr' (VCF Zarr store)")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
         return self
@@ -44,10 +46,19 @@ class VariantsConfig(_Section):
     include: Optional[Path] = None
 
 
+def _names(v):
+    """Column names; a headerless (GCTA-layout) file's columns are 1, 2, ... and may be given as numbers."""
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return v
+
+
 class PhenotypesConfig(_Section):
     file: Path
     columns: Union[list[str], Literal["all"]] = "all"
     missing: Literal["auto", "indicator", "subset"] = "auto"
+
+    _columns = field_validator("columns", mode="before")(classmethod(lambda cls, v: _names(v)))
 
 
 class CovariatesConfig(_Section):
@@ -55,6 +66,11 @@ class CovariatesConfig(_Section):
     columns: list[str] = []
     categorical: list[str] = []
     pcs: int = Field(0, ge=0)
+    #: GCTA-layout files: every column quantitative (--qcovar) or discrete (--covar)
+    qcovar: Optional[Path] = None
+    covar: Optional[Path] = None
+
+    _columns = field_validator("columns", "categorical", mode="before")(classmethod(lambda cls, v: _names(v)))
 
     @model_validator(mode="after")
     def _file_if_columns(self):
@@ -178,6 +194,19 @@ class SubmitConfig(_Section):
         return _check_size(v, "memory")
 
 
+class PredictConfig(_Section):
+    #: BLUP of genetic values (blup.tsv)
+    blup: bool = False
+    #: SNP effects from one more pass over X (snp_effects.tsv, or .zarr for large p x m)
+    snp_effects: bool = False
+
+    @model_validator(mode="after")
+    def _needs_blup(self):
+        if self.snp_effects and not self.blup:
+            object.__setattr__(self, "blup", True)
+        return self
+
+
 class RemlConfig(_Section):
     grid_size: int = Field(101, ge=3)
 
@@ -191,6 +220,7 @@ class RunConfig(_Section):
     grm: GrmConfig = GrmConfig()
     reml: RemlConfig = RemlConfig()
     output: Path
+    predict: PredictConfig = PredictConfig()
     cluster: ClusterConfig = ClusterConfig()
     submit: SubmitConfig = SubmitConfig()
 
@@ -226,7 +256,8 @@ class RunConfig(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("variants", "include"),
+_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"),
+                ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",),
                 ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
 

@@ -59,7 +59,7 @@ from .tasks import pause_point
 
 log = logging.getLogger("bigmm")
 
-STAGES = ("ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "report")
+STAGES = ("ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "blup", "report")
 STAGE_OUTPUTS = {
     "ingest": ("genotypes.zarr",),
     "variant_stats": ("variants.zarr",),
@@ -67,11 +67,13 @@ STAGE_OUTPUTS = {
     "spectrum": ("spectrum.zarr", "eigenvalues.tsv", "pcs.tsv"),
     "rotate": ("rotated.npz",),
     "reml": ("reml.json",),
-    "report": ("results.json", "results.tsv"),
+    "blup": ("blup.tsv",),
+    "report": ("results.json", "results.tsv", "report.html"),
 }
 PARTIALS = ("grm.zarr.partial", "spectrum.partial")
 #: everything bigmm writes in a run directory (removed by --force on another run's directory)
-RUN_FILES = ("run.json", "run.log", "gcta") + PARTIALS + tuple(f for v in STAGE_OUTPUTS.values() for f in v)
+RUN_FILES = ("run.json", "run.log", "gcta", "hsq", "report", "pca.eigenvec", "pca.eigenval",
+             "snp_effects.tsv", "snp_effects.zarr", "submit.sbatch") + PARTIALS + tuple(f for v in STAGE_OUTPUTS.values() for f in v)
 LOCK_NAME = ".bigmm.lock"
 
 
@@ -128,8 +130,8 @@ def stage_inputs(cfg: RunConfig, method: str) -> dict[str, dict]:
                           "bim": file_fingerprint(paths["bim"]), "fam": file_fingerprint(paths["fam"])},
                 "chunks": list(g.chunks)}
     else:
-        attrs = dict(zarr.open_group(str(g.zarr), mode="r").attrs)
-        geno = {"zarr": str(g.zarr), "created": attrs.get("created"),
+        attrs = open_genotypes(cfg).attrs
+        geno = {"store": str(g.zarr or g.vcf_zarr), "created": attrs.get("created"),
                 "provenance": attrs.get("provenance")}
     sc = cfg.spectrum
     spec = {"method": method}
@@ -147,6 +149,7 @@ def stage_inputs(cfg: RunConfig, method: str) -> dict[str, dict]:
                    "covariates": cfg.section_fingerprint("covariates"),
                    "covariate_file": file_fingerprint(cfg.covariates.file)},
         "reml": {"reml": cfg.section_fingerprint("reml")},
+        "blup": {"predict": cfg.section_fingerprint("predict")},
         "report": {"export_gcta": str(cfg.gcta_prefix())},
     }
 
@@ -160,11 +163,12 @@ def stage_plan(cfg: RunConfig, method: str) -> dict[str, dict]:
         inputs["variant_stats"] = {**inputs["variant_stats"], "store": inputs["ingest"]}
     upstream = {"ingest": [], "variant_stats": ["ingest"] if from_plink else [], "grm": ["variant_stats"],
                 "spectrum": ["variant_stats"] + (["grm"] if method == "exact" else []),
-                "rotate": ["spectrum"], "reml": ["rotate"],
-                "report": ["reml"] + (["grm"] if cfg.gcta_prefix() is not None else [])}
+                "rotate": ["spectrum"], "reml": ["rotate"], "blup": ["reml"],
+                "report": ["reml"] + (["blup"] if cfg.predict.blup else []) + (["grm"] if cfg.gcta_prefix() is not None else [])}
     plan: dict[str, dict] = {}
     for name in STAGES:
-        if (name == "grm" and not needs_grm) or (name == "ingest" and not from_plink):
+        if (name == "grm" and not needs_grm) or (name == "ingest" and not from_plink) or \
+                (name == "blup" and not cfg.predict.blup):
             continue
         ups = upstream[name]
         fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
@@ -281,13 +285,22 @@ def _log_to(path: Path):
 # validation
 # ---------------------------------------------------------------------------------------
 
+def open_genotypes(cfg: RunConfig, verify: bool = True):
+    """The cohort store or the VCF Zarr store a config names (not for PLINK input)."""
+    if cfg.genotypes.vcf_zarr is not None:
+        from .io.vcfzarr import open_vcf_zarr
+
+        return open_vcf_zarr(cfg.genotypes.vcf_zarr)
+    return open_store(cfg.genotypes.zarr, verify=verify)
+
+
 def _genotype_ids(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.genotypes.plink is not None:
         from .io.plink import plink_paths, read_fam
 
         fid, iid = read_fam(plink_paths(cfg.genotypes.plink)["fam"])
         return list(zip(fid, iid))
-    return open_store(cfg.genotypes.zarr).sample_ids()
+    return open_genotypes(cfg).sample_ids()
 
 
 def _n_variants(cfg: RunConfig) -> int:
@@ -296,7 +309,7 @@ def _n_variants(cfg: RunConfig) -> int:
 
         paths = plink_paths(cfg.genotypes.plink)
         return len(read_bim(paths["bim"])["id"])
-    return open_store(cfg.genotypes.zarr, verify=False).n_variants
+    return open_genotypes(cfg, verify=False).n_variants
 
 
 def _read_id_list(path: Path) -> list[str]:
@@ -333,7 +346,7 @@ def validate_inputs(cfg: RunConfig) -> Inputs:
         check_bed(plink_paths(cfg.genotypes.plink)["bed"], len(ids), p)
     cov = cfg.covariates
     design = build_design(ids, cfg.phenotypes.file, cfg.phenotypes.columns, cov.file, cov.columns,
-                          cov.categorical)
+                          cov.categorical, qcovar_path=cov.qcovar, dcovar_path=cov.covar)
     include = _read_id_list(cfg.variants.include) if cfg.variants.include else None
     method = spectrum_method(cfg, len(ids))
     check_memory(cfg, len(ids), method)
@@ -374,8 +387,8 @@ def check_memory(cfg: RunConfig, n: int, method: str) -> None:
     from dask.utils import format_bytes
 
     chunk_s, chunk_v = cfg.genotypes.chunks
-    if cfg.genotypes.zarr is not None:
-        chunk_s, chunk_v = open_store(cfg.genotypes.zarr, verify=False).chunks
+    if cfg.genotypes.plink is None:
+        chunk_s, chunk_v = open_genotypes(cfg, verify=False).chunks
     if method == "randomized":
         from .spectrum import DEFAULT_OVERSAMPLE, plan_pass
 
@@ -478,6 +491,36 @@ def load_spectrum(path: Path) -> Spectrum:
                     diag_K=arrays.get("diag_K"), method=a["method"], rank=a["rank"],
                     diagnostics=a["diagnostics"], tail_trace_K2=a["tail_trace_K2"],
                     ritz_cross=arrays.get("ritz_cross"))
+
+
+def write_snp_effects(out: Path, variants: dict, std: Standardization, names: list, beta: np.ndarray) -> Path:
+    """SNP effects per standardized genotype and per copy of allele 1: a TSV, or Zarr when p x m is large."""
+    per_allele = beta * std.scale[:, None]
+    p, m = beta.shape
+    freq = std.center / 2.0
+    if p * m > 5_000_000:
+        path = out / "snp_effects.zarr"
+        with atomic_dir(path, overwrite=True) as tmp:
+            g = zarr.open_group(tmp, mode="w")
+            new_array(g, "beta_std", shape=beta.shape, dtype="float64", data=beta,
+                      chunks=(min(p, 65536), min(m, 64)))
+            new_array(g, "beta_allele", shape=beta.shape, dtype="float64", data=per_allele,
+                      chunks=(min(p, 65536), min(m, 64)))
+            g.attrs.update({"phenotypes": list(names), "counted_allele": "allele1 of the variant table",
+                            "rows": "variants of the genotype store, in order; 0 for dropped variants"})
+        return path
+    header = ["chrom", "id", "pos", "allele1", "allele2", "freq_allele1", "used"]
+    header += [f"beta_{n}" for n in names] + [f"beta_allele_{n}" for n in names]
+    lines = ["\t".join(header)]
+    for j in range(p):
+        row = [str(variants["chrom"][j]), str(variants["id"][j]), str(variants["pos"][j]),
+               str(variants["allele1"][j]), str(variants["allele2"][j]),
+               f"{freq[j]:.6g}" if std.keep[j] else "NA", "1" if std.keep[j] else "0"]
+        row += [f"{x:.8g}" for x in beta[j]] + [f"{x:.8g}" for x in per_allele[j]]
+        lines.append("\t".join(row))
+    path = out / "snp_effects.tsv"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def write_spectrum_tables(out: Path, spec: Spectrum, ids: list, n_pcs: int) -> None:
@@ -619,8 +662,10 @@ class Runner:
     # -- loaders of committed outputs ------------------------------------------------
     def store(self) -> CohortStore:
         if "store" not in self.loaded:
-            path = self.out / "genotypes.zarr" if self.cfg.genotypes.plink is not None else self.cfg.genotypes.zarr
-            self.loaded["store"] = open_store(path)
+            if self.cfg.genotypes.plink is not None:
+                self.loaded["store"] = open_store(self.out / "genotypes.zarr")
+            else:
+                self.loaded["store"] = open_genotypes(self.cfg)
         return self.loaded["store"]
 
     def std(self) -> Standardization:
@@ -728,7 +773,8 @@ class Runner:
                  spec.n, spec.k, spec.rank, spec.s[0])
         return spec, info
 
-    def do_rotate(self):
+    def rotated_design(self) -> RotatedDesign:
+        """Phenotypes and fixed effects (with PCs if asked) rotated onto the analysed samples' spectrum."""
         spec = self.spectrum()
         d = self.inp.design
         analysed = d.analysed
@@ -740,8 +786,12 @@ class Runner:
             Z = np.hstack([Z, spec.U[:, :m]])
             znames += [f"PC{i + 1}" for i in range(m)]
         sub = spec if analysed.all() else spec.subset(np.flatnonzero(analysed))
-        rd = rotate(sub, d.Y[analysed], Z[analysed], phenotype_names=d.phenotype_names,
-                    covariate_names=znames, missing=self.cfg.phenotypes.missing)
+        return rotate(sub, d.Y[analysed], Z[analysed], phenotype_names=d.phenotype_names,
+                      covariate_names=znames, missing=self.cfg.phenotypes.missing)
+
+    def do_rotate(self):
+        analysed = self.inp.design.analysed
+        rd = self.rotated_design()
         rd.save(self.out / "rotated.npz")
         return rd, {"n_analysed": int(analysed.sum()),
                     "missing_methods": sorted({g.method for g in rd.groups})}
@@ -759,8 +809,30 @@ class Runner:
         self.loaded["reml"] = result
         return result, {"phenotypes": len(result.fits)}
 
+    def do_blup(self):
+        """ĝ for every genotyped sample (blup.tsv) and, if asked, SNP effects (one pass over X)."""
+        from .blup import genetic_values, snp_effects
+
+        spec = self.spectrum()
+        rd = self.rotated_design()  # in memory again: predictions need the rotation's sources
+        result = RemlResult.from_dict(json.loads((self.out / "reml.json").read_text()))
+        analysed = np.flatnonzero(self.inp.design.analysed)
+        b = genetic_values(spec, rd, result, rows=analysed)
+        names = b.names
+        lines = ["FID\tIID\t" + "\t".join(names)]
+        for (f, i), g in zip(self.inp.ids, b.genetic_values):
+            lines.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" for x in g))
+        atomic_write_text(self.out / "blup.tsv", "\n".join(lines) + "\n")
+        info = {"phenotypes": len(names)}
+        if self.cfg.predict.snp_effects:
+            std, store = self.std(), self.store()
+            beta = snp_effects(store.genotypes, std, b)
+            write_snp_effects(self.out, store.variant_table(), std, names, beta)
+            info["passes_over_X"] = 1
+        return b, info
+
     def do_report(self):
-        from .report import write_results
+        from .report import write_hsq, write_plink_pca, write_report, write_results
 
         std, spec = self.std(), self.spectrum()
         reml = json.loads((self.out / "reml.json").read_text())
@@ -790,6 +862,11 @@ class Runner:
             "config": self.cfg.model_dump(mode="json"),
         }
         js, _ = write_results(self.out, reml, run_info)
+        write_hsq(self.out / "hsq", reml)
+        write_plink_pca(self.out / "pca", self.inp.ids, spec.U, spec.s, max(self.cfg.covariates.pcs, 20))
+        doc = json.loads(js.read_text())
+        ritz = spec.diagnostics.get("ritz_residuals")
+        write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None)
         return js, {}
 
 
@@ -834,7 +911,8 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
         if todo:
             remove_path(out / "results.json")  # nothing that looks finished while stages rerun
-        needs_cluster = any(s in todo for s in ("ingest", "variant_stats", "grm", "spectrum"))
+        needs_cluster = any(s in todo for s in ("ingest", "variant_stats", "grm", "spectrum")) or \
+            ("blup" in todo and cfg.predict.snp_effects)
         if client is not None or not needs_cluster:
             ctx = contextlib.nullcontext(client)
         else:
@@ -848,8 +926,9 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                 runner.stage("variant_stats", runner.do_stats)
                 runner.stage("grm", runner.do_grm)
                 runner.stage("spectrum", runner.do_spectrum)
-            runner.stage("rotate", runner.do_rotate)
-            runner.stage("reml", runner.do_reml)
+                runner.stage("rotate", runner.do_rotate)
+                runner.stage("reml", runner.do_reml)
+                runner.stage("blup", runner.do_blup)
             runner.stage("report", runner.do_report)
         except (RunInterrupted, KeyboardInterrupt) as exc:
             stage = runner.manifest.get("current_stage")
@@ -898,7 +977,7 @@ def status(out: Path) -> list[dict]:
         row = {"stage": name, "state": entry.get("status") if entry else "pending",
                "seconds": entry.get("seconds") if entry else None}
         if plan and name not in plan:
-            row["state"], row["rerun"] = ("not needed" if name == "grm" else "external store"), "no"
+            row["state"], row["rerun"] = ("external store" if name == "ingest" else "not needed"), "no"
         elif problem:
             row["rerun"] = f"unknown ({problem})"
         elif not entry:
@@ -918,6 +997,6 @@ def status(out: Path) -> list[dict]:
     for row in rows:
         if row["rerun"].startswith("yes"):
             rerun = True
-        elif rerun and row["rerun"] == "no":
+        elif rerun and row["rerun"] == "no" and row["state"] not in ("not needed", "external store"):
             row["rerun"] = "yes (upstream reruns)"
     return rows

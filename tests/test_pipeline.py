@@ -117,3 +117,55 @@ def test_api_run_with_own_client_and_atomic_results(cohort, tmp_path, monkeypatc
     assert again.stages_run == ("report",)
     assert again.result["trait1"].h2 == pytest.approx(first.h2, abs=1e-12)
     assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_predictions_report_and_peer_files(cohort, tmp_path):
+    """predict: blup.tsv = ĝ of the API; scoring the training cohort with its SNP effects gives ĝ
+    back (X β̂ = ĝ); report.html has every section and every image is a PNG; .hsq and .eigenvec."""
+    import base64
+    import re
+
+    from bigmm.blup import genetic_values
+    from bigmm.reml import rotate
+
+    cfg = bigmm.load_config(write_config(tmp_path / "run.yaml", cohort, tmp_path / "out",
+                                         predict={"blup": True, "snp_effects": True},
+                                         grm={"dtype": "float64"}))
+    from conftest import local_cluster
+    from distributed import Client
+
+    with local_cluster(1, 2) as cluster, Client(cluster) as client:
+        outcome = bigmm.run(cfg, client=client)
+    out = tmp_path / "out"
+    blup = np.loadtxt(out / "blup.tsv", skiprows=1, usecols=(2, 3))
+    # API: the same design rotated on the spectrum of the analysed samples
+    from bigmm.pipeline import load_spectrum, validate_inputs
+
+    inp = validate_inputs(cfg)
+    spec = load_spectrum(out / "spectrum.zarr")
+    a = np.flatnonzero(inp.design.analysed)
+    rd = rotate(spec.subset(a) if a.size < spec.n else spec, inp.design.Y[a], inp.design.Z[a],
+                phenotype_names=inp.design.phenotype_names, covariate_names=inp.design.covariate_names)
+    g = genetic_values(spec, rd, outcome.result, rows=a).genetic_values
+    np.testing.assert_allclose(blup, g, rtol=1e-7, atol=1e-9)  # 8 significant digits in the TSV
+    # scoring the training genotypes with the SNP effects reproduces ĝ (the identity X β̂ = ĝ);
+    # the TSV keeps 8 significant digits of each effect: |Σ_j x_j δβ_j| ≲ 1e-8 · √p · |β|·|x|
+    proc = subprocess.run([sys.executable, "-m", "bigmm.cli", "score", "--run", str(out), "--bfile",
+                           str(cohort / "c"), "--out", str(tmp_path / "s.tsv")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scores = np.loadtxt(tmp_path / "s.tsv", skiprows=1, usecols=(2, 3))
+    np.testing.assert_allclose(scores, blup, atol=1e-5)
+    html = (out / "report.html").read_text()
+    for section in ("summary", "estimates", "spectrum", "profiles", "stages"):
+        assert f'<section id="{section}">' in html
+    imgs = re.findall(r'<img id="fig-([a-z0-9_]+)" src="data:image/png;base64,([^"]+)"', html)
+    assert {name for name, _ in imgs} >= {"scree", "pc1_pc2", "pc3_pc4", "reml_profiles"}
+    for name, data in imgs:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (out / "report" / f"{name}.png").exists()
+    assert "trait1" in html and "95% CI" in html
+    hsq = (out / "hsq" / "trait1.hsq").read_text().splitlines()
+    assert hsq[0].split("\t") == ["Source", "Variance", "SE"]
+    assert float(hsq[4].split("\t")[1]) == pytest.approx(outcome.result["trait1"].h2, rel=1e-9)
+    vec = (out / "pca.eigenvec").read_text().splitlines()
+    assert vec[0].startswith("#FID\tIID\tPC1") and len(vec) == 301

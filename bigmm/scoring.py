@@ -1,0 +1,75 @@
+"""``bigmm score``: a run's SNP effects applied to another cohort (the glue; the maths is in blup.py)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .blup import match_alleles, score
+from .errors import InputError
+from .store import atomic_write_text
+
+log = logging.getLogger("bigmm")
+
+
+def _read_effects(run: Path):
+    from .pipeline import load_variants, open_genotypes, read_manifest
+    from .config import parse_config
+
+    manifest = read_manifest(run)
+    if manifest is None:
+        raise InputError(f"{run} is not a bigmm run directory (no run.json)")
+    std = load_variants(run / "variants.zarr")
+    tsv, zp = run / "snp_effects.tsv", run / "snp_effects.zarr"
+    cfg = parse_config(manifest["config"], base=run)
+    if cfg.genotypes.plink is not None:
+        from .store import open_store
+
+        train = open_store(run / "genotypes.zarr", verify=False).variant_table()
+    else:
+        train = open_genotypes(cfg, verify=False).variant_table()
+    if zp.exists():
+        g = zarr.open_group(str(zp), mode="r")
+        return train, std, np.asarray(g["beta_std"][...]), list(g.attrs["phenotypes"])
+    if not tsv.exists():
+        raise InputError(f"{run} has no SNP effects: run it with predict: {{snp_effects: true}}")
+    with open(tsv) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+    names = [h[len("beta_"):] for h in header if h.startswith("beta_") and not h.startswith("beta_allele_")]
+    cols = [header.index(f"beta_{n}") for n in names]
+    beta = np.loadtxt(tsv, skiprows=1, usecols=cols, ndmin=2, delimiter="\t")
+    return train, std, beta, names
+
+
+def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None):
+    """Score a target cohort with the SNP effects of ``run``; returns (path, allele-match counts)."""
+    run = Path(run)
+    train, std, beta, names = _read_effects(run)
+    with tempfile.TemporaryDirectory() as tmp:
+        if bfile is not None:
+            from .io.plink import ingest_plink
+
+            target = ingest_plink(bfile, Path(tmp) / "target.zarr")
+        elif zarr_path is not None:
+            from .store import open_store
+
+            target = open_store(zarr_path)
+        else:
+            from .io.vcfzarr import open_vcf_zarr
+
+            target = open_vcf_zarr(vcf_zarr)
+        m = match_alleles(train, target.variant_table())
+        if m.counts["used"] == 0:
+            raise InputError(f"no variant of the target matches the training variants by ID and alleles "
+                             f"({m.counts})")
+        log.info("scoring: %s", m.counts)
+        S = score(target.genotypes, m, std, beta)
+        lines = ["FID\tIID\t" + "\t".join(names)]
+        for (f, i), row in zip(target.sample_ids(), S):
+            lines.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" for x in row))
+    atomic_write_text(Path(out), "\n".join(lines) + "\n")
+    return Path(out), m.counts
