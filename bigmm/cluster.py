@@ -35,6 +35,29 @@ def blas_threads_per_worker(workers: int, threads_per_worker: int, cores: int | 
     return max(1, cores // (workers * threads_per_worker))
 
 
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover - distributed is a dependency
+    _WorkerPlugin = object
+
+
+class BlasThreads(_WorkerPlugin):
+    """A worker plugin that sets the worker's BLAS thread count with threadpoolctl."""
+
+    idempotent = True
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def setup(self, worker=None):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(self.n, user_api="blas")
+
+    def teardown(self, worker=None):
+        pass
+
+
 def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None):
     """The dask-jobqueue cluster object for a ``slurm``/``pbs``/``sge`` backend (no job submitted)."""
     try:
@@ -116,6 +139,7 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
             return
         nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
         env = {k: str(nblas) for k in BLAS_ENV}
+        saved = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's env
         cluster = LocalCluster(
             n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
             host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
@@ -125,7 +149,12 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
             # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
             silence_logs=logging.CRITICAL,
         )
+        os.environ.clear()
+        os.environ.update(saved)
         client = Client(cluster)
+        # Dask's nanny sets the BLAS variables to 1 before the worker starts, and `env` arrives after
+        # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
+        client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
         log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d%s", cfg.workers,
                  cfg.threads_per_worker, cfg.memory_limit, nblas,
                  f", dashboard {client.dashboard_link}" if cfg.dashboard else "")
