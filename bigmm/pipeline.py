@@ -53,6 +53,7 @@ from .genotypes import Standardization, VariantStats, standardization, variant_s
 from .io.tables import Design, build_design
 from .reml import RemlResult, RotatedDesign, fit_rotated, rotate
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
+from .store import file_fingerprint  # noqa: F401  (part of this module's API)
 from .store import (CheckedArray, CohortStore, atomic_dir, atomic_write_text, new_array, now_utc,
                     open_store, remove_path, verify_chunks)
 from .tasks import pause_point
@@ -101,22 +102,6 @@ class RunOutcome:
 def _hash(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_fingerprint(path: Path | None, content: bool = True) -> dict | None:
-    """Size, mtime and (for small or text inputs) a content hash of a file."""
-    if path is None:
-        return None
-    path = Path(path)
-    st = path.stat()
-    out = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if content:
-        h = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        out["blake2b"] = h.hexdigest()
-    return out
 
 
 def stage_inputs(cfg: RunConfig, method: str) -> dict[str, dict]:
@@ -305,7 +290,7 @@ def _genotype_ids(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def _n_variants(cfg: RunConfig) -> int:
     if cfg.genotypes.plink is not None:
-        from .io.plink import check_bed, plink_paths, read_bim
+        from .io.plink import plink_paths, read_bim
 
         paths = plink_paths(cfg.genotypes.plink)
         return len(read_bim(paths["bim"])["id"])

@@ -148,6 +148,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def file_fingerprint(path: Path | None, content: bool = True) -> dict | None:
+    """Size, mtime and (unless ``content`` is False, for big files) a blake2b hash of a file."""
+    if path is None:
+        return None
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    out = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if content:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        out["blake2b"] = h.hexdigest()
+    return out
+
+
 def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

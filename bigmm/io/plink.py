@@ -17,8 +17,8 @@ import numpy as np
 import zarr
 
 from ..errors import InputError
-from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, finish_store, new_array,
-                     now_utc, open_store, write_store_tables)
+from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, file_fingerprint, finish_store,
+                     new_array, now_utc, open_store, write_store_tables)
 
 log = logging.getLogger("bigmm")
 
@@ -130,24 +130,6 @@ def _check_padding(buf: bytes, paths: dict[str, Path], n: int, v0: int, ids: lis
                          f"`plink --bfile ... --make-bed`)")
 
 
-def _file_fingerprint(path: Path, hash_content: bool = True) -> dict:
-    st = path.stat()
-    out = {"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime}
-    if hash_content:
-        h = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        out["blake2b"] = h.hexdigest()
-    return out
-
-
-def plink_fingerprint(prefix) -> dict:
-    """Sizes and modification times of a fileset: cheap, for change detection."""
-    paths = plink_paths(prefix)
-    return {ext: _file_fingerprint(p, hash_content=False) for ext, p in paths.items()}
-
-
 def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
                  chunks: tuple[int, int] = DEFAULT_CHUNKS, overwrite: bool = False,
                  max_block_bytes: int = 256 << 20, num_threads: int | None = None) -> CohortStore:
@@ -202,13 +184,13 @@ def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
                              paths["bed"].name, b + 1, n_blocks, 100 * (b + 1) / n_blocks, el,
                              el / (b + 1) * (n_blocks - b - 1))
         write_store_tables(group, fid, iid, variants)
-        bed_fp = _file_fingerprint(paths["bed"], hash_content=False)
+        bed_fp = file_fingerprint(paths["bed"], content=False)
         bed_fp["blake2b"] = bed_hash.hexdigest()
         provenance = {
             "source": "plink",
             "prefix": str(Path(str(prefix)).resolve()),
-            "files": {"bed": bed_fp, "bim": _file_fingerprint(paths["bim"]),
-                      "fam": _file_fingerprint(paths["fam"])},
+            "files": {"bed": bed_fp, "bim": file_fingerprint(paths["bim"]),
+                      "fam": file_fingerprint(paths["fam"])},
             "counted_allele": "allele1 (.bim column 5)",
             "ingested": now_utc(),
         }
