@@ -487,6 +487,157 @@ def task_stream_summary(data: list) -> dict:
             "utilization": sum(per_worker.values()) / (span * max(1, len(per_worker)))}
 
 
+# --------------------------------------------------------------------------- profile
+
+def _std_for(cache: Path, cohort: dict, store):
+    """The standardization of a cohort: from its first end-to-end run when there is one."""
+    import bigmm
+    from bigmm.pipeline import load_variants
+
+    v = cache / "runs" / f"n{cohort['n']}_r1" / "out" / "variants.zarr"
+    if v.exists():
+        return load_variants(v)
+    return bigmm.standardization(bigmm.variant_stats(store.to_dask()), "gcta")
+
+
+def profile_task(store, std, ncols: int, n_chunks: int = 2) -> dict:
+    """Replay one pass task's loop (bigmm.spectrum._apply_task) over ``n_chunks`` variant chunks after a
+    warm-up one, with 1 BLAS thread as in a default worker: Zarr read+decode, standardization, the two
+    GEMMs (float32), accumulation."""
+    from threadpoolctl import threadpool_limits
+
+    from bigmm.genotypes import standardize_block
+
+    G = store.genotypes
+    n, p = G.shape
+    cw = G.chunks[1]
+    M = np.random.default_rng(0).standard_normal((n, ncols))
+    keys = ("read", "standardize", "gemm_XtM", "gemm_XY", "accumulate")
+    t = dict.fromkeys(keys, 0.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        Md = M.astype(np.float32)
+        buf = np.empty(n * cw, dtype=np.float32)
+        acc = np.zeros(M.shape)
+        for c in range(n_chunks + 1):
+            a, b = c * cw, min(p, (c + 1) * cw)
+            t0 = time.perf_counter()
+            g = np.asarray(G[:, a:b])
+            t1 = time.perf_counter()
+            X = standardize_block(g, std.center[a:b], std.scale[a:b], np.float32, out=buf)
+            t2 = time.perf_counter()
+            T = X.T @ Md
+            t3 = time.perf_counter()
+            Y = X @ T
+            t4 = time.perf_counter()
+            acc += Y
+            t5 = time.perf_counter()
+            if c:
+                for k, v in zip(keys, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                    t[k] += v / n_chunks
+    total = sum(t.values())
+    n_ch = (p + cw - 1) // cw
+    return {"n": n, "ncols": ncols, "chunk_cols": cw, "per_chunk_s": t, "chunk_s": total,
+            "ns_per_genotype_read": t["read"] / (n * cw) * 1e9,
+            "ns_per_genotype_standardize": t["standardize"] / (n * cw) * 1e9,
+            "gflops_gemm": 4.0 * n * cw * ncols / (t["gemm_XtM"] + t["gemm_XY"]) / 1e9,
+            "fractions": {k: v / total for k, v in t.items()}, "serial_pass_s": total * n_ch}
+
+
+def profile_pass_cluster(client, store, std, ncols: int, memory: int) -> dict:
+    """One pass on the cluster: bigmm.spectrum.apply_grm as it is (the block of vectors M embedded in the
+    task graph), then the same tasks with M scattered to the workers first (client.scatter broadcast)."""
+    from distributed import as_completed, get_task_stream
+
+    from bigmm.spectrum import _apply_task, apply_grm, plan_pass
+
+    G = store.genotypes
+    n, p = G.shape
+    M = np.random.default_rng(1).standard_normal((n, ncols))
+
+    def stream(ts, t_submit):
+        recs = [(ss["start"], ss["stop"], r.get("worker")) for r in ts.data for ss in r.get("startstops", ())
+                if ss.get("action") == "compute" and ss["stop"] - ss["start"] > 0.05]
+        first, last = min(s for s, _, _ in recs), max(e for _, e, _ in recs)
+        workers = {w for _, _, w in recs}
+        return {"tasks": len(recs), "submit_to_first_task_s": first - t_submit, "makespan_s": last - first,
+                "busy_s": sum(e - s for s, e, _ in recs),
+                "per_worker_s": sorted(sum(e - s for s, e, w in recs if w == ww) for ww in workers)}
+
+    out = {"n": n, "ncols": ncols}
+    with get_task_stream(client) as ts:
+        t0 = time.time()
+        Y, _ = apply_grm(G, std, M, dtype=np.float32, memory=memory)
+        out["apply_grm"] = {"wall_s": time.time() - t0, **stream(ts, t0)}
+    cw = G.chunks[1]
+    bounds = [(a, min(p, a + cw)) for a in range(0, p, cw) if std.scale[a:min(p, a + cw)].any()]
+    nthreads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+    plan = plan_pass(n, ncols, bounds, memory, 2 * nthreads, 4)
+    with get_task_stream(client) as ts:
+        t0 = time.time()
+        Mf = client.scatter(M, broadcast=True)
+        futs = [client.submit(_apply_task, G, None, std.center, std.scale, grp, plan.sub_width, Mf, np.float32,
+                              std.n_kept, False, pure=False) for grp in plan.groups]
+        acc = None
+        for f in as_completed(futs):
+            part = f.result()[0]
+            acc = part if acc is None else acc + part
+            f.release()
+        out["scattered"] = {"wall_s": time.time() - t0, **stream(ts, t0)}
+    del Mf
+    out["same_result"] = bool(np.allclose(acc, Y, rtol=1e-3, atol=1e-4 * float(np.abs(Y).max())))
+    out["groups"] = [len(g) for g in plan.groups]
+    log(f"  pass n={n}: apply_grm {out['apply_grm']['wall_s']:.1f} s (compute {out['apply_grm']['busy_s']:.1f} s), "
+        f"M scattered {out['scattered']['wall_s']:.1f} s (compute {out['scattered']['busy_s']:.1f} s)")
+    return out
+
+
+def profile_driver(n: int, l: int) -> dict:
+    """Driver steps between passes: CholeskyQR2 of the n x l block (all BLAS threads) and the checkpoint."""
+    import tempfile
+
+    from bigmm.pipeline import PassCheckpoint
+    from bigmm.spectrum import cholesky_qr2
+
+    Y = np.random.default_rng(2).standard_normal((n, l))
+    t0 = time.perf_counter()
+    Q = cholesky_qr2(Y)
+    t_qr = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=REPO / "cache") as d:
+        ck = PassCheckpoint(Path(d) / "spectrum.partial", "profile")
+        t0 = time.perf_counter()
+        ck.save({"pass": 1, "Q": Q, "diag": np.ones(n), "K1": np.ones(n)})
+        t_ck = time.perf_counter() - t0
+    return {"n": n, "l": l, "cholesky_qr2_s": t_qr, "checkpoint_save_s": t_ck}
+
+
+def profile(args, cache: Path, res: dict) -> None:
+    import bigmm
+    from dask.utils import parse_bytes
+
+    from bigmm.cluster import dask_client
+    from bigmm.config import ClusterConfig
+
+    l = args.rank + args.oversample
+    memory = int(0.6 * parse_bytes(args.memory_limit) / args.threads)
+    prof: dict = {"task": [], "cluster": [], "driver": []}
+    res["profile"] = prof
+    targets = [c for c in res["cohorts"] if c["n"] in (res["args"]["compare_n"], max(args.n))]
+    stores = {c["n"]: (c, bigmm.open_store(c["paths"]["zarr"])) for c in targets}
+    stds = {}
+    for n, (c, store) in stores.items():
+        stds[n] = _std_for(cache, c, store)
+        for ncols in (l + 1, args.plink2_pcs + args.oversample + 1):
+            r = profile_task(store, stds[n], ncols)
+            log(f"  task profile n={n} l={ncols}: chunk {r['chunk_s']:.2f} s, GEMM {r['gflops_gemm']:.0f} GFLOP/s, "
+                + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["fractions"].items()))
+            prof["task"].append(r)
+        prof["driver"].append(profile_driver(n, l))
+    cc = ClusterConfig(workers=args.workers, threads_per_worker=args.threads, memory_limit=args.memory_limit)
+    with dask_client(cc) as client:
+        for n, (c, store) in stores.items():
+            prof["cluster"].append(profile_pass_cluster(client, store, stds[n], l + 1, memory))
+
+
 # --------------------------------------------------------------------------- memory plan
 
 def memory_plans(args, ns: list[int]) -> list[dict]:
@@ -712,6 +863,34 @@ def build_report(res: dict) -> str:
             lines.append(f"| {pl['n']:,} | {pl['chunk_width']} | {pl['sub_width']} | {pl['task_mib']:,.0f} | "
                          f"{pl['vectors_mib']:,.0f} | {pl['slab_mib']:,.0f} | {pl['standardized_mib']:,.0f} |")
         lines.append("")
+    prof = res.get("profile")
+    if prof:
+        lines += ["**Profile of a pass** (where a pass's time goes; same stores and cluster settings):", ""]
+        for r in prof["task"]:
+            f = r["fractions"]
+            lines.append(f"- One pass task at n = {r['n']:,}, {r['ncols']} vectors (1 BLAS thread, as in a worker; "
+                         f"per variant chunk of {r['chunk_cols']}): {r['chunk_s']:.2f} s = GEMMs "
+                         f"{100 * (f['gemm_XtM'] + f['gemm_XY']):.0f}% ({r['gflops_gemm']:.0f} GFLOP/s float32), Zarr "
+                         f"read+decode {100 * f['read']:.0f}% ({r['ns_per_genotype_read']:.2f} ns/genotype), "
+                         f"standardization {100 * f['standardize']:.0f}% ({r['ns_per_genotype_standardize']:.2f} "
+                         f"ns/genotype), accumulation {100 * f['accumulate']:.0f}%; one core alone would take "
+                         f"{r['serial_pass_s']:.1f} s per pass.")
+        for r in prof["cluster"]:
+            ag, sc = r["apply_grm"], r["scattered"]
+            ser = next((t["serial_pass_s"] for t in prof["task"] if t["n"] == r["n"] and t["ncols"] == r["ncols"]), None)
+            lines.append(f"- One pass on the cluster at n = {r['n']:,} ({r['ncols']} vectors, {len(r['groups'])} tasks of "
+                         f"{'/'.join(str(g) for g in r['groups'])} variant chunks): bigmm.spectrum.apply_grm "
+                         f"{ag['wall_s']:.1f} s wall, tasks computing {ag['busy_s']:.1f} s in all"
+                         + (f" (×{ag['busy_s'] / ser:.2f} the one-core time: the two workers slow each other down)"
+                            if ser else "")
+                         + f", per worker {' / '.join(f'{x:.1f}' for x in ag['per_worker_s'])} s; the same tasks with "
+                         f"the vectors scattered to the workers first instead of embedded in the graph: "
+                         f"{sc['wall_s']:.1f} s ({100 * (1 - sc['wall_s'] / ag['wall_s']):.0f}% less).")
+        for r in prof["driver"]:
+            lines.append(f"- Between passes at n = {r['n']:,} (driver): CholeskyQR2 of the n × {r['l']} block "
+                         f"{r['cholesky_qr2_s']:.2f} s, the pass checkpoint (PassCheckpoint.save) "
+                         f"{r['checkpoint_save_s']:.2f} s.")
+        lines.append("")
     if res.get("summary"):
         lines += res["summary"] + [""]
     lines += ["Regenerate:", "", "```", res["command"], "```"]
@@ -798,6 +977,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-svd", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--no-compare", action="store_true")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile of a pass")
     ap.add_argument("--write-docs", action="store_true", help="write the section to docs/benchmarks.md")
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
@@ -861,6 +1041,10 @@ def main(argv=None) -> int:
             res["compare_reused_from"] = previous_compare_date
         else:
             compare(args, cache, next(c for c in res["cohorts"] if c["n"] == cn), res)
+        save()
+    if not args.no_profile:
+        log("profile: one pass task, one pass on the cluster, driver steps")
+        profile(args, cache, res)
         save()
     res["loadavg_end"] = os.getloadavg()
     res["summary"] = goals(res, args)
