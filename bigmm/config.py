@@ -84,6 +84,8 @@ class SpectrumConfig(_Section):
     rank: int = Field(200, ge=1)
     oversample: Optional[int] = Field(None, ge=0)
     power_iters: Optional[int] = Field(None, ge=0)
+    #: "krylov" (block Krylov, q + 1 passes) or "subspace" (subspace iteration, q + 2 passes)
+    algorithm: Literal["krylov", "subspace"] = "krylov"
     seed: int = 0
     probes: int = Field(30, ge=0)
     #: method "auto" uses the exact spectrum up to this many analysed samples

@@ -122,7 +122,7 @@ def stage_inputs(cfg: RunConfig, method: str) -> dict[str, dict]:
     spec = {"method": method}
     if method == "randomized":
         spec.update(rank=sc.rank, oversample=sc.oversample, power_iters=sc.power_iters, seed=sc.seed,
-                    probes=sc.probes, dtype=sc.dtype)
+                    probes=sc.probes, dtype=sc.dtype, algorithm=sc.algorithm)
     return {
         "ingest": geno,
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
@@ -375,11 +375,11 @@ def check_memory(cfg: RunConfig, n: int, method: str) -> None:
     if cfg.genotypes.plink is None:
         chunk_s, chunk_v = open_genotypes(cfg, verify=False).chunks
     if method == "randomized":
-        from .spectrum import DEFAULT_OVERSAMPLE, plan_pass
+        from .spectrum import DEFAULT_OVERSAMPLE, pass_columns, plan_pass
 
         sc = cfg.spectrum
         l = min(n, sc.rank + (DEFAULT_OVERSAMPLE if sc.oversample is None else sc.oversample))
-        plan_pass(n, max(l + 1, l + sc.probes), [(0, chunk_v)], mem, 1)
+        plan_pass(n, pass_columns(l, sc.probes, sc.algorithm), [(0, chunk_v)], mem, 1)
     if method == "exact" or cfg.gcta_prefix() is not None:
         block = cfg.grm.block_size or chunk_s
         need = 8 * block * block + 2 * 8 * block * chunk_v
@@ -523,39 +523,47 @@ def write_spectrum_tables(out: Path, spec: Spectrum, ids: list, n_pcs: int) -> N
 
 
 class PassCheckpoint:
-    """Saves the randomized spectrum's state after each pass (``spectrum.partial/state.zarr``)."""
+    """Saves what each pass of the randomized spectrum adds (``spectrum.partial/pass-<j>.zarr``).
+
+    Each pass's state is committed atomically in its own group, written once; :meth:`load`
+    returns the states of passes 1, 2, … up to the first missing or unusable one.
+    """
 
     def __init__(self, directory: Path, fingerprint: str):
         self.dir = Path(directory)
         self.fingerprint = fingerprint
 
-    def load(self) -> dict | None:
-        path = self.dir / "state.zarr"
-        if not path.exists():
-            return None
-        try:
-            g = zarr.open_group(str(path), mode="r")
-            if g.attrs.get("fingerprint") != self.fingerprint:
-                return None
-            state = {"pass": int(g.attrs["pass"])}
-            for name in ("Q", "diag", "K1"):
-                verify_chunks(g[name], f"{path}/{name}")
-                state[name] = np.asarray(CheckedArray(g[name], f"{path}/{name}")[...])
-            return state
-        except (InputError, KeyError, ValueError) as exc:
-            log.warning("randomized spectrum: ignoring an unusable checkpoint (%s)", exc)
-            return None
+    def load(self) -> list | None:
+        states = []
+        j = 1
+        while (self.dir / f"pass-{j}.zarr").exists():
+            path = self.dir / f"pass-{j}.zarr"
+            try:
+                g = zarr.open_group(str(path), mode="r")
+                if g.attrs.get("fingerprint") != self.fingerprint or int(g.attrs["pass"]) != j:
+                    break
+                state = {"pass": j, "algorithm": g.attrs.get("algorithm")}
+                for name in g.array_keys():
+                    verify_chunks(g[name], f"{path}/{name}")
+                    state[name] = np.asarray(CheckedArray(g[name], f"{path}/{name}")[...])
+            except (InputError, KeyError, ValueError) as exc:
+                log.warning("randomized spectrum: ignoring an unusable checkpoint (%s)", exc)
+                break
+            states.append(state)
+            j += 1
+        return states or None
 
     def save(self, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(self.dir / "state.zarr", overwrite=True) as tmp:
+        j = int(state["pass"])
+        with atomic_dir(self.dir / f"pass-{j}.zarr", overwrite=True) as tmp:
             g = zarr.open_group(tmp, mode="w")
-            for name in ("Q", "diag", "K1"):
-                a = state[name]
-                new_array(g, name, shape=a.shape, dtype="float64", data=a,
-                          chunks=(min(a.shape[0], 8192),) + a.shape[1:])
-            g.attrs.update({"pass": int(state["pass"]), "fingerprint": self.fingerprint})
-        log.info("randomized spectrum: checkpoint after pass %d", state["pass"])
+            for name, a in state.items():
+                if isinstance(a, np.ndarray):
+                    new_array(g, name, shape=a.shape, dtype="float64", data=a,
+                              chunks=(min(max(a.shape[0], 1), 8192),) + tuple(max(1, x) for x in a.shape[1:]))
+            g.attrs.update({"pass": j, "algorithm": state.get("algorithm"), "fingerprint": self.fingerprint})
+        log.info("randomized spectrum: checkpoint after pass %d", j)
 
 
 # ---------------------------------------------------------------------------------------
@@ -744,7 +752,7 @@ class Runner:
             spec = randomized_spectrum(store.genotypes, std, sc.rank, oversample=sc.oversample,
                                        power_iters=sc.power_iters, seed=sc.seed, n_probes=sc.probes,
                                        memory=task_memory(self.cfg.cluster), checkpoint=ck,
-                                       dtype=np.dtype(sc.dtype))
+                                       dtype=np.dtype(sc.dtype), algorithm=sc.algorithm)
             d = spec.diagnostics
             log.info("spectrum: randomized, k = %d, l = %d, %d passes over X, max Ritz residual %.2e, "
                      "||U'U - I|| = %.1e", spec.k, spec.k + d["oversample"], d["passes_over_X"],

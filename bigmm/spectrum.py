@@ -143,12 +143,12 @@ def exact_spectrum(K: np.ndarray) -> Spectrum:
 # Randomized top-k eigendecomposition straight from the genotypes
 # --------------------------------------------------------------------------------------
 
-#: Defaults, from the measurements in docs/lowrank.md: with l = k + 50 and q = 4 (6 passes
-#: over X) well-separated (structure) eigenvalues are exact to 1e-13 and ĥ² stays unbiased and
-#: calibrated; bulk Ritz values come out 3-10% low, which costs 5-20% of the efficiency of the
-#: exact top-k model. q = 10 (12 passes) recovers most of it; a larger k buys more than passes.
+#: Defaults, from the measurements in docs/benchmarks.md and docs/lowrank.md. Block Krylov
+#: (the default algorithm) with l = k + 50 and q = 3 (4 passes over X) gives well-separated
+#: (structure) eigenvalues to round-off and bulk-edge ones far closer than subspace iteration's
+#: q = 4 (6 passes); subspace iteration keeps its measured q = 4.
 DEFAULT_OVERSAMPLE = 50
-DEFAULT_POWER_ITERS = 4
+DEFAULT_POWER_ITERS = {"krylov": 3, "subspace": 4}
 DEFAULT_PROBES = 30
 
 
@@ -199,11 +199,44 @@ def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: 
                 f"(2·n·{n_cols}·8 bytes for the vectors and their product, plus a genotype slab); "
                 f"raise cluster.memory_limit, use fewer threads per worker, or lower spectrum.rank")
         sub = min(sub, width)
-    n_tasks = max(1, min(n_tasks, len(chunk_bounds)))
-    groups = [list(g) for g in np.array_split(np.arange(len(chunk_bounds)), n_tasks) if len(g)]
-    groups = [[chunk_bounds[i] for i in g] for g in groups]
+    sub = min(sub, PIECE)
+    groups = balanced_groups(chunk_bounds, n_tasks, sub)
     return PassPlan(n=n, n_cols=n_cols, chunk_width=width, sub_width=int(sub),
                     task_bytes=int(fixed + per_col * sub), groups=groups)
+
+
+#: columns of X in one float32 product of a pass (pieces aligned to the chunk starts): the
+#: products, and so the results, do not depend on how the pieces are grouped into tasks
+PIECE = 2048
+
+
+def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: int = PIECE) -> list:
+    """Cut the variant chunks into ``n_tasks`` groups of (nearly) equal width.
+
+    Chunks are cut into pieces of ``piece`` columns from their start; groups take consecutive
+    pieces, so a chunk may be split between two groups: with 7 chunks of 8192 variants and 4
+    tasks on 2 workers, whole chunks would give one worker 4 chunks and the other 3 (an eighth
+    of the pass idle); the price of a split is decoding that one chunk twice. Each group is a
+    list of column ranges, each inside one chunk and made of whole pieces.
+    """
+    pieces = [(c, min(b, c + piece)) for a, b in chunk_bounds for c in range(a, b, piece)]
+    total = sum(b - a for a, b in pieces)
+    n_tasks = max(1, min(int(n_tasks), len(pieces)))
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(n_tasks)]
+    chunk_of = {}
+    for i, (a, b) in enumerate(chunk_bounds):
+        for c in range(a, b, piece):
+            chunk_of[c] = i
+    done = 0
+    for a, b in pieces:
+        g = min(n_tasks - 1, int((done + 0.5 * (b - a)) * n_tasks // total))
+        done += b - a
+        rs = groups[g]
+        if rs and rs[-1][1] == a and chunk_of[rs[-1][0]] == chunk_of[a]:
+            rs[-1] = (rs[-1][0], b)
+        else:
+            rs.append((a, b))
+    return [g for g in groups if g]
 
 
 def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag):
@@ -249,7 +282,7 @@ def apply_grm(G, std, M: np.ndarray, *, rows=None, want_diag: bool = False, dtyp
     """
     import dask
 
-    from .tasks import run_tasks, total_threads
+    from .tasks import current_client, run_tasks, total_threads
 
     n_all, p = G.shape
     n = n_all if rows is None else len(rows)
@@ -258,10 +291,13 @@ def apply_grm(G, std, M: np.ndarray, *, rows=None, want_diag: bool = False, dtyp
     chunks = getattr(G, "chunks", None)
     cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
     bounds = [(a, min(p, a + cw)) for a in range(0, p, cw) if std.scale[a:min(p, a + cw)].any()]
-    plan = plan_pass(n, M.shape[1], bounds, memory, n_tasks or 2 * total_threads(),
-                     np.dtype(dtype).itemsize)
+    plan = plan_pass(n, M.shape[1], bounds, memory, n_tasks or total_threads(), np.dtype(dtype).itemsize)
     task = dask.delayed(_apply_task, pure=False)
-    Md = dask.delayed(M, pure=True)
+    # the block of vectors in the tasks' precision, sent to every worker before the tasks start
+    # (embedded in the graph, it would reach the second worker only through the first)
+    Mc = np.ascontiguousarray(M, dtype=dtype)
+    client = current_client()
+    Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
     tasks = [task(G, rows, std.center, std.scale, grp, plan.sub_width, Md, dtype, std.n_kept, want_diag)
              for grp in plan.groups]
 
@@ -300,24 +336,83 @@ def cholesky_qr2(Y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(Q)
 
 
+def pass_columns(l: int, n_probes: int, algorithm: str = "krylov") -> int:
+    """Vectors in the widest pass of :func:`randomized_spectrum` (for memory plans)."""
+    if algorithm == "krylov":
+        return l + 1 + n_probes  # pass 1: the start block, the ones vector and the probes
+    return max(l + 1, l + n_probes)
+
+
+def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: float = 1e-10,
+                           basis: bool = True):
+    """An orthonormal basis of the part of span(Y) orthogonal to the orthonormal V.
+
+    Block classical Gram–Schmidt applied twice (CGS2: orthogonal to working precision), then a
+    rank-revealing step on the remainder W: from the eigendecomposition of its Gram matrix
+    ``Wᵀ W = E Λ Eᵀ``, directions with ``√λ < tol · scale`` are dropped — the Krylov space is
+    exhausted in them (rank K reached) — and the kept ones, ``W E Λ^(-1/2)``, are projected out
+    of V once more and orthonormalised by CholeskyQR2. All steps are matrix products over the
+    n rows (no Householder QR of an n-row block, which is 5x slower here).
+
+    Returns (B, C, W): the new block B (n x b, b ≤ Y's columns, possibly 0; None when not
+    ``basis``: the last pass needs only C and W), the coefficients C = Vᵀ Y and the remainder
+    W = Y − V C.
+    """
+    from scipy.linalg import cholesky, eigh, solve_triangular
+
+    C = V.T @ Y
+    W = Y - V @ C
+    C2 = V.T @ W
+    W -= V @ C2
+    C += C2
+    if not basis:
+        return None, C, W
+    lam, E = eigh(W.T @ W)
+    keep = lam > (tol * scale) ** 2
+    if not keep.any():
+        return np.empty((Y.shape[0], 0)), C, W
+    sig = np.sqrt(lam[keep])
+    B = W @ (E[:, keep] / sig)
+    # whitening by the Gram matrix leaves B orthonormal to ~eps·cond², and orthogonal to V to
+    # ~eps·scale/σ_min: one more projection when small directions were kept, then a Cholesky QR
+    # round (two when cond is large)
+    if sig[0] < 1e-4 * scale:
+        B -= V @ (V.T @ B)
+    rounds = 1 if sig[-1] < 1e4 * sig[0] else 2
+    for _ in range(rounds):
+        R = cholesky(B.T @ B, lower=False)
+        B = solve_triangular(R, B.T, trans="T", lower=False).T
+    return np.asfortranarray(B), C, W
+
+
 def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
                         power_iters: int | None = None, seed: int = 0,
                         n_probes: int = DEFAULT_PROBES, rows=None, dtype=np.float64,
                         memory: int | None = None, n_tasks: int | None = None,
-                        checkpoint=None) -> Spectrum:
+                        checkpoint=None, algorithm: str = "krylov") -> Spectrum:
     """Top-``rank`` eigenpairs of ``K = X Xᵀ / p`` from the genotypes, without forming K.
 
-    Randomized subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4 and
-    5.3): ``Q ← orth(K Ω)`` for a Gaussian ``Ω`` (n x l, ``l = rank + oversample``),
-    then ``q`` power iterations ``Q ← orth(K Q)`` and Rayleigh–Ritz on
-    ``T = Qᵀ K Q``. Each application of K is one pass over X (:func:`apply_grm`),
-    so the cost is ``q + 2`` passes and ``2 n p l`` multiply-adds per pass;
-    memory per task is ``O(n l)`` plus a genotype slab (see :func:`plan_pass`).
+    ``algorithm="krylov"`` (default): randomized block Krylov iteration (block Lanczos with full
+    reorthogonalisation; Musco & Musco 2015). With ``V₀ = orth(Ω)`` for a Gaussian ``Ω``
+    (n x l, ``l = rank + oversample``), pass j applies K to the block ``V_j`` and the part of
+    ``K V_j`` orthogonal to ``V₀ … V_j`` becomes ``V_{j+1}``; after ``q + 1`` passes
+    (``q = power_iters``) Rayleigh–Ritz runs on the whole Krylov space
+    ``span{Ω, KΩ, …, K^q Ω}`` of dimension ``(q + 1) l``. Every product K V_j is already known,
+    so ``T = Vᵀ K V`` needs no extra pass, and the Ritz residuals are exact: ``K V − V T`` is
+    the remainder of the last block. The space contains the subspace iteration's ``K^q Ω``,
+    so its Ritz values are at least as accurate for the same number of passes, and far more
+    for eigenvalues at the edge of a flat bulk (docs/benchmarks.md). The driver holds the basis:
+    ``8 n (q + 1) l`` bytes.
 
-    The first pass also gives ``diag K`` (so ``tr K`` is exact) and ``K 1``; the
-    last pass also applies K to ``n_probes`` Rademacher vectors, giving a
-    deflated Hutchinson estimate of the tail's ``tr K₂²`` for the calibrated SE.
-    Ritz residuals ``‖K u − s u‖ / s`` come from the last pass at no extra cost.
+    ``algorithm="subspace"``: randomized subspace iteration (Halko, Martinsson & Tropp 2011,
+    Alg. 4.4 and 5.3): ``Q ← orth(K Ω)``, ``q`` power iterations ``Q ← orth(K Q)``, then
+    Rayleigh–Ritz on ``Qᵀ K Q``: ``q + 2`` passes.
+
+    Each application of K is one pass over X (:func:`apply_grm`): ``2 n p l`` multiply-adds
+    and one read of every genotype; memory per task is ``O(n l)`` plus a genotype slab (see
+    :func:`plan_pass`). The first pass also gives ``diag K`` (so ``tr K`` is exact) and
+    ``K 1``; K applied to ``n_probes`` Rademacher vectors gives a deflated Hutchinson
+    estimate of the tail's ``tr K₂²`` for the calibrated SE.
 
     Parameters
     ----------
@@ -328,7 +423,8 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     rank : int
         Number of eigenpairs k, ``0 < k < n``.
     oversample, power_iters : int, optional
-        ``l − k`` and ``q``; defaults :data:`DEFAULT_OVERSAMPLE`, :data:`DEFAULT_POWER_ITERS`.
+        ``l − k`` and ``q``; defaults :data:`DEFAULT_OVERSAMPLE` and
+        :data:`DEFAULT_POWER_ITERS` (for the algorithm).
     seed : int
         Seed of Ω and of the probes; recorded in the diagnostics.
     rows : int array, optional
@@ -336,31 +432,34 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     memory : int, optional
         Bytes one task may use; the pass is cut to fit or an error says what is needed.
     checkpoint : object, optional
-        With ``save(state)`` and ``load() -> state or None``: the state after each
-        pass (the orthonormal block Q, diag K, K 1) is saved, and a run resumes
+        With ``save(state)`` and ``load() -> list of states or None``: what each pass adds
+        (a dict with its number under "pass") is saved after the pass, and a run resumes
         after the last saved pass.
+    algorithm : "krylov" or "subspace"
 
     References
     ----------
-    N. Halko, P. G. Martinsson, J. A. Tropp (2011), Finding structure with randomness,
-    SIAM Review 53(2). M. F. Hutchinson (1990), A stochastic estimator of the trace.
+    C. Musco, C. Musco (2015), Randomized block Krylov methods for stronger and faster
+    approximate singular value decomposition, NeurIPS. N. Halko, P. G. Martinsson, J. A.
+    Tropp (2011), Finding structure with randomness, SIAM Review 53(2). M. F. Hutchinson
+    (1990), A stochastic estimator of the trace.
     """
     import time
-
-    from scipy.linalg import eigh
 
     from .errors import InputError
 
     if std is None or not hasattr(std, "scale"):
         raise InputError("randomized spectrum: no variant statistics; compute them first with "
                          "bigmm.variant_stats and bigmm.standardization")
+    if algorithm not in DEFAULT_POWER_ITERS:
+        raise InputError(f"spectrum algorithm must be one of {sorted(DEFAULT_POWER_ITERS)} (got {algorithm!r})")
     n_all, p = G.shape
     if std.scale.shape[0] != p:
         raise InputError(f"variant statistics are for {std.scale.shape[0]} variants, the genotypes have {p}")
     rows = None if rows is None else np.asarray(rows, dtype=np.int64)
     n = n_all if rows is None else rows.size
     oversample = DEFAULT_OVERSAMPLE if oversample is None else int(oversample)
-    q = DEFAULT_POWER_ITERS if power_iters is None else int(power_iters)
+    q = DEFAULT_POWER_ITERS[algorithm] if power_iters is None else int(power_iters)
     if not isinstance(rank, (int, np.integer)) or not 0 < rank < n:
         raise InputError(f"spectrum rank must be between 1 and n − 1 = {n - 1} (got {rank}); "
                          f"for all eigenpairs use method: exact")
@@ -374,53 +473,30 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     # check the memory plan of the widest pass before any computation
     chunks = getattr(G, "chunks", None)
     cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
-    plan_pass(n, max(l + 1, l + n_probes), [(0, min(cw, p))], memory, 1, np.dtype(dtype).itemsize)
+    plan_pass(n, pass_columns(l, n_probes, algorithm), [(0, min(cw, p))], memory, 1, np.dtype(dtype).itemsize)
     t0 = time.perf_counter()
     kw = dict(rows=rows, dtype=dtype, memory=memory, n_tasks=n_tasks)
-    n_pass = q + 2
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None and state["Q"].shape == (n, l) and 1 <= state["pass"] <= q + 1:
-        done, Q, diag, K1 = int(state["pass"]), state["Q"], state["diag"], state["K1"]
-        log.info("randomized spectrum: resuming after pass %d of %d (checkpoint)", done, n_pass)
-    else:
-        # Ω and the probes come from separate streams of the seed, so a resumed run draws
-        # exactly what an uninterrupted one does
-        Omega = np.random.default_rng([seed, 0]).standard_normal((n, l))
-        Y, diag = apply_grm(G, std, np.hstack([Omega, np.ones((n, 1))]), want_diag=True,
-                            desc=f"randomized spectrum pass 1/{n_pass}", **kw)
-        K1 = Y[:, -1].copy()
-        Q = cholesky_qr2(Y[:, :l])
-        del Y, Omega
-        done = 1
-        if checkpoint is not None:
-            checkpoint.save({"pass": done, "Q": Q, "diag": diag, "K1": K1})
-    for i in range(done, q + 1):
-        Y, _ = apply_grm(G, std, Q, desc=f"randomized spectrum pass {i + 1}/{n_pass}", **kw)
-        Q = cholesky_qr2(Y)
-        del Y
-        if checkpoint is not None:
-            checkpoint.save({"pass": i + 1, "Q": Q, "diag": diag, "K1": K1})
-    probes = np.random.default_rng([seed, 1]).choice(np.array([-1.0, 1.0]), size=(n, n_probes))
-    Y, _ = apply_grm(G, std, np.hstack([Q, probes]), desc=f"randomized spectrum pass {n_pass}/{n_pass}", **kw)
-    YQ, Yp = Y[:, :l], Y[:, l:]
-    T = Q.T @ YQ
-    theta, W = eigh(0.5 * (T + T.T))
-    theta, W = theta[::-1], W[:, ::-1]
-    U = Q @ W
-    KU = YQ @ W
-    with np.errstate(divide="ignore", invalid="ignore"):
-        resid = np.linalg.norm(KU - U * theta, axis=0) / np.abs(theta)
+    saved = checkpoint.load() if checkpoint is not None else None
+    saved = [st for st in (saved or []) if st.get("algorithm", algorithm) == algorithm]
+    run = _krylov if algorithm == "krylov" else _subspace
+    out = run(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved)
+    theta, U, KU_minus, n_pass, extra = out
+    # KU_minus: (n, k') columns (K − θ_i) u_i for the top k' Ritz pairs
     k = rank
     U1 = np.ascontiguousarray(U[:, :k])
+    R1 = KU_minus[:, :k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resid = np.linalg.norm(KU_minus, axis=0) / np.abs(theta[:KU_minus.shape[1]])
     s1 = np.maximum(theta[:k], 0.0)
     orth = float(np.linalg.norm(U1.T @ U1 - np.eye(k)))
     # coupling of each Ritz vector with the tail: ‖(I − U₁U₁ᵀ) K u_i‖²
-    KU1 = KU[:, :k]
-    C = KU1 - U1 @ (U1.T @ KU1)
+    C = R1 - U1 @ (U1.T @ R1)
     cross = np.sum(C * C, axis=0)
+    KU1 = U1 * theta[:k] + R1
+    probes, Kp, diag, K1 = extra["probes"], extra["Kp"], extra["diag"], extra["K1"]
     if n_probes:
         # deflated Hutchinson: E‖P₂ K P₂ ω‖² = tr((P₂ K P₂)²), P₂ = I − U₁U₁ᵀ
-        v = Yp - KU1 @ (U1.T @ probes)
+        v = Kp - KU1 @ (U1.T @ probes)
         v -= U1 @ (U1.T @ v)
         tail_K2 = float(np.mean(np.sum(v * v, axis=0)))
     else:
@@ -428,11 +504,12 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     trace = float(diag.sum())
     tol = n * np.finfo(float).eps * max(float(theta[0]), 0.0)
     diagnostics = {
-        "rank": k, "oversample": l - k, "power_iters": q, "seed": seed, "passes_over_X": n_pass,
+        "algorithm": algorithm, "rank": k, "oversample": l - k, "power_iters": q, "seed": seed,
+        "passes_over_X": n_pass, "subspace_dim": int(extra["dim"]),
         "ritz_residuals": resid[:k].tolist(), "max_ritz_residual": float(np.nanmax(resid[:k])),
         "orthonormality_error": orth, "probes": n_probes, "tail_trace_K2": tail_K2,
         "sum_K": float(K1.sum()), "seconds": round(time.perf_counter() - t0, 3),
-        "compute_dtype": np.dtype(dtype).name,
+        "pass_seconds": extra["pass_seconds"], "compute_dtype": np.dtype(dtype).name,
     }
     if orth > 1e-8:
         from .errors import BigmmError
@@ -441,3 +518,131 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     return Spectrum(U=U1, s=s1, n=n, trace_K=trace, diag_K=diag, method="randomized",
                     rank=int((s1 > tol).sum()), diagnostics=diagnostics,
                     tail_trace_K2=tail_K2, ritz_cross=cross)
+
+
+def _probes(seed: int, n: int, n_probes: int) -> np.ndarray:
+    # Ω and the probes come from separate streams of the seed, so a resumed run draws exactly
+    # what an uninterrupted one does
+    return np.random.default_rng([seed, 1]).choice(np.array([-1.0, 1.0]), size=(n, n_probes))
+
+
+def _timed_pass(G, std, M, kw, desc, times, want_diag=False):
+    import time
+
+    t = time.perf_counter()
+    Y, diag = apply_grm(G, std, M, want_diag=want_diag, desc=desc, **kw)
+    times.append(round(time.perf_counter() - t, 3))
+    return Y, diag
+
+
+def _krylov(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
+    from scipy.linalg import eigh
+
+    n_pass = q + 1
+    probes = _probes(seed, n, n_probes)
+    V = np.empty((n, n_pass * l), order="F")  # the Krylov basis, block by block (each contiguous)
+    offsets = [0]  # start column of each block; the next block starts at offsets[-1]
+    Tcols: list[np.ndarray] = []  # Tcols[j] = V[:, :end_j]ᵀ K V_j
+    times: list[float] = []
+    done = 0
+    ok = (saved and saved[0].get("pass") == 1 and saved[0]["V0"].shape[0] == n
+          and all(st.get("pass") == i + 1 for i, st in enumerate(saved)) and len(saved) <= q)
+    if ok:
+        first = saved[0]
+        diag, K1, Kp = first["diag"], first["K1"], first["Kp"]
+        V0 = first["V0"]
+        V[:, :V0.shape[1]] = V0
+        offsets.append(V0.shape[1])
+        for st in saved:
+            B = st["B"]
+            Tcols.append(st["T"])
+            V[:, offsets[-1]:offsets[-1] + B.shape[1]] = B
+            offsets.append(offsets[-1] + B.shape[1])
+        done = len(saved)
+        log.info("randomized spectrum: resuming after pass %d of %d (checkpoint)", done, n_pass)
+    else:
+        V0 = cholesky_qr2(np.random.default_rng([seed, 0]).standard_normal((n, l)))
+        V[:, :l] = V0
+        offsets.append(l)
+    last_W = None
+    for j in range(done, n_pass):
+        a, b = offsets[j], offsets[j + 1]
+        if b == a:  # the Krylov space is exhausted (an invariant subspace of K): exact
+            break
+        desc = f"randomized spectrum pass {j + 1}/{n_pass}"
+        if j == 0:
+            Y, diag = _timed_pass(G, std, np.hstack([V[:, a:b], np.ones((n, 1)), probes]), kw, desc, times,
+                                  want_diag=True)
+            K1, Kp, Y = Y[:, l].copy(), Y[:, l + 1:].copy(), np.ascontiguousarray(Y[:, :l])
+        else:
+            Y, _ = _timed_pass(G, std, V[:, a:b], kw, desc, times)
+        scale = float(np.sqrt(np.max(np.sum(Y * Y, axis=0)))) if Y.size else 0.0
+        B, Cj, W = _orthonormal_extension(V[:, :b], Y, scale, basis=j < n_pass - 1)
+        Tcols.append(Cj)
+        if j == n_pass - 1:
+            last_W = W  # K V − V T lives in the last block's remainder
+            break
+        V[:, b:b + B.shape[1]] = B
+        offsets.append(b + B.shape[1])
+        del Y, W
+        if checkpoint is not None:
+            st = {"pass": j + 1, "algorithm": "krylov", "B": B, "T": Cj}
+            if j == 0:
+                st.update(V0=np.ascontiguousarray(V[:, :l]), diag=diag, K1=K1, Kp=Kp)
+            checkpoint.save(st)
+    m = offsets[len(Tcols)]
+    T = np.zeros((m, m))
+    for j, Cj in enumerate(Tcols):
+        a, b = offsets[j], offsets[j + 1]
+        T[:Cj.shape[0], a:b] = Cj
+    T = np.triu(T) + np.triu(T, 1).T  # columns j hold rows ≤ end of block j: the upper triangle
+    T = 0.5 * (T + T.T)
+    theta, Wt = eigh(T)
+    theta, Wt = theta[::-1], Wt[:, ::-1]
+    Vm = V[:, :m]
+    U = Vm @ Wt
+    if last_W is not None:
+        a, b = offsets[len(Tcols) - 1], offsets[len(Tcols)]
+        R = last_W @ Wt[a:b, :]
+    else:
+        R = np.zeros_like(U)
+    extra = {"probes": probes, "Kp": Kp, "diag": diag, "K1": K1, "dim": m, "pass_seconds": times}
+    return theta, U, R, len(times) + done, extra
+
+
+def _subspace(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
+    from scipy.linalg import eigh
+
+    n_pass = q + 2
+    times: list[float] = []
+    ok = (saved and saved[0].get("pass") == 1 and saved[-1]["Q"].shape == (n, l)
+          and all(st.get("pass") == i + 1 for i, st in enumerate(saved)) and len(saved) <= q + 1)
+    if ok:
+        done, Q, diag, K1 = len(saved), saved[-1]["Q"], saved[0]["diag"], saved[0]["K1"]
+        log.info("randomized spectrum: resuming after pass %d of %d (checkpoint)", done, n_pass)
+    else:
+        Omega = np.random.default_rng([seed, 0]).standard_normal((n, l))
+        Y, diag = _timed_pass(G, std, np.hstack([Omega, np.ones((n, 1))]), kw,
+                              f"randomized spectrum pass 1/{n_pass}", times, want_diag=True)
+        K1 = Y[:, -1].copy()
+        Q = cholesky_qr2(Y[:, :l])
+        del Y, Omega
+        done = 1
+        if checkpoint is not None:
+            checkpoint.save({"pass": done, "algorithm": "subspace", "Q": Q, "diag": diag, "K1": K1})
+    for i in range(done, q + 1):
+        Y, _ = _timed_pass(G, std, Q, kw, f"randomized spectrum pass {i + 1}/{n_pass}", times)
+        Q = cholesky_qr2(Y)
+        del Y
+        if checkpoint is not None:
+            checkpoint.save({"pass": i + 1, "algorithm": "subspace", "Q": Q})
+    probes = _probes(seed, n, n_probes)
+    Y, _ = _timed_pass(G, std, np.hstack([Q, probes]), kw, f"randomized spectrum pass {n_pass}/{n_pass}", times)
+    YQ, Kp = Y[:, :l], Y[:, l:]
+    T = Q.T @ YQ
+    theta, W = eigh(0.5 * (T + T.T))
+    theta, W = theta[::-1], W[:, ::-1]
+    U = Q @ W
+    R = YQ @ W - U * theta
+    extra = {"probes": probes, "Kp": Kp, "diag": diag, "K1": K1, "dim": l, "pass_seconds": times}
+    return theta, U, R, n_pass, extra
