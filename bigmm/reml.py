@@ -31,6 +31,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 from scipy import stats
+from scipy.linalg import solve_triangular
 
 from .errors import InputError
 from .spectrum import Spectrum
@@ -383,7 +384,7 @@ def _rotate(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, obs: np.ndarray, **met
         excess = max(0.0, spec.tail_trace_K2 - spec.n_tail * spec.tail ** 2)
     meta.update(hmax=_h2_max(spec), mean_diag_K=mdiag, mean_K=mK, tail_excess=excess,
                 ritz_cross=spec.ritz_cross, spectrum_method=spec.method)
-    Y = np.where(np.isnan(Y), 0.0, Y)
+    # Y has no NaN: rotate() passes the observed rows, or zeros where values are missing
     Zt = U.T @ Z
     Yt = U.T @ Y
     c_user = Z.shape[1]
@@ -595,45 +596,60 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
     if missing not in ("auto", "indicator", "subset"):
         raise InputError(f"missing must be auto, indicator or subset, not {missing!r}")
     obs_all = ~np.isnan(Y)
-    for j in range(m):
-        yo = Y[obs_all[:, j], j]
-        if yo.size < c + 2:
-            raise InputError(f"phenotype {names[j]!r}: {yo.size} observed samples, need at least "
+    n_obs = obs_all.sum(axis=0)
+    if not m:
+        span = np.zeros(0)
+    elif n_obs.min() == n:
+        span = Y.max(axis=0) - Y.min(axis=0)
+    else:
+        with np.errstate(invalid="ignore"):
+            span = np.nanmax(Y, axis=0) - np.nanmin(Y, axis=0)
+    for j in np.flatnonzero((n_obs < c + 2) | ~(span > 0)):
+        if n_obs[j] < c + 2:
+            raise InputError(f"phenotype {names[j]!r}: {n_obs[j]} observed samples, need at least "
                              f"{c + 2} for {c} fixed effects")
-        if np.ptp(yo) == 0:
-            raise InputError(f"phenotype {names[j]!r} is constant; there is nothing to fit")
-        if np.linalg.matrix_rank(Z[obs_all[:, j]]) < c:
-            raise InputError(f"phenotype {names[j]!r}: the fixed effects are collinear on its "
-                             f"{yo.size} observed samples")
+        raise InputError(f"phenotype {names[j]!r} is constant; there is nothing to fit")
+    # one group per pattern of missing values (one group when nothing is missing)
     groups: dict[bytes, list[int]] = {}
-    for j in range(m):
-        groups.setdefault(np.packbits(obs_all[:, j]).tobytes(), []).append(j)
+    if n_obs.min(initial=n) == n:
+        groups[b"all"] = list(range(m))
+    else:
+        packed = np.packbits(obs_all, axis=0)
+        for j in range(m):
+            groups.setdefault(packed[:, j].tobytes(), []).append(j)
     rotated = []
-    Y = Y.copy()
     shift = np.zeros((c, m))
     for cols in groups.values():
         obs = obs_all[:, cols[0]]
+        if np.linalg.matrix_rank(Z[obs]) < c:
+            raise InputError(f"phenotype {names[cols[0]]!r}: the fixed effects are collinear on its "
+                             f"{int(obs.sum())} observed samples")
+        Yg = Y if len(cols) == m else Y[:, cols]  # Y[:, all columns] would copy
+        Yo = Yg if obs.all() else Yg[obs]
         # remove the OLS fit of Z first: REML and ML are invariant to y → y − Zγ, and the
         # sums of squares that follow (yᵀy and the tail totals) no longer cancel
-        gamma = np.linalg.lstsq(Z[obs], Y[obs][:, cols], rcond=None)[0]
-        Y[np.ix_(obs, cols)] -= Z[obs] @ gamma
-        shift[:, cols] = gamma
+        # (by Householder QR of Z: Z has full column rank here, and its n x c QR costs little)
+        Qz, Rz = np.linalg.qr(Z[obs])
+        QtY = Qz.T @ Yo
+        shift[:, cols] = solve_triangular(Rz, QtY, lower=False)
+        Yo = Yo - Qz @ QtY
         n_miss = int((~obs).sum())
         meta = dict(names=[names[j] for j in cols], cols=cols)
         if n_miss == 0:
-            rot = _rotate(spectrum, Y[:, cols], Z, obs, method="none", **meta)
-            rot.source = (spectrum, np.arange(n), Y[:, cols], Z, obs)
+            rot = _rotate(spectrum, Yo, Z, obs, method="none", **meta)
+            rot.source = (spectrum, np.arange(n), Yo, Z, obs)
             rotated.append(rot)
             continue
         method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
         if method == "subset_spectrum":
             sub = spectrum.subset(obs)
-            rot = _rotate(sub, Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool), method=method,
-                          **meta)
-            rot.source = (sub, np.flatnonzero(obs), Y[obs][:, cols], Z[obs], np.ones(int(obs.sum()), bool))
+            rot = _rotate(sub, Yo, Z[obs], np.ones(int(obs.sum()), bool), method=method, **meta)
+            rot.source = (sub, np.flatnonzero(obs), Yo, Z[obs], np.ones(int(obs.sum()), bool))
         else:
-            rot = _rotate(spectrum, Y[:, cols], Z, obs, method=method, **meta)
-            rot.source = (spectrum, np.arange(n), Y[:, cols], Z, obs)
+            Yf = np.zeros((n, len(cols)))  # missing entries: 0 (their indicator columns absorb them)
+            Yf[obs] = Yo
+            rot = _rotate(spectrum, Yf, Z, obs, method=method, **meta)
+            rot.source = (spectrum, np.arange(n), Yf, Z, obs)
         rot.n_missing = n_miss
         rotated.append(rot)
     for rot in rotated:

@@ -175,7 +175,9 @@ def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: 
     A task holds the block of vectors it multiplies and its partial product
     (``2 · n · n_cols · 8`` bytes), one int8 slab of a variant chunk over the rows
     (``n · width``) and its standardized part (``n · sub_width · itemsize``);
-    ``sub_width`` is the largest that fits ``memory`` (bytes per task).
+    ``sub_width``, the columns of one product, is the largest that fits ``memory`` (bytes per
+    task), at most :func:`piece_width`. The chunks are cut into ``n_tasks`` groups of equal
+    width (:func:`balanced_groups`).
 
     Raises
     ------
@@ -199,15 +201,26 @@ def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: 
                 f"(2·n·{n_cols}·8 bytes for the vectors and their product, plus a genotype slab); "
                 f"raise cluster.memory_limit, use fewer threads per worker, or lower spectrum.rank")
         sub = min(sub, width)
-    sub = min(sub, PIECE)
+    sub = min(sub, piece_width(n, itemsize))
     groups = balanced_groups(chunk_bounds, n_tasks, sub)
     return PassPlan(n=n, n_cols=n_cols, chunk_width=width, sub_width=int(sub),
                     task_bytes=int(fixed + per_col * sub), groups=groups)
 
 
-#: columns of X in one float32 product of a pass (pieces aligned to the chunk starts): the
-#: products, and so the results, do not depend on how the pieces are grouped into tasks
+#: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
+#: when n is large, so that a standardized piece stays within PIECE_BYTES (see piece_width). The
+#: products, and so the results, do not depend on how the pieces are grouped into tasks.
 PIECE = 2048
+PIECE_BYTES = 256 * 2**20
+
+
+def piece_width(n: int, itemsize: int) -> int:
+    """Columns of X per product: the largest power of two ≤ :data:`PIECE` whose standardized
+    piece (n x width) fits :data:`PIECE_BYTES`, and at least 256 (n = 10⁴: 2048; 10⁵: 512)."""
+    w = PIECE
+    while w > 256 and n * w * itemsize > PIECE_BYTES:
+        w //= 2
+    return w
 
 
 def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: int = PIECE) -> list:
@@ -271,8 +284,9 @@ def apply_grm(G, std, M: np.ndarray, *, rows=None, want_diag: bool = False, dtyp
               memory: int | None = None, n_tasks: int | None = None, desc: str = "pass over X"):
     """``K M = X (Xᵀ M) / p`` in one pass over the genotypes, never forming K.
 
-    Tasks take contiguous groups of variant chunks; each reads every chunk of its
-    group once (all rows), standardizes it and accumulates ``X_v (X_vᵀ M)``. The
+    Tasks (one per thread by default) take contiguous, equally wide groups of variant columns
+    (:func:`plan_pass`); each reads every chunk of its group once (all rows), standardizes it
+    piece by piece and accumulates ``X_v (X_vᵀ M)`` in float64. The
     partial products are summed as they arrive. With ``want_diag`` the diagonal
     of K (``Σ_j x_ij² / p``) comes from the same pass.
 
