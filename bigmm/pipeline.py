@@ -375,11 +375,13 @@ def check_memory(cfg: RunConfig, n: int, method: str) -> None:
     if cfg.genotypes.plink is None:
         chunk_s, chunk_v = open_genotypes(cfg, verify=False).chunks
     if method == "randomized":
-        from .spectrum import DEFAULT_OVERSAMPLE, pass_columns, plan_pass
+        from .spectrum import DEFAULT_OVERSAMPLE, DEFAULT_POWER_ITERS, check_driver_memory, pass_columns, plan_pass
 
         sc = cfg.spectrum
         l = min(n, sc.rank + (DEFAULT_OVERSAMPLE if sc.oversample is None else sc.oversample))
         plan_pass(n, pass_columns(l, sc.probes, sc.algorithm), [(0, chunk_v)], mem, 1)
+        q = DEFAULT_POWER_ITERS[sc.algorithm] if sc.power_iters is None else sc.power_iters
+        check_driver_memory(n, l, q, sc.algorithm)
     if method == "exact" or cfg.gcta_prefix() is not None:
         block = cfg.grm.block_size or chunk_s
         need = 8 * block * block + 2 * 8 * block * chunk_v

@@ -357,6 +357,32 @@ def pass_columns(l: int, n_probes: int, algorithm: str = "krylov") -> int:
     return max(l + 1, l + n_probes)
 
 
+def driver_bytes(n: int, l: int, q: int, algorithm: str = "krylov") -> int:
+    """Memory the driver needs for :func:`randomized_spectrum`: the Krylov basis (n x (q + 1) l)
+    or the subspace block, plus about five n x l work arrays (a pass's product, its remainder,
+    the next block, the Ritz vectors), all float64."""
+    basis = (q + 1) * l if algorithm == "krylov" else l
+    return 8 * n * (basis + 5 * l)
+
+
+def check_driver_memory(n: int, l: int, q: int, algorithm: str = "krylov") -> None:
+    """Raise :class:`InputError` before any pass when the driver cannot hold what it needs."""
+    import psutil
+
+    from .errors import InputError
+
+    need = driver_bytes(n, l, q, algorithm)
+    avail = psutil.virtual_memory().available
+    if need > avail:
+        from dask.utils import format_bytes
+
+        hint = (f"use spectrum.algorithm: subspace (needs {format_bytes(driver_bytes(n, l, q, 'subspace'))}, "
+                f"more passes for the same accuracy), fewer power_iters, or " if algorithm == "krylov" else "")
+        raise InputError(f"randomized spectrum ({algorithm}, n = {n}, l = {l}, power_iters = {q}) needs "
+                         f"{format_bytes(need)} on the driver but {format_bytes(avail)} is available; "
+                         f"{hint}a lower spectrum.rank or oversample, or run the driver on a larger machine")
+
+
 def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: float = 1e-10,
                            basis: bool = True):
     """An orthonormal basis of the part of span(Y) orthogonal to the orthonormal V.
@@ -488,6 +514,7 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     chunks = getattr(G, "chunks", None)
     cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
     plan_pass(n, pass_columns(l, n_probes, algorithm), [(0, min(cw, p))], memory, 1, np.dtype(dtype).itemsize)
+    check_driver_memory(n, l, q, algorithm)
     t0 = time.perf_counter()
     kw = dict(rows=rows, dtype=dtype, memory=memory, n_tasks=n_tasks)
     saved = checkpoint.load() if checkpoint is not None else None

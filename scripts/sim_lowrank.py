@@ -409,7 +409,7 @@ def build_report(res: dict, discussion: str | None) -> str:
     L.append("- GRM `K = X Xᵀ / p` with GCTA standardization (`bigmm.grm`), exact spectrum by "
              "`bigmm.exact_spectrum`; randomized top-k spectra by `bigmm.randomized_spectrum(store.genotypes, "
              f"std, k, seed=...)` at " + ("the defaults" if res["defaults"]["are_defaults"] else "NON-default settings")
-             + f" (oversampling {res['defaults']['oversample']}, "
+             + f" (algorithm {res['defaults'].get('algorithm', 'subspace')}, oversampling {res['defaults']['oversample']}, "
              f"{res['defaults']['power_iters']} power iterations, {res['defaults']['probes']} probes for the "
              "tail tr K₂², compute dtype "
              + ", ".join(sorted({a["compute_dtype"] for c in res["cohorts"] for a in c["spectra"]})) + ").")
@@ -520,7 +520,7 @@ def run_cohort(spec: dict, args, cache: Path, seeds: dict, blas_pass: int) -> di
         rseed = seeds[f"randomized {spec['name']} k={k}"]
         with threadpool_limits(limits=blas_pass, user_api="blas"):
             rs = bigmm.randomized_spectrum(store.genotypes, std, k, seed=rseed, oversample=args.oversample,
-                                           power_iters=args.power_iters)
+                                           power_iters=args.power_iters, algorithm=args.algorithm)
         with threadpool_limits(limits=args.threads, user_api="blas"):
             acc, KU = spectrum_accuracy(exact, K, rs, k)
         rspecs[k] = (rs, KU)
@@ -587,6 +587,9 @@ def main(argv=None) -> int:
                     help=f"randomized spectrum oversampling (default: bigmm's DEFAULT_OVERSAMPLE = {DEFAULT_OVERSAMPLE})")
     ap.add_argument("--power-iters", type=int, default=None,
                     help=f"randomized spectrum power iterations (default: bigmm's DEFAULT_POWER_ITERS = {DEFAULT_POWER_ITERS})")
+    ap.add_argument("--algorithm", choices=sorted(DEFAULT_POWER_ITERS), default="krylov",
+                    help="randomized spectrum algorithm (default: bigmm's default, krylov; docs/lowrank.md "
+                         "says which one its table was made with)")
     ap.add_argument("--threads", type=int, default=2, help="total threads (Dask threads x BLAS threads)")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "sim_lowrank",
                     help="cohort cache directory (default cache/sim_lowrank, git-ignored)")
@@ -627,7 +630,8 @@ def main(argv=None) -> int:
     command = "python scripts/sim_lowrank.py" + ("" if not argv else " " + shlex.join(argv))
     log(f"sim_lowrank: n={args.n} p={args.p} replicates={args.replicates} ks={args.ks} h2s={args.h2s} "
         f"threads={args.threads} (Dask {dask_threads} x BLAS {blas_pass} in passes); defaults oversample="
-        f"{DEFAULT_OVERSAMPLE} power_iters={DEFAULT_POWER_ITERS} probes={DEFAULT_PROBES}")
+        f"{DEFAULT_OVERSAMPLE} algorithm={args.algorithm} power_iters={DEFAULT_POWER_ITERS[args.algorithm]} "
+        f"probes={DEFAULT_PROBES}")
     log("seeds: " + ", ".join(f"{k}={v}" for k, v in seeds.items()))
     machine = machine_info()
     cohorts = [run_cohort(c, args, args.cache, seeds, blas_pass) for c in specs]
@@ -636,7 +640,8 @@ def main(argv=None) -> int:
         "command": command, "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine, "runtime_s": runtime, "seeds": seeds, "blas_threads_passes": blas_pass,
         "defaults": {"oversample": DEFAULT_OVERSAMPLE if args.oversample is None else args.oversample,
-                     "power_iters": DEFAULT_POWER_ITERS if args.power_iters is None else args.power_iters,
+                     "power_iters": DEFAULT_POWER_ITERS[args.algorithm] if args.power_iters is None else args.power_iters,
+                     "algorithm": args.algorithm,
                      "probes": DEFAULT_PROBES,
                      "are_defaults": args.oversample is None and args.power_iters is None},
         "cache_rel": str(args.cache.relative_to(REPO)) if args.cache.resolve().is_relative_to(REPO) else str(args.cache),
@@ -648,7 +653,8 @@ def main(argv=None) -> int:
     }
     tag = f"n{args.n}_p{args.p}_R{args.replicates}_seed{args.seed}" + (
         "" if args.oversample is None else f"_os{args.oversample}") + (
-        "" if args.power_iters is None else f"_q{args.power_iters}")
+        "" if args.power_iters is None else f"_q{args.power_iters}") + (
+        "" if args.algorithm == "krylov" else f"_{args.algorithm}")
     raw = {}
     for c in cohorts:
         raw.update(c.pop("raw"))

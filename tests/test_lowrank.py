@@ -229,4 +229,15 @@ def test_bad_parameters_fail_before_computing(structured, monkeypatch):
         randomized_spectrum(store.genotypes, std, 10, memory=1_000_000)
     with pytest.raises(InputError, match="no variant statistics"):
         randomized_spectrum(store.genotypes, None, 10)
+    # a driver without room for the Krylov basis: 8 n (q + 1) l + 5 · 8 n l bytes
+    import psutil
+    from collections import namedtuple
+
+    from bigmm.spectrum import driver_bytes
+
+    need = driver_bytes(n, 60, 3)
+    assert need == 8 * n * (4 * 60 + 5 * 60)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("vm", "available")(need - 1))
+    with pytest.raises(InputError, match=r"needs .*B on the driver but .*B is available; use spectrum.algorithm: subspace"):
+        randomized_spectrum(store.genotypes, std, 10, oversample=50)
     assert isinstance(InputError("x"), BigmmError)
