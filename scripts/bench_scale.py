@@ -679,7 +679,7 @@ def build_report(res: dict) -> str:
     lines = [f"Run {res['date']} · p = {a['p']:,} variants · n = "
              + ", ".join(f"{n:,}" for n in a["n"])
              + f" · Zarr chunks {a['chunks'][0]} samples × {a['chunks'][1]} variants · spectrum k = {a['rank']}, "
-               f"oversample {a['oversample']}, power_iters {a['power_iters']} ({a['power_iters'] + 2} passes), "
+               f"oversample {a['oversample']}, power_iters {a['power_iters']} (block Krylov: {a['power_iters'] + 1} passes), "
                f"{a['dtype']} · cluster {a['workers']} workers × {a['threads']} thread, memory_limit "
                f"{a['memory_limit']} each",
              "",
