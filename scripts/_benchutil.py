@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts (scripts/bench_grm.py, scripts/bench_scale.py).
+"""Helpers shared by the benchmark scripts (scripts/bench.py, bench_grm.py, bench_scale.py).
 
 - :class:`PeakRSS`: the maximum over time of the summed resident set size of a process and all its
   descendants (Dask nanny/worker processes), sampled by a background thread; optionally also the

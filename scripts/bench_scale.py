@@ -5,7 +5,7 @@ Data. For each ``--n`` a cohort of ``--p`` variants is simulated with ``bigmm.si
 into a Zarr cohort store (``--chunks`` samples x variants), with phenotypes and covariates written
 by ``bigmm.write_tables``; the cohort of ``--compare-n`` samples is also written as a PLINK fileset
 (same genotypes, same call) for plink2. Everything is cached under ``--cache``
-(default ``cache/bench_scale/``, git-ignored) and reused when present; the simulation time is
+(default ``cache/bench/``, shared with scripts/bench.py, git-ignored) and reused when present; the simulation time is
 recorded when a cohort is made and reported from that record afterwards.
 
 End to end. For each n, ``python -m bigmm.cli run cfg.yaml`` in a fresh output directory, with
@@ -146,8 +146,9 @@ def write_run_config(rdir: Path, cohort: dict, args) -> Path:
         "variants": {"min_maf": args.min_maf, "max_missing": args.max_missing, "standardize": "gcta"},
         "phenotypes": {"file": p["pheno"], "columns": "all"},
         "covariates": {"file": p["covar"], "columns": ["age", "sex"], "categorical": ["sex"]},
-        "spectrum": {"method": "randomized", "rank": args.rank, "oversample": args.oversample,
-                     "power_iters": args.power_iters},
+        "spectrum": ({"method": "exact"} if getattr(args, "method", "randomized") == "exact" else
+                     {"method": "randomized", "rank": args.rank, "oversample": args.oversample,
+                      "power_iters": args.power_iters}),
         "output": str(rdir / "out"),
         "cluster": {"workers": args.workers, "threads_per_worker": args.threads,
                     "memory_limit": args.memory_limit},
@@ -215,7 +216,8 @@ def _busy_cpu_s() -> float:
 
 def run_e2e(args, cache: Path, cohort: dict, rep: int) -> dict:
     n = cohort["n"]
-    rdir = cache / "runs" / f"n{n}_r{rep + 1}"
+    method = getattr(args, "method", "randomized")
+    rdir = cache / "runs" / (f"n{n}_r{rep + 1}" if method == "randomized" else f"{method}_n{n}_r{rep + 1}")
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir(parents=True)
     cfg = write_run_config(rdir, cohort, args)
@@ -946,7 +948,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8192, 2048),
                     help="Zarr chunks SAMPLES,VARIANTS (default 8192,2048)")
     ap.add_argument("--sim-block", type=int, default=1024, help="variants per simulation block (memory)")
-    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench_scale")
+    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench")
     ap.add_argument("--min-maf", type=float, default=0.01)
     ap.add_argument("--max-missing", type=float, default=0.05)
     ap.add_argument("--rank", type=int, default=200)
