@@ -401,6 +401,20 @@ def _sklearn(Xm: np.ndarray, k: int, oversample: int, q: int, seed: int, p: int)
     return np.asarray(s, np.float64) ** 2 / p
 
 
+def load_x(store, std) -> np.ndarray:
+    """The standardized float32 X in the driver's memory, one row chunk at a time (threads in this
+    process: a single result of n·p·4 bytes would not fit one Dask worker)."""
+    import bigmm
+
+    X = bigmm.standardized(store.to_dask(), std, dtype=np.float32)
+    out = np.empty(X.shape, dtype=np.float32)
+    r0 = 0
+    for h in X.chunks[0]:
+        out[r0:r0 + h] = X[r0:r0 + h].compute(scheduler="threads")
+        r0 += h
+    return out
+
+
 def w_spectrum(args) -> dict:
     import bigmm
     from bigmm.cluster import dask_client
@@ -412,7 +426,8 @@ def w_spectrum(args) -> dict:
     except ImportError:
         log("scikit-learn not installed (pip install -e '.[bench]'): randomized_svd skipped")
         have_sklearn = False
-    plink2 = peer_exe(args.plink2)
+    have_sklearn = have_sklearn and "sklearn" in args.methods
+    plink2 = peer_exe(args.plink2) if "plink2" in args.methods else None
     q = DEFAULT_POWER_ITERS["krylov"] if args.power_iters is None else args.power_iters
     os_ = args.oversample
     out: dict = {"q": q, "oversample": os_, "cases": [], "peers_missing": (["plink2"] if not plink2 else [])
@@ -426,8 +441,7 @@ def w_spectrum(args) -> dict:
             ref = reference(args, c, store, std)
             Xm, load_s = None, None
             if have_sklearn:
-                r = timed(lambda: bigmm.standardized(store.to_dask(), std, dtype=np.float32).compute(),
-                          "load X into memory (float32)")
+                r = timed(lambda: load_x(store, std), "load X into memory (float32)")
                 Xm, load_s = r["result"], r["seconds"]
             for k in args.spectrum_k:
                 methods: dict = {}
@@ -459,6 +473,13 @@ def w_spectrum(args) -> dict:
                     r["s"] = r["result"][0]
                     return r
                 methods["svd_compressed"] = sc
+                for qs in args.svd_more_q:
+                    def sc2(rep, k=k, qs=qs):
+                        r = timed(lambda: bs.run_svd_compressed(store, std, k, os_, qs, rep, np.float32),
+                                  f"svd_compressed k={k} q={qs}")
+                        r["s"] = r["result"][0]
+                        return r
+                    methods[f"svd_compressed q = {qs}"] = sc2
                 if Xm is not None:
                     def sk(rep, k=k):
                         r = timed(lambda: _sklearn(Xm, k, os_, q, rep, std.n_kept), f"sklearn randomized_svd k={k}")
@@ -482,13 +503,15 @@ def w_spectrum(args) -> dict:
                     s = summary(rr)
                     s["errors_median"] = {key: statistics.median(e[key] for e in errs) for key in errs[0]}
                     s["passes"] = {"bigmm": meta.get("passes_bigmm"),
-                                   f"bigmm q = {args.bigmm_accurate_q}": (args.bigmm_accurate_q or 0) + 1, "svd_compressed": f"{2 * q + 2} half",
+                                   f"bigmm q = {args.bigmm_accurate_q}": (args.bigmm_accurate_q or 0) + 1,
+                                   **{f"svd_compressed q = {qs}": f"{2 * qs + 2} half" for qs in args.svd_more_q}, "svd_compressed": f"{2 * q + 2} half",
                                    "sklearn": f"{2 * q + 2} half (in memory)",
                                    "plink2": f"{k + 2} (+1 freq.)"}.get(m)
                     case["methods"][m] = s
-                    log(f"  n={n} {kind} k={k} {m}: {s['median_s']:.1f} s, mean top-{k} rel. error "
-                        f"{s['errors_median'].get(f'mean_top{k}', float('nan')):.3g}")
+                    log(f"  n={n} {kind} k={k} {m}: {s['median_s']:.1f} s, median rel. errors "
+                        + ", ".join(f"{key} {v:.3g}" for key, v in s["errors_median"].items() if key != "k"))
                 out["cases"].append(case)
+                args.save_partial("spectrum", out)  # a later failure keeps the cases done
             Xm = None
     return out
 
@@ -579,6 +602,10 @@ def _t(s: dict | None) -> str:
     if not s:
         return "—"
     return f"{s['median_s']:.1f} s ({s['min_s']:.1f}–{s['max_s']:.1f})"
+
+
+def _e(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2e}"
 
 
 def _gib(mib: float | None) -> str:
@@ -675,18 +702,19 @@ def report(res: dict) -> tuple[str, list[str]]:
             for m_, s in c["methods"].items():
                 e = s["errors_median"]
                 k = c["k"]
-                L.append(f"| {c['n']:,} | {c['kind']} | {k} | {m_} | {_t(s)} | {_gib(s['peak_rss_mib_median'])} | "
-                         f"{s['passes']} | {e.get(f'mean_top{k}', float('nan')):.2e} | "
-                         f"{e.get('max_top10', float('nan')):.2e} | {e['top1']:.2e} | {s['median_s'] / bt:.2f} |")
+                L.append(f"| {c['n']:,} | {c['kind']}{' (a)' if c.get('recovered_from_log') else ''} | {k} | {m_} | "
+                         f"{_t(s)} | {_gib(s['peak_rss_mib_median'])} | {s['passes']} | {_e(e.get(f'mean_top{k}'))} | "
+                         f"{_e(e.get('max_top10'))} | {_e(e.get('top1'))} | {s['median_s'] / bt:.2f} |")
             if c["k"] == max(x["k"] for x in sp["cases"]):
-                sc = c["methods"].get("svd_compressed")
-                if sc:
+                eb = c["methods"]["bigmm"]["errors_median"][f"mean_top{c['k']}"]
+                for m_, sc in c["methods"].items():
+                    if not m_.startswith("svd_compressed"):
+                        continue
                     r = bt / sc["median_s"]
-                    eb = c["methods"]["bigmm"]["errors_median"][f"mean_top{c['k']}"]
                     es = sc["errors_median"][f"mean_top{c['k']}"]
-                    goals.append(f"top-{c['k']} at n = {c['n']:,} ({c['kind']}) at most 0.5x svd_compressed's "
-                                 f"time at equal or better accuracy: {'met' if r <= 0.5 and eb <= es else 'not met'} "
-                                 f"({r:.2f}x, mean error {eb:.2e} vs {es:.2e})")
+                    goals.append(f"top-{c['k']} at n = {c['n']:,} ({c['kind']}) at most 0.5x the time of {m_} at "
+                                 f"equal or better accuracy: {'met' if r <= 0.5 and eb <= es else 'not met'} "
+                                 f"({r:.2f}x its time, mean top-{c['k']} error {eb:.2e} vs {es:.2e})")
             if "plink2" in c["methods"]:
                 k, p2 = c["k"], c["methods"]["plink2"]
                 e2 = p2["errors_median"][f"mean_top{k}"]
@@ -703,10 +731,18 @@ def report(res: dict) -> tuple[str, list[str]]:
         L += ["", "References: " + "; ".join(
             f"n = {n:,} {kd}: {r}" + (f" (max Ritz residual {res_:.1e})" if res_ else "")
             for (n, kd), (r, res_) in refs.items())
-              + ". sklearn's time excludes loading X into memory ("
+              + ". Peak RSS: the driver holds the float32 X for sklearn (n·p·4 bytes) during every "
+              "method's run, so the other rows include it too; sklearn's time excludes loading X into memory ("
               + ", ".join(f"{c['load_X_s']:.0f} s at n = {c['n']:,}" for c in sp["cases"]
                           if c.get("load_X_s") and c["k"] == sp["cases"][0]["k"]) + "). plink2 computes "
-              "at most 100 PCs in approx mode. Errors are |θ_i − λ_i| / λ_i, index by index.", ""]
+              "at most 100 PCs in approx mode. Errors are |θ_i − λ_i| / λ_i, index by index (medians over the "
+              "repeats, whose seeds differ)."
+              + (" (a): rows recovered from the log of an earlier run of the same command on the same day "
+                 "(`" + next(c["recovered_from_log"] for c in sp["cases"] if c.get("recovered_from_log"))
+                 + "`), whose spectrum workload then failed at n = 25,000 (X held in one Dask worker for "
+                 "sklearn; fixed) before saving: times, CPU and RSS of every repeat and the median mean error "
+                 "were logged, the other error columns were not." if any(c.get("recovered_from_log")
+                                                                          for c in sp["cases"]) else ""), ""]
     e = res.get("e2e")
     if e:
         L += [f"### End to end, `bigmm run` with the cohort in Zarr ({e['date']})", "",
@@ -764,6 +800,10 @@ def main(argv=None) -> int:
     ap.add_argument("--power-iters", type=int, default=None, help="default: bigmm's Krylov default")
     ap.add_argument("--bigmm-accurate-q", type=int, default=10,
                     help="also run bigmm with this many power iterations where plink2 runs (0: no)")
+    ap.add_argument("--svd-more-q", type=int, nargs="*", default=[],
+                    help="also run svd_compressed with these power iterations (accuracy matched to bigmm's)")
+    ap.add_argument("--methods", nargs="+", default=["sklearn", "plink2"], choices=["sklearn", "plink2"],
+                    help="optional spectrum peers to run (bigmm and svd_compressed always run)")
     ap.add_argument("--exact-max-n", type=int, default=12000, help="largest n whose reference is eigh")
     ap.add_argument("--ref-oversample", type=int, default=100)
     ap.add_argument("--ref-power-iters", type=int, default=10)
@@ -790,16 +830,23 @@ def main(argv=None) -> int:
     results_path = args.cache / "results.json"
     res = json.loads(results_path.read_text()) if results_path.exists() else {}
     todo = list(WORKLOADS) if "all" in args.workloads else [w for w in args.workloads if w != "report"]
+    def save(w: str, r: dict) -> None:
+        if w == "spectrum" and "spectrum" in res:  # keep earlier cases that this run did not redo
+            key = lambda c: (c["n"], c["kind"], c["k"])  # noqa: E731
+            redone = {key(c) for c in r["cases"]}
+            r = {**r, "cases": sorted([c for c in res["spectrum"]["cases"] if key(c) not in redone] + r["cases"],
+                                      key=lambda c: (c["n"], c["kind"] != "structured", c["k"]))}
+        res[w] = {**r, "date": _dt.date.today().isoformat(), "repeats": args.repeats}
+        res["machine"] = machine_info()
+        results_path.write_text(json.dumps(res, indent=1, default=float) + "\n")
+
+    args.save_partial = save
     for w in todo:
         log(f"=== workload {w}")
         t0 = time.perf_counter()
         r = RUNNERS[w](args)
-        r["date"] = _dt.date.today().isoformat()
         r["workload_s"] = time.perf_counter() - t0
-        r["repeats"] = args.repeats
-        res[w] = r
-        res["machine"] = machine_info()
-        results_path.write_text(json.dumps(res, indent=1, default=float) + "\n")
+        save(w, r)
         log(f"=== workload {w} done in {r['workload_s']:.0f} s; results in {results_path}")
     body, goals = report(res)
     print(body)
