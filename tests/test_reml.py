@@ -115,6 +115,28 @@ def test_many_phenotypes_at_once_equal_one_at_a_time():
         assert together.fits[j].logl_reml == pytest.approx(alone.logl_reml, abs=1e-9)
 
 
+def test_phenotypes_are_not_modified_and_their_dtype_does_not_matter():
+    """rotate() subtracts the OLS fit in place only from its own copy: the caller's float64 Y
+    (one group, or several missing patterns) is left as it was, and a float32 or list input
+    (converted, so overwritten) gives the same fit as its float64 values, to round-off of the
+    float64 arithmetic on identical numbers (1e-12)."""
+    K, y, Z = make_problem(9, n=150)
+    rng = np.random.default_rng(90)
+    Y = np.column_stack([y, rng.normal(size=150), y * 2 - 1]).astype(np.float32).astype(np.float64)
+    Ym = Y.copy()
+    Ym[::7, 1] = np.nan
+    spec = bigmm.exact_spectrum(K)
+    for arr in (Y, Ym):
+        before = arr.copy()
+        fit = bigmm.fit_reml(spec, arr, Z)
+        np.testing.assert_array_equal(arr, before)
+        for other in (arr.astype(np.float32), arr.tolist()):
+            again = bigmm.fit_reml(spec, other, Z)
+            for a, b in zip(fit.fits, again.fits):
+                assert a.h2 == pytest.approx(b.h2, abs=1e-12)
+                assert a.logl_reml == pytest.approx(b.logl_reml, abs=1e-12)
+
+
 def test_lower_boundary_is_flagged():
     """y whose variance sits on the eigenvectors of K with the smallest eigenvalues: ĥ² = 0."""
     K, _, Z = make_problem(9, n=150, pd=True)
