@@ -292,7 +292,8 @@ def rel_errors(s: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
-def run_svd_compressed(store, std, k: int, oversample: int, power_iters: int, seed: int, dtype):
+def run_svd_compressed(store, std, k: int, oversample: int, power_iters: int, seed: int, dtype,
+                       iterator: str = "power"):
     import dask
     import dask.array as da
 
@@ -300,7 +301,7 @@ def run_svd_compressed(store, std, k: int, oversample: int, power_iters: int, se
 
     X = bigmm.standardized(store.to_dask(), std, dtype=dtype)
     u, s, _v = da.linalg.svd_compressed(X, k, n_power_iter=power_iters, n_oversamples=oversample,
-                                        seed=seed, compute=True)
+                                        seed=seed, compute=True, iterator=iterator)
     u, s = dask.compute(u, s)
     return np.asarray(s, dtype=np.float64) ** 2 / std.n_kept, u.shape
 
