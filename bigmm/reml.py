@@ -586,7 +586,9 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
     """
     Y_in = Y
     Y = np.asarray(Y, dtype=np.float64)
-    y_owned = Y is not Y_in  # a converted copy: ours to overwrite
+    # a fresh converted copy (a list, float32 ...) is ours to overwrite; a view of the caller's
+    # memory (e.g. a pandas frame's block) has a base and is not
+    y_owned = Y is not Y_in and Y.base is None
     if Y.ndim == 1:
         Y = Y[:, None]
     n = spectrum.n

@@ -10,6 +10,7 @@ analytic information. Tolerances:
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import random_genotypes
 from hypothesis import HealthCheck, given, settings
@@ -118,7 +119,8 @@ def test_many_phenotypes_at_once_equal_one_at_a_time():
 def test_phenotypes_are_not_modified_and_their_dtype_does_not_matter():
     """rotate() subtracts the OLS fit in place only from its own copy: the caller's float64 Y
     (one group, or several missing patterns) is left as it was, and a float32 or list input
-    (converted, so overwritten) gives the same fit as its float64 values, to round-off of the
+    (converted, so overwritten) gives the same fit, and a pandas frame (whose array may be a
+    view) is left as it was; all give the same fit as its float64 values, to round-off of the
     float64 arithmetic on identical numbers (1e-12)."""
     K, y, Z = make_problem(9, n=150)
     rng = np.random.default_rng(90)
@@ -130,11 +132,14 @@ def test_phenotypes_are_not_modified_and_their_dtype_does_not_matter():
         before = arr.copy()
         fit = bigmm.fit_reml(spec, arr, Z)
         np.testing.assert_array_equal(arr, before)
-        for other in (arr.astype(np.float32), arr.tolist()):
+        frame = pd.DataFrame(arr.copy())  # np.asarray of a float64 frame can be a view of it
+        frame_before = frame.to_numpy(copy=True)
+        for other in (arr.astype(np.float32), arr.tolist(), frame):
             again = bigmm.fit_reml(spec, other, Z)
             for a, b in zip(fit.fits, again.fits):
                 assert a.h2 == pytest.approx(b.h2, abs=1e-12)
                 assert a.logl_reml == pytest.approx(b.logl_reml, abs=1e-12)
+        np.testing.assert_array_equal(frame.to_numpy(), frame_before)
 
 
 def test_lower_boundary_is_flagged():
