@@ -1,35 +1,54 @@
 """bigmm: linear mixed models for genotype cohorts too big for one machine's memory.
 
-The Python API mirrors the command line::
+The library takes arrays and returns result objects::
 
     import bigmm
     store = bigmm.ingest_plink("data/cohort", "cohort.zarr")
     stats = bigmm.variant_stats(store.to_dask())
     std = bigmm.standardization(stats, "gcta", min_maf=0.01)
     K = bigmm.grm(store.genotypes, std)          # uses your Dask client if one is active
-    spec = bigmm.exact_spectrum(K)                # or bigmm.randomized_spectrum(store.genotypes, std, 200)
+    spec = bigmm.exact_spectrum(K)                # or, never forming K:
+    # spec = bigmm.randomized_spectrum(bigmm.GrmOperator(store.genotypes, std), 200)
     fit = bigmm.fit_reml(spec, Y, Z)
 
-or, from a config: ``bigmm.run(bigmm.load_config("configs/example.yaml"))``.
+Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
+``bigmm.pipeline.run(bigmm.pipeline.load_config("configs/example.yaml"))``; ``bigmm.load_config`` and
+``bigmm.run_config`` are shortcuts to it. The mathematics is in ``docs/math.md``.
 """
 
 from ._version import __version__
-from .config import RunConfig, load_config, parse_config
+from .blup import Blup, genetic_values, snp_effects
 from .errors import BigmmError, ConfigError, InputError
 from .genotypes import Standardization, VariantStats, standardization, standardized, variant_stats
-from .grm import grm, read_gcta_grm, write_gcta_grm
+from .grm import grm
+from .io.gcta import read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
 from .io.tables import build_design, read_table
-from .pipeline import run
+from .passes import DenseOperator, GrmOperator
 from .reml import PhenotypeFit, RemlResult, fit_reml
 from .simulate import simulate, write_tables
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from .store import CohortStore, create_store, open_store
 
+#: names of the run layer offered here for convenience, imported on first use (the library
+#: itself never imports the run layer)
+_RUN_LAYER = {"RunConfig": "RunConfig", "load_config": "load_config", "parse_config": "parse_config",
+              "run": "run", "status": "status"}
+
+
+def __getattr__(name):
+    if name in _RUN_LAYER:
+        import importlib
+
+        return getattr(importlib.import_module("bigmm.pipeline"), _RUN_LAYER[name])
+    raise AttributeError(f"module 'bigmm' has no attribute {name!r}")
+
+
 __all__ = [
-    "__version__", "BigmmError", "ConfigError", "InputError", "RunConfig", "load_config",
-    "parse_config", "Standardization", "VariantStats", "standardization", "standardized",
-    "variant_stats", "grm", "read_gcta_grm", "write_gcta_grm", "ingest_plink", "build_design",
-    "read_table", "run", "PhenotypeFit", "RemlResult", "fit_reml", "simulate", "write_tables",
+    "__version__", "BigmmError", "ConfigError", "InputError", "Standardization", "VariantStats",
+    "standardization", "standardized", "variant_stats", "grm", "read_gcta_grm", "write_gcta_grm",
+    "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
+    "RemlResult", "fit_reml", "Blup", "genetic_values", "snp_effects", "simulate", "write_tables",
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
+    *_RUN_LAYER,
 ]

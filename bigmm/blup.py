@@ -1,7 +1,7 @@
 """Random-effect predictions: genetic values (BLUP), SNP effects, and scores of new samples.
 
 At the REML estimates, with ``r = y − Z ω̂`` and ``w = V⁻¹ r`` (zero for samples
-without a phenotype value: the indicator formulation of DESIGN.md §2 gives
+without a phenotype value: the indicator formulation of missing values gives
 exactly the observed samples' ``V_oo⁻¹ r_o``, padded):
 
     ĝ = σ²_g K w                    (every genotyped sample, phenotyped or not)
@@ -23,6 +23,7 @@ import numpy as np
 from .errors import InputError
 from .reml import RemlResult, RotatedDesign
 from .spectrum import Spectrum
+from .tasks import run_tasks
 
 log = logging.getLogger("bigmm")
 
@@ -47,31 +48,33 @@ def _apply_K(spec: Spectrum, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _group_weights(rot, fit_by_name: dict) -> np.ndarray:
-    """w = V⁻¹ r for the phenotypes of one rotated group, in the group's sample space."""
-    spec, rows, Y, Z, obs = rot.source
+def _group_weights(spec: Spectrum, Z: np.ndarray, rot, fit_by_name: dict) -> np.ndarray:
+    """w = V⁻¹ r for the phenotypes of one rotated group, in the group's sample space.
+
+    ``spec`` and ``Z`` are the group's spectrum and fixed effects (the subset's for a
+    ``subset_spectrum`` group); ω̂ comes from the group's rotated data (:meth:`_Rotated.gls`).
+    """
     U = spec.U
-    n_g, m = Y.shape
+    obs = rot.obs if rot.method != "subset_spectrum" else np.ones(spec.n, bool)
+    n_g, m = spec.n, len(rot.names)
+    Y0 = np.zeros((n_g, m))
+    Y0[obs] = rot.Yo
     W = np.zeros((n_g, m))
     miss = np.flatnonzero(~obs)
-    E = np.zeros((n_g, miss.size))
-    E[miss, np.arange(miss.size)] = 1.0
-    Zaug = np.hstack([Z, E])
-    Y0 = np.where(np.isnan(Y), 0.0, Y)
+    Zaug = Z
+    if miss.size:
+        E = np.zeros((n_g, miss.size))
+        E[miss, np.arange(miss.size)] = 1.0
+        Zaug = np.hstack([Z, E])
     for j, name in enumerate(rot.names):
         f = fit_by_name[name]
         h, s2 = f.h2, f.sigma2_g + f.sigma2_e
+        omega = rot.gls(h, j)
         d = h * rot.s + (1.0 - h)
-        A = (rot.Zt / d[:, None]).T @ rot.Zt
-        b = rot.Zt.T @ (rot.Yt[:, j] / d)
-        if rot.n_tail:
-            dt = h * rot.lam + (1.0 - h)
-            A = A + rot.ZZt / dt
-            b = b + rot.Zyt[:, j] / dt
-        omega = np.linalg.solve(A, b)
         rt = rot.Yt[:, j] - rot.Zt @ omega
         w = U @ (rt / (s2 * d))
         if rot.n_tail:
+            dt = h * rot.lam + (1.0 - h)
             r = Y0[:, j] - Zaug @ omega
             w += (r - U @ rt) / (s2 * dt)
         w[~obs] = 0.0  # exactly zero in theory (indicator columns absorb y_m); clean round-off
@@ -79,81 +82,67 @@ def _group_weights(rot, fit_by_name: dict) -> np.ndarray:
     return W
 
 
-def genetic_values(spectrum: Spectrum, design: RotatedDesign, result: RemlResult,
-                   rows: np.ndarray | None = None, n_total: int | None = None) -> Blup:
+def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: RemlResult,
+                   rows: np.ndarray | None = None) -> Blup:
     """BLUP of the genetic values of every sample of ``spectrum``.
 
     Parameters
     ----------
     spectrum : Spectrum
         The spectrum of all samples for which ĝ is wanted (e.g. all genotyped).
-    design : RotatedDesign
-        From :func:`bigmm.reml.rotate` in this session (it keeps the rotation's
-        sources in memory), over the samples ``rows`` of ``spectrum``.
+    design : RotatedDesign or None
+        The design the fits were made on (:func:`bigmm.reml.rotate`), over the samples
+        ``rows`` of ``spectrum``; None takes ``result.design`` (the design a
+        :func:`bigmm.fit_reml` result carries).
     result : RemlResult
-        The fits of the design's phenotypes.
+        The fits of the design's phenotypes (their h² and σ² are used).
     rows : int array, optional
         Rows of ``spectrum`` the design's samples are (default: all).
+
+    Notes
+    -----
+    The design was rotated on the spectrum of its samples: ``spectrum`` itself when ``rows``
+    covers all of it, else ``spectrum.subset(rows)``, which is recomputed here (O(n_o k²) for a
+    reduced spectrum, an eigendecomposition of the subset for an exact one).
     """
+    design = result.design if design is None else design
+    if design is None or design.Z is None:
+        raise InputError("genetic_values needs the design the fits were made on (a result of "
+                         "bigmm.fit_reml, or the RotatedDesign from bigmm.reml.rotate)")
     n = spectrum.n
     rows = np.arange(n) if rows is None else np.asarray(rows)
+    own = spectrum if rows.size == n else spectrum.subset(rows)
     fits = {f.name: f for f in result.fits}
     m = len(design.phenotype_names)
     W = np.zeros((n, m))
     for rot in design.groups:
-        if rot.source is None:
-            raise InputError("genetic_values needs a RotatedDesign made by rotate() in this session")
-        Wg = _group_weights(rot, fits)
-        grows = rows[rot.source[1]]
-        for jj, j in enumerate(rot.cols):
-            W[grows, j] = Wg[:, jj]
+        if rot.obs is None:
+            raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
+                             "rerun its rotate stage")
+        if rot.method == "subset_spectrum":
+            Wg = _group_weights(own.subset(rot.obs), design.Z[rot.obs], rot, fits)
+            grows = rows[np.flatnonzero(rot.obs)]
+        else:
+            Wg = _group_weights(own, design.Z, rot, fits)
+            grows = rows
+        W[np.ix_(grows, rot.cols)] = Wg
     sg = np.array([fits[nm].sigma2_g for nm in design.phenotype_names])
     g = _apply_K(spectrum, W) * sg
     return Blup(names=list(design.phenotype_names), genetic_values=g, weights=W, sigma2_g=sg,
                 notes={"spectrum": spectrum.method})
 
 
-def _xt_task(G, rows, center, scale, bounds, W, dtype):
-    out = []
-    Wd = W.astype(dtype, copy=False)
-    from .genotypes import standardize_block
-
-    for a, b in bounds:
-        g = np.asarray(G[:, a:b])
-        if rows is not None:
-            g = g[rows]
-        X = standardize_block(g, center[a:b], scale[a:b], dtype)
-        out.append((a, b, (X.T @ Wd).astype(np.float64)))
-    return out
-
-
-def snp_effects(G, std, blup: Blup, rows: np.ndarray | None = None, dtype=np.float64) -> np.ndarray:
+def snp_effects(op, blup: Blup) -> np.ndarray:
     """β̂ = (σ²_g / p) Xᵀ w per standardized genotype (p x m), in one pass over X.
 
+    ``op`` is the :class:`bigmm.passes.GrmOperator` of the samples the BLUP weights are over.
     Dropped variants get 0. Per allele count of allele 1: ``β̂ * std.scale[:, None]``.
     """
-    import dask
-
-    from .tasks import run_tasks, total_threads
-
-    n_all, p = G.shape
     W = blup.weights
-    if W.shape[0] != (n_all if rows is None else len(rows)):
-        raise InputError("the BLUP weights and the genotype rows disagree")
-    chunks = getattr(G, "chunks", None)
-    cw = int(chunks[1]) if chunks is not None else 2048
-    bounds = [(a, min(p, a + cw)) for a in range(0, p, cw) if std.scale[a:min(p, a + cw)].any()]
-    groups = [list(g) for g in np.array_split(np.arange(len(bounds)), max(1, min(len(bounds), 2 * total_threads())))]
-    task = dask.delayed(_xt_task, pure=False)
-    Wd = dask.delayed(W, pure=True)
-    parts = run_tasks([task(G, rows, std.center, std.scale, [bounds[i] for i in grp], Wd, dtype)
-                       for grp in groups if grp], "SNP effects: pass over X")
-    beta = np.zeros((p, W.shape[1]))
-    for part in parts:
-        for a, b, block in part:
-            beta[a:b] = block
-    beta *= blup.sigma2_g[None, :] / std.n_kept
-    beta[~std.keep] = 0.0
+    if W.shape[0] != op.n:
+        raise InputError(f"the BLUP weights are over {W.shape[0]} samples, the genotype operator {op.n}")
+    beta = op.xt(W, desc="SNP effects: pass over X")
+    beta *= blup.sigma2_g[None, :] / op.p
     return beta
 
 
@@ -228,8 +217,6 @@ def score(G, match: AlleleMatch, std, beta_std: np.ndarray, variant_block: int =
     (the training mean).
     """
     import dask
-
-    from .tasks import run_tasks
 
     order = np.argsort(match.target_index)
     t = match.target_index[order]

@@ -2,7 +2,7 @@
 
 One pass over the genotypes gives, per variant, the number of called
 genotypes and the sums of g and g². From these follow the allele frequency,
-the call rate, the filters, the standardization and tr K (DESIGN.md §1-2).
+the call rate, the filters, the standardization and tr K (docs/math.md).
 Standardization is applied chunk by chunk where X is used; the standardized
 matrix is never stored.
 

@@ -1,4 +1,4 @@
-"""The genomic relationship matrix K = X Xᵀ / p, blockwise, and GCTA's binary format.
+"""The genomic relationship matrix K = X Xᵀ / p, blockwise.
 
 Only the upper-triangle sample blocks (I ≤ J) are computed; each block is a
 task that streams the variant chunks of sample blocks I and J from the store,
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import zarr
 
 from .genotypes import Standardization, standardize_block
 from .store import new_array
+from .tasks import run_tasks, total_threads
 
 log = logging.getLogger("bigmm")
 
@@ -67,6 +67,15 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
     return acc
 
 
+def block_bytes(block: int, variant_chunk: int, itemsize: int = 8) -> int:
+    """Memory of one GRM block task: the float64 output block and two standardized slabs.
+
+    >>> block_bytes(2048, 8192, itemsize=4) // 2**20
+    160
+    """
+    return 8 * block * block + 2 * itemsize * block * variant_chunk
+
+
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
                        memory: int | None = None, itemsize: int = 4) -> int:
     """Samples per GRM block: few blocks (each genotype is decoded once per block row and
@@ -79,7 +88,7 @@ def default_block_size(n: int, threads: int, sample_chunk: int | None = None, va
     nb = max(1, int(np.ceil(np.sqrt(2 * max(threads, 1)))))
     b = -(-n // nb)
     if memory:
-        while b > 256 and 8 * b * b + 2 * itemsize * b * variant_chunk > memory:
+        while b > 256 and block_bytes(b, variant_chunk, itemsize) > memory:
             b = -(-b // 2)
     # not rounded to the store's sample chunks: 4096 + 904 for n = 5000 would put two thirds of the
     # work in one task (measured: 87% utilisation); an unaligned block re-decodes one chunk
@@ -141,15 +150,11 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
     """
     import dask
 
-    from .tasks import run_tasks
-
     n, p = G.shape
     if p != std.center.shape[0]:
         raise ValueError(f"standardization has {std.center.shape[0]} variants, genotypes {p}")
     step = _variant_chunk(G)
     if block_size is None:
-        from .tasks import total_threads
-
         chunks = getattr(G, "chunks", None)
         sc = int(chunks[0]) if chunks is not None and isinstance(chunks[0], (int, np.integer)) else None
         block_size = default_block_size(n, total_threads(), sc, step, itemsize=np.dtype(dtype).itemsize)
@@ -198,79 +203,3 @@ def create_grm_store(path: str | Path, n: int, block_size: int, attrs: dict) -> 
 def grm_complete(group: zarr.Group) -> bool:
     done = np.asarray(group["done"][...])
     return bool(np.all(np.triu(done) == np.triu(np.ones_like(done))))
-
-
-def write_gcta_grm(prefix: str | Path, K, ids: Sequence[tuple[str, str]], n_variants: int,
-                   rows_per_block: int = 2048) -> list[Path]:
-    """Write GCTA's ``.grm.bin``, ``.grm.N.bin`` and ``.grm.id``.
-
-    ``.grm.bin`` holds the lower triangle including the diagonal, row by row
-    (row i: K[i, 0..i]), as little-endian float32; ``.grm.N.bin`` the number
-    of variants used for each entry in the same layout (here the same for all
-    pairs, as missing genotypes are mean-imputed); ``.grm.id`` FID and IID.
-    Streams ``K`` by row blocks, so a Zarr K never has to fit in memory.
-    """
-    from .store import atomic_write_text
-    import os
-    import uuid
-
-    prefix = str(prefix)
-    n = K.shape[0]
-    if len(ids) != n:
-        raise ValueError("ids and K disagree in size")
-    paths = [Path(prefix + ".grm.bin"), Path(prefix + ".grm.N.bin"), Path(prefix + ".grm.id")]
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    tmp = [p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}") for p in paths[:2]]
-    try:
-        with open(tmp[0], "wb") as fk, open(tmp[1], "wb") as fn:
-            for r0 in range(0, n, rows_per_block):
-                r1 = min(n, r0 + rows_per_block)
-                block = np.asarray(K[r0:r1, 0:r1], dtype=np.float64)
-                for i in range(r0, r1):
-                    row = block[i - r0, : i + 1].astype("<f4")
-                    fk.write(row.tobytes())
-                    fn.write(np.full(i + 1, n_variants, dtype="<f4").tobytes())
-            fk.flush()
-            os.fsync(fk.fileno())
-            fn.flush()
-            os.fsync(fn.fileno())
-        os.replace(tmp[0], paths[0])
-        os.replace(tmp[1], paths[1])
-    finally:
-        for t in tmp:
-            if t.exists():
-                t.unlink()
-    atomic_write_text(paths[2], "".join(f"{f}\t{i}\n" for f, i in ids))
-    return paths
-
-
-def read_gcta_grm(prefix: str | Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
-    """Read a GCTA binary GRM: (ids, K as a full symmetric float64 matrix, N)."""
-    from .errors import InputError
-
-    prefix = str(prefix)
-    id_path = Path(prefix + ".grm.id")
-    if not id_path.exists():
-        raise InputError(f"{id_path} does not exist")
-    ids = []
-    with open(id_path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split()
-            if len(fields) < 2:
-                raise InputError(f"{id_path} line {lineno}: expected FID IID")
-            ids.append((fields[0], fields[1]))
-    n = len(ids)
-    m = n * (n + 1) // 2
-    out = []
-    for suffix in (".grm.bin", ".grm.N.bin"):
-        path = Path(prefix + suffix)
-        vals = np.fromfile(path, dtype="<f4")
-        if vals.size != m:
-            raise InputError(f"{path} has {vals.size} values, {id_path.name} has {n} samples "
-                             f"which need {m}")
-        full = np.zeros((n, n), dtype=np.float64)
-        il = np.tril_indices(n)
-        full[il] = vals
-        full.T[il] = vals
-        out.append(full)
-    return ids, out[0], out[1]

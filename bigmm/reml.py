@@ -1,4 +1,4 @@
-"""REML for ``y = Z ω + g + e`` on a spectrum of the GRM (DESIGN.md §2).
+"""REML for ``y = Z ω + g + e`` on a spectrum of the GRM (docs/math.md, "REML on a spectrum").
 
 With ``K = U diag(s) Uᵀ`` and ``V = σ² (h² K + (1 − h²) I)`` the eigenvalues of
 ``V / σ²`` are ``d_i = h² s_i + 1 − h²``. After one rotation ``ỹ = Uᵀy``,
@@ -11,11 +11,12 @@ With ``K = U diag(s) Uᵀ`` and ``V = σ² (h² K + (1 − h²) I)`` the eigenva
 with eigenvalue ``λ̄`` and multiplicity ``n − k`` built from totals, never from
 the discarded eigenvectors.
 
-ℓ_R is maximised over h² ∈ [0, 1] by a grid (all phenotypes at once) and
-Brent's method in the best grid bracket, which finds the global optimum of a
-possibly multimodal profile and the boundary solutions h² = 0 and h² = 1.
+ℓ_R is maximised over h² ∈ [0, 1] by a grid (all phenotypes at once), then
+bisection of the sign change of the analytic score dℓ_R/dh² in the best grid
+step, to |Δh²| < 1e-14; this finds the global optimum of a possibly multimodal
+profile and the boundary solutions h² = 0 and h² = 1.
 
-Missing phenotype values (DESIGN.md §2): a missing ``y_j`` is set to 0 and an
+Missing phenotype values: a missing ``y_j`` is set to 0 and an
 indicator column ``e_j`` added to Z; the REML likelihood, estimates and
 information then equal those of the observed samples alone. In the rotated
 basis the indicator's column is row j of U. When many values are missing an
@@ -54,7 +55,7 @@ class FixedEffect:
 
 @dataclass(frozen=True)
 class PhenotypeFit:
-    """REML estimates for one phenotype (field meanings in DESIGN.md §1-2)."""
+    """REML estimates for one phenotype (field meanings in docs/math.md)."""
 
     name: str
     n: int
@@ -95,6 +96,9 @@ class RemlResult:
     spectrum_method: str
     logl_convention: str = LOGL_CONVENTION
     notes: dict = field(default_factory=dict)
+    #: the rotated design the fits were made on (for predictions: :func:`bigmm.blup.genetic_values`);
+    #: not part of :meth:`to_dict`
+    design: "RotatedDesign | None" = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> PhenotypeFit:
         for f in self.fits:
@@ -107,14 +111,15 @@ class RemlResult:
                 "notes": self.notes, "phenotypes": [f.to_dict() for f in self.fits]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RemlResult":
+    def from_dict(cls, d: dict, design: "RotatedDesign | None" = None) -> "RemlResult":
         fits = []
         for p in d["phenotypes"]:
             p = dict(p)
             p["fixed_effects"] = tuple(FixedEffect(**fe) for fe in p["fixed_effects"])
             fits.append(PhenotypeFit(**{k: (float("nan") if v is None else v) for k, v in p.items()}))
         return cls(fits=tuple(fits), spectrum_method=d["spectrum"],
-                   logl_convention=d.get("logl_convention", LOGL_CONVENTION), notes=d.get("notes", {}))
+                   logl_convention=d.get("logl_convention", LOGL_CONVENTION), notes=d.get("notes", {}),
+                   design=design)
 
 
 class _Rotated:
@@ -124,13 +129,13 @@ class _Rotated:
     indicator columns sit after the ``c_user`` user columns of Z̃.
     """
 
-    ARRAYS = ("s", "Zt", "Yt", "ZZt", "Zyt", "yyt", "ritz_cross", "shift")
+    ARRAYS = ("s", "Zt", "Yt", "ZZt", "Zyt", "yyt", "ritz_cross", "shift", "obs", "Yo")
     META = ("n", "n_tail", "lam", "c_user", "n_ind", "names", "cols", "method", "hmax",
             "mean_diag_K", "mean_K", "tail_excess", "spectrum_method")
 
     def __init__(self, s, Zt, Yt, n, n_tail, lam, ZZt, Zyt, yyt, c_user, n_ind, *, names=(),
                  cols=(), method="none", hmax=1.0, mean_diag_K=float("nan"), mean_K=float("nan"),
-                 tail_excess=0.0, ritz_cross=None, spectrum_method="exact", shift=None):
+                 tail_excess=0.0, ritz_cross=None, spectrum_method="exact", shift=None, obs=None, Yo=None):
         self.s = s
         self.Zt = Zt
         self.Yt = Yt
@@ -154,9 +159,11 @@ class _Rotated:
         self.ritz_cross = ritz_cross
         self.spectrum_method = spectrum_method
         self.n_missing = int(n_ind)
-        #: (spectrum, rows of the model's samples, Y, Z, observed mask) it was rotated from
-        #: (Y with the OLS fit removed); kept in memory for predictions, never saved
-        self.source = None
+        #: which of the design's samples have values (bool, one per sample of the spectrum
+        #: the design was rotated on) and their phenotypes less the OLS fit (n_obs x m): what
+        #: predictions need besides the spectrum (saved with the rest)
+        self.obs = obs
+        self.Yo = Yo
         #: the OLS coefficients removed from Y before rotation (c_user x m), added back to ω̂
         self.shift = shift
 
@@ -171,7 +178,18 @@ class _Rotated:
         m = dict(meta)
         return cls(a["s"], a["Zt"], a["Yt"], m.pop("n"), m.pop("n_tail"), m.pop("lam"), a["ZZt"],
                    a["Zyt"], a["yyt"], m.pop("c_user"), m.pop("n_ind"), ritz_cross=a["ritz_cross"],
-                   shift=a["shift"], **m)
+                   shift=a["shift"], obs=None if a["obs"] is None else a["obs"].astype(bool), Yo=a["Yo"], **m)
+
+    def gls(self, h: float, j: int) -> np.ndarray:
+        """ω̂ of phenotype j at h² = h, all columns of Z̃ (user and indicator), in the rotated basis."""
+        d = h * self.s + (1.0 - h)
+        A = (self.Zt / d[:, None]).T @ self.Zt
+        b = self.Zt.T @ (self.Yt[:, j] / d)
+        if self.n_tail:
+            dt = h * self.lam + (1.0 - h)
+            A = A + self.ZZt / dt
+            b = b + self.Zyt[:, j] / dt
+        return np.linalg.solve(A, b)
 
     def _weighted(self, w: np.ndarray, wt: float):
         """Z̃ᵀWZ̃ (+tail) for weights w (k,) and tail weight wt."""
@@ -651,25 +669,21 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
         meta = dict(names=[names[j] for j in cols], cols=cols)
         if n_miss == 0:
             rot = _rotate(spectrum, Yo, Z, obs, method="none", **meta)
-            rot.source = (spectrum, np.arange(n), Yo, Z, obs)
-            rotated.append(rot)
-            continue
-        method = _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing)
-        if method == "subset_spectrum":
+        elif _choose_missing_method(spectrum, int(obs.sum()), c, n_miss, missing) == "subset_spectrum":
             sub = spectrum.subset(obs)
-            rot = _rotate(sub, Yo, Z[obs], np.ones(int(obs.sum()), bool), method=method, **meta)
-            rot.source = (sub, np.flatnonzero(obs), Yo, Z[obs], np.ones(int(obs.sum()), bool))
+            rot = _rotate(sub, Yo, Z[obs], np.ones(int(obs.sum()), bool), method="subset_spectrum", **meta)
         else:
             Yf = np.zeros((n, len(cols)))  # missing entries: 0 (their indicator columns absorb them)
             Yf[obs] = Yo
-            rot = _rotate(spectrum, Yf, Z, obs, method=method, **meta)
-            rot.source = (spectrum, np.arange(n), Yf, Z, obs)
+            rot = _rotate(spectrum, Yf, Z, obs, method="indicator", **meta)
         rot.n_missing = n_miss
+        rot.obs, rot.Yo = obs, Yo
+        rotated.append(rot)
         rotated.append(rot)
     for rot in rotated:
         rot.shift = shift[:, rot.cols]
     return RotatedDesign(groups=rotated, phenotype_names=names, covariate_names=znames,
-                         spectrum_method=spectrum.method)
+                         spectrum_method=spectrum.method, Z=Z)
 
 
 def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
@@ -692,7 +706,7 @@ def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | 
         How missing values are handled (see module docstring); "auto" picks
         the cheaper exact method.
     grid_size : int
-        Points of the h² grid before Brent refinement.
+        Points of the h² grid before the score is bisected in the best step.
 
     Returns
     -------
@@ -712,54 +726,40 @@ def fit_reml(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | 
 @dataclass
 class RotatedDesign:
     """Phenotypes and fixed effects rotated onto a spectrum, grouped by missing pattern:
-    everything REML needs, with sizes k x (c + m) instead of n."""
+    everything REML needs, with sizes k x (c + m) instead of n, and what predictions need
+    besides the spectrum (Z, and each group's observed samples and phenotypes)."""
 
     groups: list
     phenotype_names: list
     covariate_names: list
     spectrum_method: str
+    Z: np.ndarray | None = None
 
-    def save(self, path) -> None:
-        """One .npz file (zip members carry CRC-32 checks); written atomically."""
-        import json
-        import os
-        import uuid
-        from pathlib import Path
-
-        path = Path(path)
+    def to_arrays(self) -> tuple[dict, dict]:
+        """(arrays, JSON-able metadata): the design as plain data, for storage."""
         arrays, metas = {}, []
         for i, g in enumerate(self.groups):
             a, m = g.to_dict()
-            m["n_missing"] = getattr(g, "n_missing", 0)
+            m["n_missing"] = g.n_missing
             metas.append(m)
             arrays.update({f"g{i}_{k}": v for k, v in a.items()})
-        arrays["meta"] = np.frombuffer(json.dumps({
-            "groups": metas, "phenotype_names": self.phenotype_names,
-            "covariate_names": self.covariate_names, "spectrum_method": self.spectrum_method,
-        }).encode(), dtype=np.uint8)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.npz")
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        if self.Z is not None:
+            arrays["Z"] = self.Z
+        return arrays, {"groups": metas, "phenotype_names": self.phenotype_names,
+                        "covariate_names": self.covariate_names, "spectrum_method": self.spectrum_method}
 
     @classmethod
-    def load(cls, path) -> "RotatedDesign":
-        import json
-
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(bytes(f["meta"]).decode())
-            groups = []
-            for i, m in enumerate(meta["groups"]):
-                arrays = {k: f[f"g{i}_{k}"] for k in _Rotated.ARRAYS if f"g{i}_{k}" in f.files}
-                n_missing = m.pop("n_missing")
-                g = _Rotated.from_dict(arrays, m)
-                g.n_missing = n_missing
-                groups.append(g)
+    def from_arrays(cls, arrays: dict, meta: dict) -> "RotatedDesign":
+        groups = []
+        for i, m in enumerate(meta["groups"]):
+            m = dict(m)
+            n_missing = m.pop("n_missing")
+            g = _Rotated.from_dict({k: arrays[f"g{i}_{k}"] for k in _Rotated.ARRAYS if f"g{i}_{k}" in arrays}, m)
+            g.n_missing = n_missing
+            groups.append(g)
         return cls(groups=groups, phenotype_names=meta["phenotype_names"],
-                   covariate_names=meta["covariate_names"], spectrum_method=meta["spectrum_method"])
+                   covariate_names=meta["covariate_names"], spectrum_method=meta["spectrum_method"],
+                   Z=arrays.get("Z"))
 
 
 def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult:
@@ -780,4 +780,5 @@ def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult
                 profiles[nm] = {"h2": grid.tolist(),
                                 "logl_reml": [float(v) if np.isfinite(v) else None for v in profile[nm]]}
     return RemlResult(fits=tuple(fits), spectrum_method=design.spectrum_method,
-                      notes={"missing_methods": methods, "grid_size": grid_size, "profiles": profiles})
+                      notes={"missing_methods": methods, "grid_size": grid_size, "profiles": profiles},
+                      design=design)

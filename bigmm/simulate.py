@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .store import DEFAULT_CHUNKS, atomic_dir, atomic_file, atomic_write_text, finish_store, new_array, write_store_tables
 
 
 @dataclass
@@ -149,8 +150,6 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
 
 def write_tables(cohort: SimulatedCohort, pheno_path, covar_path, truth_path=None) -> None:
     """Write the phenotype and covariate tables (tab-separated, FID IID header, NA missing)."""
-    from .store import atomic_write_text
-
     def fmt(v):
         return "NA" if np.isnan(v) else repr(float(v))
 
@@ -168,13 +167,13 @@ def write_tables(cohort: SimulatedCohort, pheno_path, covar_path, truth_path=Non
 
 
 class _PlinkWriter:
-    """Stream variant blocks into a PLINK .bed (SNP-major), then write .bim/.fam."""
+    """Stream variant blocks into a PLINK .bed (SNP-major), then write .bim/.fam; each file
+    appears whole or not at all (:func:`bigmm.store.atomic_file`)."""
 
     def __init__(self, prefix: Path, fid, iid, p):
-        prefix.parent.mkdir(parents=True, exist_ok=True)
         self.prefix, self.fid, self.iid, self.p = prefix, fid, iid, p
-        self.tmp = prefix.with_name(prefix.name + ".bed.partial")
-        self.fh = open(self.tmp, "wb")
+        self._bed = atomic_file(Path(str(prefix) + ".bed"), "wb")
+        self.fh = self._bed.__enter__()
         self.fh.write(b"\x6c\x1b\x01")
 
     def write(self, v0, G):
@@ -189,21 +188,16 @@ class _PlinkWriter:
         self.fh.write(packed.astype(np.uint8).tobytes())
 
     def close(self):
-        import os
-
-        self.fh.close()
-        with open(str(self.prefix) + ".fam", "w") as fh:
-            for f, i in zip(self.fid, self.iid):
-                fh.write(f"{f} {i} 0 0 0 -9\n")
-        with open(str(self.prefix) + ".bim", "w") as fh:
-            for j in range(self.p):
-                fh.write(f"1\trs{j + 1}\t0\t{(j + 1) * 100}\tA\tG\n")
-        os.replace(self.tmp, str(self.prefix) + ".bed")
+        atomic_write_text(Path(str(self.prefix) + ".fam"),
+                          "".join(f"{f} {i} 0 0 0 -9\n" for f, i in zip(self.fid, self.iid)))
+        atomic_write_text(Path(str(self.prefix) + ".bim"),
+                          "".join(f"1\trs{j + 1}\t0\t{(j + 1) * 100}\tA\tG\n" for j in range(self.p)))
+        self._bed.__exit__(None, None, None)
 
     def abort(self):
-        self.fh.close()
-        if self.tmp.exists():
-            self.tmp.unlink()
+        import sys
+
+        self._bed.__exit__(*sys.exc_info())
 
 
 class _ZarrWriter:
@@ -212,7 +206,6 @@ class _ZarrWriter:
     def __init__(self, path: Path, fid, iid, p, chunks):
         import zarr
 
-        from .store import DEFAULT_CHUNKS, atomic_dir, new_array
 
         self.path, self.fid, self.iid, self.p = path, fid, iid, p
         n = len(fid)
@@ -242,7 +235,6 @@ class _ZarrWriter:
         self.buf = [block[:, w:]] if w < block.shape[1] else []
 
     def close(self):
-        from .store import finish_store, write_store_tables
 
         self._flush(final=True)
         variants = {"chrom": ["1"] * self.p, "id": [f"rs{j + 1}" for j in range(self.p)],

@@ -3,7 +3,7 @@
 A :class:`Spectrum` is what REML needs: eigenvectors ``U`` (n x k), eigenvalues
 ``s`` (k, descending), ``tr K`` and, when ``k < n``, the tail eigenvalue
 ``λ̄ = (tr K − Σ s) / (n − k)`` shared by the remaining directions
-(DESIGN.md §2 "Low rank").
+(docs/math.md, "The reduced spectrum").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .genotypes import standardize_block
+from .errors import BigmmError, InputError
 
 log = logging.getLogger("bigmm")
 
@@ -152,181 +152,6 @@ DEFAULT_POWER_ITERS = {"krylov": 3, "subspace": 4}
 DEFAULT_PROBES = 30
 
 
-@dataclass(frozen=True)
-class PassPlan:
-    """How one pass over X is cut into tasks, from the memory each task may use."""
-
-    n: int
-    n_cols: int
-    chunk_width: int
-    sub_width: int
-    task_bytes: int
-    groups: list
-
-    def describe(self) -> str:
-        return (f"{len(self.groups)} tasks, variant slabs of {self.chunk_width} columns standardized "
-                f"{self.sub_width} at a time, ~{self.task_bytes / 2**20:.0f} MiB per task")
-
-
-def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: int | None,
-              n_tasks: int, itemsize: int = 8) -> PassPlan:
-    """Cut a pass over X (n rows, variant chunks ``chunk_bounds``) into tasks.
-
-    A task holds the block of vectors it multiplies and its partial product
-    (``2 · n · n_cols · 8`` bytes), one int8 slab of a variant chunk over the rows
-    (``n · width``) and its standardized part (``n · sub_width · itemsize``);
-    ``sub_width``, the columns of one product, is the largest that fits ``memory`` (bytes per
-    task), at most :func:`piece_width`. The chunks are cut into ``n_tasks`` groups of equal
-    width (:func:`balanced_groups`).
-
-    Raises
-    ------
-    InputError
-        When not even one standardized column fits, with the memory needed.
-    """
-    from .errors import InputError
-
-    width = max(b - a for a, b in chunk_bounds)
-    fixed = 2 * n * n_cols * 8 + n * width + n * 8
-    per_col = n * itemsize
-    if memory is None:
-        sub = width
-    else:
-        sub = (int(memory) - fixed) // per_col
-        if sub < 1:
-            need = fixed + per_col * min(width, 64)
-            raise InputError(
-                f"memory limit {memory / 2**20:.0f} MiB per task is too small for a pass over X with "
-                f"n = {n} samples and {n_cols} vectors: a task needs at least {need / 2**20:.0f} MiB "
-                f"(2·n·{n_cols}·8 bytes for the vectors and their product, plus a genotype slab); "
-                f"raise cluster.memory_limit, use fewer threads per worker, or lower spectrum.rank")
-        sub = min(sub, width)
-    sub = min(sub, piece_width(n, itemsize))
-    groups = balanced_groups(chunk_bounds, n_tasks, sub)
-    return PassPlan(n=n, n_cols=n_cols, chunk_width=width, sub_width=int(sub),
-                    task_bytes=int(fixed + per_col * sub), groups=groups)
-
-
-#: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
-#: when n is large, so that a standardized piece stays within PIECE_BYTES (see piece_width). The
-#: products, and so the results, do not depend on how the pieces are grouped into tasks.
-PIECE = 2048
-PIECE_BYTES = 256 * 2**20
-
-
-def piece_width(n: int, itemsize: int) -> int:
-    """Columns of X per product: the largest power of two ≤ :data:`PIECE` whose standardized
-    piece (n x width) fits :data:`PIECE_BYTES`, and at least 256 (n = 10⁴: 2048; 10⁵: 512)."""
-    w = PIECE
-    while w > 256 and n * w * itemsize > PIECE_BYTES:
-        w //= 2
-    return w
-
-
-def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: int = PIECE) -> list:
-    """Cut the variant chunks into ``n_tasks`` groups of (nearly) equal width.
-
-    Chunks are cut into pieces of ``piece`` columns from their start; groups take consecutive
-    pieces, so a chunk may be split between two groups: with 7 chunks of 8192 variants and 4
-    tasks on 2 workers, whole chunks would give one worker 4 chunks and the other 3 (an eighth
-    of the pass idle); the price of a split is decoding that one chunk twice. Each group is a
-    list of column ranges, each inside one chunk and made of whole pieces.
-    """
-    pieces = [(c, min(b, c + piece)) for a, b in chunk_bounds for c in range(a, b, piece)]
-    total = sum(b - a for a, b in pieces)
-    n_tasks = max(1, min(int(n_tasks), len(pieces)))
-    groups: list[list[tuple[int, int]]] = [[] for _ in range(n_tasks)]
-    chunk_of = {}
-    for i, (a, b) in enumerate(chunk_bounds):
-        for c in range(a, b, piece):
-            chunk_of[c] = i
-    done = 0
-    for a, b in pieces:
-        g = min(n_tasks - 1, int((done + 0.5 * (b - a)) * n_tasks // total))
-        done += b - a
-        rs = groups[g]
-        if rs and rs[-1][1] == a and chunk_of[rs[-1][0]] == chunk_of[a]:
-            rs[-1] = (rs[-1][0], b)
-        else:
-            rs.append((a, b))
-    return [g for g in groups if g]
-
-
-def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag):
-    """Σ over the variant chunks ``bounds`` of X_v (X_vᵀ M) / p, and Σ of squared entries per row."""
-    n = M.shape[0]
-    acc = np.zeros(M.shape, dtype=np.float64)
-    diag = np.zeros(n) if want_diag else None
-    Md = M.astype(dtype, copy=False)
-    buf = np.empty(n * sub_width, dtype=dtype)
-    for a, b in bounds:
-        if not scale[a:b].any():
-            continue
-        g = np.asarray(G[:, a:b])
-        if rows is not None:
-            g = g[rows]
-        for w0 in range(0, b - a, sub_width):
-            w1 = min(b - a, w0 + sub_width)
-            sc = scale[a + w0:a + w1]
-            if not sc.any():
-                continue
-            X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], sc, dtype, out=buf)
-            acc += X @ (X.T @ Md)
-            if want_diag:
-                diag += np.einsum("ij,ij->i", X, X)
-    acc /= p_kept
-    if want_diag:
-        diag /= p_kept
-    return acc, diag
-
-
-def apply_grm(G, std, M: np.ndarray, *, rows=None, want_diag: bool = False, dtype=np.float64,
-              memory: int | None = None, n_tasks: int | None = None, desc: str = "pass over X"):
-    """``K M = X (Xᵀ M) / p`` in one pass over the genotypes, never forming K.
-
-    Tasks (one per thread by default) take contiguous, equally wide groups of variant columns
-    (:func:`plan_pass`); each reads every chunk of its group once (all rows), standardizes it
-    piece by piece and accumulates ``X_v (X_vᵀ M)`` in float64. The
-    partial products are summed as they arrive. With ``want_diag`` the diagonal
-    of K (``Σ_j x_ij² / p``) comes from the same pass.
-
-    Returns
-    -------
-    (K M, diag K or None)
-    """
-    import dask
-
-    from .tasks import current_client, run_tasks, total_threads
-
-    n_all, p = G.shape
-    n = n_all if rows is None else len(rows)
-    if M.shape[0] != n:
-        raise ValueError(f"M has {M.shape[0]} rows, expected {n}")
-    chunks = getattr(G, "chunks", None)
-    cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
-    bounds = [(a, min(p, a + cw)) for a in range(0, p, cw) if std.scale[a:min(p, a + cw)].any()]
-    plan = plan_pass(n, M.shape[1], bounds, memory, n_tasks or total_threads(), np.dtype(dtype).itemsize)
-    task = dask.delayed(_apply_task, pure=False)
-    # the block of vectors in the tasks' precision, sent to every worker before the tasks start
-    # (embedded in the graph, it would reach the second worker only through the first)
-    Mc = np.ascontiguousarray(M, dtype=dtype)
-    client = current_client()
-    Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
-    tasks = [task(G, rows, std.center, std.scale, grp, plan.sub_width, Md, dtype, std.n_kept, want_diag)
-             for grp in plan.groups]
-
-    def combine(state, part):
-        if state is None:
-            return part
-        acc, diag = state
-        acc += part[0]
-        if diag is not None:
-            diag += part[1]
-        return acc, diag
-
-    return run_tasks(tasks, desc, combine=combine)
-
-
 def cholesky_qr2(Y: np.ndarray) -> np.ndarray:
     """Orthonormal basis of the columns of a tall-skinny Y by CholeskyQR2.
 
@@ -368,8 +193,6 @@ def driver_bytes(n: int, l: int, q: int, algorithm: str = "krylov") -> int:
 def check_driver_memory(n: int, l: int, q: int, algorithm: str = "krylov") -> None:
     """Raise :class:`InputError` before any pass when the driver cannot hold what it needs."""
     import psutil
-
-    from .errors import InputError
 
     need = driver_bytes(n, l, q, algorithm)
     avail = psutil.virtual_memory().available
@@ -425,11 +248,20 @@ def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: floa
     return np.asfortranarray(B), C, W
 
 
-def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
+def subspace_width(rank: int, oversample: int | None, n: int) -> int:
+    """``l = rank + oversample`` (default :data:`DEFAULT_OVERSAMPLE`), at most n: the width of
+    the randomized spectrum's blocks.
+
+    >>> subspace_width(200, None, 100_000), subspace_width(200, 0, 100_000), subspace_width(50, None, 60)
+    (250, 200, 60)
+    """
+    return min(int(n), int(rank) + (DEFAULT_OVERSAMPLE if oversample is None else int(oversample)))
+
+
+def randomized_spectrum(op, rank: int, *, oversample: int | None = None,
                         power_iters: int | None = None, seed: int = 0,
-                        n_probes: int = DEFAULT_PROBES, rows=None, dtype=np.float64,
-                        memory: int | None = None, n_tasks: int | None = None,
-                        checkpoint=None, algorithm: str = "krylov") -> Spectrum:
+                        n_probes: int = DEFAULT_PROBES, checkpoint=None,
+                        algorithm: str = "krylov") -> Spectrum:
     """Top-``rank`` eigenpairs of ``K = X Xᵀ / p`` from the genotypes, without forming K.
 
     ``algorithm="krylov"`` (default): randomized block Krylov iteration (block Lanczos with full
@@ -448,18 +280,17 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     Alg. 4.4 and 5.3): ``Q ← orth(K Ω)``, ``q`` power iterations ``Q ← orth(K Q)``, then
     Rayleigh–Ritz on ``Qᵀ K Q``: ``q + 2`` passes.
 
-    Each application of K is one pass over X (:func:`apply_grm`): ``2 n p l`` multiply-adds
-    and one read of every genotype; memory per task is ``O(n l)`` plus a genotype slab (see
-    :func:`plan_pass`). The first pass also gives ``diag K`` (so ``tr K`` is exact) and
+    Each application of K is one pass over X (:meth:`bigmm.passes.GrmOperator.apply`):
+    ``2 n p l`` multiply-adds and one read of every genotype; memory per task is ``O(n l)``
+    plus a genotype slab (see :func:`bigmm.passes.plan_pass`). The first pass also gives ``diag K`` (so ``tr K`` is exact) and
     ``K 1``; K applied to ``n_probes`` Rademacher vectors gives a deflated Hutchinson
     estimate of the tail's ``tr K₂²`` for the calibrated SE.
 
     Parameters
     ----------
-    G : array-like (n_all, p) int8
-        Genotypes (zarr array of a cohort store, or NumPy).
-    std : Standardization
-        Variant filters and standardization (from :func:`bigmm.standardization`).
+    op : GrmOperator
+        K of the samples the spectrum is over (:class:`bigmm.passes.GrmOperator`: genotypes,
+        standardization, rows, precision and memory per task).
     rank : int
         Number of eigenpairs k, ``0 < k < n``.
     oversample, power_iters : int, optional
@@ -467,10 +298,6 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
         :data:`DEFAULT_POWER_ITERS` (for the algorithm).
     seed : int
         Seed of Ω and of the probes; recorded in the diagnostics.
-    rows : int array, optional
-        Samples (rows of G) the spectrum is over; default all.
-    memory : int, optional
-        Bytes one task may use; the pass is cut to fit or an error says what is needed.
     checkpoint : object, optional
         With ``save(state)`` and ``load() -> list of states or None``: what each pass adds
         (a dict with its number under "pass") is saved after the pass, and a run resumes
@@ -486,41 +313,31 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
     """
     import time
 
-    from .errors import InputError
-
-    if std is None or not hasattr(std, "scale"):
-        raise InputError("randomized spectrum: no variant statistics; compute them first with "
-                         "bigmm.variant_stats and bigmm.standardization")
+    if not hasattr(op, "apply"):
+        raise InputError("randomized_spectrum takes a GrmOperator: "
+                         "bigmm.GrmOperator(store.genotypes, std), then randomized_spectrum(op, rank)")
     if algorithm not in DEFAULT_POWER_ITERS:
         raise InputError(f"spectrum algorithm must be one of {sorted(DEFAULT_POWER_ITERS)} (got {algorithm!r})")
-    n_all, p = G.shape
-    if std.scale.shape[0] != p:
-        raise InputError(f"variant statistics are for {std.scale.shape[0]} variants, the genotypes have {p}")
-    rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-    n = n_all if rows is None else rows.size
-    oversample = DEFAULT_OVERSAMPLE if oversample is None else int(oversample)
+    n = op.n
     q = DEFAULT_POWER_ITERS[algorithm] if power_iters is None else int(power_iters)
     if not isinstance(rank, (int, np.integer)) or not 0 < rank < n:
         raise InputError(f"spectrum rank must be between 1 and n − 1 = {n - 1} (got {rank}); "
                          f"for all eigenpairs use method: exact")
+    if oversample is not None and oversample < 0:
+        raise InputError(f"oversample must be ≥ 0 (got {oversample})")
     if q < 0:
         raise InputError(f"power_iters must be ≥ 0 (got {q})")
-    if oversample < 0:
-        raise InputError(f"oversample must be ≥ 0 (got {oversample})")
     if n_probes < 0:
         raise InputError(f"probes must be ≥ 0 (got {n_probes})")
-    l = min(n, rank + oversample)
-    # check the memory plan of the widest pass before any computation
-    chunks = getattr(G, "chunks", None)
-    cw = int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer)) else 2048
-    plan_pass(n, pass_columns(l, n_probes, algorithm), [(0, min(cw, p))], memory, 1, np.dtype(dtype).itemsize)
+    l = subspace_width(rank, oversample, n)
+    # check the memory plans of the widest pass and of the driver before any computation
+    op.plan(pass_columns(l, n_probes, algorithm))
     check_driver_memory(n, l, q, algorithm)
     t0 = time.perf_counter()
-    kw = dict(rows=rows, dtype=dtype, memory=memory, n_tasks=n_tasks)
     saved = checkpoint.load() if checkpoint is not None else None
     saved = [st for st in (saved or []) if st.get("algorithm", algorithm) == algorithm]
     run = _krylov if algorithm == "krylov" else _subspace
-    out = run(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved)
+    out = run(op, l, q, seed, n_probes, checkpoint, saved)
     theta, U, KU_minus, n_pass, extra = out
     # KU_minus: (n, k') columns (K − θ_i) u_i for the top k' Ritz pairs
     k = rank
@@ -550,11 +367,9 @@ def randomized_spectrum(G, std, rank: int, *, oversample: int | None = None,
         "ritz_residuals": resid[:k].tolist(), "max_ritz_residual": float(np.nanmax(resid[:k])),
         "orthonormality_error": orth, "probes": n_probes, "tail_trace_K2": tail_K2,
         "sum_K": float(K1.sum()), "seconds": round(time.perf_counter() - t0, 3),
-        "pass_seconds": extra["pass_seconds"], "compute_dtype": np.dtype(dtype).name,
+        "pass_seconds": extra["pass_seconds"], "compute_dtype": np.dtype(getattr(op, "dtype", np.float64)).name,
     }
     if orth > 1e-8:
-        from .errors import BigmmError
-
         raise BigmmError(f"randomized spectrum: eigenvectors not orthonormal (‖UᵀU − I‖ = {orth:.2e})")
     return Spectrum(U=U1, s=s1, n=n, trace_K=trace, diag_K=diag, method="randomized",
                     rank=int((s1 > tol).sum()), diagnostics=diagnostics,
@@ -567,18 +382,19 @@ def _probes(seed: int, n: int, n_probes: int) -> np.ndarray:
     return np.random.default_rng([seed, 1]).choice(np.array([-1.0, 1.0]), size=(n, n_probes))
 
 
-def _timed_pass(G, std, M, kw, desc, times, want_diag=False):
+def _timed_pass(op, M, desc, times, want_diag=False):
     import time
 
     t = time.perf_counter()
-    Y, diag = apply_grm(G, std, M, want_diag=want_diag, desc=desc, **kw)
+    Y, diag = op.apply(M, want_diag=want_diag, desc=desc)
     times.append(round(time.perf_counter() - t, 3))
     return Y, diag
 
 
-def _krylov(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
+def _krylov(op, l, q, seed, n_probes, checkpoint, saved):
     from scipy.linalg import eigh
 
+    n = op.n
     n_pass = q + 1
     probes = _probes(seed, n, n_probes)
     V = np.empty((n, n_pass * l), order="F")  # the Krylov basis, block by block (each contiguous)
@@ -612,11 +428,11 @@ def _krylov(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
             break
         desc = f"randomized spectrum pass {j + 1}/{n_pass}"
         if j == 0:
-            Y, diag = _timed_pass(G, std, np.hstack([V[:, a:b], np.ones((n, 1)), probes]), kw, desc, times,
+            Y, diag = _timed_pass(op, np.hstack([V[:, a:b], np.ones((n, 1)), probes]), desc, times,
                                   want_diag=True)
             K1, Kp, Y = Y[:, l].copy(), Y[:, l + 1:].copy(), np.ascontiguousarray(Y[:, :l])
         else:
-            Y, _ = _timed_pass(G, std, V[:, a:b], kw, desc, times)
+            Y, _ = _timed_pass(op, V[:, a:b], desc, times)
         scale = float(np.sqrt(np.max(np.sum(Y * Y, axis=0)))) if Y.size else 0.0
         B, Cj, W = _orthonormal_extension(V[:, :b], Y, scale, basis=j < n_pass - 1)
         Tcols.append(Cj)
@@ -651,9 +467,10 @@ def _krylov(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
     return theta, U, R, len(times) + done, extra
 
 
-def _subspace(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
+def _subspace(op, l, q, seed, n_probes, checkpoint, saved):
     from scipy.linalg import eigh
 
+    n = op.n
     n_pass = q + 2
     times: list[float] = []
     ok = (saved and saved[0].get("pass") == 1 and saved[-1]["Q"].shape == (n, l)
@@ -663,7 +480,7 @@ def _subspace(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
         log.info("randomized spectrum: resuming after pass %d of %d (checkpoint)", done, n_pass)
     else:
         Omega = np.random.default_rng([seed, 0]).standard_normal((n, l))
-        Y, diag = _timed_pass(G, std, np.hstack([Omega, np.ones((n, 1))]), kw,
+        Y, diag = _timed_pass(op, np.hstack([Omega, np.ones((n, 1))]),
                               f"randomized spectrum pass 1/{n_pass}", times, want_diag=True)
         K1 = Y[:, -1].copy()
         Q = cholesky_qr2(Y[:, :l])
@@ -672,13 +489,13 @@ def _subspace(G, std, n, l, q, seed, n_probes, kw, checkpoint, saved):
         if checkpoint is not None:
             checkpoint.save({"pass": done, "algorithm": "subspace", "Q": Q, "diag": diag, "K1": K1})
     for i in range(done, q + 1):
-        Y, _ = _timed_pass(G, std, Q, kw, f"randomized spectrum pass {i + 1}/{n_pass}", times)
+        Y, _ = _timed_pass(op, Q, f"randomized spectrum pass {i + 1}/{n_pass}", times)
         Q = cholesky_qr2(Y)
         del Y
         if checkpoint is not None:
             checkpoint.save({"pass": i + 1, "algorithm": "subspace", "Q": Q})
     probes = _probes(seed, n, n_probes)
-    Y, _ = _timed_pass(G, std, np.hstack([Q, probes]), kw, f"randomized spectrum pass {n_pass}/{n_pass}", times)
+    Y, _ = _timed_pass(op, np.hstack([Q, probes]), f"randomized spectrum pass {n_pass}/{n_pass}", times)
     YQ, Kp = Y[:, :l], Y[:, l:]
     T = Q.T @ YQ
     theta, W = eigh(0.5 * (T + T.T))

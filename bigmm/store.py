@@ -11,7 +11,7 @@ Layout of a cohort store (a Zarr v3 group)::
       variant_chrom, variant_id, variant_pos, variant_allele1, variant_allele2
 
 Every array bigmm writes carries a CRC32C checksum after its compressor and is
-written with ``write_empty_chunks=True`` (DESIGN.md §5): a flipped byte or a
+written with ``write_empty_chunks=True`` (Zarr stores an all-fill chunk as no file): a flipped byte or a
 truncated chunk fails loudly on read, and a missing chunk file means "never
 written", not "all fill value".
 
@@ -66,7 +66,7 @@ def new_array(group: zarr.Group, name: str, *, shape, dtype, chunks=None, data=N
     return arr
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     for dirpath, _dirnames, filenames in os.walk(root):
         for fn in filenames:
             fd = os.open(os.path.join(dirpath, fn), os.O_RDONLY)
@@ -108,7 +108,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         old = None
         if final.exists():
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
@@ -130,14 +130,27 @@ def _fsync_tree_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that it appears whole or not at all."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator:
+    """Open a temporary file beside ``path`` that replaces ``path`` only when the block succeeds.
+
+    The one way bigmm writes a file: the temporary sits in the same directory (so the rename is
+    atomic), is flushed and fsynced before ``os.replace``, and is removed on any exception, so a
+    reader sees the old file or the whole new one, never a part. ``mode`` is ``"w"`` or ``"wb"``.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_file(p) as fh:
+    ...     _ = fh.write("whole")
+    >>> p.read_text()
+    'whole'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -146,6 +159,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         if tmp.exists():
             tmp.unlink()
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that it appears whole or not at all (:func:`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(text)
 
 
 def file_fingerprint(path: Path | None, content: bool = True) -> dict | None:
@@ -189,7 +208,7 @@ def verify_chunks(arr: zarr.Array, label: str) -> None:
     """Check that every chunk file of ``arr`` exists (bigmm writes all of them).
 
     A deleted chunk would otherwise read back as the fill value without any
-    error (DESIGN.md §5). Only local stores are listed.
+    error (Zarr writes no file for an all-fill chunk). Only local stores are listed.
     """
     d = _array_dir(arr)
     if d is None or arr.size == 0:

@@ -62,7 +62,7 @@ def write_config(tmp_path: Path, cohort, name: str = "run.yaml", **sections) -> 
 
 
 def bigmm_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bigmm.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300, cwd=cwd)
 
 

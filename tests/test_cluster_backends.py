@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import bigmm
-from bigmm.cluster import BLAS_ENV, make_jobqueue_cluster
+from bigmm.pipeline.cluster import BLAS_ENV, make_jobqueue_cluster
 from bigmm.errors import ConfigError
 
 SUBMIT = {"job_name": "h2-height", "queue": "short", "account": "proj42", "walltime": "02:30:00",
@@ -38,7 +38,7 @@ def write_config(tmp_path, name="run.yaml", **sections):
 
 
 def bigmm_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bigmm.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=120, env=env)
 
 
@@ -68,7 +68,7 @@ def test_submit_writes_the_job_script_for_the_config(tmp_path):
     body = lines[first_command:]
     assert body[0] == "set -euo pipefail"
     assert body.index("module load python/3.11") < body.index("source /opt/venvs/bigmm/bin/activate")
-    run_line = f"{sys.executable} -m bigmm.cli run {cfg.resolve()} &"
+    run_line = f"{sys.executable} -m bigmm.pipeline.cli run {cfg.resolve()} &"
     assert run_line in body, text
     assert body.index("source /opt/venvs/bigmm/bin/activate") < body.index(run_line)
     assert body[body.index(run_line):] == [run_line, "pid=$!", "trap 'kill -TERM $pid; wait $pid' TERM",
@@ -93,7 +93,7 @@ def test_job_script_forwards_sigterm_to_bigmm(tmp_path):
                     "while true; do sleep 0.1; done\n")
     fake.chmod(0o755)
     cfg = bigmm.load_config(write_config(tmp_path, submit={"setup": ["export BIGMM_JOB=1"]}))
-    from bigmm.submit import job_script
+    from bigmm.pipeline.submit import job_script
 
     script = tmp_path / "job.sh"
     script.write_text(job_script(cfg, python=str(fake)))
@@ -201,6 +201,6 @@ def test_missing_dask_jobqueue_gives_the_install_hint(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as exc:
         make_jobqueue_cluster(cfg.cluster)
     assert str(exc.value) == hint
-    from bigmm.check import check_config
+    from bigmm.pipeline.validate import check_config
 
     assert hint in check_config(cfg, contact_cluster=True)

@@ -34,6 +34,7 @@ import zarr
 from conftest import local_cluster
 
 import bigmm
+from bigmm.passes import GrmOperator
 
 N, P = 800, 6000
 CHUNKS = [100, 1000]
@@ -111,7 +112,7 @@ def start_run(cfg: Path, log_dir: Path, pause: str | None = None) -> subprocess.
     log_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(log_dir.glob("stderr-*")))
     with open(log_dir / f"stdout-{n}", "w") as so, open(log_dir / f"stderr-{n}", "w") as se:
-        proc = subprocess.Popen([sys.executable, "-m", "bigmm.cli", "run", str(cfg)], env=env, stdout=so,
+        proc = subprocess.Popen([sys.executable, "-m", "bigmm.pipeline.cli", "run", str(cfg)], env=env, stdout=so,
                                 stderr=se, start_new_session=True)
     proc.stderr_path = log_dir / f"stderr-{n}"
     return proc
@@ -130,7 +131,7 @@ def finish(proc, timeout=300) -> int:
 
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bigmm.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=clean_env())
 
 
@@ -293,7 +294,7 @@ def test_worker_killed_mid_grm_gives_the_same_grm(store_std, client, tmp_path):
 def test_worker_killed_mid_pass_gives_the_same_spectrum(store_std, client):
     store, std = store_std
     kw = dict(oversample=100, power_iters=2, seed=11, n_probes=10)  # l = 110: passes of ~1 GFlop
-    ref = bigmm.randomized_spectrum(store.genotypes, std, 10, **kw)
+    ref = bigmm.randomized_spectrum(GrmOperator(store.genotypes, std), 10, **kw)
 
     class Checkpoint:  # the pipeline's checkpoint protocol; here only to see pass 1 end
         def __init__(self):
@@ -308,7 +309,7 @@ def test_worker_killed_mid_pass_gives_the_same_spectrum(store_std, client):
     ck = Checkpoint()
     killer = WorkerKiller(client, lambda: list(ck.passes) or None, "_apply_task")  # after pass 1
     killer.start()
-    spec = bigmm.randomized_spectrum(store.genotypes, std, 10, checkpoint=ck, **kw)
+    spec = bigmm.randomized_spectrum(GrmOperator(store.genotypes, std), 10, checkpoint=ck, **kw)
     killer.join(10)
     assert killer.error is None, killer.error
     assert killer.killed["when"] in ([1], [1, 2]), killer.killed  # during pass 2 (or 3)
@@ -630,7 +631,13 @@ def test_check_reports_every_problem(cohort, tmp_path):
     good = write_config(tmp_path / "good.yaml", cohort, tmp_path / "out")
     res = run_cli("check", good)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"{good}: OK"
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"{good}: OK"
+    # the plan it checked: samples, variants, method, memory
+    plan = "\n".join(lines[1:])
+    assert "samples: 800 genotyped, 800 analysed" in plan and "spectrum: randomized" in plan, plan
+    assert "passes over X: " in plan, plan
+    assert "variants: 6000 in the genotype input" in plan and "memory per task" in plan, plan
 
     bad = write_config(
         tmp_path / "bad.yaml", cohort, tmp_path / "out",

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 import bigmm
+from bigmm.passes import GrmOperator
 from bigmm.blup import genetic_values, snp_effects
 from bigmm.io.tables import build_design
 from bigmm.reml import RemlResult, fit_rotated, rotate
@@ -91,7 +92,7 @@ def models(cohort):
                     g0 = rot.groups[0]  # GLS at λ = 1 (on y less its OLS fit, which rotate removes)
                     mu = float(g0.fixed_and_information(0, 0.5, s2)[0][0] + g0.shift[0, 0])
                 blup = genetic_values(spec, rot, r)
-                beta = snp_effects(store.genotypes, std, blup)
+                beta = snp_effects(GrmOperator(store.genotypes, std), blup)
                 out[gk, setting, missing] = dict(std=std, K=K, fit=r["trait"], blup=blup, beta=beta[:, 0],
                                                  g=blup.genetic_values[:, 0], w=blup.weights[:, 0], mu=mu)
     return out

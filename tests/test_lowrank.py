@@ -1,4 +1,4 @@
-"""Randomized low-rank spectrum from X and REML on the reduced spectrum (DESIGN.md §2-3)."""
+"""Randomized low-rank spectrum from X and REML on the reduced spectrum (docs/math.md, sections 4 and 6)."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ from reference import grm_reference, reml_reference
 
 import bigmm
 from bigmm.errors import BigmmError, InputError
+from bigmm.passes import GrmOperator
 from bigmm.spectrum import DEFAULT_POWER_ITERS, randomized_spectrum
 
 
@@ -49,7 +50,7 @@ def test_exact_when_rank_below_k(tmp_path):
     rng = np.random.default_rng(1)
     G = random_genotypes(rng, 300, 40, missing=0.0)
     store, std = store_of(tmp_path, G)
-    spec = randomized_spectrum(store.genotypes, std, 60, seed=4)
+    spec = randomized_spectrum(GrmOperator(store.genotypes, std), 60, seed=4)
     assert spec.tail == pytest.approx(0.0, abs=1e-12)
     K = grm_reference(G, "gcta")
     Z = np.column_stack([np.ones(300), rng.normal(size=300)])
@@ -64,7 +65,7 @@ def test_exact_when_k_is_n_minus_1(tmp_path):
     rng = np.random.default_rng(2)
     G = random_genotypes(rng, 120, 500)
     store, std = store_of(tmp_path, G, chunks=(50, 128))
-    spec = randomized_spectrum(store.genotypes, std, 119, seed=1)
+    spec = randomized_spectrum(GrmOperator(store.genotypes, std), 119, seed=1)
     K = grm_reference(G, "gcta")
     np.testing.assert_allclose(spec.s, np.sort(np.linalg.eigvalsh(K))[::-1][:119], rtol=1e-9, atol=1e-12)
     Z = np.column_stack([np.ones(120), rng.normal(size=120)])
@@ -87,7 +88,7 @@ def structured(tmp_path_factory):
 def test_eigenpairs_accurate_on_structured_cohort(structured):
     """12 populations: 11 structure eigenvalues well above the bulk; k = 10 at the defaults."""
     store, std, K = structured
-    spec = randomized_spectrum(store.genotypes, std, 10, seed=0)
+    spec = randomized_spectrum(GrmOperator(store.genotypes, std), 10, seed=0)
     assert spec.diagnostics["passes_over_X"] == DEFAULT_POWER_ITERS["krylov"] + 1
     s, U = np.linalg.eigh(K)
     s, U = s[::-1][:10], U[:, ::-1][:, :10]
@@ -109,8 +110,8 @@ def test_krylov_at_least_as_accurate_as_subspace_iteration(structured):
     mean relative error 0.107 against 0.191 for this seed, asserted below 0.75x."""
     store, std, K = structured
     lam = np.sort(np.linalg.eigvalsh(K))[::-1][:40]
-    kr = randomized_spectrum(store.genotypes, std, 40, seed=5, oversample=10, power_iters=2)
-    ss = randomized_spectrum(store.genotypes, std, 40, seed=5, oversample=10, power_iters=1,
+    kr = randomized_spectrum(GrmOperator(store.genotypes, std), 40, seed=5, oversample=10, power_iters=2)
+    ss = randomized_spectrum(GrmOperator(store.genotypes, std), 40, seed=5, oversample=10, power_iters=1,
                              algorithm="subspace")
     assert kr.diagnostics["passes_over_X"] == ss.diagnostics["passes_over_X"] == 3
     assert kr.diagnostics["subspace_dim"] == 150 and ss.diagnostics["subspace_dim"] == 50
@@ -128,7 +129,7 @@ def test_reduced_reml_equals_dense_reml_on_reduced_model(structured):
     """Tail totals without U₂ give exactly the REML of K₁ = U₁SU₁ᵀ + λ̄(I − U₁U₁ᵀ),
     also with missing values through indicators on the shared spectrum."""
     store, std, K = structured
-    spec = randomized_spectrum(store.genotypes, std, 30, seed=0, power_iters=1)
+    spec = randomized_spectrum(GrmOperator(store.genotypes, std), 30, seed=0, power_iters=1)
     rng = np.random.default_rng(5)
     n = spec.n
     Z = np.column_stack([np.ones(n), rng.normal(size=n)])
@@ -160,7 +161,7 @@ def test_sandwich_se_equals_dense_sandwich(structured):
     rng = np.random.default_rng(9)
     Z = np.column_stack([np.ones(n), rng.normal(size=n)])
     y = phenotypes(K, Z, 0.5, 1, seed=10)[:, 0]
-    for spec in (exact.top(20), randomized_spectrum(store.genotypes, std, 20, seed=1)):
+    for spec in (exact.top(20), randomized_spectrum(GrmOperator(store.genotypes, std), 20, seed=1)):
         fit = bigmm.fit_reml(spec, y, Z).fits[0]
         assert fit.h2_se_method.startswith("sandwich")
         sg, se = fit.sigma2_g, fit.sigma2_e
@@ -184,7 +185,7 @@ def test_lowrank_simulation_unbiased_and_calibrated(structured):
     fitted on the default randomized spectrum with k = 50. Bias within 3 Monte Carlo SEs;
     mean reported SE within 15% of the empirical SD (SD of 200 draws: ±5% sampling error)."""
     store, std, K = structured
-    spec = randomized_spectrum(store.genotypes, std, 50, seed=2)
+    spec = randomized_spectrum(GrmOperator(store.genotypes, std), 50, seed=2)
     n, R, h2 = spec.n, 200, 0.5
     Z = np.ones((n, 1))
     Y = phenotypes(K, Z, h2, R, seed=11)
@@ -202,9 +203,9 @@ def test_randomized_on_local_cluster_equals_single_process(structured):
     from distributed import Client
 
     store, std, K = structured
-    single = randomized_spectrum(store.genotypes, std, 15, seed=3, power_iters=2, n_tasks=3)
+    single = randomized_spectrum(GrmOperator(store.genotypes, std, n_tasks=3), 15, seed=3, power_iters=2)
     with local_cluster(2, 1) as cluster, Client(cluster):
-        dist = randomized_spectrum(store.genotypes, std, 15, seed=3, power_iters=2, n_tasks=3)
+        dist = randomized_spectrum(GrmOperator(store.genotypes, std, n_tasks=3), 15, seed=3, power_iters=2)
     # same Ω and probes (seeded on the driver); partial products summed in another order
     np.testing.assert_allclose(dist.s, single.s, rtol=1e-10)
     np.testing.assert_allclose(np.abs(np.sum(dist.U * single.U, axis=0)), 1.0, atol=1e-8)
@@ -213,22 +214,20 @@ def test_randomized_on_local_cluster_equals_single_process(structured):
 
 def test_bad_parameters_fail_before_computing(structured, monkeypatch):
     store, std, K = structured
-    import bigmm.spectrum as spectrum_module
-
     def no_pass(*a, **k):
         raise AssertionError("a pass over X ran")
 
-    monkeypatch.setattr(spectrum_module, "apply_grm", no_pass)
+    monkeypatch.setattr(GrmOperator, "apply", no_pass)
     n = store.n_samples
     for rank in (0, -3, n, n + 5):
         with pytest.raises(InputError, match="rank must be between 1 and n"):
-            randomized_spectrum(store.genotypes, std, rank)
+            randomized_spectrum(GrmOperator(store.genotypes, std), rank)
     with pytest.raises(InputError, match="power_iters"):
-        randomized_spectrum(store.genotypes, std, 10, power_iters=-1)
+        randomized_spectrum(GrmOperator(store.genotypes, std), 10, power_iters=-1)
     with pytest.raises(InputError, match="too small for a pass over X"):
-        randomized_spectrum(store.genotypes, std, 10, memory=1_000_000)
+        randomized_spectrum(GrmOperator(store.genotypes, std, memory=1_000_000), 10)
     with pytest.raises(InputError, match="no variant statistics"):
-        randomized_spectrum(store.genotypes, None, 10)
+        randomized_spectrum(GrmOperator(store.genotypes, None), 10)
     # a driver without room for the Krylov basis: 8 n (q + 1) l + 5 · 8 n l bytes
     import psutil
     from collections import namedtuple
@@ -239,5 +238,5 @@ def test_bad_parameters_fail_before_computing(structured, monkeypatch):
     assert need == 8 * n * (4 * 60 + 5 * 60)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("vm", "available")(need - 1))
     with pytest.raises(InputError, match=r"needs .*B on the driver but .*B is available; use spectrum.algorithm: subspace"):
-        randomized_spectrum(store.genotypes, std, 10, oversample=50)
+        randomized_spectrum(GrmOperator(store.genotypes, std), 10, oversample=50)
     assert isinstance(InputError("x"), BigmmError)

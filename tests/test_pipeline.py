@@ -47,7 +47,7 @@ def write_config(path, cohort, output, **over):
 
 def test_cli_run_matches_dense_reference(cohort, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", cohort, tmp_path / "out")
-    proc = subprocess.run([sys.executable, "-m", "bigmm.cli", "run", str(cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", "run", str(cfg)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "h2=" in proc.stdout and "results:" in proc.stdout
@@ -101,12 +101,12 @@ def test_api_run_with_own_client_and_atomic_results(cohort, tmp_path, monkeypatc
         outcome = bigmm.run(cfg, client=client)
         first = outcome.result["trait1"]
         # a failure while writing the report leaves no results.json behind
-        from bigmm import report as report_module
+        from bigmm.pipeline import stages as stages_module
 
         def boom(*a, **k):
             raise RuntimeError("disk full")
 
-        monkeypatch.setattr(report_module, "write_results", boom)
+        monkeypatch.setattr(stages_module, "write_results", boom)
         with pytest.raises(RuntimeError, match="disk full"):
             bigmm.run(cfg, client=client, from_stage="report")
         assert not (tmp_path / "out" / "results.json").exists()
@@ -139,9 +139,10 @@ def test_predictions_report_and_peer_files(cohort, tmp_path):
     out = tmp_path / "out"
     blup = np.loadtxt(out / "blup.tsv", skiprows=1, usecols=(2, 3))
     # API: the same design rotated on the spectrum of the analysed samples
-    from bigmm.pipeline import load_spectrum, validate_inputs
+    from bigmm.pipeline.outputs import load_spectrum
+    from bigmm.pipeline.validate import validate
 
-    inp = validate_inputs(cfg)
+    inp = validate(cfg, force=True)
     spec = load_spectrum(out / "spectrum.zarr")
     a = np.flatnonzero(inp.design.analysed)
     rd = rotate(spec.subset(a) if a.size < spec.n else spec, inp.design.Y[a], inp.design.Z[a],
@@ -150,7 +151,7 @@ def test_predictions_report_and_peer_files(cohort, tmp_path):
     np.testing.assert_allclose(blup, g, rtol=1e-7, atol=1e-9)  # 8 significant digits in the TSV
     # scoring the training genotypes with the SNP effects reproduces ĝ (the identity X β̂ = ĝ);
     # the TSV keeps 8 significant digits of each effect: |Σ_j x_j δβ_j| ≲ 1e-8 · √p · |β|·|x|
-    proc = subprocess.run([sys.executable, "-m", "bigmm.cli", "score", "--run", str(out), "--bfile",
+    proc = subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", "score", "--run", str(out), "--bfile",
                            str(cohort / "c"), "--out", str(tmp_path / "s.tsv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     scores = np.loadtxt(tmp_path / "s.tsv", skiprows=1, usecols=(2, 3))

@@ -9,6 +9,7 @@ from conftest import random_genotypes
 from reference import grm_reference, standardize_reference
 
 import bigmm
+from bigmm.passes import GrmOperator
 from bigmm.blup import genetic_values, match_alleles, score, snp_effects
 from bigmm.reml import fit_rotated, rotate
 
@@ -53,9 +54,9 @@ def test_blup_equals_dense_and_X_beta_equals_g(problem):
         g_ref, w_ref = dense_blup(K, Y[:, j], Z, fit.sigma2_g, fit.sigma2_e)
         np.testing.assert_allclose(b.genetic_values[:, j], g_ref, rtol=0, atol=1e-10)
         np.testing.assert_allclose(b.weights[:, j], w_ref, rtol=0, atol=1e-10)
-    beta = snp_effects(store.genotypes, std, b)
+    beta = snp_effects(GrmOperator(store.genotypes, std), b)
     assert np.all(beta[~std.keep] == 0)
-    # the identity X β̂ = ĝ on the exact path (DESIGN.md, issue): round-off
+    # the identity X β̂ = ĝ on the exact path (docs/math.md, "Predictions"): round-off
     np.testing.assert_allclose(X @ beta[kept], b.genetic_values, rtol=0, atol=1e-10)
     # β̂ = σ²_g / p Xᵀ w, densely
     np.testing.assert_allclose(beta[kept], X.T @ b.weights * b.sigma2_g / X.shape[1], atol=1e-12)
@@ -138,12 +139,12 @@ def test_headerless_gcta_tables(tmp_path):
 
 
 def test_hsq_and_eigenvec_files(tmp_path, problem):
-    from bigmm.report import write_hsq, write_plink_pca
+    from bigmm.pipeline.report import write_hsq, write_plink_pca
 
     G, store, std, X, kept, K, Z, Y = problem
     spec = bigmm.exact_spectrum(K)
     res = bigmm.fit_reml(spec, Y[:, 0], Z, phenotype_names=["trait"])
-    (path,) = write_hsq(tmp_path, bigmm.report._clean(res.to_dict()))
+    (path,) = write_hsq(tmp_path, bigmm.pipeline.outputs.json_safe(res.to_dict()))
     rows = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in path.read_text().splitlines() if not ln.startswith("#")}
     f = res.fits[0]
     assert float(rows["V(G)"][0]) == pytest.approx(f.sigma2_g, rel=1e-9)

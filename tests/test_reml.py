@@ -81,7 +81,7 @@ def test_reml_equals_dense_reference(seed, h2, kind, pd):
 
 
 def test_missing_phenotypes_equal_reml_of_observed_subset():
-    """Indicator columns (DESIGN.md §2) give exactly the REML of the observed samples."""
+    """Indicator columns (docs/math.md, "Missing phenotypes") give exactly the REML of the observed samples."""
     K, y, Z = make_problem(7, n=200, h2=0.6)
     rng = np.random.default_rng(70)
     Y = np.column_stack([y, y, y + rng.normal(size=200)])

@@ -112,7 +112,7 @@ def test_corrupted_chunk_is_detected(tmp_path, rng):
 
 def test_truncated_and_deleted_chunks_are_detected(tmp_path, rng):
     """A truncated chunk fails its CRC; a deleted one would read as fill values, so
-    opening a store lists every chunk file (DESIGN.md §5)."""
+    opening a store lists every chunk file (Zarr writes no file for an all-fill chunk)."""
     G = random_genotypes(rng, 16, 16)
     bigmm.create_store(tmp_path / "s.zarr", G, chunks=(8, 8))
     chunk = tmp_path / "s.zarr" / "genotypes" / "c" / "1" / "0"

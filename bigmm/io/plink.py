@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,34 @@ def _check_padding(buf: bytes, paths: dict[str, Path], n: int, v0: int, ids: lis
                          f"`plink --bfile ... --make-bed`)")
 
 
-def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
+@dataclass(frozen=True)
+class PlinkFileset:
+    """A PLINK fileset's paths, samples and variants, read and checked once (:func:`read_plink`)."""
+
+    paths: dict
+    fid: list
+    iid: list
+    variants: dict
+
+    @property
+    def sample_ids(self) -> list[tuple[str, str]]:
+        return list(zip(self.fid, self.iid))
+
+    @property
+    def n_variants(self) -> int:
+        return len(self.variants["id"])
+
+
+def read_plink(prefix: str | os.PathLike) -> PlinkFileset:
+    """Read the .fam and .bim of a fileset and check the .bed against them (magic, mode, size)."""
+    paths = plink_paths(prefix)
+    fid, iid = read_fam(paths["fam"])
+    variants = read_bim(paths["bim"])
+    check_bed(paths["bed"], len(fid), len(variants["id"]))
+    return PlinkFileset(paths=paths, fid=fid, iid=iid, variants=variants)
+
+
+def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLike, *,
                  chunks: tuple[int, int] = DEFAULT_CHUNKS, overwrite: bool = False,
                  max_block_bytes: int = 256 << 20, num_threads: int | None = None) -> CohortStore:
     """Convert a PLINK .bed/.bim/.fam fileset into a chunked cohort store.
@@ -142,8 +170,9 @@ def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
 
     Parameters
     ----------
-    prefix : path
-        Fileset prefix (``data/cohort`` for ``data/cohort.bed`` etc.).
+    prefix : path or PlinkFileset
+        Fileset prefix (``data/cohort`` for ``data/cohort.bed`` etc.), or a fileset already
+        read by :func:`read_plink` (its .fam and .bim are then not read again).
     out : path
         The new store (a directory, conventionally ending in ``.zarr``).
     chunks : (int, int)
@@ -151,11 +180,9 @@ def ingest_plink(prefix: str | os.PathLike, out: str | os.PathLike, *,
     """
     from bed_reader import open_bed
 
-    paths = plink_paths(prefix)
-    fid, iid = read_fam(paths["fam"])
-    variants = read_bim(paths["bim"])
+    fs = prefix if isinstance(prefix, PlinkFileset) else read_plink(prefix)
+    paths, fid, iid, variants = fs.paths, fs.fid, fs.iid, fs.variants
     n, p = len(fid), len(variants["id"])
-    check_bed(paths["bed"], n, p)
     cs, cv = min(chunks[0], n), min(chunks[1], p)
     rows_per_block = max(cs, (max_block_bytes // max(cv, 1)) // cs * cs)
     bytes_per_variant = (n + 3) // 4

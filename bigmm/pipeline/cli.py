@@ -1,4 +1,4 @@
-"""The ``bigmm`` command: argument parsing only; the work is in the pipeline and the API."""
+"""The ``bigmm`` command: argument parsing only; the work is in the run layer and the library."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
-from ._version import __version__
-from .errors import BigmmError
-from .pipeline import RunInterrupted
+from .._version import __version__
+from ..errors import BigmmError
+from ..io.plink import ingest_plink
+from ..simulate import simulate, write_tables
+from .config import load_config
+from .plan import STAGES
+from .rundir import RunInterrupted, read_manifest
+from .scoring import score_run
+from .stages import run, status
+from .submit import write_job_script
+from .validate import check_file
 
 log = logging.getLogger("bigmm")
 
@@ -36,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="rerun every stage; also replaces another run's results in the output directory")
     r.add_argument("--from", dest="from_stage", metavar="STAGE",
-                   help="rerun from STAGE on (ingest, variant_stats, grm, spectrum, rotate, reml, report)")
+                   help=f"rerun from STAGE on ({', '.join(STAGES)})")
 
     c = sub.add_parser("check", help="validate a config and all its inputs; report every problem")
     c.add_argument("config", type=Path)
@@ -108,9 +116,6 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "run":
-        from .config import load_config
-        from .pipeline import run
-
         cfg = load_config(args.config)
         outcome = run(cfg, force=args.force, from_stage=args.from_stage)
         for f in outcome.result.fits:
@@ -119,19 +124,16 @@ def _dispatch(args) -> int:
         print(f"results: {outcome.results_json}")
         return 0
     if args.command == "check":
-        from .check import check_file
-
-        problems = check_file(args.config, contact_cluster=not args.no_cluster)
+        problems, inputs = check_file(args.config, contact_cluster=not args.no_cluster)
         if problems:
             print(f"{args.config}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
             for p in problems:
                 print(f"  - {p}", file=sys.stderr)
             return 2
         print(f"{args.config}: OK")
+        print(inputs.describe())
         return 0
     if args.command == "status":
-        from .pipeline import read_manifest, status
-
         rows = status(args.run_dir)
         m = read_manifest(args.run_dir)
         print(f"{args.run_dir}: run {m.get('status', '?')}"
@@ -142,28 +144,19 @@ def _dispatch(args) -> int:
             print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
         return 0
     if args.command == "submit":
-        from .config import load_config
-        from .submit import write_job_script
-
         path = write_job_script(load_config(args.config), args.script, submit=args.submit)
         print(f"job script: {path}" + ("" if args.submit else f" (submit it with: sbatch {path})"))
         return 0
     if args.command == "score":
-        from .scoring import score_run
-
         path, counts = score_run(args.run, args.out, bfile=args.bfile, zarr_path=args.zarr,
                                  vcf_zarr=args.vcf_zarr)
         print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
         return 0
     if args.command == "ingest":
-        from .io.plink import ingest_plink
-
         store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
         print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
         return 0
     if args.command == "simulate":
-        from .simulate import simulate, write_tables
-
         prefix = args.out
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),

@@ -6,26 +6,17 @@ import json
 import math
 from pathlib import Path
 
-from .store import atomic_write_text
+from ..store import atomic_write_text
+from .outputs import json_safe as _clean
 
 TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
                "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                "n_missing", "missing_method", "h2_se_method")
 
 
-def _clean(obj):
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, Path]:
-    """Write results.tsv then results.json (the latter marks a finished run).
+def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]:
+    """Write results.tsv then results.json (the latter marks a finished run); returns the
+    path of results.json and the document written.
 
     ``reml`` is :meth:`RemlResult.to_dict` (as stored in ``reml.json``).
     """
@@ -48,7 +39,7 @@ def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, Path]
     js = outdir / "results.json"
     atomic_write_text(tsv, "\n".join(rows) + "\n")
     atomic_write_text(js, json.dumps(doc, indent=2) + "\n")
-    return js, tsv
+    return js, doc
 
 
 def _fmt(v) -> str:

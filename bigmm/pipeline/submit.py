@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import RunConfig
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _slurm_mem(size: str) -> str:
@@ -45,7 +45,7 @@ def job_script(cfg: RunConfig, python: str | None = None) -> str:
     lines += [f"#SBATCH {d}" for d in sub.job_extra_directives]
     lines += ["", "set -euo pipefail", f"mkdir -p {shlex.quote(str(out))}"]
     lines += list(sub.setup)
-    cmd = [python or sys.executable, "-m", "bigmm.cli", "run", str(cfg.source)]
+    cmd = [python or sys.executable, "-m", "bigmm.pipeline.cli", "run", str(cfg.source)]
     lines += [
         "# bigmm resumes from its last committed stage: resubmit this script after a time-out.",
         "# Run in the background and wait, so that the shell forwards SLURM's SIGTERM to bigmm.",

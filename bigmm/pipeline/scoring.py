@@ -1,4 +1,4 @@
-"""``bigmm score``: a run's SNP effects applied to another cohort (the glue; the maths is in blup.py)."""
+"""``bigmm score``: a run's SNP effects applied to another cohort (the glue; the maths is in bigmm.blup)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .blup import match_alleles, score
-from .errors import InputError
-from .store import atomic_write_text
+from ..blup import match_alleles, score
+from ..errors import InputError
+from ..io.plink import ingest_plink
+from ..io.vcfzarr import open_vcf_zarr
+from ..store import atomic_write_text, open_store
+from .config import parse_config
+from .outputs import load_variants
+from .rundir import read_manifest
 
 log = logging.getLogger("bigmm")
 
 
 def _read_effects(run: Path):
-    from .pipeline import load_variants, open_genotypes, read_manifest
-    from .config import parse_config
-
     manifest = read_manifest(run)
     if manifest is None:
         raise InputError(f"{run} is not a bigmm run directory (no run.json)")
@@ -27,11 +29,11 @@ def _read_effects(run: Path):
     tsv, zp = run / "snp_effects.tsv", run / "snp_effects.zarr"
     cfg = parse_config(manifest["config"], base=run)
     if cfg.genotypes.plink is not None:
-        from .store import open_store
-
         train = open_store(run / "genotypes.zarr", verify=False).variant_table()
+    elif cfg.genotypes.vcf_zarr is not None:
+        train = open_vcf_zarr(cfg.genotypes.vcf_zarr).variant_table()
     else:
-        train = open_genotypes(cfg, verify=False).variant_table()
+        train = open_store(cfg.genotypes.zarr, verify=False).variant_table()
     if zp.exists():
         g = zarr.open_group(str(zp), mode="r")
         return train, std, np.asarray(g["beta_std"][...]), list(g.attrs["phenotypes"])
@@ -51,16 +53,10 @@ def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None):
     train, std, beta, names = _read_effects(run)
     with tempfile.TemporaryDirectory() as tmp:
         if bfile is not None:
-            from .io.plink import ingest_plink
-
             target = ingest_plink(bfile, Path(tmp) / "target.zarr")
         elif zarr_path is not None:
-            from .store import open_store
-
             target = open_store(zarr_path)
         else:
-            from .io.vcfzarr import open_vcf_zarr
-
             target = open_vcf_zarr(vcf_zarr)
         m = match_alleles(train, target.variant_table())
         if m.counts["used"] == 0:

@@ -22,7 +22,7 @@ import os
 from typing import Iterator
 
 from .config import ClusterConfig
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("bigmm")
 

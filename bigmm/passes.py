@@ -1,0 +1,350 @@
+"""One operator for every pass over the genotypes: ``K M = X (Xᵀ M) / p`` without forming K.
+
+Every method that needs K but not K itself (the randomized spectrum, the SNP-effect pass, the
+matrix-free REML) takes a :class:`GrmOperator`. The operator streams the int8 genotypes once per
+call, standardizes each variant piece in the tasks (never materialising X), and runs its tasks on
+whatever Dask scheduler is active: the default ``distributed`` client if there is one, else local
+threads. Its memory plan (:meth:`GrmOperator.plan`, :func:`plan_pass`) is checked before a pass
+starts, so a block of vectors too wide for the workers is refused with the numbers, not killed.
+
+Rules named here, once:
+
+* :func:`piece_width` — columns of X standardized per product (:data:`PIECE`, :data:`PIECE_BYTES`);
+* :func:`plan_pass` — the bytes one task needs for a pass of ``b`` vectors, and how the pass is
+  cut into tasks (:func:`balanced_groups`).
+
+:class:`DenseOperator` is the same interface over a GRM held in memory (a GCTA ``.grm.bin``
+read back, or a test's K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .genotypes import standardize_block
+from .tasks import current_client, run_tasks, total_threads
+
+#: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
+#: when n is large, so that a standardized piece stays within PIECE_BYTES (see piece_width). The
+#: products, and so the results, do not depend on how the pieces are grouped into tasks.
+PIECE = 2048
+PIECE_BYTES = 256 * 2**20
+
+
+def piece_width(n: int, itemsize: int) -> int:
+    """Columns of X per product: the largest power of two ≤ :data:`PIECE` whose standardized
+    piece (n x width) fits :data:`PIECE_BYTES`, and at least 256.
+
+    >>> piece_width(10_000, 8), piece_width(100_000, 8), piece_width(1_000_000, 4)
+    (2048, 256, 256)
+    """
+    w = PIECE
+    while w > 256 and n * w * itemsize > PIECE_BYTES:
+        w //= 2
+    return w
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """How one pass over X is cut into tasks, from the memory each task may use."""
+
+    n: int
+    n_cols: int
+    chunk_width: int
+    sub_width: int
+    task_bytes: int
+    groups: list
+
+    def describe(self) -> str:
+        return (f"{len(self.groups)} tasks, variant slabs of {self.chunk_width} columns standardized "
+                f"{self.sub_width} at a time, ~{self.task_bytes / 2**20:.0f} MiB per task")
+
+
+def task_bytes(n: int, n_cols: int, chunk_width: int, sub_width: int, itemsize: int = 8) -> int:
+    """Bytes one pass task holds: the block of vectors and its float64 partial product
+    (``2 · n · n_cols · 8``), one int8 genotype slab (``n · chunk_width``), the diagonal
+    (``8 n``) and one standardized piece (``n · sub_width · itemsize``).
+
+    >>> task_bytes(100_000, 32, 8192, 256, 4) / 2**20
+    951.81...
+    """
+    return 2 * n * n_cols * 8 + n * chunk_width + n * 8 + n * sub_width * itemsize
+
+
+def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: int | None,
+              n_tasks: int, itemsize: int = 8) -> PassPlan:
+    """Cut a pass over X (n rows, variant chunks ``chunk_bounds``) into tasks.
+
+    ``sub_width``, the columns of one product, is the largest that fits ``memory`` (bytes per
+    task, :func:`task_bytes`), at most :func:`piece_width`. The chunks are cut into ``n_tasks``
+    groups of equal width (:func:`balanced_groups`).
+
+    Raises
+    ------
+    InputError
+        When not even one standardized column fits, with the memory needed.
+
+    Examples
+    --------
+    >>> plan = plan_pass(10_000, 250, [(0, 8192), (8192, 16384)], None, 2)
+    >>> plan.sub_width, len(plan.groups)
+    (2048, 2)
+    """
+    width = max(b - a for a, b in chunk_bounds)
+    fixed = task_bytes(n, n_cols, width, 0, itemsize)
+    per_col = n * itemsize
+    if memory is None:
+        sub = width
+    else:
+        sub = (int(memory) - fixed) // per_col
+        if sub < 1:
+            need = task_bytes(n, n_cols, width, min(width, 64), itemsize)
+            raise InputError(
+                f"memory limit {memory / 2**20:.0f} MiB per task is too small for a pass over X with "
+                f"n = {n} samples and {n_cols} vectors: a task needs at least {need / 2**20:.0f} MiB "
+                f"(2·n·{n_cols}·8 bytes for the vectors and their product, plus a genotype slab); "
+                f"raise cluster.memory_limit, use fewer threads per worker, or pass fewer vectors "
+                f"(a lower spectrum.rank, fewer probes or phenotypes per pass)")
+        sub = min(sub, width)
+    sub = min(sub, piece_width(n, itemsize))
+    groups = balanced_groups(chunk_bounds, n_tasks, sub)
+    return PassPlan(n=n, n_cols=n_cols, chunk_width=width, sub_width=int(sub),
+                    task_bytes=task_bytes(n, n_cols, width, sub, itemsize), groups=groups)
+
+
+def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: int = PIECE) -> list:
+    """Cut the variant chunks into ``n_tasks`` groups of (nearly) equal width.
+
+    Chunks are cut into pieces of ``piece`` columns from their start; groups take consecutive
+    pieces, so a chunk may be split between two groups: with 7 chunks of 8192 variants and 4
+    tasks on 2 workers, whole chunks would give one worker 4 chunks and the other 3 (an eighth
+    of the pass idle); the price of a split is decoding that one chunk twice. Each group is a
+    list of column ranges, each inside one chunk and made of whole pieces.
+
+    >>> balanced_groups([(0, 8), (8, 16)], 4, piece=4)
+    [[(0, 4)], [(4, 8)], [(8, 12)], [(12, 16)]]
+    """
+    pieces = [(c, min(b, c + piece)) for a, b in chunk_bounds for c in range(a, b, piece)]
+    total = sum(b - a for a, b in pieces)
+    n_tasks = max(1, min(int(n_tasks), len(pieces)))
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(n_tasks)]
+    chunk_of = {}
+    for i, (a, b) in enumerate(chunk_bounds):
+        for c in range(a, b, piece):
+            chunk_of[c] = i
+    done = 0
+    for a, b in pieces:
+        g = min(n_tasks - 1, int((done + 0.5 * (b - a)) * n_tasks // total))
+        done += b - a
+        rs = groups[g]
+        if rs and rs[-1][1] == a and chunk_of[rs[-1][0]] == chunk_of[a]:
+            rs[-1] = (rs[-1][0], b)
+        else:
+            rs.append((a, b))
+    return [g for g in groups if g]
+
+
+def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag):
+    """Σ over the variant chunks ``bounds`` of X_v (X_vᵀ M) / p, and Σ of squared entries per row."""
+    n = M.shape[0]
+    acc = np.zeros(M.shape, dtype=np.float64)
+    diag = np.zeros(n) if want_diag else None
+    Md = M.astype(dtype, copy=False)
+    buf = np.empty(n * sub_width, dtype=dtype)
+    for a, b in bounds:
+        if not scale[a:b].any():
+            continue
+        g = np.asarray(G[:, a:b])
+        if rows is not None:
+            g = g[rows]
+        for w0 in range(0, b - a, sub_width):
+            w1 = min(b - a, w0 + sub_width)
+            sc = scale[a + w0:a + w1]
+            if not sc.any():
+                continue
+            X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], sc, dtype, out=buf)
+            acc += X @ (X.T @ Md)
+            if want_diag:
+                diag += np.einsum("ij,ij->i", X, X)
+    acc /= p_kept
+    if want_diag:
+        diag /= p_kept
+    return acc, diag
+
+
+def _xt_task(G, rows, center, scale, bounds, sub_width, W, dtype):
+    """(a, b, X_vᵀ W) for each column range of ``bounds``."""
+    out = []
+    Wd = W.astype(dtype, copy=False)
+    for a, b in bounds:
+        g = np.asarray(G[:, a:b])
+        if rows is not None:
+            g = g[rows]
+        for w0 in range(0, b - a, sub_width):
+            w1 = min(b - a, w0 + sub_width)
+            X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], scale[a + w0:a + w1], dtype)
+            out.append((a + w0, a + w1, (X.T @ Wd).astype(np.float64)))
+    return out
+
+
+def _sum_parts(state, part):
+    if state is None:
+        return part
+    acc, diag = state
+    acc += part[0]
+    if diag is not None:
+        diag += part[1]
+    return acc, diag
+
+
+class GrmOperator:
+    """``K = X Xᵀ / p`` of a genotype matrix, applied to blocks of vectors one pass at a time.
+
+    Parameters
+    ----------
+    G : array-like (n_all, p) int8
+        Genotypes, -1 for missing (a cohort store's Zarr array, a VCF Zarr adapter or NumPy).
+    std : Standardization
+        Variant filters and standardization (:func:`bigmm.standardization`); ``p = std.n_kept``.
+    rows : int array, optional
+        The samples (rows of G) K is over; default all.
+    dtype : numpy dtype
+        Precision of each piece's product (float32 doubles the BLAS rate; accumulation across
+        pieces is float64).
+    memory : int, optional
+        Bytes one task may use; a pass is cut to fit, or refused before it starts.
+    n_tasks : int, optional
+        Tasks per pass (default: one per thread of the active scheduler).
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> G = np.random.default_rng(0).integers(0, 3, size=(50, 200)).astype(np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G))
+    >>> op = GrmOperator(G, std)
+    >>> KM, diag = op.apply(np.eye(50)[:, :3], want_diag=True)
+    >>> X = bigmm.standardized(G, std).compute()
+    >>> bool(np.allclose(KM, (X @ X.T / std.n_kept)[:, :3]))
+    True
+    """
+
+    def __init__(self, G, std, *, rows=None, dtype=np.float64, memory: int | None = None,
+                 n_tasks: int | None = None):
+        if std is None or not hasattr(std, "scale"):
+            raise InputError("no variant statistics; compute them first with bigmm.variant_stats and "
+                             "bigmm.standardization")
+        if std.scale.shape[0] != G.shape[1]:
+            raise InputError(f"variant statistics are for {std.scale.shape[0]} variants, the genotypes "
+                             f"have {G.shape[1]}")
+        self.G = G
+        self.std = std
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.dtype = np.dtype(dtype)
+        self.memory = memory
+        self.n_tasks = n_tasks
+        chunks = getattr(G, "chunks", None)
+        self.chunk_width = (int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer))
+                            else 2048)
+        p = G.shape[1]
+        cw = self.chunk_width
+        self.bounds = [(a, min(p, a + cw)) for a in range(0, p, cw) if std.scale[a:min(p, a + cw)].any()]
+
+    @property
+    def n(self) -> int:
+        """Samples K is over."""
+        return int(self.G.shape[0] if self.rows is None else self.rows.size)
+
+    @property
+    def p(self) -> int:
+        """Variants in K (those kept by the standardization)."""
+        return int(self.std.n_kept)
+
+    def restrict(self, rows) -> "GrmOperator":
+        """The operator of ``K[rows][:, rows]`` (rows of this operator's samples)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        base = rows if self.rows is None else self.rows[rows]
+        return GrmOperator(self.G, self.std, rows=base, dtype=self.dtype, memory=self.memory,
+                           n_tasks=self.n_tasks)
+
+    def plan(self, n_cols: int) -> PassPlan:
+        """The memory plan of a pass with ``n_cols`` vectors (raises :class:`InputError` if it cannot fit)."""
+        return plan_pass(self.n, n_cols, self.bounds or [(0, 1)], self.memory,
+                         self.n_tasks or total_threads(), self.dtype.itemsize)
+
+    def apply(self, M: np.ndarray, *, want_diag: bool = False, desc: str = "pass over X"):
+        """``(K M, diag K or None)`` in one pass over the genotypes.
+
+        Tasks take contiguous, equally wide groups of variant columns (:func:`plan_pass`); each
+        reads every chunk of its group once, standardizes it piece by piece and accumulates
+        ``X_v (X_vᵀ M)`` in float64; the partial products are summed as they arrive. Cost:
+        ``2 n p b`` multiply-adds for b columns, one read of every genotype.
+        """
+        import dask
+
+        M = np.asarray(M, dtype=np.float64)
+        if M.ndim != 2 or M.shape[0] != self.n:
+            raise ValueError(f"M must have {self.n} rows, got shape {M.shape}")
+        plan = self.plan(M.shape[1])
+        task = dask.delayed(_apply_task, pure=False)
+        # the block of vectors in the tasks' precision, sent to every worker before the tasks
+        # start (embedded in the graph, it would reach the second worker only through the first)
+        Mc = np.ascontiguousarray(M, dtype=self.dtype)
+        client = current_client()
+        Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
+        s = self.std
+        tasks = [task(self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept, want_diag)
+                 for grp in plan.groups]
+        return run_tasks(tasks, desc, combine=_sum_parts)
+
+    def xt(self, W: np.ndarray, desc: str = "pass over X") -> np.ndarray:
+        """``Xᵀ W`` (p_all x m; zero rows for dropped variants) in one pass over the genotypes."""
+        import dask
+
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[0] != self.n:
+            raise ValueError(f"W must have {self.n} rows, got shape {W.shape}")
+        plan = self.plan(W.shape[1])
+        task = dask.delayed(_xt_task, pure=False)
+        Wd = dask.delayed(np.ascontiguousarray(W, dtype=self.dtype), pure=True)
+        s = self.std
+        parts = run_tasks([task(self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Wd, self.dtype)
+                           for grp in plan.groups], desc)
+        out = np.zeros((self.G.shape[1], W.shape[1]))
+        for part in parts:
+            for a, b, block in part:
+                out[a:b] = block
+        out[~s.keep] = 0.0
+        return out
+
+
+class DenseOperator:
+    """The :class:`GrmOperator` interface over a GRM held in memory (n x n).
+
+    >>> op = DenseOperator(np.diag([2.0, 1.0]))
+    >>> op.apply(np.ones((2, 1)), want_diag=True)[1]
+    array([2., 1.])
+    """
+
+    def __init__(self, K: np.ndarray):
+        K = np.asarray(K, dtype=np.float64)
+        if K.ndim != 2 or K.shape[0] != K.shape[1]:
+            raise InputError(f"K must be square, got shape {K.shape}")
+        self.K = K
+
+    @property
+    def n(self) -> int:
+        return int(self.K.shape[0])
+
+    def restrict(self, rows) -> "DenseOperator":
+        rows = np.asarray(rows, dtype=np.int64)
+        return DenseOperator(self.K[np.ix_(rows, rows)])
+
+    def plan(self, n_cols: int) -> None:
+        return None
+
+    def apply(self, M: np.ndarray, *, want_diag: bool = False, desc: str = ""):
+        M = np.asarray(M, dtype=np.float64)
+        return self.K @ M, (np.diag(self.K).copy() if want_diag else None)

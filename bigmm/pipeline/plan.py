@@ -1,0 +1,169 @@
+"""The stage plan of a run: which stages run, what each depends on (its fingerprint), and the
+memory policy that turns the cluster configuration into bytes per task.
+
+    ingest → variant_stats → (grm) → spectrum → rotate → reml → (blup) → report
+
+A stage's fingerprint hashes the config sections it reads, its input files (size, mtime and a
+content hash), the fingerprints of the stages upstream and the bigmm version; a rerun skips every
+stage whose recorded fingerprint still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from dask.utils import format_bytes, parse_bytes
+
+from .._version import __version__
+from ..errors import InputError
+from ..grm import block_bytes
+from ..passes import plan_pass
+from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, pass_columns, subspace_width
+from ..store import file_fingerprint
+from .config import ClusterConfig, RunConfig
+
+STAGES = ("ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "blup", "report")
+STAGE_OUTPUTS = {
+    "ingest": ("genotypes.zarr",),
+    "variant_stats": ("variants.zarr",),
+    "grm": ("grm.zarr",),
+    "spectrum": ("spectrum.zarr", "eigenvalues.tsv", "pcs.tsv"),
+    "rotate": ("rotated.npz",),
+    "reml": ("reml.json",),
+    "blup": ("blup.tsv",),
+    "report": ("results.json", "results.tsv", "report.html"),
+}
+#: stages that read the genotypes (and so need a Dask cluster)
+PASS_STAGES = ("ingest", "variant_stats", "grm", "spectrum")
+
+
+def _hash(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def spectrum_method(cfg: RunConfig, n: int) -> str:
+    """The spectrum that will run: ``auto`` is exact up to ``spectrum.exact_max_n`` samples."""
+    if cfg.spectrum.method == "auto":
+        return "exact" if n <= cfg.spectrum.exact_max_n else "randomized"
+    return cfg.spectrum.method
+
+
+def needs_grm(cfg: RunConfig, method: str) -> bool:
+    """The GRM stage runs for an exact spectrum or a GCTA export."""
+    return method == "exact" or cfg.gcta_prefix() is not None
+
+
+def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None = None) -> dict[str, dict]:
+    """What each stage depends on, beyond its upstream stages.
+
+    ``genotype_provenance``: for a given cohort or VCF Zarr store, its creation record
+    (read by the validator), instead of opening the store again.
+    """
+    g = cfg.genotypes
+    if g.plink is not None:
+        prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
+        geno = {"plink": {"bed": file_fingerprint(prefix + ".bed", content=False),
+                          "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
+                "chunks": list(g.chunks)}
+    else:
+        geno = {"store": str(g.zarr or g.vcf_zarr), **(genotype_provenance or {})}
+    sc = cfg.spectrum
+    spec = {"method": method}
+    if method == "randomized":
+        spec.update(rank=sc.rank, oversample=sc.oversample, power_iters=sc.power_iters, seed=sc.seed,
+                    probes=sc.probes, dtype=sc.dtype, algorithm=sc.algorithm)
+    return {
+        "ingest": geno,
+        "variant_stats": {"variants": cfg.section_fingerprint("variants"),
+                          "include": file_fingerprint(cfg.variants.include)},
+        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
+        "spectrum": spec,
+        "rotate": {"phenotypes": cfg.section_fingerprint("phenotypes"),
+                   "phenotype_file": file_fingerprint(cfg.phenotypes.file),
+                   "covariates": cfg.section_fingerprint("covariates"),
+                   "covariate_file": file_fingerprint(cfg.covariates.file),
+                   "qcovar_file": file_fingerprint(cfg.covariates.qcovar),
+                   "covar_file": file_fingerprint(cfg.covariates.covar)},
+        "reml": {"reml": cfg.section_fingerprint("reml")},
+        "blup": {"predict": cfg.section_fingerprint("predict")},
+        "report": {"export_gcta": str(cfg.gcta_prefix())},
+    }
+
+
+def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None) -> dict[str, dict]:
+    """Fingerprint and upstream stages of every stage that this run needs."""
+    inputs = stage_inputs(cfg, method, genotype_provenance)
+    from_plink = cfg.genotypes.plink is not None
+    if not from_plink:  # a given cohort store: no ingest stage, the statistics depend on the store
+        inputs["variant_stats"] = {**inputs["variant_stats"], "store": inputs["ingest"]}
+    upstream = {"ingest": [], "variant_stats": ["ingest"] if from_plink else [], "grm": ["variant_stats"],
+                "spectrum": ["variant_stats"] + (["grm"] if method == "exact" else []),
+                "rotate": ["spectrum"], "reml": ["rotate"], "blup": ["reml"],
+                "report": ["reml"] + (["blup"] if cfg.predict.blup else [])
+                + (["grm"] if cfg.gcta_prefix() is not None else [])}
+    plan: dict[str, dict] = {}
+    for name in STAGES:
+        if (name == "grm" and not needs_grm(cfg, method)) or (name == "ingest" and not from_plink) or \
+                (name == "blup" and not cfg.predict.blup):
+            continue
+        ups = upstream[name]
+        fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
+        plan[name] = {"fingerprint": fp, "upstream": ups, "inputs": inputs[name]}
+    return plan
+
+
+def task_memory(cc: ClusterConfig) -> int | None:
+    """Bytes one task may use: 60% of a worker's memory (Dask starts spilling there) per thread.
+
+    >>> from bigmm.pipeline.config import ClusterConfig
+    >>> task_memory(ClusterConfig(memory_limit="4GiB", threads_per_worker=1)) / 2**30
+    2.4
+    """
+    if cc.backend == "local":
+        return int(0.6 * parse_bytes(cc.memory_limit) / cc.threads_per_worker)
+    if cc.backend in ("slurm", "pbs", "sge"):
+        jq = cc.jobqueue
+        return int(0.6 * parse_bytes(jq.memory) / jq.cores)
+    return None
+
+
+def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int) -> dict:
+    """Refuse, before computing, a configuration whose tasks cannot fit their memory.
+
+    Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
+    driver's need, for the user to read (``bigmm check``).
+    """
+    out: dict = {}
+    if method == "randomized":
+        sc = cfg.spectrum
+        if not 0 < sc.rank < n:
+            raise InputError(f"spectrum.rank must be between 1 and n − 1 = {n - 1} genotyped samples "
+                             f"(got {sc.rank})")
+    mem = task_memory(cfg.cluster)
+    itemsize = 4 if cfg.spectrum.dtype == "float32" else 8
+    if method == "randomized":
+        sc = cfg.spectrum
+        l = subspace_width(sc.rank, sc.oversample, n)
+        q = DEFAULT_POWER_ITERS[sc.algorithm] if sc.power_iters is None else sc.power_iters
+        width = pass_columns(l, sc.probes, sc.algorithm)
+        plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
+        check_driver_memory(n, l, q, sc.algorithm)
+        from ..spectrum import driver_bytes
+
+        out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes,
+                   passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
+                   driver_bytes=driver_bytes(n, l, q, sc.algorithm))
+    if needs_grm(cfg, method) and mem is not None:
+        block = cfg.grm.block_size or cfg.genotypes.chunks[0]
+        need = block_bytes(block, variant_chunk)
+        if need > mem:
+            raise InputError(f"a GRM block task needs {format_bytes(need)} (block {block} samples, "
+                             f"variant chunk {variant_chunk}) but the cluster memory allows "
+                             f"{format_bytes(mem)} per task; raise it or set grm.block_size")
+        out["grm_block_task_bytes"] = need
+    if method == "exact":
+        out["driver_bytes"] = 2 * 8 * n * n  # K and U for eigh
+    out["task_memory_bytes"] = mem
+    return out

@@ -1,0 +1,475 @@
+"""The config-driven run: resumable stages committed one by one into the run directory.
+
+    ingest → variant_stats → grm → spectrum → rotate → reml → blup → report
+
+Each stage loads its inputs, calls one function of the library and commits its outputs by
+atomic rename (:mod:`bigmm.pipeline.outputs`), then records a manifest entry in ``run.json``
+(:mod:`bigmm.pipeline.rundir`): status, the stage's fingerprint (:mod:`bigmm.pipeline.plan`), duration and
+peak memory. Re-running a config skips every stage whose recorded fingerprint still matches and
+resumes at the first that does not; a changed phenotype file reruns rotate/reml/report only, a
+changed variant filter reruns from variant_stats. Long stages checkpoint inside: GRM blocks (a
+done ledger) and randomized-spectrum passes. All inputs are read and checked once, before
+anything is written or computed (:func:`bigmm.pipeline.validate.validate`).
+
+Run directory::
+
+    run.json, run.log, .bigmm.lock (while running)
+    genotypes.zarr    cohort store made from PLINK input          (ingest)
+    variants.zarr     per-variant statistics and standardization  (variant_stats)
+    grm.zarr          K over all genotyped samples                (grm; exact spectrum or GCTA export)
+    spectrum.zarr     eigenpairs over all genotyped samples,      (spectrum)
+    eigenvalues.tsv, pcs.tsv
+    rotated.npz       phenotypes/covariates rotated on the spectrum (rotate)
+    reml.json         the REML fits                               (reml)
+    blup.tsv, snp_effects.*                                       (blup)
+    results.json, results.tsv, report.html, hsq/, gcta/           (report; results.json last)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .._version import __version__
+from ..blup import genetic_values, snp_effects
+from ..errors import BigmmError, InputError
+from ..genotypes import Standardization, standardization, variant_stats
+from ..grm import create_grm_store, default_block_size, grm, grm_complete
+from ..io.gcta import write_gcta_grm
+from ..io.plink import ingest_plink
+from ..passes import GrmOperator
+from ..reml import RemlResult, RotatedDesign, fit_rotated, rotate
+from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
+from ..store import CheckedArray, CohortStore, fsync_tree, now_utc, open_store, remove_path, verify_chunks
+from ..tasks import current_client, pause_point, total_threads
+from .cluster import dask_client
+from .config import RunConfig, parse_config
+from .outputs import (PassCheckpoint, json_safe, load_reml, load_rotated, load_spectrum, load_variants, save_reml,
+                      save_rotated, save_spectrum, save_variants, write_blup, write_snp_effects,
+                      write_spectrum_tables)
+from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_plan, task_memory
+from .report import write_hsq, write_plink_pca, write_report, write_results
+from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, run_lock, signals_raise,
+                     write_manifest)
+from .validate import Inputs, validate
+
+log = logging.getLogger("bigmm")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    output: Path
+    result: RemlResult | None
+    results_json: Path
+    stages_run: tuple
+    stages_skipped: tuple
+
+
+# ---------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _worker_rss_mib() -> float | None:
+    client = current_client()
+    if client is None:
+        return None
+    try:
+        import psutil
+
+        rss = client.run(lambda: psutil.Process().memory_info().rss)
+        return round(sum(rss.values()) / 2**20, 1)
+    except Exception:  # noqa: BLE001 - memory figures are best effort
+        return None
+
+
+class Runner:
+    """Executes the stages of one run directory."""
+
+    def __init__(self, cfg: RunConfig, inputs: Inputs, force: bool, from_stage: str | None):
+        self.cfg = cfg
+        self.inp = inputs
+        self.out = Path(cfg.output)
+        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance)
+        self.force = force
+        self.from_stage = from_stage
+        self.manifest: dict = {}
+        self.loaded: dict = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def up_to_date(self, name: str) -> bool:
+        if self.force:
+            return False
+        if self.from_stage is not None and STAGES.index(name) >= STAGES.index(self.from_stage):
+            return False
+        entry = self.manifest.get("stages", {}).get(name)
+        if not entry or entry.get("status") != "complete":
+            return False
+        if entry.get("fingerprint") != self.plan[name]["fingerprint"]:
+            return False
+        return all((self.out / f).exists() for f in STAGE_OUTPUTS[name])
+
+    def commit(self, name: str, seconds: float, **info) -> None:
+        entry = {"status": "complete", "fingerprint": self.plan[name]["fingerprint"],
+                 "upstream": {u: self.plan[u]["fingerprint"] for u in self.plan[name]["upstream"]},
+                 "inputs": self.plan[name]["inputs"], "bigmm_version": __version__,
+                 "seconds": round(seconds, 3), "finished": now_utc(),
+                 "driver_peak_rss_mib": round(_peak_rss_mib(), 1),
+                 "workers_rss_mib": _worker_rss_mib(), **info}
+        self.manifest.setdefault("stages", {})[name] = entry
+        write_manifest(self.out, self.manifest)
+        log.info("stage %s: committed in %.1f s (driver peak RSS %.0f MiB%s)%s", name, seconds,
+                 entry["driver_peak_rss_mib"],
+                 f", workers {entry['workers_rss_mib']:.0f} MiB" if entry["workers_rss_mib"] else "",
+                 "".join(f", {k} {v}" for k, v in info.items() if k in ("passes_over_X", "blocks")))
+
+    def stage(self, name: str, fn):
+        """Run stage ``name`` unless it is up to date; ``fn()`` returns (value, info)."""
+        self.manifest["current_stage"] = name
+        if name not in self.plan:
+            return None
+        if self.up_to_date(name):
+            log.info("stage %s: up to date (fingerprint %s), skipped", name, self.plan[name]["fingerprint"])
+            self.skipped.append(name)
+            return None
+        # a stage that runs invalidates the record of everything downstream
+        for later in STAGES[STAGES.index(name):]:
+            self.manifest.setdefault("stages", {}).pop(later, None)
+        write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
+        log.info("stage %s: start", name)
+        pause_point(name)
+        t0 = time.perf_counter()
+        value, info = fn()
+        self.commit(name, time.perf_counter() - t0, **(info or {}))
+        self.ran.append(name)
+        return value
+
+    # -- loaders of committed outputs ------------------------------------------------
+    def store(self) -> CohortStore:
+        if "store" not in self.loaded:
+            if self.cfg.genotypes.plink is not None:
+                self.loaded["store"] = open_store(self.out / "genotypes.zarr")
+            else:
+                self.loaded["store"] = self.inp.store
+        return self.loaded["store"]
+
+    def std(self) -> Standardization:
+        if "std" not in self.loaded:
+            self.loaded["std"] = load_variants(self.out / "variants.zarr")
+        return self.loaded["std"]
+
+    def spectrum(self) -> Spectrum:
+        if "spectrum" not in self.loaded:
+            self.loaded["spectrum"] = load_spectrum(self.out / "spectrum.zarr")
+        return self.loaded["spectrum"]
+
+    def K(self) -> CheckedArray:
+        g = zarr.open_group(str(self.out / "grm.zarr"), mode="r")
+        verify_chunks(g["K"], f"{self.out}/grm.zarr/K")
+        return CheckedArray(g["K"], f"{self.out}/grm.zarr/K")
+
+    # -- stages ------------------------------------------------------------------------
+    def operator(self, dtype) -> GrmOperator:
+        """K of all genotyped samples, on the run's cluster, within its memory per task."""
+        return GrmOperator(self.store().genotypes, self.std(), dtype=np.dtype(dtype),
+                           memory=task_memory(self.cfg.cluster))
+
+    def do_ingest(self):
+        store = ingest_plink(self.inp.plink, self.out / "genotypes.zarr",
+                             chunks=self.cfg.genotypes.chunks, overwrite=True)
+        self.loaded["store"] = store
+        return store, {"n_samples": store.n_samples, "n_variants": store.n_variants}
+
+    def do_stats(self):
+        store = self.store()
+        if store.sample_ids() != self.inp.ids:
+            raise InputError(f"the samples of {store.path} differ from the genotype input")
+        stats = variant_stats(store.to_dask())
+        v = self.cfg.variants
+        variant_ids = store.variant_table()["id"] if self.inp.include is not None else None
+        std = standardization(stats, v.standardize, min_maf=v.min_maf, max_missing=v.max_missing,
+                              variant_ids=variant_ids, include_ids=self.inp.include)
+        save_variants(self.out / "variants.zarr", stats, std)
+        self.loaded["std"] = std
+        log.info("variants: %d of %d kept; dropped %s", std.n_kept, store.n_variants,
+                 {k: c for k, c in std.dropped.items() if c} or "none")
+        return std, {"passes_over_X": 1, "n_kept": std.n_kept, "dropped": std.dropped}
+
+    def do_grm(self):
+        store, std = self.store(), self.std()
+        final, partial = self.out / "grm.zarr", self.out / "grm.zarr.partial"
+        n = store.n_samples
+        dtype = np.dtype(self.cfg.grm.dtype)
+        block = self.cfg.grm.block_size
+        if block is None:
+            block = default_block_size(n, total_threads(), store.chunks[0], store.chunks[1],
+                                       task_memory(self.cfg.cluster), dtype.itemsize)
+        fp = self.plan["grm"]["fingerprint"]
+        attrs = {"n_samples": n, "n_variants": std.n_kept, "standardize": std.standardize,
+                 "block_size": block, "fingerprint": fp, "dtype": dtype.name,
+                 "samples": "all samples of the genotype store, in store order",
+                 "bigmm_version": __version__}
+        remove_path(final)
+        if partial.exists():
+            g = zarr.open_group(str(partial), mode="r")
+            if g.attrs.get("fingerprint") != fp:
+                remove_path(partial)
+            else:  # resume in the checkpoint's blocks (the default size depends on the cluster)
+                block = int(g.attrs["block_size"])
+        if not partial.exists():
+            create_grm_store(partial, n, block, attrs)
+        nb = (n + block - 1) // block
+        before = int(np.triu(np.asarray(zarr.open_group(str(partial), mode="r")["done"][...])).sum())
+        grm(store.genotypes, std, block_size=block, out=partial, dtype=dtype)
+        if not grm_complete(zarr.open_group(str(partial), mode="r")):
+            raise RuntimeError("GRM blocks missing after computation")
+        fsync_tree(partial)
+        os.replace(partial, final)
+        total = nb * (nb + 1) // 2
+        return None, {"blocks": f"{total - before} computed, {before} from checkpoint",
+                      "passes_over_X": round(nb, 1)}
+
+    def do_spectrum(self):
+        store, std = self.store(), self.std()
+        sc = self.cfg.spectrum
+        if self.inp.method == "exact":
+            K = self.K()
+            spec = exact_spectrum(np.asarray(K[...]))
+            info = {"passes_over_X": 0}
+        else:
+            ck = PassCheckpoint(self.out / "spectrum.partial", self.plan["spectrum"]["fingerprint"])
+            spec = randomized_spectrum(self.operator(sc.dtype), sc.rank, oversample=sc.oversample,
+                                       power_iters=sc.power_iters, seed=sc.seed, n_probes=sc.probes,
+                                       checkpoint=ck, algorithm=sc.algorithm)
+            d = spec.diagnostics
+            log.info("spectrum: randomized, k = %d, l = %d, %d passes over X, max Ritz residual %.2e, "
+                     "||U'U - I|| = %.1e", spec.k, spec.k + d["oversample"], d["passes_over_X"],
+                     d["max_ritz_residual"], d["orthonormality_error"])
+            info = {"passes_over_X": d["passes_over_X"]}
+        save_spectrum(self.out / "spectrum.zarr", spec)
+        write_spectrum_tables(self.out, spec, self.inp.ids, max(self.cfg.covariates.pcs, 20))
+        remove_path(self.out / "spectrum.partial")
+        self.loaded["spectrum"] = spec
+        log.info("spectrum: %s, n = %d, k = %d, numerical rank %d, top eigenvalue %.4g", spec.method,
+                 spec.n, spec.k, spec.rank, spec.s[0])
+        return spec, info
+
+    def do_rotate(self):
+        """Phenotypes and fixed effects (with PCs if asked) rotated onto the analysed samples' spectrum."""
+        spec = self.spectrum()
+        d = self.inp.design
+        analysed = d.analysed
+        Z, znames = d.Z, list(d.covariate_names)
+        if self.cfg.covariates.pcs:
+            m = self.cfg.covariates.pcs
+            if m > spec.k:
+                raise InputError(f"covariates.pcs = {m} but the spectrum has only {spec.k} eigenvectors")
+            Z = np.hstack([Z, spec.U[:, :m]])
+            znames += [f"PC{i + 1}" for i in range(m)]
+        sub = spec if analysed.all() else spec.subset(np.flatnonzero(analysed))
+        rd = rotate(sub, d.Y[analysed], Z[analysed], phenotype_names=d.phenotype_names,
+                    covariate_names=znames, missing=self.cfg.phenotypes.missing)
+        save_rotated(self.out / "rotated.npz", rd)
+        self.loaded["rotated"] = rd
+        return rd, {"n_analysed": int(analysed.sum()),
+                    "missing_methods": sorted({g.method for g in rd.groups})}
+
+    def rotated(self) -> RotatedDesign:
+        if "rotated" not in self.loaded:
+            self.loaded["rotated"] = load_rotated(self.out / "rotated.npz")
+        return self.loaded["rotated"]
+
+    def reml(self) -> RemlResult:
+        if "reml" not in self.loaded:
+            self.loaded["reml"] = load_reml(self.out / "reml.json", design=self.rotated())
+        return self.loaded["reml"]
+
+    def do_reml(self):
+        result = fit_rotated(self.rotated(), grid_size=self.cfg.reml.grid_size)
+        for f in result.fits:
+            log.info("REML %s: n = %d, h2 = %.4f (SE %.4f), sigma2_g = %.4g, sigma2_e = %.4g%s", f.name,
+                     f.n, f.h2, f.h2_se, f.sigma2_g, f.sigma2_e,
+                     f", boundary {f.boundary}" if f.boundary else "")
+        save_reml(self.out / "reml.json", result)
+        self.loaded["reml"] = result
+        return result, {"phenotypes": len(result.fits)}
+
+    def do_blup(self):
+        """ĝ for every genotyped sample (blup.tsv) and, if asked, SNP effects (one pass over X)."""
+        result = self.reml()
+        analysed = np.flatnonzero(self.inp.design.analysed)
+        b = genetic_values(self.spectrum(), result.design, result, rows=analysed)
+        write_blup(self.out / "blup.tsv", self.inp.ids, b.names, b.genetic_values)
+        info = {"phenotypes": len(b.names)}
+        if self.cfg.predict.snp_effects:
+            beta = snp_effects(self.operator(self.cfg.spectrum.dtype), b)
+            write_snp_effects(self.out, self.store().variant_table(), self.std(), b.names, beta)
+            info["passes_over_X"] = 1
+        return b, info
+
+    def do_report(self):
+        std, spec = self.std(), self.spectrum()
+        reml = json_safe(self.reml().to_dict())
+        prefix = self.cfg.gcta_prefix()
+        if prefix is not None:
+            write_gcta_grm(prefix, self.K(), self.inp.ids, std.n_kept)
+        run_info = {
+            "bigmm_version": __version__,
+            "created": now_utc(),
+            "n_samples": int(self.inp.design.analysed.sum()),
+            "n_genotyped": len(self.inp.ids),
+            "n_variants": std.n_kept,
+            "n_variants_total": int(std.keep.size),
+            "variants_dropped": std.dropped,
+            "standardize": std.standardize,
+            "spectrum_info": {"method": spec.method, "requested": self.cfg.spectrum.method,
+                              "n": spec.n, "k": spec.k, "rank": spec.rank, "trace_K": spec.trace_K,
+                              "tail_eigenvalue": spec.tail,
+                              **{k: v for k, v in spec.diagnostics.items() if k != "ritz_residuals"}},
+            "design": self.inp.design.notes,
+            "stages": {k: {"seconds": v.get("seconds"), "driver_peak_rss_mib": v.get("driver_peak_rss_mib"),
+                           "workers_rss_mib": v.get("workers_rss_mib")}
+                       for k, v in self.manifest.get("stages", {}).items()},
+            "config_fingerprint": self.cfg.fingerprint(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        js, doc = write_results(self.out, reml, run_info)
+        write_hsq(self.out / "hsq", reml)
+        write_plink_pca(self.out / "pca", self.inp.ids, spec.U, spec.s, max(self.cfg.covariates.pcs, 20))
+        ritz = spec.diagnostics.get("ritz_residuals")
+        write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None)
+        return js, {}
+
+
+def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None) -> RunOutcome:
+    """Run (or resume) the analysis described by ``cfg``.
+
+    Parameters
+    ----------
+    force : bool
+        Rerun every stage; also replaces another run's results in ``cfg.output``.
+    client : distributed.Client, optional
+        Use this client; by default a cluster is made from ``cfg.cluster`` (a local
+        cluster on 127.0.0.1) for the duration of the run, and only if a stage must run.
+    from_stage : str, optional
+        Rerun from this stage on, even if its outputs are up to date.
+    """
+    if from_stage is not None and from_stage not in STAGES:
+        raise InputError(f"--from {from_stage!r}: not a stage; stages are {', '.join(STAGES)}")
+    out = Path(cfg.output)
+    inputs = validate(cfg, force=force)  # every input read and checked once, all problems together
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(cfg, inputs, force, from_stage)
+    with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
+        log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
+                 cfg.fingerprint(), out)
+        previous = read_manifest(out) or {}
+        if previous and is_this_run(previous, cfg):
+            runner.manifest = previous
+        runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
+                                "config_source": str(cfg.source) if cfg.source else None,
+                                "config": cfg.model_dump(mode="json"), "started": now_utc(),
+                                "spectrum_method": inputs.method,
+                                "genotype_provenance": inputs.genotype_provenance})
+        runner.manifest.pop("error", None)
+        log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
+                 len(inputs.ids), int(inputs.design.analysed.sum()), len(inputs.design.phenotype_names),
+                 inputs.design.Z.shape[1], inputs.method,
+                 " (auto)" if cfg.spectrum.method == "auto" else "")
+        todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
+        if todo:
+            remove_path(out / "results.json")  # nothing that looks finished while stages rerun
+        needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects)
+        if client is not None or not needs_cluster:
+            ctx = contextlib.nullcontext(client)
+        else:
+            ctx = dask_client(cfg.cluster)
+        try:
+            with ctx:
+                if cfg.genotypes.plink is not None:
+                    runner.stage("ingest", runner.do_ingest)
+                runner.stage("variant_stats", runner.do_stats)
+                runner.stage("grm", runner.do_grm)
+                runner.stage("spectrum", runner.do_spectrum)
+                runner.stage("rotate", runner.do_rotate)
+                runner.stage("reml", runner.do_reml)
+                runner.stage("blup", runner.do_blup)
+            runner.stage("report", runner.do_report)
+        except (RunInterrupted, KeyboardInterrupt) as exc:
+            stage = runner.manifest.get("current_stage")
+            runner.manifest.update({"status": "interrupted", "resume_from": stage,
+                                    "interrupted": now_utc()})
+            write_manifest(out, runner.manifest)
+            log.error("interrupted during stage %s (%s); nothing partial was committed; run the same "
+                      "command again to resume from %s", stage, exc, stage)
+            raise
+        except BaseException as exc:
+            stage = runner.manifest.get("current_stage")
+            runner.manifest.update({"status": "failed", "resume_from": stage, "error": str(exc)[:2000]})
+            write_manifest(out, runner.manifest)
+            raise
+        runner.manifest.update({"status": "complete", "finished": now_utc()})
+        runner.manifest.pop("resume_from", None)
+        runner.manifest.pop("current_stage", None)
+        write_manifest(out, runner.manifest)
+        log.info("run complete: %d stages run (%s), %d up to date; results %s", len(runner.ran),
+                 ", ".join(runner.ran) or "none", len(runner.skipped), out / "results.json")
+    return RunOutcome(output=out, result=runner.reml(), results_json=out / "results.json",
+                      stages_run=tuple(runner.ran), stages_skipped=tuple(runner.skipped))
+
+
+def status(out: Path) -> list[dict]:
+    """Each stage's recorded state and whether the current inputs would rerun it."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise InputError(f"{out} is not a bigmm run directory (no run.json)")
+    rows = []
+    try:
+        cfg = parse_config(manifest["config"], base=out)
+        method = manifest.get("spectrum_method") or spectrum_method(cfg, 0)
+        plan = stage_plan(cfg, method, manifest.get("genotype_provenance"))
+        problem = None
+    except (BigmmError, OSError, KeyError) as exc:
+        plan, problem = {}, str(exc)
+    for name in STAGES:
+        entry = manifest.get("stages", {}).get(name)
+        row = {"stage": name, "state": entry.get("status") if entry else "pending",
+               "seconds": entry.get("seconds") if entry else None}
+        if plan and name not in plan:
+            row["state"], row["rerun"] = ("external store" if name == "ingest" else "not needed"), "no"
+        elif problem:
+            row["rerun"] = f"unknown ({problem})"
+        elif not entry:
+            partial = {"grm": "grm.zarr.partial", "spectrum": "spectrum.partial"}.get(name)
+            if partial and (out / partial).exists():
+                row["state"] = "partial (checkpointed)"
+            row["rerun"] = "yes"
+        elif entry.get("fingerprint") != plan[name]["fingerprint"]:
+            row["rerun"] = "yes (inputs or config changed)"
+        elif not all((out / f).exists() for f in STAGE_OUTPUTS[name]):
+            row["rerun"] = "yes (outputs missing)"
+        else:
+            row["rerun"] = "no"
+        rows.append(row)
+    # a stage downstream of one that reruns reruns too
+    rerun = False
+    for row in rows:
+        if row["rerun"].startswith("yes"):
+            rerun = True
+        elif rerun and row["rerun"] == "no" and row["state"] not in ("not needed", "external store"):
+            row["rerun"] = "yes (upstream reruns)"
+    return rows
