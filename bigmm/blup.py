@@ -83,7 +83,7 @@ def _group_weights(spec: Spectrum, Z: np.ndarray, rot, fit_by_name: dict) -> np.
 
 
 def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: RemlResult,
-                   rows: np.ndarray | None = None) -> Blup:
+                   rows: np.ndarray | None = None, rows_spectrum: Spectrum | None = None) -> Blup:
     """BLUP of the genetic values of every sample of ``spectrum``.
 
     Parameters
@@ -98,12 +98,10 @@ def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: Rem
         The fits of the design's phenotypes (their h² and σ² are used).
     rows : int array, optional
         Rows of ``spectrum`` the design's samples are (default: all).
-
-    Notes
-    -----
-    The design was rotated on the spectrum of its samples: ``spectrum`` itself when ``rows``
-    covers all of it, else ``spectrum.subset(rows)``, which is recomputed here (O(n_o k²) for a
-    reduced spectrum, an eigendecomposition of the subset for an exact one).
+    rows_spectrum : Spectrum, optional
+        ``spectrum.subset(rows)`` if the caller has it (the spectrum the design was rotated on);
+        else it is recomputed here when ``rows`` is not all of ``spectrum`` (O(n_o k²) for a
+        reduced spectrum, an eigendecomposition of the subset for an exact one).
     """
     design = result.design if design is None else design
     if design is None or design.Z is None:
@@ -111,7 +109,7 @@ def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: Rem
                          "bigmm.fit_reml, or the RotatedDesign from bigmm.reml.rotate)")
     n = spectrum.n
     rows = np.arange(n) if rows is None else np.asarray(rows)
-    own = spectrum if rows.size == n else spectrum.subset(rows)
+    own = spectrum if rows.size == n else (rows_spectrum if rows_spectrum is not None else spectrum.subset(rows))
     fits = {f.name: f for f in result.fits}
     m = len(design.phenotype_names)
     W = np.zeros((n, m))

@@ -280,6 +280,7 @@ class Runner:
             Z = np.hstack([Z, spec.U[:, :m]])
             znames += [f"PC{i + 1}" for i in range(m)]
         sub = spec if analysed.all() else spec.subset(np.flatnonzero(analysed))
+        self.loaded["analysed_spectrum"] = sub
         rd = rotate(sub, d.Y[analysed], Z[analysed], phenotype_names=d.phenotype_names,
                     covariate_names=znames, missing=self.cfg.phenotypes.missing)
         save_rotated(self.out / "rotated.npz", rd)
@@ -311,7 +312,8 @@ class Runner:
         """ĝ for every genotyped sample (blup.tsv) and, if asked, SNP effects (one pass over X)."""
         result = self.reml()
         analysed = np.flatnonzero(self.inp.design.analysed)
-        b = genetic_values(self.spectrum(), result.design, result, rows=analysed)
+        b = genetic_values(self.spectrum(), result.design, result, rows=analysed,
+                           rows_spectrum=self.loaded.get("analysed_spectrum"))
         write_blup(self.out / "blup.tsv", self.inp.ids, b.names, b.genetic_values)
         info = {"phenotypes": len(b.names)}
         if self.cfg.predict.snp_effects:
