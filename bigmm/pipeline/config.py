@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from typing_extensions import Annotated
 
+from .. import mfreml
 from ..errors import ConfigError
+
+#: an integer that YAML wrote as one: ``true`` or ``"12"`` is refused, not taken as 1 or 12
+Int = Annotated[int, Strict()]
 
 
 class _Section(BaseModel):
@@ -65,7 +70,7 @@ class CovariatesConfig(_Section):
     file: Optional[Path] = None
     columns: list[str] = []
     categorical: list[str] = []
-    pcs: int = Field(0, ge=0)
+    pcs: Int = Field(0, ge=0)
     #: GCTA-layout files: every column quantitative (--qcovar) or discrete (--covar)
     qcovar: Optional[Path] = None
     covar: Optional[Path] = None
@@ -81,21 +86,21 @@ class CovariatesConfig(_Section):
 
 class SpectrumConfig(_Section):
     method: Literal["exact", "randomized", "auto"] = "exact"
-    rank: int = Field(200, ge=1)
-    oversample: Optional[int] = Field(None, ge=0)
-    power_iters: Optional[int] = Field(None, ge=0)
+    rank: Int = Field(200, ge=1, le=100_000)
+    oversample: Optional[Int] = Field(None, ge=0)
+    power_iters: Optional[Int] = Field(None, ge=0)
     #: "krylov" (block Krylov, q + 1 passes) or "subspace" (subspace iteration, q + 2 passes)
     algorithm: Literal["krylov", "subspace"] = "krylov"
-    seed: int = 0
-    probes: int = Field(30, ge=0)
+    seed: Int = Field(0, ge=0, le=2**63 - 1)
+    probes: Int = Field(30, ge=0)
     #: method "auto" uses the exact spectrum up to this many analysed samples
-    exact_max_n: int = Field(10000, ge=1)
+    exact_max_n: Int = Field(10000, ge=1)
     #: precision of the products in each pass over X (accumulated in float64)
     dtype: Literal["float32", "float64"] = "float32"
 
 
 class GrmConfig(_Section):
-    block_size: Optional[int] = Field(None, ge=1)
+    block_size: Optional[Int] = Field(None, ge=1)
     #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
     export_gcta: Union[bool, str] = False
     #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
@@ -108,9 +113,11 @@ def _check_size(v: str | None, what: str) -> str | None:
     from dask.utils import parse_bytes
 
     try:
-        parse_bytes(v)
+        size = parse_bytes(v)
     except Exception:
         raise ValueError(f"{what} {v!r} is not a size such as 4GiB or 500MB") from None
+    if size <= 0:
+        raise ValueError(f"{what} {v!r} must be a positive size such as 4GiB or 500MB")
     return v
 
 
@@ -121,8 +128,8 @@ class TlsConfig(_Section):
 
 
 class AdaptiveConfig(_Section):
-    minimum: int = Field(0, ge=0)
-    maximum: int = Field(1, ge=1)
+    minimum: Int = Field(0, ge=0)
+    maximum: Int = Field(1, ge=1)
 
 
 class JobqueueConfig(_Section):
@@ -131,9 +138,9 @@ class JobqueueConfig(_Section):
     queue: Optional[str] = None
     account: Optional[str] = None
     walltime: str = "01:00:00"
-    cores: int = Field(4, ge=1)
+    cores: Int = Field(4, ge=1)
     memory: str = "16GiB"
-    processes: int = Field(1, ge=1)
+    processes: Int = Field(1, ge=1)
     job_extra_directives: list[str] = []
     job_script_prologue: list[str] = []
     adaptive: Optional[AdaptiveConfig] = None
@@ -149,15 +156,15 @@ class JobqueueConfig(_Section):
 
 class ClusterConfig(_Section):
     backend: Literal["local", "address", "slurm", "pbs", "sge"] = "local"
-    workers: int = Field(2, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
+    workers: Int = Field(2, ge=1)
+    threads_per_worker: Int = Field(1, ge=1)
     memory_limit: str = "4GiB"
     address: Optional[str] = None
     tls: Optional[TlsConfig] = None
     dashboard: bool = False
     jobqueue: JobqueueConfig = JobqueueConfig()
     #: seconds after which the scheduler drops a silent worker (distributed's default is 300)
-    worker_ttl: int = Field(120, ge=10)
+    worker_ttl: Int = Field(120, ge=10)
 
     @field_validator("memory_limit")
     @classmethod
@@ -185,7 +192,7 @@ class SubmitConfig(_Section):
     queue: Optional[str] = None
     account: Optional[str] = None
     walltime: str = "04:00:00"
-    cores: int = Field(2, ge=1)
+    cores: Int = Field(2, ge=1)
     memory: str = "8GiB"
     job_extra_directives: list[str] = []
     setup: list[str] = []
@@ -210,7 +217,24 @@ class PredictConfig(_Section):
 
 
 class RemlConfig(_Section):
-    grid_size: int = Field(101, ge=3)
+    #: "spectral": REML on the spectrum (exact, or the reduced randomized one); "matrix_free":
+    #: Lanczos quadrature on passes over X, no spectrum needed; "auto": spectral on an exact
+    #: spectrum up to spectrum.exact_max_n samples, matrix-free above
+    method: Literal["spectral", "matrix_free", "auto"] = "spectral"
+    grid_size: Int = Field(101, ge=3, le=100_001)
+    #: matrix-free: at most this many Lanczos steps (passes over X)
+    max_steps: Int = Field(mfreml.DEFAULT_MAX_STEPS, ge=2, le=10_000)
+    #: matrix-free: Rademacher probes for log det H (their Monte Carlo SD is reported)
+    probes: Int = Field(mfreml.DEFAULT_PROBES, ge=2, le=10_000)
+    #: matrix-free: stop when |Δĥ²| < tol and |Δℓ_R| < 10·tol between steps (twice)
+    tol: float = Field(mfreml.DEFAULT_TOL, gt=0.0, lt=1.0)
+    #: matrix-free: deflate the log det probes by the top-k eigenpairs of a randomized spectrum
+    #: (k = this; 0: none). Helps structured cohorts; costs that spectrum's passes
+    deflate: Int = Field(0, ge=0, le=100_000)
+    #: matrix-free: seed of the probes
+    seed: Int = Field(0, ge=0, le=2**63 - 1)
+    #: matrix-free: precision of the products in each pass (accumulated in float64)
+    dtype: Literal["float32", "float64"] = "float64"
 
 
 class RunConfig(_Section):
@@ -324,17 +348,65 @@ def parse_config(raw: dict, base: Path | None = None, source: Path | None = None
     return cfg.model_copy(update={"source": source})
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run configuration."""
+#: a config is a few kilobytes; these bound what a hostile or broken file can make us build
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+def _expanded_nodes(node, memo: dict, active: set) -> int:
+    """Nodes of the document once its aliases are expanded (aliases share nodes, so a 600-byte
+    file of nested aliases can stand for billions)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError("the configuration refers to itself through a YAML alias")
+    active.add(key)
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, memo, active) + _expanded_nodes(v, memo, active) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(v, memo, active) for v in node.value)
+    else:
+        total = 1
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+def read_yaml(path: Path):
+    """The YAML document of a config file, safely: no Python tags (SafeLoader), at most
+    :data:`MAX_CONFIG_BYTES` of text and :data:`MAX_CONFIG_NODES` nodes after alias expansion."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {size} bytes; a bigmm config is a few kilobytes (at most "
+                              f"{MAX_CONFIG_BYTES} bytes): is this the right file?")
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path} as text ({exc})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_nodes(node, {}, set())
+        if n > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: its YAML aliases expand to {n} nodes (at most {MAX_CONFIG_NODES}); "
+                              f"a bigmm config needs no nested aliases: write the values out")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run configuration."""
+    path = Path(path)
+    raw = read_yaml(path)
     if raw is None:
         raise ConfigError(f"{path} is empty")
     return parse_config(raw, base=path.resolve().parent, source=path.resolve())

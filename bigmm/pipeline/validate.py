@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError
@@ -22,7 +21,7 @@ from ..io.tables import Design, build_design, read_table
 from ..spectrum import subspace_width
 from ..store import open_store
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
-                     VariantsConfig, _resolve, load_config, parse_config)
+                     VariantsConfig, _resolve, parse_config, read_yaml)
 from .plan import check_memory, needs_grm, spectrum_method
 from .rundir import check_output_dir
 
@@ -249,14 +248,12 @@ def check_file(path: str | Path, contact_cluster: bool = True) -> tuple[list[str
     and the inputs (with the plan checked) when there are none."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        return [f"{path}: not valid YAML ({exc})"], None
-    if raw is None or not isinstance(raw, dict):
-        try:
-            load_config(path)
-        except BigmmError as exc:
-            return [str(exc)], None
+        raw = read_yaml(path)
+    except ConfigError as exc:
+        return [str(exc)], None
+    if raw is None:
+        return [f"{path} is empty"], None
+    if not isinstance(raw, dict):
         return [f"{path}: the configuration must be a mapping of sections"], None
     try:
         cfg = parse_config(raw, base=path.resolve().parent, source=path.resolve())
