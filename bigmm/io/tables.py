@@ -1,15 +1,37 @@
 """Phenotype and covariate tables, aligned to the samples of a genotype store.
 
 Tables are whitespace- or tab-separated with a header whose first two columns
-are ``FID IID`` (PLINK/GCTA style). Missing values are ``NA``, ``-9`` or empty
-(empty cells need a tab-separated file). Rows are matched to genotyped samples
-by (FID, IID).
+are ``FID IID`` (PLINK/GCTA style), or without a header (GCTA layout; columns
+are then named ``1``, ``2``, ... after FID and IID). They are read as UTF-8; a
+byte-order mark at the start is ignored, and a gzip-compressed table (``.gz``,
+recognised by its content, whatever its name) is read transparently. Fields in
+double quotes (R's ``write.table``) lose the quotes.
+
+Missing values are ``NA``, ``N/A``, ``.``, ``NaN`` (any upper/lower case),
+empty (empty cells need a tab-separated file), and any number equal to -9
+(``-9``, ``-9.0``, ``-9.00``, ``-9e0`` as R and pandas write it). The same rule
+holds for phenotypes, quantitative covariates and levels of categorical
+covariates (a level ``-9`` is missing).
+
+Rows are matched to genotyped samples by (FID, IID), after normalising both
+sides to Unicode NFC, so that an ID typed in another normalisation (NFD, as
+macOS file names and some editors produce) still matches. How well each file
+matched (rows, rows matched, genotyped samples without a row, rows that would
+match with FID and IID swapped or by IID alone) is logged and recorded in
+``Design.notes["matches"]``; a poor match adds an entry to
+``Design.notes["warnings"]`` and is logged as a warning.
 """
 
 from __future__ import annotations
 
+import gzip
+import logging
 import math
+import unicodedata
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +39,44 @@ import numpy as np
 
 from ..errors import InputError
 
-MISSING = {"NA", "-9", "", "nan", "NaN", "na", "."}
+log = logging.getLogger("bigmm")
+
+#: textual missing-value codes, compared case-insensitively; besides these, any
+#: cell that parses as a number equal to -9 (``-9``, ``-9.0``, ``-9e0``) is missing
+MISSING = frozenset({"", "na", "n/a", ".", "nan"})
+MISSING_NUMBER = -9.0
+#: a file warns when fewer of its rows match a genotyped sample, or more genotyped
+#: samples lack a row, than these fractions
+MIN_ROWS_MATCHED = 0.9
+MAX_GENOTYPED_WITHOUT_ROW = 0.1
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_missing(cell: str) -> bool:
+    """Whether a table cell is a missing value (see the module docstring)."""
+    if cell.lower() in MISSING:
+        return True
+    try:
+        x = float(cell)
+    except ValueError:
+        return False
+    return math.isnan(x) or x == MISSING_NUMBER
+
+
+def nfc(s: str) -> str:
+    """``s`` in Unicode normalisation form C (how sample IDs are compared)."""
+    return s if s.isascii() else unicodedata.normalize("NFC", s)
+
+
+def _nfc_keys(fid: Sequence[str], iid: Sequence[str]) -> list[tuple[str, str]]:
+    """(FID, IID) pairs in NFC; ASCII IDs (the usual case) as they are."""
+    if "".join(fid).isascii() and "".join(iid).isascii():
+        return list(zip(fid, iid))
+    return [(nfc(f), nfc(i)) for f, i in zip(fid, iid)]
+
+
+def _unquote(c: str) -> str:
+    return c[1:-1] if len(c) >= 2 and c[0] == '"' and c[-1] == '"' else c
 
 
 @dataclass(frozen=True)
@@ -46,17 +105,17 @@ class Table:
         out = np.empty(len(self.cells), dtype=np.float64)
         for r, row in enumerate(self.cells):
             v = row[j]
-            if v in MISSING:
+            if v.lower() in MISSING:
                 out[r] = np.nan
                 continue
             try:
                 x = float(v)
             except ValueError:
-                x = math.nan
-                ok = False
-            else:
-                ok = math.isfinite(x)
-            if not ok:
+                x = math.inf  # refused below
+            if math.isnan(x) or x == MISSING_NUMBER:
+                out[r] = np.nan
+                continue
+            if not math.isfinite(x):
                 raise InputError(f"{self.path} line {self.lines[r]}: value {v!r} of column {name!r} "
                                  f"for sample {self.fid[r]}/{self.iid[r]} is not a number; "
                                  f"use NA or -9 for missing")
@@ -65,7 +124,28 @@ class Table:
 
     def text(self, name: str) -> list[str | None]:
         j = self.column_index(name)
-        return [None if row[j] in MISSING else row[j] for row in self.cells]
+        return [None if is_missing(row[j]) else row[j] for row in self.cells]
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text: UTF-8 without a byte-order mark, gunzipped if it is gzip data."""
+    compressed = False
+    try:
+        with open(path, "rb") as fh:
+            compressed = fh.read(2) == _GZIP_MAGIC
+        if compressed:
+            with gzip.open(path, "rt", encoding="utf-8-sig") as fh:
+                return fh.read()
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot read {what} file {path} as a text table ({exc}); "
+                         f"tables must be UTF-8 text" + (" (here gzip-compressed)" if compressed else "")
+                         ) from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read {what} file {path} as a text table ({exc})"
+                         + ("; it is gzip-compressed but damaged or cut short" if compressed else "")
+                         ) from None
 
 
 def read_table(path: str | Path, what: str = "table") -> Table:
@@ -74,15 +154,12 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     With a header (first line ``FID IID ...``, or PLINK 2's ``#FID IID ...``) columns
     have its names; without one (GCTA's ``--pheno``/``--qcovar``/``--covar`` layout)
     they are named by position after FID and IID: ``1``, ``2``, ...
+    The file may be gzip-compressed and may start with a UTF-8 byte-order mark.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file {path} does not exist")
-    try:
-        with open(path) as fh:
-            raw = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} file {path} as a text table ({exc})") from None
+    raw = _read_text(path, what).splitlines()
     lines = [(i + 1, ln) for i, ln in enumerate(raw)
              if ln.strip() and not (ln.startswith("#") and not ln.upper().startswith("#FID"))]
     if not lines:
@@ -91,7 +168,8 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     tab = "\t" in header_line
 
     def split(line: str) -> list[str]:
-        return [c.strip() for c in line.rstrip("\r\n").split("\t")] if tab else line.split()
+        fields = [c.strip() for c in line.rstrip("\r\n").split("\t")] if tab else line.split()
+        return [_unquote(c) for c in fields] if '"' in line else fields
 
     header = split(header_line)
     if len(header) < 2:
@@ -115,10 +193,16 @@ def read_table(path: str | Path, what: str = "table") -> Table:
             raise InputError(f"{path} line {lineno}: {len(fields)} fields, but the header has "
                              f"{len(header)}" + ("" if tab else " (for empty cells use a tab-separated file)"))
         key = (fields[0], fields[1])
+        if not (key[0].isascii() and key[1].isascii()):
+            key = (nfc(key[0]), nfc(key[1]))
         if key in seen:
-            raise InputError(f"{path} line {lineno}: duplicate sample {key[0]}/{key[1]} "
-                             f"(first on line {seen[key]})")
-        seen[key] = lineno
+            first = seen[key]
+            same = (fid[first], iid[first]) == (fields[0], fields[1])
+            raise InputError(f"{path} line {lineno}: duplicate sample {fields[0]}/{fields[1]} "
+                             f"(first on line {linenos[first]}"
+                             + ("" if same else f" as {fid[first]}/{iid[first]}, the same ID after "
+                                                f"Unicode NFC normalisation") + ")")
+        seen[key] = len(fid)
         fid.append(fields[0])
         iid.append(fields[1])
         cells.append(fields[2:])
@@ -126,10 +210,119 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     return Table(path=path, columns=columns, fid=fid, iid=iid, cells=cells, lines=linenos)
 
 
+class _Genotyped:
+    """The genotyped sample IDs, NFC-normalised, with the look-ups that matching needs."""
+
+    def __init__(self, sample_ids: Sequence[tuple[str, str]]):
+        self.ids = [tuple(s) for s in sample_ids]
+        self.keys = _nfc_keys([f for f, _ in self.ids], [i for _, i in self.ids])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @cached_property
+    def index(self) -> dict[tuple[str, str], int]:
+        return {k: g for g, k in enumerate(self.keys)}
+
+    @cached_property
+    def by_unique_iid(self) -> dict[str, int]:
+        """Genotyped sample of each IID that only one genotyped sample has."""
+        counts = Counter(i for _, i in self.keys)
+        return {k[1]: g for g, k in enumerate(self.keys) if counts[k[1]] == 1}
+
+
+def _align(table: Table, geno: _Genotyped) -> np.ndarray:
+    index = {k: r for r, k in enumerate(_nfc_keys(table.fid, table.iid))}
+    rows = np.array([index.get(k, -1) for k in geno.keys], dtype=np.int64)
+    matched = rows[rows >= 0]
+    if np.unique(matched).size < matched.size:  # duplicate genotype IDs (maybe only after NFC)
+        r = int(next(v for v, c in Counter(matched.tolist()).items() if c > 1))
+        both = [f"{f}/{i}" for (f, i), x in zip(geno.ids, rows) if x == r]
+        how = (f"sample {both[0]} {len(both)} times" if len(set(both)) == 1 else
+               f"samples {' and '.join(both)}, the same ID after Unicode NFC normalisation")
+        raise InputError(f"the genotype data have {how}; all would take line {table.lines[r]} of "
+                         f"{table.path}: make the genotype sample IDs distinct")
+    return rows
+
+
 def align_rows(table: Table, sample_ids: Sequence[tuple[str, str]]) -> np.ndarray:
-    """For each genotyped sample, the table row holding it, or -1."""
-    index = {(f, i): r for r, (f, i) in enumerate(zip(table.fid, table.iid))}
-    return np.array([index.get(tuple(s), -1) for s in sample_ids], dtype=np.int64)
+    """For each genotyped sample, the table row holding it, or -1.
+
+    IDs are compared after Unicode NFC normalisation of both sides.
+    """
+    return _align(table, _Genotyped(sample_ids))
+
+
+def _near_matches(table: Table, geno: _Genotyped, rows: np.ndarray) -> tuple[list, list]:
+    """Rows that match no genotyped sample but would with FID and IID swapped, or by IID alone.
+
+    Each as (table row, genotyped sample) pairs; only genotyped samples without a row of their
+    own count, and IID-alone only where the IID is unique among the genotyped samples (so that
+    family-numbered IIDs such as 1, 2, ... do not count).
+    """
+    has_row = rows >= 0
+    row_matched = np.zeros(len(table.fid), dtype=bool)
+    row_matched[rows[has_row]] = True
+    swapped, iid_only = [], []
+    unmatched = np.flatnonzero(~row_matched).tolist()
+    if not unmatched:
+        return swapped, iid_only
+    for r in unmatched:
+        f, i = nfc(table.fid[r]), nfc(table.iid[r])
+        g = geno.index.get((i, f), -1)
+        if g >= 0 and not has_row[g]:
+            swapped.append((r, g))
+            continue
+        g = geno.by_unique_iid.get(i, -1)
+        if g >= 0 and not has_row[g]:
+            iid_only.append((r, g))
+    return swapped, iid_only
+
+
+def _match_report(table: Table, geno: _Genotyped, rows: np.ndarray, what: str) -> tuple[dict, str | None]:
+    """How ``table`` matched the genotyped samples: counts for the notes, and a warning or None."""
+    n_rows, n_gen = len(table.fid), len(geno)
+    n_matched = int((rows >= 0).sum())
+    swapped, iid_only = _near_matches(table, geno, rows)
+    counts = {"what": what, "file": str(table.path), "rows": n_rows, "rows_matched": n_matched,
+              "genotyped_without_row": n_gen - n_matched, "rows_matching_if_swapped": len(swapped),
+              "rows_matching_by_iid_only": len(iid_only)}
+    summary = (f"{n_matched} of {n_rows} rows match a genotyped sample; "
+               f"{n_gen - n_matched} of {n_gen} genotyped samples have no row")
+    log.info("%s file %s: %s", what, table.path, summary)
+    poor = n_matched < MIN_ROWS_MATCHED * n_rows or n_gen - n_matched > MAX_GENOTYPED_WITHOUT_ROW * n_gen
+    if not (poor or swapped or iid_only):
+        return counts, None
+    return counts, (f"{what} file {table.path} "
+                    + ("matches the genotyped samples poorly" if poor else
+                       "has rows whose IDs nearly match genotyped samples")
+                    + f": {summary}"
+                    + _hints(table, geno, swapped, iid_only)
+                    + "; genotyped samples without a row are left out of the analysis: check the FID "
+                      "and IID columns")
+
+
+def _hints(table: Table, geno: _Genotyped, swapped, iid_only) -> str:
+    def example(pairs):
+        r, g = pairs[0]
+        return (f" (e.g. {table.fid[r]}/{table.iid[r]} on line {table.lines[r]} and genotyped sample "
+                f"{geno.ids[g][0]}/{geno.ids[g][1]})")
+
+    out = ""
+    if swapped:
+        out += f"; {len(swapped)} rows match if FID and IID are swapped" + example(swapped)
+    if iid_only:
+        out += (f"; {len(iid_only)} rows match a genotyped sample by IID alone, with a different FID"
+                + example(iid_only))
+    return out
+
+
+def _record_match(notes: dict, table: Table, geno: _Genotyped, rows: np.ndarray, what: str) -> None:
+    counts, warning = _match_report(table, geno, rows, what)
+    notes["matches"].append(counts)
+    if warning is not None:
+        notes["warnings"].append(warning)
+        log.warning("%s", warning)
 
 
 @dataclass(frozen=True)
@@ -162,15 +355,20 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     names = list(pheno.columns if pheno_columns in (None, "all") else pheno_columns)
     if not names:
         raise InputError(f"phenotype file {pheno.path} has no phenotype columns")
-    rows = align_rows(pheno, sample_ids)
-    n_gen = len(sample_ids)
+    geno = _Genotyped(sample_ids)
+    rows = _align(pheno, geno)
+    n_gen = len(geno)
     in_pheno = rows >= 0
     if not in_pheno.any():
         ex_g = ", ".join(f"{f}/{i}" for f, i in list(sample_ids)[:3])
         ex_p = ", ".join(f"{f}/{i}" for f, i in list(zip(pheno.fid, pheno.iid))[:3])
         raise InputError(f"no sample of phenotype file {pheno.path} is in the genotype data "
                          f"(genotypes have e.g. {ex_g}; the phenotype file has e.g. {ex_p}); "
-                         f"check the FID and IID columns")
+                         f"check the FID and IID columns"
+                         + _hints(pheno, geno, *_near_matches(pheno, geno, rows)))
+    notes: dict = {"n_genotyped": n_gen, "n_in_phenotype_file": int(in_pheno.sum()),
+                   "matches": [], "warnings": []}
+    _record_match(notes, pheno, geno, rows, "phenotype")
     Y = np.full((n_gen, len(names)), np.nan)
     for j, name in enumerate(names):
         col = pheno.numeric(name)
@@ -178,7 +376,6 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     analysed = in_pheno.copy()
     zcols = [np.ones(n_gen)]
     znames = ["intercept"]
-    notes: dict = {"n_genotyped": n_gen, "n_in_phenotype_file": int(in_pheno.sum())}
     categorical = list(categorical)
     unknown_cat = [c for c in categorical if c not in covar_columns]
     if unknown_cat:
@@ -187,7 +384,8 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
         if covar_path is None:
             raise InputError("covariate columns are given but no covariate file")
         cov = read_table(covar_path, "covariate")
-        crow = align_rows(cov, sample_ids)
+        crow = _align(cov, geno)
+        _record_match(notes, cov, geno, crow, "covariate")
         in_cov = crow >= 0
         for name in covar_columns:
             if name in categorical:
@@ -213,7 +411,8 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
         if path is None:
             continue
         cov = read_table(path, "covariate")
-        crow = align_rows(cov, sample_ids)
+        crow = _align(cov, geno)
+        _record_match(notes, cov, geno, crow, "covariate")
         tag = Path(path).name
         for name in cov.columns:
             if discrete:
