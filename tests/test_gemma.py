@@ -1,6 +1,6 @@
 """Cross-check against GEMMA 0.98.5 on a small simulated cohort (fixture in tests/data/gemma/).
 
-The fixture and the script that made it (scripts/make_gemma_fixture.py) record GEMMA's
+The fixture and the script that made it (scripts/fixtures/make_gemma_fixture.py) record GEMMA's
 `-gk 1` / `-gk 2` kinship and its `-lmm 1` null-model REML fit for two traits, one with
 missing values. Conventions (verified in tests/data/gemma/README.md):
 - GEMMA -gk 1 is bigmm's `center`, -gk 2 is bigmm's `sample_sd` (sample SD, divisor N);

@@ -1,6 +1,6 @@
 """BLUP cross-check against GEMMA 0.98.5 (fixture in tests/data/gemma_blup/).
 
-The fixture (made by scripts/make_gemma_blup_fixture.py, which never imports bigmm)
+The fixture (made by scripts/fixtures/make_gemma_blup_fixture.py, which never imports bigmm)
 holds GEMMA's ``-bslmm 2`` (ridge regression / GBLUP) genetic values and SNP effects
 and its three ``-predict 1`` predictions for the 30 samples without a phenotype, once
 at GEMMA's REML λ = vg/ve and once at λ pinned to 1 (``-lmin 1 -lmax 1``). What

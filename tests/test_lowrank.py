@@ -181,7 +181,7 @@ def test_sandwich_se_equals_dense_sandwich(structured):
 
 
 def test_lowrank_simulation_unbiased_and_calibrated(structured):
-    """Small version of scripts/sim_lowrank.py: 200 phenotypes drawn from the full model,
+    """Small version of scripts/studies/sim_lowrank.py: 200 phenotypes drawn from the full model,
     fitted on the default randomized spectrum with k = 50. Bias within 3 Monte Carlo SEs;
     mean reported SE within 15% of the empirical SD (SD of 200 draws: ±5% sampling error)."""
     store, std, K = structured

@@ -8,7 +8,8 @@ population), the script computes
 * the GRM ``K = X Xᵀ / p`` (``bigmm.grm``, Dask threaded scheduler) and its exact spectrum
   (``bigmm.exact_spectrum``, LAPACK syevd);
 * for each ``k`` the randomized top-k spectrum straight from the genotypes at bigmm's DEFAULT
-  settings (``bigmm.randomized_spectrum(store.genotypes, std, k, seed=...)``, oversampling
+  settings (``bigmm.randomized_spectrum(bigmm.GrmOperator(store.genotypes, std), k, seed=...)``,
+  oversampling
   ``DEFAULT_OVERSAMPLE``, ``DEFAULT_POWER_ITERS`` power iterations), with its accuracy against
   eigh (relative error of the top-k eigenvalues, largest principal angle between the top-k
   subspaces), passes over X, time, max Ritz residual, and the probe estimate of the tail's
@@ -32,8 +33,8 @@ capped so that Dask threads × BLAS threads ≤ ``--threads``.
 
 Usage::
 
-    python scripts/sim_lowrank.py --quick          # smoke run: n=1000, p=3000, 30 replicates
-    python scripts/sim_lowrank.py                  # the study in docs/lowrank.md (n=5000, p=20000)
+    python scripts/studies/sim_lowrank.py --quick  # smoke run: n=1000, p=3000, 30 replicates
+    python scripts/studies/sim_lowrank.py          # the study in docs/lowrank.md (n=5000, p=20000)
 
 The full run writes ``docs/lowrank.md`` (``--out`` to change, ``--no-docs`` to skip); a quick
 run writes its report into the cache directory. A section of the report between the markers
@@ -48,75 +49,20 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-T0 = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import REPO, T0, command_line, log, machine_info, md_table  # noqa: E402
+
 DISC_BEGIN = "<!-- discussion -->"
 DISC_END = "<!-- /discussion -->"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
 # --------------------------------------------------------------------------- setup
-
-def machine_info() -> dict:
-    import dask
-    import scipy
-    import zarr
-    from threadpoolctl import threadpool_info
-
-    import bigmm
-
-    model = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = float("nan")
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    blas = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')})"
-            for d in threadpool_info() if d.get("user_api") == "blas"]
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bigmm"],
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-        dirty = [line[3:] for line in dirty if line.strip()]
-        commit += f" with uncommitted changes to {', '.join(dirty)}" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    # content hash of the bigmm sources as imported (the tree may change while the study runs)
-    import hashlib
-
-    h = hashlib.sha256()
-    pkg = Path(bigmm.__file__).resolve().parent
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(str(f.relative_to(pkg)).encode())
-        h.update(f.read_bytes())
-    return {"host": platform.node(), "cpu": model, "nproc": os.cpu_count(), "memory_gib": round(mem, 1),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "bigmm": bigmm.__version__, "git": commit, "bigmm_sha256": h.hexdigest()[:16], "numpy": np.__version__, "scipy": scipy.__version__,
-            "dask": dask.__version__, "zarr": zarr.__version__, "blas": "; ".join(blas),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-
 
 def cohort_specs(args) -> list[dict]:
     return [
@@ -290,53 +236,34 @@ def clipped_normal(mu: float, sd: float, lo: float = 0.0, hi: float = 1.0) -> tu
 
 # --------------------------------------------------------------------------- report
 
-def f3(x: float) -> str:
-    return "nan" if not np.isfinite(x) else f"{x:.3f}"
-
-
 def fmt_e(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.1e}"
 
 
 def spectrum_table(c: dict) -> str:
-    lines = [
-        "| k | passes over X | time (s) | top-k eigenvalues: max rel. error | median rel. error "
-        "| max Ritz residual | tail tr K₂² (probes) rel. error | λ̄ | share of tr K | share of tr K² |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for a in c["spectra"]:
-        lines.append(
-            f"| {a['k']} | {a['passes']} | {a['seconds']:.1f} | {fmt_e(a['rel_err_max'])} | "
-            f"{fmt_e(a['rel_err_median'])} | {fmt_e(a['max_ritz_residual'])} | "
-            f"{a['tail_trK2_rel_err']:+.2%} | {a['tail_lambda']:.3f} | {a['share_trace']:.1%} | "
-            f"{a['share_trace_K2']:.1%} |")
-    return "\n".join(lines)
+    return md_table(["k", "passes over X", "time (s)", "top-k eigenvalues: max rel. error", "median rel. error",
+                     "max Ritz residual", "tail tr K₂² (probes) rel. error", "λ̄", "share of tr K", "share of tr K²"],
+                    [[a["k"], a["passes"], f"{a['seconds']:.1f}", fmt_e(a["rel_err_max"]), fmt_e(a["rel_err_median"]),
+                      fmt_e(a["max_ritz_residual"]), f"{a['tail_trK2_rel_err']:+.2%}", f"{a['tail_lambda']:.3f}",
+                      f"{a['share_trace']:.1%}", f"{a['share_trace_K2']:.1%}"] for a in c["spectra"]], "r")
 
 
 def reml_table(c: dict, which: str) -> str:
-    n = c["n"]
-    lines = [
-        "| h² | k | mean ĥ² (MC SE) | bias / MC SE | bias ok | SD(ĥ²) | mean h2_se | h2_se / SD | SE ok "
-        "| mean h2_se_curvature | curvature / SD | asymptotic SE | efficiency | asymptotic efficiency "
-        "| boundary 0 / 1 |",
-        "| ---: | ---: | ---: | ---: | :-: | ---: | ---: | ---: | :-: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    rows = []
     for h2 in c["h2s"]:
-        rows = [("exact", n, c["rows"][f"exact|{h2}"])]
-        rows += [(which, k, c["rows"][f"{which}{k}|{h2}"]) for k in c["ks"]]
-        for kind, k, r in rows:
+        for kind, k in [("exact", c["n"])] + [(which, k) for k in c["ks"]]:
+            r = c["rows"][f"exact|{h2}" if kind == "exact" else f"{which}{k}|{h2}"]
             exact = kind == "exact"
-            klab = f"{k} (exact REML)" if exact else str(k)
-            lines.append(
-                f"| {h2:g} | {klab} | {r['mean']:.4f} ({r['mcse']:.4f}) | {r['bias_z']:+.2f} | "
-                f"{'yes' if r['bias_pass'] else '**no**'} | {r['sd']:.4f} | {r['mean_se']:.4f} | "
-                f"{r['se_ratio']:.3f} ± {r['se_ratio_bse']:.3f} | {'yes' if r['se_pass'] else '**no**'} | "
-                f"{r['mean_se_curv']:.4f} | {r['curv_ratio']:.3f} ± {r['curv_ratio_bse']:.3f} | "
-                f"{r['asym_se']:.4f} | "
-                + ("1 | 1 | " if exact else f"{r['efficiency']:.3f} ± {r['efficiency_bse']:.3f} | "
-                   f"{r['asym_eff']:.3f} | ")
-                + f"{r['n_lower']} / {r['n_upper']} |")
-    return "\n".join(lines)
+            rows.append([f"{h2:g}", f"{k} (exact REML)" if exact else k, f"{r['mean']:.4f} ({r['mcse']:.4f})",
+                         f"{r['bias_z']:+.2f}", "yes" if r["bias_pass"] else "**no**", f"{r['sd']:.4f}",
+                         f"{r['mean_se']:.4f}", f"{r['se_ratio']:.3f} ± {r['se_ratio_bse']:.3f}",
+                         "yes" if r["se_pass"] else "**no**", f"{r['mean_se_curv']:.4f}",
+                         f"{r['curv_ratio']:.3f} ± {r['curv_ratio_bse']:.3f}", f"{r['asym_se']:.4f}",
+                         1 if exact else f"{r['efficiency']:.3f} ± {r['efficiency_bse']:.3f}",
+                         1 if exact else f"{r['asym_eff']:.3f}", f"{r['n_lower']} / {r['n_upper']}"])
+    return md_table(["h²", "k", "mean ĥ² (MC SE)", "bias / MC SE", "bias ok", "SD(ĥ²)", "mean h2_se", "h2_se / SD",
+                     "SE ok", "mean h2_se_curvature", "curvature / SD", "asymptotic SE", "efficiency",
+                     "asymptotic efficiency", "boundary 0 / 1"], rows, "r")
 
 
 def findings(res: dict) -> list[str]:
@@ -385,19 +312,23 @@ def build_report(res: dict, discussion: str | None) -> str:
     L = []
     L.append("# REML on a reduced spectrum: simulation study")
     L.append("")
-    L.append("Generated by `scripts/sim_lowrank.py`; regenerate with")
+    L.append("Generated by `scripts/studies/sim_lowrank.py`; regenerate with")
     L.append("")
     L.append("```bash")
     L.append(res["command"])
     L.append("```")
     L.append("")
-    L.append(f"Run {res['date']} on `{m['host']}`: {m['cpu']}, {m['nproc']} cores, {m['memory_gib']} GiB, "
+    blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in m["blas"])
+    git = m["git_commit"] + (f" with uncommitted changes to {', '.join(m['bigmm_modified_files'])}"
+                             if m["bigmm_modified_files"] else "")
+    L.append(f"Run {res['date']} on `{m['host']}`: {m['cpu']}, {m['nproc']} cores, {m['memory_gib']:.1f} GiB, "
              f"{m['os']}; Python {m['python']}, NumPy {m['numpy']}, SciPy {m['scipy']}, Dask {m['dask']}, "
-             f"Zarr {m['zarr']}, BLAS {m['blas']}; bigmm {m['bigmm']} at git {m['git']} (sources sha256 "
-             f"{m['bigmm_sha256']}…, see `machine_info` in the script). "
+             f"Zarr {m['zarr']}, BLAS {blas}; bigmm {m['bigmm']} at git {git} (sources sha256 "
+             f"{m['bigmm_sha256']}…, see `machine_info` in scripts/bench/common.py). "
              f"Dask threaded scheduler with {a['threads']} threads and BLAS capped at "
              f"{res['blas_threads_passes']} thread(s) per task during passes over X and the GRM, "
-             f"{a['threads']} for eigh and the fits (load average at start {m['loadavg_start']}; the machine "
+             f"{a['threads']} for eigh and the fits (load average at start "
+             f"{[round(x, 2) for x in m['loadavg_start']]}; the machine "
              f"is shared, so times are indicative). Total runtime **{res['runtime_s'] / 60:.1f} min**.")
     L.append("")
     L.append("## Setup")
@@ -407,8 +338,9 @@ def build_report(res: dict, discussion: str | None) -> str:
              f"cached under `{res['cache_rel']}`: " + "; ".join(
                  f"{c['title']} (seed {c['seed']})" for c in res["cohorts"]) + ".")
     L.append("- GRM `K = X Xᵀ / p` with GCTA standardization (`bigmm.grm`), exact spectrum by "
-             "`bigmm.exact_spectrum`; randomized top-k spectra by `bigmm.randomized_spectrum(store.genotypes, "
-             f"std, k, seed=...)` at " + ("the defaults" if res["defaults"]["are_defaults"] else "NON-default settings")
+             "`bigmm.exact_spectrum`; randomized top-k spectra by `bigmm.randomized_spectrum("
+             "bigmm.GrmOperator(store.genotypes, std), k, seed=...)` at "
+             + ("the defaults" if res["defaults"]["are_defaults"] else "NON-default settings")
              + f" (algorithm {res['defaults'].get('algorithm', 'subspace')}, oversampling {res['defaults']['oversample']}, "
              f"{res['defaults']['power_iters']} power iterations, {res['defaults']['probes']} probes for the "
              "tail tr K₂², compute dtype "
@@ -519,8 +451,9 @@ def run_cohort(spec: dict, args, cache: Path, seeds: dict, blas_pass: int) -> di
     for ik, k in enumerate(args.ks):
         rseed = seeds[f"randomized {spec['name']} k={k}"]
         with threadpool_limits(limits=blas_pass, user_api="blas"):
-            rs = bigmm.randomized_spectrum(store.genotypes, std, k, seed=rseed, oversample=args.oversample,
-                                           power_iters=args.power_iters, algorithm=args.algorithm)
+            rs = bigmm.randomized_spectrum(bigmm.GrmOperator(store.genotypes, std), k, seed=rseed,
+                                           oversample=args.oversample, power_iters=args.power_iters,
+                                           algorithm=args.algorithm)
         with threadpool_limits(limits=args.threads, user_api="blas"):
             acc, KU = spectrum_accuracy(exact, K, rs, k)
         rspecs[k] = (rs, KU)
@@ -627,7 +560,7 @@ def main(argv=None) -> int:
         for ih, h2 in enumerate(args.h2s):
             seeds[f"phenotypes {c['name']} h2={h2:g}"] = args.seed + 1000 * (ci + 1) + ih
     seeds["bootstrap"] = args.seed + 9
-    command = "python scripts/sim_lowrank.py" + ("" if not argv else " " + shlex.join(argv))
+    command = command_line(__file__, argv).rstrip()
     log(f"sim_lowrank: n={args.n} p={args.p} replicates={args.replicates} ks={args.ks} h2s={args.h2s} "
         f"threads={args.threads} (Dask {dask_threads} x BLAS {blas_pass} in passes); defaults oversample="
         f"{DEFAULT_OVERSAMPLE} algorithm={args.algorithm} power_iters={DEFAULT_POWER_ITERS[args.algorithm]} "
