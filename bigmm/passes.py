@@ -68,8 +68,8 @@ def task_bytes(n: int, n_cols: int, chunk_width: int, sub_width: int, itemsize: 
     (``2 · n · n_cols · 8``), one int8 genotype slab (``n · chunk_width``), the diagonal
     (``8 n``) and one standardized piece (``n · sub_width · itemsize``).
 
-    >>> task_bytes(100_000, 32, 8192, 256, 4) / 2**20
-    951.81...
+    >>> round(task_bytes(100_000, 32, 8192, 256, 4) / 2**20, 1)
+    928.5
     """
     return 2 * n * n_cols * 8 + n * chunk_width + n * 8 + n * sub_width * itemsize
 
@@ -218,6 +218,9 @@ class GrmOperator:
         Bytes one task may use; a pass is cut to fit, or refused before it starts.
     n_tasks : int, optional
         Tasks per pass (default: one per thread of the active scheduler).
+    label : str, optional
+        What the passes are for, in progress lines: pass j is called "``label`` j" unless
+        :meth:`apply` is given its own description.
 
     Examples
     --------
@@ -232,7 +235,7 @@ class GrmOperator:
     """
 
     def __init__(self, G, std, *, rows=None, dtype=np.float64, memory: int | None = None,
-                 n_tasks: int | None = None):
+                 n_tasks: int | None = None, label: str | None = None):
         if std is None or not hasattr(std, "scale"):
             raise InputError("no variant statistics; compute them first with bigmm.variant_stats and "
                              "bigmm.standardization")
@@ -245,6 +248,9 @@ class GrmOperator:
         self.dtype = np.dtype(dtype)
         self.memory = memory
         self.n_tasks = n_tasks
+        self.label = label
+        #: passes made so far
+        self.passes = 0
         chunks = getattr(G, "chunks", None)
         self.chunk_width = (int(chunks[1]) if chunks is not None and isinstance(chunks[1], (int, np.integer))
                             else 2048)
@@ -267,14 +273,20 @@ class GrmOperator:
         rows = np.asarray(rows, dtype=np.int64)
         base = rows if self.rows is None else self.rows[rows]
         return GrmOperator(self.G, self.std, rows=base, dtype=self.dtype, memory=self.memory,
-                           n_tasks=self.n_tasks)
+                           n_tasks=self.n_tasks, label=self.label)
 
     def plan(self, n_cols: int) -> PassPlan:
         """The memory plan of a pass with ``n_cols`` vectors (raises :class:`InputError` if it cannot fit)."""
         return plan_pass(self.n, n_cols, self.bounds or [(0, 1)], self.memory,
                          self.n_tasks or total_threads(), self.dtype.itemsize)
 
-    def apply(self, M: np.ndarray, *, want_diag: bool = False, desc: str = "pass over X"):
+    def _desc(self, desc: str | None) -> str:
+        self.passes += 1
+        if desc is not None:
+            return desc
+        return f"{self.label} {self.passes}" if self.label else "pass over X"
+
+    def apply(self, M: np.ndarray, *, want_diag: bool = False, desc: str | None = None):
         """``(K M, diag K or None)`` in one pass over the genotypes.
 
         Tasks take contiguous, equally wide groups of variant columns (:func:`plan_pass`); each
@@ -288,6 +300,7 @@ class GrmOperator:
         if M.ndim != 2 or M.shape[0] != self.n:
             raise ValueError(f"M must have {self.n} rows, got shape {M.shape}")
         plan = self.plan(M.shape[1])
+        desc = self._desc(desc)
         task = dask.delayed(_apply_task, pure=False)
         # the block of vectors in the tasks' precision, sent to every worker before the tasks
         # start (embedded in the graph, it would reach the second worker only through the first)
@@ -299,7 +312,7 @@ class GrmOperator:
                  for grp in plan.groups]
         return run_tasks(tasks, desc, combine=_sum_parts)
 
-    def xt(self, W: np.ndarray, desc: str = "pass over X") -> np.ndarray:
+    def xt(self, W: np.ndarray, desc: str | None = None) -> np.ndarray:
         """``Xᵀ W`` (p_all x m; zero rows for dropped variants) in one pass over the genotypes."""
         import dask
 
@@ -307,6 +320,7 @@ class GrmOperator:
         if W.ndim != 2 or W.shape[0] != self.n:
             raise ValueError(f"W must have {self.n} rows, got shape {W.shape}")
         plan = self.plan(W.shape[1])
+        desc = self._desc(desc)
         task = dask.delayed(_xt_task, pure=False)
         Wd = dask.delayed(np.ascontiguousarray(W, dtype=self.dtype), pure=True)
         s = self.std

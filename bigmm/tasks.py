@@ -45,6 +45,14 @@ def pause_point(point: str) -> None:
         time.sleep(0.1)
 
 
+def fail_point(point: str) -> None:
+    """Test hook: raise here when the environment variable ``BIGMM_TEST_FAIL_AT`` equals
+    ``point`` (a stage name, or ``report-html``): the hardening tests make a stage fail with it.
+    Unset, it costs one environment look-up."""
+    if os.environ.get("BIGMM_TEST_FAIL_AT") == point:
+        raise RuntimeError(f"test failure at {point} (BIGMM_TEST_FAIL_AT)")
+
+
 def _progress_bar(desc: str, total: int):
     """A tqdm bar on an interactive terminal when INFO messages are shown; else None."""
     import sys

@@ -402,6 +402,41 @@ def test_driver_killed_in_three_stages_resumes(cohort, reference, tmp_path):
     assert not tmp_leftovers(out)
 
 
+def test_matrix_free_reml_resumes_by_step(cohort, client, tmp_path):
+    """reml.method: matrix_free, the driver SIGKILLed in Lanczos step 3 (after the state of step 2
+    was committed): the rerun resumes after step 2 (its log says so, and it makes fewer passes)
+    and gives the numbers of an uninterrupted run. Sums over tasks arrive in completion order, so
+    "the same" is to round-off propagated through the steps (rtol 1e-7)."""
+    reml = {"method": "matrix_free", "probes": 8, "tol": 1e-6}
+    ref_out = tmp_path / "ref"
+    bigmm.run(bigmm.load_config(write_config(tmp_path / "ref.yaml", cohort, ref_out, reml=reml,
+                                             grm={"export_gcta": False})), client=client)
+    ref = json.loads((ref_out / "results.json").read_text())
+    steps = ref["phenotypes"][0]["lanczos_steps"]
+    assert steps > 3
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.yaml", cohort, out, reml=reml, grm={"export_gcta": False})
+    logs = tmp_path / "logs"
+    point = "matrix-free REML pass 3:1"
+    proc = start_run(cfg, logs, point)
+    wait_for_pause(proc, out, point)
+    kill_group(proc)
+    m = manifest(out)
+    assert m["resume_from"] == "reml" and "rotate" not in m["stages"]
+    assert (out / "reml.partial" / "state.npz").exists() and not (out / "reml.json").exists()
+    proc = start_run(cfg, logs)
+    assert finish(proc) == 0, stderr_of(proc)
+    log = last_run_log(out)
+    assert "matrix-free REML: resuming after step 2 (checkpoint)" in log, log
+    assert manifest(out)["stages"]["reml"]["passes_over_X"] == steps - 2
+    assert not (out / "reml.partial").exists() and (out / "reml_state.npz").exists()
+    doc = json.loads((out / "results.json").read_text())
+    assert_same_numbers(doc, ref, rtol=1e-7)
+    for got, want in zip(doc["phenotypes"], ref["phenotypes"]):
+        assert got["lanczos_steps"] == want["lanczos_steps"]
+        assert got["h2_se_mc"] == pytest.approx(want["h2_se_mc"], rel=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # 3. SIGTERM: a clean stop that says how to resume
 # ---------------------------------------------------------------------------

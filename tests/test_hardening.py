@@ -71,3 +71,236 @@ def test_numeric_fields_are_range_checked_before_any_work(tmp_path, cohort, sect
     res = bigmm_cli("run", path)
     assert_refused(res, tmp_path / "out", fragment)
     assert not (tmp_path / "out").exists()
+
+
+def _take_lock(out: str, start: float, hold: float, queue) -> None:
+    import time as _time
+
+    from bigmm.errors import InputError
+    from bigmm.pipeline.rundir import run_lock
+
+    while _time.time() < start:
+        pass
+    try:
+        with run_lock(Path(out)):
+            queue.put(("held", _time.time()))
+            _time.sleep(hold)
+    except InputError:
+        queue.put(("refused", _time.time()))
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_stale_lock_takeover_admits_exactly_one_of_many(tmp_path, trial):
+    """16 processes start at the same instant on a directory whose lock file was left by a dead
+    process: exactly one holds the run (the read-unlink-create takeover let two or more through
+    in 18 of 100 trials). The lock is a kernel flock, released by the death of its holder."""
+    import json
+    import multiprocessing as mp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".bigmm.lock").write_text(json.dumps({"pid": 999_999_999, "host": "gone", "started": "then"}))
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    start = time.time() + 1.0
+    procs = [ctx.Process(target=_take_lock, args=(str(out), start, 1.5, queue)) for _ in range(16)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    results = [queue.get(timeout=5) for _ in procs]
+    held = [t for what, t in results if what == "held"]
+    assert len(held) == 1, results
+    assert not (out / ".bigmm.lock").exists()  # released and removed by its holder
+
+
+def test_lock_of_a_live_run_names_it_and_an_empty_lock_is_not_a_run(tmp_path):
+    """A live holder is named (PID, host); a lock file nobody holds (empty, or of a dead or reused
+    PID) is taken over with a warning, never reported as "process None on None"."""
+    from bigmm.errors import InputError
+    from bigmm.pipeline.rundir import run_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".bigmm.lock").write_text("")
+    with run_lock(out):
+        with pytest.raises(InputError, match=r"in use by another bigmm run \(process \d+ on "):
+            with run_lock(out):
+                pass
+    (out / ".bigmm.lock").write_text('{"pid": 1, "host": "x", "started": "y"}')  # PID 1 is alive
+    with run_lock(out):
+        pass
+
+
+def test_a_different_bed_of_the_same_size_and_mtime_is_ingested_again(tmp_path, cohort):  # noqa: F811
+    """The .bed is fingerprinted by size, mtime, inode change time and a sampled hash: another
+    .bed with the same size and mtime (a copy made with ``cp -p``, or ``touch -d``) reruns ingest
+    and everything after it (size + mtime alone reused the old store and results)."""
+    import json
+    import os
+    import shutil
+
+    import bigmm
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for ext in ("bed", "bim", "fam"):
+        shutil.copy2(f"{cohort.prefix}.{ext}", d / f"c.{ext}")
+    path = write_config(tmp_path, cohort, genotypes={"plink": str(d / "c")})
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["phenotypes"][0]["h2"]
+    other = bigmm.simulate(60, 200, h2=0.5, seed=99, out_plink=tmp_path / "other")
+    assert other is not None
+    st = (d / "c.bed").stat()
+    assert (tmp_path / "other.bed").stat().st_size == st.st_size
+    shutil.copyfile(tmp_path / "other.bed", d / "c.bed")
+    os.utime(d / "c.bed", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (d / "c.bed").stat().st_mtime_ns == st.st_mtime_ns
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    log = (tmp_path / "out" / "run.log").read_text().split("run, config ")[-1]
+    assert "stage ingest: start" in log and "stage ingest: up to date" not in log, log
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["phenotypes"][0]["h2"]
+    assert again != first
+
+
+# ---------------------------------------------------------------------------
+# the run directory holds only this run's outputs, and nothing of the user's is touched
+# ---------------------------------------------------------------------------
+
+def listing(root: Path) -> dict:
+    """Every file under ``root`` with its size and mtime (what "untouched" is checked against)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_output_folder_with_the_users_files_is_refused(tmp_path, cohort):  # noqa: F811
+    """``output:`` naming a folder of the user's: check and run refuse it, nothing is written
+    or removed there (before, the run wrote into it and check said OK)."""
+    out = tmp_path / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "report" / "figure.png").write_bytes(b"mine too")
+    before = listing(out)
+    path = write_config(tmp_path, cohort)
+    res = bigmm_cli("check", "--no-cluster", path)
+    assert res.returncode == 2 and "holds 2 entries that are not a bigmm run's (notes.txt, report)" in res.stderr, res.stderr
+    for args in (("run", path), ("run", path, "--force")):
+        res = bigmm_cli(*args)
+        assert res.returncode == 2, res.stderr
+        assert "choose another output" in res.stderr and "Traceback" not in res.stderr
+    assert listing(out) == before
+
+
+def test_force_removes_only_what_the_other_run_recorded(tmp_path, cohort):  # noqa: F811
+    """--force over another config's run removes that run's recorded outputs, not a file the user
+    put in its report/ and hsq/ folders (before, whole folders went)."""
+    import json
+
+    out = tmp_path / "out"
+    first = write_config(tmp_path, cohort, name="first.yaml", variants={"min_maf": 0.0})
+    assert bigmm_cli("run", first).returncode == 0
+    (out / "report" / "my_plot.png").write_bytes(b"user")
+    (out / "hsq" / "README").write_text("user")
+    second = write_config(tmp_path, cohort, name="second.yaml", variants={"min_maf": 0.05})
+    res = bigmm_cli("run", second, "--force")
+    assert res.returncode == 0, res.stderr
+    assert (out / "report" / "my_plot.png").read_bytes() == b"user"
+    assert (out / "hsq" / "README").read_text() == "user"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["variants"]["min_maf"] == 0.05
+
+
+def test_a_failed_rerun_leaves_no_stale_result_and_dropped_phenotypes_leave_no_hsq(tmp_path, cohort):  # noqa: F811
+    """A later run with fewer phenotypes leaves no .hsq of the dropped ones; after a completed run,
+    a rerun that fails (its reml stage raises) leaves none of the old results.json, results.tsv,
+    .hsq, report.html or reml.json looking current (before, all but results.json
+    stayed, holding the previous numbers)."""
+    import json
+
+    out = tmp_path / "out"
+    two = tmp_path / "two.tsv"
+    lines = cohort.pheno.read_text().splitlines()
+    two.write_text("\n".join(f"{ln}\t{ln.split()[2]}" if i else f"{ln}\tcopy" for i, ln in enumerate(lines)) + "\n")
+    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"})
+    assert bigmm_cli("run", path).returncode == 0
+    names = {p["name"] for p in json.loads((out / "results.json").read_text())["phenotypes"]}
+    assert len(names) == 2 and (out / "hsq" / "copy.hsq").exists()
+    # rerun with one phenotype: the .hsq of the other goes
+    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": [sorted(names - {"copy"})[0]]})
+    assert bigmm_cli("run", path).returncode == 0
+    assert not (out / "hsq" / "copy.hsq").exists()
+    # a rerun (two phenotypes again) whose reml stage fails
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "complete"
+    env_path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"})
+    res = bigmm_cli_env("run", env_path, env={"BIGMM_TEST_FAIL_AT": "reml"})
+    assert res.returncode != 0
+    left = set(listing(out))
+    for stale in ("results.json", "results.tsv", "report.html", "reml.json"):
+        assert stale not in left, (stale, sorted(left))
+    assert not any(f.startswith("hsq/") or f.startswith("report/") for f in left), sorted(left)
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def bigmm_cli_env(*args, env: dict) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+def test_a_crash_in_the_report_stage_leaves_no_results_json(tmp_path, cohort):  # noqa: F811
+    """results.json is the last file of a run, written after run.json says complete: a failure
+    while the report is written leaves none, and run.json says failed (before, results.json was
+    written first and survived a crash in the .hsq, PCA or HTML writers)."""
+    import json
+
+    out = tmp_path / "out"
+    path = write_config(tmp_path, cohort)
+    res = bigmm_cli_env("run", path, env={"BIGMM_TEST_FAIL_AT": "report-html"})
+    assert res.returncode != 0
+    assert not (out / "results.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert bigmm_cli("run", path).returncode == 0
+    assert (out / "results.json").exists()
+
+
+def test_an_unauthenticated_client_cannot_use_the_runs_cluster(tmp_path, cohort):  # noqa: F811
+    """The default local cluster speaks mutual TLS with a key made for the run: a process that
+    reaches the scheduler's port without it cannot connect, so cannot run code in the workers
+    (before, ``Client("tcp://127.0.0.1:<port>").run(...)`` wrote a file from both workers)."""
+    import os
+    import re
+    import signal
+
+    from distributed import Client
+    from distributed.security import Security
+
+    path = write_config(tmp_path, cohort)
+    out = tmp_path / "out"
+    env = {**os.environ, "BIGMM_TEST_PAUSE_AT": "variant_stats"}
+    proc = subprocess.Popen([sys.executable, "-m", "bigmm.pipeline.cli", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and address is None:
+            log = out / "run.log"
+            text = log.read_text() if log.exists() else ""
+            if "test pause at variant_stats" in text:
+                address = re.search(r"scheduler (\w+://127\.0\.0\.1:\d+)", text).group(1).replace("tcp:", "tls:")
+            time.sleep(0.1)
+        assert address, "the run did not reach variant_stats"
+        marker = tmp_path / "pwned"
+        # plain TCP, and TLS with a key of the intruder's own (not signed by the run's CA)
+        attempts = [(address.replace("tls://", "tcp://"), None), (address, Security.temporary())]
+        for addr, security in attempts:
+            with pytest.raises((OSError, TimeoutError)):
+                with Client(addr, timeout="5s", security=security) as c:
+                    c.run(lambda: open(marker, "w").write("x"))
+        assert not marker.exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

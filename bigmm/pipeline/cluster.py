@@ -73,8 +73,9 @@ def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None)
                   local_directory=jq.local_directory, log_directory=jq.log_directory,
                   interface=jq.interface, job_name=f"bigmm-{cfg.backend}",
                   # the scheduler's HTTP server on localhost only, unless the dashboard is asked for
+                  # (on 127.0.0.1 either way: reach it with an ssh tunnel, never from the network)
                   scheduler_options={"dashboard": cfg.dashboard,
-                                     "dashboard_address": ":8787" if cfg.dashboard else "127.0.0.1:0"})
+                                     "dashboard_address": "127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0"})
     if jq.queue:
         kwargs["queue"] = jq.queue
     if jq.account:  # SGE calls it the project (-P)
@@ -104,6 +105,7 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
     import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
+    from distributed.security import Security
 
     with dask.config.set({"distributed.scheduler.worker-ttl": f"{cfg.worker_ttl}s"}):
         if cfg.backend == "address":
@@ -140,7 +142,11 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
         nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
         env = {k: str(nblas) for k in BLAS_ENV}
         saved = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's env
+        # mutual TLS with a key made for this run and held in memory: another local user (or
+        # process) reaching the scheduler's port cannot submit work to the workers
+        security = Security.temporary()
         cluster = LocalCluster(
+            security=security,
             n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
             host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
             scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
@@ -155,8 +161,9 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
         # Dask's nanny sets the BLAS variables to 1 before the worker starts, and `env` arrives after
         # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
         client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
-        log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d%s", cfg.workers,
-                 cfg.threads_per_worker, cfg.memory_limit, nblas,
+        log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d, scheduler %s "
+                 "(mutual TLS with a key of this run)%s", cfg.workers,
+                 cfg.threads_per_worker, cfg.memory_limit, nblas, cluster.scheduler_address,
                  f", dashboard {client.dashboard_link}" if cfg.dashboard else "")
         try:
             yield client

@@ -206,3 +206,31 @@ def write_blup(path: Path, ids: list, names: list, genetic_values: np.ndarray) -
     for (f, i), g in zip(ids, genetic_values):
         lines.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" for x in g))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+class StepCheckpoint:
+    """The matrix-free REML's state after each Lanczos step, one .npz file replaced atomically
+    (``reml.partial/state.npz``); :meth:`load` returns it (or None), and the solver resumes after
+    that step if the state is of the same inputs. The last state is kept as the stage's output
+    (``reml_state.npz``): predictions rebuild the fit from it without a pass over X."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                meta = json.loads(bytes(f["meta"]).decode())
+                arrays = {k: f[k] for k in f.files if k != "meta"}
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("matrix-free REML: ignoring an unusable checkpoint %s (%s)", self.path, exc)
+            return None
+        return {"meta": meta, "arrays": arrays}
+
+    def save(self, state: dict) -> None:
+        arrays = dict(state["arrays"])
+        arrays["meta"] = np.frombuffer(json.dumps(state["meta"]).encode(), dtype=np.uint8)
+        with atomic_file(self.path, "wb") as fh:
+            np.savez(fh, **arrays)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
+
 from dask.utils import format_bytes, parse_bytes
 
 from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes
 from ..passes import plan_pass
-from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, pass_columns, subspace_width
+from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, driver_bytes, pass_columns, subspace_width
 from ..store import file_fingerprint
 from .config import ClusterConfig, RunConfig
 
@@ -50,12 +52,26 @@ def spectrum_method(cfg: RunConfig, n: int) -> str:
     return cfg.spectrum.method
 
 
-def needs_grm(cfg: RunConfig, method: str) -> bool:
-    """The GRM stage runs for an exact spectrum or a GCTA export."""
-    return method == "exact" or cfg.gcta_prefix() is not None
+def reml_method(cfg: RunConfig, n: int) -> str:
+    """The REML that will run: ``auto`` is spectral up to ``spectrum.exact_max_n`` samples (on
+    the exact spectrum), matrix-free above."""
+    if cfg.reml.method == "auto":
+        return "spectral" if n <= cfg.spectrum.exact_max_n else "matrix_free"
+    return cfg.reml.method
 
 
-def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None = None) -> dict[str, dict]:
+def needs_spectrum(cfg: RunConfig, rmethod: str) -> bool:
+    """Spectral REML needs the spectrum; matrix-free REML only to deflate or for PCs as covariates."""
+    return rmethod == "spectral" or cfg.reml.deflate > 0 or cfg.covariates.pcs > 0
+
+
+def needs_grm(cfg: RunConfig, method: str, rmethod: str = "spectral") -> bool:
+    """The GRM stage runs for an exact spectrum (when one is needed) or a GCTA export."""
+    return (method == "exact" and needs_spectrum(cfg, rmethod)) or cfg.gcta_prefix() is not None
+
+
+def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None = None,
+                 rmethod: str = "spectral") -> dict[str, dict]:
     """What each stage depends on, beyond its upstream stages.
 
     ``genotype_provenance``: for a given cohort or VCF Zarr store, its creation record
@@ -64,7 +80,7 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     g = cfg.genotypes
     if g.plink is not None:
         prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
-        geno = {"plink": {"bed": file_fingerprint(prefix + ".bed", content=False),
+        geno = {"plink": {"bed": file_fingerprint(prefix + ".bed", content="sampled"),
                           "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
                 "chunks": list(g.chunks)}
     else:
@@ -74,39 +90,51 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     if method == "randomized":
         spec.update(rank=sc.rank, oversample=sc.oversample, power_iters=sc.power_iters, seed=sc.seed,
                     probes=sc.probes, dtype=sc.dtype, algorithm=sc.algorithm)
+    tables = {"phenotypes": cfg.section_fingerprint("phenotypes"),
+              "phenotype_file": file_fingerprint(cfg.phenotypes.file),
+              "covariates": cfg.section_fingerprint("covariates"),
+              "covariate_file": file_fingerprint(cfg.covariates.file),
+              "qcovar_file": file_fingerprint(cfg.covariates.qcovar),
+              "covar_file": file_fingerprint(cfg.covariates.covar)}
     return {
         "ingest": geno,
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
                           "include": file_fingerprint(cfg.variants.include)},
         "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
         "spectrum": spec,
-        "rotate": {"phenotypes": cfg.section_fingerprint("phenotypes"),
-                   "phenotype_file": file_fingerprint(cfg.phenotypes.file),
-                   "covariates": cfg.section_fingerprint("covariates"),
-                   "covariate_file": file_fingerprint(cfg.covariates.file),
-                   "qcovar_file": file_fingerprint(cfg.covariates.qcovar),
-                   "covar_file": file_fingerprint(cfg.covariates.covar)},
-        "reml": {"reml": cfg.section_fingerprint("reml")},
+        "rotate": tables,
+        "reml": ({"reml": cfg.section_fingerprint("reml")} if rmethod == "spectral"
+                 else {"reml": cfg.section_fingerprint("reml"), "method": "matrix_free", **tables}),
         "blup": {"predict": cfg.section_fingerprint("predict")},
         "report": {"export_gcta": str(cfg.gcta_prefix())},
     }
 
 
-def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None) -> dict[str, dict]:
-    """Fingerprint and upstream stages of every stage that this run needs."""
-    inputs = stage_inputs(cfg, method, genotype_provenance)
+def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None,
+               rmethod: str = "spectral") -> dict[str, dict]:
+    """Fingerprint and upstream stages of every stage that this run needs.
+
+    ``method`` is the spectrum's (exact or randomized), ``rmethod`` the REML's (spectral or
+    matrix_free: then there is no rotate stage, and no spectrum unless deflation or PCs ask).
+    """
+    inputs = stage_inputs(cfg, method, genotype_provenance, rmethod)
+    spectral = rmethod == "spectral"
+    with_spectrum = needs_spectrum(cfg, rmethod)
     from_plink = cfg.genotypes.plink is not None
     if not from_plink:  # a given cohort store: no ingest stage, the statistics depend on the store
         inputs["variant_stats"] = {**inputs["variant_stats"], "store": inputs["ingest"]}
     upstream = {"ingest": [], "variant_stats": ["ingest"] if from_plink else [], "grm": ["variant_stats"],
                 "spectrum": ["variant_stats"] + (["grm"] if method == "exact" else []),
-                "rotate": ["spectrum"], "reml": ["rotate"], "blup": ["reml"],
+                "rotate": ["spectrum"],
+                "reml": ["rotate"] if spectral else ["variant_stats"] + (["spectrum"] if with_spectrum else []),
+                "blup": ["reml"],
                 "report": ["reml"] + (["blup"] if cfg.predict.blup else [])
                 + (["grm"] if cfg.gcta_prefix() is not None else [])}
     plan: dict[str, dict] = {}
     for name in STAGES:
-        if (name == "grm" and not needs_grm(cfg, method)) or (name == "ingest" and not from_plink) or \
-                (name == "blup" and not cfg.predict.blup):
+        if (name == "grm" and not needs_grm(cfg, method, rmethod)) or (name == "ingest" and not from_plink) or \
+                (name == "blup" and not cfg.predict.blup) or (name == "spectrum" and not with_spectrum) or \
+                (name == "rotate" and not spectral):
             continue
         ups = upstream[name]
         fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
@@ -118,7 +146,7 @@ def task_memory(cc: ClusterConfig) -> int | None:
     """Bytes one task may use: 60% of a worker's memory (Dask starts spilling there) per thread.
 
     >>> from bigmm.pipeline.config import ClusterConfig
-    >>> task_memory(ClusterConfig(memory_limit="4GiB", threads_per_worker=1)) / 2**30
+    >>> round(task_memory(ClusterConfig(memory_limit="4GiB", threads_per_worker=1)) / 2**30, 3)
     2.4
     """
     if cc.backend == "local":
@@ -129,14 +157,61 @@ def task_memory(cc: ClusterConfig) -> int | None:
     return None
 
 
-def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int) -> dict:
+def matrix_free_width(missing: np.ndarray, c: int, probes: int, deflate: int) -> int:
+    """Vectors in the widest pass of the matrix-free REML (its first): per missing-value pattern
+    of the phenotypes (``missing``: n x m, True where missing) its ``c`` fixed effects and its
+    phenotypes, ``probes`` probe vectors and a ones vector, and for a pattern with missing
+    samples the ``deflate`` deflation vectors restricted to its observed samples.
+
+    >>> matrix_free_width(np.zeros((10, 3), bool), 2, 30, 0)
+    36
+    """
+    m = missing.shape[1]
+    patterns: dict[bytes, int] = {}
+    packed = np.packbits(missing, axis=0)
+    for j in range(m):
+        key = packed[:, j].tobytes()
+        patterns[key] = patterns.get(key, 0) + 1
+    width = 0
+    for key, m_g in patterns.items():
+        width += c + m_g + probes + 1
+        if any(key):
+            width += deflate
+    return width
+
+
+def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str = "spectral",
+                 mf_width: int | None = None) -> dict:
     """Refuse, before computing, a configuration whose tasks cannot fit their memory.
 
     Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
-    driver's need, for the user to read (``bigmm check``).
+    driver's need, for the user to read (``bigmm check``). ``mf_width``: the vectors of the
+    matrix-free REML's widest pass (:func:`matrix_free_width`).
     """
     out: dict = {}
-    if method == "randomized":
+    with_spectrum = needs_spectrum(cfg, rmethod)
+    if rmethod == "matrix_free":
+        r = cfg.reml
+        if r.deflate >= n:
+            raise InputError(f"reml.deflate = {r.deflate} must be below the number of genotyped samples "
+                             f"n = {n}; with all eigenpairs use reml.method: spectral on an exact spectrum")
+        if r.deflate > 0 and method == "randomized" and r.deflate > cfg.spectrum.rank:
+            raise InputError(f"reml.deflate = {r.deflate} exceeds spectrum.rank = {cfg.spectrum.rank}: "
+                             f"the deflation vectors are the top eigenpairs of the spectrum; raise "
+                             f"spectrum.rank or lower reml.deflate")
+        itemsize_mf = 4 if r.dtype == "float32" else 8
+        try:
+            plan = plan_pass(n, mf_width or 1, [(0, variant_chunk)], task_memory(cfg.cluster), 1, itemsize_mf)
+        except InputError as exc:
+            raise InputError(f"matrix-free REML: a pass carries {mf_width} vectors (fixed effects, "
+                             f"phenotypes and {r.probes} probes per missing-value pattern) and does not "
+                             f"fit: {exc}; fit the phenotypes in smaller groups (phenotypes.columns) or "
+                             f"with fewer reml.probes") from None
+        out.update(mf_pass_vectors=mf_width, mf_pass_task_bytes=plan.task_bytes,
+                   mf_max_passes=r.max_steps,
+                   # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
+                   mf_driver_bytes=8 * n * (mf_width + r.max_steps * max(1, mf_width - r.probes - 1)))
+    if method == "randomized" and with_spectrum:
         sc = cfg.spectrum
         if not 0 < sc.rank < n:
             raise InputError(f"spectrum.rank must be between 1 and n − 1 = {n - 1} genotyped samples "
@@ -150,12 +225,10 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int) -> dic
         width = pass_columns(l, sc.probes, sc.algorithm)
         plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
         check_driver_memory(n, l, q, sc.algorithm)
-        from ..spectrum import driver_bytes
-
         out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes,
                    passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
-    if needs_grm(cfg, method) and mem is not None:
+    if needs_grm(cfg, method, rmethod) and mem is not None:
         block = cfg.grm.block_size or cfg.genotypes.chunks[0]
         need = block_bytes(block, variant_chunk)
         if need > mem:
@@ -163,7 +236,7 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int) -> dic
                              f"variant chunk {variant_chunk}) but the cluster memory allows "
                              f"{format_bytes(mem)} per task; raise it or set grm.block_size")
         out["grm_block_task_bytes"] = need
-    if method == "exact":
+    if method == "exact" and with_spectrum:
         out["driver_bytes"] = 2 * 8 * n * n  # K and U for eigh
     out["task_memory_bytes"] = mem
     return out

@@ -1,4 +1,5 @@
-"""Result files: ``results.json`` and ``results.tsv``, each written atomically."""
+"""Result files (``results.json``, ``results.tsv``), peer formats (.hsq, .eigenvec) and
+``report.html``, each written atomically; ``results.json`` last of all."""
 
 from __future__ import annotations
 
@@ -6,40 +7,55 @@ import json
 import math
 from pathlib import Path
 
-from ..store import atomic_write_text
+from ..store import atomic_file, atomic_write_text
 from .outputs import json_safe as _clean
 
 TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
                "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                "n_missing", "missing_method", "h2_se_method")
+#: the matrix-free REML's own columns (after the common ones, when it ran)
+MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
+                       "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+
+
+def results_document(reml: dict, run_info: dict) -> dict:
+    """The content of ``results.json``: the run's information and the fits (JSON-safe)."""
+    doc = dict(run_info)
+    doc.update(reml)
+    return _clean(doc)
+
+
+def write_results_json(outdir: Path, doc: dict) -> Path:
+    """``results.json``: written last of all, after the run is recorded complete (it marks a
+    finished run)."""
+    js = Path(outdir) / "results.json"
+    atomic_write_text(js, json.dumps(doc, indent=2) + "\n")
+    return js
 
 
 def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]:
-    """Write results.tsv then results.json (the latter marks a finished run); returns the
-    path of results.json and the document written.
+    """Write results.tsv; returns its path and the results.json document (written later by
+    :func:`write_results_json`).
 
     ``reml`` is :meth:`RemlResult.to_dict` (as stored in ``reml.json``).
     """
     outdir = Path(outdir)
-    doc = dict(run_info)
-    doc.update(reml)
-    doc = _clean(doc)
+    doc = results_document(reml, run_info)
     fits = reml["phenotypes"]
     fe_names = [fe["name"] for fe in fits[0]["fixed_effects"]] if fits else []
-    header = ["phenotype", *TSV_COLUMNS]
+    columns = TSV_COLUMNS + (MATRIX_FREE_COLUMNS if fits and "h2_se_mc" in fits[0] else ())
+    header = ["phenotype", *columns]
     for name in fe_names:
         header += [f"beta_{name}", f"se_{name}"]
     rows = ["\t".join(header)]
     for fit in fits:
-        vals = [fit["name"]] + [_fmt(fit[c]) for c in TSV_COLUMNS]
+        vals = [fit["name"]] + [_fmt(fit[c]) for c in columns]
         for fe in fit["fixed_effects"]:
             vals += [_fmt(fe["estimate"]), _fmt(fe["se"])]
         rows.append("\t".join(vals))
     tsv = outdir / "results.tsv"
-    js = outdir / "results.json"
     atomic_write_text(tsv, "\n".join(rows) + "\n")
-    atomic_write_text(js, json.dumps(doc, indent=2) + "\n")
-    return js, doc
+    return tsv, doc
 
 
 def _fmt(v) -> str:
@@ -127,16 +143,17 @@ def make_figures(doc: dict, s, U, ritz) -> dict[str, bytes]:
     import numpy as np
 
     figs: dict[str, bytes] = {}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    k = min(len(s), 100)
-    ax.plot(np.arange(1, k + 1), s[:k], "o-", ms=3)
-    ax.set_xlabel("eigenvalue index")
-    ax.set_ylabel("eigenvalue of K")
-    ax.set_yscale("log")
-    ax.set_title("Scree plot (top %d)" % k)
-    figs["scree"] = _figure_png(fig)
+    if s is not None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        k = min(len(s), 100)
+        ax.plot(np.arange(1, k + 1), s[:k], "o-", ms=3)
+        ax.set_xlabel("eigenvalue index")
+        ax.set_ylabel("eigenvalue of K")
+        ax.set_yscale("log")
+        ax.set_title("Scree plot (top %d)" % k)
+        figs["scree"] = _figure_png(fig)
     for a, b in ((0, 1), (2, 3)):
-        if U.shape[1] > b:
+        if U is not None and U.shape[1] > b:
             fig, ax = plt.subplots(figsize=(4.5, 4.5))
             ax.scatter(U[:, a], U[:, b], s=4, alpha=0.6)
             ax.set_xlabel(f"PC{a + 1}")
@@ -166,31 +183,35 @@ def make_figures(doc: dict, s, U, ritz) -> dict[str, bytes]:
     return figs
 
 
+#: every figure the report can hold (``report/<name>.png``)
+FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals")
+
+
 def write_report(outdir: Path, doc: dict, s, U, ritz=None) -> Path:
-    """``report.html`` (self-contained: images inline as data URIs) and ``report/*.png``."""
+    """``report.html`` (self-contained: images inline as data URIs) and ``report/*.png``
+    (one per :data:`FIGURES` that applies)."""
     import base64
     import html
     import math
 
     outdir = Path(outdir)
     figs = make_figures(doc, s, U, ritz)
-    (outdir / "report").mkdir(exist_ok=True)
     for name, png in figs.items():
-        path = outdir / "report" / f"{name}.png"
-        tmp = path.with_suffix(".png.tmp")
-        tmp.write_bytes(png)
-        tmp.replace(path)
+        with atomic_file(outdir / "report" / f"{name}.png", "wb") as fh:
+            fh.write(png)
     e = html.escape
-    sp = doc.get("spectrum_info", {})
+    sp = doc.get("spectrum_info") or {}
+    mf = [p for p in doc["phenotypes"] if p.get("reml_method") == "matrix_free"]
     summary = [
         ("bigmm version", doc.get("bigmm_version")), ("created", doc.get("created")),
         ("genotyped samples", doc.get("n_genotyped")), ("analysed samples", doc.get("n_samples")),
         ("variants used", doc.get("n_variants")), ("variants in the data", doc.get("n_variants_total")),
         ("variants dropped", ", ".join(f"{k} {v}" for k, v in (doc.get("variants_dropped") or {}).items() if v) or "none"),
         ("standardization", doc.get("standardize")),
-        ("spectrum", f"{sp.get('method')} (requested {sp.get('requested')}), n = {sp.get('n')}, k = {sp.get('k')}"
-         + (f", {sp.get('passes_over_X')} passes over X, max Ritz residual {sp.get('max_ritz_residual'):.2e}"
-            if sp.get("passes_over_X") else "")),
+        ("REML method", doc.get("reml_method") or "spectral"),
+        ("spectrum", (f"{sp.get('method')} (requested {sp.get('requested')}), n = {sp.get('n')}, k = {sp.get('k')}"
+                      + (f", {sp.get('passes_over_X')} passes over X, max Ritz residual {sp.get('max_ritz_residual'):.2e}"
+                         if sp.get("passes_over_X") else "")) if sp else "none"),
         ("log-likelihood convention", doc.get("logl_convention")),
         ("config fingerprint", doc.get("config_fingerprint")),
     ]
@@ -206,6 +227,20 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None) -> Path:
             p["name"], p["n"], num(h), num(se), ci, num(p["sigma2_g"]), num(p["sigma2_g_se"]),
             num(p["sigma2_e"]), num(p["sigma2_e_se"]), num(p["pve"]), num(p["lrt_pvalue"], "{:.3g}"),
             p["boundary"] or "-", p["missing_method"], p["h2_se_method"])) + "</tr>")
+    mf_rows = []
+    for p in mf:
+        mf_rows.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
+            p["name"], p["lanczos_steps"], p["passes_over_X"], "yes" if p["converged"] else "NO",
+            num(p["delta_h2"], "{:.1e}"), num(p["delta_logl"], "{:.1e}"), p["probes"], p["deflation_rank"],
+            num(p["h2_se_stat"]), num(p["h2_se_mc"]), num(p["h2_he"]))) + "</tr>")
+    mf_section = "" if not mf else f"""<section id="matrix-free"><h2>Matrix-free REML</h2>
+<p>ℓ_R(h²) by block Lanczos quadrature on passes over the genotypes (no spectrum of K); log det H by stochastic
+Lanczos quadrature with Rademacher probes. The reported SE of h² combines the statistical SE and the Monte Carlo SD
+of ĥ² due to the probes (delete-one-probe jackknife). Convergence: the change of ĥ² and ℓ_R over the last step.
+h²_HE is the Haseman–Elston moment estimate from the first pass, a cross-check.</p>
+<table><tr><th>phenotype</th><th>Lanczos steps</th><th>passes over X</th><th>converged</th><th>|Δh²|</th><th>|Δℓ_R|</th><th>probes</th><th>deflation rank</th><th>SE (statistical)</th><th>SD (Monte Carlo)</th><th>h²_HE</th></tr>
+{''.join(mf_rows)}
+</table></section>"""
     stage_rows = []
     for name, st in (doc.get("stages") or {}).items():
         stage_rows.append(f"<tr><td>{e(name)}</td><td>{num(st.get('seconds'), '{:.1f}')}</td>"
@@ -237,6 +272,7 @@ img {{ max-width: 520px; }}
 <table><tr><th>phenotype</th><th>n</th><th>h²</th><th>SE</th><th>95% CI</th><th>σ²_g</th><th>SE</th><th>σ²_e</th><th>SE</th><th>pve</th><th>LRT p</th><th>boundary</th><th>missing</th><th>SE method</th></tr>
 {''.join(rows)}
 </table></section>
+{mf_section}
 <section id="spectrum"><h2>Spectrum and principal components</h2>
 {img('scree', 'Eigenvalues of the GRM')}{img('pc1_pc2', 'PC1 vs PC2')}{img('pc3_pc4', 'PC3 vs PC4')}{img('ritz_residuals', 'Ritz residuals')}
 </section>

@@ -9,6 +9,7 @@ run on the same directory; one left by a dead process on this host is taken over
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -24,10 +25,7 @@ from .plan import STAGE_OUTPUTS
 
 log = logging.getLogger("bigmm")
 
-PARTIALS = ("grm.zarr.partial", "spectrum.partial")
-#: everything bigmm writes in a run directory (removed by --force on another run's directory)
-RUN_FILES = ("run.json", "run.log", "gcta", "hsq", "report", "pca.eigenvec", "pca.eigenval",
-             "snp_effects.tsv", "snp_effects.zarr", "submit.sbatch") + PARTIALS + tuple(f for v in STAGE_OUTPUTS.values() for f in v)
+PARTIALS = ("grm.zarr.partial", "spectrum.partial", "reml.partial")
 LOCK_NAME = ".bigmm.lock"
 
 
@@ -53,53 +51,65 @@ def write_manifest(out: Path, manifest: dict) -> None:
     atomic_write_text(Path(out) / "run.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
+def _lock_holder(fd: int) -> dict:
+    """What a lock file says of its holder ({} when empty or unreadable)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096)
+        return json.loads(data.decode()) if data.strip() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 @contextlib.contextmanager
 def run_lock(out: Path, replace: bool = False):
-    """An exclusive lock file with PID and host; a lock left by a dead process is taken over.
+    """An exclusive lock on the run directory: ``flock`` on ``.bigmm.lock`` (PID and host inside).
+
+    The kernel releases the lock when its holder dies, however it dies, so a lock left by a
+    dead process is taken over atomically: of many processes starting at once exactly one gets
+    it (the old read-unlink-create takeover let two through). After locking, the file must
+    still be the one at the path (a holder that finished unlinks it first), else we retry.
 
     With ``replace`` (``--force`` on another run's directory, see :func:`check_output_dir`)
     the other run's files are removed once the lock is held, never under a run in progress.
     """
     path = Path(out) / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_utc()}
-    for attempt in range(2):
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                other = {}
-            stale = other.get("host") == me["host"] and not _pid_alive(int(other.get("pid", -1)))
-            if stale and attempt == 0:
-                log.warning("removing a stale lock %s left by process %s (no longer running)", path,
-                            other.get("pid"))
-                path.unlink(missing_ok=True)
-                continue
-            raise InputError(f"run directory {out} is in use by another bigmm run (process "
-                             f"{other.get('pid')} on {other.get('host')}, since {other.get('started')}); "
-                             f"wait for it to finish, or if no run is active remove {path}") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        break
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _lock_holder(fd)
+            os.close(fd)
+            who = (f"process {other['pid']} on {other.get('host', '?')}, since {other.get('started', '?')}"
+                   if other.get("pid") else "a process that is starting")
+            raise InputError(f"run directory {out} is in use by another bigmm run ({who}; it holds the lock "
+                             f"{path}); wait for it to finish") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was unlinked by a holder that finished: lock the new one
+    previous = _lock_holder(fd)
+    if previous:
+        log.warning("removing a stale lock %s left by process %s (no longer running)", path,
+                    previous.get("pid"))
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(me).encode())
+    os.fsync(fd)
     try:
         if replace:
-            log.warning("--force: removing the previous run in %s", out)
-            for name in RUN_FILES:
-                remove_path(Path(out) / name)
+            previous = read_manifest(out) or {}
+            log.warning("--force: removing the previous run's recorded outputs in %s", out)
+            remove_recorded_run(out, previous)
         yield
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # still holding the lock: nobody can hold this file now
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -140,6 +150,38 @@ def log_to(path: Path):
         log.setLevel(old)
 
 
+def stage_files(name: str, entry: dict | None) -> list[str]:
+    """The files (relative paths) stage ``name`` wrote or was writing, from its manifest entry
+    (older manifests, without the list: the stage's fixed outputs)."""
+    if entry and "files" in entry:
+        return list(entry["files"])
+    return list(STAGE_OUTPUTS.get(name, ()))
+
+
+def remove_stage_files(out: Path, name: str, entry: dict | None) -> list[str]:
+    """Remove what stage ``name`` recorded (and nothing else); folders it made and left empty go too."""
+    removed = []
+    for rel in stage_files(name, entry):
+        path = Path(out) / rel
+        if path.exists() or path.is_symlink():
+            remove_path(path)
+            removed.append(rel)
+        parent = path.parent
+        while parent != Path(out) and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    return removed
+
+
+def remove_recorded_run(out: Path, manifest: dict) -> None:
+    """Remove another run's outputs for ``--force``: what its manifest records, its partial
+    checkpoints, its manifest and log; files bigmm did not write are left where they are."""
+    for name, entry in (manifest.get("stages") or {}).items():
+        remove_stage_files(out, name, entry)
+    for name in PARTIALS + ("reml_state.npz", "run.json", "run.log"):
+        remove_path(Path(out) / name)
+
+
 def is_this_run(manifest: dict, cfg: RunConfig) -> bool:
     """Whether a run directory's manifest is this config's: the same config, or the same config
     file edited since (the stages' fingerprints then decide what reruns)."""
@@ -157,9 +199,15 @@ def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
     if not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
     manifest = read_manifest(out) if (out / "run.json").exists() else None
-    other = None if manifest is None or is_this_run(manifest, cfg) else manifest["config_fingerprint"]
-    if manifest is None and (out / "results.json").exists():
-        other = "unknown"
+    if manifest is None:
+        foreign = sorted(e for e in os.listdir(out) if e not in (LOCK_NAME, "run.log"))
+        if foreign:
+            raise InputError(f"output directory {out} exists and holds {len(foreign)} entries that are not "
+                             f"a bigmm run's ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                             f"bigmm writes only into a new or empty directory or one of its own runs, so "
+                             f"that nothing of yours is overwritten or removed: choose another output")
+        return False
+    other = None if is_this_run(manifest, cfg) else manifest.get("config_fingerprint", "unknown")
     if other is None:
         return False
     if not force:

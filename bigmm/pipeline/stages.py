@@ -39,25 +39,26 @@ import numpy as np
 import zarr
 
 from .._version import __version__
-from ..blup import genetic_values, snp_effects
+from ..blup import Blup, genetic_values, snp_effects
 from ..errors import BigmmError, InputError
 from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, default_block_size, grm, grm_complete
 from ..io.gcta import write_gcta_grm
 from ..io.plink import ingest_plink
+from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
 from ..reml import RemlResult, RotatedDesign, fit_rotated, rotate
 from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from ..store import CheckedArray, CohortStore, fsync_tree, now_utc, open_store, remove_path, verify_chunks
-from ..tasks import current_client, pause_point, total_threads
+from ..tasks import current_client, fail_point, pause_point, total_threads
 from .cluster import dask_client
 from .config import RunConfig, parse_config
-from .outputs import (PassCheckpoint, json_safe, load_reml, load_rotated, load_spectrum, load_variants, save_reml,
+from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load_rotated, load_spectrum, load_variants, save_reml,
                       save_rotated, save_spectrum, save_variants, write_blup, write_snp_effects,
                       write_spectrum_tables)
 from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_plan, task_memory
-from .report import write_hsq, write_plink_pca, write_report, write_results
-from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, run_lock, signals_raise,
+from .report import FIGURES, _safe_name, write_hsq, write_plink_pca, write_report, write_results, write_results_json
+from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
                      write_manifest)
 from .validate import Inputs, validate
 
@@ -101,7 +102,8 @@ class Runner:
         self.cfg = cfg
         self.inp = inputs
         self.out = Path(cfg.output)
-        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance)
+        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance, inputs.reml_method)
+        self.matrix_free = inputs.reml_method == "matrix_free"
         self.force = force
         self.from_stage = from_stage
         self.manifest: dict = {}
@@ -120,16 +122,36 @@ class Runner:
             return False
         if entry.get("fingerprint") != self.plan[name]["fingerprint"]:
             return False
-        return all((self.out / f).exists() for f in STAGE_OUTPUTS[name])
+        return all((self.out / f).exists() for f in self.outputs(name))
 
-    def commit(self, name: str, seconds: float, **info) -> None:
+    def planned_files(self, name: str) -> list[str]:
+        """Every file stage ``name`` may write, before it writes any (relative paths)."""
+        files = list(self.outputs(name))
+        if name == "blup":
+            files += ["snp_effects.tsv", "snp_effects.zarr"]
+        if name == "report":
+            files += [f"hsq/{_safe_name(n)}.hsq" for n in self.inp.design.phenotype_names]
+            files += ["pca.eigenvec", "pca.eigenval"] + [f"report/{f}.png" for f in FIGURES]
+            prefix = self.cfg.gcta_prefix()
+            if prefix is not None:
+                rel = prefix.relative_to(self.out)
+                files += [f"{rel}.grm.bin", f"{rel}.grm.N.bin", f"{rel}.grm.id"]
+        return files
+
+    def outputs(self, name: str) -> tuple:
+        """The files a committed stage leaves (the matrix-free REML also keeps its final state)."""
+        return STAGE_OUTPUTS[name] + (("reml_state.npz",) if name == "reml" and self.matrix_free else ())
+
+    def commit(self, name: str, seconds: float, files=None, **info) -> None:
         entry = {"status": "complete", "fingerprint": self.plan[name]["fingerprint"],
+                 "files": sorted(set(files if files is not None else self.outputs(name))),
                  "upstream": {u: self.plan[u]["fingerprint"] for u in self.plan[name]["upstream"]},
                  "inputs": self.plan[name]["inputs"], "bigmm_version": __version__,
                  "seconds": round(seconds, 3), "finished": now_utc(),
                  "driver_peak_rss_mib": round(_peak_rss_mib(), 1),
                  "workers_rss_mib": _worker_rss_mib(), **info}
         self.manifest.setdefault("stages", {})[name] = entry
+        self.manifest.pop("writing", None)
         write_manifest(self.out, self.manifest)
         log.info("stage %s: committed in %.1f s (driver peak RSS %.0f MiB%s)%s", name, seconds,
                  entry["driver_peak_rss_mib"],
@@ -145,15 +167,24 @@ class Runner:
             log.info("stage %s: up to date (fingerprint %s), skipped", name, self.plan[name]["fingerprint"])
             self.skipped.append(name)
             return None
-        # a stage that runs invalidates the record of everything downstream
+        # a stage that runs invalidates the record of everything downstream (their files were
+        # removed when the run started); what it is about to write is recorded first, so that a
+        # failure leaves nothing unrecorded behind
+        stages = self.manifest.setdefault("stages", {})
         for later in STAGES[STAGES.index(name):]:
-            self.manifest.setdefault("stages", {}).pop(later, None)
+            stages.pop(later, None)
+        self.manifest["writing"] = {"stage": name, "files": self.planned_files(name)}
         write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
         log.info("stage %s: start", name)
         pause_point(name)
+        fail_point(name)
         t0 = time.perf_counter()
         value, info = fn()
-        self.commit(name, time.perf_counter() - t0, **(info or {}))
+        info = dict(info or {})
+        files = info.pop("files", None)
+        if files is None and name == "blup":
+            files = [f for f in self.planned_files("blup") if (self.out / f).exists()]
+        self.commit(name, time.perf_counter() - t0, files=files, **info)
         self.ran.append(name)
         return value
 
@@ -182,10 +213,10 @@ class Runner:
         return CheckedArray(g["K"], f"{self.out}/grm.zarr/K")
 
     # -- stages ------------------------------------------------------------------------
-    def operator(self, dtype) -> GrmOperator:
+    def operator(self, dtype, label: str | None = None) -> GrmOperator:
         """K of all genotyped samples, on the run's cluster, within its memory per task."""
         return GrmOperator(self.store().genotypes, self.std(), dtype=np.dtype(dtype),
-                           memory=task_memory(self.cfg.cluster))
+                           memory=task_memory(self.cfg.cluster), label=label)
 
     def do_ingest(self):
         store = ingest_plink(self.inp.plink, self.out / "genotypes.zarr",
@@ -293,12 +324,42 @@ class Runner:
             self.loaded["rotated"] = load_rotated(self.out / "rotated.npz")
         return self.loaded["rotated"]
 
-    def reml(self) -> RemlResult:
+    def reml(self):
+        """The committed REML result (a matrix-free one is rebuilt from its final state, no pass)."""
         if "reml" not in self.loaded:
-            self.loaded["reml"] = load_reml(self.out / "reml.json", design=self.rotated())
+            if self.matrix_free:
+                self.loaded["reml"] = self.fit_matrix_free(StepCheckpoint(self.out / "reml_state.npz"))
+            else:
+                self.loaded["reml"] = load_reml(self.out / "reml.json", design=self.rotated())
         return self.loaded["reml"]
 
+    def model_design(self) -> tuple[np.ndarray, np.ndarray, list]:
+        """Y (NaN where missing or not analysed) and Z (with PCs if asked) over all genotyped samples."""
+        d = self.inp.design
+        Z, znames = d.Z, list(d.covariate_names)
+        if self.cfg.covariates.pcs:
+            spec = self.spectrum()
+            m = self.cfg.covariates.pcs
+            if m > spec.k:
+                raise InputError(f"covariates.pcs = {m} but the spectrum has only {spec.k} eigenvectors")
+            Z = np.hstack([Z, np.where(d.analysed[:, None], spec.U[:, :m], 0.0)])
+            znames += [f"PC{i + 1}" for i in range(m)]
+        return d.Y, Z, znames
+
+    def fit_matrix_free(self, checkpoint):
+        r = self.cfg.reml
+        Y, Z, znames = self.model_design()
+        deflate = None
+        if r.deflate:
+            spec = self.spectrum()
+            deflate = (spec.U[:, :r.deflate], spec.s[:r.deflate])
+        return fit_matrix_free(self.operator(r.dtype, "matrix-free REML pass"), Y, Z, phenotype_names=self.inp.design.phenotype_names,
+                               covariate_names=znames, probes=r.probes, max_steps=r.max_steps, tol=r.tol,
+                               deflate=deflate, seed=r.seed, grid_size=r.grid_size, checkpoint=checkpoint)
+
     def do_reml(self):
+        if self.matrix_free:
+            return self.do_reml_matrix_free()
         result = fit_rotated(self.rotated(), grid_size=self.cfg.reml.grid_size)
         for f in result.fits:
             log.info("REML %s: n = %d, h2 = %.4f (SE %.4f), sigma2_g = %.4g, sigma2_e = %.4g%s", f.name,
@@ -308,8 +369,38 @@ class Runner:
         self.loaded["reml"] = result
         return result, {"phenotypes": len(result.fits)}
 
+    def do_reml_matrix_free(self):
+        """Lanczos quadrature on passes over X, resumable by step (``reml.partial/state.npz``)."""
+        partial = self.out / "reml.partial"
+        result = self.fit_matrix_free(StepCheckpoint(partial / "state.npz"))
+        for f in result.fits:
+            log.info("REML %s (matrix-free): n = %d, h2 = %.4f (SE %.4f, of which Monte Carlo %.4f), "
+                     "h2_he = %.4f, sigma2_g = %.4g, sigma2_e = %.4g, %d steps, %s (|Δh2| %.1e, |Δℓ| %.1e)%s",
+                     f.name, f.n, f.h2, f.h2_se, f.h2_se_mc, f.h2_he, f.sigma2_g, f.sigma2_e, f.lanczos_steps,
+                     "converged" if f.converged else "NOT CONVERGED", f.delta_h2, f.delta_logl,
+                     f", boundary {f.boundary}" if f.boundary else "")
+        save_reml(self.out / "reml.json", result)
+        os.replace(partial / "state.npz", self.out / "reml_state.npz")
+        remove_path(partial)
+        self.loaded["reml"] = result
+        return result, {"phenotypes": len(result.fits), "passes_over_X": result.notes.get("passes_this_run"),
+                        "lanczos_steps": result.lanczos_steps, "converged": result.converged}
+
     def do_blup(self):
         """ĝ for every genotyped sample (blup.tsv) and, if asked, SNP effects (one pass over X)."""
+        if self.matrix_free:
+            result = self.reml()
+            op = self.operator(self.cfg.reml.dtype)
+            g, w = blup_matrix_free(op, result)
+            b = Blup(names=list(result.phenotype_names), genetic_values=g, weights=w,
+                     sigma2_g=np.array([f.sigma2_g for f in result.fits]), notes={"reml": "matrix_free"})
+            write_blup(self.out / "blup.tsv", self.inp.ids, b.names, b.genetic_values)
+            info = {"phenotypes": len(b.names), "passes_over_X": 1}
+            if self.cfg.predict.snp_effects:
+                beta = snp_effects(op, b)
+                write_snp_effects(self.out, self.store().variant_table(), self.std(), b.names, beta)
+                info["passes_over_X"] = 2
+            return b, info
         result = self.reml()
         analysed = np.flatnonzero(self.inp.design.analysed)
         b = genetic_values(self.spectrum(), result.design, result, rows=analysed,
@@ -323,7 +414,8 @@ class Runner:
         return b, info
 
     def do_report(self):
-        std, spec = self.std(), self.spectrum()
+        std = self.std()
+        spec = self.spectrum() if self.inp.spectrum_needed else None
         reml = json_safe(self.reml().to_dict())
         prefix = self.cfg.gcta_prefix()
         if prefix is not None:
@@ -337,10 +429,11 @@ class Runner:
             "n_variants_total": int(std.keep.size),
             "variants_dropped": std.dropped,
             "standardize": std.standardize,
-            "spectrum_info": {"method": spec.method, "requested": self.cfg.spectrum.method,
-                              "n": spec.n, "k": spec.k, "rank": spec.rank, "trace_K": spec.trace_K,
-                              "tail_eigenvalue": spec.tail,
-                              **{k: v for k, v in spec.diagnostics.items() if k != "ritz_residuals"}},
+            "reml_method": self.inp.reml_method,
+            "spectrum_info": None if spec is None else {
+                "method": spec.method, "requested": self.cfg.spectrum.method, "n": spec.n, "k": spec.k,
+                "rank": spec.rank, "trace_K": spec.trace_K, "tail_eigenvalue": spec.tail,
+                **{k: v for k, v in spec.diagnostics.items() if k != "ritz_residuals"}},
             "design": self.inp.design.notes,
             "stages": {k: {"seconds": v.get("seconds"), "driver_peak_rss_mib": v.get("driver_peak_rss_mib"),
                            "workers_rss_mib": v.get("workers_rss_mib")}
@@ -348,12 +441,19 @@ class Runner:
             "config_fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.model_dump(mode="json"),
         }
-        js, doc = write_results(self.out, reml, run_info)
+        _, doc = write_results(self.out, reml, run_info)
         write_hsq(self.out / "hsq", reml)
-        write_plink_pca(self.out / "pca", self.inp.ids, spec.U, spec.s, max(self.cfg.covariates.pcs, 20))
-        ritz = spec.diagnostics.get("ritz_residuals")
-        write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None)
-        return js, {}
+        fail_point("report-html")
+        if spec is None:
+            write_report(self.out, doc, None, None, None)
+        else:
+            write_plink_pca(self.out / "pca", self.inp.ids, spec.U, spec.s, max(self.cfg.covariates.pcs, 20))
+            ritz = spec.diagnostics.get("ritz_residuals")
+            write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None)
+        # results.json is written by run() after the run is recorded complete: it is the last file
+        self.loaded["results"] = doc
+        files = [f for f in self.planned_files("report") if (self.out / f).exists()] + ["results.json"]
+        return doc, {"files": files}
 
 
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None) -> RunOutcome:
@@ -384,7 +484,7 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
                                 "config_source": str(cfg.source) if cfg.source else None,
                                 "config": cfg.model_dump(mode="json"), "started": now_utc(),
-                                "spectrum_method": inputs.method,
+                                "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
                                 "genotype_provenance": inputs.genotype_provenance})
         runner.manifest.pop("error", None)
         log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
@@ -392,9 +492,18 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                  inputs.design.Z.shape[1], inputs.method,
                  " (auto)" if cfg.spectrum.method == "auto" else "")
         todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
-        if todo:
-            remove_path(out / "results.json")  # nothing that looks finished while stages rerun
-        needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects)
+        # what the stages that rerun wrote before goes first (their recorded files only): after a
+        # failure nothing that looks like a current result is left
+        recorded = runner.manifest.get("stages", {})
+        writing = runner.manifest.pop("writing", None)
+        if writing and writing.get("stage") in STAGES:  # a stage that failed or was killed mid-way
+            remove_stage_files(out, writing["stage"], writing)
+        for name in STAGES[STAGES.index(todo[0]):] if todo else ():
+            removed = remove_stage_files(out, name, recorded.get(name))
+            if removed:
+                log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
+        needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects) or \
+            (inputs.reml_method == "matrix_free" and any(s in todo for s in ("reml", "blup")))
         if client is not None or not needs_cluster:
             ctx = contextlib.nullcontext(client)
         else:
@@ -427,6 +536,8 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         runner.manifest.pop("resume_from", None)
         runner.manifest.pop("current_stage", None)
         write_manifest(out, runner.manifest)
+        if "results" in runner.loaded:
+            write_results_json(out, runner.loaded["results"])  # the last act: a finished run
         log.info("run complete: %d stages run (%s), %d up to date; results %s", len(runner.ran),
                  ", ".join(runner.ran) or "none", len(runner.skipped), out / "results.json")
     return RunOutcome(output=out, result=runner.reml(), results_json=out / "results.json",
@@ -443,7 +554,8 @@ def status(out: Path) -> list[dict]:
     try:
         cfg = parse_config(manifest["config"], base=out)
         method = manifest.get("spectrum_method") or spectrum_method(cfg, 0)
-        plan = stage_plan(cfg, method, manifest.get("genotype_provenance"))
+        plan = stage_plan(cfg, method, manifest.get("genotype_provenance"),
+                          manifest.get("reml_method") or "spectral")
         problem = None
     except (BigmmError, OSError, KeyError) as exc:
         plan, problem = {}, str(exc)
@@ -456,13 +568,14 @@ def status(out: Path) -> list[dict]:
         elif problem:
             row["rerun"] = f"unknown ({problem})"
         elif not entry:
-            partial = {"grm": "grm.zarr.partial", "spectrum": "spectrum.partial"}.get(name)
+            partial = {"grm": "grm.zarr.partial", "spectrum": "spectrum.partial", "reml": "reml.partial"}.get(name)
             if partial and (out / partial).exists():
                 row["state"] = "partial (checkpointed)"
             row["rerun"] = "yes"
         elif entry.get("fingerprint") != plan[name]["fingerprint"]:
             row["rerun"] = "yes (inputs or config changed)"
-        elif not all((out / f).exists() for f in STAGE_OUTPUTS[name]):
+        elif not all((out / f).exists() for f in STAGE_OUTPUTS[name]
+                     + (("reml_state.npz",) if name == "reml" and manifest.get("reml_method") == "matrix_free" else ())):
             row["rerun"] = "yes (outputs missing)"
         else:
             row["rerun"] = "no"

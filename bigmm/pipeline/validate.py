@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError
@@ -22,7 +23,7 @@ from ..spectrum import subspace_width
 from ..store import open_store
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      VariantsConfig, _resolve, parse_config, read_yaml)
-from .plan import check_memory, needs_grm, spectrum_method
+from .plan import check_memory, matrix_free_width, needs_grm, needs_spectrum, reml_method, spectrum_method
 from .rundir import check_output_dir
 
 
@@ -35,11 +36,13 @@ class Inputs:
     include: list | None
     n_variants: int
     method: str
+    reml_method: str
     variant_chunk: int
     plink: PlinkFileset | None = None
     store: object = None  # the cohort or VCF Zarr store a config names (not for PLINK input)
     memory_plan: dict = field(default_factory=dict)
     replace_other_run: bool = False
+    spectrum_needed: bool = True
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -56,7 +59,12 @@ class Inputs:
                  f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
                  f"variants: {self.n_variants} in the genotype input"
                  + (f", {len(self.include)} in the include list" if self.include is not None else ""),
-                 f"spectrum: {self.method}"]
+                 f"REML: {self.reml_method}; spectrum: "
+                 + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
+        if "mf_pass_vectors" in mp:
+            lines.append(f"matrix-free passes over X: at most {mp['mf_max_passes']} Lanczos steps of "
+                         f"{mp['mf_pass_vectors']} vectors ({format_bytes(mp['mf_pass_task_bytes'])} per task), "
+                         f"driver up to {format_bytes(mp['mf_driver_bytes'])}")
         if "passes_over_X" in mp:
             lines.append(f"passes over X: {mp['passes_over_X'] + 1} (variant statistics + spectrum), "
                          f"widest pass {mp['pass_vectors']} vectors")
@@ -90,15 +98,17 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def estimate_disk(cfg: RunConfig, n: int, p: int, method: str) -> dict[str, int]:
+def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral") -> dict[str, int]:
     """Bytes the run will write, by output (upper bounds; stores are compressed)."""
     need = {}
     if cfg.genotypes.plink is not None:
         need["genotypes.zarr (int8, before compression)"] = n * p
-    if needs_grm(cfg, method):
+    if needs_grm(cfg, method, rmethod):
         need["grm.zarr (float64 n x n)"] = 8 * n * n
     if cfg.gcta_prefix() is not None:
         need["GCTA .grm.bin + .grm.N.bin"] = 4 * n * (n + 1)
+    if not needs_spectrum(cfg, rmethod):
+        return need
     k = n if method == "exact" else cfg.spectrum.rank
     need["spectrum.zarr (U, float64 n x k)"] = 8 * n * k
     if method == "randomized":
@@ -107,8 +117,8 @@ def estimate_disk(cfg: RunConfig, n: int, p: int, method: str) -> dict[str, int]
     return need
 
 
-def _check_disk(cfg: RunConfig, n: int, p: int, method: str) -> None:
-    need = estimate_disk(cfg, n, p, method)
+def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str) -> None:
+    need = estimate_disk(cfg, n, p, method, rmethod)
     total = sum(need.values())
     where = Path(cfg.output)
     while not where.exists():
@@ -207,24 +217,32 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     problems: list[str] = []
     got = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants)
     ids = got.get("ids")
-    method = None
+    method = rmethod = None
     memory_plan: dict = {}
     if ids is not None:
         method = spectrum_method(cfg, len(ids))
-        memory_plan = _attempt(problems, check_memory, cfg, len(ids), method, got["variant_chunk"]) or {}
+        rmethod = reml_method(cfg, len(ids))
+        mf_width = None
+        if rmethod == "matrix_free" and "design" in got:
+            d = got["design"]
+            mf_width = matrix_free_width(np.isnan(d.Y), d.Z.shape[1] + cfg.covariates.pcs, cfg.reml.probes,
+                                         cfg.reml.deflate)
+        memory_plan = _attempt(problems, check_memory, cfg, len(ids), method, got["variant_chunk"], rmethod,
+                               mf_width) or {}
         if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
             problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
         if got.get("n_variants") is not None:
-            _attempt(problems, _check_disk, cfg, len(ids), got["n_variants"], method)
+            _attempt(problems, _check_disk, cfg, len(ids), got["n_variants"], method, rmethod)
     replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
     if contact_cluster:
         _attempt(problems, _check_cluster, cfg.cluster)
     if problems or "design" not in got:
         return problems, None
     return problems, Inputs(ids=ids, design=got["design"], include=got.get("include"),
-                            n_variants=got["n_variants"], method=method, variant_chunk=got["variant_chunk"],
+                            n_variants=got["n_variants"], method=method, reml_method=rmethod,
+                            variant_chunk=got["variant_chunk"],
                             plink=got.get("plink"), store=got.get("store"), memory_plan=memory_plan,
-                            replace_other_run=bool(replace))
+                            replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod))
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
