@@ -78,7 +78,8 @@ def _group_weights(spec: Spectrum, Z: np.ndarray, rot, fit_by_name: dict) -> np.
             r = Y0[:, j] - Zaug @ omega
             w += (r - U @ rt) / (s2 * dt)
         w[~obs] = 0.0  # exactly zero in theory (indicator columns absorb y_m); clean round-off
-        W[:, j] = w
+        # Yt, Yo are on the unit residual scale a (see rotate): V⁻¹ r = a (σ'² H)⁻¹ r' / a² ⋅ a²/a
+        W[:, j] = w * (float(rot.scale[j]) if rot.scale is not None else 1.0)
     return W
 
 

@@ -129,13 +129,14 @@ class _Rotated:
     indicator columns sit after the ``c_user`` user columns of Z̃.
     """
 
-    ARRAYS = ("s", "Zt", "Yt", "ZZt", "Zyt", "yyt", "ritz_cross", "shift", "obs", "Yo")
+    ARRAYS = ("s", "Zt", "Yt", "ZZt", "Zyt", "yyt", "ritz_cross", "shift", "obs", "Yo", "scale")
     META = ("n", "n_tail", "lam", "c_user", "n_ind", "names", "cols", "method", "hmax",
             "mean_diag_K", "mean_K", "tail_excess", "spectrum_method")
 
     def __init__(self, s, Zt, Yt, n, n_tail, lam, ZZt, Zyt, yyt, c_user, n_ind, *, names=(),
                  cols=(), method="none", hmax=1.0, mean_diag_K=float("nan"), mean_K=float("nan"),
-                 tail_excess=0.0, ritz_cross=None, spectrum_method="exact", shift=None, obs=None, Yo=None):
+                 tail_excess=0.0, ritz_cross=None, spectrum_method="exact", shift=None, obs=None, Yo=None,
+                 scale=None):
         self.s = s
         self.Zt = Zt
         self.Yt = Yt
@@ -164,6 +165,9 @@ class _Rotated:
         #: predictions need besides the spectrum (saved with the rest)
         self.obs = obs
         self.Yo = Yo
+        #: the residual SD of each phenotype after its OLS fit: Yt and Yo are divided by it, so the
+        #: fit runs on a unit scale whatever the units (a trait of size 1e-200 no longer underflows)
+        self.scale = scale
         #: the OLS coefficients removed from Y before rotation (c_user x m), added back to ω̂
         self.shift = shift
 
@@ -178,7 +182,8 @@ class _Rotated:
         m = dict(meta)
         return cls(a["s"], a["Zt"], a["Yt"], m.pop("n"), m.pop("n_tail"), m.pop("lam"), a["ZZt"],
                    a["Zyt"], a["yyt"], m.pop("c_user"), m.pop("n_ind"), ritz_cross=a["ritz_cross"],
-                   shift=a["shift"], obs=None if a["obs"] is None else a["obs"].astype(bool), Yo=a["Yo"], **m)
+                   shift=a["shift"], obs=None if a["obs"] is None else a["obs"].astype(bool), Yo=a["Yo"],
+                   scale=a["scale"], **m)
 
     def gls(self, h: float, j: int) -> np.ndarray:
         """ω̂ of phenotype j at h² = h, all columns of Z̃ (user and indicator), in the rotated basis."""
@@ -521,17 +526,27 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
         lrt = 0.0 if h == 0.0 else max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
         pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
         pve = sg * dpve / (sg * dpve + se) if (sg * dpve + se) > 0 else float("nan")
+        # back from the unit residual scale the fit ran on (rotate): y = a y', so σ² = a² σ'²,
+        # ω = a ω' (+ the OLS shift), ℓ = ℓ' − (number of error contrasts) log a
+        a = np.float64(rot.scale[j] if rot.scale is not None else 1.0)
+        la = float(np.log(a))
+        with np.errstate(over="ignore", under="ignore"):  # a²σ² beyond float64 is reported as inf / 0
+            a2 = a * a
+            sg, se, sg_se, se_se = (float(v * a2) for v in (sg, se, sg_se, se_se))
+            cov_ge = float(cov[0, 1] * a2 * a2)
         shift = rot.shift[:, j] if rot.shift is not None else np.zeros(len(znames))
-        fe = tuple(FixedEffect(name=zn, estimate=float(omega[i] + shift[i]), se=float(np.sqrt(C[i, i])))
-                   for i, zn in enumerate(znames))
+        with np.errstate(over="ignore"):
+            fe = tuple(FixedEffect(name=zn, estimate=float(a * omega[i] + shift[i]), se=float(a * np.sqrt(C[i, i])))
+                       for i, zn in enumerate(znames))
         fits.append(PhenotypeFit(
             name=name, n=n_obs, h2=h, h2_se=h_se, h2_se_method=se_method,
             h2_se_curvature=h_se_curv, pve=float(pve),
             mean_diag_K=mdiag, sigma2_g=sg, sigma2_g_se=sg_se, sigma2_e=se, sigma2_e_se=se_se,
-            logl_reml=float(ll_reml[j]), logl_reml_h2_0=float(ll0[j]), logl_ml=float(ll_ml[j]),
+            logl_reml=float(ll_reml[j]) - (rot.n - rot.c) * la, logl_reml_h2_0=float(ll0[j]) - (rot.n - rot.c) * la,
+            logl_ml=float(ll_ml[j]) - n_obs * la,
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
             fixed_effects=fe, n_missing=rot.n_missing, missing_method=rot.method,
-            sigma2_g_sigma2_e_cov=float(cov[0, 1]),
+            sigma2_g_sigma2_e_cov=cov_ge,
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else "")))
     return fits
@@ -664,7 +679,28 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
         Qz, Rz = np.linalg.qr(Z[obs])
         QtY = Qz.T @ Yo
         shift[:, cols] = solve_triangular(Rz, QtY, lower=False)
+        n_o = int(obs.sum())
+        # sizes before the fit is removed (relative to each column's largest value: no overflow)
+        big_y = np.max(np.abs(Yo), axis=0)
+        tss = np.einsum("ij,ij->j", Yo / big_y, Yo / big_y)
         Yo = _subtract_fit(Yo, Qz, QtY, owned=y_owned or Yo is not Y)
+        # the fit runs on a unit residual scale (REML is scale-equivariant; results are scaled
+        # back in _fit_group): a phenotype the fixed effects explain completely has nothing left
+        big_r = np.max(np.abs(Yo), axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            unit = Yo / np.where(big_r > 0, big_r, 1.0)
+            rss = np.einsum("ij,ij->j", unit, unit)
+            rel = rss * (big_r / big_y) ** 2 / tss
+        for jj in np.flatnonzero(~(rel > 1e-20)):
+            raise InputError(f"phenotype {names[cols[jj]]!r} is explained completely by the fixed effects "
+                             f"(after fitting them on its {n_o} samples, {rel[jj]:.2g} of its sum of squares "
+                             f"is left): nothing remains for REML; drop the phenotype, or the covariate "
+                             f"that duplicates it")
+        scale = big_r * np.sqrt(rss / (n_o - c))
+        if Yo is Y or Yo is Yg:
+            Yo = Yo / scale
+        else:
+            Yo /= scale
         n_miss = int((~obs).sum())
         meta = dict(names=[names[j] for j in cols], cols=cols)
         if n_miss == 0:
@@ -677,7 +713,7 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
             Yf[obs] = Yo
             rot = _rotate(spectrum, Yf, Z, obs, method="indicator", **meta)
         rot.n_missing = n_miss
-        rot.obs, rot.Yo = obs, Yo
+        rot.obs, rot.Yo, rot.scale = obs, Yo, scale
         rotated.append(rot)
         rotated.append(rot)
     for rot in rotated:

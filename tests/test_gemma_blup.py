@@ -86,11 +86,13 @@ def models(cohort):
                 if setting == "reml":
                     r, mu = res, f.fixed_effects[0].estimate
                 else:  # λ = σ²_g/σ²_e = 1 exactly, as GEMMA's -lmin 1 -lmax 1; σ² profiled at h² = 0.5
-                    s2 = float(rot.groups[0].loglik(0.5, cols=[0])[2][0])
-                    ff = dataclasses.replace(f, h2=0.5, sigma2_g=0.5 * s2, sigma2_e=0.5 * s2)
+                    g0 = rot.groups[0]  # rotated on y less its OLS fit, divided by its residual SD a
+                    a = float(g0.scale[0])
+                    s2u = float(g0.loglik(0.5, cols=[0])[2][0])  # σ² on that unit scale
+                    ff = dataclasses.replace(f, h2=0.5, sigma2_g=0.5 * s2u * a * a, sigma2_e=0.5 * s2u * a * a)
                     r = RemlResult(fits=(ff,), spectrum_method=res.spectrum_method)
-                    g0 = rot.groups[0]  # GLS at λ = 1 (on y less its OLS fit, which rotate removes)
-                    mu = float(g0.fixed_and_information(0, 0.5, s2)[0][0] + g0.shift[0, 0])
+                    # GLS at λ = 1, back on y's scale
+                    mu = float(a * g0.fixed_and_information(0, 0.5, s2u)[0][0] + g0.shift[0, 0])
                 blup = genetic_values(spec, rot, r)
                 beta = snp_effects(GrmOperator(store.genotypes, std), blup)
                 out[gk, setting, missing] = dict(std=std, K=K, fit=r["trait"], blup=blup, beta=beta[:, 0],

@@ -304,3 +304,79 @@ def test_an_unauthenticated_client_cannot_use_the_runs_cluster(tmp_path, cohort)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+# ---------------------------------------------------------------------------
+# degenerate fits: scale, and a phenotype the covariates explain completely
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_problem():
+    import numpy as np
+
+    rng = np.random.default_rng(17)
+    n, p = 150, 400
+    X = rng.standard_normal((n, p))
+    K = X @ X.T / p
+    Z = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    L = np.linalg.cholesky(0.5 * K + 0.5 * np.eye(n))
+    y = Z @ [1.0, 0.3] + L @ rng.standard_normal(n)
+    return K, Z, y
+
+
+@pytest.mark.parametrize("factor", [1e-70, 1e-150, 1e-200, 1e70, 1e150])
+def test_reml_is_scale_equivariant_at_extreme_scales(small_problem, factor):
+    """REML is scale-equivariant: y → a y leaves ĥ², its SE and the LRT unchanged, multiplies σ²
+    by a² and ω̂ by a, and moves ℓ_R by −(n − c) log a. The fit runs on a unit residual scale, so
+    this holds to round-off at a = 1e±150 (before: a = 1e-70 gave SE NaN, 1e-200 gave h² = 0 and
+    σ² = 0). σ² itself is checked where a²σ² is representable in float64."""
+    import math
+
+    import numpy as np
+
+    import bigmm
+
+    K, Z, y = small_problem
+    spec = bigmm.exact_spectrum(K)
+    ref = bigmm.fit_reml(spec, y, Z).fits[0]
+    got = bigmm.fit_reml(spec, y * factor, Z).fits[0]
+    assert got.h2 == pytest.approx(ref.h2, abs=1e-10)
+    assert got.h2_se == pytest.approx(ref.h2_se, rel=1e-8)
+    assert got.lrt_stat == pytest.approx(ref.lrt_stat, rel=1e-8, abs=1e-8)
+    n, c = Z.shape
+    assert got.logl_reml == pytest.approx(ref.logl_reml - (n - c) * math.log(factor), rel=1e-12)
+    assert got.fixed_effects[1].estimate == pytest.approx(ref.fixed_effects[1].estimate * factor, rel=1e-8)
+    if 1e-300 < factor ** 2 * ref.sigma2_g < 1e300:
+        assert got.sigma2_g == pytest.approx(ref.sigma2_g * factor ** 2, rel=1e-8)
+        assert got.sigma2_g_se == pytest.approx(ref.sigma2_g_se * factor ** 2, rel=1e-6)
+    assert np.isfinite(got.h2_se)
+
+
+def test_a_phenotype_the_covariates_explain_is_refused(small_problem):
+    """y identical to a covariate: nothing is left after the fixed effects, and REML is refused
+    with the phenotype named (before: h² = 0, σ²_e ~ 1e-27, exit 0)."""
+    import numpy as np
+
+    import bigmm
+    from bigmm.errors import InputError
+
+    K, Z, y = small_problem
+    spec = bigmm.exact_spectrum(K)
+    with pytest.raises(InputError, match="'dup' is explained completely by the fixed effects"):
+        bigmm.fit_reml(spec, np.column_stack([y, Z[:, 1] * 3.0 + 2.0]), Z, phenotype_names=["y", "dup"])
+
+
+def test_a_huge_phenotype_value_gives_a_report_not_a_traceback(tmp_path, cohort):  # noqa: F811
+    """One value of 1e160 in the phenotype file: the run ends with results and a report (σ² may be
+    beyond float64 and is then written NA), no OverflowError from the .hsq or the report."""
+    lines = cohort.pheno.read_text().splitlines()
+    fields = lines[1].split("\t")
+    fields[2] = "1e160"
+    lines[1] = "\t".join(fields)
+    pheno = tmp_path / "huge.tsv"
+    pheno.write_text("\n".join(lines) + "\n")
+    path = write_config(tmp_path, cohort, phenotypes={"file": str(pheno)})
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (tmp_path / "out" / "report.html").exists() and list((tmp_path / "out" / "hsq").glob("*.hsq"))

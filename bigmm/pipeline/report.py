@@ -76,17 +76,22 @@ def write_hsq(outdir: Path, reml: dict) -> list[Path]:
     GCTA's logL is its REML log-likelihood; bigmm writes its own (Harville, no
     ½ log det ZᵀZ) and says so in a trailing comment line.
     """
+    import numpy as np
+
+    def val(key):  # JSON null (NaN, ±inf) as NaN, in float64 arithmetic: no OverflowError
+        v = fit.get(key)
+        return np.float64("nan") if v is None else np.float64(v)
+
     paths = []
     for fit in reml["phenotypes"]:
-        vp = fit["sigma2_g"] + fit["sigma2_e"]
-        cov = fit.get("sigma2_g_sigma2_e_cov")
-        var_vp = None
-        if fit["sigma2_g_se"] is not None and fit["sigma2_e_se"] is not None and cov is not None:
-            var_vp = fit["sigma2_g_se"] ** 2 + fit["sigma2_e_se"] ** 2 + 2 * cov
+        with np.errstate(over="ignore", invalid="ignore"):
+            vp = val("sigma2_g") + val("sigma2_e")
+            var_vp = val("sigma2_g_se") ** 2 + val("sigma2_e_se") ** 2 + 2 * val("sigma2_g_sigma2_e_cov")
+            se_vp = float(np.sqrt(var_vp)) if var_vp > 0 else float("nan")
         rows = [("Source", "Variance", "SE"),
                 ("V(G)", _fmt(fit["sigma2_g"]), _fmt(fit["sigma2_g_se"])),
                 ("V(e)", _fmt(fit["sigma2_e"]), _fmt(fit["sigma2_e_se"])),
-                ("Vp", _fmt(vp), _fmt(var_vp ** 0.5 if var_vp and var_vp > 0 else float("nan"))),
+                ("Vp", _fmt(float(vp)), _fmt(se_vp)),
                 ("V(G)/Vp", _fmt(fit["h2"]), _fmt(fit["h2_se"])),
                 ("logL", _fmt(fit["logl_reml"]), ""),
                 ("logL0", _fmt(fit["logl_reml_h2_0"]), ""),
