@@ -16,9 +16,10 @@ is a function of matrix functions of K only:
   ``θ, S``) and ``Bᵀ f(K) B ≈ R₀ᵀ E₁ᵀ f(T) E₁ R₀``. The Krylov space does not
   depend on h: after one eigendecomposition of ``T`` every h costs O(dim T · b);
 * ``log det H = tr log(hK + 1 − h)`` by stochastic Lanczos quadrature (SLQ)
-  with Rademacher probes, optionally deflated by k orthonormal vectors U, and
-  with the linear part of ``log(hλ + 1 − h)`` (whose trace is known exactly
-  from ``tr K``) taken out as a control variate.
+  with Rademacher probes, optionally deflated by k orthonormal vectors U, with
+  the linear part of ``log(hλ + 1 − h)`` (whose trace is known exactly from
+  ``tr K``) and the converged Ritz pairs of the ``[Z, Y]`` block taken out as
+  control variates.
 
 Each Lanczos step applies K ONCE to one block holding every recurrence's
 current vectors side by side (the ``[Z, Y]`` block of every missing-value
@@ -30,7 +31,6 @@ See :func:`fit_matrix_free` for the algorithm, its costs and its outputs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -49,19 +49,19 @@ log = logging.getLogger("bigmm")
 LOG2PI = math.log(2.0 * math.pi)
 LOGL_CONVENTION = "Harville REML without the log det(Z'Z) term"
 
-#: Defaults chosen with ``scripts/studies/sim_matrix_free.py`` (docs/matrix_free.md), n = 5,000,
-#: p = 10,000, h² ∈ {0.2, 0.5, 0.8}, unrelated and 10-population structured cohorts, 600
-#: replicate phenotypes each, against exact REML on the same phenotypes (see the doc for
-#: every figure). Probes: the Monte Carlo SD of ĥ² is about SD_stat · 0.42 / √N with the
-#: control variate; the goal SD_mc ≤ ¼ SE_stat needs N ≥ 3, and 30 probes gave measured
-#: MC SD / statistical SE 0.05–0.14 and efficiency Var(ĥ²_exact)/Var(ĥ²_mf) ≥ 0.98 in every
-#: row, at ~1/4 of the width of a 100-phenotype block.
+#: Defaults chosen with ``scripts/studies/sim_matrix_free.py`` (docs/matrix_free.md): n = 5,000,
+#: p = 10,000, an unrelated and a 10-population (F_ST = 0.05) cohort, h² ∈ {0.2, 0.5, 0.8}, 100
+#: replicates each, against exact REML on the same phenotypes. Probes: N = 30 gave Monte Carlo
+#: SD / statistical SE ≤ 0.10 and efficiency Var(ĥ²_exact)/Var(ĥ²_mf) ≥ 0.976 (paired: ≥ 0.992)
+#: in all six rows; N = 10 met the goal (≤ ¼, ≥ 0.95) only narrowly (≤ 0.17, ≥ 0.956), at the
+#: same number of passes.
 DEFAULT_PROBES = 30
-#: Steps (passes over X) at most: the study converged (tol below) in 14–20 steps unrelated,
-#: 16–27 structured without deflation; 100 leaves margin for h² near 1 on slower spectra.
+#: Passes over X at most: at tol = 1e-4 the study converged in 13–14 steps (unrelated) and 20–22
+#: (structured, no deflation; 14–15 deflated by the top 20 eigenvectors).
 DEFAULT_MAX_STEPS = 100
-#: Convergence: |Δĥ²| < tol and |Δℓ_R| < 10·tol between consecutive steps, twice. At 1e-4
-#: the remaining quadrature error of ĥ² was < 2e-4 in the study, under 1% of its SE.
+#: Convergence: |Δĥ²| < tol and |Δℓ_R| < 10·tol between consecutive steps, twice. 1e-3 saved
+#: ~2–3 passes but its quadrature error was visible (RMS(ĥ²_mf − ĥ²_exact) up to 1.2x the MC SD,
+#: unpaired efficiency down to 0.925); at 1e-4 the error was within the MC SD everywhere.
 DEFAULT_TOL = 1e-4
 GRID_SIZE = 101
 #: h² upper bound: σ²_e ≥ 1e-6 σ² keeps H positive definite when K is singular (it always is
@@ -90,7 +90,8 @@ class MatrixFreeFit:
     additional fields: ``h2_se_stat`` (statistical SE from the REML information),
     ``h2_se_mc`` (Monte Carlo SD of ĥ² due to the log det probes, delete-one-probe
     jackknife), ``h2_se = sqrt(h2_se_stat² + h2_se_mc²)``; ``h2_he`` (Haseman–Elston moment
-    estimate from the first pass); ``lanczos_steps`` and ``passes_over_X``; ``converged``
+    estimate from the first pass); ``lanczos_steps`` and ``passes_over_X`` (the passes the
+    result rests on, including those before a resume from a checkpoint); ``converged``
     with ``delta_h2`` and ``delta_logl`` (|Δĥ²| and |Δℓ_R| between the last two steps);
     ``probes``, ``deflation_rank`` and ``deflation_coupling`` (‖(I − UUᵀ) K U‖_F, NaN where
     unknown).
@@ -1054,6 +1055,10 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
     ``f(0) = log(1 − h)``) are never counted. The tangent of f at the tail's mean
     eigenvalue ``tr K_⊥ / (n_o − k)`` is a control variate with exactly known trace
     (``tr K`` comes from the operator's diagonal in the first pass): see :meth:`_Model.logdet`.
+    Without deflation, the converged Ritz pairs of the ``[Z, Y]`` block (the isolated
+    eigenvalues of population structure, the null vector of an intercept) give a second,
+    zero-mean control variate ``Σ_k r(θ_k)[(x_kᵀv_j)² − 1]`` (:meth:`_Model._ritz_control`): it
+    removes the χ²₁ noise those eigenvalues put into each probe, which the linear one cannot.
     For a pattern with missing samples U's observed rows are re-orthonormalised and their
     exact Rayleigh matrix taken from the first pass (the columns ride along with it).
 
@@ -1062,8 +1067,10 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
     the first pass also carries a ones vector per pattern (for ``1ᵀK1``), the deflation
     vectors of patterns with missing samples, and asks for ``diag K``. After every step the
     estimates are recomputed from the Gauss rules (driver work only) and the run stops when
-    they have converged (``tol``) or at ``max_steps``; a fit that did not converge says so
-    (``converged``, ``delta_h2``, ``delta_logl``) and a warning is logged.
+    they have converged (``tol``; the change is measured with the previous step's Ritz
+    control variate, so it reflects the quadrature, not a reshuffled zero-mean Monte Carlo
+    term) or at ``max_steps``; a fit that did not converge says so (``converged``,
+    ``delta_h2``, ``delta_logl``) and a warning is logged.
 
     **Maximisation** over h² ∈ [0, H2_MAX] by a grid (global optimum of a possibly
     multimodal profile), then safeguarded Newton on the analytic quadrature derivative in the
@@ -1117,7 +1124,11 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
                          f"got {probes!r}")
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 2:
         raise InputError(f"max_steps must be an integer ≥ 2 (convergence compares two steps), got {max_steps!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+    try:
+        tol = float(tol)
+    except (TypeError, ValueError):
+        tol = float("nan")
+    if not (math.isfinite(tol) and tol > 0):
         raise InputError(f"tol must be a positive number, got {tol!r}")
     if not isinstance(grid_size, (int, np.integer)) or grid_size < 3:
         raise InputError(f"grid_size must be an integer ≥ 3, got {grid_size!r}")
@@ -1314,7 +1325,7 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
     for g in groups:
         mdl = _Model(g, step, H2_MAX)
         models.append(mdl)
-        common = dict(steps=step, probes=int(probes), kdef=kdef)
+        common = dict(steps=step, probes=int(probes))
         for j, f in zip(g.cols, _group_fits(mdl, grid, znames, delta_h[g.cols], delta_ll[g.cols],
                                             conv[g.cols], common)):
             fits[j] = f
@@ -1355,13 +1366,13 @@ def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
     ll0 = mdl.eval(np.array([0.0]), shared=True, which=0)[0][0]
     # per-probe terms at each phenotype's ĥ² for the jackknife
     R, R1, R2, ld, ld1, ld2, L, L1, L2, U = mdl.pieces(h_reml, shared=False)
-    _, _, _, y0, y1, y2 = mdl.logdet(h_reml, per_probe=True)
+    *_, y1, y2 = mdl.logdet(h_reml, per_probe=True)
     k = mdl.n_obs - mdl.c
     l1 = -0.5 * (k * R1 / R + L1 + ld1)
     l2 = -0.5 * (k * (R2 / R - (R1 / R) ** 2) + L2 + ld2)
     N = y1.shape[-1]
     dpve = mdl.mean_diag_K - mdl.mean_K
-    he_sg, he_se, he_h = mdl.he
+    he_h = mdl.he[2]
     fits = []
     for j, name in enumerate(mdl.names):
         h = float(h_reml[j])

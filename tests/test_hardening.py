@@ -380,3 +380,68 @@ def test_a_huge_phenotype_value_gives_a_report_not_a_traceback(tmp_path, cohort)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert (tmp_path / "out" / "report.html").exists() and list((tmp_path / "out" / "hsq").glob("*.hsq"))
+
+
+@pytest.mark.parametrize("reml, cluster, fragments", [
+    ({"method": "matrix_free", "deflate": 60}, {}, ["reml.deflate = 60 must be below the number of genotyped samples n = 60"]),
+    ({"method": "matrix_free", "probes": 500}, {"memory_limit": "1MB"},
+     ["matrix-free REML: a pass carries", "probes per missing-value pattern) and does not fit",
+      "fewer reml.probes"]),
+], ids=["deflate-n", "block-too-wide"])
+def test_matrix_free_settings_that_cannot_run_are_refused_by_check_and_run(tmp_path, cohort, reml, cluster,  # noqa: F811
+                                                                           fragments):
+    """Deflation rank ≥ n, and a pass block wider than the memory per task allows: check and run
+    both refuse with the numbers and the way out, before any compute."""
+    path = write_config(tmp_path, cohort, reml=reml, cluster={"workers": 1, "threads_per_worker": 1, **cluster})
+    res = bigmm_cli("check", "--no-cluster", path)
+    assert res.returncode == 2, res.stderr
+    for frag in fragments:
+        assert frag in res.stderr, res.stderr
+    res = bigmm_cli("run", path)
+    assert_refused(res, tmp_path / "out", *fragments)
+
+
+def test_a_categorical_covariate_with_1000_levels_is_checked_in_seconds():
+    """The full-rank check of Z is one QR (it was one SVD per column: a 1,000-level factor ran for
+    over 600 s); a level that duplicates another column is still named."""
+    import numpy as np
+
+    from bigmm.errors import InputError
+    from bigmm.io.tables import check_full_rank
+
+    rng = np.random.default_rng(1)
+    n, levels = 5000, 1000
+    lab = rng.integers(0, levels, n)
+    lab[:levels] = np.arange(levels)
+    Z = np.column_stack([np.ones(n), rng.standard_normal(n)] + [(lab == k).astype(float) for k in range(1, levels)])
+    names = ["intercept", "age"] + [f"batch={k}" for k in range(1, levels)]
+    t0 = time.perf_counter()
+    check_full_rank(Z, names)
+    assert time.perf_counter() - t0 < 30
+    bad = np.column_stack([Z, 2.0 * Z[:, 5]])
+    with pytest.raises(InputError, match=r"'dup' .* is collinear with batch=4"):
+        check_full_rank(bad, names + ["dup"], "covar.tsv")
+
+
+def test_a_truncated_run_json_is_rebuilt_and_the_grm_kept(tmp_path, cohort):  # noqa: F811
+    """A truncated run.json is no dead end (before: run, check, status and run --force all
+    refused, and the message pointed to --force): the run rebuilds its record from the committed
+    outputs that name their plan, keeps the GRM store untouched and finishes with the same numbers."""
+    import json
+
+    out = tmp_path / "out"
+    path = write_config(tmp_path, cohort, spectrum={"method": "exact"})
+    assert bigmm_cli("run", path).returncode == 0
+    first = json.loads((out / "results.json").read_text())["phenotypes"][0]
+    k_files = sorted((out / "grm.zarr").rglob("*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in k_files if p.is_file() and p.name != "bigmm-stage.json"}
+    text = (out / "run.json").read_text()
+    (out / "run.json").write_text(text[: len(text) // 2])
+    res = bigmm_cli("status", out)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    assert "run.json was damaged: the committed output of stage grm" in res.stderr
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # the GRM was not recomputed
+    again = json.loads((out / "results.json").read_text())["phenotypes"][0]
+    assert again["h2"] == pytest.approx(first["h2"], abs=1e-12)

@@ -373,6 +373,46 @@ def test_haseman_elston_close_to_truth():
     np.testing.assert_allclose(he, exact, atol=0.05)
 
 
+class NoDiagOp(DenseOp):
+    def apply(self, M, want_diag=False):
+        return super().apply(M)[0], None
+
+
+def test_operator_without_diagonal_and_spectrum_deflation():
+    """An operator that cannot give diag K: tr K comes from the probes (no linear control
+    variate, no pve), and the fit stays within MC error of dense REML. A bigmm Spectrum deflates
+    like (U, s), with coupling 0 for exact eigenvectors."""
+    import bigmm
+
+    K, Z, Y, deflate = low_rank_problem(19, p=100, n=200)
+    y = Y[:, 0]
+    ref = reml_reference(K, y)
+    f = fit_matrix_free(NoDiagOp(K), y, probes=30, seed=1, tol=1e-5).fits[0]
+    assert np.isnan(f.mean_diag_K) and np.isnan(f.pve) and np.isfinite(f.h2_he)
+    assert abs(f.h2 - ref["h2"]) <= 4 * f.h2_se_mc + 1e-4
+    spec = bigmm.exact_spectrum(K).top(20)
+    g = fit_matrix_free(DenseOp(K), y, deflate=spec, probes=30, seed=1, tol=1e-5).fits[0]
+    assert g.deflation_rank == 20 and g.deflation_coupling == 0.0
+    assert abs(g.h2 - ref["h2"]) <= 4 * g.h2_se_mc + 1e-4
+
+
+def test_lower_boundary():
+    """No genetic signal (y ⟂ everything but noise; the reference puts ĥ² at 0): ĥ² = 0,
+    boundary "lower", LRT 0 and p = 1, SE from the expected information."""
+    K, Z, Y, deflate = low_rank_problem(20)
+    for seed in range(30):
+        y = np.random.default_rng(seed).normal(size=K.shape[0])
+        ref = reml_reference(K, y)
+        if ref["h2"] == 0.0:
+            break
+    else:
+        pytest.fail("no seed gave a boundary estimate")
+    f = fit_matrix_free(DenseOp(K), y, deflate=deflate, max_steps=100, tol=1e-12).fits[0]
+    assert f.h2 == 0.0 and f.boundary == "lower" and f.lrt_stat == 0.0 and f.lrt_pvalue == 1.0
+    assert f.logl_reml == pytest.approx(ref["logl_reml"], abs=1e-8)
+    assert f.h2_se_method.startswith("expected_information") and np.isfinite(f.h2_se_stat)
+
+
 # ------------------------------------------------------------------ 7. bad input
 
 def test_bad_input_errors_before_any_pass():

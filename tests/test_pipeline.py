@@ -189,7 +189,8 @@ def test_matrix_free_run_equals_spectral_run(cohort, tmp_path):
     spectral = bigmm.load_config(write_config(tmp_path / "s.yaml", cohort, tmp_path / "s", **over))
     exact_mf = bigmm.load_config(write_config(
         tmp_path / "m.yaml", cohort, tmp_path / "m", **over,
-        reml={"method": "matrix_free", "deflate": 299, "tol": 1e-8, "max_steps": 200, "probes": 4}))
+        reml={"method": "matrix_free", "deflate": 299, "tol": 1e-8, "max_steps": 200, "probes": 4,
+              "dtype": "float64"}))
     default_mf = bigmm.load_config(write_config(tmp_path / "d.yaml", cohort, tmp_path / "d",
                                                 grm={"export_gcta": False}, reml={"method": "matrix_free"}))
     with local_cluster(2, 1) as cluster, Client(cluster) as client:

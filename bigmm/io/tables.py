@@ -468,16 +468,24 @@ def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:
     scale = np.linalg.norm(Z, axis=0)
     scale[scale == 0] = 1.0
     Zs = Z / scale
-    for j in range(1, Zs.shape[1] + 1):
-        sv = np.linalg.svd(Zs[:, :j], compute_uv=False)
-        if sv[-1] <= 1e-8 * sv[0]:
-            if j == 1 or not np.any(Z[:, j - 1]):
-                what = "is zero for every analysed sample"
-            elif np.ptp(Z[:, j - 1]) == 0:
-                what = "is constant (collinear with the intercept)"
-            else:  # the earlier columns are independent, so the combination is unique
-                coef = np.abs(np.linalg.lstsq(Zs[:, :j - 1], Zs[:, j - 1], rcond=None)[0])
-                what = "is collinear with " + ", ".join(n for n, c in zip(names, coef) if c > 1e-6 * coef.max())
-            raise InputError(f"covariate {names[j - 1]!r}"
-                             + (f" in {source}" if source else "")
-                             + f" {what} among the analysed samples; drop it or recode it")
+    # one Householder QR of the unit-norm columns, in order: |R_jj| is the distance of column j
+    # from the span of the columns before it (O(n c²) once; a 1,000-level factor took one SVD per
+    # column before, over 600 s)
+    R = np.linalg.qr(Zs, mode="r")
+    d = np.abs(np.diagonal(R))
+    dependent = np.flatnonzero(d <= 1e-8)
+    if dependent.size:
+        j = int(dependent[0]) + 1
+    elif Zs.shape[1] > Zs.shape[0]:
+        j = Zs.shape[0] + 1  # more columns than samples
+    else:
+        return
+    if j == 1 or not np.any(Z[:, j - 1]):
+        what = "is zero for every analysed sample"
+    elif np.ptp(Z[:, j - 1]) == 0:
+        what = "is constant (collinear with the intercept)"
+    else:  # the earlier columns are independent, so the combination is unique
+        coef = np.abs(np.linalg.lstsq(Zs[:, :j - 1], Zs[:, j - 1], rcond=None)[0])
+        what = "is collinear with " + ", ".join(n for n, c in zip(names, coef) if c > 1e-6 * coef.max())
+    raise InputError(f"covariate {names[j - 1]!r}" + (f" in {source}" if source else "")
+                     + f" {what} among the analysed samples; drop it or recode it")

@@ -42,9 +42,15 @@ def read_manifest(out: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is unreadable ({exc}); move the run directory aside or use --force") from None
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        # a damaged manifest (a truncated write by another tool, a full disk) is no dead end: the
+        # run rebuilds it, adopting committed outputs that record their own fingerprint (the GRM)
+        log.warning("%s is damaged (%s); the next run rebuilds it from what it finds committed", path, exc)
+        return {"damaged": str(exc)}
 
 
 def write_manifest(out: Path, manifest: dict) -> None:

@@ -28,6 +28,7 @@ Run directory::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -49,7 +50,8 @@ from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
 from ..reml import RemlResult, RotatedDesign, fit_rotated, rotate
 from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
-from ..store import CheckedArray, CohortStore, fsync_tree, now_utc, open_store, remove_path, verify_chunks
+from ..store import (CheckedArray, CohortStore, atomic_write_text, fsync_tree, now_utc, open_store, remove_path,
+                     verify_chunks)
 from ..tasks import current_client, fail_point, pause_point, total_threads
 from .cluster import dask_client
 from .config import RunConfig, parse_config
@@ -63,6 +65,9 @@ from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_
 from .validate import Inputs, validate
 
 log = logging.getLogger("bigmm")
+
+#: the file in a stage's Zarr output that names the stage fingerprint it was made for
+STAGE_STAMP = "bigmm-stage.json"
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,34 @@ class Runner:
             return False
         return all((self.out / f).exists() for f in self.outputs(name))
 
+    #: stages whose Zarr output records its fingerprint (a stamp file in the store): a damaged
+    #: run.json is rebuilt from them
+    SELF_DESCRIBING = {"ingest": "genotypes.zarr", "variant_stats": "variants.zarr", "grm": "grm.zarr",
+                       "spectrum": "spectrum.zarr"}
+
+    def adopt_committed(self) -> None:
+        """Rebuild the record of a damaged run.json from committed outputs that carry their own
+        fingerprint, in stage order, up to the first that does not match this plan."""
+        for name in STAGES:
+            if name not in self.plan:
+                continue
+            rel = self.SELF_DESCRIBING.get(name)
+            if rel is None or not (self.out / rel).exists():
+                return
+            fp = self.plan[name]["fingerprint"]
+            try:
+                ok = json.loads((self.out / rel / STAGE_STAMP).read_text()).get("fingerprint") == fp
+            except (OSError, ValueError):  # no stamp, or an unreadable one: not adopted
+                ok = False
+            if not ok or not all((self.out / f).exists() for f in self.outputs(name)):
+                return
+            self.manifest.setdefault("stages", {})[name] = {
+                "status": "complete", "fingerprint": fp, "files": list(self.outputs(name)),
+                "upstream": {u: self.plan[u]["fingerprint"] for u in self.plan[name]["upstream"]},
+                "adopted": "run.json was damaged; this output records the plan's fingerprint"}
+            log.warning("run.json was damaged: the committed output of stage %s (%s) is of this plan "
+                        "and is kept", name, rel)
+
     def planned_files(self, name: str) -> list[str]:
         """Every file stage ``name`` may write, before it writes any (relative paths)."""
         files = list(self.outputs(name))
@@ -150,6 +183,9 @@ class Runner:
                  "seconds": round(seconds, 3), "finished": now_utc(),
                  "driver_peak_rss_mib": round(_peak_rss_mib(), 1),
                  "workers_rss_mib": _worker_rss_mib(), **info}
+        rel = self.SELF_DESCRIBING.get(name)
+        if rel is not None and (self.out / rel).is_dir():  # the output names the plan it belongs to
+            atomic_write_text(self.out / rel / STAGE_STAMP, json.dumps({"stage": name, "fingerprint": entry["fingerprint"]}))
         self.manifest.setdefault("stages", {})[name] = entry
         self.manifest.pop("writing", None)
         write_manifest(self.out, self.manifest)
@@ -479,7 +515,9 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
         previous = read_manifest(out) or {}
-        if previous and is_this_run(previous, cfg):
+        if previous.get("damaged"):
+            runner.adopt_committed()
+        elif previous and is_this_run(previous, cfg):
             runner.manifest = previous
         runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
                                 "config_source": str(cfg.source) if cfg.source else None,
@@ -498,7 +536,9 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         writing = runner.manifest.pop("writing", None)
         if writing and writing.get("stage") in STAGES:  # a stage that failed or was killed mid-way
             remove_stage_files(out, writing["stage"], writing)
-        for name in STAGES[STAGES.index(todo[0]):] if todo else ():
+        for name in STAGES:
+            if (name in runner.plan and name not in todo) or (name not in runner.plan and name not in recorded):
+                continue
             removed = remove_stage_files(out, name, recorded.get(name))
             if removed:
                 log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
