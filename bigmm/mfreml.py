@@ -169,6 +169,10 @@ class MatrixFreeResult:
     reml_method: str = "matrix_free"
     notes: dict = field(default_factory=dict)
     models: tuple = field(default=(), repr=False, compare=False)
+    #: the scale each phenotype was fitted on (y / scale; the fits are reported on y's scale)
+    scales: tuple = field(default=(), repr=False, compare=False)
+    #: σ̂² of each phenotype on that unit scale (the BLUP solves are made there)
+    unit_sigma2: tuple = field(default=(), repr=False, compare=False)
 
     def __getitem__(self, name: str) -> MatrixFreeFit:
         for f in self.fits:
@@ -201,6 +205,8 @@ class MatrixFreeResult:
         mdl, j = self._where(name)
         h = np.atleast_1d(np.asarray(h2, dtype=np.float64))
         ll = mdl.eval(h, shared=True, which=0)[0][:, j]
+        if self.scales:  # the model is of y / a: back on y's scale
+            ll = ll - (mdl.n_obs - mdl.c) * math.log(self.scales[self.phenotype_names.index(name)])
         L, _, _, y, _, _ = mdl.logdet(h, per_probe=True)
         N = y.shape[-1]
         se = y.std(axis=-1, ddof=1) / math.sqrt(N) if N > 1 else np.zeros_like(L)
@@ -210,7 +216,9 @@ class MatrixFreeResult:
         """(ZᵀH⁻¹Z, ZᵀH⁻¹y, yᵀH⁻¹y) of phenotype ``name`` on its observed samples at h² by
         block Gauss quadrature (the original y, not the OLS residual the solver works with)."""
         mdl, j = self._where(name)
-        return mdl.quadratic_forms(float(h2), j)
+        A, b, c = mdl.quadratic_forms(float(h2), j)[:3]
+        a = self.scales[self.phenotype_names.index(name)] if self.scales else 1.0
+        return (A, b * a, c * a * a)
 
     def blup_weights(self) -> np.ndarray:
         """``w = V⁻¹ (y − Z ω̂)`` at the REML estimates (n x m, zero where y is missing).
@@ -220,10 +228,15 @@ class MatrixFreeResult:
         """
         W = np.zeros((self.n, len(self.phenotype_names)))
         fits = {f.name: f for f in self.fits}
+        m = len(self.phenotype_names)
+        unit = np.asarray(self.unit_sigma2) if self.unit_sigma2 else \
+            np.array([f.sigma2_g + f.sigma2_e for f in self.fits])
+        scales = np.asarray(self.scales) if self.scales else np.ones(m)
         for mdl in self.models:
             h = np.array([fits[nm].h2 for nm in mdl.names])
-            s2 = np.array([fits[nm].sigma2_g + fits[nm].sigma2_e for nm in mdl.names])
-            W[np.ix_(mdl.idx, mdl.cols)] = mdl.blup_solve(h) / s2
+            cols = np.asarray(mdl.cols)
+            # the solves are of r' = r / a on the unit scale: V⁻¹ r = (σ'² H)⁻¹ r' / a
+            W[np.ix_(mdl.idx, mdl.cols)] = mdl.blup_solve(h) / unit[cols] / scales[cols]
         return W
 
 
@@ -1170,6 +1183,14 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
         yj = Y[obs_all[:, j], j]
         if not (yj.max() > yj.min()):
             raise InputError(f"phenotype {names[j]!r} is constant; there is nothing to fit")
+    # the fit runs on a unit scale per phenotype (REML is scale-equivariant; the fits are scaled
+    # back at the end), so a trait measured in units of 1e-200 or 1e150 neither under- nor overflows
+    scales = np.ones(m)
+    for j in range(m):
+        yj = Y[obs_all[:, j], j]
+        big = float(np.max(np.abs(yj)))
+        scales[j] = big * float(np.std(yj / big))
+    Y = Y / scales
     patterns: dict[bytes, list[int]] = {}
     packed = np.packbits(obs_all, axis=0)
     for j in range(m):
@@ -1329,11 +1350,30 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
         for j, f in zip(g.cols, _group_fits(mdl, grid, znames, delta_h[g.cols], delta_ll[g.cols],
                                             conv[g.cols], common)):
             fits[j] = f
+    unit_sigma2 = tuple(f.sigma2_g + f.sigma2_e for f in fits)
+    fits = [_rescale(f, float(a), c) for f, a in zip(fits, scales)]
     return MatrixFreeResult(fits=tuple(fits), phenotype_names=tuple(names), covariate_names=tuple(znames),
+                            scales=tuple(float(a) for a in scales), unit_sigma2=unit_sigma2,
                             n=n, lanczos_steps=step, passes_over_X=step, converged=converged,
                             delta_h2=float(np.nanmax(delta_h)), delta_logl=float(np.nanmax(delta_ll)),
                             probes=int(probes), seed=int(seed), tol=float(tol), max_steps=int(max_steps),
                             deflation_rank=kdef, notes=notes, models=tuple(models))
+
+
+def _rescale(f: MatrixFreeFit, a: float, c: int) -> MatrixFreeFit:
+    """A fit made on y / a, back on y's scale: σ² × a², ω̂ × a, ℓ − (error contrasts) log a."""
+    from dataclasses import replace
+
+    la = math.log(a)
+    a = np.float64(a)
+    with np.errstate(over="ignore", under="ignore"):
+        a2 = a * a
+        fe = tuple(replace(e, estimate=float(e.estimate * a), se=float(e.se * a)) for e in f.fixed_effects)
+        return replace(f, sigma2_g=float(f.sigma2_g * a2), sigma2_g_se=float(f.sigma2_g_se * a2),
+                       sigma2_e=float(f.sigma2_e * a2), sigma2_e_se=float(f.sigma2_e_se * a2),
+                       sigma2_g_sigma2_e_cov=float(f.sigma2_g_sigma2_e_cov * a2 * a2), fixed_effects=fe,
+                       logl_reml=f.logl_reml - (f.n - c) * la, logl_reml_h2_0=f.logl_reml_h2_0 - (f.n - c) * la,
+                       logl_ml=f.logl_ml - f.n * la)
 
 
 def _information(mdl: _Model, h: float, j: int):

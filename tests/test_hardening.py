@@ -445,3 +445,30 @@ def test_a_truncated_run_json_is_rebuilt_and_the_grm_kept(tmp_path, cohort):  # 
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # the GRM was not recomputed
     again = json.loads((out / "results.json").read_text())["phenotypes"][0]
     assert again["h2"] == pytest.approx(first["h2"], abs=1e-12)
+
+
+@pytest.mark.parametrize("factor", [1e-70, 1e-200, 1e150])
+def test_matrix_free_reml_is_scale_equivariant_at_extreme_scales(small_problem, factor):
+    """The matrix-free fit also runs on a unit scale per phenotype: same probes, y → a y gives the
+    same ĥ², SE and Monte Carlo SD, σ² × a², ω̂ × a, ℓ_R − (n − c) log a, BLUP weights / a (before:
+    a = 1e-70 changed the SE by 10%, 1e-200 was refused as collinear, 1e150 overflowed)."""
+    import math
+
+    import numpy as np
+
+    import bigmm
+    from bigmm.mfreml import fit_matrix_free
+
+    K, Z, y = small_problem
+    op = bigmm.DenseOperator(K)
+    ref = fit_matrix_free(op, y, Z, probes=10, seed=1)
+    got = fit_matrix_free(op, y * factor, Z, probes=10, seed=1)
+    r, g = ref.fits[0], got.fits[0]
+    assert g.h2 == pytest.approx(r.h2, abs=1e-10)
+    assert g.h2_se == pytest.approx(r.h2_se, rel=1e-7) and g.h2_se_mc == pytest.approx(r.h2_se_mc, rel=1e-6)
+    n, c = Z.shape
+    assert g.logl_reml == pytest.approx(r.logl_reml - (n - c) * math.log(factor), rel=1e-11)
+    assert g.fixed_effects[1].estimate == pytest.approx(r.fixed_effects[1].estimate * factor, rel=1e-7)
+    if 1e-300 < factor ** 2:
+        assert g.sigma2_g == pytest.approx(r.sigma2_g * factor ** 2, rel=1e-7)
+    np.testing.assert_allclose(got.blup_weights() * factor, ref.blup_weights(), rtol=1e-6, atol=1e-12)
