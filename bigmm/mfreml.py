@@ -42,7 +42,7 @@ from scipy import stats
 from scipy.linalg import eigh, eigh_tridiagonal
 
 from .errors import InputError
-from .reml import FixedEffect
+from .reml import FixedEffect, PhenotypeFit, information_covariance
 
 log = logging.getLogger("bigmm")
 
@@ -83,7 +83,7 @@ MAX_NEWTON = 100
 # --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MatrixFreeFit:
+class MatrixFreeFit(PhenotypeFit):
     """Matrix-free REML estimates for one phenotype.
 
     Field names shared with :class:`bigmm.reml.PhenotypeFit` have the same meaning. The
@@ -97,47 +97,18 @@ class MatrixFreeFit:
     unknown).
     """
 
-    name: str
-    n: int
-    h2: float
-    h2_se: float
-    h2_se_method: str
-    h2_se_curvature: float
-    pve: float
-    mean_diag_K: float
-    sigma2_g: float
-    sigma2_g_se: float
-    sigma2_e: float
-    sigma2_e_se: float
-    logl_reml: float
-    logl_reml_h2_0: float
-    logl_ml: float
-    h2_ml: float
-    lrt_stat: float
-    lrt_pvalue: float
-    boundary: str
-    fixed_effects: tuple
-    n_missing: int
-    missing_method: str
-    sigma2_g_sigma2_e_cov: float
-    ml_note: str
-    h2_se_stat: float
-    h2_se_mc: float
-    h2_he: float
-    lanczos_steps: int
-    passes_over_X: int
-    converged: bool
-    delta_h2: float
-    delta_logl: float
-    probes: int
-    deflation_rank: int
-    deflation_coupling: float
+    h2_se_stat: float = float("nan")
+    h2_se_mc: float = float("nan")
+    h2_he: float = float("nan")
+    lanczos_steps: int = 0
+    passes_over_X: int = 0
+    converged: bool = False
+    delta_h2: float = float("nan")
+    delta_logl: float = float("nan")
+    probes: int = 0
+    deflation_rank: int = 0
+    deflation_coupling: float = float("nan")
     reml_method: str = "matrix_free"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fixed_effects"] = [asdict(f) for f in self.fixed_effects]
-        return d
 
 
 @dataclass(frozen=True)
@@ -1419,20 +1390,7 @@ def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
         observed, expected, s2, Rj, R1j = _information(mdl, h, j)
         sg, se = h * s2, (1.0 - h) * s2
         boundary = "lower" if h <= 0.0 else ("upper" if h >= hmax else "")
-        cov, method = None, "observed_information"
-        if not boundary:
-            try:
-                np.linalg.cholesky(observed)
-                cov = np.linalg.inv(observed)
-            except np.linalg.LinAlgError:
-                cov = None
-        if cov is None:
-            method = ("expected_information (at the boundary)" if boundary
-                      else "expected_information (observed information not positive definite)")
-            try:
-                cov = np.linalg.inv(expected)
-            except np.linalg.LinAlgError:
-                cov = np.full((2, 2), np.nan)
+        cov, method = information_covariance(observed, expected, boundary)
         grad = np.array([se, -sg]) / (sg + se) ** 2
         with np.errstate(invalid="ignore"):
             se_stat = float(np.sqrt(grad @ cov @ grad))

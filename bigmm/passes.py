@@ -280,11 +280,16 @@ class GrmOperator:
         return plan_pass(self.n, n_cols, self.bounds or [(0, 1)], self.memory,
                          self.n_tasks or total_threads(), self.dtype.itemsize)
 
-    def _desc(self, desc: str | None) -> str:
+    def _prepare(self, M, desc: str | None):
+        """The block as float64, its memory plan (checked) and the pass's progress label."""
+        M = np.asarray(M, dtype=np.float64)
+        if M.ndim != 2 or M.shape[0] != self.n:
+            raise ValueError(f"the block must have {self.n} rows, got shape {M.shape}")
+        plan = self.plan(M.shape[1])
         self.passes += 1
-        if desc is not None:
-            return desc
-        return f"{self.label} {self.passes}" if self.label else "pass over X"
+        if desc is None:
+            desc = f"{self.label} {self.passes}" if self.label else "pass over X"
+        return M, plan, desc
 
     def apply(self, M: np.ndarray, *, want_diag: bool = False, desc: str | None = None):
         """``(K M, diag K or None)`` in one pass over the genotypes.
@@ -296,11 +301,7 @@ class GrmOperator:
         """
         import dask
 
-        M = np.asarray(M, dtype=np.float64)
-        if M.ndim != 2 or M.shape[0] != self.n:
-            raise ValueError(f"M must have {self.n} rows, got shape {M.shape}")
-        plan = self.plan(M.shape[1])
-        desc = self._desc(desc)
+        M, plan, desc = self._prepare(M, desc)
         task = dask.delayed(_apply_task, pure=False)
         # the block of vectors in the tasks' precision, sent to every worker before the tasks
         # start (embedded in the graph, it would reach the second worker only through the first)
@@ -316,11 +317,7 @@ class GrmOperator:
         """``Xᵀ W`` (p_all x m; zero rows for dropped variants) in one pass over the genotypes."""
         import dask
 
-        W = np.asarray(W, dtype=np.float64)
-        if W.ndim != 2 or W.shape[0] != self.n:
-            raise ValueError(f"W must have {self.n} rows, got shape {W.shape}")
-        plan = self.plan(W.shape[1])
-        desc = self._desc(desc)
+        W, plan, desc = self._prepare(W, desc)
         task = dask.delayed(_xt_task, pure=False)
         Wd = dask.delayed(np.ascontiguousarray(W, dtype=self.dtype), pure=True)
         s = self.std

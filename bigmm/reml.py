@@ -499,17 +499,7 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
         omega, C, observed, expected = rot.fixed_and_information(j, h, s2)
         sg, se = h * s2, (1.0 - h) * s2
         boundary = "lower" if h == 0.0 else ("upper" if h >= hmax else "")
-        cov, se_method = None, "observed_information"
-        if not boundary:
-            try:
-                np.linalg.cholesky(observed)
-                cov = np.linalg.inv(observed)
-            except np.linalg.LinAlgError:
-                cov = None
-        if cov is None:
-            se_method = ("expected_information (at the boundary)" if boundary
-                         else "expected_information (observed information not positive definite)")
-            cov = _safe_inv(expected)
+        cov, se_method = information_covariance(observed, expected, boundary)
         grad = np.array([se, -sg]) / (sg + se) ** 2
         h_se_curv = _delta_se(grad, cov)
         if rot.n_tail:
@@ -550,6 +540,19 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else "")))
     return fits
+
+
+def information_covariance(observed: np.ndarray, expected: np.ndarray, boundary: str) -> tuple[np.ndarray, str]:
+    """Cov(σ̂²_g, σ̂²_e) and how it was had: the inverse observed REML information, or the
+    expected one at a boundary estimate or where the observed is not positive definite."""
+    if not boundary:
+        try:
+            np.linalg.cholesky(observed)
+            return np.linalg.inv(observed), "observed_information"
+        except np.linalg.LinAlgError:
+            pass
+    return _safe_inv(expected), ("expected_information (at the boundary)" if boundary
+                                 else "expected_information (observed information not positive definite)")
 
 
 def _safe_inv(M: np.ndarray) -> np.ndarray:
