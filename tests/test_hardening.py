@@ -472,3 +472,27 @@ def test_matrix_free_reml_is_scale_equivariant_at_extreme_scales(small_problem, 
     if 1e-300 < factor ** 2:
         assert g.sigma2_g == pytest.approx(r.sigma2_g * factor ** 2, rel=1e-7)
     np.testing.assert_allclose(got.blup_weights() * factor, ref.blup_weights(), rtol=1e-6, atol=1e-12)
+
+
+def test_temporaries_left_by_killed_processes_are_removed_under_the_lock(tmp_path):
+    """A killed ingest leaves ``.genotypes.zarr.tmp-<pid>-<hex>`` (the size of the store): the next
+    run removes such leftovers of atomic writes once it holds the lock, and nothing else (before,
+    they survived every later completed run)."""
+    from bigmm.pipeline.rundir import run_lock
+
+    out = tmp_path / "out"
+    (out / "hsq").mkdir(parents=True)
+    left = out / ".genotypes.zarr.tmp-4242-0a1b2c3d"
+    (left / "genotypes").mkdir(parents=True)
+    (left / "genotypes" / "c0").write_bytes(b"x" * 1000)
+    (out / ".results.json.tmp-4242-deadbeef").write_text("{")
+    (out / "hsq" / ".trait.hsq.tmp-17-00ff00ff").write_text("partial")
+    (out / ".grm.zarr.old-12345678").mkdir()
+    keep = [out / ".my.tmp-notes", out / "notes.tmp-1-2", out / "hsq" / "trait.hsq"]
+    for p in keep:
+        p.write_text("keep")
+    with run_lock(out):
+        pass
+    assert not left.exists() and not (out / ".results.json.tmp-4242-deadbeef").exists()
+    assert not (out / "hsq" / ".trait.hsq.tmp-17-00ff00ff").exists() and not (out / ".grm.zarr.old-12345678").exists()
+    assert all(p.read_text() == "keep" for p in keep)

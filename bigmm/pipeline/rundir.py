@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -108,6 +109,7 @@ def run_lock(out: Path, replace: bool = False):
     os.write(fd, json.dumps(me).encode())
     os.fsync(fd)
     try:
+        remove_leftovers(out)
         if replace:
             previous = read_manifest(out) or {}
             log.warning("--force: removing the previous run's recorded outputs in %s", out)
@@ -186,6 +188,28 @@ def remove_recorded_run(out: Path, manifest: dict) -> None:
         remove_stage_files(out, name, entry)
     for name in PARTIALS + ("reml_state.npz", "run.json", "run.log"):
         remove_path(Path(out) / name)
+
+
+#: names of bigmm's own temporary files and folders (bigmm.store.atomic_file / atomic_dir)
+LEFTOVER = re.compile(r"^\..+\.(tmp-\d+-[0-9a-f]{8}(\.npz)?|old-[0-9a-f]{8})$")
+
+
+def remove_leftovers(out: Path) -> list[str]:
+    """Remove temporary files and folders that killed bigmm processes left in a run directory.
+
+    Called under the run's lock: no other bigmm process writes there, so every entry named like
+    an atomic write in progress (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.old-XXXXXXXX``) is a
+    leftover (a killed ingest's is the size of the cohort store). Nothing else is touched.
+    """
+    removed = []
+    for folder in [Path(out)] + [p for p in Path(out).iterdir() if p.is_dir() and not p.name.startswith(".")]:
+        for p in folder.iterdir():
+            if LEFTOVER.match(p.name):
+                remove_path(p)
+                removed.append(str(p.relative_to(out)))
+    if removed:
+        log.warning("removed %d temporary file(s) left by killed runs: %s", len(removed), ", ".join(sorted(removed)))
+    return removed
 
 
 def is_this_run(manifest: dict, cfg: RunConfig) -> bool:
