@@ -496,3 +496,25 @@ def test_temporaries_left_by_killed_processes_are_removed_under_the_lock(tmp_pat
     assert not left.exists() and not (out / ".results.json.tmp-4242-deadbeef").exists()
     assert not (out / "hsq" / ".trait.hsq.tmp-17-00ff00ff").exists() and not (out / ".grm.zarr.old-12345678").exists()
     assert all(p.read_text() == "keep" for p in keep)
+
+
+@pytest.mark.parametrize("damage", ["reml.json", "rotated.npz", "spectrum.zarr/zarr.json"])
+def test_a_damaged_stage_output_is_recomputed(tmp_path, cohort, damage):  # noqa: F811
+    """A truncated reml.json, rotated.npz or a store's zarr.json: the next run names the damaged
+    output and reruns its stage (before: a JSONDecodeError / BadZipFile traceback on every rerun)."""
+    import json
+
+    out = tmp_path / "out"
+    path = write_config(tmp_path, cohort, spectrum={"method": "exact"})
+    assert bigmm_cli("run", path).returncode == 0
+    first = json.loads((out / "results.json").read_text())["phenotypes"][0]["h2"]
+    target = out / damage
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    stage = {"reml.json": "reml", "rotated.npz": "rotate", "spectrum.zarr/zarr.json": "spectrum"}[damage]
+    assert f"stage {stage}: its output" in res.stderr and "is damaged" in res.stderr, res.stderr
+    again = json.loads((out / "results.json").read_text())["phenotypes"][0]["h2"]
+    assert again == pytest.approx(first, abs=1e-10)

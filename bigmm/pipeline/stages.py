@@ -70,6 +70,25 @@ log = logging.getLogger("bigmm")
 STAGE_STAMP = "bigmm-stage.json"
 
 
+def _readable(path: Path) -> bool:
+    """Whether a committed output opens: JSON parses, an .npz's index and metadata read, a Zarr
+    store's metadata parses (a flipped chunk is caught later, by its checksum, and named)."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                if "meta" in f.files:
+                    json.loads(bytes(f["meta"]).decode())
+        elif path.suffix == ".zarr":
+            g = zarr.open_group(str(path), mode="r")
+            for _name, arr in g.arrays():
+                _ = arr.shape
+    except Exception:  # noqa: BLE001 - any failure to open means the output is not usable
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     output: Path
@@ -127,7 +146,14 @@ class Runner:
             return False
         if entry.get("fingerprint") != self.plan[name]["fingerprint"]:
             return False
-        return all((self.out / f).exists() for f in self.outputs(name))
+        if not all((self.out / f).exists() for f in self.outputs(name)):
+            return False
+        damaged = [f for f in self.outputs(name) if not _readable(self.out / f)]
+        if damaged:
+            log.warning("stage %s: its output %s is damaged (unreadable); the stage runs again",
+                        name, ", ".join(damaged))
+            return False
+        return True
 
     #: stages whose Zarr output records its fingerprint (a stamp file in the store): a damaged
     #: run.json is rebuilt from them
