@@ -518,3 +518,16 @@ def test_a_damaged_stage_output_is_recomputed(tmp_path, cohort, damage):  # noqa
     assert f"stage {stage}: its output" in res.stderr and "is damaged" in res.stderr, res.stderr
     again = json.loads((out / "results.json").read_text())["phenotypes"][0]["h2"]
     assert again == pytest.approx(first, abs=1e-10)
+
+
+def test_a_store_made_by_an_earlier_run_and_read_by_this_one_is_not_removed(tmp_path, cohort):  # noqa: F811
+    """A PLINK run leaves out/genotypes.zarr; a later config that reads that store directly
+    (genotypes: {zarr: out/genotypes.zarr}) no longer plans an ingest stage, and the clean-up of
+    the earlier run's outputs must not delete its own input."""
+    out = tmp_path / "out"
+    path = write_config(tmp_path, cohort)
+    assert bigmm_cli("run", path).returncode == 0
+    path = write_config(tmp_path, cohort, genotypes={"zarr": str(out / "genotypes.zarr")})
+    res = bigmm_cli("run", path)
+    assert res.returncode == 0, res.stderr
+    assert (out / "genotypes.zarr").is_dir() and (out / "results.json").exists()

@@ -166,11 +166,16 @@ def stage_files(name: str, entry: dict | None) -> list[str]:
     return list(STAGE_OUTPUTS.get(name, ()))
 
 
-def remove_stage_files(out: Path, name: str, entry: dict | None) -> list[str]:
-    """Remove what stage ``name`` recorded (and nothing else); folders it made and left empty go too."""
+def remove_stage_files(out: Path, name: str, entry: dict | None, keep=()) -> list[str]:
+    """Remove what stage ``name`` recorded (and nothing else); folders it made and left empty go
+    too. Paths in ``keep`` (this run's inputs, e.g. a cohort store an earlier run made here and
+    this config reads) are never removed."""
     removed = []
+    keep = {Path(k).resolve() for k in keep}
     for rel in stage_files(name, entry):
         path = Path(out) / rel
+        if path.resolve() in keep:
+            continue
         if path.exists() or path.is_symlink():
             remove_path(path)
             removed.append(rel)

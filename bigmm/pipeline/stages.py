@@ -564,12 +564,13 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         # failure nothing that looks like a current result is left
         recorded = runner.manifest.get("stages", {})
         writing = runner.manifest.pop("writing", None)
+        inputs_here = [p for p in (cfg.genotypes.zarr, cfg.genotypes.vcf_zarr) if p is not None]
         if writing and writing.get("stage") in STAGES:  # a stage that failed or was killed mid-way
-            remove_stage_files(out, writing["stage"], writing)
+            remove_stage_files(out, writing["stage"], writing, keep=inputs_here)
         for name in STAGES:
             if (name in runner.plan and name not in todo) or (name not in runner.plan and name not in recorded):
                 continue
-            removed = remove_stage_files(out, name, recorded.get(name))
+            removed = remove_stage_files(out, name, recorded.get(name), keep=inputs_here)
             if removed:
                 log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
         needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects) or \
