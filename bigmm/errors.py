@@ -17,3 +17,32 @@ class InputError(BigmmError):
 
 class ConfigError(BigmmError):
     """The run configuration is invalid."""
+
+
+class OutputError(BigmmError):
+    """The run directory (or another output path) cannot be written."""
+
+
+def missing_reason(path) -> str:
+    """Why ``path`` cannot be opened, in words for a message: ``"does not exist"``, or what
+    ``exists()`` hides: a symbolic link that loops, a link to nothing, a folder without access.
+
+    >>> missing_reason("/no/such/file")
+    'does not exist'
+    """
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself (or a folder on its path does): fix the link"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot be reached: permission denied ({exc.strerror}); check the folders' permissions"
+        if exc.errno == errno.ENOTDIR:
+            return "does not exist (a part of its path is a file, not a folder)"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "does not exist"
+    return "exists"

@@ -36,7 +36,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, missing_reason
 
 STORE_FORMAT = "bigmm-cohort"
 STORE_FORMAT_VERSION = 1
@@ -188,7 +188,7 @@ def file_fingerprint(path: Path | None, content: bool | str = True) -> dict | No
 
     path = Path(path)
     st = path.stat()
-    out = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    out = {"path": str(resolve_path(path)), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if content == "sampled":
         out.update(ctime_ns=st.st_ctime_ns, inode=st.st_ino, device=st.st_dev)
         h = hashlib.blake2b(digest_size=16)
@@ -207,12 +207,29 @@ def file_fingerprint(path: Path | None, content: bool | str = True) -> dict | No
     return out
 
 
+def resolve_path(path) -> Path:
+    """``Path(path).resolve()``, or the absolute path where resolving fails (a symbolic link that
+    loops): the file's own check then says what is wrong with it, instead of a traceback here."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class StoreIntegrityError(InputError):
-    """A chunk of an array bigmm wrote is missing, truncated or corrupted."""
+    """A chunk of an array bigmm wrote is missing, truncated or corrupted; ``path`` is the
+    array's folder (a run reruns the stage that wrote it, when the array is one of its outputs)."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):  # raised in Dask workers: the path must survive pickling
+        return (type(self), (str(self), self.path))
 
 
 def _chunk_path(arr: zarr.Array, idx: tuple[int, ...]) -> str:
@@ -251,7 +268,7 @@ def verify_chunks(arr: zarr.Array, label: str) -> None:
                 raise StoreIntegrityError(
                     f"{label}: chunk {idx} (file {d / _chunk_path(arr, idx)}) is missing, "
                     f"{expected - len(present)} of {expected} chunks in all; the store is damaged: "
-                    f"re-create it (or rerun the stage that wrote it)")
+                    f"re-create it (or rerun the stage that wrote it)", str(d))
 
 
 class CheckedArray:
@@ -314,7 +331,7 @@ class CheckedArray:
                 where = f" (file {d / _chunk_path(self.arr, ci)})" if d is not None else ""
                 return StoreIntegrityError(f"{self.label}: chunk {ci}{where} cannot be read: {e2}; "
                                            f"the file is truncated or corrupted: re-create the store "
-                                           f"(or rerun the stage that wrote it)")
+                                           f"(or rerun the stage that wrote it)", str(d) if d is not None else None)
         return exc
 
 
@@ -381,7 +398,7 @@ def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:
     """Open a committed cohort store, checking that it is complete (every chunk file present)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"genotype store {path} does not exist; create it with `bigmm ingest`")
+        raise InputError(f"genotype store {path} {missing_reason(path)}; create it with `bigmm ingest`")
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # zarr raises several types for a non-store

@@ -36,13 +36,16 @@ def pause_point(point: str) -> None:
     name (the stage starts, see ``pipeline.Runner.stage``) and ``DESC:N`` (N tasks of the
     task list that progress lines call DESC have finished on a distributed client, e.g.
     ``GRM 800x800 blocks:2`` or ``randomized spectrum pass 2/4:1``; tasks already running
-    go on). Unset, it costs one environment look-up.
+    go on). With ``BIGMM_TEST_RESUME_WHEN`` naming a file, the run goes on once that file
+    exists (a test changes something under the paused run). Unset, it costs one environment look-up.
     """
     if os.environ.get("BIGMM_TEST_PAUSE_AT") != point:
         return
     log.warning("test pause at %s (BIGMM_TEST_PAUSE_AT): waiting to be stopped", point)
-    while True:
+    resume = os.environ.get("BIGMM_TEST_RESUME_WHEN")
+    while not (resume and os.path.exists(resume)):
         time.sleep(0.1)
+    log.warning("test pause at %s: resumed", point)
 
 
 def fail_point(point: str) -> None:

@@ -14,6 +14,7 @@ compared to round-off only: its passes add the tasks' partial products in the or
 finish, so two undisturbed runs already differ in the last bits.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -104,11 +105,14 @@ def clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "BIGMM_TEST_PAUSE_AT"}
 
 
-def start_run(cfg: Path, log_dir: Path, pause: str | None = None) -> subprocess.Popen:
-    """``bigmm run`` in its own process group (stdout/stderr to files in ``log_dir``)."""
+def start_run(cfg: Path, log_dir: Path, pause: str | None = None, resume_when: Path | None = None) -> subprocess.Popen:
+    """``bigmm run`` in its own process group (stdout/stderr to files in ``log_dir``); paused at
+    ``pause`` until killed, or until the file ``resume_when`` exists."""
     env = clean_env()
     if pause:
         env["BIGMM_TEST_PAUSE_AT"] = pause
+    if resume_when:
+        env["BIGMM_TEST_RESUME_WHEN"] = str(resume_when)
     log_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(log_dir.glob("stderr-*")))
     with open(log_dir / f"stdout-{n}", "w") as so, open(log_dir / f"stderr-{n}", "w") as se:
@@ -402,6 +406,52 @@ def test_driver_killed_in_three_stages_resumes(cohort, reference, tmp_path):
     assert not tmp_leftovers(out)
 
 
+@contextlib.contextmanager
+def read_only(path: Path):
+    """``path`` read-only for every process, root included (a read-only bind mount over it)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a read-only bind mount needs root (the CI machines run as root)")
+    if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow bind mounts")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.distributed
+def test_output_made_read_only_mid_grm(cohort, reference, tmp_path):
+    """The run folder turns read-only while GRM blocks are being written: one clear error (no
+    chained tracebacks), status tells that no process holds the run, and once the folder is
+    writable again the same command resumes to the uninterrupted run's numbers."""
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.yaml", cohort, out)
+    logs, go = tmp_path / "logs", tmp_path / "go"
+    out.mkdir()
+    proc = start_run(cfg, logs, f"{GRM_DESC}:2", resume_when=go)
+    wait_for_pause(proc, out, f"{GRM_DESC}:2")
+    with read_only(out):
+        go.touch()
+        assert finish(proc) == 2, stderr_of(proc)
+        err = stderr_of(proc)
+        assert "Traceback" not in err and "During handling" not in err, err
+        assert err.count("bigmm: error:") == 1, err
+        assert re.search(rf"bigmm: error: cannot write {re.escape(str(out))}/\S+ \(Read-only file system\) in "
+                         rf"stage grm: make {re.escape(str(out))} writable and run the same command again; the "
+                         rf"committed stages are kept and the run resumes from grm", err), err
+        assert "could not record the end of the run" in err
+        res = run_cli("status", out)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"{out}: run stopped (run.json says running, but no bigmm process holds the run")
+    proc = start_run(cfg, logs)
+    assert finish(proc) == 0, stderr_of(proc)
+    assert (out / "gcta" / "grm.grm.bin").read_bytes() == reference.grm_bin
+    assert_same_numbers(json.loads((out / "results.json").read_text()), reference.results)
+    assert manifest(out)["status"] == "complete"
+    assert not tmp_leftovers(out)
+
+
 def test_matrix_free_reml_resumes_by_step(cohort, client, tmp_path):
     """reml.method: matrix_free, the driver SIGKILLed in Lanczos step 3 (after the state of step 2
     was committed): the rerun resumes after step 2 (its log says so, and it makes fewer passes)
@@ -577,24 +627,31 @@ def finished_run(cohort, client, tmp_path_factory):
     return SimpleNamespace(cfg=cfg, out=d / "out")
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip"])
-@pytest.mark.parametrize("array, chunk, from_stage", [
-    ("spectrum.zarr/U", "(0, 0)", "rotate"),   # rotate reads the eigenvectors
-    ("variants.zarr/scale", "(0,)", "report"),  # report reads the standardization
+@pytest.mark.parametrize("array, chunk, from_stage, writer, how", [
+    ("spectrum.zarr/U", "(0, 0)", "rotate", "spectrum", "flip"),      # rotate reads the eigenvectors
+    ("variants.zarr/scale", "(0,)", "report", "variant_stats", "truncate"),  # report reads the standardization
 ])
-def test_damaged_run_output_is_named(finished_run, how, array, chunk, from_stage):
+def test_damaged_run_output_reruns_the_stage_that_wrote_it(finished_run, reference, how, array, chunk,
+                                                           from_stage, writer):
+    """A damaged chunk of a committed output is named, and the stage that wrote it runs again
+    (with everything after it): the rerun completes with the uninterrupted run's numbers, instead
+    of failing the same way on every rerun while status says "complete"."""
     out = finished_run.out
     chunk_file = out / array / "c" / "/".join(re.findall(r"\d+", chunk))
     original = damage(chunk_file, how)
     try:
         res = run_cli("run", finished_run.cfg, "--from", from_stage)
-        assert res.returncode == 2, res.stderr
+        assert res.returncode == 0, res.stderr
         assert "Traceback" not in res.stderr
         assert f"{out}/{array}: chunk {chunk}" in res.stderr, res.stderr
+        assert f"it is an output of stage {writer}: that stage runs again" in res.stderr
+        assert re.search(rf"stage {writer}: committed", res.stderr), res.stderr
         m = manifest(out)
-        assert m["status"] == "failed" and m["resume_from"] == from_stage
-        assert f"{array}: chunk {chunk}" in m["error"]
-        assert not (out / "results.json").exists()
+        assert m["status"] == "complete"
+        # the stage recomputed in another process (same seed): equal up to round-off
+        assert_same_numbers(json.loads((out / "results.json").read_text()), reference.results, rtol=1e-6)
+        rows, text = status_rows(out)
+        assert all(r["rerun"] == "no" for r in rows.values()), text
     finally:
         chunk_file.write_bytes(original)
 

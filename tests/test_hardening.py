@@ -531,3 +531,22 @@ def test_a_store_made_by_an_earlier_run_and_read_by_this_one_is_not_removed(tmp_
     res = bigmm_cli("run", path)
     assert res.returncode == 0, res.stderr
     assert (out / "genotypes.zarr").is_dir() and (out / "results.json").exists()
+
+
+def test_a_symlink_loop_is_named_as_one(tmp_path, cohort):  # noqa: F811
+    """A phenotype file, a fileset and a config that are symbolic-link loops: each message says
+    so (it said "does not exist", or a RuntimeError traceback from resolving the path)."""
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    for ext in ("bed", "bim", "fam"):
+        (tmp_path / f"geno.{ext}").symlink_to(tmp_path / f"geno.{ext}")
+    path = write_config(tmp_path, cohort, genotypes={"plink": str(tmp_path / "geno")},
+                        phenotypes={"file": str(tmp_path / "loop-a")})
+    loop = "is a symbolic link that loops"
+    fragments = (f"phenotype file {tmp_path / 'loop-a'} {loop}", f"{tmp_path / 'geno.bed'} (it {loop}")
+    res = bigmm_cli("check", "--no-cluster", path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert all(f in res.stderr for f in fragments), res.stderr
+    assert_refused(bigmm_cli("run", path), tmp_path / "out", *fragments)
+    res = bigmm_cli("run", tmp_path / "loop-b")
+    assert_refused(res, None, f"config file {tmp_path / 'loop-b'} {loop}")

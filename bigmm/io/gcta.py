@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, missing_reason
 from ..store import atomic_file, atomic_write_text
 
 
@@ -45,7 +45,7 @@ def read_gcta_grm(prefix: str | Path) -> tuple[list[tuple[str, str]], np.ndarray
     prefix = str(prefix)
     id_path = Path(prefix + ".grm.id")
     if not id_path.exists():
-        raise InputError(f"{id_path} does not exist")
+        raise InputError(f"{id_path} {missing_reason(id_path)}")
     ids = []
     with open(id_path) as fh:
         for lineno, line in enumerate(fh, 1):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..errors import InputError
+from ..errors import InputError, missing_reason
 from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, file_fingerprint, finish_store,
-                     new_array, now_utc, open_store, write_store_tables)
+                     new_array, now_utc, open_store, resolve_path, write_store_tables)
 
 log = logging.getLogger("bigmm")
 
@@ -32,7 +32,8 @@ def plink_paths(prefix: str | os.PathLike) -> dict[str, Path]:
     if prefix.endswith(".bed"):
         prefix = prefix[:-4]
     paths = {ext: Path(prefix + "." + ext) for ext in ("bed", "bim", "fam")}
-    missing = [str(p) for p in paths.values() if not p.exists()]
+    missing = [str(p) if missing_reason(p) == "does not exist" else f"{p} (it {missing_reason(p)})"
+               for p in paths.values() if not p.exists()]
     if missing:
         raise InputError(f"PLINK fileset {prefix}: missing {', '.join(missing)}")
     return paths
@@ -215,7 +216,7 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
         bed_fp["blake2b"] = bed_hash.hexdigest()
         provenance = {
             "source": "plink",
-            "prefix": str(Path(str(prefix)).resolve()),
+            "prefix": str(resolve_path(str(prefix))),
             "files": {"bed": bed_fp, "bim": file_fingerprint(paths["bim"]),
                       "fam": file_fingerprint(paths["fam"])},
             "counted_allele": "allele1 (.bim column 5)",

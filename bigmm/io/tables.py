@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, missing_reason
 
 log = logging.getLogger("bigmm")
 
@@ -158,7 +158,7 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{what} file {path} does not exist")
+        raise InputError(f"{what} file {path} {missing_reason(path)}")
     raw = _read_text(path, what).splitlines()
     lines = [(i + 1, ln) for i, ln in enumerate(raw)
              if ln.strip() and not (ln.startswith("#") and not ln.upper().startswith("#FID"))]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..errors import InputError
+from ..errors import InputError, missing_reason
 from ..store import CheckedArray
 
 REQUIRED = ("call_genotype", "sample_id", "variant_contig", "contig_id", "variant_position",
@@ -146,7 +146,7 @@ def open_vcf_zarr(path: str | os.PathLike) -> VcfZarrStore:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"VCF Zarr store {path} does not exist")
+        raise InputError(f"VCF Zarr store {path} {missing_reason(path)}")
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # noqa: BLE001 - several error types for a non-store

@@ -13,7 +13,7 @@ from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
 from .config import load_config
 from .plan import STAGES
-from .rundir import RunInterrupted, read_manifest
+from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
 from .stages import run, status
 from .submit import write_job_script
@@ -136,7 +136,10 @@ def _dispatch(args) -> int:
     if args.command == "status":
         rows = status(args.run_dir)
         m = read_manifest(args.run_dir)
-        print(f"{args.run_dir}: run {m.get('status', '?')}"
+        state = m.get("status", "?")
+        if state == "running" and lock_holder(args.run_dir) is None:
+            state = "stopped (run.json says running, but no bigmm process holds the run: it was killed or could not record its end; see run.log)"
+        print(f"{args.run_dir}: run {state}"
               + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
         print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
         for r in rows:

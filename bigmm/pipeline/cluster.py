@@ -22,7 +22,7 @@ import os
 from typing import Iterator
 
 from .config import ClusterConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, missing_reason
 
 log = logging.getLogger("bigmm")
 
@@ -94,7 +94,7 @@ def _security(cfg: ClusterConfig):
 
     for label, path in (("ca_file", cfg.tls.ca_file), ("cert", cfg.tls.cert), ("key", cfg.tls.key)):
         if path is not None and not path.exists():
-            raise ConfigError(f"cluster.tls.{label}: {path} does not exist")
+            raise ConfigError(f"cluster.tls.{label}: {path} {missing_reason(path)}")
     return Security(tls_ca_file=str(cfg.tls.ca_file), tls_client_cert=str(cfg.tls.cert),
                     tls_client_key=str(cfg.tls.key) if cfg.tls.key else None, require_encryption=True)
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from typing_extensions import Annotated
 
 from .. import mfreml
-from ..errors import ConfigError
+from ..errors import ConfigError, missing_reason
+from ..store import resolve_path
 
 #: an integer that YAML wrote as one: ``true`` or ``"12"`` is refused, not taken as 1 or 12
 Int = Annotated[int, Strict()]
@@ -258,7 +259,7 @@ class RunConfig(_Section):
         exp = self.grm.export_gcta
         if isinstance(exp, str):
             # a prefix: the files are PREFIX.grm.*, so PREFIX must name something inside
-            target, out = (self.output / exp).resolve(), self.output.resolve()
+            target, out = resolve_path(self.output / exp), resolve_path(self.output)
             if Path(exp).is_absolute() or target == out or not target.is_relative_to(out):
                 raise ValueError(f"grm.export_gcta {exp!r} writes outside the output directory "
                                  f"{self.output}; give a prefix relative to it (e.g. gcta/grm)")
@@ -301,7 +302,7 @@ def _resolve(raw: dict, base: Path) -> dict:
                 break
         if isinstance(node, dict) and isinstance(node.get(path[-1]), str):
             p = Path(node[path[-1]]).expanduser()
-            node[path[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+            node[path[-1]] = str(p if p.is_absolute() else resolve_path(base / p))
     return out
 
 
@@ -381,7 +382,7 @@ def read_yaml(path: Path):
     :data:`MAX_CONFIG_BYTES` of text and :data:`MAX_CONFIG_NODES` nodes after alias expansion."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {missing_reason(path)}")
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
@@ -412,4 +413,4 @@ def load_config(path: str | Path) -> RunConfig:
     raw = read_yaml(path)
     if raw is None:
         raise ConfigError(f"{path} is empty")
-    return parse_config(raw, base=path.resolve().parent, source=path.resolve())
+    return parse_config(raw, base=resolve_path(path).parent, source=resolve_path(path))

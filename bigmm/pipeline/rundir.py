@@ -16,11 +16,12 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
 from ..errors import InputError
-from ..store import atomic_write_text, now_utc, remove_path
+from ..store import atomic_write_text, now_utc, remove_path, resolve_path
 from .config import RunConfig
 from .plan import STAGE_OUTPUTS
 
@@ -116,7 +117,10 @@ def run_lock(out: Path, replace: bool = False):
             remove_recorded_run(out, previous)
         yield
     finally:
-        path.unlink(missing_ok=True)  # still holding the lock: nobody can hold this file now
+        try:
+            path.unlink(missing_ok=True)  # still holding the lock: nobody can hold this file now
+        except OSError:  # a folder made read-only under the run: closing releases the lock anyway
+            pass
         os.close(fd)
 
 
@@ -137,9 +141,59 @@ def signals_raise():
         signal.signal(signal.SIGTERM, old)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run's log file; when it can no longer be written (a full disk, a folder made
+    read-only), one line says so on the terminal, instead of a traceback for every message."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            sys.stderr.write(f"bigmm: {self.baseFilename} can no longer be written "
+                             f"({getattr(exc, 'strerror', None) or exc}); messages go to the terminal only\n")
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
+def write_failure(out: Path, manifest: dict) -> None:
+    """Record a failed or interrupted run in run.json; when even that cannot be written, say so
+    (run.json then still says "running": ``bigmm status`` tells that no process holds the run)."""
+    try:
+        write_manifest(out, manifest)
+    except OSError as exc:
+        log.error("could not record the end of the run in %s (%s); it still says 'running' "
+                  "(bigmm status shows that no process holds the run)", Path(out) / "run.json",
+                  exc.strerror or exc)
+
+
+def lock_holder(out: Path) -> dict | None:
+    """The holder of the run directory's lock ({pid, host, started}), or None when no process
+    holds it (a run.json that says "running" then belongs to a run that was killed)."""
+    path = Path(out) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(fd) or {"pid": None}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def log_to(path: Path):
-    handler = logging.FileHandler(path)
+    handler = _RunLogHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     log.addHandler(handler)
@@ -171,10 +225,10 @@ def remove_stage_files(out: Path, name: str, entry: dict | None, keep=()) -> lis
     too. Paths in ``keep`` (this run's inputs, e.g. a cohort store an earlier run made here and
     this config reads) are never removed."""
     removed = []
-    keep = {Path(k).resolve() for k in keep}
+    keep = {resolve_path(k) for k in keep}
     for rel in stage_files(name, entry):
         path = Path(out) / rel
-        if path.resolve() in keep:
+        if resolve_path(path) in keep:
             continue
         if path.exists() or path.is_symlink():
             remove_path(path)

@@ -28,6 +28,7 @@ Run directory::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import zarr
 
 from .._version import __version__
 from ..blup import Blup, genetic_values, snp_effects
-from ..errors import BigmmError, InputError
+from ..errors import BigmmError, InputError, OutputError
 from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, default_block_size, grm, grm_complete
 from ..io.gcta import write_gcta_grm
@@ -50,8 +51,8 @@ from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
 from ..reml import RemlResult, RotatedDesign, fit_rotated, rotate
 from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
-from ..store import (CheckedArray, CohortStore, atomic_write_text, fsync_tree, now_utc, open_store, remove_path,
-                     verify_chunks)
+from ..store import (CheckedArray, CohortStore, StoreIntegrityError, atomic_write_text, fsync_tree, now_utc,
+                     open_store, remove_path, resolve_path, verify_chunks)
 from ..tasks import current_client, fail_point, pause_point, total_threads
 from .cluster import dask_client
 from .config import RunConfig, parse_config
@@ -61,7 +62,7 @@ from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load
 from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_plan, task_memory
 from .report import FIGURES, _safe_name, write_hsq, write_plink_pca, write_report, write_results, write_results_json
 from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
-                     write_manifest)
+                     write_failure, write_manifest)
 from .validate import Inputs, validate
 
 log = logging.getLogger("bigmm")
@@ -187,6 +188,32 @@ class Runner:
             log.warning("run.json was damaged: the committed output of stage %s (%s) is of this plan "
                         "and is kept", name, rel)
 
+    def stage_of(self, path: str | None, keep=()) -> str | None:
+        """The committed stage of this plan whose recorded output holds ``path`` (None for a file
+        that is not one: an input of the run, or a path outside the run directory)."""
+        if path is None:
+            return None
+        path, out = resolve_path(path), resolve_path(self.out)
+        if out not in path.parents or any(resolve_path(k) in (path, *path.parents) for k in keep):
+            return None
+        top = path.relative_to(out).parts[0]
+        for name, entry in self.manifest.get("stages", {}).items():
+            if name in self.plan and any(Path(f).parts[0] == top for f in entry.get("files", ())):
+                return name
+        return None
+
+    def invalidate(self, name: str, keep=()) -> None:
+        """Forget stage ``name`` and every later stage, removing their recorded outputs, so that
+        they run again (a damaged output found while reading it)."""
+        stages = self.manifest.setdefault("stages", {})
+        for later in STAGES[STAGES.index(name):]:
+            entry = stages.pop(later, None)
+            if entry is not None:
+                remove_stage_files(self.out, later, entry, keep=keep)
+        self.skipped = []  # the next attempt goes through every stage again
+        self.loaded.clear()
+        write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
+
     def planned_files(self, name: str) -> list[str]:
         """Every file stage ``name`` may write, before it writes any (relative paths)."""
         files = list(self.outputs(name))
@@ -251,7 +278,8 @@ class Runner:
         if files is None and name == "blup":
             files = [f for f in self.planned_files("blup") if (self.out / f).exists()]
         self.commit(name, time.perf_counter() - t0, files=files, **info)
-        self.ran.append(name)
+        if name not in self.ran:
+            self.ran.append(name)
         return value
 
     # -- loaders of committed outputs ------------------------------------------------
@@ -522,6 +550,21 @@ class Runner:
         return doc, {"files": files}
 
 
+#: errors of a folder that cannot be written: read-only (mount or permissions), full, over quota
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError | None:
+    """The message for a write into the run directory that the file system refused, else None."""
+    if not isinstance(exc, OSError) or exc.errno not in NOT_WRITABLE or not exc.filename:
+        return None
+    if not str(resolve_path(exc.filename)).startswith(str(resolve_path(out)) + os.sep):
+        return None
+    fix = "free space on its file system" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {out} writable"
+    return OutputError(f"cannot write {exc.filename} ({exc.strerror}) in stage {stage}: {fix} and run the "
+                       f"same command again; the committed stages are kept and the run resumes from {stage}")
+
+
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None) -> RunOutcome:
     """Run (or resume) the analysis described by ``cfg``.
 
@@ -573,13 +616,13 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             removed = remove_stage_files(out, name, recorded.get(name), keep=inputs_here)
             if removed:
                 log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
-        needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects) or \
-            (inputs.reml_method == "matrix_free" and any(s in todo for s in ("reml", "blup")))
-        if client is not None or not needs_cluster:
-            ctx = contextlib.nullcontext(client)
-        else:
-            ctx = dask_client(cfg.cluster)
-        try:
+        def attempt(todo):
+            needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects) or \
+                (inputs.reml_method == "matrix_free" and any(s in todo for s in ("reml", "blup")))
+            if client is not None or not needs_cluster:
+                ctx = contextlib.nullcontext(client)
+            else:
+                ctx = dask_client(cfg.cluster)
             with ctx:
                 if cfg.genotypes.plink is not None:
                     runner.stage("ingest", runner.do_ingest)
@@ -590,18 +633,39 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                 runner.stage("reml", runner.do_reml)
                 runner.stage("blup", runner.do_blup)
             runner.stage("report", runner.do_report)
+
+        try:
+            redone: set[str] = set()
+            while True:
+                try:
+                    attempt(todo)
+                    break
+                except StoreIntegrityError as exc:
+                    # a damaged chunk of a committed output (checksums are checked as chunks are
+                    # read): the stage that wrote it runs again, once, with everything after it
+                    stage = runner.stage_of(exc.path, keep=inputs_here)
+                    if stage is None or stage in redone:
+                        raise
+                    redone.add(stage)
+                    log.warning("%s; it is an output of stage %s: that stage runs again", exc, stage)
+                    runner.invalidate(stage, keep=inputs_here)
+                    todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
         except (RunInterrupted, KeyboardInterrupt) as exc:
             stage = runner.manifest.get("current_stage")
             runner.manifest.update({"status": "interrupted", "resume_from": stage,
                                     "interrupted": now_utc()})
-            write_manifest(out, runner.manifest)
+            write_failure(out, runner.manifest)
             log.error("interrupted during stage %s (%s); nothing partial was committed; run the same "
                       "command again to resume from %s", stage, exc, stage)
             raise
         except BaseException as exc:
             stage = runner.manifest.get("current_stage")
-            runner.manifest.update({"status": "failed", "resume_from": stage, "error": str(exc)[:2000]})
-            write_manifest(out, runner.manifest)
+            unwritable = _unwritable(exc, out, stage)
+            runner.manifest.update({"status": "failed", "resume_from": stage,
+                                    "error": str(unwritable or exc)[:2000]})
+            write_failure(out, runner.manifest)
+            if unwritable is not None:
+                raise unwritable from None
             raise
         runner.manifest.update({"status": "complete", "finished": now_utc()})
         runner.manifest.pop("resume_from", None)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from dask.utils import format_bytes
 
-from ..errors import BigmmError, ConfigError, InputError
+from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.plink import PlinkFileset, read_plink
 from ..io.tables import Design, build_design, read_table
 from ..spectrum import subspace_width
-from ..store import open_store
+from ..store import open_store, resolve_path
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      VariantsConfig, _resolve, parse_config, read_yaml)
 from .plan import check_memory, matrix_free_width, needs_grm, needs_spectrum, reml_method, spectrum_method
@@ -91,7 +91,7 @@ def _attempt(problems: list[str], fn, *args):
 def read_id_list(path: Path) -> list[str]:
     """Variant IDs, one per line (first field), ``#`` comments allowed."""
     if not path.exists():
-        raise InputError(f"variant list {path} does not exist")
+        raise InputError(f"variant list {path} {missing_reason(path)}")
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not ids:
         raise InputError(f"variant list {path} is empty")
@@ -274,7 +274,7 @@ def check_file(path: str | Path, contact_cluster: bool = True) -> tuple[list[str
     if not isinstance(raw, dict):
         return [f"{path}: the configuration must be a mapping of sections"], None
     try:
-        cfg = parse_config(raw, base=path.resolve().parent, source=path.resolve())
+        cfg = parse_config(raw, base=resolve_path(path).parent, source=resolve_path(path))
     except ConfigError as exc:
         problems = [ln.strip() for ln in str(exc).splitlines()[1:]]
         problems = [f"{path}: {ln}" for ln in problems] or [str(exc)]
@@ -286,7 +286,7 @@ def check_file(path: str | Path, contact_cluster: bool = True) -> tuple[list[str
 
 def _check_valid_sections(raw: dict, path: Path, contact_cluster: bool) -> list[str]:
     """Input and cluster checks for the sections of an invalid config that are themselves valid."""
-    resolved = _resolve(raw, path.resolve().parent)
+    resolved = _resolve(raw, resolve_path(path).parent)
     valid: dict = {}
     for key, model in (("genotypes", GenotypesConfig), ("phenotypes", PhenotypesConfig),
                        ("covariates", CovariatesConfig), ("variants", VariantsConfig),
