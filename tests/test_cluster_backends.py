@@ -141,7 +141,7 @@ def test_submit_without_sbatch_is_a_clear_error(tmp_path):
 def jobqueue_cluster(tmp_path, backend, **jobqueue):
     cfg = bigmm.load_config(write_config(tmp_path, cluster={"backend": backend, "workers": 3,
                                                             "jobqueue": {**JOBQUEUE, **jobqueue}}))
-    return cfg, make_jobqueue_cluster(cfg.cluster, scheduler_host="127.0.0.1")
+    return cfg, make_jobqueue_cluster(cfg.cluster, scheduler_host="127.0.0.1", shared_dir=tmp_path / "tls")
 
 
 @pytest.mark.distributed
@@ -149,7 +149,11 @@ def test_slurm_cluster_has_the_configured_resources(tmp_path):
     pytest.importorskip("dask_jobqueue")
     cfg, cluster = jobqueue_cluster(tmp_path, "slurm")
     try:
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        # workers authenticate with a key made for this cluster (mutual TLS), read from a private folder
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
+        keys = sorted((tmp_path / "tls").iterdir())
+        assert keys and all(k.stat().st_mode & 0o777 == 0o600 for k in keys), keys
         # dashboard: false keeps the scheduler's HTTP server on localhost (not :8787 on every interface)
         assert cluster.dashboard_link.startswith("http://127.0.0.1:") and ":8787/" not in cluster.dashboard_link
         text = cluster.job_script()
@@ -163,6 +167,8 @@ def test_slurm_cluster_has_the_configured_resources(tmp_path):
         assert f"export {var}=1" in text.splitlines(), text
     # 2 worker processes of 4 threads, sharing the job's memory
     assert "--nworkers 2" in text and "--nthreads 4" in text and "--memory-limit 16.00GiB" in text, text
+    for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+        assert f"{flag} {tmp_path / 'tls'}/" in text, text
     assert cfg.cluster.jobqueue.cores == 8
 
 

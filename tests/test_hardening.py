@@ -488,6 +488,8 @@ def test_temporaries_left_by_killed_processes_are_removed_under_the_lock(tmp_pat
     (out / ".results.json.tmp-4242-deadbeef").write_text("{")
     (out / "hsq" / ".trait.hsq.tmp-17-00ff00ff").write_text("partial")
     (out / ".grm.zarr.old-12345678").mkdir()
+    (out / ".bigmm-tls").mkdir(mode=0o700)  # a killed driver's batch-cluster worker key
+    (out / ".bigmm-tls" / ".dask-jobqueue.worker.key.abc").write_text("-----BEGIN PRIVATE KEY-----")
     keep = [out / ".my.tmp-notes", out / "notes.tmp-1-2", out / "hsq" / "trait.hsq"]
     for p in keep:
         p.write_text("keep")
@@ -495,6 +497,7 @@ def test_temporaries_left_by_killed_processes_are_removed_under_the_lock(tmp_pat
         pass
     assert not left.exists() and not (out / ".results.json.tmp-4242-deadbeef").exists()
     assert not (out / "hsq" / ".trait.hsq.tmp-17-00ff00ff").exists() and not (out / ".grm.zarr.old-12345678").exists()
+    assert not (out / ".bigmm-tls").exists()
     assert all(p.read_text() == "keep" for p in keep)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Iterator
 
 from .config import ClusterConfig
@@ -58,8 +60,20 @@ class BlasThreads(_WorkerPlugin):
         pass
 
 
-def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None):
-    """The dask-jobqueue cluster object for a ``slurm``/``pbs``/``sge`` backend (no job submitted)."""
+#: the folder, in the run directory, that holds the worker jobs' TLS key and certificate while a
+#: batch-system cluster runs (a shared file system: the jobs read them on their nodes)
+TLS_DIR = ".bigmm-tls"
+
+
+def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None, shared_dir: Path | None = None):
+    """The dask-jobqueue cluster object for a ``slurm``/``pbs``/``sge`` backend (no job submitted).
+
+    The scheduler and its workers talk mutual TLS with a key and certificate made for this
+    cluster (``Security.temporary()``): another user's process that reaches the scheduler's
+    port cannot run code in the workers. The worker jobs read the key from files in
+    ``shared_dir`` (created with mode 0700; the files are 0600 and removed when the cluster
+    closes); it must be on a file system the compute nodes see, as the run directory is.
+    """
     try:
         import dask_jobqueue
     except ImportError:
@@ -82,6 +96,14 @@ def make_jobqueue_cluster(cfg: ClusterConfig, scheduler_host: str | None = None)
         kwargs["project" if cfg.backend == "sge" else "account"] = jq.account
     if scheduler_host:
         kwargs["scheduler_options"]["host"] = scheduler_host
+    from distributed.security import Security
+
+    if shared_dir is None:
+        raise ConfigError("a batch-system cluster needs a shared folder for its TLS key (the run directory)")
+    shared_dir = Path(shared_dir)
+    shared_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(shared_dir, 0o700)
+    kwargs.update(security=Security.temporary(), shared_temp_directory=str(shared_dir))
     cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg.backend])
     log.debug("jobqueue: %s with %d threads per worker process", cls.__name__, threads)
     return cls(**kwargs)
@@ -100,8 +122,10 @@ def _security(cfg: ClusterConfig):
 
 
 @contextlib.contextmanager
-def dask_client(cfg: ClusterConfig) -> Iterator:
-    """Yield a ``distributed.Client`` made from the config, closed on exit."""
+def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
+    """Yield a ``distributed.Client`` made from the config, closed on exit (``run_dir``: where
+    a batch-system cluster keeps its workers' TLS key while it runs; a temporary folder in the
+    current directory when not given)."""
     import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
@@ -122,7 +146,8 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
                 client.close()
             return
         if cfg.backend in JOBQUEUE_CLASSES:
-            cluster = make_jobqueue_cluster(cfg)
+            shared = Path(run_dir or Path.cwd()) / TLS_DIR
+            cluster = make_jobqueue_cluster(cfg, shared_dir=shared)
             jq = cfg.jobqueue
             if jq.adaptive is not None:
                 cluster.adapt(minimum_jobs=jq.adaptive.minimum, maximum_jobs=jq.adaptive.maximum)
@@ -131,13 +156,14 @@ def dask_client(cfg: ClusterConfig) -> Iterator:
                 cluster.scale(jobs=cfg.workers)
                 how = f"{cfg.workers} jobs"
             client = Client(cluster)
-            log.info("cluster: %s, %s of %d cores / %s, walltime %s", cfg.backend, how, jq.cores,
-                     jq.memory, jq.walltime)
+            log.info("cluster: %s, %s of %d cores / %s, walltime %s, scheduler %s (mutual TLS with a key "
+                     "of this run)", cfg.backend, how, jq.cores, jq.memory, jq.walltime, cluster.scheduler_address)
             try:
                 yield client
             finally:
                 client.close()
                 cluster.close()
+                shutil.rmtree(shared, ignore_errors=True)
             return
         nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
         env = {k: str(nblas) for k in BLAS_ENV}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..store import atomic_write_text, now_utc, remove_path, resolve_path
+from .cluster import TLS_DIR
 from .config import RunConfig
 from .plan import STAGE_OUTPUTS
 
@@ -266,6 +267,10 @@ def remove_leftovers(out: Path) -> list[str]:
             if LEFTOVER.match(p.name):
                 remove_path(p)
                 removed.append(str(p.relative_to(out)))
+    tls = Path(out) / TLS_DIR  # the worker key of a batch-system cluster whose driver was killed
+    if tls.exists():
+        remove_path(tls)
+        removed.append(TLS_DIR)
     if removed:
         log.warning("removed %d temporary file(s) left by killed runs: %s", len(removed), ", ".join(sorted(removed)))
     return removed

@@ -622,7 +622,7 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             if client is not None or not needs_cluster:
                 ctx = contextlib.nullcontext(client)
             else:
-                ctx = dask_client(cfg.cluster)
+                ctx = dask_client(cfg.cluster, out)
             with ctx:
                 if cfg.genotypes.plink is not None:
                     runner.stage("ingest", runner.do_ingest)
