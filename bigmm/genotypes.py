@@ -14,7 +14,7 @@ genotypes is needed. ``p`` in ``K = X Xᵀ / p`` is the number of kept variants.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -105,7 +105,8 @@ class Standardization:
 
 def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, min_maf: float = 0.0,
                     max_missing: float = 1.0, variant_ids: Sequence[str] | None = None,
-                    include_ids: Sequence[str] | None = None) -> Standardization:
+                    include_ids: Sequence[str] | None = None,
+                    drop: Mapping[str, np.ndarray] | None = None) -> Standardization:
     """Apply the variant filters and compute the standardization of every variant.
 
     Parameters
@@ -125,9 +126,13 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     variant_ids, include_ids : sequences of str, optional
         The store's variant IDs and a list of IDs to keep; variants not in the
         list are dropped.
+    drop : mapping of str to bool arrays (p,), optional
+        Variants selected out before the filters, by reason (as PLINK applies --chr, --extract
+        and --exclude before --maf and --geno): ``{"chr": mask, "not_in_extract": mask, ...}``,
+        True for a variant to drop.
 
     Each dropped variant is counted under the first reason that applies, in
-    the order all_missing, monomorphic, max_missing, min_maf,
+    the order of ``drop``, then all_missing, monomorphic, max_missing, min_maf,
     not_in_variant_list.
     """
     if standardize not in STANDARDIZATIONS:
@@ -139,6 +144,12 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     def mark(mask, code):
         reason[(reason < 0) & mask] = code
 
+    selections = list((drop or {}).items())
+    for k, (name, mask) in enumerate(selections):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (p,):
+            raise ValueError(f"drop[{name!r}] has shape {mask.shape}, expected ({p},)")
+        mark(mask, len(DROP_REASONS) + k)
     called = stats.n_called > 0
     mark(~called, 0)
     # integer test for monomorphic: all calls equal 0 or all equal 2
@@ -154,7 +165,8 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
         wanted = set(include_ids)
         mark(~np.isin(np.asarray(variant_ids, dtype=object), list(wanted)), 4)
     keep = reason < 0
-    dropped = {name: int((reason == k).sum()) for k, name in enumerate(DROP_REASONS)}
+    dropped = {name: int((reason == len(DROP_REASONS) + k).sum()) for k, (name, _) in enumerate(selections)}
+    dropped.update({name: int((reason == k).sum()) for k, name in enumerate(DROP_REASONS)})
     if not keep.any():
         raise InputError(f"no variant passes the filters (of {p}: "
                          + ", ".join(f"{k} {v}" for k, v in dropped.items() if v) + ")")
@@ -176,7 +188,8 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     return Standardization(standardize=standardize, center=center, scale=scale, keep=keep,
                            dropped=dropped, trace_K=trace, n_samples=stats.n_samples,
                            filters={"min_maf": min_maf, "max_missing": max_missing,
-                                    "variant_list": include_ids is not None})
+                                    "variant_list": include_ids is not None,
+                                    "selection": [name for name, _ in selections]})
 
 
 def standardize_block(g: np.ndarray, center: np.ndarray, scale: np.ndarray,

@@ -1427,6 +1427,8 @@ def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary, fixed_effects=fe,
             n_missing=mdl.n_missing, missing_method="observed_subset" if mdl.n_missing else "none",
             sigma2_g_sigma2_e_cov=float(cov[0, 1]),
+            pve_se=(float(dpve / (h * dpve + 1.0 - h) ** 2 * h_se)
+                    if np.isfinite(dpve) and (h * dpve + 1.0 - h) > 0 else float("nan")),
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {gml[-1]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else ""),
             h2_se_stat=se_stat, h2_se_mc=se_mc, h2_he=float(np.asarray(he_h)[j]),

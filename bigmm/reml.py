@@ -81,6 +81,8 @@ class PhenotypeFit:
     missing_method: str  # "none", "indicator" or "subset_spectrum"
     sigma2_g_sigma2_e_cov: float = float("nan")
     ml_note: str = ""
+    #: SE of pve by the delta method from h2_se: d / (h² d + 1 − h²)² · SE(h²), d = pve's factor
+    pve_se: float = float("nan")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -516,6 +518,8 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
         lrt = 0.0 if h == 0.0 else max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
         pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
         pve = sg * dpve / (sg * dpve + se) if (sg * dpve + se) > 0 else float("nan")
+        # pve = h d / (h d + 1 − h) in h = h²: dpve/dh = d / (h d + 1 − h)²
+        pve_se = dpve / (h * dpve + 1.0 - h) ** 2 * h_se if (h * dpve + 1.0 - h) > 0 else float("nan")
         # back from the unit residual scale the fit ran on (rotate): y = a y', so σ² = a² σ'²,
         # ω = a ω' (+ the OLS shift), ℓ = ℓ' − (number of error contrasts) log a
         a = np.float64(rot.scale[j] if rot.scale is not None else 1.0)
@@ -536,10 +540,30 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
             logl_ml=float(ll_ml[j]) - n_obs * la,
             h2_ml=float(h_ml[j]), lrt_stat=lrt, lrt_pvalue=pval, boundary=boundary,
             fixed_effects=fe, n_missing=rot.n_missing, missing_method=rot.method,
-            sigma2_g_sigma2_e_cov=cov_ge,
+            sigma2_g_sigma2_e_cov=cov_ge, pve_se=float(pve_se),
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {grid[-2]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else "")))
     return fits
+
+
+def liability_h2(h2: float, h2_se: float, prevalence: float, case_fraction: float) -> tuple[float, float]:
+    """h² of a binary trait transformed from the observed 0/1 scale to the liability scale.
+
+    ``h²_l = h²_o K² (1 − K)² / (z² P (1 − P))`` with K the population prevalence, P the
+    proportion of cases in the sample and z the standard normal density at the liability
+    threshold Φ⁻¹(1 − K); the SE is scaled by the same factor. This is GCTA's ``--prevalence``
+    transform for ascertained case-control samples.
+
+    References
+    ----------
+    Lee SH, Wray NR, Goddard ME, Visscher PM (2011). Estimating missing heritability for
+    disease from genome-wide association studies. Am J Hum Genet 88:294-305, equation 23.
+    """
+    if not (0.0 < prevalence < 1.0 and 0.0 < case_fraction < 1.0):
+        raise ValueError("prevalence and case_fraction must be in (0, 1)")
+    z = stats.norm.pdf(stats.norm.isf(prevalence))
+    c = prevalence ** 2 * (1.0 - prevalence) ** 2 / (z ** 2 * case_fraction * (1.0 - case_fraction))
+    return h2 * c, h2_se * c
 
 
 def information_covariance(observed: np.ndarray, expected: np.ndarray, boundary: str) -> tuple[np.ndarray, str]:

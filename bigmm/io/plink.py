@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +40,35 @@ def plink_paths(prefix: str | os.PathLike) -> dict[str, Path]:
 
 
 def read_fam(path: Path) -> tuple[list[str], list[str]]:
-    """FID and IID of every line of a .fam file (6 whitespace-separated columns).
+    """FID and IID of every line of a .fam file (see :func:`parse_fam`)."""
+    fid, iid, _, _ = parse_fam(path)
+    return fid, iid
 
-    (FID, IID) pairs must be unique.
+
+def parse_fam(path: Path) -> tuple[list[str], list[str], list[list[str]], list[int]]:
+    """A .fam file: FID, IID, the phenotype cells of each line and its line number.
+
+    Six whitespace-separated columns (FID IID father mother sex phenotype), or more: GEMMA's
+    example filesets carry one phenotype per column from column 6 on, and PLINK accepts them.
+    Every line must have the same number of columns; (FID, IID) pairs must be unique.
     """
-    fid, iid = [], []
+    fid, iid, cells, lines = [], [], [], []
     seen: dict[tuple[str, str], int] = {}
+    width = None
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) != 6:
+            if len(fields) < 6:
                 raise InputError(f"{path} line {lineno}: expected 6 columns "
                                  f"(FID IID father mother sex phenotype), found {len(fields)}")
+            if width is None:
+                width = (len(fields), lineno)
+            elif len(fields) != width[0]:
+                raise InputError(f"{path} line {lineno}: {len(fields)} columns, but line {width[1]} has "
+                                 f"{width[0]}; every line of a .fam has the same columns (FID IID father "
+                                 f"mother sex and one or more phenotypes)")
             key = (fields[0], fields[1])
             if key in seen:
                 raise InputError(f"{path} line {lineno}: duplicate sample ID {key[0]}/{key[1]} "
@@ -61,9 +76,11 @@ def read_fam(path: Path) -> tuple[list[str], list[str]]:
             seen[key] = lineno
             fid.append(fields[0])
             iid.append(fields[1])
+            cells.append(fields[5:])
+            lines.append(lineno)
     if not fid:
         raise InputError(f"{path} has no samples")
-    return fid, iid
+    return fid, iid, cells, lines
 
 
 def read_bim(path: Path) -> dict[str, list]:
@@ -140,6 +157,9 @@ class PlinkFileset:
     fid: list
     iid: list
     variants: dict
+    #: the .fam's phenotype cells (column 6 on) of each sample, and each sample's .fam line
+    fam_phenotypes: list = field(default_factory=list, repr=False)
+    fam_lines: list = field(default_factory=list, repr=False)
 
     @property
     def sample_ids(self) -> list[tuple[str, str]]:
@@ -153,15 +173,16 @@ class PlinkFileset:
 def read_plink(prefix: str | os.PathLike) -> PlinkFileset:
     """Read the .fam and .bim of a fileset and check the .bed against them (magic, mode, size)."""
     paths = plink_paths(prefix)
-    fid, iid = read_fam(paths["fam"])
+    fid, iid, pheno, lines = parse_fam(paths["fam"])
     variants = read_bim(paths["bim"])
     check_bed(paths["bed"], len(fid), len(variants["id"]))
-    return PlinkFileset(paths=paths, fid=fid, iid=iid, variants=variants)
+    return PlinkFileset(paths=paths, fid=fid, iid=iid, variants=variants, fam_phenotypes=pheno, fam_lines=lines)
 
 
 def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLike, *,
                  chunks: tuple[int, int] = DEFAULT_CHUNKS, overwrite: bool = False,
-                 max_block_bytes: int = 256 << 20, num_threads: int | None = None) -> CohortStore:
+                 max_block_bytes: int = 256 << 20, num_threads: int | None = None,
+                 samples: np.ndarray | None = None) -> CohortStore:
     """Convert a PLINK .bed/.bim/.fam fileset into a chunked cohort store.
 
     Streams the .bed in blocks of whole Zarr chunks (at most ``max_block_bytes``
@@ -178,21 +199,30 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
         The new store (a directory, conventionally ending in ``.zarr``).
     chunks : (int, int)
         Chunk shape, samples x variants.
+    samples : int array, optional
+        The .fam rows to keep (increasing; PLINK's --keep/--remove): the store holds only these
+        samples, as if the fileset had only them. Default: all.
     """
     from bed_reader import open_bed
 
     fs = prefix if isinstance(prefix, PlinkFileset) else read_plink(prefix)
     paths, fid, iid, variants = fs.paths, fs.fid, fs.iid, fs.variants
+    n_fam = len(fid)
+    if samples is not None:
+        samples = np.asarray(samples, dtype=np.int64)
+        if samples.size == 0 or np.any(np.diff(samples) <= 0) or samples[0] < 0 or samples[-1] >= n_fam:
+            raise ValueError("samples must be increasing .fam rows")
+        fid, iid = [fid[i] for i in samples], [iid[i] for i in samples]
     n, p = len(fid), len(variants["id"])
     cs, cv = min(chunks[0], n), min(chunks[1], p)
     rows_per_block = max(cs, (max_block_bytes // max(cv, 1)) // cs * cs)
-    bytes_per_variant = (n + 3) // 4
+    bytes_per_variant = (n_fam + 3) // 4
     t0 = time.perf_counter()
     bed_hash = hashlib.blake2b(digest_size=16)
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         arr = new_array(group, "genotypes", shape=(n, p), dtype="int8", chunks=(cs, cv), fill_value=-1)
-        with open_bed(paths["bed"], iid_count=n, sid_count=p, num_threads=num_threads) as bed, \
+        with open_bed(paths["bed"], iid_count=n_fam, sid_count=p, num_threads=num_threads) as bed, \
                 open(paths["bed"], "rb") as raw:
             bed_hash.update(raw.read(3))
             n_blocks = (p + cv - 1) // cv
@@ -200,10 +230,11 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
                 v1 = min(p, v0 + cv)
                 buf = raw.read((v1 - v0) * bytes_per_variant)
                 bed_hash.update(buf)
-                _check_padding(buf, paths, n, v0, variants["id"])
+                _check_padding(buf, paths, n_fam, v0, variants["id"])
                 for r0 in range(0, n, rows_per_block):
                     r1 = min(n, r0 + rows_per_block)
-                    block = bed.read(index=np.s_[r0:r1, v0:v1], dtype="int8", order="C")
+                    rows = np.s_[r0:r1] if samples is None else samples[r0:r1]
+                    block = bed.read(index=(rows, np.s_[v0:v1]), dtype="int8", order="C")
                     block[block < 0] = -1
                     arr[r0:r1, v0:v1] = block
                 if b == 0 or (b + 1) % max(1, n_blocks // 10) == 0 or b + 1 == n_blocks:
@@ -220,6 +251,8 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
             "files": {"bed": bed_fp, "bim": file_fingerprint(paths["bim"]),
                       "fam": file_fingerprint(paths["fam"])},
             "counted_allele": "allele1 (.bim column 5)",
+            "samples": ("all of the .fam" if samples is None else
+                        f"{n} of the {n_fam} of the .fam (sample selection)"),
             "ingested": now_utc(),
         }
         finish_store(group, n, p, provenance)

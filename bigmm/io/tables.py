@@ -50,6 +50,11 @@ MISSING_NUMBER = -9.0
 MIN_ROWS_MATCHED = 0.9
 MAX_GENOTYPED_WITHOUT_ROW = 0.1
 _GZIP_MAGIC = b"\x1f\x8b"
+#: the table layouts bigmm reads, for error messages
+LAYOUTS = ("accepted layouts: 'fid_iid' (the default): FID IID then values, with a header line "
+           "'FID IID name ...' (or PLINK 2's '#FID IID ...') or without one (GCTA/PLINK: columns "
+           "1, 2, ...); 'gemma' (phenotypes.layout: gemma): no IDs and no header, one column per "
+           "phenotype, one row per genotyped sample in .fam order, NA for missing")
 
 
 def is_missing(cell: str) -> bool:
@@ -173,15 +178,19 @@ def read_table(path: str | Path, what: str = "table") -> Table:
 
     header = split(header_line)
     if len(header) < 2:
-        raise InputError(f"{path} line {lines[0][0]}: expected FID IID and at least one value")
+        raise InputError(f"{path} line {lines[0][0]}: expected FID IID and at least one value, found "
+                         f"{len(header)} field; {LAYOUTS}")
     if header[0].upper().lstrip("#") == "FID" and header[1].upper() == "IID":
         columns = header[2:]
         data = lines[1:]
+        detected = f"read with its header line {lines[0][0]} (FID IID and {len(columns)} named columns)"
     else:
         # GCTA/PLINK layout without a header (--pheno, --qcovar, --covar): columns 1, 2, ...
         columns = [str(i + 1) for i in range(len(header) - 2)]
         header = ["FID", "IID"] + columns
         data = lines
+        detected = (f"read as headerless FID IID and {len(columns)} value columns (its line "
+                    f"{lines[0][0]} does not start with FID IID)")
     dup = {c for c in columns if columns.count(c) > 1}
     if dup:
         raise InputError(f"{path}: duplicate column names {sorted(dup)}")
@@ -191,7 +200,8 @@ def read_table(path: str | Path, what: str = "table") -> Table:
         fields = split(line)
         if len(fields) != len(header):
             raise InputError(f"{path} line {lineno}: {len(fields)} fields, but the header has "
-                             f"{len(header)}" + ("" if tab else " (for empty cells use a tab-separated file)"))
+                             f"{len(header)}" + ("" if tab else " (for empty cells use a tab-separated file)")
+                             + f"; the file was {detected}; {LAYOUTS}")
         key = (fields[0], fields[1])
         if not (key[0].isascii() and key[1].isascii()):
             key = (nfc(key[0]), nfc(key[1]))
@@ -208,6 +218,98 @@ def read_table(path: str | Path, what: str = "table") -> Table:
         cells.append(fields[2:])
         linenos.append(lineno)
     return Table(path=path, columns=columns, fid=fid, iid=iid, cells=cells, lines=linenos)
+
+
+def read_gemma_table(path: str | Path, sample_ids: Sequence[tuple[str, str]], what: str = "phenotype") -> Table:
+    """Read a GEMMA phenotype file (``-p``): no IDs and no header, one column per phenotype,
+    one row per genotyped sample in .fam order, ``NA`` (or -9) for missing.
+
+    Columns are named ``1``, ``2``, ... (GEMMA's ``-n``); rows take the IDs of ``sample_ids``
+    in order, so the row count must equal the number of genotyped samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file {path} does not exist")
+    raw = _read_text(path, what).splitlines()
+    lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip()]
+    if not lines:
+        raise InputError(f"{what} file {path} is empty")
+    ids = [tuple(s) for s in sample_ids]
+    width = len(lines[0][1].split())
+    if len(lines) != len(ids):
+        raise InputError(f"{what} file {path} (GEMMA layout: one row per genotyped sample, in .fam "
+                         f"order) has {len(lines)} rows, but the genotype data have {len(ids)} samples; "
+                         f"rows cannot be matched to samples: write one row per .fam line (NA for "
+                         f"missing), or give a table with FID IID columns ({LAYOUTS})")
+    cells, linenos = [], []
+    for lineno, line in lines:
+        fields = line.split()
+        if len(fields) != width:
+            raise InputError(f"{path} line {lineno}: {len(fields)} fields, but line {lines[0][0]} has "
+                             f"{width}; the file was read in the GEMMA layout (phenotypes.layout: gemma: "
+                             f"one column per phenotype, no IDs, no header)")
+        try:
+            float(fields[0]) if not is_missing(fields[0]) else None
+        except ValueError:
+            if lineno == lines[0][0]:
+                raise InputError(f"{path} line {lineno}: {fields[0]!r} is not a number: a GEMMA-layout "
+                                 f"file has no header line and no ID columns ({LAYOUTS})") from None
+        cells.append(fields)
+        linenos.append(lineno)
+    return Table(path=path, columns=[str(j + 1) for j in range(width)], fid=[f for f, _ in ids],
+                 iid=[i for _, i in ids], cells=cells, lines=linenos)
+
+
+def fam_table(path: str | Path, fid: Sequence[str], iid: Sequence[str], cells: Sequence[Sequence[str]],
+              lines: Sequence[int]) -> Table:
+    """The phenotype columns of a .fam (column 6 on) as a table: columns ``PHENO1``, ``PHENO2``, ...
+    (PLINK 2's names; ``PHENO{N}`` is GEMMA's ``-n N``). Missing: -9, NA (see :func:`is_missing`)."""
+    width = len(cells[0]) if cells else 0
+    return Table(path=Path(path), columns=[f"PHENO{j + 1}" for j in range(width)], fid=list(fid),
+                 iid=list(iid), cells=[list(c) for c in cells], lines=list(lines))
+
+
+def read_sample_list(path: str | Path, what: str = "sample list") -> list[tuple[str | None, str]]:
+    """A PLINK --keep/--remove file: FID IID per line (whitespace, more columns ignored), or a
+    one-column IID list; a header line ``FID IID``, ``#FID IID`` or ``#IID`` is skipped.
+    One-column lines give ``(None, IID)``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist")
+    out = []
+    for lineno, line in enumerate(_read_text(path, what).splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        head = [f.upper().lstrip("#") for f in fields[:2]]
+        if lineno == 1 and (head[:2] == ["FID", "IID"] or head[0] == "IID"):
+            continue
+        out.append((None, fields[0]) if len(fields) == 1 else (fields[0], fields[1]))
+    if not out:
+        raise InputError(f"{what} {path} lists no sample")
+    return out
+
+
+def sample_matches(listed: Sequence[tuple[str | None, str]], sample_ids: Sequence[tuple[str, str]]
+                   ) -> tuple[np.ndarray, int]:
+    """Which genotyped samples a --keep/--remove list names (a one-column entry names every
+    sample with that IID), and how many entries name no genotyped sample."""
+    geno = _Genotyped(sample_ids)
+    by_iid: dict[str, list[int]] = {}
+    for g, (_, i) in enumerate(geno.keys):
+        by_iid.setdefault(i, []).append(g)
+    hit = np.zeros(len(geno), dtype=bool)
+    unmatched = 0
+    for f, i in listed:
+        if f is None:
+            gs = by_iid.get(nfc(i), [])
+        else:
+            g = geno.index.get((nfc(f), nfc(i)))
+            gs = [] if g is None else [g]
+        if not gs:
+            unmatched += 1
+        hit[gs] = True
+    return hit, unmatched
 
 
 class _Genotyped:
@@ -347,11 +449,13 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                  categorical: Sequence[str] = (), qcovar_path=None, dcovar_path=None) -> Design:
     """Read phenotypes and covariates, align them to ``sample_ids`` and build Z.
 
+    ``pheno_path`` is a table file (:func:`read_table`) or a :class:`Table` already read (a
+    GEMMA-layout file, :func:`read_gemma_table`, or a .fam's phenotypes, :func:`fam_table`).
     Z always starts with an intercept. Categorical covariates are one-hot
     encoded against a reference level (the first in sorted order). Samples with
     any missing covariate are dropped, as are samples with no phenotype value.
     """
-    pheno = read_table(pheno_path, "phenotype")
+    pheno = pheno_path if isinstance(pheno_path, Table) else read_table(pheno_path, "phenotype")
     names = list(pheno.columns if pheno_columns in (None, "all") else pheno_columns)
     if not names:
         raise InputError(f"phenotype file {pheno.path} has no phenotype columns")
@@ -365,7 +469,10 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
         raise InputError(f"no sample of phenotype file {pheno.path} is in the genotype data "
                          f"(genotypes have e.g. {ex_g}; the phenotype file has e.g. {ex_p}); "
                          f"check the FID and IID columns"
-                         + _hints(pheno, geno, *_near_matches(pheno, geno, rows)))
+                         + _hints(pheno, geno, *_near_matches(pheno, geno, rows))
+                         + (f"; its first two columns look like values, not IDs: a GEMMA-layout file "
+                            f"(no IDs, rows in .fam order) needs phenotypes.layout: gemma ({LAYOUTS})"
+                            if _numeric_ids(pheno) else ""))
     notes: dict = {"n_genotyped": n_gen, "n_in_phenotype_file": int(in_pheno.sum()),
                    "matches": [], "warnings": []}
     _record_match(notes, pheno, geno, rows, "phenotype")
@@ -461,6 +568,19 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     notes["n_analysed"] = n_an
     return Design(Y=Y, Z=Z, phenotype_names=names, covariate_names=znames, analysed=analysed,
                   notes=notes)
+
+
+def _numeric_ids(table: Table) -> bool:
+    """Whether every FID and IID of ``table`` reads as a number or a missing code with a
+    fractional or missing value somewhere (GEMMA's values read as IDs)."""
+    def num(c):
+        try:
+            float(c)
+            return True
+        except ValueError:
+            return is_missing(c)
+    cells = table.fid + table.iid
+    return all(num(c) for c in cells) and any("." in c or is_missing(c) for c in cells)
 
 
 def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:

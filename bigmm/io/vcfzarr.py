@@ -7,7 +7,10 @@ when present, ``variant_id``. Diploid biallelic sites are used; the allele count
 is ALT (``allele1`` = ALT, ``allele2`` = REF); multi-allelic sites and sites without
 an ALT allele are skipped and counted. No copy is made: the genotype matrix bigmm
 sees (samples x variants) is computed chunk by chunk from ``call_genotype``.
-Samples get FID = IID = the VCF sample ID (as ``plink --double-id``).
+Samples get FID = IID = the VCF sample ID (as ``plink --double-id``), or, with
+``sample_ids="iid"`` (VCFs exported by PLINK 2, whose sample names are FID_IID), FID and
+IID from the name split at its first underscore (as ``plink2 --id-delim _``; a name without
+one is FID = IID).
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class VcfZarrStore:
     group: zarr.Group
     variant_index: np.ndarray
     skipped: dict = field(default_factory=dict)
+    #: "id": FID = IID = the sample name; "iid": FID_IID names split at the first underscore
+    sample_id_mode: str = "id"
 
     @property
     def attrs(self) -> dict:
@@ -112,6 +117,8 @@ class VcfZarrStore:
 
     def sample_ids(self) -> list[tuple[str, str]]:
         ids = [str(s) for s in np.asarray(self.group["sample_id"][...])]
+        if self.sample_id_mode == "iid":
+            return [tuple(s.split("_", 1)) if "_" in s else (s, s) for s in ids]
         return [(s, s) for s in ids]
 
     def variant_table(self) -> dict[str, np.ndarray]:
@@ -138,12 +145,17 @@ class VcfZarrStore:
         return da.from_array(G, chunks=G.chunks, asarray=True, name=f"vcfzarr-{self.attrs['created']}-{self.path}")
 
 
-def open_vcf_zarr(path: str | os.PathLike) -> VcfZarrStore:
+def open_vcf_zarr(path: str | os.PathLike, sample_ids: str = "id") -> VcfZarrStore:
     """Open a VCF Zarr store for reading genotypes; diploid biallelic sites only.
+
+    ``sample_ids``: "id" (FID = IID = the VCF sample name) or "iid" (names FID_IID, as PLINK 2
+    exports them, split at the first underscore).
 
     The store is not bigmm's: other writers legitimately omit all-fill chunks, so
     chunk files are not listed; corrupted chunks still fail through their codecs.
     """
+    if sample_ids not in ("id", "iid"):
+        raise ValueError(f"sample_ids must be 'id' or 'iid', not {sample_ids!r}")
     path = Path(path)
     if not path.exists():
         raise InputError(f"VCF Zarr store {path} {missing_reason(path)}")
@@ -170,4 +182,5 @@ def open_vcf_zarr(path: str | os.PathLike) -> VcfZarrStore:
         raise InputError(f"{path}: no biallelic site ({int(multi.sum())} multi-allelic, "
                          f"{int(no_alt.sum())} without ALT)")
     return VcfZarrStore(path=path, group=group, variant_index=np.flatnonzero(keep),
-                        skipped={"multiallelic": int(multi.sum()), "no_alt": int(no_alt.sum())})
+                        skipped={"multiallelic": int(multi.sum()), "no_alt": int(no_alt.sum())},
+                        sample_id_mode=sample_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -119,8 +120,13 @@ def _dispatch(args) -> int:
         cfg = load_config(args.config)
         outcome = run(cfg, force=args.force, from_stage=args.from_stage)
         for f in outcome.result.fits:
-            print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f}\t"
+            print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
+                  f"pve={f.pve:.4f}\tSE={f.pve_se:.4f} (GEMMA's)\t"
                   f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
+        for p in json.loads(outcome.results_json.read_text()).get("phenotypes", []):
+            if p.get("h2_liability") is not None:
+                print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
+                      f"(prevalence {p['prevalence']:g}, case fraction {p['case_fraction']:.4f})")
         print(f"results: {outcome.results_json}")
         return 0
     if args.command == "check":

@@ -33,6 +33,9 @@ class GenotypesConfig(_Section):
     plink: Optional[Path] = None
     zarr: Optional[Path] = None
     vcf_zarr: Optional[Path] = None
+    #: VCF samples as FID = IID = the name ("id"), or FID_IID names (PLINK 2's export) split
+    #: at the first underscore ("iid")
+    vcf_sample_ids: Literal["id", "iid"] = "id"
     chunks: tuple[int, int] = (2048, 8192)
 
     @model_validator(mode="after")
@@ -42,14 +45,55 @@ class GenotypesConfig(_Section):
                              "or 'vcf_zarr' (VCF Zarr store)")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
+        if self.vcf_sample_ids != "id" and self.vcf_zarr is None:
+            raise ValueError("vcf_sample_ids is for vcf_zarr input")
         return self
+
+
+#: what ``variants.chr: autosomes`` stands for
+AUTOSOMES = tuple(str(c) for c in range(1, 23))
 
 
 class VariantsConfig(_Section):
     min_maf: float = Field(0.0, ge=0.0, le=0.5)
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
     standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
+    #: variant IDs to keep (PLINK --extract), one per line; ``include`` is its older name
+    extract: Optional[Path] = None
     include: Optional[Path] = None
+    #: variant IDs to drop (PLINK --exclude), one per line
+    exclude: Optional[Path] = None
+    #: chromosomes to keep (PLINK --chr): a list such as [1, 2, X], or "autosomes" (1-22)
+    chr: Optional[Union[Literal["autosomes"], list[Union[Int, str]]]] = None
+
+    @field_validator("chr", mode="before")
+    @classmethod
+    def _chr(cls, v):
+        return [v] if isinstance(v, (int, str)) and v != "autosomes" else v
+
+    @model_validator(mode="after")
+    def _one_extract(self):
+        if self.extract is not None and self.include is not None:
+            raise ValueError("give 'extract' or its older name 'include', not both")
+        if self.include is not None:
+            object.__setattr__(self, "extract", self.include)
+            object.__setattr__(self, "include", None)
+        if isinstance(self.chr, list) and not self.chr:
+            raise ValueError("chr is an empty list; leave it out to keep every chromosome")
+        return self
+
+    def chromosomes(self) -> list[str] | None:
+        """The chromosome codes to keep, as text (None: all)."""
+        if self.chr is None:
+            return None
+        return list(AUTOSOMES) if self.chr == "autosomes" else [str(c) for c in self.chr]
+
+
+class SamplesConfig(_Section):
+    """Sample selection, as PLINK's --keep / --remove: files of FID IID (or IID alone) per line."""
+
+    keep: Optional[Path] = None
+    remove: Optional[Path] = None
 
 
 def _names(v):
@@ -60,11 +104,30 @@ def _names(v):
 
 
 class PhenotypesConfig(_Section):
-    file: Path
+    file: Optional[Path] = None
+    #: the N-th phenotype column of the .fam (1: column 6; GEMMA's -n N) instead of a file
+    fam: Optional[Int] = Field(None, ge=1)
+    #: "fid_iid": FID IID then values (with or without a header); "gemma": no IDs, one column
+    #: per phenotype, rows in .fam order (GEMMA's -p)
+    layout: Literal["fid_iid", "gemma"] = "fid_iid"
     columns: Union[list[str], Literal["all"]] = "all"
     missing: Literal["auto", "indicator", "subset"] = "auto"
+    #: population prevalence of a binary (0/1 or 1/2) trait: h² is also reported on the
+    #: liability scale (GCTA --prevalence)
+    prevalence: Optional[float] = Field(None, gt=0.0, lt=1.0)
 
     _columns = field_validator("columns", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.fam is None):
+            raise ValueError("give exactly one of 'file' (a phenotype table) or 'fam' (the N-th "
+                             "phenotype column of the PLINK .fam, 1 = column 6)")
+        if self.fam is not None and self.columns != "all":
+            raise ValueError("'columns' is for a phenotype file; with 'fam' the column is fam: N")
+        if self.fam is not None and self.layout != "fid_iid":
+            raise ValueError("'layout' is for a phenotype file, not 'fam'")
+        return self
 
 
 class CovariatesConfig(_Section):
@@ -243,6 +306,7 @@ class RemlConfig(_Section):
 
 class RunConfig(_Section):
     genotypes: GenotypesConfig
+    samples: SamplesConfig = SamplesConfig()
     variants: VariantsConfig = VariantsConfig()
     phenotypes: PhenotypesConfig
     covariates: CovariatesConfig = CovariatesConfig()
@@ -253,6 +317,13 @@ class RunConfig(_Section):
     predict: PredictConfig = PredictConfig()
     cluster: ClusterConfig = ClusterConfig()
     submit: SubmitConfig = SubmitConfig()
+
+    @model_validator(mode="after")
+    def _fam_needs_plink(self):
+        if self.phenotypes.fam is not None and self.genotypes.plink is None:
+            raise ValueError("phenotypes.fam reads the .fam of genotypes.plink; with other genotype "
+                             "input give phenotypes.file")
+        return self
 
     @model_validator(mode="after")
     def _outputs_inside(self):
@@ -288,6 +359,7 @@ class RunConfig(_Section):
 
 _PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"),
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
+                ("variants", "extract"), ("variants", "exclude"), ("samples", "keep"), ("samples", "remove"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",),
                 ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
 

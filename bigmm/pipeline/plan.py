@@ -82,7 +82,8 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
         prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
         geno = {"plink": {"bed": file_fingerprint(prefix + ".bed", content="sampled"),
                           "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
-                "chunks": list(g.chunks)}
+                "chunks": list(g.chunks), "samples": cfg.section_fingerprint("samples"),
+                "keep": file_fingerprint(cfg.samples.keep), "remove": file_fingerprint(cfg.samples.remove)}
     else:
         geno = {"store": str(g.zarr or g.vcf_zarr), **(genotype_provenance or {})}
     sc = cfg.spectrum
@@ -99,7 +100,8 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     return {
         "ingest": geno,
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
-                          "include": file_fingerprint(cfg.variants.include)},
+                          "extract": file_fingerprint(cfg.variants.extract),
+                          "exclude": file_fingerprint(cfg.variants.exclude)},
         "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
         "spectrum": spec,
         "rotate": tables,

@@ -10,12 +10,14 @@ from pathlib import Path
 from ..store import atomic_file, atomic_write_text
 from .outputs import json_safe as _clean
 
-TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
+TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "pve_se", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
                "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                "n_missing", "missing_method", "h2_se_method")
 #: the matrix-free REML's own columns (after the common ones, when it ran)
 MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
                        "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+#: with phenotypes.prevalence: h² on the liability scale (Lee et al. 2011)
+LIABILITY_COLUMNS = ("prevalence", "case_fraction", "h2_liability", "h2_liability_se")
 
 
 def results_document(reml: dict, run_info: dict) -> dict:
@@ -43,7 +45,8 @@ def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]
     doc = results_document(reml, run_info)
     fits = reml["phenotypes"]
     fe_names = [fe["name"] for fe in fits[0]["fixed_effects"]] if fits else []
-    columns = TSV_COLUMNS + (MATRIX_FREE_COLUMNS if fits and "h2_se_mc" in fits[0] else ())
+    columns = TSV_COLUMNS + (MATRIX_FREE_COLUMNS if fits and "h2_se_mc" in fits[0] else ()) \
+        + (LIABILITY_COLUMNS if fits and "h2_liability" in fits[0] else ())
     header = ["phenotype", *columns]
     for name in fe_names:
         header += [f"beta_{name}", f"se_{name}"]

@@ -49,7 +49,7 @@ from ..io.gcta import write_gcta_grm
 from ..io.plink import ingest_plink
 from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
-from ..reml import RemlResult, RotatedDesign, fit_rotated, rotate
+from ..reml import RemlResult, RotatedDesign, fit_rotated, liability_h2, rotate
 from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from ..store import (CheckedArray, CohortStore, StoreIntegrityError, atomic_write_text, fsync_tree, now_utc,
                      open_store, remove_path, resolve_path, verify_chunks)
@@ -92,6 +92,31 @@ def _readable(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - any failure to open means the output is not usable
         return False
     return True
+
+
+def variant_filters(v, std: Standardization) -> dict:
+    """Each variant filter and selection of the run: its setting (None: off) and the variants it
+    dropped (each variant counted under the first that drops it, in this order)."""
+    d = std.dropped
+    out = {}
+    if v.chr is not None:
+        out["chr"] = {"setting": v.chr, "dropped": d.get("chr", 0)}
+    if v.extract is not None:
+        out["extract"] = {"setting": str(v.extract), "dropped": d.get("not_in_extract", 0)}
+    if v.exclude is not None:
+        out["exclude"] = {"setting": str(v.exclude), "dropped": d.get("in_exclude", 0)}
+    out["all_missing"] = {"setting": "always", "dropped": d.get("all_missing", 0)}
+    out["zero_variance"] = {"setting": "always (monomorphic)", "dropped": d.get("monomorphic", 0)}
+    out["max_missing"] = {"setting": v.max_missing if v.max_missing < 1.0 else None,
+                          "dropped": d.get("max_missing", 0)}
+    out["min_maf"] = {"setting": v.min_maf if v.min_maf > 0.0 else None, "dropped": d.get("min_maf", 0)}
+    return out
+
+
+def describe_filters(filters: dict) -> str:
+    """One line for the log: ``min_maf 0.01: 3 dropped; max_missing off; ...``."""
+    return "; ".join(f"{k} off (set variants.{k} to filter)" if f["setting"] is None
+                     else f"{k} {f['setting']}: {f['dropped']} dropped" for k, f in filters.items())
 
 
 @dataclass(frozen=True)
@@ -314,7 +339,7 @@ class Runner:
 
     def do_ingest(self):
         store = ingest_plink(self.inp.plink, self.out / "genotypes.zarr",
-                             chunks=self.cfg.genotypes.chunks, overwrite=True)
+                             chunks=self.cfg.genotypes.chunks, overwrite=True, samples=self.inp.sample_rows)
         self.loaded["store"] = store
         return store, {"n_samples": store.n_samples, "n_variants": store.n_variants}
 
@@ -324,11 +349,11 @@ class Runner:
             raise InputError(f"the samples of {store.path} differ from the genotype input")
         stats = variant_stats(store.to_dask())
         v = self.cfg.variants
-        variant_ids = store.variant_table()["id"] if self.inp.include is not None else None
         std = standardization(stats, v.standardize, min_maf=v.min_maf, max_missing=v.max_missing,
-                              variant_ids=variant_ids, include_ids=self.inp.include)
+                              drop=self.inp.variant_drop)
         save_variants(self.out / "variants.zarr", stats, std)
         self.loaded["std"] = std
+        log.info("variant filters: %s", describe_filters(variant_filters(v, std)))
         log.info("variants: %d of %d kept; dropped %s", std.n_kept, store.n_variants,
                  {k: c for k, c in std.dropped.items() if c} or "none")
         return std, {"passes_over_X": 1, "n_kept": std.n_kept, "dropped": std.dropped}
@@ -535,6 +560,19 @@ class Runner:
             "config_fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.model_dump(mode="json"),
         }
+        run_info["samples_selection"] = self.inp.selection.get("samples")
+        run_info["variant_filters"] = variant_filters(self.cfg.variants, std)
+        prevalence = self.cfg.phenotypes.prevalence
+        if prevalence is not None:
+            d = self.inp.design
+            for p in reml["phenotypes"]:
+                y = d.Y[d.analysed, d.phenotype_names.index(p["name"])]
+                y = y[~np.isnan(y)]
+                cases = float(np.mean(y == y.max()))
+                hl, hl_se = liability_h2(p["h2"], p["h2_se"], prevalence, cases)
+                p.update(prevalence=prevalence, case_fraction=cases, h2_liability=hl, h2_liability_se=hl_se)
+                log.info("REML %s: h2 on the liability scale %.4f (SE %.4f): prevalence %g, %.4f of the "
+                         "sample cases (Lee et al. 2011)", p["name"], hl, hl_se, prevalence, cases)
         _, doc = write_results(self.out, reml, run_info)
         write_hsq(self.out / "hsq", reml)
         fail_point("report-html")
@@ -598,6 +636,11 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                                 "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
                                 "genotype_provenance": inputs.genotype_provenance})
         runner.manifest.pop("error", None)
+        sel = inputs.selection.get("samples")
+        if sel:
+            log.info("samples: %d genotyped, %d kept (%s)", sel["genotyped"], sel["kept"],
+                     ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sel.items()
+                               if k not in ("genotyped", "kept")))
         log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
                  len(inputs.ids), int(inputs.design.analysed.sum()), len(inputs.design.phenotype_names),
                  inputs.design.Z.shape[1], inputs.method,

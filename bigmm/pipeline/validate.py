@@ -18,11 +18,12 @@ from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.plink import PlinkFileset, read_plink
-from ..io.tables import Design, build_design, read_table
+from ..io.tables import (Design, build_design, fam_table, read_gemma_table, read_sample_list, read_table,
+                         sample_matches)
 from ..spectrum import subspace_width
 from ..store import open_store, resolve_path
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
-                     VariantsConfig, _resolve, parse_config, read_yaml)
+                     SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
 from .plan import check_memory, matrix_free_width, needs_grm, needs_spectrum, reml_method, spectrum_method
 from .rundir import check_output_dir
 
@@ -43,6 +44,12 @@ class Inputs:
     memory_plan: dict = field(default_factory=dict)
     replace_other_run: bool = False
     spectrum_needed: bool = True
+    #: .fam rows kept by samples.keep/remove (None: all), and what the selection removed
+    sample_rows: object = None
+    #: variants selected out before the filters, by reason (variants.chr/extract/exclude)
+    variant_drop: dict | None = None
+    #: counts of the sample and variant selection (for the log and results.json)
+    selection: dict = field(default_factory=dict)
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -58,7 +65,8 @@ class Inputs:
         lines = [f"samples: {len(self.ids)} genotyped, {int(d.analysed.sum())} analysed; "
                  f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
                  f"variants: {self.n_variants} in the genotype input"
-                 + (f", {len(self.include)} in the include list" if self.include is not None else ""),
+                 + (f", {len(self.include)} in the extract list" if self.include is not None else "")
+                 + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items()),
                  f"REML: {self.reml_method}; spectrum: "
                  + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
         if "mf_pass_vectors" in mp:
@@ -153,27 +161,106 @@ def _open_genotype_store(g: GenotypesConfig):
     if g.vcf_zarr is not None:
         from ..io.vcfzarr import open_vcf_zarr
 
-        return open_vcf_zarr(g.vcf_zarr)
+        return open_vcf_zarr(g.vcf_zarr, sample_ids=g.vcf_sample_ids)
     return open_store(g.zarr)
 
 
+def select_samples(ids: list, samples: SamplesConfig) -> tuple[np.ndarray | None, dict]:
+    """The genotype rows kept by samples.keep / samples.remove (PLINK --keep / --remove, keep
+    applied first), and counts of what each removed. (None, {}) without a selection."""
+    if samples.keep is None and samples.remove is None:
+        return None, {}
+    kept = np.ones(len(ids), dtype=bool)
+    counts: dict = {"genotyped": len(ids)}
+    for key, path in (("keep", samples.keep), ("remove", samples.remove)):
+        if path is None:
+            continue
+        hit, unmatched = sample_matches(read_sample_list(path, f"samples.{key} file"), ids)
+        before = int(kept.sum())
+        kept &= hit if key == "keep" else ~hit
+        counts[f"removed_by_{key}"] = before - int(kept.sum())
+        counts[f"{key}_entries_not_genotyped"] = unmatched
+    counts["kept"] = int(kept.sum())
+    if not kept.any():
+        raise InputError("no genotyped sample is left after "
+                         + " and ".join(f"samples.{k} ({getattr(samples, k)})" for k in ("keep", "remove")
+                                        if getattr(samples, k) is not None)
+                         + ": check that the lists hold FID IID (or IID) of the genotype data")
+    return np.flatnonzero(kept), counts
+
+
+def _chrom_key(c) -> str:
+    c = str(c)
+    return c[3:] if c.lower().startswith("chr") else c
+
+
+def select_variants(table: dict, variants: VariantsConfig) -> tuple[dict | None, dict, list | None]:
+    """Variants dropped by variants.chr / extract (include) / exclude, as boolean masks by reason
+    (in PLINK's order), the counts, and the extract list."""
+    chroms = variants.chromosomes()
+    if chroms is None and variants.extract is None and variants.exclude is None:
+        return None, {}, None
+    vid = np.asarray(table["id"], dtype=object)
+    drop: dict = {}
+    extract = None
+    if chroms is not None:
+        want = {_chrom_key(c) for c in chroms}
+        drop["chr"] = ~np.isin(np.array([_chrom_key(c) for c in table["chrom"]], dtype=object), list(want))
+    if variants.extract is not None:
+        extract = read_id_list(variants.extract)
+        drop["not_in_extract"] = ~np.isin(vid, extract)
+    if variants.exclude is not None:
+        drop["in_exclude"] = np.isin(vid, read_id_list(variants.exclude))
+    taken = np.zeros(vid.size, dtype=bool)
+    counts = {}
+    for k, m in drop.items():  # each variant counted under the first reason that drops it
+        counts[k] = int((m & ~taken).sum())
+        taken |= m
+    if taken.all():
+        raise InputError(f"no variant is left after variants.chr/extract/exclude (of {vid.size}: "
+                         + ", ".join(f"{k} drops {c}" for k, c in counts.items())
+                         + "); check the chromosome codes and the variant IDs against the genotype input")
+    return drop, counts, extract
+
+
+def _phenotype_source(phenotypes: PhenotypesConfig, fs: PlinkFileset | None, all_ids: list):
+    """The phenotype table (a path, or a Table read here) and its columns."""
+    if phenotypes.fam is not None:
+        if fs is None:
+            raise ConfigError("phenotypes.fam needs genotypes.plink (its .fam)")
+        t = fam_table(fs.paths["fam"], fs.fid, fs.iid, fs.fam_phenotypes, fs.fam_lines)
+        if phenotypes.fam > len(t.columns):
+            raise InputError(f"phenotypes.fam = {phenotypes.fam}: {fs.paths['fam']} has {len(t.columns)} "
+                             f"phenotype column(s) (column 6 on); fam: N reads column {5 + phenotypes.fam}")
+        return t, [t.columns[phenotypes.fam - 1]]
+    if phenotypes.layout == "gemma":
+        return read_gemma_table(phenotypes.file, all_ids, "phenotype"), phenotypes.columns
+    return phenotypes.file, phenotypes.columns
+
+
 def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenotypes: PhenotypesConfig | None,
-                  covariates: CovariatesConfig | None, variants: VariantsConfig | None) -> dict:
+                  covariates: CovariatesConfig | None, variants: VariantsConfig | None,
+                  samples: SamplesConfig | None = None) -> dict:
     """Read and check the input files of the sections given (None: a section that is itself
     invalid), each once; problems are appended. Returns what was read."""
     got: dict = {}
     g = genotypes
     ids = p = None
+    fs = vtable = None
     if g is not None and g.plink is not None:
         fs = _attempt(problems, read_plink, g.plink)
         if fs is not None:
             got.update(plink=fs, variant_chunk=g.chunks[1])
             ids, p = fs.sample_ids, fs.n_variants
+            vtable = fs.variants
     elif g is not None:
         store = _attempt(problems, _open_genotype_store, g)
         if store is not None:
             got.update(store=store, variant_chunk=store.chunks[1])
             ids, p = store.sample_ids(), store.n_variants
+            if variants is not None and (variants.extract or variants.exclude or variants.chr):
+                vtable = store.variant_table()
+    all_ids = ids
     if ids is not None:
         seen: dict = {}
         for i, key in enumerate(ids):
@@ -182,11 +269,35 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                                 f"and {i + 1}); sample IDs must be unique")
                 break
             seen[key] = i
+        if samples is not None and (samples.keep is not None or samples.remove is not None):
+            if fs is None:
+                problems.append("samples.keep / samples.remove select samples of genotypes.plink input "
+                                "(at ingest); for a Zarr or VCF Zarr store, leave the samples out of the "
+                                "phenotype file instead")
+            else:
+                sel = _attempt(problems, select_samples, ids, samples)
+                if sel is not None and sel[0] is not None:
+                    rows, counts = sel
+                    ids = [ids[i] for i in rows]
+                    got.update(sample_rows=rows)
+                    got.setdefault("selection", {})["samples"] = counts
         got.update(ids=ids, n_variants=p)
+    if vtable is not None and variants is not None:
+        vs = _attempt(problems, select_variants, vtable, variants)
+        if vs is not None and vs[0] is not None:
+            got.update(variant_drop=vs[0], include=vs[2])
+            got.setdefault("selection", {})["variants"] = vs[1]
+    elif variants is not None and variants.extract is not None:
+        got["include"] = _attempt(problems, read_id_list, variants.extract)
+    pheno_src = None
+    if phenotypes is not None and all_ids is not None:
+        pheno_src = _attempt(problems, _phenotype_source, phenotypes, fs, all_ids)
+        if pheno_src is None:
+            phenotypes = None  # reported
     if ids is not None and phenotypes is not None and covariates is not None:
         c = covariates
         before = len(problems)
-        design = _attempt(problems, build_design, ids, phenotypes.file, phenotypes.columns, c.file,
+        design = _attempt(problems, build_design, ids, pheno_src[0], pheno_src[1], c.file,
                           c.columns, c.categorical, c.qcovar, c.covar)
         if design is not None:
             got["design"] = design
@@ -197,7 +308,8 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
         # again only on this error path)
         before = len(problems)
         for section, what in ((phenotypes, "phenotype"), (covariates, "covariate")):
-            if section is None or section.file is None:
+            if section is None or section.file is None or (what == "phenotype" and pheno_src is not None
+                                                           and not isinstance(pheno_src[0], Path)):
                 continue
             t = _attempt(problems, read_table, section.file, what)
             if t is not None and section.columns != "all":
@@ -205,17 +317,15 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                     _attempt(problems, t.column_index, col)
         if len(problems) == before and ids is not None and phenotypes is not None and covariates is not None:
             c = covariates
-            _attempt(problems, build_design, ids, phenotypes.file, phenotypes.columns, c.file, c.columns,
+            _attempt(problems, build_design, ids, pheno_src[0], pheno_src[1], c.file, c.columns,
                      c.categorical, c.qcovar, c.covar)
-    if variants is not None and variants.include is not None:
-        got["include"] = _attempt(problems, read_id_list, variants.include)
     return got
 
 
 def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> tuple[list[str], Inputs | None]:
     """Every problem of a parsed configuration and its inputs, and the inputs when there are none."""
     problems: list[str] = []
-    got = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants)
+    got = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants, cfg.samples)
     ids = got.get("ids")
     method = rmethod = None
     memory_plan: dict = {}
@@ -233,6 +343,15 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
             problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
         if got.get("n_variants") is not None:
             _attempt(problems, _check_disk, cfg, len(ids), got["n_variants"], method, rmethod)
+    if cfg.phenotypes.prevalence is not None and "design" in got:
+        d = got["design"]
+        for j, name in enumerate(d.phenotype_names):
+            y = d.Y[d.analysed, j]
+            levels = set(np.unique(y[~np.isnan(y)]).tolist())
+            if levels not in ({0.0, 1.0}, {1.0, 2.0}):
+                shown = ", ".join(f"{v:g}" for v in sorted(levels)[:5]) + (", ..." if len(levels) > 5 else "")
+                problems.append(f"phenotypes.prevalence is for a binary trait coded 0/1 or 1/2 (control/"
+                                f"case), but phenotype {name!r} has the values {shown}")
     replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
     if contact_cluster:
         _attempt(problems, _check_cluster, cfg.cluster)
@@ -242,7 +361,9 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
                             n_variants=got["n_variants"], method=method, reml_method=rmethod,
                             variant_chunk=got["variant_chunk"],
                             plink=got.get("plink"), store=got.get("store"), memory_plan=memory_plan,
-                            replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod))
+                            replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod),
+                            sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
+                            selection=got.get("selection", {}))
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
@@ -290,7 +411,7 @@ def _check_valid_sections(raw: dict, path: Path, contact_cluster: bool) -> list[
     valid: dict = {}
     for key, model in (("genotypes", GenotypesConfig), ("phenotypes", PhenotypesConfig),
                        ("covariates", CovariatesConfig), ("variants", VariantsConfig),
-                       ("cluster", ClusterConfig)):
+                       ("samples", SamplesConfig), ("cluster", ClusterConfig)):
         section = resolved.get(key, None if key in ("genotypes", "phenotypes") else {})
         if not isinstance(section, dict):
             continue
@@ -299,7 +420,7 @@ def _check_valid_sections(raw: dict, path: Path, contact_cluster: bool) -> list[
         except Exception:  # noqa: BLE001 - its schema errors are already reported
             continue
     problems: list[str] = []
-    _check_inputs(problems, *(valid.get(k) for k in ("genotypes", "phenotypes", "covariates", "variants")))
+    _check_inputs(problems, *(valid.get(k) for k in ("genotypes", "phenotypes", "covariates", "variants", "samples")))
     if contact_cluster and "cluster" in valid:
         _attempt(problems, _check_cluster, valid["cluster"])
     return problems
