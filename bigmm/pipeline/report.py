@@ -7,15 +7,12 @@ import json
 import math
 from pathlib import Path
 
+from ..reml import MATRIX_FREE_COLUMNS, TABLE_COLUMNS
 from ..store import atomic_file, atomic_write_text
 from .outputs import json_safe as _clean
 
-TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
-               "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
-               "n_missing", "missing_method", "h2_se_method")
-#: the matrix-free REML's own columns (after the common ones, when it ran)
-MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
-                       "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+#: results.tsv's columns after ``phenotype`` (the library's fits table: RemlResult.to_pandas() has the same)
+TSV_COLUMNS = TABLE_COLUMNS
 
 
 def results_document(reml: dict, run_info: dict) -> dict:
