@@ -10,6 +10,12 @@ The library takes arrays and returns result objects::
     spec = bigmm.exact_spectrum(K)                # or, never forming K:
     # spec = bigmm.randomized_spectrum(bigmm.GrmOperator(store.genotypes, std), 200)
     fit = bigmm.fit_reml(spec, Y, Z)
+    fit.to_pandas()                               # one row per phenotype (results.tsv's columns)
+    blup = bigmm.predict(fit, spec, genotypes=store.genotypes, std=std)   # ĝ and SNP effects
+
+An xarray Dataset in the VCF Zarr layout (``xarray.open_zarr("cohort.vcz")``, sgkit) is taken
+wherever genotypes are (``bigmm.variant_stats(ds)``, ``bigmm.grm(ds, std)``); ``bigmm.from_xarray(ds)``
+gives its sample IDs and variant table.
 
 Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
 ``bigmm.pipeline.run(bigmm.pipeline.load_config("configs/example.yaml"))``; ``bigmm.load_config`` and
@@ -17,12 +23,13 @@ Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
 """
 
 from ._version import __version__
-from .blup import Blup, genetic_values, snp_effects
+from .blup import Blup, genetic_values, predict, snp_effects
 from .errors import BigmmError, ConfigError, InputError
 from .genotypes import Standardization, VariantStats, standardization, standardized, variant_stats
 from .grm import grm
 from .io.gcta import read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
+from .io.vcfzarr import from_xarray, open_vcf_zarr
 from .io.tables import build_design, read_table
 from .passes import DenseOperator, GrmOperator
 from .reml import PhenotypeFit, RemlResult, fit_reml
@@ -48,7 +55,7 @@ __all__ = [
     "__version__", "BigmmError", "ConfigError", "InputError", "Standardization", "VariantStats",
     "standardization", "standardized", "variant_stats", "grm", "read_gcta_grm", "write_gcta_grm",
     "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
-    "RemlResult", "fit_reml", "Blup", "genetic_values", "snp_effects", "simulate", "write_tables",
+    "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
     *_RUN_LAYER,
 ]

@@ -30,13 +30,36 @@ log = logging.getLogger("bigmm")
 
 @dataclass(frozen=True)
 class Blup:
-    """Predictions for m phenotypes over n samples."""
+    """Predictions for m phenotypes over n samples (:func:`predict`)."""
 
     names: list
     genetic_values: np.ndarray  # (n, m) ĝ
     weights: np.ndarray  # (n, m) w = V⁻¹ (y − Zω̂), zero where y is missing
     sigma2_g: np.ndarray  # (m,)
     notes: dict = field(default_factory=dict)
+    #: (p, m) β̂ per standardized genotype (0 for dropped variants), when asked for
+    snp_effects: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        n, m = self.genetic_values.shape
+        snp = "" if self.snp_effects is None else f", SNP effects of {self.snp_effects.shape[0]} variants"
+        names = ", ".join(map(str, self.names[:5])) + (", ..." if m > 5 else "")
+        return f"Blup({m} phenotype{'s' if m != 1 else ''} ({names}) x {n} samples{snp})"
+
+    def to_pandas(self, sample_ids=None):
+        """ĝ as a pandas DataFrame, one column per phenotype; ``sample_ids`` (a list of
+        (FID, IID) pairs, e.g. ``store.sample_ids()``) adds FID and IID columns."""
+        from .reml import _pandas
+
+        pd = _pandas()
+        df = pd.DataFrame(self.genetic_values, columns=list(self.names))
+        if sample_ids is not None:
+            ids = list(sample_ids)
+            if len(ids) != len(df):
+                raise InputError(f"{len(ids)} sample IDs for {len(df)} genetic values")
+            df.insert(0, "IID", [i for _, i in ids])
+            df.insert(0, "FID", [f for f, _ in ids])
+        return df
 
 
 def _apply_K(spec: Spectrum, w: np.ndarray) -> np.ndarray:
@@ -103,6 +126,16 @@ def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: Rem
         ``spectrum.subset(rows)`` if the caller has it (the spectrum the design was rotated on);
         else it is recomputed here when ``rows`` is not all of ``spectrum`` (O(n_o k²) for a
         reduced spectrum, an eigendecomposition of the subset for an exact one).
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> rng = np.random.default_rng(0)
+    >>> G = rng.binomial(2, 0.3, size=(80, 300)).astype(np.int8)
+    >>> spec = bigmm.exact_spectrum(bigmm.grm(G, bigmm.standardization(bigmm.variant_stats(G))))
+    >>> fit = bigmm.fit_reml(spec, rng.normal(size=80))
+    >>> bigmm.genetic_values(spec, None, fit).genetic_values.shape   # or bigmm.predict(fit, spec)
+    (80, 1)
     """
     design = result.design if design is None else design
     if design is None or design.Z is None:
@@ -131,11 +164,94 @@ def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: Rem
                 notes={"spectrum": spectrum.method})
 
 
+def predict(fit, spectrum: Spectrum | None = None, *, genotypes=None, std=None, rows=None,
+            rows_spectrum: Spectrum | None = None, dtype="float64") -> Blup:
+    """Genetic values (BLUP) of every sample and, given the genotypes, SNP effects: one call.
+
+    Parameters
+    ----------
+    fit : RemlResult or MatrixFreeResult
+        A fit from :func:`bigmm.fit_reml` (it carries the design it was made on) or
+        :func:`bigmm.mfreml.fit_matrix_free`.
+    spectrum : Spectrum
+        The spectrum of all samples for which ĝ is wanted (for a ``fit_reml`` fit; the fit's
+        own spectrum, or that of all genotyped samples with ``rows``). Not used for a
+        matrix-free fit.
+    genotypes, std : optional
+        The genotypes (n x p: a cohort store's ``genotypes``, a NumPy array, or an xarray
+        Dataset in the VCF Zarr layout) and their :class:`bigmm.Standardization`: with them,
+        the SNP effects ``β̂ = (σ²_g / p) Xᵀ w`` are computed too (one pass over X), and for a
+        matrix-free fit ``ĝ = σ²_g K w`` (one more pass).
+    rows, rows_spectrum
+        As :func:`genetic_values`: the rows of ``spectrum`` the fit's samples are.
+    dtype : numpy dtype
+        Precision of the products of the passes over X (default float64, the library's rule:
+        :data:`bigmm.genotypes.LIBRARY_DTYPE`; accumulated in float64).
+
+    Returns
+    -------
+    Blup
+        ``genetic_values`` (n x m), ``weights``, and ``snp_effects`` (p x m) when asked.
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> rng = np.random.default_rng(0)
+    >>> G = rng.binomial(2, 0.3, size=(100, 300)).astype(np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G))
+    >>> spec = bigmm.exact_spectrum(bigmm.grm(G, std))
+    >>> fit = bigmm.fit_reml(spec, rng.normal(size=100))
+    >>> b = bigmm.predict(fit, spec, genotypes=G, std=std)
+    >>> b.genetic_values.shape, b.snp_effects.shape
+    ((100, 1), (300, 1))
+    >>> X = bigmm.standardized(G, std).compute()   # the identity X β̂ = ĝ of the exact GRM
+    >>> bool(np.allclose(X @ b.snp_effects, b.genetic_values))
+    True
+    """
+    from .genotypes import genotype_matrix
+    from .passes import GrmOperator
+
+    op = None
+    if genotypes is not None:
+        if std is None:
+            raise InputError("predict: SNP effects need the standardization (std) of the genotypes")
+        op = GrmOperator(genotype_matrix(genotypes), std, dtype=dtype)
+    if hasattr(fit, "blup_weights"):  # matrix-free: weights from the fit, K w by a pass over X
+        if op is None:
+            raise InputError("predict: a matrix-free fit needs genotypes and std (K w takes a pass over X)")
+        if op.n != fit.n:
+            raise InputError(f"predict: the genotypes have {op.n} samples, the fit {fit.n}")
+        w = fit.blup_weights()  # as bigmm.mfreml.blup_matrix_free (not imported: no import circle)
+        g = np.asarray(op.apply(w, want_diag=False)[0]) * np.array([f.sigma2_g for f in fit.fits])
+        b = Blup(names=list(fit.phenotype_names), genetic_values=g, weights=w,
+                 sigma2_g=np.array([f.sigma2_g for f in fit.fits]), notes={"reml": "matrix_free"})
+    else:
+        if spectrum is None:
+            raise InputError("predict: give the spectrum the fit was made on (or that of all samples, with rows)")
+        b = genetic_values(spectrum, None, fit, rows=rows, rows_spectrum=rows_spectrum)
+    if op is None:
+        return b
+    beta = snp_effects(op, b)
+    return Blup(names=b.names, genetic_values=b.genetic_values, weights=b.weights, sigma2_g=b.sigma2_g,
+                notes=b.notes, snp_effects=beta)
+
+
 def snp_effects(op, blup: Blup) -> np.ndarray:
     """β̂ = (σ²_g / p) Xᵀ w per standardized genotype (p x m), in one pass over X.
 
     ``op`` is the :class:`bigmm.passes.GrmOperator` of the samples the BLUP weights are over.
     Dropped variants get 0. Per allele count of allele 1: ``β̂ * std.scale[:, None]``.
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> rng = np.random.default_rng(0)
+    >>> G = rng.binomial(2, 0.3, size=(80, 300)).astype(np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G))
+    >>> spec = bigmm.exact_spectrum(bigmm.grm(G, std))
+    >>> b = bigmm.genetic_values(spec, None, bigmm.fit_reml(spec, rng.normal(size=80)))
+    >>> bigmm.snp_effects(bigmm.GrmOperator(G, std), b).shape   # bigmm.predict does both in one call
+    (300, 1)
     """
     W = blup.weights
     if W.shape[0] != op.n:

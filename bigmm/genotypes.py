@@ -23,6 +23,14 @@ from .errors import InputError
 Standardize = Literal["gcta", "center", "sample_sd"]
 STANDARDIZATIONS = ("gcta", "center", "sample_sd")
 DROP_REASONS = ("all_missing", "monomorphic", "max_missing", "min_maf", "not_in_variant_list")
+#: Precision of the products in a pass over X (the GRM, a GrmOperator pass, SNP effects); every
+#: pass accumulates in float64. The rule: the library's functions default to float64 (results
+#: agree with dense references and peer tools to round-off); a run config defaults to float32
+#: (twice the BLAS rate; measured |ΔK| ≤ 2e-7 for entries of size ~1, far below K's sampling
+#: noise ~1/√p; docs/performance.md). Pass ``dtype=np.float32`` to the library for speed, or
+#: ``dtype: float64`` in a config for bit-level comparisons.
+LIBRARY_DTYPE = "float64"
+RUN_DTYPE = "float32"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,21 @@ class VariantStats:
     def call_rate(self) -> np.ndarray:
         return self.n_called / float(self.n_samples)
 
+    @property
+    def maf(self) -> np.ndarray:
+        """Minor allele frequency (NaN if no genotype is called)."""
+        f = self.freq
+        return np.minimum(f, 1.0 - f)
+
+    def __repr__(self) -> str:
+        with np.errstate(invalid="ignore"):
+            maf = self.maf
+        called = np.isfinite(maf)
+        med = f"{float(np.median(maf[called])):.3f}" if called.any() else "NA"
+        cr = f"{float(self.call_rate.mean()):.4f}" if self.n_variants else "NA"
+        return (f"VariantStats(n_samples={self.n_samples}, n_variants={self.n_variants}, "
+                f"mean call rate {cr}, median MAF {med})")
+
 
 def _chunk_sums(g: np.ndarray) -> np.ndarray:
     """Calls, sum of g and sum of g² per column of one chunk, shape (1, 3, cols).
@@ -61,6 +84,26 @@ def _chunk_sums(g: np.ndarray) -> np.ndarray:
     return np.stack([g.shape[0] - missing, n1 + 2 * n2, n1 + 4 * n2]).astype(np.int64)[None]
 
 
+def genotype_matrix(genotypes):
+    """The samples x variants int8 genotype matrix of what a user holds.
+
+    Taken: an array (NumPy, Dask, a cohort store's Zarr array), a cohort store (its
+    ``genotypes``), or an xarray Dataset in the VCF Zarr / sgkit layout
+    (:func:`bigmm.from_xarray`; ALT allele counts of its biallelic sites).
+
+    >>> import numpy as np
+    >>> genotype_matrix(np.zeros((3, 2), np.int8)).shape
+    (3, 2)
+    """
+    from .io.vcfzarr import from_xarray, is_vcf_dataset
+
+    if is_vcf_dataset(genotypes):
+        return from_xarray(genotypes).genotypes
+    if not hasattr(genotypes, "shape") and hasattr(genotypes, "genotypes"):
+        return genotypes.genotypes
+    return genotypes
+
+
 def variant_stats(genotypes) -> VariantStats:
     """One pass over the genotypes: calls, allele sums and squared sums per variant.
 
@@ -69,10 +112,21 @@ def variant_stats(genotypes) -> VariantStats:
     genotypes : dask array or array-like (n_samples, n_variants) of int8
         Allele counts with -1 for missing. A Dask array is reduced chunk by
         chunk with whatever scheduler is active (a distributed client if one
-        is set as default); memory is bounded by one chunk per thread.
+        is set as default); memory is bounded by one chunk per thread. A cohort
+        store or an xarray Dataset in the VCF Zarr layout is taken too
+        (:func:`genotype_matrix`).
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> G = np.array([[0, 1, 2], [1, -1, 2], [2, 1, 2]], dtype=np.int8)
+    >>> st = bigmm.variant_stats(G)
+    >>> st.n_called.tolist(), st.freq.tolist()
+    ([3, 2, 3], [0.5, 0.5, 1.0])
     """
     import dask.array as da
 
+    genotypes = genotype_matrix(genotypes)
     G = genotypes if isinstance(genotypes, da.Array) else da.from_array(genotypes)
     parts = G.map_blocks(_chunk_sums, dtype=np.int64, new_axis=1,
                          chunks=((1,) * G.numblocks[0], (3,), G.chunks[1]))
@@ -101,6 +155,11 @@ class Standardization:
     @property
     def n_kept(self) -> int:
         return int(self.keep.sum())
+
+    def __repr__(self) -> str:
+        dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v) or "none"
+        return (f"Standardization({self.standardize!r}, {self.n_kept} of {self.keep.size} variants kept, "
+                f"dropped: {dropped}; tr K = {self.trace_K:.6g} over {self.n_samples} samples)")
 
 
 def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, min_maf: float = 0.0,
@@ -134,6 +193,14 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     Each dropped variant is counted under the first reason that applies, in
     the order of ``drop``, then all_missing, monomorphic, max_missing, min_maf,
     not_in_variant_list.
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> G = np.array([[0, 1, 2, 0], [1, 1, 2, 0], [2, 0, 2, 1]], dtype=np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G), "gcta", min_maf=0.2)
+    >>> std.keep.tolist(), {k: v for k, v in std.dropped.items() if v}
+    ([True, True, False, False], {'monomorphic': 1, 'min_maf': 1})
     """
     if standardize not in STANDARDIZATIONS:
         raise InputError(f"standardize must be one of {', '.join(STANDARDIZATIONS)}, not {standardize!r}")
@@ -218,9 +285,18 @@ def standardized(genotypes, std: Standardization, dtype=np.float64):
 
     Column j of X is zero for a dropped variant, so ``X @ X.T / std.n_kept`` is
     the GRM. The standardization is fused into each chunk's task.
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> G = np.array([[0, 2], [2, -1], [1, 1]], dtype=np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G), "center")
+    >>> (bigmm.standardized(G, std).compute() + 0.0).tolist()   # g − 2f, missing → 0
+    [[-1.0, 0.5], [1.0, 0.0], [0.0, -0.5]]
     """
     import dask.array as da
 
+    genotypes = genotype_matrix(genotypes)
     G = genotypes if isinstance(genotypes, da.Array) else da.from_array(genotypes)
     c = da.from_array(std.center, chunks=(G.chunks[1],))
     s = da.from_array(std.scale, chunks=(G.chunks[1],))

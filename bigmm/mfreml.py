@@ -42,7 +42,7 @@ from scipy import stats
 from scipy.linalg import eigh, eigh_tridiagonal
 
 from .errors import InputError
-from .reml import FixedEffect, PhenotypeFit, information_covariance
+from .reml import FixedEffect, PhenotypeFit, fits_repr, fits_repr_html, fits_to_pandas, information_covariance
 
 log = logging.getLogger("bigmm")
 
@@ -82,7 +82,7 @@ MAX_NEWTON = 100
 # Results
 # --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # PhenotypeFit's short repr
 class MatrixFreeFit(PhenotypeFit):
     """Matrix-free REML estimates for one phenotype.
 
@@ -159,6 +159,26 @@ class MatrixFreeResult:
                 "probes": self.probes, "seed": self.seed, "tol": self.tol, "max_steps": self.max_steps,
                 "deflation_rank": self.deflation_rank, "covariate_names": list(self.covariate_names),
                 "notes": self.notes, "phenotypes": [f.to_dict() for f in self.fits]}
+
+    def to_pandas(self, kind: str = "phenotypes"):
+        """The fits as a pandas DataFrame, as :meth:`bigmm.RemlResult.to_pandas` (with the
+        matrix-free columns)."""
+        return fits_to_pandas(self.fits, kind)
+
+    def fixed_effects_table(self):
+        """The fixed-effect estimates with their SEs (long form), as
+        :meth:`bigmm.RemlResult.fixed_effects_table`."""
+        return fits_to_pandas(self.fits, "fixed")
+
+    def _head(self) -> str:
+        return (f"matrix-free, n={self.n}, {self.lanczos_steps} Lanczos steps, {self.passes_over_X} passes over X, "
+                f"{self.probes} probes, {'converged' if self.converged else 'NOT converged'}")
+
+    def __repr__(self) -> str:
+        return fits_repr(type(self).__name__, self.fits, self._head())
+
+    def _repr_html_(self) -> str:
+        return fits_repr_html(type(self).__name__, self.fits, self._head())
 
     def _where(self, name: str):
         for mdl in self.models:

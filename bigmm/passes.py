@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .genotypes import standardize_block
+from .genotypes import LIBRARY_DTYPE, standardize_block
 from .tasks import current_client, run_tasks, total_threads
 
 #: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
@@ -212,8 +212,8 @@ class GrmOperator:
     rows : int array, optional
         The samples (rows of G) K is over; default all.
     dtype : numpy dtype
-        Precision of each piece's product (float32 doubles the BLAS rate; accumulation across
-        pieces is float64).
+        Precision of each piece's product (default :data:`bigmm.genotypes.LIBRARY_DTYPE`, float64;
+        float32 doubles the BLAS rate; accumulation across pieces is float64).
     memory : int, optional
         Bytes one task may use; a pass is cut to fit, or refused before it starts.
     n_tasks : int, optional
@@ -234,8 +234,11 @@ class GrmOperator:
     True
     """
 
-    def __init__(self, G, std, *, rows=None, dtype=np.float64, memory: int | None = None,
+    def __init__(self, G, std, *, rows=None, dtype=LIBRARY_DTYPE, memory: int | None = None,
                  n_tasks: int | None = None, label: str | None = None):
+        from .genotypes import genotype_matrix
+
+        G = genotype_matrix(G)
         if std is None or not hasattr(std, "scale"):
             raise InputError("no variant statistics; compute them first with bigmm.variant_stats and "
                              "bigmm.standardization")

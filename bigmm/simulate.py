@@ -91,6 +91,16 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
         Where to write the genotypes: a PLINK fileset prefix and/or a cohort
         store (written through :func:`bigmm.store.create_store`-compatible
         layout, streamed).
+
+    Examples
+    --------
+    >>> import tempfile, bigmm
+    >>> d = tempfile.mkdtemp()
+    >>> c = bigmm.simulate(50, 100, h2=[0.5, 0.2], seed=1, out_plink=f"{d}/c")
+    >>> sorted(c.phenotypes), c.truth["h2"]
+    (['trait1', 'trait2'], [0.5, 0.2])
+    >>> bigmm.ingest_plink(f"{d}/c", f"{d}/c.zarr").n_variants
+    100
     """
     h2s = np.atleast_1d(np.asarray(h2, dtype=float))
     if n_traits is not None and h2s.size == 1:
@@ -149,7 +159,17 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
 
 
 def write_tables(cohort: SimulatedCohort, pheno_path, covar_path, truth_path=None) -> None:
-    """Write the phenotype and covariate tables (tab-separated, FID IID header, NA missing)."""
+    """Write the phenotype and covariate tables (tab-separated, FID IID header, NA missing).
+
+    Examples
+    --------
+    >>> import tempfile, bigmm
+    >>> d = tempfile.mkdtemp()
+    >>> c = bigmm.simulate(20, 30, seed=1)
+    >>> bigmm.write_tables(c, f"{d}/pheno.tsv", f"{d}/covar.tsv")
+    >>> bigmm.read_table(f"{d}/pheno.tsv").columns
+    ['trait1']
+    """
     def fmt(v):
         return "NA" if np.isnan(v) else repr(float(v))
 

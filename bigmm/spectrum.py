@@ -57,6 +57,25 @@ class Spectrum:
     def k(self) -> int:
         return int(self.s.shape[0])
 
+    def __repr__(self) -> str:
+        top = ", ".join(f"{v:.4g}" for v in self.s[:3]) + (", ..." if self.k > 3 else "")
+        tail = f", tail eigenvalue {self.tail:.4g} x {self.n_tail}" if self.n_tail else ""
+        return (f"Spectrum({self.method}, n={self.n}, k={self.k}, rank={self.rank}, tr K={self.trace_K:.6g}, "
+                f"eigenvalues [{top}]{tail})")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = [("method", self.method), ("samples n", self.n), ("eigenpairs k", self.k), ("rank", self.rank),
+                ("tr K", f"{self.trace_K:.6g}"),
+                ("top eigenvalues", ", ".join(f"{v:.4g}" for v in self.s[:5]))]
+        if self.n_tail:
+            rows += [("tail eigenvalue", f"{self.tail:.4g} (x {self.n_tail})"),
+                     ("share of tr K in the top k", f"{float(self.s.sum()) / self.trace_K:.3f}" if self.trace_K else "NA")]
+        return ("<table><caption>Spectrum</caption>"
+                + "".join(f"<tr><th>{html.escape(str(a))}</th><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
+                + "</table>")
+
     @property
     def n_tail(self) -> int:
         return self.n - self.k
@@ -119,6 +138,13 @@ def exact_spectrum(K: np.ndarray) -> Spectrum:
     """All eigenpairs of a symmetric GRM by ``scipy.linalg.eigh`` (LAPACK syevd).
 
     Cost: O(n³) flops and 2 n² doubles of memory (K and U).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spec = exact_spectrum(np.array([[2.0, 1.0], [1.0, 2.0]]))
+    >>> spec.s.round(12).tolist(), spec.n, spec.k
+    ([3.0, 1.0], 2, 2)
     """
     from scipy.linalg import eigh
 
@@ -310,6 +336,16 @@ def randomized_spectrum(op, rank: int, *, oversample: int | None = None,
     approximate singular value decomposition, NeurIPS. N. Halko, P. G. Martinsson, J. A.
     Tropp (2011), Finding structure with randomness, SIAM Review 53(2). M. F. Hutchinson
     (1990), A stochastic estimator of the trace.
+
+    Examples
+    --------
+    >>> import numpy as np, bigmm
+    >>> G = np.random.default_rng(0).binomial(2, 0.3, size=(200, 400)).astype(np.int8)
+    >>> std = bigmm.standardization(bigmm.variant_stats(G))
+    >>> spec = bigmm.randomized_spectrum(bigmm.GrmOperator(G, std), 5, seed=1, algorithm="subspace")
+    >>> exact = bigmm.exact_spectrum(bigmm.grm(G, std))
+    >>> spec.k, spec.n, bool(np.allclose(spec.s, exact.s[:5], rtol=1e-2))
+    (5, 200, True)
     """
     import time
 

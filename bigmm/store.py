@@ -103,7 +103,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
-        raise InputError(f"{final} already exists; remove it or ask to overwrite it")
+        raise InputError(f"{final} already exists; remove it, or pass overwrite=True to replace it")
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -342,6 +342,9 @@ class CohortStore:
     path: Path
     group: zarr.Group
 
+    def __repr__(self) -> str:
+        return f"CohortStore('{self.path}', {self.n_samples} samples x {self.n_variants} variants, chunks {self.chunks})"
+
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
@@ -466,6 +469,15 @@ def create_store(path: str | os.PathLike, genotypes: np.ndarray, *, fid=None, ii
     variants : dict, optional
         Keys ``chrom, id, pos, allele1, allele2`` (``allele1`` is the counted
         allele); defaults to chromosome 1, IDs ``v1..vp``, alleles A/G.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, bigmm
+    >>> d = tempfile.mkdtemp()
+    >>> G = np.array([[0, 1, 2], [1, -1, 0]], dtype=np.int8)
+    >>> store = bigmm.create_store(f"{d}/c.zarr", G)
+    >>> bigmm.open_store(f"{d}/c.zarr").genotypes[...].tolist()
+    [[0, 1, 2], [1, -1, 0]]
     """
     G = np.asarray(genotypes)
     if G.ndim != 2:

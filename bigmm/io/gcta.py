@@ -21,6 +21,16 @@ def write_gcta_grm(prefix: str | Path, K, ids: Sequence[tuple[str, str]], n_vari
     of variants used for each entry in the same layout (here the same for all
     pairs, as missing genotypes are mean-imputed); ``.grm.id`` FID and IID.
     Streams ``K`` by row blocks, so a Zarr K never has to fit in memory.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> d = tempfile.mkdtemp()
+    >>> K = np.array([[1.0, 0.1], [0.1, 0.9]])
+    >>> _ = write_gcta_grm(f"{d}/grm", K, [("F1", "I1"), ("F2", "I2")], n_variants=1000)
+    >>> ids, K2, N = read_gcta_grm(f"{d}/grm")
+    >>> ids, bool(np.allclose(K2, K, atol=1e-7)), N.tolist()   # GCTA stores float32
+    ([('F1', 'I1'), ('F2', 'I2')], True, [[1000.0, 1000.0], [1000.0, 1000.0]])
     """
     prefix = str(prefix)
     n = K.shape[0]

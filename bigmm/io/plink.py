@@ -202,6 +202,18 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
     samples : int array, optional
         The .fam rows to keep (increasing; PLINK's --keep/--remove): the store holds only these
         samples, as if the fileset had only them. Default: all.
+    overwrite : bool
+        Replace an existing store at ``out`` (default: an existing store is an error).
+
+    Examples
+    --------
+    >>> import tempfile, bigmm
+    >>> d = tempfile.mkdtemp()
+    >>> _ = bigmm.simulate(20, 30, seed=1, out_plink=f"{d}/c")
+    >>> store = bigmm.ingest_plink(f"{d}/c", f"{d}/c.zarr", chunks=(8, 16))
+    >>> store.n_samples, store.n_variants, store.chunks
+    (20, 30, (8, 16))
+    >>> store = bigmm.ingest_plink(f"{d}/c", f"{d}/c.zarr", overwrite=True)   # replaces it
     """
     from bed_reader import open_bed
 

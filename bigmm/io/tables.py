@@ -160,6 +160,15 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     have its names; without one (GCTA's ``--pheno``/``--qcovar``/``--covar`` layout)
     they are named by position after FID and IID: ``1``, ``2``, ...
     The file may be gzip-compressed and may start with a UTF-8 byte-order mark.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "pheno.tsv"
+    >>> _ = p.write_text("FID\\tIID\\theight\\nF1\\tI1\\t1.70\\nF2\\tI2\\tNA\\n")
+    >>> t = read_table(p, "phenotype")
+    >>> t.columns, t.numeric("height").tolist()
+    (['height'], [1.7, nan])
     """
     path = Path(path)
     if not path.exists():
@@ -443,6 +452,13 @@ class Design:
     analysed: np.ndarray
     notes: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        def some(names):
+            return ", ".join(map(str, names[:6])) + (f", ... ({len(names)})" if len(names) > 6 else "")
+
+        return (f"Design({self.Y.shape[0]} genotyped samples, {int(self.analysed.sum())} analysed; "
+                f"phenotypes: {some(self.phenotype_names)}; fixed effects: {some(self.covariate_names)})")
+
 
 def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_columns=None,
                  covar_path=None, covar_columns: Sequence[str] = (),
@@ -454,6 +470,17 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     Z always starts with an intercept. Categorical covariates are one-hot
     encoded against a reference level (the first in sorted order). Samples with
     any missing covariate are dropped, as are samples with no phenotype value.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "pheno.tsv").write_text("FID\\tIID\\ty\\n" + "".join(f"F{i}\\tI{i}\\t{i % 3}\\n" for i in range(6)))
+    >>> _ = (d / "covar.tsv").write_text("FID\\tIID\\tsex\\n" + "".join(f"F{i}\\tI{i}\\t{'MF'[i % 2]}\\n" for i in range(5)))
+    >>> des = build_design([(f"F{i}", f"I{i}") for i in range(6)], d / "pheno.tsv", covar_path=d / "covar.tsv",
+    ...                    covar_columns=["sex"], categorical=["sex"])
+    >>> des.covariate_names, des.analysed.tolist()            # F5/I5 has no covariate row
+    (['intercept', 'sex=M'], [True, True, True, True, True, False])
     """
     pheno = pheno_path if isinstance(pheno_path, Table) else read_table(pheno_path, "phenotype")
     names = list(pheno.columns if pheno_columns in (None, "all") else pheno_columns)

@@ -90,6 +90,11 @@ class VcfZarrStore:
     #: "id": FID = IID = the sample name; "iid": FID_IID names split at the first underscore
     sample_id_mode: str = "id"
 
+    def __repr__(self) -> str:
+        skipped = ", ".join(f"{k} {v}" for k, v in self.skipped.items() if v) or "none"
+        return (f"{type(self).__name__}('{self.path}', {self.n_samples} samples x {self.n_variants} biallelic "
+                f"variants; skipped {skipped})")
+
     @property
     def attrs(self) -> dict:
         st = (self.path / "zarr.json").stat() if (self.path / "zarr.json").exists() else None
@@ -153,6 +158,8 @@ def open_vcf_zarr(path: str | os.PathLike, sample_ids: str = "id") -> VcfZarrSto
 
     The store is not bigmm's: other writers legitimately omit all-fill chunks, so
     chunk files are not listed; corrupted chunks still fail through their codecs.
+    An xarray Dataset of the same layout (e.g. ``xarray.open_zarr(path)`` or an sgkit
+    dataset) is taken by :func:`from_xarray`.
     """
     if sample_ids not in ("id", "iid"):
         raise ValueError(f"sample_ids must be 'id' or 'iid', not {sample_ids!r}")
@@ -163,24 +170,135 @@ def open_vcf_zarr(path: str | os.PathLike, sample_ids: str = "id") -> VcfZarrSto
         group = zarr.open_group(path, mode="r")
     except Exception as exc:  # noqa: BLE001 - several error types for a non-store
         raise InputError(f"{path} is not a Zarr store ({exc})") from None
+    index, skipped = _biallelic_sites(group, str(path))
+    return VcfZarrStore(path=path, group=group, variant_index=index, skipped=skipped, sample_id_mode=sample_ids)
+
+
+def _biallelic_sites(group, label: str) -> tuple[np.ndarray, dict]:
+    """Check the VCF Zarr layout of ``group`` and index its diploid biallelic sites."""
     missing = [a for a in REQUIRED if a not in group]
     if missing:
-        raise InputError(f"{path} is not a VCF Zarr store: it lacks {', '.join(missing)} "
+        raise InputError(f"{label} is not a VCF Zarr store: it lacks {', '.join(missing)} "
                          f"(convert the VCF with `vcf2zarr convert` from bio2zarr)")
     cg = group["call_genotype"]
-    if cg.ndim != 3 or cg.shape[2] != 2:
-        raise InputError(f"{path}/call_genotype has shape {cg.shape}; bigmm needs diploid calls "
+    if len(cg.shape) != 3 or cg.shape[2] != 2:
+        raise InputError(f"{label}/call_genotype has shape {cg.shape}; bigmm needs diploid calls "
                          f"(variants x samples x 2)")
     alleles = np.asarray(group["variant_allele"][...])
     alleles = alleles.astype(object)
-    present = ~np.isin(alleles, ["", "."])
+    present = ~np.isin(alleles, ["", "."]) & (alleles != None)  # noqa: E711 - elementwise
     n_alleles = present.sum(axis=1)
     multi = n_alleles > 2
     no_alt = n_alleles < 2
     keep = ~multi & ~no_alt
     if not keep.any():
-        raise InputError(f"{path}: no biallelic site ({int(multi.sum())} multi-allelic, "
+        raise InputError(f"{label}: no biallelic site ({int(multi.sum())} multi-allelic, "
                          f"{int(no_alt.sum())} without ALT)")
-    return VcfZarrStore(path=path, group=group, variant_index=np.flatnonzero(keep),
-                        skipped={"multiallelic": int(multi.sum()), "no_alt": int(no_alt.sum())},
-                        sample_id_mode=sample_ids)
+    return np.flatnonzero(keep), {"multiallelic": int(multi.sum()), "no_alt": int(no_alt.sum())}
+
+
+# ---------------------------------------------------------------------------------------
+# xarray datasets in the VCF Zarr / sgkit layout
+# ---------------------------------------------------------------------------------------
+
+def is_vcf_dataset(obj) -> bool:
+    """Whether ``obj`` is an xarray Dataset with the VCF Zarr variable ``call_genotype``."""
+    return hasattr(obj, "data_vars") and hasattr(obj, "variables") and "call_genotype" in obj.variables
+
+
+class _SliceComputed:
+    """An array (NumPy or Dask) whose slices are NumPy arrays (a Dask slice is computed there, on
+    the synchronous scheduler: safe inside a task of any scheduler)."""
+
+    def __init__(self, a, default_chunks: tuple[int, ...]):
+        self.a = a
+        self.shape = tuple(int(x) for x in a.shape)
+        self.ndim = len(self.shape)
+        ch = getattr(a, "chunks", None)
+        self.chunks = (tuple(int(c[0]) for c in ch) if ch is not None and not isinstance(a, np.ndarray)
+                       else tuple(min(d, c) for d, c in zip(self.shape, default_chunks)))
+
+    def __getitem__(self, sel):
+        x = self.a[sel]
+        return np.asarray(x.compute(scheduler="sync") if hasattr(x, "compute") else x)
+
+
+class _DatasetGroup:
+    """The variables of an xarray Dataset seen as the arrays of a VCF Zarr group. sgkit keeps the
+    contig names in ``attrs["contigs"]`` rather than a ``contig_id`` variable: both are read."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        self.attrs = dict(ds.attrs)
+
+    def __contains__(self, name):
+        return name in self.ds.variables or (name == "contig_id" and "contigs" in self.ds.attrs)
+
+    def __getitem__(self, name):
+        if name not in self.ds.variables and name == "contig_id":
+            return np.asarray(list(self.ds.attrs["contigs"]), dtype=object)
+        if name == "call_genotype":
+            return _SliceComputed(self.ds[name].data, (8192, 2048, 2))
+        return _SliceComputed(self.ds[name].data, self.ds[name].shape)
+
+
+@dataclass(frozen=True, repr=False)
+class XarrayVcfStore(VcfZarrStore):
+    """An xarray Dataset in the VCF Zarr layout seen as a cohort (:func:`from_xarray`)."""
+
+    label: str = "xarray Dataset"
+
+    @property
+    def attrs(self) -> dict:
+        return {"format": "vcf-zarr (xarray Dataset)", "vcf_zarr_version": self.group.attrs.get("vcf_zarr_version"),
+                "source": self.label, "created": None,
+                "provenance": {"xarray": self.label, "skipped": self.skipped}}
+
+    @property
+    def genotypes(self) -> VcfGenotypes:
+        return VcfGenotypes(self.group["call_genotype"], self.variant_index)
+
+    def to_dask(self):
+        import dask.array as da
+        from dask.base import tokenize
+
+        G = self.genotypes
+        return da.from_array(G, chunks=G.chunks, asarray=True,
+                             name=f"xarray-vcf-{tokenize(id(self.group.ds), self.variant_index)}")
+
+
+def from_xarray(ds, label: str | None = None) -> XarrayVcfStore:
+    """A cohort from an xarray Dataset in the VCF Zarr layout (bio2zarr's ``vcf2zarr``, sgkit).
+
+    Variables used: ``call_genotype`` (variants x samples x ploidy), ``sample_id``,
+    ``variant_contig``, ``contig_id`` (or sgkit's ``attrs["contigs"]``), ``variant_position``,
+    ``variant_allele`` and, when present, ``variant_id``. The arrays may be NumPy or Dask
+    (``xarray.open_zarr``); nothing is copied. Diploid biallelic sites are used, ALT counted.
+    ``bigmm.variant_stats``, ``bigmm.grm``, ``bigmm.GrmOperator`` and ``bigmm.predict`` take the
+    Dataset itself too.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, bigmm
+    >>> gt = np.array([[[0, 1], [1, 1], [0, 0]], [[0, 0], [-1, -1], [1, 0]]], dtype=np.int8)
+    >>> ds = xr.Dataset({"call_genotype": (("variants", "samples", "ploidy"), gt),
+    ...                  "sample_id": ("samples", np.array(["s1", "s2", "s3"])),
+    ...                  "variant_contig": ("variants", np.array([0, 0])),
+    ...                  "contig_id": ("contigs", np.array(["1"])),
+    ...                  "variant_position": ("variants", np.array([100, 200])),
+    ...                  "variant_allele": (("variants", "alleles"), np.array([["A", "G"], ["C", "T"]]))})
+    >>> cohort = bigmm.from_xarray(ds)
+    >>> cohort.sample_ids()
+    [('s1', 's1'), ('s2', 's2'), ('s3', 's3')]
+    >>> cohort.genotypes[:, :]
+    array([[ 1,  0],
+           [ 2, -1],
+           [ 0,  1]], dtype=int8)
+    """
+    if not is_vcf_dataset(ds):
+        raise InputError("from_xarray needs an xarray Dataset in the VCF Zarr layout (with call_genotype, "
+                         "sample_id, variant_contig, contig_id, variant_position, variant_allele)")
+    label = label or str(ds.encoding.get("source") or "xarray Dataset")
+    group = _DatasetGroup(ds)
+    index, skipped = _biallelic_sites(group, label)
+    return XarrayVcfStore(path=Path(label), group=group, variant_index=index, skipped=skipped, label=label)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import BigmmError
+from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
 from .config import load_config
@@ -162,6 +162,8 @@ def _dispatch(args) -> int:
         print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
         return 0
     if args.command == "ingest":
+        if args.out.exists() and not args.force:
+            raise InputError(f"{args.out} already exists; remove it, or add --force to replace it")
         store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
         print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
         return 0

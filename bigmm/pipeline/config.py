@@ -19,6 +19,7 @@ from typing_extensions import Annotated
 
 from .. import mfreml
 from ..errors import ConfigError, missing_reason
+from ..genotypes import RUN_DTYPE  # the rule for the precision of passes over X
 from ..store import resolve_path
 
 #: an integer that YAML wrote as one: ``true`` or ``"12"`` is refused, not taken as 1 or 12
@@ -160,7 +161,7 @@ class SpectrumConfig(_Section):
     #: method "auto" uses the exact spectrum up to this many analysed samples
     exact_max_n: Int = Field(10000, ge=1)
     #: precision of the products in each pass over X (accumulated in float64)
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64"] = RUN_DTYPE
 
 
 class GrmConfig(_Section):
@@ -168,7 +169,7 @@ class GrmConfig(_Section):
     #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
     export_gcta: Union[bool, str] = False
     #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64"] = RUN_DTYPE
 
 
 def _check_size(v: str | None, what: str) -> str | None:
@@ -301,7 +302,7 @@ class RemlConfig(_Section):
     #: halves the pass's memory traffic; measured (scripts/studies/mf_float32.py, n = 3,000):
     #: |Δĥ²| ≤ 1e-7 unrelated and ≤ 1.6e-4 with 5 populations, under a tenth of the probes'
     #: Monte Carlo SD and 0.4% of the SE; float64 for bit-level comparisons
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64"] = RUN_DTYPE
 
 
 class RunConfig(_Section):

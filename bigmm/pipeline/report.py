@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ..reml import MATRIX_FREE_COLUMNS, TABLE_COLUMNS
 from ..store import atomic_file, atomic_write_text
 from .outputs import json_safe as _clean
 
-TSV_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "pve_se", "mean_diag_K", "sigma2_g", "sigma2_g_se", "sigma2_e",
-               "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
-               "n_missing", "missing_method", "h2_se_method")
-#: the matrix-free REML's own columns (after the common ones, when it ran)
-MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
-                       "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+#: results.tsv's columns after ``phenotype`` (the library's fits table: RemlResult.to_pandas() has the same)
+TSV_COLUMNS = TABLE_COLUMNS
 #: with phenotypes.prevalence: h² on the liability scale (Lee et al. 2011)
 LIABILITY_COLUMNS = ("prevalence", "case_fraction", "h2_liability", "h2_liability_se")
 
@@ -79,18 +79,9 @@ def write_hsq(outdir: Path, reml: dict) -> list[Path]:
     GCTA's logL is its REML log-likelihood; bigmm writes its own (Harville, no
     ½ log det ZᵀZ) and says so in a trailing comment line.
     """
-    import numpy as np
-
-    def val(key):  # JSON null (NaN, ±inf) as NaN, in float64 arithmetic: no OverflowError
-        v = fit.get(key)
-        return np.float64("nan") if v is None else np.float64(v)
-
     paths = []
     for fit in reml["phenotypes"]:
-        with np.errstate(over="ignore", invalid="ignore"):
-            vp = val("sigma2_g") + val("sigma2_e")
-            var_vp = val("sigma2_g_se") ** 2 + val("sigma2_e_se") ** 2 + 2 * val("sigma2_g_sigma2_e_cov")
-            se_vp = float(np.sqrt(var_vp)) if var_vp > 0 else float("nan")
+        vp, se_vp = vp_and_se(fit)
         rows = [("Source", "Variance", "SE"),
                 ("V(G)", _fmt(fit["sigma2_g"]), _fmt(fit["sigma2_g_se"])),
                 ("V(e)", _fmt(fit["sigma2_e"]), _fmt(fit["sigma2_e_se"])),
@@ -108,6 +99,19 @@ def write_hsq(outdir: Path, reml: dict) -> list[Path]:
         atomic_write_text(path, text)
         paths.append(path)
     return paths
+
+
+def vp_and_se(fit: dict) -> tuple[float, float]:
+    """Vp = σ²_g + σ²_e and its SE from the variances' covariance (one phenotype's dict)."""
+    def val(key):  # JSON null (NaN, ±inf) as NaN, in float64 arithmetic: no OverflowError
+        v = fit.get(key)
+        return np.float64("nan") if v is None else np.float64(v)
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        vp = val("sigma2_g") + val("sigma2_e")
+        var_vp = val("sigma2_g_se") ** 2 + val("sigma2_e_se") ** 2 + 2 * val("sigma2_g_sigma2_e_cov")
+        se_vp = float(np.sqrt(var_vp)) if var_vp > 0 else float("nan")
+    return float(vp), se_vp
 
 
 def _safe_name(name: str) -> str:
@@ -131,6 +135,72 @@ def write_plink_pca(prefix: Path, ids: list, U, s, n_pcs: int) -> tuple[Path, Pa
 # report.html
 # ---------------------------------------------------------------------------------------
 
+#: GRM entries ≈ 2 × kinship: KING's kinship cut-offs (0.354, 0.177, 0.0884, 0.0442) doubled
+RELATEDNESS_CLASSES = ((0.707, "duplicate or MZ twin"), (0.354, "1st degree"), (0.177, "2nd degree"),
+                       (0.088, "3rd degree"))
+#: the largest off-diagonal pairs of K listed in the report
+TOP_PAIRS = 20
+
+
+@dataclass
+class ReportData:
+    """What the report shows besides ``results.json``, from outputs the run already has (nothing
+    here takes a pass over the genotypes). Every field is optional."""
+
+    #: phenotype name -> values of the analysed samples (NaN missing)
+    phenotypes: dict = field(default_factory=dict)
+    #: (covariate name, label per genotyped sample): colours the PC plots
+    labels: tuple | None = None
+    #: per variant: minor allele frequency and missing fraction (variant statistics)
+    maf: np.ndarray | None = None
+    missing: np.ndarray | None = None
+    #: :func:`relatedness_summary` of the saved GRM (exact path only)
+    relatedness: dict | None = None
+    #: phenotype name -> (ĝ, y) over the genotyped samples (y NaN where not analysed or missing)
+    blup: dict = field(default_factory=dict)
+
+
+def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120) -> dict:
+    """Histogram of the off-diagonal entries of a saved GRM and its largest pairs, read once in
+    blocks of rows (upper triangle only; memory: one block of rows)."""
+    n = int(K.shape[0])
+    lo, hi = -0.25, 1.25
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    best_v = np.empty(0)
+    best_ij = np.empty((0, 2), dtype=np.int64)
+    vmin, vmax, total, total_sq, m = np.inf, -np.inf, 0.0, 0.0, 0
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        rows = np.asarray(K[r0:r1, :], dtype=np.float64)
+        i, j = np.triu_indices(r1 - r0, k=1, m=n - r0)
+        vals = rows[:, r0:][i, j]
+        if vals.size == 0:
+            continue
+        counts += np.histogram(np.clip(vals, lo, hi - 1e-12), edges)[0]
+        vmin, vmax = min(vmin, float(vals.min())), max(vmax, float(vals.max()))
+        total += float(vals.sum())
+        total_sq += float(np.dot(vals, vals))
+        m += vals.size
+        k = min(top, vals.size)
+        idx = np.argpartition(vals, vals.size - k)[vals.size - k:]
+        best_v = np.concatenate([best_v, vals[idx]])
+        best_ij = np.concatenate([best_ij, np.column_stack([i[idx] + r0, j[idx] + r0])])
+        keep = np.argsort(best_v)[::-1][:top]
+        best_v, best_ij = best_v[keep], best_ij[keep]
+    diag = np.array([float(K[a, a]) for a in range(n)]) if n <= 200_000 else None
+    pairs = []
+    for v, (a, b) in zip(best_v, best_ij):
+        kind = next((name for cut, name in RELATEDNESS_CLASSES if v >= cut), "")
+        pairs.append({"a": list(ids[a]), "b": list(ids[b]), "K": float(v),
+                      "K_aa": None if diag is None else float(diag[a]),
+                      "K_bb": None if diag is None else float(diag[b]), "class": kind})
+    mean = total / m if m else float("nan")
+    return {"n": n, "pairs": m, "min": vmin, "max": vmax, "mean": mean,
+            "sd": float(np.sqrt(max(total_sq / m - mean ** 2, 0.0))) if m else float("nan"),
+            "edges": edges.tolist(), "counts": counts.tolist(), "top": pairs}
+
+
 def _figure_png(fig) -> bytes:
     import io
 
@@ -142,74 +212,195 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def make_figures(doc: dict, s, U, ritz) -> dict[str, bytes]:
+def _log_axis(axis) -> None:
+    """Plain numbers (0.5, 2, 10) on a log axis instead of 1.725×10⁰, minor labels only at 2 and 5."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(fmt)
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    axis.set_minor_formatter(fmt)
+
+
+def _few_ticks(ax, n: int = 5) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(n))
+    ax.yaxis.set_major_locator(MaxNLocator(n))
+
+
+def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[str, bytes]:
     """The report's plots as PNG bytes, by name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
+    data = data or ReportData()
     figs: dict[str, bytes] = {}
-    if s is not None:
+    if s is not None and len(s):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         k = min(len(s), 100)
-        ax.plot(np.arange(1, k + 1), s[:k], "o-", ms=3)
-        ax.set_xlabel("eigenvalue index")
-        ax.set_ylabel("eigenvalue of K")
+        pos = np.asarray(s[:k], dtype=float)
+        ax.plot(np.arange(1, k + 1), np.where(pos > 0, pos, np.nan), "o-", ms=3)
+        ax.set_xlabel("eigenvalue index $i$")
+        ax.set_ylabel("eigenvalue $s_i$ of $K$")
         ax.set_yscale("log")
+        _log_axis(ax.yaxis)
         ax.set_title("Scree plot (top %d)" % k)
         figs["scree"] = _figure_png(fig)
+    labels = data.labels
     for a, b in ((0, 1), (2, 3)):
         if U is not None and U.shape[1] > b:
-            fig, ax = plt.subplots(figsize=(4.5, 4.5))
-            ax.scatter(U[:, a], U[:, b], s=4, alpha=0.6)
+            fig, ax = plt.subplots(figsize=(5, 4.5))
+            if labels is not None and len(labels[1]) == U.shape[0]:
+                lab = np.asarray(labels[1], dtype=object)
+                levels = sorted({str(x) for x in lab})
+                for lev in levels[:12]:
+                    sel = np.array([str(x) == lev for x in lab])
+                    ax.scatter(U[sel, a], U[sel, b], s=5, alpha=0.7, label=lev)
+                ax.legend(title=labels[0], fontsize=7, markerscale=2, loc="best")
+            else:
+                ax.scatter(U[:, a], U[:, b], s=4, alpha=0.6)
+            _few_ticks(ax)
             ax.set_xlabel(f"PC{a + 1}")
             ax.set_ylabel(f"PC{b + 1}")
             ax.set_title(f"PC{a + 1} vs PC{b + 1}")
             figs[f"pc{a + 1}_pc{b + 1}"] = _figure_png(fig)
-    profiles = doc.get("notes", {}).get("profiles", {})
+    profiles = (doc.get("notes") or {}).get("profiles") or {}
     if profiles:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, prof in profiles.items():
+        fits = {p["name"]: p for p in doc.get("phenotypes", [])}
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for idx, (name, prof) in enumerate(list(profiles.items())[:10]):
             ll = np.array([np.nan if v is None else v for v in prof["logl_reml"]], dtype=float)
-            ax.plot(prof["h2"], ll - np.nanmax(ll), label=name)
+            line, = ax.plot(prof["h2"], ll - np.nanmax(ll), label=name)
+            f = fits.get(name) or {}
+            h, se = f.get("h2"), f.get("h2_se")
+            if h is not None and math.isfinite(h):
+                ax.axvline(h, color=line.get_color(), lw=0.8, ls=":")
+                if se is not None and math.isfinite(se):
+                    ax.axvspan(max(0.0, h - 1.96 * se), min(1.0, h + 1.96 * se), color=line.get_color(),
+                               alpha=0.08)
+        ax.axhline(-1.92, color="grey", lw=0.8, ls="--", label=r"$-\chi^2_{1,0.95}/2$ (LR 95%)")
         ax.set_ylim(-10, 0.5)
-        ax.set_xlabel("h²")
-        ax.set_ylabel("ℓ_R(h²) − max")
-        ax.set_title("REML profile log-likelihood")
-        if len(profiles) <= 10:
-            ax.legend(fontsize=7)
+        ax.set_xlabel(r"$h^2$")
+        ax.set_ylabel(r"$\ell_R(h^2) - \max\ \ell_R$")
+        ax.set_title(r"REML profile (dotted: $\hat h^2$; shaded: $\hat h^2 \pm 1.96\,$SE)")
+        ax.legend(fontsize=7)
         figs["reml_profiles"] = _figure_png(fig)
     if ritz is not None and len(ritz):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.semilogy(np.arange(1, len(ritz) + 1), ritz, ".")
-        ax.set_xlabel("eigenpair")
-        ax.set_ylabel("‖K u − s u‖ / s")
+        ax.set_xlabel("eigenpair $i$")
+        ax.set_ylabel(r"$\|K u_i - s_i u_i\| / s_i$")
         ax.set_title("Ritz residuals of the randomized spectrum")
         figs["ritz_residuals"] = _figure_png(fig)
+    if data.phenotypes:
+        names = list(data.phenotypes)[:6]
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            v = np.asarray(data.phenotypes[name], dtype=float)
+            v = v[np.isfinite(v)]
+            ax.hist(v, bins=min(40, max(5, v.size // 10)), color="#4a7fb5")
+            ax.set_title(f"{name} (n = {v.size})", fontsize=9)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        axes[0][0].set_ylabel("samples")
+        figs["phenotypes"] = _figure_png(fig)
+    if data.relatedness:
+        r = data.relatedness
+        edges = np.asarray(r["edges"])
+        counts = np.asarray(r["counts"])
+        nz = np.flatnonzero(counts)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(edges[:-1][nz], counts[nz], width=np.diff(edges)[nz], align="edge", color="#4a7fb5")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.7)
+        _log_axis(ax.yaxis)
+        if nz.size:
+            ax.set_xlim(edges[nz[0]] - 0.05, max(0.8, edges[nz[-1] + 1] + 0.05))
+        for cut, name in RELATEDNESS_CLASSES:
+            ax.axvline(cut, color="grey", lw=0.7, ls="--")
+        ax.set_xlabel(r"off-diagonal $K_{ij}$ ($i < j$)")
+        ax.set_ylabel("pairs")
+        ax.set_title("Relatedness (dashed: 3rd degree .. duplicate)")
+        figs["relatedness"] = _figure_png(fig)
+    if data.maf is not None and data.missing is not None:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+        maf = np.asarray(data.maf, dtype=float)
+        a1.hist(maf[np.isfinite(maf)], bins=50, range=(0, 0.5), color="#4a7fb5")
+        a1.set_xlabel("minor allele frequency")
+        a1.set_ylabel("variants")
+        miss = np.asarray(data.missing, dtype=float)
+        a2.hist(miss, bins=50, color="#b5804a")
+        a2.set_xlabel("fraction of calls missing")
+        a2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        figs["variant_qc"] = _figure_png(fig)
     return figs
 
 
 #: every figure the report can hold (``report/<name>.png``)
-FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals")
+FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals", "phenotypes", "relatedness",
+           "variant_qc")
+
+#: the report's sections (``<section id=...>``), in order; a section with nothing to show is left out
+SECTIONS = ("summary", "estimates", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
+            "relatedness", "spectrum", "profiles", "blup", "stages")
 
 
-def write_report(outdir: Path, doc: dict, s, U, ritz=None) -> Path:
+def _num(v, f="{:.4f}"):
+    return "NA" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
+
+
+def _table(header, rows, e) -> str:
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in r) + "</tr>" for r in rows) + "</table>")
+
+
+def _spectrum_extras(sp: dict, e) -> str:
+    """Rows for whatever trace-share / convergence figures the spectrum stage recorded."""
+    rows = []
+    for key, v in sp.items():
+        if not any(t in key for t in ("trace_share", "share", "converged", "convergence")):
+            continue
+        if isinstance(v, list):
+            if v and all(isinstance(x, bool) for x in v):
+                shown = f"{sum(v)} of {len(v)} eigenpairs converged" + (
+                    "" if all(v) else f" (not: {', '.join(str(i + 1) for i, x in enumerate(v) if not x)[:200]})")
+            elif v and all(isinstance(x, (int, float)) or x is None for x in v):
+                xs = [x for x in v if x is not None]
+                shown = f"{len(v)} values, min {min(xs):.3g}, max {max(xs):.3g}" if xs else "none"
+            else:
+                shown = json.dumps(v)[:300]
+        elif isinstance(v, float):
+            shown = f"{v:.4f}"
+        elif isinstance(v, dict):
+            shown = ", ".join(f"{k}: {_num(x, '{:.4g}') if isinstance(x, float) else x}" for k, x in v.items())
+        else:
+            shown = str(v)
+        rows.append((key, shown))
+    if not rows:
+        return ""
+    return "<h3>Captured share and convergence</h3>" + _table(["figure", "value"], rows, e)
+
+
+def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | None = None) -> Path:
     """``report.html`` (self-contained: images inline as data URIs) and ``report/*.png``
     (one per :data:`FIGURES` that applies)."""
     import base64
     import html
-    import math
 
     outdir = Path(outdir)
-    figs = make_figures(doc, s, U, ritz)
+    data = data or ReportData()
+    figs = make_figures(doc, s, U, ritz, data)
     for name, png in figs.items():
         with atomic_file(outdir / "report" / f"{name}.png", "wb") as fh:
             fh.write(png)
     e = html.escape
+    num = _num
     sp = doc.get("spectrum_info") or {}
-    mf = [p for p in doc["phenotypes"] if p.get("reml_method") == "matrix_free"]
+    phen = doc.get("phenotypes") or []
+    mf = [p for p in phen if p.get("reml_method") == "matrix_free"]
     summary = [
         ("bigmm version", doc.get("bigmm_version")), ("created", doc.get("created")),
         ("genotyped samples", doc.get("n_genotyped")), ("analysed samples", doc.get("n_samples")),
@@ -218,81 +409,187 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None) -> Path:
         ("standardization", doc.get("standardize")),
         ("REML method", doc.get("reml_method") or "spectral"),
         ("spectrum", (f"{sp.get('method')} (requested {sp.get('requested')}), n = {sp.get('n')}, k = {sp.get('k')}"
-                      + (f", {sp.get('passes_over_X')} passes over X, max Ritz residual {sp.get('max_ritz_residual'):.2e}"
+                      + (f", {sp.get('passes_over_X')} passes over X, max Ritz residual {num(sp.get('max_ritz_residual'), '{:.2e}')}"
                          if sp.get("passes_over_X") else "")) if sp else "none"),
         ("log-likelihood convention", doc.get("logl_convention")),
         ("config fingerprint", doc.get("config_fingerprint")),
     ]
 
-    def num(v, f="{:.4f}"):
-        return "NA" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
-
     rows = []
-    for p in doc["phenotypes"]:
-        h, se = p["h2"], p["h2_se"]
-        ci = "NA" if se is None else f"[{max(0.0, h - 1.96 * se):.3f}, {min(1.0, h + 1.96 * se):.3f}]"
-        rows.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
-            p["name"], p["n"], num(h), num(se), ci, num(p["sigma2_g"]), num(p["sigma2_g_se"]),
-            num(p["sigma2_e"]), num(p["sigma2_e_se"]), num(p["pve"]), num(p["lrt_pvalue"], "{:.3g}"),
-            p["boundary"] or "-", p["missing_method"], p["h2_se_method"])) + "</tr>")
-    mf_rows = []
-    for p in mf:
-        mf_rows.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
-            p["name"], p["lanczos_steps"], p["passes_over_X"], "yes" if p["converged"] else "NO",
-            num(p["delta_h2"], "{:.1e}"), num(p["delta_logl"], "{:.1e}"), p["probes"], p["deflation_rank"],
-            num(p["h2_se_stat"]), num(p["h2_se_mc"]), num(p["h2_he"]))) + "</tr>")
-    mf_section = "" if not mf else f"""<section id="matrix-free"><h2>Matrix-free REML</h2>
-<p>ℓ_R(h²) by block Lanczos quadrature on passes over the genotypes (no spectrum of K); log det H by stochastic
-Lanczos quadrature with Rademacher probes. The reported SE of h² combines the statistical SE and the Monte Carlo SD
-of ĥ² due to the probes (delete-one-probe jackknife). Convergence: the change of ĥ² and ℓ_R over the last step.
-h²_HE is the Haseman–Elston moment estimate from the first pass, a cross-check.</p>
-<table><tr><th>phenotype</th><th>Lanczos steps</th><th>passes over X</th><th>converged</th><th>|Δh²|</th><th>|Δℓ_R|</th><th>probes</th><th>deflation rank</th><th>SE (statistical)</th><th>SD (Monte Carlo)</th><th>h²_HE</th></tr>
-{''.join(mf_rows)}
-</table></section>"""
-    stage_rows = []
-    for name, st in (doc.get("stages") or {}).items():
-        stage_rows.append(f"<tr><td>{e(name)}</td><td>{num(st.get('seconds'), '{:.1f}')}</td>"
-                          f"<td>{num(st.get('driver_peak_rss_mib'), '{:.0f}')}</td>"
-                          f"<td>{num(st.get('workers_rss_mib'), '{:.0f}')}</td></tr>")
+    for p in phen:
+        h, se = p.get("h2"), p.get("h2_se")
+        ci = "NA" if se is None or h is None else f"[{max(0.0, h - 1.96 * se):.3f}, {min(1.0, h + 1.96 * se):.3f}]"
+        vp, vp_se = vp_and_se(p)
+        rows.append((p.get("name"), p.get("n"), num(h), num(se), ci, num(p.get("sigma2_g")), num(p.get("sigma2_g_se")),
+                     num(p.get("sigma2_e")), num(p.get("sigma2_e_se")), num(vp), num(vp_se), num(p.get("pve")),
+                     num(p.get("lrt_pvalue"), "{:.3g}"), p.get("boundary") or "-", p.get("missing_method"),
+                     p.get("h2_se_method")))
+    estimates = _table(["phenotype", "n", "h²", "SE", "95% CI", "σ²<sub>g</sub>", "SE", "σ²<sub>e</sub>", "SE", "Vp", "SE", "pve",
+                        "LRT p", "boundary", "missing", "SE method"], rows, e)
+    fe_rows = [(p.get("name"), fe.get("name"), num(fe.get("estimate"), "{:.6g}"), num(fe.get("se"), "{:.4g}"),
+                num(fe["estimate"] / fe["se"], "{:.2f}") if fe.get("se") and fe.get("estimate") is not None else "NA")
+               for p in phen for fe in (p.get("fixed_effects") or [])]
+    fe_section = "" if not fe_rows else (
+        '<section id="fixed-effects"><h2>Fixed effects</h2><p>Generalised least squares at the REML '
+        'variances; SE from (ZᵀV⁻¹Z)⁻¹; z = estimate / SE. Categorical covariates are coded against '
+        'their reference level.</p>' + _table(["phenotype", "effect", "estimate", "SE", "z"], fe_rows, e)
+        + "</section>")
+
+    design = doc.get("design") or {}
+    sample_rows = []
+    for m in design.get("matches") or []:
+        sample_rows.append((m.get("what"), m.get("file"), m.get("rows"), m.get("rows_matched"),
+                            m.get("genotyped_without_row"), m.get("rows_matching_if_swapped"),
+                            m.get("rows_matching_by_iid_only")))
+    n_gen = design.get("n_genotyped")
+    excluded = []
+    if n_gen is not None:
+        in_ph = design.get("n_in_phenotype_file")
+        miss_cov = design.get("n_missing_covariates") or 0
+        n_an = design.get("n_analysed")
+        if in_ph is not None:
+            excluded.append(("no row in the phenotype file", n_gen - in_ph))
+        excluded.append(("a covariate missing (or no row in a covariate file)", miss_cov))
+        if in_ph is not None and n_an is not None:
+            excluded.append(("no value of any phenotype", max(0, in_ph - miss_cov - n_an)))
+        excluded.append(("analysed", n_an))
+    per_pheno = [(p.get("name"), p.get("n"), p.get("n_missing")) for p in phen]
+    samples_section = "" if not (sample_rows or excluded) else (
+        '<section id="samples"><h2>Samples</h2>'
+        + (f"<p>{n_gen} genotyped samples; each sample left out is counted under the first reason that "
+           "applies.</p>" + _table(["samples", "count"], excluded, e) if excluded else "")
+        + ("<h3>Input files</h3>" + _table(["table", "file", "rows", "rows matching a genotyped sample",
+                                            "genotyped samples without a row", "rows matching if FID/IID swapped",
+                                            "rows matching by IID only"], sample_rows, e) if sample_rows else "")
+        + ("<h3>Per phenotype</h3>" + _table(["phenotype", "samples with a value", "analysed samples without one"],
+                                             per_pheno, e) if per_pheno else "")
+        + "".join(f'<p class="warn">{e(w)}</p>' for w in design.get("warnings") or []) + "</section>")
+
+    mf_rows = [(p["name"], p.get("lanczos_steps"), p.get("passes_over_X"), "yes" if p.get("converged") else "NO",
+                num(p.get("delta_h2"), "{:.1e}"), num(p.get("delta_logl"), "{:.1e}"), p.get("probes"),
+                p.get("deflation_rank"), num(p.get("h2_se_stat")), num(p.get("h2_se_mc")), num(p.get("h2_he")))
+               for p in mf]
+    mf_section = "" if not mf else (
+        '<section id="matrix-free"><h2>Matrix-free REML</h2>\n<p>ℓ_R(h²) by block Lanczos quadrature on passes '
+        'over the genotypes (no spectrum of K); log det H by stochastic Lanczos quadrature with Rademacher probes. '
+        'The reported SE of h² combines the statistical SE and the Monte Carlo SD of ĥ² due to the probes '
+        '(delete-one-probe jackknife). Convergence: the change of ĥ² and ℓ_R over the last step. h²_HE is the '
+        'Haseman–Elston moment estimate from the first pass, a cross-check.</p>'
+        + _table(["phenotype", "Lanczos steps", "passes over X", "converged", "|Δh²|", "|Δℓ_R|", "probes",
+                  "deflation rank", "SE (statistical)", "SD (Monte Carlo)", "h²<sub>HE</sub>"], mf_rows, e) + "</section>")
+
+    stage_rows = [(name, num(st.get("seconds"), "{:.1f}"), num(st.get("driver_peak_rss_mib"), "{:.0f}"),
+                   num(st.get("workers_rss_mib"), "{:.0f}")) for name, st in (doc.get("stages") or {}).items()]
 
     def img(name, alt):
         if name not in figs:
             return ""
-        data = base64.b64encode(figs[name]).decode()
-        return f'<figure><img id="fig-{name}" src="data:image/png;base64,{data}" alt="{e(alt)}"><figcaption>{e(alt)}</figcaption></figure>'
+        b64 = base64.b64encode(figs[name]).decode()
+        return (f'<figure><img id="fig-{name}" src="data:image/png;base64,{b64}" alt="{e(alt)}">'
+                f'<figcaption>{e(alt)}</figcaption></figure>')
+
+    dropped = doc.get("variants_dropped") or {}
+    filters = (doc.get("config") or {}).get("variants") or {}
+    variant_section = "" if not (dropped or "variant_qc" in figs) else (
+        '<section id="variants"><h2>Variant QC</h2><p>Each dropped variant is counted under the first filter '
+        'that applies'
+        + (f" (min_maf {filters.get('min_maf')}, max_missing {filters.get('max_missing')})" if filters else "")
+        + ". Histograms over all variants of the data, before filtering.</p>"
+        + _table(["filter", "variants removed"], [(k, v) for k, v in dropped.items()]
+                 + [("kept", doc.get("n_variants"))], e)
+        + img("variant_qc", "Minor allele frequency and missingness per variant") + "</section>")
+
+    rel = data.relatedness
+    rel_section = ""
+    if rel:
+        top = [(f"{a['a'][0]}/{a['a'][1]}", f"{a['b'][0]}/{a['b'][1]}", num(a["K"]), num(a.get("K_aa")),
+                num(a.get("K_bb")), a.get("class") or "-") for a in rel["top"]]
+        rel_section = (
+            '<section id="relatedness"><h2>Relatedness</h2>'
+            f"<p>Off-diagonal entries of K over {rel['n']} genotyped samples ({rel['pairs']} pairs): mean "
+            f"{num(rel['mean'], '{:.2e}')}, SD {num(rel['sd'], '{:.3g}')}, min {num(rel['min'])}, max "
+            f"{num(rel['max'])}. K ≈ 2 × kinship: pairs above 0.707 are duplicates or MZ twins, above 0.354 "
+            "first-degree, 0.177 second-degree, 0.088 third-degree relatives (KING's kinship cut-offs, "
+            "doubled). Cryptic relatives inflate h² estimated from distant relatedness; consider removing one "
+            "of each close pair. Population structure raises K within a population too: with structure, "
+            "a pair above a cut-off need not be a relative (see the PCs).</p>"
+            + img("relatedness", "Distribution of off-diagonal K (log scale)")
+            + f"<h3>The {len(top)} largest pairs</h3>"
+            + _table(["sample i", "sample j", "K<sub>ij</sub>", "K<sub>ii</sub>", "K<sub>jj</sub>", "class"], top, e) + "</section>")
+
+    pheno_section = "" if "phenotypes" not in figs else (
+        '<section id="phenotypes"><h2>Phenotype distributions</h2><p>Values of the analysed samples, '
+        'before covariates are fitted.</p>' + img("phenotypes", "Phenotype histograms") + "</section>")
+
+    blup_rows = []
+    for name, (g, y) in (data.blup or {}).items():
+        g, y = np.asarray(g, dtype=float), np.asarray(y, dtype=float)
+        have = np.isfinite(y) & np.isfinite(g)
+        r = float(np.corrcoef(g[have], y[have])[0, 1]) if have.sum() > 2 and np.ptp(g[have]) > 0 else float("nan")
+        blup_rows.append((name, int(have.sum()), num(r, "{:.3f}"), int((~np.isfinite(y)).sum())))
+    blup_section = "" if not blup_rows else (
+        '<section id="blup"><h2>Genetic values (BLUP)</h2><p>In-sample accuracy: the correlation of ĝ with y '
+        'over the samples whose y entered the fit (optimistic: y is part of ĝ). Samples without a value '
+        'of the phenotype get a prediction from their relatives; an out-of-sample accuracy needs their '
+        'phenotypes (score a held-out set with <code>bigmm score</code>).</p>'
+        + _table(["phenotype", "samples with y", "r(ĝ, y)", "samples predicted without y"], blup_rows, e)
+        + "</section>")
+
+    spectrum_section = (
+        '<section id="spectrum"><h2>Spectrum and principal components</h2>'
+        + _spectrum_extras(sp, e)
+        + img("scree", "Eigenvalues of the GRM") + img("pc1_pc2", "PC1 vs PC2") + img("pc3_pc4", "PC3 vs PC4")
+        + img("ritz_residuals", "Ritz residuals") + "</section>") if (sp or figs.keys() & {"scree", "pc1_pc2"}) else ""
+    profiles_section = "" if "reml_profiles" not in figs else (
+        '<section id="profiles"><h2>REML profile likelihood</h2>'
+        + img("reml_profiles", "Restricted log-likelihood over h² (first phenotypes), relative to its maximum; "
+              "dotted: the estimate, shaded: its 95% Wald interval, dashed: the likelihood-ratio 95% cut-off")
+        + "</section>")
 
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>bigmm report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
 th {{ background: #f0f0f0; }}
+section {{ overflow-x: auto; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
-img {{ max-width: 520px; }}
+img {{ max-width: min(560px, 95vw); height: auto; }}
+figcaption {{ font-size: 0.85em; color: #555; max-width: 520px; }}
+.warn {{ color: #a33; }}
+nav a {{ margin-right: 0.8em; }}
 </style></head><body>
 <h1>bigmm report</h1>
-<section id="summary"><h2>Run summary</h2><table>
-{''.join(f'<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>' for k, v in summary)}
-</table></section>
+<nav>{{nav}}</nav>
+<section id="summary"><h2>Run summary</h2>{_table(["", ""], summary, e).replace("<tr><th></th><th></th></tr>", "")}</section>
 <section id="estimates"><h2>Estimates</h2>
-<p>h² = σ²_g / (σ²_g + σ²_e); 95% confidence interval h² ± 1.96 SE, clipped to [0, 1]. LRT p-value for h² = 0 from ½χ²₀ + ½χ²₁.</p>
-<table><tr><th>phenotype</th><th>n</th><th>h²</th><th>SE</th><th>95% CI</th><th>σ²_g</th><th>SE</th><th>σ²_e</th><th>SE</th><th>pve</th><th>LRT p</th><th>boundary</th><th>missing</th><th>SE method</th></tr>
-{''.join(rows)}
-</table></section>
+<p>h² = σ²<sub>g</sub> / Vp with Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (its SE from the covariance of the two); 95% confidence interval
+h² ± 1.96 SE, clipped to [0, 1]. LRT p-value for h² = 0 from ½χ²₀ + ½χ²₁.</p>
+{estimates}</section>
+{fe_section}
+{samples_section}
+{pheno_section}
 {mf_section}
-<section id="spectrum"><h2>Spectrum and principal components</h2>
-{img('scree', 'Eigenvalues of the GRM')}{img('pc1_pc2', 'PC1 vs PC2')}{img('pc3_pc4', 'PC3 vs PC4')}{img('ritz_residuals', 'Ritz residuals')}
-</section>
-<section id="profiles"><h2>REML profile likelihood</h2>
-{img('reml_profiles', 'Restricted log-likelihood over h² (first phenotypes), relative to its maximum')}
-</section>
+{variant_section}
+{rel_section}
+{spectrum_section}
+{profiles_section}
+{blup_section}
 <section id="stages"><h2>Stages</h2>
-<table><tr><th>stage</th><th>seconds</th><th>driver peak RSS (MiB)</th><th>workers RSS (MiB)</th></tr>
-{''.join(stage_rows)}
-</table></section>
+{_table(["stage", "seconds", "driver peak RSS (MiB)", "workers RSS (MiB)"], stage_rows, e)}
+</section>
+<script>
+window.addEventListener("load", function () {{
+  for (const im of document.images) im.dataset.loaded = (im.complete && im.naturalWidth > 0) ? "yes" : "no";
+}});
+</script>
 </body></html>
 """
+    present = [sid for sid in SECTIONS if f'<section id="{sid}">' in page]
+    titles = {"fixed-effects": "fixed effects", "matrix-free": "matrix-free", "blup": "BLUP"}
+    page = page.replace("{nav}", "".join(f'<a href="#{sid}">{titles.get(sid, sid)}</a>' for sid in present))
     path = outdir / "report.html"
     atomic_write_text(path, page)
     return path

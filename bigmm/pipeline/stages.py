@@ -60,7 +60,8 @@ from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load
                       save_rotated, save_spectrum, save_variants, write_blup, write_snp_effects,
                       write_spectrum_tables)
 from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_plan, task_memory
-from .report import FIGURES, _safe_name, write_hsq, write_plink_pca, write_report, write_results, write_results_json
+from .report import (FIGURES, ReportData, _safe_name, relatedness_summary, write_hsq, write_plink_pca, write_report,
+                     write_results, write_results_json)
 from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
                      write_failure, write_manifest)
 from .validate import Inputs, validate
@@ -576,16 +577,49 @@ class Runner:
         _, doc = write_results(self.out, reml, run_info)
         write_hsq(self.out / "hsq", reml)
         fail_point("report-html")
+        data = self.report_data()
         if spec is None:
-            write_report(self.out, doc, None, None, None)
+            write_report(self.out, doc, None, None, None, data)
         else:
             write_plink_pca(self.out / "pca", self.inp.ids, spec.U, spec.s, max(self.cfg.covariates.pcs, 20))
             ritz = spec.diagnostics.get("ritz_residuals")
-            write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None)
+            write_report(self.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None, data)
         # results.json is written by run() after the run is recorded complete: it is the last file
         self.loaded["results"] = doc
         files = [f for f in self.planned_files("report") if (self.out / f).exists()] + ["results.json"]
         return doc, {"files": files}
+
+
+    def report_data(self) -> ReportData:
+        """What the report shows besides results.json, from the run's saved outputs (the design read at
+        validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes."""
+        d = self.inp.design
+        data = ReportData(phenotypes={name: d.Y[d.analysed, j] for j, name in enumerate(d.phenotype_names)})
+        for cov in self.cfg.covariates.categorical:  # the first categorical covariate colours the PCs
+            cols = [j for j, nm in enumerate(d.covariate_names) if nm.startswith(f"{cov}=")]
+            ref = (d.notes.get("categorical_reference") or {}).get(cov)
+            lab = np.full(d.Z.shape[0], "not analysed", dtype=object)
+            lab[d.analysed] = str(ref)
+            for j in cols:
+                lab[d.analysed & (d.Z[:, j] == 1.0)] = d.covariate_names[j].split("=", 1)[1]
+            data.labels = (cov, lab)
+            break
+        try:
+            g = zarr.open_group(str(self.out / "variants.zarr"), mode="r")
+            n_called = np.asarray(g["n_called"][...], dtype=float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = np.asarray(g["allele_sum"][...]) / (2.0 * n_called)
+            data.maf = np.minimum(f, 1.0 - f)
+            data.missing = 1.0 - n_called / float(g.attrs["n_samples"])
+        except (OSError, KeyError, ValueError) as exc:  # the report goes on without the histograms
+            log.warning("report: variant statistics not shown (%s)", exc)
+        if (self.out / "grm.zarr").exists() and "grm" in self.plan:
+            data.relatedness = relatedness_summary(self.K(), self.inp.ids)
+        blup = self.out / "blup.tsv"
+        if blup.exists():
+            ghat = np.loadtxt(blup, skiprows=1, usecols=range(2, 2 + len(d.phenotype_names)), ndmin=2)
+            data.blup = {name: (ghat[:, j], d.Y[:, j]) for j, name in enumerate(d.phenotype_names)}
+        return data
 
 
 #: errors of a folder that cannot be written: read-only (mount or permissions), full, over quota

@@ -1,0 +1,118 @@
+"""report.html as a geneticist opens it: every section present, every image loaded in a real browser
+(headless Chromium), and the numbers in its new tables checked against independent computations."""
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import yaml
+
+import bigmm
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """An exact-spectrum run with BLUP, a categorical covariate and one duplicated sample."""
+    from conftest import local_cluster
+    from distributed import Client
+
+    d = tmp_path_factory.mktemp("report")
+    c = bigmm.simulate(200, 1000, h2=[0.6, 0.3], seed=5, out_plink=d / "c", genotype_missing=0.01,
+                       phenotype_missing=0.05)
+    bigmm.write_tables(c, d / "pheno.tsv", d / "covar.tsv")
+    # sample 2 is a duplicate of sample 1 (its .bed column copied): the report must list the pair
+    bed = bytearray((d / "c.bed").read_bytes())
+    n_bytes = (200 + 3) // 4
+    for v in range(1000):
+        row = bed[3 + v * n_bytes: 3 + (v + 1) * n_bytes]
+        g0 = (row[0] >> 0) & 3
+        row[0] = (row[0] & ~(3 << 2)) | (g0 << 2)
+        bed[3 + v * n_bytes: 3 + (v + 1) * n_bytes] = row
+    (d / "c.bed").write_bytes(bytes(bed))
+    # one sample without a covariate row
+    cov = (d / "covar.tsv").read_text().splitlines()
+    (d / "covar.tsv").write_text("\n".join(cov[:-1]) + "\n")
+    cfg = {"genotypes": {"plink": str(d / "c"), "chunks": [64, 256]},
+           "variants": {"min_maf": 0.02, "max_missing": 0.05},
+           "phenotypes": {"file": str(d / "pheno.tsv"), "columns": ["trait1", "trait2"]},
+           "covariates": {"file": str(d / "covar.tsv"), "columns": ["age", "sex"], "categorical": ["sex"]},
+           "spectrum": {"method": "exact"}, "predict": {"blup": True}, "output": str(d / "out"),
+           "cluster": {"workers": 1, "threads_per_worker": 2, "memory_limit": "2GiB"}}
+    (d / "run.yaml").write_text(yaml.safe_dump(cfg))
+    with local_cluster(1, 2) as cluster, Client(cluster) as client:
+        bigmm.run(bigmm.load_config(d / "run.yaml"), client=client)
+    return d / "out"
+
+
+def test_report_sections_and_numbers(run_dir):
+    from bigmm.pipeline.report import SECTIONS
+
+    html = (run_dir / "report.html").read_text()
+    doc = json.loads((run_dir / "results.json").read_text())
+    for sid in SECTIONS:
+        if sid != "matrix-free":
+            assert f'<section id="{sid}">' in html, sid
+    # Vp and its SE as GCTA's .hsq has them (the same helper writes both; here from the fits)
+    f = doc["phenotypes"][0]
+    vp = f["sigma2_g"] + f["sigma2_e"]
+    se = np.sqrt(f["sigma2_g_se"] ** 2 + f["sigma2_e_se"] ** 2 + 2 * f["sigma2_g_sigma2_e_cov"])
+    assert f"<td>{vp:.4f}</td><td>{se:.4f}</td>" in html
+    # every fixed effect with its SE
+    for fe in f["fixed_effects"]:
+        assert f"<td>{fe['name']}</td><td>{fe['estimate']:.6g}</td><td>{fe['se']:.4g}</td>" in html
+    # samples left out and why: the one without a covariate row
+    assert re.search(r"<td>a covariate missing[^<]*</td><td>1</td>", html)
+    # the duplicated pair is the top pair of K, classed as a duplicate
+    top = re.search(r"The 20 largest pairs</h3><table>.*?</tr><tr>(.*?)</tr>", html).group(1)
+    assert "F1/I1" in top and "F2/I2" in top and "duplicate" in top
+    # BLUP accuracy: r(ĝ, y) over the samples with y, recomputed from blup.tsv and the phenotype file
+    g = np.loadtxt(run_dir / "blup.tsv", skiprows=1, usecols=2)
+    from bigmm.io.tables import read_table
+
+    y = read_table(run_dir.parent / "pheno.tsv").numeric("trait1")
+    analysed = np.ones(200, bool)
+    analysed[-1] = False  # no covariate row
+    have = analysed & ~np.isnan(y)
+    r = np.corrcoef(g[have], y[have])[0, 1]
+    assert f"<td>trait1</td><td>{have.sum()}</td><td>{r:.3f}</td>" in html
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (scripts/test.sh installs "
+                                                  "it as root: apt-get install -y chromium)")
+def test_report_renders_in_chromium(run_dir, tmp_path):
+    from bigmm.pipeline.report import FIGURES
+
+    url = (run_dir / "report.html").as_uri()
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120).stdout
+    # the page's own script marks each image once loaded by the browser (naturalWidth > 0)
+    imgs = re.findall(r'<img id="fig-([a-z0-9_]+)"[^>]*?data-loaded="(yes|no)"', dom)
+    shown = {name for name, _ in imgs}
+    assert shown >= {"scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "phenotypes", "relatedness", "variant_qc"}
+    assert shown <= set(FIGURES)
+    assert all(ok == "yes" for _, ok in imgs), imgs
+    for sid in ("estimates", "fixed-effects", "samples", "relatedness", "blup"):
+        assert f'id="{sid}"' in dom
+    for size in ("1366,768", "1920,1080"):
+        shot = tmp_path / f"report_{size.replace(',', 'x')}.png"
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+                            f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
