@@ -45,8 +45,17 @@ class GenotypesConfig(_Section):
 
 
 class VariantsConfig(_Section):
+    """Variant filters and standardization (docs/math.md §2). Monomorphic and all-heterozygous
+    variants (sample SD 0) are always dropped, as GEMMA drops them, and counted in
+    ``variants_dropped``."""
+
+    #: drop variants whose minor allele frequency (over the called genotypes) is below this
     min_maf: float = Field(0.0, ge=0.0, le=0.5)
+    #: drop variants whose missing fraction (n − calls) / n is above this (GEMMA's -miss test)
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
+    #: "gcta": (g − 2f)/√(2f(1 − f)); "center": g − 2f (GEMMA -gk 1); "sample_sd": (g − 2f)/sd with
+    #: sd² = Σ over called genotypes of (g − 2f)² divided by ALL n samples (GEMMA -gk 2 exactly,
+    #: missing calls included); missing calls are mean-imputed (x = 0) in every case
     standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
     include: Optional[Path] = None
 
@@ -101,7 +110,10 @@ class SpectrumConfig(_Section):
 
 class GrmConfig(_Section):
     block_size: Optional[Int] = Field(None, ge=1)
-    #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
+    #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory.
+    #: The files follow GCTA / PLINK 2 --make-grm-bin: each entry is averaged over the variants
+    #: called in both samples (K·p/N_jk), and .grm.N.bin holds that per-pair count N_jk; bigmm's
+    #: own K mean-imputes missing calls and divides by p (equal when nothing is missing)
     export_gcta: Union[bool, str] = False
     #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
     dtype: Literal["float32", "float64"] = "float32"

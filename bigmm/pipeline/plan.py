@@ -98,9 +98,11 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
               "covar_file": file_fingerprint(cfg.covariates.covar)}
     return {
         "ingest": geno,
+        # "rules": the definitions a committed output was made with (sample_sd over all n,
+        # all-heterozygous variants dropped; N in the GRM store), so an older output reruns
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
-                          "include": file_fingerprint(cfg.variants.include)},
-        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
+                          "include": file_fingerprint(cfg.variants.include), "rules": 2},
+        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype, "arrays": ["K", "N"]},
         "spectrum": spec,
         "rotate": tables,
         "reml": ({"reml": cfg.section_fingerprint("reml")} if rmethod == "spectral"
@@ -230,7 +232,7 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
     if needs_grm(cfg, method, rmethod) and mem is not None:
         block = cfg.grm.block_size or cfg.genotypes.chunks[0]
-        need = block_bytes(block, variant_chunk)
+        need = block_bytes(block, variant_chunk, counts=True)
         if need > mem:
             raise InputError(f"a GRM block task needs {format_bytes(need)} (block {block} samples, "
                              f"variant chunk {variant_chunk}) but the cluster memory allows "

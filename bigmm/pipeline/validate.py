@@ -104,7 +104,7 @@ def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "s
     if cfg.genotypes.plink is not None:
         need["genotypes.zarr (int8, before compression)"] = n * p
     if needs_grm(cfg, method, rmethod):
-        need["grm.zarr (float64 n x n)"] = 8 * n * n
+        need["grm.zarr (float64 K and int32 per-pair call counts, n x n)"] = 12 * n * n
     if cfg.gcta_prefix() is not None:
         need["GCTA .grm.bin + .grm.N.bin"] = 4 * n * (n + 1)
     if not needs_spectrum(cfg, rmethod):
