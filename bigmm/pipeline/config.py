@@ -95,8 +95,12 @@ class CovariatesConfig(_Section):
 
 class SpectrumConfig(_Section):
     method: Literal["exact", "randomized", "auto"] = "exact"
+    #: eigenpairs k of a randomized spectrum, 1 ≤ k ≤ n − 1 (checked against the cohort before a run)
     rank: Int = Field(200, ge=1, le=100_000)
+    #: l − k (default 50); l = rank + oversample is capped at n
     oversample: Optional[Int] = Field(None, ge=0)
+    #: q (default 3 krylov, 4 subspace); the Krylov space (q + 1)·l is capped at n samples, where
+    #: the spectrum is exact (docs/math.md §6.2)
     power_iters: Optional[Int] = Field(None, ge=0)
     #: "krylov" (block Krylov, q + 1 passes) or "subspace" (subspace iteration, q + 2 passes)
     algorithm: Literal["krylov", "subspace"] = "krylov"

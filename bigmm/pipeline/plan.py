@@ -21,7 +21,8 @@ from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes
 from ..passes import plan_pass
-from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, driver_bytes, pass_columns, subspace_width
+from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
+                        subspace_width)
 from ..store import file_fingerprint
 from .config import ClusterConfig, RunConfig
 
@@ -227,7 +228,9 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
         width = pass_columns(l, sc.probes, sc.algorithm)
         plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
         check_driver_memory(n, l, q, sc.algorithm)
-        out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes,
+        out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes, subspace_width=l,
+                   basis_width=basis_width(n, l, q, sc.algorithm),
+                   basis_uncapped=(q + 1) * l if sc.algorithm == "krylov" else l,
                    passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
     if needs_grm(cfg, method, rmethod) and mem is not None:

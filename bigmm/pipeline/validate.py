@@ -68,6 +68,10 @@ class Inputs:
         if "passes_over_X" in mp:
             lines.append(f"passes over X: {mp['passes_over_X'] + 1} (variant statistics + spectrum), "
                          f"widest pass {mp['pass_vectors']} vectors")
+            if mp["basis_uncapped"] > mp["basis_width"]:
+                lines.append(f"randomized spectrum: the Krylov space (power_iters + 1)·(rank + oversample) = "
+                             f"{mp['basis_uncapped']} is wider than n = {len(self.ids)} samples: capped at n "
+                             f"(on the whole space its Rayleigh–Ritz is exact)")
         if mp.get("task_memory_bytes"):
             lines.append(f"memory per task: {format_bytes(mp['task_memory_bytes'])} allowed"
                          + (f", widest pass needs {format_bytes(mp['pass_task_bytes'])}" if "pass_task_bytes" in mp else "")
