@@ -278,18 +278,24 @@ class AlleleMatch:
     counts: dict
 
 
-def match_alleles(train: dict, target: dict) -> AlleleMatch:
+def match_alleles(train: dict, target: dict, keep: np.ndarray | None = None) -> AlleleMatch:
     """Match variants by ID, then alleles: same counted allele, swapped (flip), or no match.
 
     Strand-ambiguous variants (A/T, C/G) are dropped: their flips cannot be told
     from a strand swap. Variants whose alleles differ are dropped; training
-    variants absent from the target are counted as missing.
+    variants absent from the target are counted as missing. ``keep`` (the training
+    standardization's kept variants): a variant the training dropped has no effect and is
+    counted as ``dropped_in_training``, not used. ``counts["used"]`` is then the number of
+    variants that enter the scores, and the counts add up to the training variants.
     """
     index = {v: i for i, v in enumerate(target["id"])}
     ti, ei, fl = [], [], []
-    counts = {"used": 0, "flipped": 0, "missing_in_target": 0, "strand_ambiguous": 0,
-              "allele_mismatch": 0}
+    counts = {"used": 0, "flipped": 0, "dropped_in_training": 0, "missing_in_target": 0,
+              "strand_ambiguous": 0, "allele_mismatch": 0}
     for e, vid in enumerate(train["id"]):
+        if keep is not None and not keep[e]:
+            counts["dropped_in_training"] += 1
+            continue
         t = index.get(vid)
         if t is None:
             counts["missing_in_target"] += 1

@@ -22,7 +22,8 @@ from .errors import InputError
 
 Standardize = Literal["gcta", "center", "sample_sd"]
 STANDARDIZATIONS = ("gcta", "center", "sample_sd")
-DROP_REASONS = ("all_missing", "monomorphic", "max_missing", "min_maf", "not_in_variant_list")
+DROP_REASONS = ("all_missing", "monomorphic", "all_heterozygous", "max_missing", "min_maf",
+                "not_in_variant_list")
 #: Precision of the products in a pass over X (the GRM, a GrmOperator pass, SNP effects); every
 #: pass accumulates in float64. The rule: the library's functions default to float64 (results
 #: agree with dense references and peer tools to round-off); a run config defaults to float32
@@ -145,7 +146,7 @@ class Standardization:
 
     standardize: Standardize
     center: np.ndarray  # (p,) 2f
-    scale: np.ndarray  # (p,) 1/sqrt(2f(1-f)) (gcta), 1 (center), 0 if dropped
+    scale: np.ndarray  # (p,) 1/sqrt(2f(1-f)) (gcta), 1 (center), 1/sd (sample_sd), 0 if dropped
     keep: np.ndarray  # (p,) bool
     dropped: dict = field(default_factory=dict)
     trace_K: float = float("nan")  # tr(X Xᵀ / p) over all samples of the store
@@ -174,10 +175,12 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     standardize : {"gcta", "center", "sample_sd"}
         ``gcta``: ``(g - 2f) / sqrt(2f(1-f))`` (GCTA);
         ``center``: ``g - 2f`` (GEMMA ``-gk 1``);
-        ``sample_sd``: ``(g - 2f) / sd(g)`` with the sample standard deviation
-        of the called genotypes (divisor N), as GEMMA ``-gk 2`` computes it.
-        It differs from ``gcta`` by the departure from Hardy-Weinberg
-        proportions.
+        ``sample_sd``: ``(g - 2f) / sd(g)`` as GEMMA ``-gk 2`` computes it:
+        ``sd(g)² = Σ_called (g - 2f)² / n``, the sum of squares over the called
+        genotypes divided by the number of ALL samples n (the variance of the
+        mean-imputed column), not by the number of calls. Without missing calls
+        it is the sample variance with divisor n, and it differs from ``gcta``
+        by the departure from Hardy-Weinberg proportions.
     min_maf : float
         Drop variants with minor allele frequency below this.
     max_missing : float
@@ -191,8 +194,11 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
         True for a variant to drop.
 
     Each dropped variant is counted under the first reason that applies, in
-    the order of ``drop``, then all_missing, monomorphic, max_missing, min_maf,
-    not_in_variant_list.
+    the order of ``drop``, then all_missing, monomorphic, all_heterozygous, max_missing,
+    min_maf, not_in_variant_list. Monomorphic and all-heterozygous variants (every call
+    equal, sample SD 0) are dropped under every standardization, as GEMMA
+    drops them: their column of X is zero (or, for ``sample_sd``, undefined),
+    so they would only inflate p.
 
     Examples
     --------
@@ -222,15 +228,19 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
     # integer test for monomorphic: all calls equal 0 or all equal 2
     mono = called & ((stats.allele_sum == 0) | (stats.allele_sum == 2 * stats.n_called))
     mark(mono, 1)
-    mark(1.0 - stats.call_rate > max_missing, 2)
+    # every call heterozygous: N·S2 = S1² (all calls equal, zero variance) and not monomorphic
+    constant = called & (stats.n_called * stats.allele_sq_sum == stats.allele_sum ** 2)
+    mark(constant, 2)
+    # the missing fraction as GEMMA and PLINK compute it, (n - N) / n: 1 - N/n rounds 10/200 above 0.05
+    mark((stats.n_samples - stats.n_called) / float(stats.n_samples) > max_missing, 3)
     with np.errstate(invalid="ignore"):
         maf = np.minimum(f, 1.0 - f)
-    mark(called & (maf < min_maf), 3)
+    mark(called & (maf < min_maf), 4)
     if include_ids is not None:
         if variant_ids is None:
             raise ValueError("include_ids needs variant_ids")
         wanted = set(include_ids)
-        mark(~np.isin(np.asarray(variant_ids, dtype=object), list(wanted)), 4)
+        mark(~np.isin(np.asarray(variant_ids, dtype=object), list(wanted)), 5)
     keep = reason < 0
     dropped = {name: int((reason == len(DROP_REASONS) + k).sum()) for k, (name, _) in enumerate(selections)}
     dropped.update({name: int((reason == k).sum()) for k, name in enumerate(DROP_REASONS)})
@@ -243,8 +253,10 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
         with np.errstate(divide="ignore"):
             scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, 2.0 * fk * (1.0 - fk), 1.0)), 0.0)
     elif standardize == "sample_sd":
+        # GEMMA -gk 2 (PlinkKin): the variance of the mean-imputed column over all n samples,
+        # Σ_called (g - mean)² / n = (S2 - S1²/N) / n
         nc = np.maximum(stats.n_called, 1)
-        var = stats.allele_sq_sum / nc - (stats.allele_sum / nc) ** 2
+        var = (stats.allele_sq_sum - stats.allele_sum ** 2 / nc) / float(stats.n_samples)
         with np.errstate(divide="ignore"):
             scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
     else:
@@ -257,6 +269,23 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
                            filters={"min_maf": min_maf, "max_missing": max_missing,
                                     "variant_list": include_ids is not None,
                                     "selection": [name for name, _ in selections]})
+
+
+def check_finite(std: Standardization) -> None:
+    """Refuse a standardization with a non-finite centre or scale (it would make K NaN).
+
+    :func:`standardization` never makes one (zero-variance variants are dropped); this guards
+    statistics made otherwise, e.g. saved by an older bigmm whose ``sample_sd`` gave an
+    all-heterozygous variant an infinite scale.
+    """
+    bad = np.flatnonzero(~(np.isfinite(std.center) & np.isfinite(std.scale)))
+    if bad.size:
+        raise InputError(
+            f"the variant standardization has a non-finite centre or scale for {bad.size} variant(s) "
+            f"(first: variant index {int(bad[0])}, scale {std.scale[bad[0]]!r}); a variant whose calls "
+            f"are all equal (sample SD 0, e.g. all heterozygous) gives an infinite scale and a NaN GRM. "
+            f"Recompute the variant statistics (bigmm.standardization drops such variants; in a run, "
+            f"rerun from the variant_stats stage)")
 
 
 def standardize_block(g: np.ndarray, center: np.ndarray, scale: np.ndarray,

@@ -5,7 +5,8 @@ task that streams the variant chunks of sample blocks I and J from the store,
 standardizes them in place and accumulates ``X_I X_Jᵀ`` in float64. A task
 holds one output block and two genotype slabs, so peak memory per task is
 ``8 b² + 2 · 8 b c`` bytes for block size b and variant chunk c, whatever n
-and p are. Blocks on the diagonal use the symmetric kernel (``X @ X.T``).
+and p are (:func:`block_bytes`; ``8 b²`` more with per-pair call counts).
+Blocks on the diagonal use the symmetric kernel (``X @ X.T``).
 
 Cost: n² p multiply-adds over all blocks (half of a full GEMM); each genotype
 chunk is read ``n / b`` times.
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .genotypes import LIBRARY_DTYPE, Standardization, standardize_block
-from .store import new_array
+from .errors import InputError
+from .genotypes import LIBRARY_DTYPE, Standardization, check_finite, standardize_block
+from .store import new_array, writable
 from .tasks import run_tasks, total_threads
 
 log = logging.getLogger("bigmm")
@@ -37,17 +39,45 @@ def _row_block(G, rows: slice, cols: slice) -> np.ndarray:
     return np.asarray(G[rows, cols])
 
 
+#: missing-call density of a chunk below which the pair counts use a sparse product
+SPARSE_MISSING = 0.05
+
+
+def _missing_product(mi: np.ndarray, mj: np.ndarray) -> np.ndarray:
+    """``Mᵢ Mⱼᵀ`` of two boolean missing-call indicators (rows x variants), as int32.
+
+    Missing calls are rare (0.2% is typical), so the product is sparse: its cost is the number of
+    pairs of missing calls in a column, not ``rows² x variants`` as a dense GEMM would be. Denser
+    indicators use a float32 GEMM, exact for counts up to 2²⁴ (a chunk has fewer variants).
+    """
+    if max(mi.mean(), mj.mean()) < SPARSE_MISSING:
+        from scipy import sparse
+
+        a = sparse.csr_matrix(mi, dtype=np.int32)
+        b = a if mj is mi else sparse.csr_matrix(mj, dtype=np.int32)
+        return (a @ b.T).toarray()
+    return np.rint(mi.astype(np.float32) @ mj.astype(np.float32).T).astype(np.int32)
+
+
 def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int, p_kept: int,
-              dtype=np.float64) -> np.ndarray:
+              dtype=np.float64, counts: bool = False):
     """``X_I X_Jᵀ / p`` for sample ranges I and J, streamed over variant chunks.
 
     Each chunk's product is computed in ``dtype`` (float32 doubles the BLAS
     rate) and accumulated across chunks in float64; the standardized slabs
     reuse two buffers.
+
+    With ``counts``, also returns ``N_IJ``, the number of kept variants called in both samples of
+    each pair (int32), from the same reads: ``N_jk = p − m_j − m_k + (M Mᵀ)_jk`` with M the
+    missing-call indicator of the kept variants and m its row sums (:func:`_missing_product`).
     """
     ni = rows_i.stop - rows_i.start
     nj = rows_j.stop - rows_j.start
     acc = np.zeros((ni, nj), dtype=np.float64)
+    if counts:
+        both_missing = np.zeros((ni, nj), dtype=np.int32)
+        miss_i = np.zeros(ni, dtype=np.int64)
+        miss_j = np.zeros(nj, dtype=np.int64)
     p = G.shape[1]
     same = rows_i == rows_j
     buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
@@ -57,27 +87,48 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
         sc = scale[cols]
         if not sc.any():
             continue
-        xi = standardize_block(_row_block(G, rows_i, cols), center[cols], sc, dtype, out=buf_i)
+        gi = _row_block(G, rows_i, cols)
+        xi = standardize_block(gi, center[cols], sc, dtype, out=buf_i)
         if same:
             acc += xi @ xi.T  # NumPy calls the symmetric kernel (syrk) for a @ a.T
+            gj = gi
         else:
-            xj = standardize_block(_row_block(G, rows_j, cols), center[cols], sc, dtype, out=buf_j)
+            gj = _row_block(G, rows_j, cols)
+            xj = standardize_block(gj, center[cols], sc, dtype, out=buf_j)
             acc += xi @ xj.T
+        if counts:
+            kept = sc != 0
+            mi = (gi < 0) & kept
+            mj = mi if same else (gj < 0) & kept
+            ri, rj = mi.sum(axis=1), (mj.sum(axis=1) if not same else None)
+            if ri.any() and (same or rj.any()):
+                both_missing += _missing_product(mi, mj)
+            miss_i += ri
+            miss_j += ri if same else rj
     acc /= p_kept
+    if not np.isfinite(acc).all():
+        raise InputError(
+            f"GRM block rows {rows_i.start}:{rows_i.stop} x {rows_j.start}:{rows_j.stop} has non-finite "
+            f"entries: the variant standardization has a non-finite centre or scale; recompute the "
+            f"variant statistics")
+    if counts:
+        N = p_kept - miss_i[:, None] - miss_j[None, :] + both_missing
+        return acc, N.astype(np.int32)
     return acc
 
 
-def block_bytes(block: int, variant_chunk: int, itemsize: int = 8) -> int:
-    """Memory of one GRM block task: the float64 output block and two standardized slabs.
+def block_bytes(block: int, variant_chunk: int, itemsize: int = 8, counts: bool = False) -> int:
+    """Memory of one GRM block task: the float64 output block and two standardized slabs; with
+    ``counts`` (per-pair call counts, :func:`grm_block`) an int32 block and its int32 chunk product.
 
-    >>> block_bytes(2048, 8192, itemsize=4) // 2**20
-    160
+    >>> block_bytes(2048, 8192, itemsize=4) // 2**20, block_bytes(2048, 8192, 4, counts=True) // 2**20
+    (160, 192)
     """
-    return 8 * block * block + 2 * itemsize * block * variant_chunk
+    return (16 if counts else 8) * block * block + 2 * itemsize * block * variant_chunk
 
 
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
-                       memory: int | None = None, itemsize: int = 4) -> int:
+                       memory: int | None = None, itemsize: int = 4, counts: bool = False) -> int:
     """Samples per GRM block: few blocks (each genotype is decoded once per block row and
     column), enough tasks to keep ``threads`` busy, within ``memory`` bytes per task.
 
@@ -88,28 +139,29 @@ def default_block_size(n: int, threads: int, sample_chunk: int | None = None, va
     nb = max(1, int(np.ceil(np.sqrt(2 * max(threads, 1)))))
     b = -(-n // nb)
     if memory:
-        while b > 256 and block_bytes(b, variant_chunk, itemsize) > memory:
+        while b > 256 and block_bytes(b, variant_chunk, itemsize, counts) > memory:
             b = -(-b // 2)
     # not rounded to the store's sample chunks: 4096 + 904 for n = 5000 would put two thirds of the
     # work in one task (measured: 87% utilisation); an unaligned block re-decodes one chunk
     return max(1, min(b, n))
 
 
-def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, block: np.ndarray) -> tuple:
+def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, blocks: dict) -> tuple:
     group = zarr.open_group(out_path, mode="r+")
-    K = group["K"]
-    K[rows_i, rows_j] = block
-    if I != J:
-        K[rows_j, rows_i] = block.T
-    group["done"][I, J] = 1
+    for name, block in blocks.items():
+        arr = writable(group[name])  # a re-opened array: written even where a block equals the fill value
+        arr[rows_i, rows_j] = block
+        if I != J:
+            arr[rows_j, rows_i] = block.T
+    writable(group["done"])[I, J] = 1
     return (I, J)
 
 
-def _block_task(G, center, scale, I, J, rows_i, rows_j, step, p_kept, dtype, out_path):
-    block = grm_block(G, center, scale, rows_i, rows_j, step, p_kept, dtype)
+def _block_task(G, center, scale, I, J, rows_i, rows_j, step, p_kept, dtype, out_path, counts):
+    block = grm_block(G, center, scale, rows_i, rows_j, step, p_kept, dtype, counts=counts)
     if out_path is None:
         return block
-    return _write_block(out_path, I, J, rows_i, rows_j, block)
+    return _write_block(out_path, I, J, rows_i, rows_j, dict(zip(("K", "N"), block if counts else (block,))))
 
 
 def _blocks(n: int, b: int) -> list[slice]:
@@ -117,7 +169,7 @@ def _blocks(n: int, b: int) -> list[slice]:
 
 
 def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Path | None = None,
-        dtype=LIBRARY_DTYPE):
+        dtype=LIBRARY_DTYPE, counts: bool = False):
     """Compute the GRM ``K = X Xᵀ / p`` of all samples of ``G``.
 
     Parameters
@@ -139,10 +191,14 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
         float64. float32 doubles the speed; measured error |ΔK| ≤ 2e-7 (entries of
         size ~1, chunks of 8192 variants), far below the sampling noise of K
         (~1/√p) but above float64 round-off.
+    counts : bool
+        Also compute ``N``, per pair of samples the number of kept variants called in both
+        (what GCTA and PLINK 2 store in ``.grm.N.bin``), in the same pass (:func:`grm_block`).
+        With ``out``, it is on when the store was created with ``counts=True``.
 
     Returns
     -------
-    numpy.ndarray or zarr.Array
+    numpy.ndarray or zarr.Array, or the pair ``(K, N)`` with ``counts``
 
     Notes
     -----
@@ -167,6 +223,7 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
     n, p = G.shape
     if p != std.center.shape[0]:
         raise ValueError(f"standardization has {std.center.shape[0]} variants, genotypes {p}")
+    check_finite(std)
     step = _variant_chunk(G)
     if block_size is None:
         chunks = getattr(G, "chunks", None)
@@ -181,32 +238,39 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
         if group["K"].chunks[0] != block_size:
             raise ValueError("GRM store block size differs from block_size")
         done = np.asarray(group["done"][...]).astype(bool)
+        counts = "N" in group
     task = dask.delayed(_block_task, pure=False)
     todo = []
     for I, ri in enumerate(blocks):
         for J in range(I, len(blocks)):
             if not done[I, J]:
                 todo.append(((I, J), task(G, std.center, std.scale, I, J, ri, blocks[J], step,
-                                          std.n_kept, dtype, out_path)))
+                                          std.n_kept, dtype, out_path, counts)))
     n_total = len(blocks) * (len(blocks) + 1) // 2
     if n_total - len(todo):
         log.info("GRM: %d of %d blocks already done, computing %d", n_total - len(todo), n_total, len(todo))
     results = run_tasks([t for _, t in todo], f"GRM {n}x{n} blocks", )
     if out is not None:
-        return zarr.open_group(out_path, mode="r")["K"]
+        group = zarr.open_group(out_path, mode="r")
+        return (group["K"], group["N"]) if counts else group["K"]
     K = np.empty((n, n), dtype=np.float64)
+    N = np.empty((n, n), dtype=np.int32) if counts else None
     for ((I, J), _), block in zip(todo, results):
-        K[blocks[I], blocks[J]] = block
-        K[blocks[J], blocks[I]] = block.T
-    return K
+        for full, part in ((K, block[0]), (N, block[1])) if counts else ((K, block),):
+            full[blocks[I], blocks[J]] = part
+            full[blocks[J], blocks[I]] = part.T
+    return (K, N) if counts else K
 
 
-def create_grm_store(path: str | Path, n: int, block_size: int, attrs: dict) -> zarr.Group:
-    """An empty GRM group: ``K`` (n x n float64, chunks = blocks) and the ``done`` ledger."""
+def create_grm_store(path: str | Path, n: int, block_size: int, attrs: dict, counts: bool = False) -> zarr.Group:
+    """An empty GRM group: ``K`` (n x n float64, chunks = blocks), the ``done`` ledger and, with
+    ``counts``, ``N`` (n x n int32: per pair, the kept variants called in both samples)."""
     group = zarr.open_group(str(path), mode="w")
     nb = (n + block_size - 1) // block_size
     new_array(group, "K", shape=(n, n), dtype="float64", chunks=(block_size, block_size),
               fill_value=np.nan)
+    if counts:
+        new_array(group, "N", shape=(n, n), dtype="int32", chunks=(block_size, block_size), fill_value=-1)
     # one chunk per block, so that concurrent tasks never rewrite each other's entries
     done = new_array(group, "done", shape=(nb, nb), dtype="int8", chunks=(1, 1), fill_value=0)
     done[...] = 0

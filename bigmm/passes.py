@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, standardize_block
+from .genotypes import LIBRARY_DTYPE, check_finite, standardize_block
 from .tasks import current_client, run_tasks, total_threads
 
 #: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
@@ -245,6 +245,7 @@ class GrmOperator:
         if std.scale.shape[0] != G.shape[1]:
             raise InputError(f"variant statistics are for {std.scale.shape[0]} variants, the genotypes "
                              f"have {G.shape[1]}")
+        check_finite(std)
         self.G = G
         self.std = std
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)

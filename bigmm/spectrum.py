@@ -208,12 +208,22 @@ def pass_columns(l: int, n_probes: int, algorithm: str = "krylov") -> int:
     return max(l + 1, l + n_probes)
 
 
+def basis_width(n: int, l: int, q: int, algorithm: str = "krylov") -> int:
+    """Columns of the randomized spectrum's basis: the Krylov space ``(q + 1) l`` capped at n
+    (the space cannot be wider than R^n; a small cohort reaches the cap and its Rayleigh–Ritz is
+    then exact), or the subspace block l (itself ≤ n, :func:`subspace_width`).
+
+    >>> basis_width(100_000, 250, 3), basis_width(379, 100, 3), basis_width(379, 100, 3, "subspace")
+    (1000, 379, 100)
+    """
+    return min(int(n), (q + 1) * l) if algorithm == "krylov" else min(int(n), l)
+
+
 def driver_bytes(n: int, l: int, q: int, algorithm: str = "krylov") -> int:
-    """Memory the driver needs for :func:`randomized_spectrum`: the Krylov basis (n x (q + 1) l)
-    or the subspace block, plus about five n x l work arrays (a pass's product, its remainder,
-    the next block, the Ritz vectors), all float64."""
-    basis = (q + 1) * l if algorithm == "krylov" else l
-    return 8 * n * (basis + 5 * l)
+    """Memory the driver needs for :func:`randomized_spectrum`: the Krylov basis
+    (n x :func:`basis_width`) or the subspace block, plus about five n x l work arrays (a pass's
+    product, its remainder, the next block, the Ritz vectors), all float64."""
+    return 8 * n * (basis_width(n, l, q, algorithm) + 5 * l)
 
 
 def check_driver_memory(n: int, l: int, q: int, algorithm: str = "krylov") -> None:
@@ -233,7 +243,7 @@ def check_driver_memory(n: int, l: int, q: int, algorithm: str = "krylov") -> No
 
 
 def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: float = 1e-10,
-                           basis: bool = True):
+                           basis: bool = True, max_cols: int | None = None):
     """An orthonormal basis of the part of span(Y) orthogonal to the orthonormal V.
 
     Block classical Gram–Schmidt applied twice (CGS2: orthogonal to working precision), then a
@@ -245,7 +255,8 @@ def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: floa
 
     Returns (B, C, W): the new block B (n x b, b ≤ Y's columns, possibly 0; None when not
     ``basis``: the last pass needs only C and W), the coefficients C = Vᵀ Y and the remainder
-    W = Y − V C.
+    W = Y − V C. ``max_cols`` caps b (the largest directions are kept): V and B together never
+    exceed the n dimensions there are, where the remainder's extra directions are round-off.
     """
     from scipy.linalg import cholesky, eigh, solve_triangular
 
@@ -258,6 +269,8 @@ def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: floa
         return None, C, W
     lam, E = eigh(W.T @ W)
     keep = lam > (tol * scale) ** 2
+    if max_cols is not None and keep.sum() > max_cols:
+        keep[: lam.size - max(0, max_cols)] = False  # eigh sorts ascending: keep the largest
     if not keep.any():
         return np.empty((Y.shape[0], 0)), C, W
     sig = np.sqrt(lam[keep])
@@ -268,9 +281,13 @@ def _orthonormal_extension(V: np.ndarray, Y: np.ndarray, scale: float, tol: floa
     if sig[0] < 1e-4 * scale:
         B -= V @ (V.T @ B)
     rounds = 1 if sig[-1] < 1e4 * sig[0] else 2
-    for _ in range(rounds):
-        R = cholesky(B.T @ B, lower=False)
-        B = solve_triangular(R, B.T, trans="T", lower=False).T
+    try:
+        for _ in range(rounds):
+            R = cholesky(B.T @ B, lower=False)
+            B = solve_triangular(R, B.T, trans="T", lower=False).T
+    except np.linalg.LinAlgError:  # numerically dependent directions: Householder, always orthonormal
+        B -= V @ (V.T @ B)
+        B, _ = np.linalg.qr(B - V @ (V.T @ B))
     return np.asfortranarray(B), C, W
 
 
@@ -366,6 +383,10 @@ def randomized_spectrum(op, rank: int, *, oversample: int | None = None,
     if n_probes < 0:
         raise InputError(f"probes must be ≥ 0 (got {n_probes})")
     l = subspace_width(rank, oversample, n)
+    if algorithm == "krylov" and (q + 1) * l > n:
+        log.info("randomized spectrum: the Krylov space (power_iters + 1)·(rank + oversample) = %d·%d = %d "
+                 "is wider than n = %d samples: capped at n (on the whole space its Rayleigh–Ritz is exact)",
+                 q + 1, l, (q + 1) * l, n)
     # check the memory plans of the widest pass and of the driver before any computation
     op.plan(pass_columns(l, n_probes, algorithm))
     check_driver_memory(n, l, q, algorithm)
@@ -433,7 +454,8 @@ def _krylov(op, l, q, seed, n_probes, checkpoint, saved):
     n = op.n
     n_pass = q + 1
     probes = _probes(seed, n, n_probes)
-    V = np.empty((n, n_pass * l), order="F")  # the Krylov basis, block by block (each contiguous)
+    # the Krylov basis, block by block (each contiguous), at most n columns (basis_width)
+    V = np.empty((n, basis_width(n, l, q, "krylov")), order="F")
     offsets = [0]  # start column of each block; the next block starts at offsets[-1]
     Tcols: list[np.ndarray] = []  # Tcols[j] = V[:, :end_j]ᵀ K V_j
     times: list[float] = []
@@ -470,7 +492,7 @@ def _krylov(op, l, q, seed, n_probes, checkpoint, saved):
         else:
             Y, _ = _timed_pass(op, V[:, a:b], desc, times)
         scale = float(np.sqrt(np.max(np.sum(Y * Y, axis=0)))) if Y.size else 0.0
-        B, Cj, W = _orthonormal_extension(V[:, :b], Y, scale, basis=j < n_pass - 1)
+        B, Cj, W = _orthonormal_extension(V[:, :b], Y, scale, basis=j < n_pass - 1, max_cols=V.shape[1] - b)
         Tcols.append(Cj)
         if j == n_pass - 1:
             last_W = W  # K V − V T lives in the last block's remainder

@@ -13,7 +13,8 @@ Layout of a cohort store (a Zarr v3 group)::
 Every array bigmm writes carries a CRC32C checksum after its compressor and is
 written with ``write_empty_chunks=True`` (Zarr stores an all-fill chunk as no file): a flipped byte or a
 truncated chunk fails loudly on read, and a missing chunk file means "never
-written", not "all fill value".
+written", not "all fill value". Zarr keeps that setting in the array object, not in the store, so
+an array re-opened for writing goes through :func:`writable`.
 
 Stores and stage outputs are committed by :func:`atomic_dir`: written under a
 temporary name beside the destination, fsynced, then renamed into place, so an
@@ -64,6 +65,18 @@ def new_array(group: zarr.Group, name: str, *, shape, dtype, chunks=None, data=N
     if data is not None and data.size:
         arr[...] = data
     return arr
+
+
+def writable(arr: zarr.Array) -> zarr.Array:
+    """``arr`` with bigmm's write configuration (:data:`ARRAY_CONFIG`).
+
+    Zarr 3 keeps ``write_empty_chunks`` in the runtime configuration of an array object, not in
+    the store's metadata: an array re-opened from its group (as a task that writes a region
+    does) is back at Zarr's default ``False``, and a region whose values all equal the fill value
+    (an all-NaN GRM block with ``fill_value=nan``) would then be dropped instead of written, to
+    read back later as a "missing chunk". Every write into a re-opened array goes through this.
+    """
+    return arr.with_config(ARRAY_CONFIG)
 
 
 def fsync_tree(root: Path) -> None:

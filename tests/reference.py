@@ -114,7 +114,8 @@ def standardize_reference(G, standardize="gcta", keep=None):
     For each variant j: f_j = (sum of called genotypes) / (2 * number called),
     x = (g - 2 f) / sqrt(2 f (1 - f)) for "gcta", x = g - 2 f for "center";
     missing entries become 0.  Variants with f == 0, f == 1 or no called
-    genotype are dropped, and so are variants with ``keep[j] == False``.
+    genotype are dropped, as are variants whose calls are all heterozygous and variants with
+    ``keep[j] == False``.
 
     Returns ``(X, kept_index)`` with X float64 n x p_kept and kept_index the
     (increasing) integer indices of the kept columns of G.
@@ -142,6 +143,9 @@ def standardize_reference(G, standardize="gcta", keep=None):
         allele_sum = int(g[called].sum())
         # exact integer tests: f == 0  <=> sum == 0 ; f == 1 <=> sum == 2*n_called
         if n_called == 0 or allele_sum == 0 or allele_sum == 2 * n_called:
+            continue
+        # every call heterozygous (sample SD 0): dropped too, as GEMMA drops it
+        if np.all(g[called] == 1):
             continue
         if not keep[j]:
             continue

@@ -36,8 +36,8 @@ def test_filters_drop_and_count_each_reason(rng):
     ids = [f"v{j}" for j in range(10)]
     std = bigmm.standardization(stats, "gcta", min_maf=0.01, max_missing=0.1, variant_ids=ids,
                                 include_ids=[i for i in ids if i != "v9"])
-    assert std.dropped == {"all_missing": 1, "monomorphic": 1, "max_missing": 1, "min_maf": 1,
-                           "not_in_variant_list": 1}
+    assert std.dropped == {"all_missing": 1, "monomorphic": 1, "all_heterozygous": 0, "max_missing": 1,
+                           "min_maf": 1, "not_in_variant_list": 1}
     assert std.keep.tolist() == [False, False, False, False, True, True, True, True, True, False]
     assert np.all(std.scale[~std.keep] == 0)
 

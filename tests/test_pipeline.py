@@ -154,6 +154,11 @@ def test_predictions_report_and_peer_files(cohort, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", "score", "--run", str(out), "--bfile",
                            str(cohort / "c"), "--out", str(tmp_path / "s.tsv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    # the variants reported used are those in the scores (the training's kept variants), the
+    # others counted by reason (tests/test_score_counts.py has a cohort with dropped variants)
+    doc = json.loads((out / "results.json").read_text())
+    dropped = sum(doc["variants_dropped"].values())
+    assert f"(used {doc['n_variants']}, flipped 0, dropped_in_training {dropped}," in proc.stdout, proc.stdout
     scores = np.loadtxt(tmp_path / "s.tsv", skiprows=1, usecols=(2, 3))
     np.testing.assert_allclose(scores, blup, atol=1e-5)
     html = (out / "report.html").read_text()

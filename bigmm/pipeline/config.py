@@ -56,8 +56,17 @@ AUTOSOMES = tuple(str(c) for c in range(1, 23))
 
 
 class VariantsConfig(_Section):
+    """Variant filters and standardization (docs/math.md §2). Monomorphic and all-heterozygous
+    variants (sample SD 0) are always dropped, as GEMMA drops them, and counted in
+    ``variants_dropped``."""
+
+    #: drop variants whose minor allele frequency (over the called genotypes) is below this
     min_maf: float = Field(0.0, ge=0.0, le=0.5)
+    #: drop variants whose missing fraction (n − calls) / n is above this (GEMMA's -miss test)
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
+    #: "gcta": (g − 2f)/√(2f(1 − f)); "center": g − 2f (GEMMA -gk 1); "sample_sd": (g − 2f)/sd with
+    #: sd² = Σ over called genotypes of (g − 2f)² divided by ALL n samples (GEMMA -gk 2 exactly,
+    #: missing calls included); missing calls are mean-imputed (x = 0) in every case
     standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
     #: variant IDs to keep (PLINK --extract), one per line; ``include`` is its older name
     extract: Optional[Path] = None
@@ -151,8 +160,12 @@ class CovariatesConfig(_Section):
 
 class SpectrumConfig(_Section):
     method: Literal["exact", "randomized", "auto"] = "exact"
+    #: eigenpairs k of a randomized spectrum, 1 ≤ k ≤ n − 1 (checked against the cohort before a run)
     rank: Int = Field(200, ge=1, le=100_000)
+    #: l − k (default 50); l = rank + oversample is capped at n
     oversample: Optional[Int] = Field(None, ge=0)
+    #: q (default 3 krylov, 4 subspace); the Krylov space (q + 1)·l is capped at n samples, where
+    #: the spectrum is exact (docs/math.md §6.2)
     power_iters: Optional[Int] = Field(None, ge=0)
     #: "krylov" (block Krylov, q + 1 passes) or "subspace" (subspace iteration, q + 2 passes)
     algorithm: Literal["krylov", "subspace"] = "krylov"
@@ -166,7 +179,10 @@ class SpectrumConfig(_Section):
 
 class GrmConfig(_Section):
     block_size: Optional[Int] = Field(None, ge=1)
-    #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory
+    #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory.
+    #: The files follow GCTA / PLINK 2 --make-grm-bin: each entry is averaged over the variants
+    #: called in both samples (K·p/N_jk), and .grm.N.bin holds that per-pair count N_jk; bigmm's
+    #: own K mean-imputes missing calls and divides by p (equal when nothing is missing)
     export_gcta: Union[bool, str] = False
     #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
     dtype: Literal["float32", "float64"] = RUN_DTYPE

@@ -21,7 +21,8 @@ from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes
 from ..passes import plan_pass
-from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, driver_bytes, pass_columns, subspace_width
+from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
+                        subspace_width)
 from ..store import file_fingerprint
 from .config import ClusterConfig, RunConfig
 
@@ -99,10 +100,12 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
               "covar_file": file_fingerprint(cfg.covariates.covar)}
     return {
         "ingest": geno,
+        # "rules": the definitions a committed output was made with (sample_sd over all n,
+        # all-heterozygous variants dropped; N in the GRM store), so an older output reruns
         "variant_stats": {"variants": cfg.section_fingerprint("variants"),
                           "extract": file_fingerprint(cfg.variants.extract),
-                          "exclude": file_fingerprint(cfg.variants.exclude)},
-        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype},
+                          "exclude": file_fingerprint(cfg.variants.exclude), "rules": 2},
+        "grm": {"block_size": cfg.grm.block_size, "dtype": cfg.grm.dtype, "arrays": ["K", "N"]},
         "spectrum": spec,
         "rotate": tables,
         "reml": ({"reml": cfg.section_fingerprint("reml")} if rmethod == "spectral"
@@ -227,12 +230,14 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
         width = pass_columns(l, sc.probes, sc.algorithm)
         plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
         check_driver_memory(n, l, q, sc.algorithm)
-        out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes,
+        out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes, subspace_width=l,
+                   basis_width=basis_width(n, l, q, sc.algorithm),
+                   basis_uncapped=(q + 1) * l if sc.algorithm == "krylov" else l,
                    passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
     if needs_grm(cfg, method, rmethod) and mem is not None:
         block = cfg.grm.block_size or cfg.genotypes.chunks[0]
-        need = block_bytes(block, variant_chunk)
+        need = block_bytes(block, variant_chunk, counts=True)
         if need > mem:
             raise InputError(f"a GRM block task needs {format_bytes(need)} (block {block} samples, "
                              f"variant chunk {variant_chunk}) but the cluster memory allows "

@@ -58,7 +58,7 @@ def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None):
             target = open_store(zarr_path)
         else:
             target = open_vcf_zarr(vcf_zarr)
-        m = match_alleles(train, target.variant_table())
+        m = match_alleles(train, target.variant_table(), keep=std.keep)  # used: variants in the scores
         if m.counts["used"] == 0:
             raise InputError(f"no variant of the target matches the training variants by ID and alleles "
                              f"({m.counts})")

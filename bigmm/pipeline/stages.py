@@ -327,10 +327,11 @@ class Runner:
             self.loaded["spectrum"] = load_spectrum(self.out / "spectrum.zarr")
         return self.loaded["spectrum"]
 
-    def K(self) -> CheckedArray:
+    def K(self, name: str = "K") -> CheckedArray:
+        """An array of the committed GRM store: ``K``, or ``N`` (per-pair call counts)."""
         g = zarr.open_group(str(self.out / "grm.zarr"), mode="r")
-        verify_chunks(g["K"], f"{self.out}/grm.zarr/K")
-        return CheckedArray(g["K"], f"{self.out}/grm.zarr/K")
+        verify_chunks(g[name], f"{self.out}/grm.zarr/{name}")
+        return CheckedArray(g[name], f"{self.out}/grm.zarr/{name}")
 
     # -- stages ------------------------------------------------------------------------
     def operator(self, dtype, label: str | None = None) -> GrmOperator:
@@ -367,7 +368,7 @@ class Runner:
         block = self.cfg.grm.block_size
         if block is None:
             block = default_block_size(n, total_threads(), store.chunks[0], store.chunks[1],
-                                       task_memory(self.cfg.cluster), dtype.itemsize)
+                                       task_memory(self.cfg.cluster), dtype.itemsize, counts=True)
         fp = self.plan["grm"]["fingerprint"]
         attrs = {"n_samples": n, "n_variants": std.n_kept, "standardize": std.standardize,
                  "block_size": block, "fingerprint": fp, "dtype": dtype.name,
@@ -381,7 +382,7 @@ class Runner:
             else:  # resume in the checkpoint's blocks (the default size depends on the cluster)
                 block = int(g.attrs["block_size"])
         if not partial.exists():
-            create_grm_store(partial, n, block, attrs)
+            create_grm_store(partial, n, block, attrs, counts=True)  # N: GCTA's per-pair counts
         nb = (n + block - 1) // block
         before = int(np.triu(np.asarray(zarr.open_group(str(partial), mode="r")["done"][...])).sum())
         grm(store.genotypes, std, block_size=block, out=partial, dtype=dtype)
@@ -539,7 +540,7 @@ class Runner:
         reml = json_safe(self.reml().to_dict())
         prefix = self.cfg.gcta_prefix()
         if prefix is not None:
-            write_gcta_grm(prefix, self.K(), self.inp.ids, std.n_kept)
+            write_gcta_grm(prefix, self.K(), self.inp.ids, std.n_kept, N=self.K("N"))
         run_info = {
             "bigmm_version": __version__,
             "created": now_utc(),

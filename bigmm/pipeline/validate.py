@@ -76,6 +76,10 @@ class Inputs:
         if "passes_over_X" in mp:
             lines.append(f"passes over X: {mp['passes_over_X'] + 1} (variant statistics + spectrum), "
                          f"widest pass {mp['pass_vectors']} vectors")
+            if mp["basis_uncapped"] > mp["basis_width"]:
+                lines.append(f"randomized spectrum: the Krylov space (power_iters + 1)·(rank + oversample) = "
+                             f"{mp['basis_uncapped']} is wider than n = {len(self.ids)} samples: capped at n "
+                             f"(on the whole space its Rayleigh–Ritz is exact)")
         if mp.get("task_memory_bytes"):
             lines.append(f"memory per task: {format_bytes(mp['task_memory_bytes'])} allowed"
                          + (f", widest pass needs {format_bytes(mp['pass_task_bytes'])}" if "pass_task_bytes" in mp else "")
@@ -112,7 +116,7 @@ def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "s
     if cfg.genotypes.plink is not None:
         need["genotypes.zarr (int8, before compression)"] = n * p
     if needs_grm(cfg, method, rmethod):
-        need["grm.zarr (float64 n x n)"] = 8 * n * n
+        need["grm.zarr (float64 K and int32 per-pair call counts, n x n)"] = 12 * n * n
     if cfg.gcta_prefix() is not None:
         need["GCTA .grm.bin + .grm.N.bin"] = 4 * n * (n + 1)
     if not needs_spectrum(cfg, rmethod):
