@@ -32,6 +32,9 @@ class GenotypesConfig(_Section):
     plink: Optional[Path] = None
     zarr: Optional[Path] = None
     vcf_zarr: Optional[Path] = None
+    #: a precomputed GRM instead of genotypes: GCTA's PREFIX.grm.bin/.grm.id (.grm.N.bin) or
+    #: PLINK 2's PREFIX.rel.bin/.rel.id, told apart by which files exist (or name one file)
+    grm: Optional[Path] = None
     #: VCF samples as FID = IID = the name ("id"), or FID_IID names (PLINK 2's export) split
     #: at the first underscore ("iid")
     vcf_sample_ids: Literal["id", "iid"] = "id"
@@ -39,9 +42,12 @@ class GenotypesConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr)) != 1:
-            raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store) "
-                             "or 'vcf_zarr' (VCF Zarr store)")
+        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr, self.grm)) != 1:
+            raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store), "
+                             "'vcf_zarr' (VCF Zarr store) or 'grm' (a GCTA .grm.bin or PLINK 2 .rel.bin "
+                             "prefix)")
+        if self.grm is not None and "chunks" in self.model_fields_set:
+            raise ValueError("chunks is for genotype input (ingest); a GRM is read as it is")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
         if self.vcf_sample_ids != "id" and self.vcf_zarr is None:
@@ -325,6 +331,35 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _grm_needs_no_genotypes(self):
+        """With genotypes.grm there is no X: refuse every setting that needs it (all at once)."""
+        if self.genotypes.grm is None:
+            return self
+        why = []
+        if self.spectrum.method == "randomized":
+            why.append("spectrum.method: randomized computes the spectrum from the genotypes; a given GRM "
+                       "is eigendecomposed exactly (leave spectrum.method out, or exact)")
+        if self.reml.method == "matrix_free":
+            why.append("reml.method: matrix_free makes passes over the genotypes; with a given GRM use "
+                       "reml.method: spectral (the default)")
+        if self.predict.snp_effects:
+            why.append("predict.snp_effects needs the genotypes (β̂ = Xᵀ w); with a given GRM only "
+                       "predict.blup (genetic values) is available")
+        for key in sorted(self.variants.model_fields_set):
+            why.append(f"variants.{key} filters or standardizes genotypes; a given GRM is used as it is "
+                       f"(filter when making it: plink2 --make-rel / gcta --make-grm-bin)")
+        for key in sorted(self.grm.model_fields_set):
+            why.append(f"grm.{key} configures the GRM bigmm computes from genotypes; "
+                       + ("the given GRM is already in GCTA's format or PLINK 2's" if key == "export_gcta"
+                          else "a given GRM is read as it is"))
+        if self.reml.deflate:
+            why.append("reml.deflate is for matrix-free REML, which a given GRM does not use")
+        if why:
+            raise ValueError("genotypes.grm (a precomputed GRM, no genotypes) rules out:\n    "
+                             + "\n    ".join(why))
+        return self
+
+    @model_validator(mode="after")
     def _outputs_inside(self):
         exp = self.grm.export_gcta
         if isinstance(exp, str):
@@ -356,7 +391,7 @@ class RunConfig(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"),
+_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"), ("genotypes", "grm"),
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
                 ("variants", "extract"), ("variants", "exclude"), ("samples", "keep"), ("samples", "remove"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",),
