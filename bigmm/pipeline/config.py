@@ -46,7 +46,7 @@ class GenotypesConfig(_Section):
             raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store), "
                              "'vcf_zarr' (VCF Zarr store) or 'grm' (a GCTA .grm.bin or PLINK 2 .rel.bin "
                              "prefix)")
-        if self.grm is not None and "chunks" in self.model_fields_set:
+        if self.grm is not None and self.chunks != GenotypesConfig.model_fields["chunks"].default:
             raise ValueError("chunks is for genotype input (ingest); a GRM is read as it is")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
@@ -309,6 +309,11 @@ class RemlConfig(_Section):
     dtype: Literal["float32", "float64"] = "float32"
 
 
+def _changed(section: _Section, default: _Section) -> list[str]:
+    """The keys of ``section`` whose values differ from ``default``'s."""
+    return [k for k in type(section).model_fields if getattr(section, k) != getattr(default, k)]
+
+
 class RunConfig(_Section):
     genotypes: GenotypesConfig
     samples: SamplesConfig = SamplesConfig()
@@ -345,10 +350,11 @@ class RunConfig(_Section):
         if self.predict.snp_effects:
             why.append("predict.snp_effects needs the genotypes (β̂ = Xᵀ w); with a given GRM only "
                        "predict.blup (genetic values) is available")
-        for key in sorted(self.variants.model_fields_set):
+        # settings that differ from their defaults (a saved config repeats every default)
+        for key in _changed(self.variants, VariantsConfig()):
             why.append(f"variants.{key} filters or standardizes genotypes; a given GRM is used as it is "
                        f"(filter when making it: plink2 --make-rel / gcta --make-grm-bin)")
-        for key in sorted(self.grm.model_fields_set):
+        for key in _changed(self.grm, GrmConfig()):
             why.append(f"grm.{key} configures the GRM bigmm computes from genotypes; "
                        + ("the given GRM is already in GCTA's format or PLINK 2's" if key == "export_gcta"
                           else "a given GRM is read as it is"))
