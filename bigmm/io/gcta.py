@@ -233,6 +233,16 @@ def _grm_files(path: Path) -> tuple[str, Path]:
     return have[0], Path(s)
 
 
+def grm_paths(path: str | Path) -> tuple[str, dict[str, Path]]:
+    """The format (``gcta`` or ``plink2``) and the files (``bin``, ``id`` and, when present,
+    GCTA's ``N``) that a ``genotypes.grm`` path names, without reading them."""
+    fmt, prefix = _grm_files(Path(path))
+    files = {k: Path(str(prefix) + v) for k, v in GRM_FORMATS[fmt].items()}
+    if "N" in files and not files["N"].exists():
+        del files["N"]
+    return fmt, files
+
+
 def _read_grm_ids(path: Path, fmt: str) -> list[tuple[str, str]]:
     """FID IID per line (GCTA: no header); PLINK 2: a ``#FID IID`` or ``#IID`` header (no FID
     column: FID is '0', as PLINK 2 takes it)."""
@@ -275,9 +285,7 @@ def open_grm(path: str | Path) -> GrmFiles:
     (square or triangle, float64 or float32: ``--make-rel bin``, ``bin4``, ``triangle``),
     ``PREFIX.rel.id`` (``#FID IID`` or ``#IID`` header).
     """
-    fmt, prefix = _grm_files(Path(path))
-    roles = GRM_FORMATS[fmt]
-    files = {k: Path(str(prefix) + v) for k, v in roles.items()}
+    fmt, files = grm_paths(path)
     if not files["bin"].exists():
         raise InputError(f"genotypes.grm: {files['bin']} does not exist")
     ids = _read_grm_ids(files["id"], fmt)
@@ -296,12 +304,10 @@ def open_grm(path: str | Path) -> GrmFiles:
                          f"which need {want}: the file is truncated or belongs to another .id file")
     layout, dtype = options[size]
     n_bin = files.get("N")
-    if n_bin is not None and n_bin.exists():
+    if n_bin is not None:
         if n_bin.stat().st_size != tri * 4:
             raise InputError(f"{n_bin} is {n_bin.stat().st_size} bytes, but {files['id'].name} lists {n} "
                              f"samples, which need {tri * 4} bytes (float32 triangle); remake it, or "
                              f"remove it (it is optional: bigmm only reports the counts)")
-    else:
-        n_bin = None
     return GrmFiles(format=fmt, bin=files["bin"], id=files["id"], ids=ids, layout=layout, dtype=dtype,
                     n_bin=n_bin)

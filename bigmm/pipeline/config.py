@@ -361,8 +361,7 @@ class RunConfig(_Section):
         if self.reml.deflate:
             why.append("reml.deflate is for matrix-free REML, which a given GRM does not use")
         if why:
-            raise ValueError("genotypes.grm (a precomputed GRM, no genotypes) rules out:\n    "
-                             + "\n    ".join(why))
+            raise ValueError("genotypes.grm (a precomputed GRM, no genotypes) rules out: " + "; ".join(why))
         return self
 
     @model_validator(mode="after")

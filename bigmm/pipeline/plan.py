@@ -24,6 +24,7 @@ from dask.utils import format_bytes, parse_bytes
 from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes
+from ..io.gcta import grm_paths
 from ..passes import plan_pass
 from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, driver_bytes, pass_columns, subspace_width
 from ..store import file_fingerprint
@@ -165,13 +166,10 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
 
 
 def grm_fingerprint(path) -> dict:
-    """Fingerprints of the files of a given GRM (the .bin sampled, the .id whole)."""
-    from ..io.gcta import open_grm
-
-    files = open_grm(path)
-    return {"format": files.format, "layout": f"{files.layout} {files.dtype}",
-            **{p.name: file_fingerprint(p, content="sampled" if p.suffix == ".bin" else True)
-               for p in files.files}}
+    """Fingerprints of the files of a given GRM (the .bin files sampled, the .id whole)."""
+    fmt, files = grm_paths(path)
+    return {"format": fmt, **{p.name: file_fingerprint(p, content="sampled" if p.suffix == ".bin" else True)
+                              for p in files.values()}}
 
 
 def grm_driver_bytes(n_file: int, n: int) -> int:
