@@ -9,6 +9,8 @@ returns the parsed :class:`Inputs` the run then uses. ``bigmm check`` and ``bigm
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,9 +110,7 @@ class Inputs:
 
 
 def _ids_hash(ids: list) -> str:
-    import hashlib
-    import json
-
+    """A short hash of a list of (FID, IID)."""
     return hashlib.sha256(json.dumps([list(i) for i in ids]).encode()).hexdigest()[:16]
 
 
