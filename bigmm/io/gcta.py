@@ -1,8 +1,10 @@
-"""GCTA's binary GRM format: ``.grm.bin``, ``.grm.N.bin`` and ``.grm.id``."""
+"""Binary GRM files: GCTA's ``.grm.bin``, ``.grm.N.bin`` and ``.grm.id`` (written and read), and
+PLINK 2's ``.rel.bin`` and ``.rel.id`` (read), for a precomputed GRM given as input."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -99,3 +101,244 @@ def read_gcta_grm(prefix: str | Path) -> tuple[list[tuple[str, str]], np.ndarray
         full.T[il] = vals
         out.append(full)
     return ids, out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------
+# A precomputed GRM given as input: GCTA's .grm.bin or PLINK 2's .rel.bin
+# --------------------------------------------------------------------------------------
+
+#: the files of each format, by role
+GRM_FORMATS = {"gcta": {"bin": ".grm.bin", "id": ".grm.id", "N": ".grm.N.bin"},
+               "plink2": {"bin": ".rel.bin", "id": ".rel.id"}}
+
+
+@dataclass(frozen=True)
+class GrmFiles:
+    """A GRM on disk, its sample IDs read and its size checked, its values not yet read.
+
+    ``layout``: ``triangle`` (the lower triangle with the diagonal, row by row: row i holds
+    K[i, 0..i]) or ``square`` (n x n, row by row); ``dtype`` ``<f4`` or ``<f8``. GCTA's
+    ``.grm.bin`` is always a float32 triangle; PLINK 2's ``.rel.bin`` is any of the four
+    (``--make-rel bin`` square float64, ``bin4`` float32, ``triangle``), told apart by its size,
+    which differs for every n ≥ 2.
+    """
+
+    format: str
+    bin: Path
+    id: Path
+    ids: list
+    layout: str
+    dtype: str
+    n_bin: Path | None = None  # GCTA's .grm.N.bin, when present
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def files(self) -> list[Path]:
+        return [p for p in (self.bin, self.id, self.n_bin) if p is not None]
+
+    def describe(self) -> str:
+        return (f"{self.format} GRM {self.bin} ({self.layout}, "
+                f"{'float32' if self.dtype == '<f4' else 'float64'}, {self.n} samples)")
+
+    def read(self, rows=None) -> np.ndarray:
+        """K (float64, symmetric) over the samples ``rows`` (default all), in that order.
+
+        Refuses a non-finite entry and, for a square file, an asymmetric one (naming the pair
+        of samples); PLINK 2's ``square0`` (upper triangle written as zeros) is read as its
+        lower triangle. Memory: the file's values plus n x n float64 (then the rows' K).
+        """
+        n = self.n
+        vals = np.fromfile(self.bin, dtype=self.dtype)
+        if self.layout == "square":
+            K = vals.reshape(n, n).astype(np.float64, copy=False)  # float64: the array read
+            del vals
+            self._check_finite(K)
+            pairs = list(_block_pairs(n))
+            upper = any(np.any(np.triu(K[I, J], 1) if I == J else K[I, J]) for I, J in pairs)
+            lower = any(np.any(np.tril(K[J, I], -1) if I == J else K[J, I]) for I, J in pairs)
+            if n > 1 and lower and not upper:
+                _mirror_lower(K)  # PLINK 2's "square0"
+            else:
+                self._check_symmetric(K, pairs)
+        else:
+            K = np.empty((n, n), dtype=np.float64)
+            off = 0
+            for i in range(n):
+                K[i, : i + 1] = vals[off: off + i + 1]
+                off += i + 1
+            del vals
+            _mirror_lower(K)
+            self._check_finite(K)
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.size != n or np.any(rows != np.arange(n)):
+                K = K[np.ix_(rows, rows)]
+        return K
+
+    def _check_symmetric(self, K: np.ndarray, pairs) -> None:
+        tol = SYMMETRY_RTOL * max(float(np.abs(np.diag(K)).max()), 1e-300)
+        for I, J in pairs:
+            d = np.abs(K[I, J] - K[J, I].T)
+            if d.max() > tol:
+                a, b = np.unravel_index(int(np.argmax(d)), d.shape)
+                i, j = I.start + a, J.start + b
+                raise InputError(f"{self.bin}: not symmetric: K[{self._name(i)}, {self._name(j)}] = "
+                                 f"{K[i, j]:.8g} but K[{self._name(j)}, {self._name(i)}] = {K[j, i]:.8g}; "
+                                 f"a GRM must be symmetric (remake it with plink2 --make-rel or gcta "
+                                 f"--make-grm-bin)")
+
+    def _name(self, i: int) -> str:
+        f, s = self.ids[i]
+        return f"{f}/{s}"
+
+    def _check_finite(self, K: np.ndarray) -> None:
+        bad = ~np.isfinite(K)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(f"{self.bin}: {int(bad.sum())} non-finite value(s) (NaN or infinite), e.g. "
+                             f"K[{self._name(i)}, {self._name(j)}] = {K[i, j]}; a GRM needs finite "
+                             f"values: remake it (a sample or variant with only missing calls?)")
+
+    def n_variants(self) -> dict | None:
+        """Min, median and max of GCTA's ``.grm.N.bin`` (variants behind each entry), or None."""
+        if self.n_bin is None:
+            return None
+        N = np.fromfile(self.n_bin, dtype="<f4")
+        if N.size == 0 or not np.all(np.isfinite(N)):
+            raise InputError(f"{self.n_bin}: non-finite counts; remake it or remove it (it is optional)")
+        return {"min": float(N.min()), "median": float(np.median(N)), "max": float(N.max())}
+
+
+#: |K_ij − K_ji| allowed in a square file, relative to the largest diagonal value: far above
+#: float32 round-off of a symmetric matrix written twice (exactly symmetric from plink2), far
+#: below anything a GRM could mean
+SYMMETRY_RTOL = 1e-6
+
+
+#: rows and columns of the blocks in which a read GRM is mirrored and checked for symmetry
+BLOCK = 2048
+
+
+def _block_pairs(n: int, block: int | None = None):
+    """Row and column slices of the blocks on and above the diagonal of an n x n matrix."""
+    block = block or BLOCK
+    cuts = [slice(a, min(n, a + block)) for a in range(0, n, block)]
+    for b, I in enumerate(cuts):
+        for J in cuts[b:]:
+            yield I, J
+
+
+def _mirror_lower(K: np.ndarray) -> None:
+    """Copy the lower triangle of K onto its upper triangle, in place, block by block."""
+    for I, J in _block_pairs(K.shape[0]):
+        if I == J:
+            blk = K[I, I]
+            iu = np.triu_indices(blk.shape[0], 1)
+            blk[iu] = blk.T[iu]
+        else:
+            K[I, J] = K[J, I].T
+
+
+def _grm_files(path: Path) -> tuple[str, Path]:
+    """The format and prefix a ``genotypes.grm`` path names: a prefix (the format told by which
+    files exist, refused when both do) or one of the format's files (that format)."""
+    s = str(path)
+    for fmt, roles in GRM_FORMATS.items():
+        for suffix in roles.values():
+            if s.endswith(suffix):
+                return fmt, Path(s[: -len(suffix)])
+    have = [fmt for fmt, roles in GRM_FORMATS.items() if Path(s + roles["bin"]).exists()]
+    if len(have) == 2:
+        raise InputError(f"genotypes.grm {s}: both {s}.grm.bin (GCTA) and {s}.rel.bin (PLINK 2) exist; "
+                         f"say which to read: genotypes.grm: {s}.grm.bin or {s}.rel.bin")
+    if not have:
+        near = [Path(s + roles[k]).name for roles in GRM_FORMATS.values() for k in ("id",)
+                if Path(s + roles[k]).exists()]
+        raise InputError(f"genotypes.grm {s}: neither {s}.grm.bin (GCTA --make-grm-bin) nor {s}.rel.bin "
+                         f"(plink2 --make-rel bin) exists"
+                         + (f" (only {', '.join(near)})" if near else "")
+                         + "; give the prefix of the GRM files")
+    return have[0], Path(s)
+
+
+def grm_paths(path: str | Path) -> tuple[str, dict[str, Path]]:
+    """The format (``gcta`` or ``plink2``) and the files (``bin``, ``id`` and, when present,
+    GCTA's ``N``) that a ``genotypes.grm`` path names, without reading them."""
+    fmt, prefix = _grm_files(Path(path))
+    files = {k: Path(str(prefix) + v) for k, v in GRM_FORMATS[fmt].items()}
+    if "N" in files and not files["N"].exists():
+        del files["N"]
+    return fmt, files
+
+
+def _read_grm_ids(path: Path, fmt: str) -> list[tuple[str, str]]:
+    """FID IID per line (GCTA: no header); PLINK 2: a ``#FID IID`` or ``#IID`` header (no FID
+    column: FID is '0', as PLINK 2 takes it)."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist; a GRM needs its sample IDs file beside the .bin")
+    ids = []
+    iid_only = False
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if lineno == 1 and fields[0].startswith("#"):
+                head = [fields[0][1:]] + fields[1:]
+                if head[:2] == ["FID", "IID"]:
+                    continue
+                if head[:1] == ["IID"]:
+                    iid_only = True
+                    continue
+                raise InputError(f"{path} line 1: header {line.strip()!r}; expected #FID IID or #IID "
+                                 f"(PLINK 2) or no header (GCTA: FID IID)")
+            if iid_only:
+                ids.append(("0", fields[0]))
+            elif len(fields) < 2:
+                raise InputError(f"{path} line {lineno}: expected FID IID, got {line.strip()!r}")
+            else:
+                ids.append((fields[0], fields[1]))
+    if not ids:
+        raise InputError(f"{path} lists no samples")
+    return ids
+
+
+def open_grm(path: str | Path) -> GrmFiles:
+    """The GRM files that ``path`` names (a prefix, or one of the files), with the sample IDs
+    read and the size of the ``.bin`` (and ``.grm.N.bin``) checked against their number; no
+    values read yet (:meth:`GrmFiles.read`).
+
+    GCTA: ``PREFIX.grm.bin`` (float32 lower triangle with the diagonal, row by row),
+    ``PREFIX.grm.id`` (FID IID), optional ``PREFIX.grm.N.bin``. PLINK 2: ``PREFIX.rel.bin``
+    (square or triangle, float64 or float32: ``--make-rel bin``, ``bin4``, ``triangle``),
+    ``PREFIX.rel.id`` (``#FID IID`` or ``#IID`` header).
+    """
+    fmt, files = grm_paths(path)
+    if not files["bin"].exists():
+        raise InputError(f"genotypes.grm: {files['bin']} does not exist")
+    ids = _read_grm_ids(files["id"], fmt)
+    n = len(ids)
+    size = files["bin"].stat().st_size
+    tri = n * (n + 1) // 2
+    if fmt == "gcta":
+        options = {(tri * 4): ("triangle", "<f4")}
+    else:
+        options = {n * n * 8: ("square", "<f8"), n * n * 4: ("square", "<f4"),
+                   tri * 8: ("triangle", "<f8"), tri * 4: ("triangle", "<f4")}
+    if size not in options:
+        want = " or ".join(f"{b} bytes ({lay} {'float32' if dt == '<f4' else 'float64'})"
+                           for b, (lay, dt) in options.items())
+        raise InputError(f"{files['bin']} is {size} bytes, but {files['id'].name} lists {n} samples, "
+                         f"which need {want}: the file is truncated or belongs to another .id file")
+    layout, dtype = options[size]
+    n_bin = files.get("N")
+    if n_bin is not None:
+        if n_bin.stat().st_size != tri * 4:
+            raise InputError(f"{n_bin} is {n_bin.stat().st_size} bytes, but {files['id'].name} lists {n} "
+                             f"samples, which need {tri * 4} bytes (float32 triangle); remake it, or "
+                             f"remove it (it is optional: bigmm only reports the counts)")
+    return GrmFiles(format=fmt, bin=files["bin"], id=files["id"], ids=ids, layout=layout, dtype=dtype,
+                    n_bin=n_bin)

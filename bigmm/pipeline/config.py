@@ -34,6 +34,9 @@ class GenotypesConfig(_Section):
     plink: Optional[Path] = None
     zarr: Optional[Path] = None
     vcf_zarr: Optional[Path] = None
+    #: a precomputed GRM instead of genotypes: GCTA's PREFIX.grm.bin/.grm.id (.grm.N.bin) or
+    #: PLINK 2's PREFIX.rel.bin/.rel.id, told apart by which files exist (or name one file)
+    grm: Optional[Path] = None
     #: VCF samples as FID = IID = the name ("id"), or FID_IID names (PLINK 2's export) split
     #: at the first underscore ("iid")
     vcf_sample_ids: Literal["id", "iid"] = "id"
@@ -41,9 +44,12 @@ class GenotypesConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr)) != 1:
-            raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store) "
-                             "or 'vcf_zarr' (VCF Zarr store)")
+        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr, self.grm)) != 1:
+            raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store), "
+                             "'vcf_zarr' (VCF Zarr store) or 'grm' (a GCTA .grm.bin or PLINK 2 .rel.bin "
+                             "prefix)")
+        if self.grm is not None and self.chunks != GenotypesConfig.model_fields["chunks"].default:
+            raise ValueError("chunks is for genotype input (ingest); a GRM is read as it is")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
         if self.vcf_sample_ids != "id" and self.vcf_zarr is None:
@@ -321,6 +327,11 @@ class RemlConfig(_Section):
     dtype: Literal["float32", "float64"] = RUN_DTYPE
 
 
+def _changed(section: _Section, default: _Section) -> list[str]:
+    """The keys of ``section`` whose values differ from ``default``'s."""
+    return [k for k in type(section).model_fields if getattr(section, k) != getattr(default, k)]
+
+
 class RunConfig(_Section):
     genotypes: GenotypesConfig
     samples: SamplesConfig = SamplesConfig()
@@ -340,6 +351,35 @@ class RunConfig(_Section):
         if self.phenotypes.fam is not None and self.genotypes.plink is None:
             raise ValueError("phenotypes.fam reads the .fam of genotypes.plink; with other genotype "
                              "input give phenotypes.file")
+        return self
+
+    @model_validator(mode="after")
+    def _grm_needs_no_genotypes(self):
+        """With genotypes.grm there is no X: refuse every setting that needs it (all at once)."""
+        if self.genotypes.grm is None:
+            return self
+        why = []
+        if self.spectrum.method == "randomized":
+            why.append("spectrum.method: randomized computes the spectrum from the genotypes; a given GRM "
+                       "is eigendecomposed exactly (leave spectrum.method out, or exact)")
+        if self.reml.method == "matrix_free":
+            why.append("reml.method: matrix_free makes passes over the genotypes; with a given GRM use "
+                       "reml.method: spectral (the default)")
+        if self.predict.snp_effects:
+            why.append("predict.snp_effects needs the genotypes (β̂ = Xᵀ w); with a given GRM only "
+                       "predict.blup (genetic values) is available")
+        # settings that differ from their defaults (a saved config repeats every default)
+        for key in _changed(self.variants, VariantsConfig()):
+            why.append(f"variants.{key} filters or standardizes genotypes; a given GRM is used as it is "
+                       f"(filter when making it: plink2 --make-rel / gcta --make-grm-bin)")
+        for key in _changed(self.grm, GrmConfig()):
+            why.append(f"grm.{key} configures the GRM bigmm computes from genotypes; "
+                       + ("the given GRM is already in GCTA's format or PLINK 2's" if key == "export_gcta"
+                          else "a given GRM is read as it is"))
+        if self.reml.deflate:
+            why.append("reml.deflate is for matrix-free REML, which a given GRM does not use")
+        if why:
+            raise ValueError("genotypes.grm (a precomputed GRM, no genotypes) rules out: " + "; ".join(why))
         return self
 
     @model_validator(mode="after")
@@ -374,7 +414,7 @@ class RunConfig(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"),
+_PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"), ("genotypes", "grm"),
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
                 ("variants", "extract"), ("variants", "exclude"), ("samples", "keep"), ("samples", "remove"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",),

@@ -3,6 +3,10 @@ memory policy that turns the cluster configuration into bytes per task.
 
     ingest → variant_stats → (grm) → spectrum → rotate → reml → (blup) → report
 
+With a precomputed GRM as input (``genotypes.grm``) there are no genotypes: the run is
+``spectrum → rotate → reml → (blup) → report``, the spectrum that of the given K over the
+analysed samples.
+
 A stage's fingerprint hashes the config sections it reads, its input files (size, mtime and a
 content hash), the fingerprints of the stages upstream and the bigmm version; a rerun skips every
 stage whose recorded fingerprint still matches.
@@ -20,6 +24,7 @@ from dask.utils import format_bytes, parse_bytes
 from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes
+from ..io.gcta import grm_paths
 from ..passes import plan_pass
 from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
                         subspace_width)
@@ -47,7 +52,10 @@ def _hash(*parts) -> str:
 
 
 def spectrum_method(cfg: RunConfig, n: int) -> str:
-    """The spectrum that will run: ``auto`` is exact up to ``spectrum.exact_max_n`` samples."""
+    """The spectrum that will run: ``auto`` is exact up to ``spectrum.exact_max_n`` samples; a
+    given GRM's is always exact (there is no X to run a randomized one on)."""
+    if cfg.genotypes.grm is not None:
+        return "exact"
     if cfg.spectrum.method == "auto":
         return "exact" if n <= cfg.spectrum.exact_max_n else "randomized"
     return cfg.spectrum.method
@@ -55,7 +63,9 @@ def spectrum_method(cfg: RunConfig, n: int) -> str:
 
 def reml_method(cfg: RunConfig, n: int) -> str:
     """The REML that will run: ``auto`` is spectral up to ``spectrum.exact_max_n`` samples (on
-    the exact spectrum), matrix-free above."""
+    the exact spectrum), matrix-free above; spectral for a given GRM."""
+    if cfg.genotypes.grm is not None and cfg.reml.method == "auto":
+        return "spectral"
     if cfg.reml.method == "auto":
         return "spectral" if n <= cfg.spectrum.exact_max_n else "matrix_free"
     return cfg.reml.method
@@ -67,7 +77,10 @@ def needs_spectrum(cfg: RunConfig, rmethod: str) -> bool:
 
 
 def needs_grm(cfg: RunConfig, method: str, rmethod: str = "spectral") -> bool:
-    """The GRM stage runs for an exact spectrum (when one is needed) or a GCTA export."""
+    """The GRM stage runs for an exact spectrum (when one is needed) or a GCTA export; never
+    when the GRM is given."""
+    if cfg.genotypes.grm is not None:
+        return False
     return (method == "exact" and needs_spectrum(cfg, rmethod)) or cfg.gcta_prefix() is not None
 
 
@@ -79,7 +92,11 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     (read by the validator), instead of opening the store again.
     """
     g = cfg.genotypes
-    if g.plink is not None:
+    if g.grm is not None:
+        geno = {"grm": grm_fingerprint(g.grm), "samples": cfg.section_fingerprint("samples"),
+                "keep": file_fingerprint(cfg.samples.keep), "remove": file_fingerprint(cfg.samples.remove),
+                **(genotype_provenance or {})}
+    elif g.plink is not None:
         prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
         geno = {"plink": {"bed": file_fingerprint(prefix + ".bed", content="sampled"),
                           "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
@@ -126,10 +143,13 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
     spectral = rmethod == "spectral"
     with_spectrum = needs_spectrum(cfg, rmethod)
     from_plink = cfg.genotypes.plink is not None
+    given_grm = cfg.genotypes.grm is not None
+    if given_grm:  # no X: the spectrum is of the GRM files over the analysed samples
+        inputs["spectrum"] = {**inputs["spectrum"], "grm_input": inputs["ingest"]}
     if not from_plink:  # a given cohort store: no ingest stage, the statistics depend on the store
         inputs["variant_stats"] = {**inputs["variant_stats"], "store": inputs["ingest"]}
     upstream = {"ingest": [], "variant_stats": ["ingest"] if from_plink else [], "grm": ["variant_stats"],
-                "spectrum": ["variant_stats"] + (["grm"] if method == "exact" else []),
+                "spectrum": [] if given_grm else ["variant_stats"] + (["grm"] if method == "exact" else []),
                 "rotate": ["spectrum"],
                 "reml": ["rotate"] if spectral else ["variant_stats"] + (["spectrum"] if with_spectrum else []),
                 "blup": ["reml"],
@@ -138,6 +158,7 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
     plan: dict[str, dict] = {}
     for name in STAGES:
         if (name == "grm" and not needs_grm(cfg, method, rmethod)) or (name == "ingest" and not from_plink) or \
+                (name == "variant_stats" and given_grm) or \
                 (name == "blup" and not cfg.predict.blup) or (name == "spectrum" and not with_spectrum) or \
                 (name == "rotate" and not spectral):
             continue
@@ -145,6 +166,43 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
         fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
         plan[name] = {"fingerprint": fp, "upstream": ups, "inputs": inputs[name]}
     return plan
+
+
+def grm_fingerprint(path) -> dict:
+    """Fingerprints of the files of a given GRM (the .bin files sampled, the .id whole)."""
+    fmt, files = grm_paths(path)
+    return {"format": fmt, **{p.name: file_fingerprint(p, content="sampled" if p.suffix == ".bin" else True)
+                              for p in files.values()}}
+
+
+def grm_driver_bytes(n_file: int, n: int) -> int:
+    """Peak driver memory of a run on a given GRM of ``n_file`` samples, ``n`` of them analysed.
+
+    Reading: the file's values (at most 4 bytes per entry beside the float64 K, or none for a
+    float64 square file) and K as float64, then the analysed samples' K: 8·(1.5·n_file² + n²)
+    bytes. The spectrum stage: that K, its eigenvectors and LAPACK's eigh workspace (2 n²
+    doubles): 8·4·n² bytes. The larger of the two.
+
+    >>> round(grm_driver_bytes(10_000, 10_000) / 2**30, 2)  # GiB at n = 10,000
+    2.98
+    """
+    return 8 * max(3 * n_file * n_file // 2 + n * n, 4 * n * n)
+
+
+def check_grm_memory(n_file: int, n: int, available: int | None = None) -> int:
+    """Refuse a given GRM the driver cannot hold (:func:`grm_driver_bytes` against the memory
+    available now, as for the randomized spectrum's driver); returns the bytes needed."""
+    import psutil
+
+    need = grm_driver_bytes(n_file, n)
+    avail = psutil.virtual_memory().available if available is None else available
+    if need > avail:
+        raise InputError(f"genotypes.grm: a GRM of {n_file} samples ({n} analysed) needs about "
+                         f"{format_bytes(need)} on the driver (n x n float64 matrices, 8·n² bytes each: "
+                         f"the GRM as read, the analysed samples' K, its eigenvectors and the "
+                         f"eigendecomposition's workspace) but {format_bytes(avail)} is available; run on a "
+                         f"machine with more memory, or keep fewer samples (samples.keep)")
+    return need
 
 
 def task_memory(cc: ClusterConfig) -> int | None:
@@ -186,12 +244,13 @@ def matrix_free_width(missing: np.ndarray, c: int, probes: int, deflate: int) ->
 
 
 def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str = "spectral",
-                 mf_width: int | None = None) -> dict:
+                 mf_width: int | None = None, n_grm_file: int | None = None) -> dict:
     """Refuse, before computing, a configuration whose tasks cannot fit their memory.
 
     Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
     driver's need, for the user to read (``bigmm check``). ``mf_width``: the vectors of the
-    matrix-free REML's widest pass (:func:`matrix_free_width`).
+    matrix-free REML's widest pass (:func:`matrix_free_width`). ``n_grm_file``: the samples of
+    a given GRM's file (``n`` are those analysed), checked by :func:`check_grm_memory`.
     """
     out: dict = {}
     with_spectrum = needs_spectrum(cfg, rmethod)
@@ -243,7 +302,9 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
                              f"variant chunk {variant_chunk}) but the cluster memory allows "
                              f"{format_bytes(mem)} per task; raise it or set grm.block_size")
         out["grm_block_task_bytes"] = need
-    if method == "exact" and with_spectrum:
+    if cfg.genotypes.grm is not None:
+        out["driver_bytes"] = check_grm_memory(n_grm_file or n, n)
+    elif method == "exact" and with_spectrum:
         out["driver_bytes"] = 2 * 8 * n * n  # K and U for eigh
     out["task_memory_bytes"] = mem
     return out

@@ -395,9 +395,11 @@ class Runner:
                       "passes_over_X": round(nb, 1)}
 
     def do_spectrum(self):
-        store, std = self.store(), self.std()
         sc = self.cfg.spectrum
-        if self.inp.method == "exact":
+        if self.inp.grm is not None:  # a given GRM, read once by the validator, over the analysed samples
+            spec = exact_spectrum(self.inp.grm_K)
+            info = {"passes_over_X": 0, "grm_input": str(self.inp.grm.bin)}
+        elif self.inp.method == "exact":
             K = self.K()
             spec = exact_spectrum(np.asarray(K[...]))
             info = {"passes_over_X": 0}
@@ -535,7 +537,7 @@ class Runner:
         return b, info
 
     def do_report(self):
-        std = self.std()
+        std = self.std() if self.inp.grm is None else None
         spec = self.spectrum() if self.inp.spectrum_needed else None
         reml = json_safe(self.reml().to_dict())
         prefix = self.cfg.gcta_prefix()
@@ -546,10 +548,10 @@ class Runner:
             "created": now_utc(),
             "n_samples": int(self.inp.design.analysed.sum()),
             "n_genotyped": len(self.inp.ids),
-            "n_variants": std.n_kept,
-            "n_variants_total": int(std.keep.size),
-            "variants_dropped": std.dropped,
-            "standardize": std.standardize,
+            "n_variants": std.n_kept if std is not None else None,
+            "n_variants_total": int(std.keep.size) if std is not None else None,
+            "variants_dropped": std.dropped if std is not None else None,
+            "standardize": std.standardize if std is not None else None,
             "reml_method": self.inp.reml_method,
             "spectrum_info": None if spec is None else {
                 "method": spec.method, "requested": self.cfg.spectrum.method, "n": spec.n, "k": spec.k,
@@ -563,7 +565,10 @@ class Runner:
             "config": self.cfg.model_dump(mode="json"),
         }
         run_info["samples_selection"] = self.inp.selection.get("samples")
-        run_info["variant_filters"] = variant_filters(self.cfg.variants, std)
+        if std is not None:
+            run_info["variant_filters"] = variant_filters(self.cfg.variants, std)
+        else:  # a given GRM: what it held, and which of its samples were used
+            run_info["grm_input"] = self.inp.grm_info
         prevalence = self.cfg.phenotypes.prevalence
         if prevalence is not None:
             d = self.inp.design
@@ -676,6 +681,14 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             log.info("samples: %d genotyped, %d kept (%s)", sel["genotyped"], sel["kept"],
                      ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sel.items()
                                if k not in ("genotyped", "kept")))
+        gi = inputs.grm_info
+        if gi:
+            nv = gi.get("n_variants")
+            log.info("GRM input %s: %s %s %s, %d samples; %d after samples.keep/remove, %d analysed (K restricted "
+                     "to them), %d without a phenotype or covariates left out%s", inputs.grm.bin, gi["format"],
+                     gi["layout"], gi["dtype"], gi["n_in_grm"],
+                     gi["n_selected"], gi["n_analysed"], gi["n_not_analysed"],
+                     f"; variants per entry (.grm.N.bin) min {nv['min']:g}, median {nv['median']:g}" if nv else "")
         log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
                  len(inputs.ids), int(inputs.design.analysed.sum()), len(inputs.design.phenotype_names),
                  inputs.design.Z.shape[1], inputs.method,
@@ -694,9 +707,11 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             removed = remove_stage_files(out, name, recorded.get(name), keep=inputs_here)
             if removed:
                 log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
+
         def attempt(todo):
-            needs_cluster = any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects) or \
-                (inputs.reml_method == "matrix_free" and any(s in todo for s in ("reml", "blup")))
+            needs_cluster = cfg.genotypes.grm is None and (
+                any(s in todo for s in PASS_STAGES) or ("blup" in todo and cfg.predict.snp_effects)
+                or (inputs.reml_method == "matrix_free" and any(s in todo for s in ("reml", "blup"))))
             if client is not None or not needs_cluster:
                 ctx = contextlib.nullcontext(client)
             else:

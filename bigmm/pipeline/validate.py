@@ -9,6 +9,8 @@ returns the parsed :class:`Inputs` the run then uses. ``bigmm check`` and ``bigm
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
+from ..io.gcta import GrmFiles, open_grm
 from ..io.plink import PlinkFileset, read_plink
 from ..io.tables import (Design, build_design, fam_table, read_gemma_table, read_sample_list, read_table,
                          sample_matches)
@@ -50,9 +53,16 @@ class Inputs:
     variant_drop: dict | None = None
     #: counts of the sample and variant selection (for the log and results.json)
     selection: dict = field(default_factory=dict)
+    #: a given GRM (genotypes.grm): its files, and K over ``ids`` (the analysed samples), read once
+    grm: GrmFiles | None = None
+    grm_K: np.ndarray | None = None
+    #: what the GRM input held and what was used (for the log and results.json)
+    grm_info: dict | None = None
 
     @property
     def genotype_provenance(self) -> dict | None:
+        if self.grm is not None:  # the samples of K (they depend on the phenotypes and covariates)
+            return {"grm_samples": _ids_hash(self.ids)}
         if self.store is None:
             return None
         attrs = self.store.attrs
@@ -62,6 +72,19 @@ class Inputs:
         """The plan checked, for a person: samples, variants, method, passes, memory."""
         d = self.design
         mp = self.memory_plan
+        if self.grm is not None:
+            gi = self.grm_info
+            lines = [f"samples: {gi['n_in_grm']} in the GRM, {gi['n_selected']} after samples.keep/remove, "
+                     f"{gi['n_analysed']} analysed (K is restricted to them); {len(d.phenotype_names)} "
+                     f"phenotype(s), {d.Z.shape[1]} fixed effects",
+                     f"GRM: {self.grm.describe()}" + (f"; variants per entry (.grm.N.bin) min "
+                                                       f"{gi['n_variants']['min']:g}, median "
+                                                       f"{gi['n_variants']['median']:g}" if gi.get("n_variants") else ""),
+                     "REML: spectral on the exact spectrum of the given K"]
+            if mp.get("driver_bytes"):
+                lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])} (8·max(1.5·n_grm² + n², 4·n²) "
+                             f"bytes)")
+            return "\n".join(lines)
         lines = [f"samples: {len(self.ids)} genotyped, {int(d.analysed.sum())} analysed; "
                  f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
                  f"variants: {self.n_variants} in the genotype input"
@@ -88,6 +111,17 @@ class Inputs:
         if mp.get("driver_bytes"):
             lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])}")
         return "\n".join(lines)
+
+
+def _ids_hash(ids: list) -> str:
+    """A short hash of a list of (FID, IID)."""
+    return hashlib.sha256(json.dumps([list(i) for i in ids]).encode()).hexdigest()[:16]
+
+
+def _design_rows(d: Design, rows: np.ndarray) -> Design:
+    """The design restricted to the samples ``rows`` (all of them analysed)."""
+    return Design(Y=d.Y[rows], Z=d.Z[rows], phenotype_names=d.phenotype_names,
+                  covariate_names=d.covariate_names, analysed=d.analysed[rows], notes=dict(d.notes))
 
 
 def _attempt(problems: list[str], fn, *args):
@@ -257,6 +291,11 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
             got.update(plink=fs, variant_chunk=g.chunks[1])
             ids, p = fs.sample_ids, fs.n_variants
             vtable = fs.variants
+    elif g is not None and g.grm is not None:
+        gf = _attempt(problems, open_grm, g.grm)  # IDs read and sizes checked; values later
+        if gf is not None:
+            got.update(grm=gf, variant_chunk=0)
+            ids = gf.ids
     elif g is not None:
         store = _attempt(problems, _open_genotype_store, g)
         if store is not None:
@@ -274,7 +313,7 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                 break
             seen[key] = i
         if samples is not None and (samples.keep is not None or samples.remove is not None):
-            if fs is None:
+            if fs is None and "grm" not in got:
                 problems.append("samples.keep / samples.remove select samples of genotypes.plink input "
                                 "(at ingest); for a Zarr or VCF Zarr store, leave the samples out of the "
                                 "phenotype file instead")
@@ -333,6 +372,20 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     ids = got.get("ids")
     method = rmethod = None
     memory_plan: dict = {}
+    gf = got.get("grm")
+    grm_rows = None
+    if gf is not None and "design" in got:
+        # K is needed over the analysed samples only: the run's samples are those
+        d = got["design"]
+        keep = np.flatnonzero(d.analysed)
+        sel = got.get("sample_rows")
+        grm_rows = keep if sel is None else np.asarray(sel)[keep]
+        got["grm_info"] = {"format": gf.format, "layout": gf.layout, "dtype": "float32" if gf.dtype == "<f4" else "float64",
+                           "files": [str(p) for p in gf.files], "n_in_grm": gf.n, "n_selected": len(ids),
+                           "n_analysed": int(keep.size), "n_not_analysed": len(ids) - int(keep.size)}
+        if keep.size < len(ids):
+            got["design"] = _design_rows(d, keep)
+            ids = [ids[i] for i in keep]
     if ids is not None:
         method = spectrum_method(cfg, len(ids))
         rmethod = reml_method(cfg, len(ids))
@@ -341,12 +394,16 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
             d = got["design"]
             mf_width = matrix_free_width(np.isnan(d.Y), d.Z.shape[1] + cfg.covariates.pcs, cfg.reml.probes,
                                          cfg.reml.deflate)
+        before = len(problems)
         memory_plan = _attempt(problems, check_memory, cfg, len(ids), method, got["variant_chunk"], rmethod,
-                               mf_width) or {}
+                               mf_width, gf.n if gf is not None else None) or {}
+        if grm_rows is not None and len(problems) == before:  # the GRM's values, read once
+            got["grm_K"] = _attempt(problems, gf.read, grm_rows)
+            got["grm_info"]["n_variants"] = _attempt(problems, gf.n_variants)
         if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
             problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
-        if got.get("n_variants") is not None:
-            _attempt(problems, _check_disk, cfg, len(ids), got["n_variants"], method, rmethod)
+        if got.get("n_variants") is not None or gf is not None:
+            _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod)
     if cfg.phenotypes.prevalence is not None and "design" in got:
         d = got["design"]
         for j, name in enumerate(d.phenotype_names):
@@ -367,7 +424,8 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
                             plink=got.get("plink"), store=got.get("store"), memory_plan=memory_plan,
                             replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod),
                             sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
-                            selection=got.get("selection", {}))
+                            selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
+                            grm_info=got.get("grm_info"))
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
