@@ -32,11 +32,14 @@ class GenotypesConfig(_Section):
     plink: Optional[Path] = None
     zarr: Optional[Path] = None
     vcf_zarr: Optional[Path] = None
+    #: a precomputed GCTA GRM (PREFIX.grm.bin/.grm.N.bin/.grm.id); needs no genotype source
+    grm: Optional[Path] = None
     chunks: tuple[int, int] = (2048, 8192)
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr)) != 1:
+        sources = sum(x is not None for x in (self.plink, self.zarr, self.vcf_zarr))
+        if sources != 1 and not (sources == 0 and self.grm is not None):
             raise ValueError("give exactly one of 'plink' (fileset prefix), 'zarr' (cohort store) "
                              "or 'vcf_zarr' (VCF Zarr store)")
         if min(self.chunks) < 1:
@@ -49,6 +52,13 @@ class VariantsConfig(_Section):
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
     standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
     include: Optional[Path] = None
+    #: PLINK --extract / --exclude: files of variant IDs (first column) to keep / drop
+    extract: Optional[Path] = None
+    exclude: Optional[Path] = None
+    #: chromosomes to use: a list (["1", "2", "X"]) or "autosomes"
+    chr: Union[list[str], Literal["autosomes"], None] = None
+
+    _chr = field_validator("chr", mode="before")(classmethod(lambda cls, v: _names(v)))
 
 
 def _names(v):
@@ -59,11 +69,27 @@ def _names(v):
 
 
 class PhenotypesConfig(_Section):
-    file: Path
+    file: Optional[Path] = None
     columns: Union[list[str], Literal["all"]] = "all"
     missing: Literal["auto", "indicator", "subset"] = "auto"
+    #: the phenotype in column N of the PLINK .fam file (instead of ``file``)
+    fam: Optional[Int] = Field(None, ge=1)
+    #: population prevalence of a binary trait: h² is also reported on the liability scale
+    prevalence: Optional[float] = Field(None, gt=0.0, lt=1.0)
 
     _columns = field_validator("columns", mode="before")(classmethod(lambda cls, v: _names(v)))
+
+    @model_validator(mode="after")
+    def _one_file(self):
+        if (self.file is None) == (self.fam is None):
+            raise ValueError("give one of 'file' (a phenotype table) or 'fam' (a column of the .fam file)")
+        return self
+
+
+class SamplesConfig(_Section):
+    #: PLINK/GCTA --keep / --remove: files of FID IID (first two columns) to keep / drop
+    keep: Optional[Path] = None
+    remove: Optional[Path] = None
 
 
 class CovariatesConfig(_Section):
@@ -242,6 +268,7 @@ class RemlConfig(_Section):
 
 class RunConfig(_Section):
     genotypes: GenotypesConfig
+    samples: SamplesConfig = SamplesConfig()
     variants: VariantsConfig = VariantsConfig()
     phenotypes: PhenotypesConfig
     covariates: CovariatesConfig = CovariatesConfig()
@@ -285,8 +312,27 @@ class RunConfig(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def pending_features(cfg: RunConfig) -> list[str]:
+    """Keys this version accepts (the flag form maps GCTA/PLINK flags onto them) but cannot yet
+    run: each is refused by name before anything is computed, never silently ignored."""
+    keys = {"genotypes.grm": cfg.genotypes.grm, "phenotypes.fam": cfg.phenotypes.fam,
+            "phenotypes.prevalence": cfg.phenotypes.prevalence, "samples.keep": cfg.samples.keep,
+            "samples.remove": cfg.samples.remove, "variants.extract": cfg.variants.extract,
+            "variants.exclude": cfg.variants.exclude, "variants.chr": cfg.variants.chr}
+    return [f"{k}: not supported by bigmm {_version()} yet; remove it from the configuration "
+            f"(for variant ID lists, variants.include works)" for k, v in keys.items() if v is not None]
+
+
+def _version() -> str:
+    from .._version import __version__
+
+    return __version__
+
+
 _PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"),
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
+                ("genotypes", "grm"), ("variants", "extract"), ("variants", "exclude"),
+                ("samples", "keep"), ("samples", "remove"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",),
                 ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
 

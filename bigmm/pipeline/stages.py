@@ -522,7 +522,8 @@ class Runner:
         return doc, {"files": files}
 
 
-def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None) -> RunOutcome:
+def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,
+        on_validated=None) -> RunOutcome:
     """Run (or resume) the analysis described by ``cfg``.
 
     Parameters
@@ -534,12 +535,17 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         cluster on 127.0.0.1) for the duration of the run, and only if a stage must run.
     from_stage : str, optional
         Rerun from this stage on, even if its outputs are up to date.
+    on_validated : callable, optional
+        Called once the inputs are valid and the output directory exists, before anything else
+        is written (``bigmm reml`` writes its config file there).
     """
     if from_stage is not None and from_stage not in STAGES:
         raise InputError(f"--from {from_stage!r}: not a stage; stages are {', '.join(STAGES)}")
     out = Path(cfg.output)
     inputs = validate(cfg, force=force)  # every input read and checked once, all problems together
     out.mkdir(parents=True, exist_ok=True)
+    if on_validated is not None:
+        on_validated()
     runner = Runner(cfg, inputs, force, from_stage)
     with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,

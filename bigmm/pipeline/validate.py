@@ -22,7 +22,7 @@ from ..io.tables import Design, build_design, read_table
 from ..spectrum import subspace_width
 from ..store import open_store
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
-                     VariantsConfig, _resolve, parse_config, read_yaml)
+                     VariantsConfig, _resolve, parse_config, pending_features, read_yaml)
 from .plan import check_memory, matrix_free_width, needs_grm, needs_spectrum, reml_method, spectrum_method
 from .rundir import check_output_dir
 
@@ -169,7 +169,7 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
         if fs is not None:
             got.update(plink=fs, variant_chunk=g.chunks[1])
             ids, p = fs.sample_ids, fs.n_variants
-    elif g is not None:
+    elif g is not None and (g.zarr is not None or g.vcf_zarr is not None):
         store = _attempt(problems, _open_genotype_store, g)
         if store is not None:
             got.update(store=store, variant_chunk=store.chunks[1])
@@ -183,6 +183,8 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
                 break
             seen[key] = i
         got.update(ids=ids, n_variants=p)
+    if phenotypes is not None and phenotypes.file is None:
+        phenotypes = None  # phenotypes.fam: pending_features refuses it
     if ids is not None and phenotypes is not None and covariates is not None:
         c = covariates
         before = len(problems)
@@ -214,7 +216,9 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
 
 def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> tuple[list[str], Inputs | None]:
     """Every problem of a parsed configuration and its inputs, and the inputs when there are none."""
-    problems: list[str] = []
+    problems: list[str] = pending_features(cfg)
+    if problems:
+        return problems, None
     got = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants)
     ids = got.get("ids")
     method = rmethod = None
