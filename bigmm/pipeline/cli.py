@@ -8,15 +8,17 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import BigmmError
+from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
+from ..store import atomic_write_text
 from .config import load_config
 from .flags import add_flags, check_flags, flag_config, write_config_file
 from .plan import STAGES
 from .rundir import RunInterrupted, read_manifest
 from .scoring import score_run
 from .stages import run, status
+from .template import render_template
 from .submit import write_job_script
 from .validate import check_file
 
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "Keys without a flag: 'bigmm init' writes a template of them all.")
     add_flags(fl)
     fl.set_defaults(flag_parser=fl)  # its combination errors are reported as argparse's
+
+    it = sub.add_parser("init", help="write a commented config template: every key, its default and "
+                        "what it does")
+    it.add_argument("path", nargs="?", default=Path("bigmm.yaml"), type=Path,
+                    help="file to write (default bigmm.yaml; - for standard output)")
+    it.add_argument("--force", action="store_true", help="replace an existing file")
 
     c = sub.add_parser("check", help="validate a config and all its inputs; report every problem")
     c.add_argument("config", type=Path)
@@ -144,6 +152,17 @@ def _dispatch(args, argv) -> int:
             print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f}\t"
                   f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
         print(f"results: {outcome.results_json}")
+        return 0
+    if args.command == "init":
+        text = render_template()
+        if str(args.path) == "-":
+            sys.stdout.write(text)
+            return 0
+        if args.path.exists() and not args.force:
+            raise InputError(f"{args.path} exists; choose another path or add --force to replace it")
+        atomic_write_text(args.path, text)
+        print(f"template: {args.path}; fill in genotypes.plink (or zarr) and phenotypes.file, then "
+              f"bigmm check {args.path} and bigmm run {args.path}")
         return 0
     if args.command == "check":
         problems, inputs = check_file(args.config, contact_cluster=not args.no_cluster)
