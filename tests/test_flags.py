@@ -2,6 +2,7 @@
 that its run equals the YAML run of the same analysis, resuming, and its errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_every_flag_maps_to_its_key(cohort, tmp_path):
             "--rank", "50", "--method", "matrix_free", "--blup", "--workers", "3", "--threads", "2",
             "--memory", "3GiB", "--covar", "c.txt", "--qcovar", "q.txt", "--out", str(tmp_path / "o")]
     cfg = parse_config(config_from_flags(_args(*argv)))
-    cwd = __import__("pathlib").Path.cwd()
+    cwd = Path.cwd()
     assert cfg.genotypes.plink == d / "c" and cfg.genotypes.grm == d / "g"
     assert cfg.phenotypes.fam == 6 and cfg.phenotypes.file is None and cfg.phenotypes.prevalence == 0.1
     assert (cfg.samples.keep, cfg.samples.remove) == (cwd / "k.txt", cwd / "r.txt")

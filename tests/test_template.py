@@ -3,7 +3,6 @@
 import re
 import typing
 
-import pytest
 from pydantic import BaseModel
 
 from bigmm.pipeline.cli import main

@@ -87,9 +87,7 @@ def main() -> None:
                     pick = "indicator" if pick == "indicator" else "subset"
                     tot = {m: sum(v) for m, v in t.items()}
                     best = min(tot, key=tot.get)
-                    other = "subset" if best == "indicator" else "indicator"
                     wrong = pick != best and tot[pick] > 1.2 * tot[best] and tot[pick] - tot[best] > 0.05
-                    del other
                     row = (n, "exact" if k == 0 else f"top {k}", frac, P, n_miss,
                            f"{tot['indicator']:.2f} ({t['indicator'][0]:.2f} + {t['indicator'][1]:.2f})",
                            f"{tot['subset']:.2f} ({t['subset'][0]:.2f} + {t['subset'][1]:.2f})",
