@@ -738,18 +738,43 @@ def _sandwich_excess(rot: _Rotated, sg: float, se: float) -> np.ndarray:
     return D
 
 
+#: Seconds per unit of work of each way to handle a missingness pattern, on one BLAS thread,
+#: measured by scripts/bench/bench_missing.py (docs/benchmarks.md, "Missing phenotypes"):
+#: indicator REML with q = c + n_miss columns does ≈ 400 evaluations of O(k q² + q³) work,
+#: measured 3e-8 to 1.2e-7 s per (k q² + q³) at n = 500-2,000 (the fit dominates; the rotation
+#: is O(n k n_miss)); the exact subset's eigendecomposition costs 3.5e-10 to 5.5e-10 s per n_obs³;
+#: the reduced subset (QR of the n_obs x k rows of U, then k x k work) ≈ 1e-9 s per n_obs k².
+MISSING_COST_INDICATOR = 5e-8
+MISSING_COST_ROTATE = 1e-9
+MISSING_COST_SUBSET_EXACT = 4.5e-10
+MISSING_COST_SUBSET_REDUCED = 1e-9
+
+
+def missing_costs(spec: Spectrum, n_obs: int, c: int, n_miss: int) -> tuple[float, float]:
+    """Predicted seconds (one thread) of the indicator method and of the subset spectrum for one
+    pattern of ``n_miss`` missing and ``n_obs`` observed samples with ``c`` fixed effects.
+
+    Measured regime (n ≈ 1,900, exact spectrum, ≈ 9% missing): the indicator's REML took 24.4 s
+    where the subsets' spectra took 21 s; an earlier model (400 k q² against 10 n_obs³ flops)
+    picked the indicator there, and below ~13% missing on an exact spectrum in general.
+    """
+    q = c + n_miss
+    indicator = MISSING_COST_INDICATOR * (spec.k * q ** 2 + q ** 3) + MISSING_COST_ROTATE * spec.n * spec.k * n_miss
+    if spec.n_tail:
+        subset = MISSING_COST_SUBSET_REDUCED * n_obs * spec.k ** 2
+    else:
+        subset = MISSING_COST_SUBSET_EXACT * float(n_obs) ** 3
+    return indicator, subset
+
+
 def _choose_missing_method(spec: Spectrum, n_obs: int, c: int, n_miss: int, requested: str) -> str:
-    """Indicator columns or a spectrum of the observed subset, whichever is cheaper (both exact)."""
+    """Indicator columns or a spectrum of the observed subset, whichever is predicted to be faster
+    (:func:`missing_costs`; both are exact)."""
     if requested == "indicator":
         return "indicator"
     if requested == "subset":
         return "subset_spectrum"
-    evals = 3 * GRID_SIZE + 100
-    indicator_cost = evals * spec.k * (c + n_miss) ** 2 + spec.n * spec.k * n_miss
-    if spec.n_tail:  # reduced spectrum: QR of the observed rows of U, then k x k work
-        subset_cost = 4.0 * n_obs * spec.k ** 2 + evals * spec.k * c ** 2
-    else:  # exact: eigendecomposition of the observed block
-        subset_cost = 10.0 * n_obs ** 3
+    indicator_cost, subset_cost = missing_costs(spec, n_obs, c, n_miss)
     return "indicator" if indicator_cost <= subset_cost else "subset_spectrum"
 
 
@@ -868,7 +893,6 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
             rot = _rotate(spectrum, Yf, Z, obs, method="indicator", **meta)
         rot.n_missing = n_miss
         rot.obs, rot.Yo, rot.scale = obs, Yo, scale
-        rotated.append(rot)
         rotated.append(rot)
     for rot in rotated:
         rot.shift = shift[:, rot.cols]

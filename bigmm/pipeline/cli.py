@@ -12,11 +12,14 @@ from .._version import __version__
 from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
+from ..store import atomic_write_text
 from .config import load_config
+from .flags import add_flags, check_flags, flag_config, write_config_file
 from .plan import STAGES
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
 from .stages import run, status
+from .template import render_template
 from .submit import write_job_script
 from .validate import check_file
 
@@ -46,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rerun every stage; also replaces another run's results in the output directory")
     r.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help=f"rerun from STAGE on ({', '.join(STAGES)})")
+
+    fl = sub.add_parser("reml", help="run (or resume) an analysis given by GCTA/PLINK-style flags; "
+                        "writes OUT/config.yaml and runs it as 'bigmm run' does",
+                        description="REML with GCTA/PLINK-style flags, no YAML needed. The flags are "
+                        "written as a configuration to OUT/config.yaml and run exactly as "
+                        "'bigmm run OUT/config.yaml' would: the same flags, or that command, resume it. "
+                        "Keys without a flag: 'bigmm init' writes a template of them all.")
+    add_flags(fl)
+    fl.set_defaults(flag_parser=fl)  # its combination errors are reported as argparse's
+
+    it = sub.add_parser("init", help="write a commented config template: every key, its default and "
+                        "what it does")
+    it.add_argument("path", nargs="?", default=Path("bigmm.yaml"), type=Path,
+                    help="file to write (default bigmm.yaml; - for standard output)")
+    it.add_argument("--force", action="store_true", help="replace an existing file")
 
     c = sub.add_parser("check", help="validate a config and all its inputs; report every problem")
     c.add_argument("config", type=Path)
@@ -99,10 +117,14 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "reml":
+        check_flags(args.flag_parser, args)
     _setup_logging(args.verbose, args.quiet)
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except BigmmError as exc:
         print(f"bigmm: error: {exc}", file=sys.stderr)
         return 2
@@ -115,10 +137,18 @@ def main(argv=None) -> int:
         return 128 + exc.signum
 
 
-def _dispatch(args) -> int:
-    if args.command == "run":
-        cfg = load_config(args.config)
-        outcome = run(cfg, force=args.force, from_stage=args.from_stage)
+def _dispatch(args, argv) -> int:
+    if args.command in ("run", "reml"):
+        written = None
+        if args.command == "reml":
+            # OUT/config.yaml is written once the inputs are valid, before the first stage
+            cfg, text = flag_config(args, argv)
+            written = lambda: write_config_file(cfg, text)  # noqa: E731
+        else:
+            cfg = load_config(args.config)
+        outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written)
+        if written is not None:
+            print(f"configuration: {cfg.source} (rerun or resume: bigmm run {cfg.source})")
         for f in outcome.result.fits:
             print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
                   f"pve={f.pve:.4f}\tSE={f.pve_se:.4f} (GEMMA's)\t"
@@ -128,6 +158,17 @@ def _dispatch(args) -> int:
                 print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
                       f"(prevalence {p['prevalence']:g}, case fraction {p['case_fraction']:.4f})")
         print(f"results: {outcome.results_json}")
+        return 0
+    if args.command == "init":
+        text = render_template()
+        if str(args.path) == "-":
+            sys.stdout.write(text)
+            return 0
+        if args.path.exists() and not args.force:
+            raise InputError(f"{args.path} exists; choose another path or add --force to replace it")
+        atomic_write_text(args.path, text)
+        print(f"template: {args.path}; fill in genotypes.plink (or zarr) and phenotypes.file, then "
+              f"bigmm check {args.path} and bigmm run {args.path}")
         return 0
     if args.command == "check":
         problems, inputs = check_file(args.config, contact_cluster=not args.no_cluster)

@@ -27,20 +27,27 @@ Int = Annotated[int, Strict()]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # each field's docstring is its description: ``bigmm init`` writes it beside the key
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class GenotypesConfig(_Section):
     plink: Optional[Path] = None
+    """PLINK .bed/.bim/.fam fileset prefix (give one of plink, zarr, vcf_zarr)"""
     zarr: Optional[Path] = None
+    """a bigmm cohort store (bigmm ingest)"""
     vcf_zarr: Optional[Path] = None
+    """a VCF Zarr store (bio2zarr/sgkit layout)"""
     #: a precomputed GRM instead of genotypes: GCTA's PREFIX.grm.bin/.grm.id (.grm.N.bin) or
     #: PLINK 2's PREFIX.rel.bin/.rel.id, told apart by which files exist (or name one file)
     grm: Optional[Path] = None
+    """a precomputed GRM instead of genotypes: GCTA PREFIX.grm.bin/.grm.id or PLINK 2 PREFIX.rel.bin/.rel.id"""
     #: VCF samples as FID = IID = the name ("id"), or FID_IID names (PLINK 2's export) split
     #: at the first underscore ("iid")
     vcf_sample_ids: Literal["id", "iid"] = "id"
+    """VCF sample names as FID = IID ("id"), or FID_IID names split at the first underscore ("iid")"""
     chunks: tuple[int, int] = (2048, 8192)
+    """[samples, variants] per chunk of the store that ingest makes from PLINK"""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -68,20 +75,26 @@ class VariantsConfig(_Section):
 
     #: drop variants whose minor allele frequency (over the called genotypes) is below this
     min_maf: float = Field(0.0, ge=0.0, le=0.5)
+    """drop variants with minor allele frequency below this (PLINK --maf)"""
     #: drop variants whose missing fraction (n − calls) / n is above this (GEMMA's -miss test)
     max_missing: float = Field(1.0, ge=0.0, le=1.0)
+    """drop variants with a larger fraction (n - calls) / n of missing calls (PLINK --geno)"""
     #: "gcta": (g − 2f)/√(2f(1 − f)); "center": g − 2f (GEMMA -gk 1); "sample_sd": (g − 2f)/sd with
     #: sd² = Σ over called genotypes of (g − 2f)² divided by ALL n samples (GEMMA -gk 2 exactly,
     #: missing calls included); missing calls are mean-imputed (x = 0) in every case
     standardize: Literal["gcta", "center", "sample_sd"] = "gcta"
+    """gcta: (g - 2f)/sqrt(2f(1-f)); center: g - 2f (GEMMA -gk 1); sample_sd: GEMMA -gk 2"""
     #: variant IDs to keep (PLINK --extract), one per line; ``include`` is its older name
     extract: Optional[Path] = None
+    """file of variant IDs (first column) to keep (PLINK --extract)"""
     include: Optional[Path] = None
+    """the older name of extract"""
     #: variant IDs to drop (PLINK --exclude), one per line
     exclude: Optional[Path] = None
+    """file of variant IDs (first column) to drop (PLINK --exclude)"""
     #: chromosomes to keep (PLINK --chr): a list such as [1, 2, X], or "autosomes" (1-22)
     chr: Optional[Union[Literal["autosomes"], list[Union[Int, str]]]] = None
-
+    """chromosomes to keep (PLINK --chr): a list such as [1, 2, X], or autosomes (1-22)"""
     @field_validator("chr", mode="before")
     @classmethod
     def _chr(cls, v):
@@ -109,7 +122,9 @@ class SamplesConfig(_Section):
     """Sample selection, as PLINK's --keep / --remove: files of FID IID (or IID alone) per line."""
 
     keep: Optional[Path] = None
+    """file of FID IID (or IID alone) per line: the samples to keep (PLINK --keep)"""
     remove: Optional[Path] = None
+    """file of FID IID (or IID alone) per line: the samples to drop (PLINK --remove)"""
 
 
 def _names(v):
@@ -121,16 +136,22 @@ def _names(v):
 
 class PhenotypesConfig(_Section):
     file: Optional[Path] = None
+    """phenotype table: FID IID then values (header or GCTA's headerless layout), or GEMMA's layout"""
     #: the N-th phenotype column of the .fam (1: column 6; GEMMA's -n N) instead of a file
     fam: Optional[Int] = Field(None, ge=1)
+    """use the N-th phenotype column of the PLINK .fam (1 = column 6; GEMMA -n) instead of file"""
     #: "fid_iid": FID IID then values (with or without a header); "gemma": no IDs, one column
     #: per phenotype, rows in .fam order (GEMMA's -p)
     layout: Literal["fid_iid", "gemma"] = "fid_iid"
+    """fid_iid: FID IID then values; gemma: no IDs, one column per phenotype, rows in .fam order"""
     columns: Union[list[str], Literal["all"]] = "all"
+    """the phenotypes to fit (column names, or numbers in a headerless file), or all"""
     missing: Literal["auto", "indicator", "subset"] = "auto"
+    """missing values: indicator columns, a spectrum of the observed subset, or auto"""
     #: population prevalence of a binary (0/1 or 1/2) trait: h² is also reported on the
     #: liability scale (GCTA --prevalence)
     prevalence: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    """population prevalence of a binary trait: h2 also on the liability scale (GCTA --prevalence)"""
 
     _columns = field_validator("columns", mode="before")(classmethod(lambda cls, v: _names(v)))
 
@@ -148,12 +169,18 @@ class PhenotypesConfig(_Section):
 
 class CovariatesConfig(_Section):
     file: Optional[Path] = None
+    """covariate table with a FID IID header"""
     columns: list[str] = []
+    """covariates of file to use"""
     categorical: list[str] = []
+    """columns of file that are categories (one indicator per level but the first)"""
     pcs: Int = Field(0, ge=0)
+    """add the top principal components of K as fixed effects"""
     #: GCTA-layout files: every column quantitative (--qcovar) or discrete (--covar)
     qcovar: Optional[Path] = None
+    """GCTA --qcovar file: headerless, every column quantitative"""
     covar: Optional[Path] = None
+    """GCTA --covar file: headerless, every column discrete"""
 
     _columns = field_validator("columns", "categorical", mode="before")(classmethod(lambda cls, v: _names(v)))
 
@@ -166,32 +193,44 @@ class CovariatesConfig(_Section):
 
 class SpectrumConfig(_Section):
     method: Literal["exact", "randomized", "auto"] = "exact"
+    """exact (all eigenpairs), randomized (top rank), auto (exact up to exact_max_n)"""
     #: eigenpairs k of a randomized spectrum, 1 ≤ k ≤ n − 1 (checked against the cohort before a run)
     rank: Int = Field(200, ge=1, le=100_000)
+    """randomized: number of eigenpairs k (1 <= k <= n - 1)"""
     #: l − k (default 50); l = rank + oversample is capped at n
     oversample: Optional[Int] = Field(None, ge=0)
+    """randomized: extra subspace columns l - k (default 50; l is capped at n)"""
     #: q (default 3 krylov, 4 subspace); the Krylov space (q + 1)·l is capped at n samples, where
     #: the spectrum is exact (docs/math.md §6.2)
     power_iters: Optional[Int] = Field(None, ge=0)
+    """randomized: power iterations q (default 3 krylov, 4 subspace)"""
     #: "krylov" (block Krylov, q + 1 passes) or "subspace" (subspace iteration, q + 2 passes)
     algorithm: Literal["krylov", "subspace"] = "krylov"
+    """randomized: krylov (block Krylov, q + 1 passes) or subspace (q + 2 passes)"""
     seed: Int = Field(0, ge=0, le=2**63 - 1)
+    """randomized: seed of the random start block and the probes"""
     probes: Int = Field(30, ge=0)
+    """randomized: Hutchinson probes for the tail's tr K^2 (calibrated SE)"""
     #: method "auto" uses the exact spectrum up to this many analysed samples
     exact_max_n: Int = Field(10000, ge=1)
+    """method auto (and reml.method auto): exact spectrum up to this many samples"""
     #: precision of the products in each pass over X (accumulated in float64)
     dtype: Literal["float32", "float64"] = RUN_DTYPE
+    """precision of the products in each pass over X (accumulated in float64)"""
 
 
 class GrmConfig(_Section):
     block_size: Optional[Int] = Field(None, ge=1)
+    """samples per GRM block (default from the cluster's memory)"""
     #: true (prefix gcta/grm in the output directory) or a prefix inside the output directory.
     #: The files follow GCTA / PLINK 2 --make-grm-bin: each entry is averaged over the variants
     #: called in both samples (K·p/N_jk), and .grm.N.bin holds that per-pair count N_jk; bigmm's
     #: own K mean-imputes missing calls and divides by p (equal when nothing is missing)
     export_gcta: Union[bool, str] = False
+    """write K as GCTA .grm.bin files: true (gcta/grm) or a prefix in the output"""
     #: precision of each variant chunk's product (accumulated in float64); see docs/performance.md
     dtype: Literal["float32", "float64"] = RUN_DTYPE
+    """precision of each variant chunk's product (accumulated in float64)"""
 
 
 def _check_size(v: str | None, what: str) -> str | None:
@@ -210,30 +249,47 @@ def _check_size(v: str | None, what: str) -> str | None:
 
 class TlsConfig(_Section):
     ca_file: Path
+    """certificate authority of the scheduler's TLS certificate"""
     cert: Path
+    """this client's certificate"""
     key: Optional[Path] = None
+    """this client's private key (if not in cert)"""
 
 
 class AdaptiveConfig(_Section):
     minimum: Int = Field(0, ge=0)
+    """fewest worker jobs"""
     maximum: Int = Field(1, ge=1)
+    """most worker jobs"""
 
 
 class JobqueueConfig(_Section):
     """Resources of each worker job (dask-jobqueue)."""
 
     queue: Optional[str] = None
+    """batch queue (partition) of the worker jobs"""
     account: Optional[str] = None
+    """account charged for the worker jobs"""
     walltime: str = "01:00:00"
+    """wall-time limit of each worker job"""
     cores: Int = Field(4, ge=1)
+    """cores per worker job"""
     memory: str = "16GiB"
+    """memory per worker job"""
     processes: Int = Field(1, ge=1)
+    """worker processes per job"""
     job_extra_directives: list[str] = []
+    """extra scheduler directives (e.g. --qos=long)"""
     job_script_prologue: list[str] = []
+    """shell lines run before each worker starts (e.g. module load)"""
     adaptive: Optional[AdaptiveConfig] = None
+    """scale the worker jobs between minimum and maximum"""
     local_directory: Optional[str] = None
+    """workers' scratch directory (spill to disk)"""
     log_directory: Optional[str] = None
+    """directory of the worker jobs' logs"""
     interface: Optional[str] = None
+    """network interface of the workers (e.g. ib0)"""
 
     @field_validator("memory")
     @classmethod
@@ -243,15 +299,24 @@ class JobqueueConfig(_Section):
 
 class ClusterConfig(_Section):
     backend: Literal["local", "address", "slurm", "pbs", "sge"] = "local"
+    """local (worker processes here), address (a running scheduler), slurm, pbs, sge"""
     workers: Int = Field(2, ge=1)
+    """Dask workers (local) or worker jobs (slurm/pbs/sge)"""
     threads_per_worker: Int = Field(1, ge=1)
+    """threads of each local worker"""
     memory_limit: str = "4GiB"
+    """memory of each local worker"""
     address: Optional[str] = None
+    """scheduler address tcp://host:port or tls://host:port (backend address)"""
     tls: Optional[TlsConfig] = None
+    """TLS files for a tls:// address"""
     dashboard: bool = False
+    """serve the Dask dashboard"""
     jobqueue: JobqueueConfig = JobqueueConfig()
+    """resources of each worker job (slurm/pbs/sge)"""
     #: seconds after which the scheduler drops a silent worker (distributed's default is 300)
     worker_ttl: Int = Field(120, ge=10)
+    """seconds after which the scheduler drops a silent worker"""
 
     @field_validator("memory_limit")
     @classmethod
@@ -275,14 +340,23 @@ class SubmitConfig(_Section):
     """The driver's own batch job, for ``bigmm submit``."""
 
     scheduler: Literal["slurm"] = "slurm"
+    """batch system of bigmm submit"""
     job_name: Optional[str] = None
+    """name of the driver's job (default from the output directory)"""
     queue: Optional[str] = None
+    """batch queue (partition) of the driver's job"""
     account: Optional[str] = None
+    """account charged for the driver's job"""
     walltime: str = "04:00:00"
+    """wall-time limit of the driver's job"""
     cores: Int = Field(2, ge=1)
+    """cores of the driver's job"""
     memory: str = "8GiB"
+    """memory of the driver's job"""
     job_extra_directives: list[str] = []
+    """extra #SBATCH directives"""
     setup: list[str] = []
+    """shell lines run before bigmm in the job script (e.g. module load)"""
 
     @field_validator("memory")
     @classmethod
@@ -293,8 +367,10 @@ class SubmitConfig(_Section):
 class PredictConfig(_Section):
     #: BLUP of genetic values (blup.tsv)
     blup: bool = False
+    """BLUP of the genetic values of every genotyped sample (blup.tsv)"""
     #: SNP effects from one more pass over X (snp_effects.tsv, or .zarr for large p x m)
     snp_effects: bool = False
+    """SNP effects from one more pass over X (snp_effects.tsv or .zarr)"""
 
     @model_validator(mode="after")
     def _needs_blup(self):
@@ -308,23 +384,32 @@ class RemlConfig(_Section):
     #: Lanczos quadrature on passes over X, no spectrum needed; "auto": spectral on an exact
     #: spectrum up to spectrum.exact_max_n samples, matrix-free above
     method: Literal["spectral", "matrix_free", "auto"] = "spectral"
+    """spectral (on the spectrum), matrix_free (Lanczos on passes over X), or auto"""
     grid_size: Int = Field(101, ge=3, le=100_001)
+    """points of the h2 grid searched before the score is bisected"""
     #: matrix-free: at most this many Lanczos steps (passes over X)
     max_steps: Int = Field(mfreml.DEFAULT_MAX_STEPS, ge=2, le=10_000)
+    """matrix-free: at most this many Lanczos steps (passes over X)"""
     #: matrix-free: Rademacher probes for log det H (their Monte Carlo SD is reported)
     probes: Int = Field(mfreml.DEFAULT_PROBES, ge=2, le=10_000)
+    """matrix-free: Rademacher probes for log det H"""
     #: matrix-free: stop when |Δĥ²| < tol and |Δℓ_R| < 10·tol between steps (twice)
     tol: float = Field(mfreml.DEFAULT_TOL, gt=0.0, lt=1.0)
+    """matrix-free: convergence tolerance on h2 between steps"""
     #: matrix-free: deflate the log det probes by the top-k eigenpairs of a randomized spectrum
     #: (k = this; 0: none). Helps structured cohorts; costs that spectrum's passes
     deflate: Int = Field(0, ge=0, le=100_000)
+    """matrix-free: deflate the probes by this many top eigenpairs (0: none)"""
     #: matrix-free: seed of the probes
     seed: Int = Field(0, ge=0, le=2**63 - 1)
+    """matrix-free: seed of the probes"""
     #: matrix-free: precision of the products in each pass (accumulated in float64). float32
     #: halves the pass's memory traffic; measured (scripts/studies/mf_float32.py, n = 3,000):
     #: |Δĥ²| ≤ 1e-7 unrelated and ≤ 1.6e-4 with 5 populations, under a tenth of the probes'
     #: Monte Carlo SD and 0.4% of the SE; float64 for bit-level comparisons
     dtype: Literal["float32", "float64"] = RUN_DTYPE
+    """matrix-free: precision of the products in each pass (accumulated in float64)"""
+
 
 
 def _changed(section: _Section, default: _Section) -> list[str]:
@@ -334,17 +419,29 @@ def _changed(section: _Section, default: _Section) -> list[str]:
 
 class RunConfig(_Section):
     genotypes: GenotypesConfig
+    """the genotype input (required)"""
     samples: SamplesConfig = SamplesConfig()
+    """sample filters (PLINK --keep / --remove)"""
     variants: VariantsConfig = VariantsConfig()
+    """variant filters and standardization"""
     phenotypes: PhenotypesConfig
+    """the traits to fit (required)"""
     covariates: CovariatesConfig = CovariatesConfig()
+    """fixed effects besides the intercept"""
     spectrum: SpectrumConfig = SpectrumConfig()
+    """eigendecomposition of the GRM"""
     grm: GrmConfig = GrmConfig()
+    """the GRM stage (exact spectrum or GCTA export)"""
     reml: RemlConfig = RemlConfig()
+    """the REML fit"""
     output: Path
+    """the run directory (required)"""
     predict: PredictConfig = PredictConfig()
+    """predictions after the fit"""
     cluster: ClusterConfig = ClusterConfig()
+    """the Dask cluster the passes over the genotypes run on"""
     submit: SubmitConfig = SubmitConfig()
+    """the driver's own batch job (bigmm submit)"""
 
     @model_validator(mode="after")
     def _fam_needs_plink(self):
@@ -407,6 +504,7 @@ class RunConfig(_Section):
 
     #: where the config came from (not a YAML key)
     source: Optional[Path] = Field(None, exclude=True)
+    """where the config came from (not a YAML key)"""
 
     def fingerprint(self) -> str:
         """Hash of the configuration content (resolved paths included)."""

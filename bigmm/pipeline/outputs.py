@@ -18,7 +18,7 @@ import zarr
 from ..errors import InputError
 from ..genotypes import Standardization, VariantStats
 from ..reml import RemlResult, RotatedDesign
-from ..spectrum import Spectrum
+from ..spectrum import RITZ_CONVERGED, Spectrum
 from ..store import CheckedArray, atomic_dir, atomic_file, atomic_write_text, new_array, verify_chunks
 
 log = logging.getLogger("bigmm")
@@ -112,9 +112,11 @@ def write_snp_effects(out: Path, variants: dict, std: Standardization, names: li
 def write_spectrum_tables(out: Path, spec: Spectrum, ids: list, n_pcs: int) -> None:
     """``eigenvalues.tsv`` (with Ritz residuals when randomized) and ``pcs.tsv`` (FID IID PC1..)."""
     res = spec.diagnostics.get("ritz_residuals")
-    lines = ["index\teigenvalue" + ("\tritz_residual" if res else "")]
+    # converged: relative Ritz residual ‖K u − θ u‖ / θ ≤ RITZ_CONVERGED (an exact spectrum has none)
+    lines = ["index\teigenvalue" + ("\tritz_residual\tconverged" if res else "")]
     for i, v in enumerate(spec.s):
-        lines.append(f"{i + 1}\t{v:.10g}" + (f"\t{res[i]:.3e}" if res else ""))
+        lines.append(f"{i + 1}\t{v:.10g}" + (f"\t{res[i]:.3e}\t{str(bool(res[i] <= RITZ_CONVERGED)).lower()}"
+                                              if res else ""))
     atomic_write_text(out / "eigenvalues.tsv", "\n".join(lines) + "\n")
     m = min(n_pcs, spec.k)
     rows = ["FID\tIID\t" + "\t".join(f"PC{i + 1}" for i in range(m))]

@@ -294,7 +294,9 @@ def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
         raise InputError(f"output {out} exists and is not a directory")
     manifest = read_manifest(out) if (out / "run.json").exists() else None
     if manifest is None:
-        foreign = sorted(e for e in os.listdir(out) if e not in (LOCK_NAME, "run.log"))
+        # the run's own config file may be there already: ``bigmm reml`` writes OUT/config.yaml first
+        own = cfg.source.name if cfg.source is not None and Path(cfg.source).parent == out.resolve() else None
+        foreign = sorted(e for e in os.listdir(out) if e not in (LOCK_NAME, "run.log", own))
         if foreign:
             raise InputError(f"output directory {out} exists and holds {len(foreign)} entries that are not "
                              f"a bigmm run's ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "

@@ -50,7 +50,7 @@ from ..io.plink import ingest_plink
 from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
 from ..reml import RemlResult, RotatedDesign, fit_rotated, liability_h2, rotate
-from ..spectrum import Spectrum, exact_spectrum, randomized_spectrum
+from ..spectrum import RITZ_CONVERGED, Spectrum, exact_spectrum, randomized_spectrum, unconverged_pcs
 from ..store import (CheckedArray, CohortStore, StoreIntegrityError, atomic_write_text, fsync_tree, now_utc,
                      open_store, remove_path, resolve_path, verify_chunks)
 from ..tasks import current_client, fail_point, pause_point, total_threads
@@ -70,6 +70,11 @@ log = logging.getLogger("bigmm")
 
 #: the file in a stage's Zarr output that names the stage fingerprint it was made for
 STAGE_STAMP = "bigmm-stage.json"
+
+#: a reduced spectrum whose top k eigenvalues hold less than this share of tr K is warned about:
+#: spectral REML on it learns h² from the top k directions only (unbiased, but with a far larger
+#: SE: efficiency 2-20% at k = 50-200, n = 5,000; docs/lowrank.md)
+MIN_SHARE_TRACE_K = 0.5
 
 
 def _readable(path: Path) -> bool:
@@ -413,13 +418,45 @@ class Runner:
                      "||U'U - I|| = %.1e", spec.k, spec.k + d["oversample"], d["passes_over_X"],
                      d["max_ritz_residual"], d["orthonormality_error"])
             info = {"passes_over_X": d["passes_over_X"]}
+            self.warn_reduced(spec)
         save_spectrum(self.out / "spectrum.zarr", spec)
-        write_spectrum_tables(self.out, spec, self.inp.ids, max(self.cfg.covariates.pcs, 20))
+        write_spectrum_tables(self.out, spec, self.inp.ids, self.n_pcs_written(spec))
         remove_path(self.out / "spectrum.partial")
         self.loaded["spectrum"] = spec
         log.info("spectrum: %s, n = %d, k = %d, numerical rank %d, top eigenvalue %.4g", spec.method,
                  spec.n, spec.k, spec.rank, spec.s[0])
         return spec, info
+
+    def n_pcs_written(self, spec: Spectrum) -> int:
+        """PCs in pcs.tsv (and the report's PCA files): the PCs used as covariates, at least 20."""
+        return min(max(self.cfg.covariates.pcs, 20), spec.k)
+
+    def warn_reduced(self, spec: Spectrum) -> None:
+        """What a reduced spectrum leaves out, and which of its PCs are not converged."""
+        d = spec.diagnostics
+        share, share2 = d.get("share_trace_K"), d.get("share_trace_K2")
+        log.info("spectrum: the top k = %d eigenvalues capture %.1f%% of tr K and %.1f%% of tr K² "
+                 "(tr K² estimated with %d probes, Monte Carlo SE %.2g)", spec.k, 100 * share,
+                 100 * share2, d.get("probes", 0), d.get("trace_K2_se", float("nan")))
+        if share is not None and share < MIN_SHARE_TRACE_K and self.inp.reml_method == "spectral":
+            log.warning("spectrum: the top k = %d eigenvalues capture only %.0f%% of tr K. REML on a "
+                        "reduced spectrum gives the other n − k directions (%.0f%% of tr K) one shared "
+                        "eigenvalue, so their structure cannot be told from noise: h² stays unbiased "
+                        "(the shared eigenvalue keeps their total) but is learnt from the top k "
+                        "directions only, and its SE is several times the exact one (docs/lowrank.md); "
+                        "use reml.method: matrix_free (REML without a spectrum, as efficient as exact) "
+                        "or spectrum.method: exact, or a larger spectrum.rank",
+                        spec.k, 100 * share, 100 * (1 - share))
+        m = self.n_pcs_written(spec)
+        bad = unconverged_pcs(spec, m)
+        if bad:
+            res = spec.diagnostics["ritz_residuals"]
+            log.warning("spectrum: %d of the %d PCs written (pcs.tsv) are not converged (relative Ritz "
+                        "residual ‖Kv − λv‖/λ above %g): %s; their eigenvalues and PCs are approximate "
+                        "(eigenvalues.tsv lists each residual); raise spectrum.power_iters or "
+                        "oversample, or use spectrum.method: exact", len(bad), m, RITZ_CONVERGED,
+                        ", ".join(f"PC{i} ({res[i - 1]:.1e})" for i in bad[:10])
+                        + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
 
     def do_rotate(self):
         """Phenotypes and fixed effects (with PCs if asked) rotated onto the analysed samples' spectrum."""
@@ -556,7 +593,10 @@ class Runner:
             "spectrum_info": None if spec is None else {
                 "method": spec.method, "requested": self.cfg.spectrum.method, "n": spec.n, "k": spec.k,
                 "rank": spec.rank, "trace_K": spec.trace_K, "tail_eigenvalue": spec.tail,
-                **{k: v for k, v in spec.diagnostics.items() if k != "ritz_residuals"}},
+                **{k: v for k, v in spec.diagnostics.items() if k != "ritz_residuals"},
+                **({"pc_residual_tol": RITZ_CONVERGED,
+                    "unconverged_pcs": unconverged_pcs(spec, self.n_pcs_written(spec))}
+                   if spec.diagnostics.get("ritz_residuals") else {})},
             "design": self.inp.design.notes,
             "stages": {k: {"seconds": v.get("seconds"), "driver_peak_rss_mib": v.get("driver_peak_rss_mib"),
                            "workers_rss_mib": v.get("workers_rss_mib")}
@@ -643,7 +683,8 @@ def _unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError
                        f"same command again; the committed stages are kept and the run resumes from {stage}")
 
 
-def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None) -> RunOutcome:
+def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,
+        on_validated=None) -> RunOutcome:
     """Run (or resume) the analysis described by ``cfg``.
 
     Parameters
@@ -655,12 +696,17 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         cluster on 127.0.0.1) for the duration of the run, and only if a stage must run.
     from_stage : str, optional
         Rerun from this stage on, even if its outputs are up to date.
+    on_validated : callable, optional
+        Called once the inputs are valid and the output directory exists, before anything else
+        is written (``bigmm reml`` writes its config file there).
     """
     if from_stage is not None and from_stage not in STAGES:
         raise InputError(f"--from {from_stage!r}: not a stage; stages are {', '.join(STAGES)}")
     out = Path(cfg.output)
     inputs = validate(cfg, force=force)  # every input read and checked once, all problems together
     out.mkdir(parents=True, exist_ok=True)
+    if on_validated is not None:
+        on_validated()
     runner = Runner(cfg, inputs, force, from_stage)
     with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
