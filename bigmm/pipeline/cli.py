@@ -11,6 +11,7 @@ from .._version import __version__
 from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
+from ..tasks import TerminalHandler
 from .config import load_config
 from .plan import STAGES
 from .rundir import RunInterrupted, read_manifest
@@ -90,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    # on an interactive terminal, live progress bars replace the progress lines (TerminalHandler);
+    # to a file or pipe (batch jobs, logs), plain lines only
+    handler = TerminalHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setLevel(level)  # a run also logs INFO to its run.log, whatever the terminal shows
     handler.setFormatter(logging.Formatter("%(asctime)s bigmm %(levelname)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)

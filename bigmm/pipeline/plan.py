@@ -19,7 +19,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from .._version import __version__
 from ..errors import InputError
-from ..grm import block_bytes
+from ..grm import block_bytes, default_block_size
 from ..passes import plan_pass
 from ..spectrum import DEFAULT_POWER_ITERS, check_driver_memory, driver_bytes, pass_columns, subspace_width
 from ..store import file_fingerprint
@@ -110,6 +110,18 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     }
 
 
+def planned_stages(cfg: RunConfig, method: str, rmethod: str = "spectral") -> list[str]:
+    """The stages this run needs, in order."""
+    out = []
+    for name in STAGES:
+        if (name == "grm" and not needs_grm(cfg, method, rmethod)) or \
+                (name == "ingest" and cfg.genotypes.plink is None) or (name == "blup" and not cfg.predict.blup) or \
+                (name == "spectrum" and not needs_spectrum(cfg, rmethod)) or (name == "rotate" and rmethod != "spectral"):
+            continue
+        out.append(name)
+    return out
+
+
 def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None,
                rmethod: str = "spectral") -> dict[str, dict]:
     """Fingerprint and upstream stages of every stage that this run needs.
@@ -131,15 +143,60 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
                 "report": ["reml"] + (["blup"] if cfg.predict.blup else [])
                 + (["grm"] if cfg.gcta_prefix() is not None else [])}
     plan: dict[str, dict] = {}
-    for name in STAGES:
-        if (name == "grm" and not needs_grm(cfg, method, rmethod)) or (name == "ingest" and not from_plink) or \
-                (name == "blup" and not cfg.predict.blup) or (name == "spectrum" and not with_spectrum) or \
-                (name == "rotate" and not spectral):
-            continue
+    for name in planned_stages(cfg, method, rmethod):
         ups = upstream[name]
         fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
         plan[name] = {"fingerprint": fp, "upstream": ups, "inputs": inputs[name]}
     return plan
+
+
+def grm_block_size(cfg: RunConfig, n: int, threads: int, sample_chunk: int, variant_chunk: int) -> int:
+    """Samples per GRM block: ``grm.block_size``, else the library's default for ``threads``
+    threads within the memory a task may use."""
+    if cfg.grm.block_size:
+        return cfg.grm.block_size
+    return default_block_size(n, threads, sample_chunk, variant_chunk, task_memory(cfg.cluster),
+                              np.dtype(cfg.grm.dtype).itemsize)
+
+
+def cluster_threads(cc: ClusterConfig) -> int | None:
+    """Threads the configured cluster runs tasks on (None: not known before it starts)."""
+    if cc.backend == "local":
+        return cc.workers * cc.threads_per_worker
+    if cc.backend in ("slurm", "pbs", "sge"):
+        jq = cc.jobqueue
+        return (jq.adaptive.maximum if jq.adaptive is not None else cc.workers) * jq.cores
+    return None
+
+
+def stage_passes(cfg: RunConfig, n: int, method: str, rmethod: str, grm_block: int | None,
+                 memory_plan: dict, stages=None) -> dict[str, float]:
+    """Passes over the genotypes of each stage (``stages``: default those of the plan), what
+    the run's time estimate scales by the measured seconds per pass.
+
+    ingest reads the .bed once; variant statistics make one pass; the GRM one per block row of
+    samples (``grm_block``); an exact spectrum none (it reads K), a randomized one its power
+    iterations; matrix-free REML at most one per Lanczos step (an upper bound: it stops when
+    converged), and its BLUP one; SNP effects one.
+    """
+    if stages is None:
+        stages = planned_stages(cfg, method, rmethod)
+    mf = rmethod == "matrix_free"
+    out = {}
+    for name in stages:
+        if name in ("ingest", "variant_stats"):
+            out[name] = 1.0
+        elif name == "grm":
+            out[name] = float(-(-n // (grm_block or n)))
+        elif name == "spectrum":
+            out[name] = float(memory_plan.get("passes_over_X", 0)) if method == "randomized" else 0.0
+        elif name == "reml":
+            out[name] = float(cfg.reml.max_steps) if mf else 0.0
+        elif name == "blup":
+            out[name] = float(mf) + float(cfg.predict.snp_effects)
+        else:
+            out[name] = 0.0
+    return out
 
 
 def task_memory(cc: ClusterConfig) -> int | None:
