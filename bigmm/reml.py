@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s at start-up)
 from scipy.linalg import solve_triangular
 
 from .errors import InputError
@@ -641,7 +641,7 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
         with np.errstate(invalid="ignore"):
             sg_se, se_se = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
         lrt = 0.0 if h == 0.0 else max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
-        pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
+        pval = 1.0 if lrt <= 0 else 0.5 * float(chdtrc(1, lrt))
         pve = sg * dpve / (sg * dpve + se) if (sg * dpve + se) > 0 else float("nan")
         # back from the unit residual scale the fit ran on (rotate): y = a y', so σ² = a² σ'²,
         # ω = a ω' (+ the OLS shift), ℓ = ℓ' − (number of error contrasts) log a
