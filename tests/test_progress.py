@@ -73,3 +73,56 @@ def test_run_on_a_terminal_shows_bars_and_the_whole_run_line(tmp_path):
     assert re.search(r"GRM 120x120 blocks: 3/3 \(100%\), [\d.]+ s elapsed, ETA 0 s", log)
     assert re.search(r"ingest c\.bed: 3/3 variant blocks \(100%\)", log)
     assert "run: stage 3 of 7 (grm)" in log
+
+
+def _cohort_config(tmp_path, **over):
+    c = bigmm.simulate(150, 800, h2=[0.5, 0.3], seed=5, out_plink=tmp_path / "c")
+    bigmm.write_tables(c, tmp_path / "pheno.tsv", tmp_path / "covar.tsv")
+    cfg = {"genotypes": {"plink": str(tmp_path / "c"), "chunks": [64, 400]},
+           "variants": {"min_maf": 0.01, "max_missing": 0.05},
+           "phenotypes": {"file": str(tmp_path / "pheno.tsv"), "columns": ["trait1", "trait2"]},
+           "covariates": {"file": str(tmp_path / "covar.tsv"), "columns": ["age"]},
+           "output": str(tmp_path / "out"),
+           "cluster": {"workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"}, **over}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _check(path):
+    proc = subprocess.run([sys.executable, "-m", "bigmm.pipeline.cli", "check", "--no-cluster", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _seconds(text):
+    """The estimated time ("about 0.0031 s", "about 4.2 min", "about 1.5 h") in seconds."""
+    m = re.search(r"estimated time: about ([\d.e+-]+) (s|min|h) of arithmetic \(a rough estimate", text)
+    assert m, text
+    return float(m.group(1)) * {"s": 1, "min": 60, "h": 3600}[m.group(2)]
+
+
+def test_check_prints_the_plan_with_a_time_estimate(tmp_path):
+    out = _check(_cohort_config(tmp_path / "exact", spectrum={"method": "exact"}))
+    assert "samples: 150 genotyped, 150 analysed; 2 phenotype(s), 2 fixed effects" in out
+    assert "variants: 800 in the genotype input; kept: those passing min_maf 0.01, max_missing 0.05" in out
+    assert "REML: spectral; spectrum: exact" in out
+    # 150 samples on 2 threads: GRM blocks of 75, 2 block rows
+    assert ("stages: ingest, variant_stats, grm, spectrum, rotate, reml, report; passes over X: 4 in all "
+            "(ingest 1, variant_stats 1, grm 2)") in out, out
+    assert "memory per task: 614.40 MiB allowed" in out  # 60% of 1 GiB per thread
+    assert "workers: local cluster of 2 worker processes x 1 threads, 1GiB each" in out
+    assert "driver memory: " in out
+    # the plan's arithmetic: GRM n²p, eigendecomposition 5n³
+    assert f"grm {150 * 150 * 800:.2g}, spectrum {5 * 150 ** 3:.2g})" in out, out
+    assert "GFLOP/s, the rate of a float32 NumPy matrix product measured just now on this machine" in out
+    assert _seconds(out) > 0
+
+    out = _check(_cohort_config(tmp_path / "rand", spectrum={"method": "randomized", "rank": 20},
+                                reml={"method": "matrix_free", "max_steps": 40}))
+    assert "REML: matrix_free; spectrum: none" in out
+    assert ("stages: ingest, variant_stats, reml, report; passes over X: at most 42 in all (ingest 1, "
+            "variant_stats 1, reml 40; matrix-free REML stops when converged)") in out, out
+    assert "randomized spectrum" not in out  # no spectrum is computed
+    assert _seconds(out) > 0

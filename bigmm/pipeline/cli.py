@@ -13,7 +13,7 @@ from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
 from ..tasks import TerminalHandler
 from .config import load_config
-from .plan import STAGES
+from .plan import STAGES, matmul_rate
 from .rundir import RunInterrupted, read_manifest
 from .scoring import score_run
 from .stages import run, status
@@ -134,7 +134,7 @@ def _dispatch(args) -> int:
                 print(f"  - {p}", file=sys.stderr)
             return 2
         print(f"{args.config}: OK")
-        print(inputs.describe())
+        print(inputs.describe(flops_per_second=matmul_rate()))
         return 0
     if args.command == "status":
         rows = status(args.run_dir)

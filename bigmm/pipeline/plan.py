@@ -199,6 +199,51 @@ def stage_passes(cfg: RunConfig, n: int, method: str, rmethod: str, grm_block: i
     return out
 
 
+def stage_flops(cfg: RunConfig, n: int, p: int, method: str, rmethod: str, memory_plan: dict,
+                passes: dict[str, float], n_phenotypes: int) -> dict[str, float]:
+    """Floating-point operations of each stage's arithmetic, for ``bigmm check``'s rough time
+    estimate (``p``: variants in the input, before the filters; reading and decoding the
+    genotypes is not counted).
+
+    GRM: n²p (the upper triangle of X Xᵀ, two operations per multiply-add); exact spectrum: 5n³
+    (LAPACK's divide-and-conquer eigendecomposition with vectors, about 4–5n³); randomized
+    spectrum: 4·n·p·l per pass (X (Xᵀ V) with l vectors); matrix-free REML: 4·n·p·w per Lanczos
+    step, at most ``reml.max_steps`` (an upper bound), its BLUP one such pass; SNP effects
+    2·n·p per phenotype.
+
+    >>> from bigmm.pipeline.config import parse_config
+    >>> cfg = parse_config({"genotypes": {"zarr": "x.zarr"}, "phenotypes": {"file": "p.tsv"}, "output": "o"})
+    >>> stage_flops(cfg, 100, 1000, "exact", "spectral", {}, {"grm": 1}, 1)["grm"]
+    10000000.0
+    """
+    out: dict[str, float] = {}
+    for name, k in passes.items():
+        if name == "grm":
+            out[name] = float(n) * n * p
+        elif name == "spectrum":
+            out[name] = 5.0 * n ** 3 if method == "exact" else 4.0 * n * p * memory_plan.get("pass_vectors", 0) * k
+        elif name == "reml" and rmethod == "matrix_free":
+            out[name] = 4.0 * n * p * memory_plan.get("mf_pass_vectors", 0) * k
+        elif name == "blup":
+            out[name] = (4.0 * n * p * n_phenotypes if rmethod == "matrix_free" else 0.0) \
+                + (2.0 * n * p * n_phenotypes if cfg.predict.snp_effects else 0.0)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def matmul_rate(dtype: str = "float32", rows: int = 512, cols: int = 4096, repeats: int = 3) -> float:
+    """Floating-point operations per second of a ``rows x cols`` product ``A Aᵀ`` with NumPy's
+    BLAS on this machine (all its threads; best of ``repeats``, ~10 ms each on one core)."""
+    import time
+
+    a = np.random.default_rng(0).standard_normal((rows, cols)).astype(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first warms BLAS's threads up
+        t0 = time.perf_counter()
+        a @ a.T
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * rows * rows * cols / max(best, 1e-9)
+
+
 def task_memory(cc: ClusterConfig) -> int | None:
     """Bytes one task may use: 60% of a worker's memory (Dask starts spilling there) per thread.
 
