@@ -19,6 +19,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
+from .tasks import run_tasks
 
 Standardize = Literal["gcta", "center", "sample_sd"]
 STANDARDIZATIONS = ("gcta", "center", "sample_sd")
@@ -129,9 +130,12 @@ def variant_stats(genotypes) -> VariantStats:
 
     genotypes = genotype_matrix(genotypes)
     G = genotypes if isinstance(genotypes, da.Array) else da.from_array(genotypes)
-    parts = G.map_blocks(_chunk_sums, dtype=np.int64, new_axis=1,
-                         chunks=((1,) * G.numblocks[0], (3,), G.chunks[1]))
-    totals = parts.sum(axis=0).compute()
+    # one task per column of chunks (exact integer sums, in any order), run with progress
+    edges = np.cumsum((0,) + tuple(G.chunks[1]))
+    tasks = [G[:, a:b].map_blocks(_chunk_sums, dtype=np.int64, new_axis=1,
+                                  chunks=((1,) * G.numblocks[0], (3,), (b - a,))).sum(axis=0)
+             for a, b in zip(edges[:-1], edges[1:])]
+    totals = np.concatenate(run_tasks(tasks, "variant statistics"), axis=1) if tasks else np.zeros((3, 0), np.int64)
     return VariantStats(n_samples=int(G.shape[0]), n_called=totals[0], allele_sum=totals[1],
                         allele_sq_sum=totals[2])
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s at start-up)
 from scipy.linalg import solve_triangular
 
 from .errors import InputError
@@ -643,7 +643,7 @@ def _fit_group(rot: _Rotated, znames, grid_size: int, profile: dict | None = Non
         with np.errstate(invalid="ignore"):
             sg_se, se_se = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
         lrt = 0.0 if h == 0.0 else max(0.0, 2.0 * (float(ll_reml[j]) - float(ll0[j])))
-        pval = 1.0 if lrt <= 0 else 0.5 * float(stats.chi2.sf(lrt, 1))
+        pval = 1.0 if lrt <= 0 else 0.5 * float(chdtrc(1, lrt))
         pve = sg * dpve / (sg * dpve + se) if (sg * dpve + se) > 0 else float("nan")
         # pve = h d / (h d + 1 − h) in h = h²: dpve/dh = d / (h d + 1 − h)²
         pve_se = dpve / (h * dpve + 1.0 - h) ** 2 * h_se if (h * dpve + 1.0 - h) > 0 else float("nan")

@@ -1,9 +1,9 @@
 """Running lists of Dask tasks with progress reports.
 
-With a ``dask.distributed`` client active, tasks are submitted to it and a log
-line with the percentage done and an ETA is written as they finish (at most
-every ``interval`` seconds). Without one they run on the local threaded
-scheduler.
+With a ``dask.distributed`` client active, tasks are submitted to it, else they run on the
+local threaded scheduler. Progress (:class:`Progress`): a log line with the percentage done
+and an ETA as they finish (at most every ``interval`` seconds, and at the end), and on an
+interactive terminal a live bar (the command line installs a :class:`TerminalHandler`).
 """
 
 from __future__ import annotations
@@ -56,17 +56,97 @@ def fail_point(point: str) -> None:
         raise RuntimeError(f"test failure at {point} (BIGMM_TEST_FAIL_AT)")
 
 
-def _progress_bar(desc: str, total: int):
-    """A tqdm bar on an interactive terminal when INFO messages are shown; else None."""
-    import sys
+#: attribute of the log records that are progress lines (a bar on the terminal shows the same)
+PROGRESS = "bigmm_progress"
 
-    if total < 2 or not sys.stderr.isatty() or log.getEffectiveLevel() > logging.INFO:
-        return None
-    if not any(getattr(h, "stream", None) is sys.stderr and h.level <= logging.INFO for h in log.handlers):
-        return None
-    from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="task", leave=False, file=sys.stderr)
+class TerminalHandler(logging.StreamHandler):
+    """Log lines on an interactive terminal that progress bars share.
+
+    Progress lines (records with the :data:`PROGRESS` attribute) are left out: the bar shows
+    them. Other lines are written above the bars (tqdm clears and redraws them), so neither is
+    torn. A file or pipe gets a plain :class:`logging.StreamHandler` instead (every progress
+    line, no bars, no carriage returns); so does a run's ``run.log``.
+    """
+
+    def emit(self, record):
+        if getattr(record, PROGRESS, False):
+            return
+        try:
+            from tqdm import tqdm
+
+            msg = self.format(record)
+            with tqdm.external_write_mode(file=self.stream):
+                self.stream.write(msg + self.terminator)
+                self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _bar_stream():
+    """The terminal that progress bars go to: that of a :class:`TerminalHandler` of the bigmm
+    logger showing INFO messages on a tty; None when there is none (no bars)."""
+    if log.getEffectiveLevel() > logging.INFO:
+        return None
+    for h in log.handlers:
+        if isinstance(h, TerminalHandler) and h.level <= logging.INFO:
+            stream = h.stream
+            try:
+                if stream.isatty():
+                    return stream
+            except (AttributeError, ValueError):  # a closed or unusual stream: no bar
+                pass
+    return None
+
+
+class Progress:
+    """Progress of a job of ``total`` steps: a live bar with rate and ETA on a terminal (see
+    :class:`TerminalHandler`), and log lines (percentage, elapsed, ETA) at most every
+    ``interval`` seconds and at the end, for logs and batch jobs.
+
+    The bar is left on the screen when done (its last state says how long the job took).
+    """
+
+    def __init__(self, desc: str, total: int, unit: str = "task", interval: float = 10.0):
+        self.desc, self.total, self.unit, self.interval = desc, int(total), unit, interval
+        self.t0 = self.last = time.perf_counter()
+        self.done = 0
+        stream = _bar_stream() if total >= 1 else None
+        self.bar = None
+        if stream is not None:
+            from tqdm import tqdm
+
+            # a pseudo-terminal that reports no size (0 x 0: one nobody sized, as under some job
+            # runners, IDEs and `script`) makes tqdm hide every bar (it takes -1 rows): then 80 x 24
+            try:
+                size = os.get_terminal_size(stream.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (AttributeError, OSError, ValueError):
+                sized = False
+            self.bar = tqdm(total=self.total, desc=desc, unit=unit, leave=True, file=stream,
+                            dynamic_ncols=sized, ncols=None if sized else 80, nrows=None if sized else 24,
+                            mininterval=0.2)
+
+    def update(self, done: int) -> None:
+        """``done`` steps of ``total`` have finished."""
+        self.done = done
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        if done >= self.total or now - self.last >= self.interval:
+            el = now - self.t0
+            # the format scripts/bench parses ("DESC: 3/3 (100%), 1.2 s elapsed")
+            log.info("%s: %d/%d%s (%.0f%%), %.1f s elapsed, ETA %.0f s", self.desc, done, self.total,
+                     "" if self.unit == "task" else f" {self.unit}s", 100.0 * done / max(self.total, 1), el,
+                     el / max(done, 1) * (self.total - done), extra={PROGRESS: True})
+            self.last = now
+        if done >= self.total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def total_threads() -> int:
@@ -89,36 +169,23 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
     ``state = combine(state, result)`` (``state`` starts as None), and the final
     state is returned: large partial results are then never all held at once.
     """
-    import dask
-
     tasks = list(tasks)
     if not tasks:
         return [] if combine is None else None
     client = current_client() if scheduler is None else None
-    t0 = time.perf_counter()
+    progress = Progress(desc, len(tasks), interval=interval)
+    try:
+        return _run(tasks, desc, client, scheduler, num_workers, combine, progress)
+    finally:
+        progress.close()  # also when a task fails: the bar stops where it was
+
+
+def _run(tasks, desc, client, scheduler, num_workers, combine, progress):
+    import dask
+
     state = None
     results: list = [None] * len(tasks)
-    last = t0
     done = 0
-
-    bar = _progress_bar(desc, len(tasks))
-
-    def report(force=False):
-        nonlocal last
-        now = time.perf_counter()
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
-            if done == len(tasks):
-                bar.close()
-        if force or now - last >= interval:
-            el = now - t0
-            # with a bar on the terminal, these lines still go to the run log
-            (log.debug if bar is not None and not force else log.info)(
-                "%s: %d/%d (%.0f%%), %.1f s elapsed, ETA %.0f s", desc, done, len(tasks),
-                100.0 * done / len(tasks), el, el / max(done, 1) * (len(tasks) - done))
-            last = now
-
     if client is None:
         kwargs = {"scheduler": scheduler or "threads"}
         if kwargs["scheduler"] == "threads":
@@ -133,7 +200,7 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
                 else:
                     state = combine(state, r)
             done += len(out)
-            report(force=done == len(tasks))
+            progress.update(done)
         return results if combine is None else state
     from distributed import as_completed
 
@@ -147,6 +214,6 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
             state = combine(state, r)
         fut.release()
         done += 1
-        report(force=done == len(tasks))
+        progress.update(done)
         pause_point(f"{desc}:{done}")
     return results if combine is None else state

@@ -20,6 +20,7 @@ import zarr
 from ..errors import InputError, missing_reason
 from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, file_fingerprint, finish_store,
                      new_array, now_utc, open_store, resolve_path, write_store_tables)
+from ..tasks import Progress
 
 log = logging.getLogger("bigmm")
 
@@ -238,6 +239,7 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
                 open(paths["bed"], "rb") as raw:
             bed_hash.update(raw.read(3))
             n_blocks = (p + cv - 1) // cv
+            progress = Progress(f"ingest {paths['bed'].name}", n_blocks, unit="variant block")
             for b, v0 in enumerate(range(0, p, cv)):
                 v1 = min(p, v0 + cv)
                 buf = raw.read((v1 - v0) * bytes_per_variant)
@@ -249,11 +251,7 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
                     block = bed.read(index=(rows, np.s_[v0:v1]), dtype="int8", order="C")
                     block[block < 0] = -1
                     arr[r0:r1, v0:v1] = block
-                if b == 0 or (b + 1) % max(1, n_blocks // 10) == 0 or b + 1 == n_blocks:
-                    el = time.perf_counter() - t0
-                    log.info("ingest %s: %d/%d variant blocks (%.0f%%), %.1f s, ETA %.0f s",
-                             paths["bed"].name, b + 1, n_blocks, 100 * (b + 1) / n_blocks, el,
-                             el / (b + 1) * (n_blocks - b - 1))
+                progress.update(b + 1)
         write_store_tables(group, fid, iid, variants)
         bed_fp = file_fingerprint(paths["bed"], content=False)
         bed_fp["blake2b"] = bed_hash.hexdigest()

@@ -13,9 +13,10 @@ from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
 from ..store import atomic_write_text
+from ..tasks import TerminalHandler
 from .config import load_config
 from .flags import add_flags, check_flags, flag_config, write_config_file
-from .plan import STAGES
+from .plan import STAGES, matmul_rate
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
 from .stages import run, status
@@ -109,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    # on an interactive terminal, live progress bars replace the progress lines (TerminalHandler);
+    # to a file or pipe (batch jobs, logs), plain lines only
+    handler = TerminalHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setLevel(level)  # a run also logs INFO to its run.log, whatever the terminal shows
     handler.setFormatter(logging.Formatter("%(asctime)s bigmm %(levelname)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
@@ -178,7 +181,7 @@ def _dispatch(args, argv) -> int:
                 print(f"  - {p}", file=sys.stderr)
             return 2
         print(f"{args.config}: OK")
-        print(inputs.describe())
+        print(inputs.describe(flops_per_second=matmul_rate()))
         return 0
     if args.command == "status":
         rows = status(args.run_dir)

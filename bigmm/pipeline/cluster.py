@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+import time
 from typing import Iterator
 
 from .config import ClusterConfig
@@ -170,6 +171,7 @@ def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
         # ~1 s, the run's TLS key 0.2 s, spawning the workers 2.7 s): say so before the silence
         log.info("cluster: starting a local cluster of %d worker processes x %d threads on 127.0.0.1 ...",
                  cfg.workers, cfg.threads_per_worker)
+        t0 = time.perf_counter()
         env = {k: str(nblas) for k in BLAS_ENV}
         saved = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's env
         # mutual TLS with a key made for this run and held in memory: another local user (or
@@ -192,9 +194,9 @@ def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
         # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
         client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
         log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d, scheduler %s "
-                 "(mutual TLS with a key of this run)%s", cfg.workers,
+                 "(mutual TLS with a key of this run)%s; started in %.1f s", cfg.workers,
                  cfg.threads_per_worker, cfg.memory_limit, nblas, cluster.scheduler_address,
-                 f", dashboard {client.dashboard_link}" if cfg.dashboard else "")
+                 f", dashboard {client.dashboard_link}" if cfg.dashboard else "", time.perf_counter() - t0)
         try:
             yield client
         finally:

@@ -23,7 +23,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from .._version import __version__
 from ..errors import InputError
-from ..grm import block_bytes
+from ..grm import block_bytes, default_block_size
 from ..io.gcta import grm_paths
 from ..passes import plan_pass
 from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
@@ -132,6 +132,19 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
     }
 
 
+def planned_stages(cfg: RunConfig, method: str, rmethod: str = "spectral") -> list[str]:
+    """The stages this run needs, in order."""
+    out = []
+    for name in STAGES:
+        if (name == "grm" and not needs_grm(cfg, method, rmethod)) or \
+                (name == "ingest" and cfg.genotypes.plink is None) or (name == "blup" and not cfg.predict.blup) or \
+                (name == "variant_stats" and cfg.genotypes.grm is not None) or \
+                (name == "spectrum" and not needs_spectrum(cfg, rmethod)) or (name == "rotate" and rmethod != "spectral"):
+            continue
+        out.append(name)
+    return out
+
+
 def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None,
                rmethod: str = "spectral") -> dict[str, dict]:
     """Fingerprint and upstream stages of every stage that this run needs.
@@ -156,12 +169,7 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
                 "report": ["reml"] + (["blup"] if cfg.predict.blup else [])
                 + (["grm"] if cfg.gcta_prefix() is not None else [])}
     plan: dict[str, dict] = {}
-    for name in STAGES:
-        if (name == "grm" and not needs_grm(cfg, method, rmethod)) or (name == "ingest" and not from_plink) or \
-                (name == "variant_stats" and given_grm) or \
-                (name == "blup" and not cfg.predict.blup) or (name == "spectrum" and not with_spectrum) or \
-                (name == "rotate" and not spectral):
-            continue
+    for name in planned_stages(cfg, method, rmethod):
         ups = upstream[name]
         fp = _hash(name, __version__, inputs[name], [plan[u]["fingerprint"] for u in ups])
         plan[name] = {"fingerprint": fp, "upstream": ups, "inputs": inputs[name]}
@@ -203,6 +211,100 @@ def check_grm_memory(n_file: int, n: int, available: int | None = None) -> int:
                          f"eigendecomposition's workspace) but {format_bytes(avail)} is available; run on a "
                          f"machine with more memory, or keep fewer samples (samples.keep)")
     return need
+
+
+def grm_block_size(cfg: RunConfig, n: int, threads: int, sample_chunk: int, variant_chunk: int) -> int:
+    """Samples per GRM block: ``grm.block_size``, else the library's default for ``threads``
+    threads within the memory a task may use."""
+    if cfg.grm.block_size:
+        return cfg.grm.block_size
+    return default_block_size(n, threads, sample_chunk, variant_chunk, task_memory(cfg.cluster),
+                              np.dtype(cfg.grm.dtype).itemsize, counts=True)
+
+
+def cluster_threads(cc: ClusterConfig) -> int | None:
+    """Threads the configured cluster runs tasks on (None: not known before it starts)."""
+    if cc.backend == "local":
+        return cc.workers * cc.threads_per_worker
+    if cc.backend in ("slurm", "pbs", "sge"):
+        jq = cc.jobqueue
+        return (jq.adaptive.maximum if jq.adaptive is not None else cc.workers) * jq.cores
+    return None
+
+
+def stage_passes(cfg: RunConfig, n: int, method: str, rmethod: str, grm_block: int | None,
+                 memory_plan: dict, stages=None) -> dict[str, float]:
+    """Passes over the genotypes of each stage (``stages``: default those of the plan), what
+    the run's time estimate scales by the measured seconds per pass.
+
+    ingest reads the .bed once; variant statistics make one pass; the GRM one per block row of
+    samples (``grm_block``); an exact spectrum none (it reads K), a randomized one its power
+    iterations; matrix-free REML at most one per Lanczos step (an upper bound: it stops when
+    converged), and its BLUP one; SNP effects one.
+    """
+    if stages is None:
+        stages = planned_stages(cfg, method, rmethod)
+    mf = rmethod == "matrix_free"
+    out = {}
+    for name in stages:
+        if name in ("ingest", "variant_stats"):
+            out[name] = 1.0
+        elif name == "grm":
+            out[name] = float(-(-n // (grm_block or n)))
+        elif name == "spectrum":
+            out[name] = float(memory_plan.get("passes_over_X", 0)) if method == "randomized" else 0.0
+        elif name == "reml":
+            out[name] = float(cfg.reml.max_steps) if mf else 0.0
+        elif name == "blup":
+            out[name] = float(mf) + float(cfg.predict.snp_effects)
+        else:
+            out[name] = 0.0
+    return out
+
+
+def stage_flops(cfg: RunConfig, n: int, p: int, method: str, rmethod: str, memory_plan: dict,
+                passes: dict[str, float], n_phenotypes: int) -> dict[str, float]:
+    """Floating-point operations of each stage's arithmetic, for ``bigmm check``'s rough time
+    estimate (``p``: variants in the input, before the filters; reading and decoding the
+    genotypes is not counted).
+
+    GRM: n²p (the upper triangle of X Xᵀ, two operations per multiply-add); exact spectrum: 5n³
+    (LAPACK's divide-and-conquer eigendecomposition with vectors, about 4–5n³); randomized
+    spectrum: 4·n·p·l per pass (X (Xᵀ V) with l vectors); matrix-free REML: 4·n·p·w per Lanczos
+    step, at most ``reml.max_steps`` (an upper bound), its BLUP one such pass; SNP effects
+    2·n·p per phenotype.
+
+    >>> from bigmm.pipeline.config import parse_config
+    >>> cfg = parse_config({"genotypes": {"zarr": "x.zarr"}, "phenotypes": {"file": "p.tsv"}, "output": "o"})
+    >>> stage_flops(cfg, 100, 1000, "exact", "spectral", {}, {"grm": 1}, 1)["grm"]
+    10000000.0
+    """
+    out: dict[str, float] = {}
+    for name, k in passes.items():
+        if name == "grm":
+            out[name] = float(n) * n * p
+        elif name == "spectrum":
+            out[name] = 5.0 * n ** 3 if method == "exact" else 4.0 * n * p * memory_plan.get("pass_vectors", 0) * k
+        elif name == "reml" and rmethod == "matrix_free":
+            out[name] = 4.0 * n * p * memory_plan.get("mf_pass_vectors", 0) * k
+        elif name == "blup":
+            out[name] = (4.0 * n * p * n_phenotypes if rmethod == "matrix_free" else 0.0) \
+                + (2.0 * n * p * n_phenotypes if cfg.predict.snp_effects else 0.0)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def matmul_rate(dtype: str = "float32", rows: int = 512, cols: int = 4096, repeats: int = 3) -> float:
+    """Floating-point operations per second of a ``rows x cols`` product ``A Aᵀ`` with NumPy's
+    BLAS on this machine (all its threads; best of ``repeats``, ~10 ms each on one core)."""
+    import time
+
+    a = np.random.default_rng(0).standard_normal((rows, cols)).astype(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first warms BLAS's threads up
+        t0 = time.perf_counter()
+        a @ a.T
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * rows * rows * cols / max(best, 1e-9)
 
 
 def task_memory(cc: ClusterConfig) -> int | None:

@@ -44,7 +44,7 @@ from .._version import __version__
 from ..blup import Blup, genetic_values, snp_effects
 from ..errors import BigmmError, InputError, OutputError
 from ..genotypes import Standardization, standardization, variant_stats
-from ..grm import create_grm_store, default_block_size, grm, grm_complete
+from ..grm import create_grm_store, grm, grm_complete
 from ..io.gcta import write_gcta_grm
 from ..io.plink import ingest_plink
 from ..mfreml import blup_matrix_free, fit_matrix_free
@@ -59,7 +59,8 @@ from .config import RunConfig, parse_config
 from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load_rotated, load_spectrum, load_variants, save_reml,
                       save_rotated, save_spectrum, save_variants, write_blup, write_snp_effects,
                       write_spectrum_tables)
-from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_plan, task_memory
+from .plan import (PASS_STAGES, STAGE_OUTPUTS, STAGES, grm_block_size, spectrum_method, stage_passes, stage_plan,
+                   task_memory)
 from .report import (FIGURES, ReportData, _safe_name, relatedness_summary, write_hsq, write_plink_pca, write_report,
                      write_results, write_results_json)
 from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
@@ -138,6 +139,20 @@ class RunOutcome:
 # the run
 # ---------------------------------------------------------------------------------------
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``.
+
+    >>> _duration(4.2), _duration(185), _duration(7620)
+    ('4 s', '3 min 05 s', '2 h 07 min')
+    """
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -170,6 +185,11 @@ class Runner:
         self.loaded: dict = {}
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.t0 = time.perf_counter()
+        self.todo: list[str] = []  # the stages this invocation runs (set by run())
+        self.passes: dict[str, float] | None = None  # passes over X per stage (stage_passes)
+        self.pass_seconds = 0.0  # seconds and passes over X measured so far in this run
+        self.passes_timed = 0.0
 
     # -- bookkeeping ------------------------------------------------------------------
     def up_to_date(self, name: str) -> bool:
@@ -299,6 +319,7 @@ class Runner:
             stages.pop(later, None)
         self.manifest["writing"] = {"stage": name, "files": self.planned_files(name)}
         write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
+        self.log_run_progress(name)
         log.info("stage %s: start", name)
         pause_point(name)
         fail_point(name)
@@ -308,10 +329,43 @@ class Runner:
         files = info.pop("files", None)
         if files is None and name == "blup":
             files = [f for f in self.planned_files("blup") if (self.out / f).exists()]
-        self.commit(name, time.perf_counter() - t0, files=files, **info)
+        seconds = time.perf_counter() - t0
+        self.commit(name, seconds, files=files, **info)
         if name not in self.ran:
             self.ran.append(name)
+        passes = info.get("passes_over_X")
+        if isinstance(passes, (int, float)) and passes > 0:
+            self.pass_seconds += seconds
+            self.passes_timed += passes
         return value
+
+    def grm_block(self) -> int:
+        """Samples per GRM block on this run's cluster (``grm.block_size`` or the default)."""
+        n = len(self.inp.ids)
+        return grm_block_size(self.cfg, n, total_threads(), min(self.cfg.genotypes.chunks[0], n),
+                              min(self.inp.variant_chunk, self.inp.n_variants))
+
+    def log_run_progress(self, name: str) -> None:
+        """The whole run at the start of stage ``name``: stage i of N, elapsed, and the time left
+        for the passes over X still to make, at the seconds per pass measured so far in this run
+        (other work, e.g. an exact eigendecomposition or the report, is not counted)."""
+        if self.passes is None:
+            self.passes = stage_passes(self.cfg, len(self.inp.ids), self.inp.method, self.inp.reml_method,
+                                       self.grm_block() if "grm" in self.todo else None,
+                                       self.inp.memory_plan, stages=list(self.plan))
+        i = self.todo.index(name) + 1 if name in self.todo else len(self.ran) + 1
+        n = max(len(self.todo), i)
+        left = sum(self.passes.get(s, 0.0) for s in self.todo[i - 1:])
+        if left <= 0:
+            eta = "no passes over X left"
+        elif self.passes_timed <= 0:
+            eta = f"{left:.0f} passes over X to go; time left estimated once the first is timed"
+        else:
+            per = self.pass_seconds / self.passes_timed
+            bound = " at most" if self.matrix_free and "reml" in self.todo[i - 1:] else ""
+            eta = (f"about {_duration(left * per)} left for{bound} {left:.0f} more passes over X "
+                   f"({per:.1f} s per pass so far; other work not counted)")
+        log.info("run: stage %d of %d (%s), %s elapsed; %s", i, n, name, _duration(time.perf_counter() - self.t0), eta)
 
     # -- loaders of committed outputs ------------------------------------------------
     def store(self) -> CohortStore:
@@ -348,7 +402,7 @@ class Runner:
         store = ingest_plink(self.inp.plink, self.out / "genotypes.zarr",
                              chunks=self.cfg.genotypes.chunks, overwrite=True, samples=self.inp.sample_rows)
         self.loaded["store"] = store
-        return store, {"n_samples": store.n_samples, "n_variants": store.n_variants}
+        return store, {"n_samples": store.n_samples, "n_variants": store.n_variants, "passes_over_X": 1}
 
     def do_stats(self):
         store = self.store()
@@ -370,10 +424,7 @@ class Runner:
         final, partial = self.out / "grm.zarr", self.out / "grm.zarr.partial"
         n = store.n_samples
         dtype = np.dtype(self.cfg.grm.dtype)
-        block = self.cfg.grm.block_size
-        if block is None:
-            block = default_block_size(n, total_threads(), store.chunks[0], store.chunks[1],
-                                       task_memory(self.cfg.cluster), dtype.itemsize, counts=True)
+        block = grm_block_size(self.cfg, n, total_threads(), store.chunks[0], store.chunks[1])
         fp = self.plan["grm"]["fingerprint"]
         attrs = {"n_samples": n, "n_variants": std.n_kept, "standardize": std.standardize,
                  "block_size": block, "fingerprint": fp, "dtype": dtype.name,
@@ -702,12 +753,14 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     """
     if from_stage is not None and from_stage not in STAGES:
         raise InputError(f"--from {from_stage!r}: not a stage; stages are {', '.join(STAGES)}")
+    t_start = time.perf_counter()
     out = Path(cfg.output)
     inputs = validate(cfg, force=force)  # every input read and checked once, all problems together
     out.mkdir(parents=True, exist_ok=True)
     if on_validated is not None:
         on_validated()
     runner = Runner(cfg, inputs, force, from_stage)
+    runner.t0 = t_start  # elapsed times count the validation too
     with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
@@ -740,6 +793,7 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                  inputs.design.Z.shape[1], inputs.method,
                  " (auto)" if cfg.spectrum.method == "auto" else "")
         todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
+        runner.todo = todo
         # what the stages that rerun wrote before goes first (their recorded files only): after a
         # failure nothing that looks like a current result is left
         recorded = runner.manifest.get("stages", {})
@@ -812,8 +866,9 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         write_manifest(out, runner.manifest)
         if "results" in runner.loaded:
             write_results_json(out, runner.loaded["results"])  # the last act: a finished run
-        log.info("run complete: %d stages run (%s), %d up to date; results %s", len(runner.ran),
-                 ", ".join(runner.ran) or "none", len(runner.skipped), out / "results.json")
+        log.info("run complete in %s: %d stages run (%s), %d up to date; results %s",
+                 _duration(time.perf_counter() - runner.t0), len(runner.ran), ", ".join(runner.ran) or "none",
+                 len(runner.skipped), out / "results.json")
     return RunOutcome(output=out, result=runner.reml(), results_json=out / "results.json",
                       stages_run=tuple(runner.ran), stages_skipped=tuple(runner.skipped))
 

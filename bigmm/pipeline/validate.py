@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from ..spectrum import subspace_width
 from ..store import open_store, resolve_path
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .plan import check_memory, matrix_free_width, needs_grm, needs_spectrum, reml_method, spectrum_method
+from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
+                   planned_stages, reml_method, spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
 
 
@@ -58,6 +60,10 @@ class Inputs:
     grm_K: np.ndarray | None = None
     #: what the GRM input held and what was used (for the log and results.json)
     grm_info: dict | None = None
+    stage_passes: dict = field(default_factory=dict)  # passes over X per stage (plan.stage_passes)
+    stage_flops: dict = field(default_factory=dict)  # arithmetic per stage (plan.stage_flops)
+    workers: str = ""  # the cluster's workers and their memory, for a person
+    filters: str = ""  # the variant filters, for a person
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -68,8 +74,10 @@ class Inputs:
         attrs = self.store.attrs
         return {"created": attrs.get("created"), "provenance": attrs.get("provenance")}
 
-    def describe(self) -> str:
-        """The plan checked, for a person: samples, variants, method, passes, memory."""
+    def describe(self, flops_per_second: float | None = None) -> str:
+        """The plan checked, for a person: samples, variants, methods, stages and their passes
+        over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
+        measured on this machine, :func:`bigmm.pipeline.plan.matmul_rate`) a rough time estimate."""
         d = self.design
         mp = self.memory_plan
         if self.grm is not None:
@@ -89,16 +97,24 @@ class Inputs:
                  f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
                  f"variants: {self.n_variants} in the genotype input"
                  + (f", {len(self.include)} in the extract list" if self.include is not None else "")
-                 + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items()),
+                 + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items())
+                 + (f"; kept: those passing {self.filters} (counted by the variant statistics, the run's "
+                    f"first pass over X)" if self.filters else ""),
                  f"REML: {self.reml_method}; spectrum: "
                  + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
+        if self.stage_passes:
+            total = sum(self.stage_passes.values())
+            mf = self.reml_method == "matrix_free"
+            lines.append(f"stages: {', '.join(self.stage_passes)}; passes over X: {'at most ' if mf else ''}"
+                         f"{total:g} in all (" + ", ".join(f"{k} {v:g}" for k, v in self.stage_passes.items() if v)
+                         + ("; matrix-free REML stops when converged" if mf else "") + ")")
         if "mf_pass_vectors" in mp:
             lines.append(f"matrix-free passes over X: at most {mp['mf_max_passes']} Lanczos steps of "
                          f"{mp['mf_pass_vectors']} vectors ({format_bytes(mp['mf_pass_task_bytes'])} per task), "
                          f"driver up to {format_bytes(mp['mf_driver_bytes'])}")
-        if "passes_over_X" in mp:
-            lines.append(f"passes over X: {mp['passes_over_X'] + 1} (variant statistics + spectrum), "
-                         f"widest pass {mp['pass_vectors']} vectors")
+        if "passes_over_X" in mp and self.spectrum_needed:
+            lines.append(f"randomized spectrum: {mp['passes_over_X']} passes over X, the widest of "
+                         f"{mp['pass_vectors']} vectors")
             if mp["basis_uncapped"] > mp["basis_width"]:
                 lines.append(f"randomized spectrum: the Krylov space (power_iters + 1)·(rank + oversample) = "
                              f"{mp['basis_uncapped']} is wider than n = {len(self.ids)} samples: capped at n "
@@ -108,8 +124,19 @@ class Inputs:
                          + (f", widest pass needs {format_bytes(mp['pass_task_bytes'])}" if "pass_task_bytes" in mp else "")
                          + (f", a GRM block needs {format_bytes(mp['grm_block_task_bytes'])}"
                             if "grm_block_task_bytes" in mp else ""))
+        if self.workers:
+            lines.append(f"workers: {self.workers}")
         if mp.get("driver_bytes"):
             lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])}")
+        if flops_per_second and self.stage_flops:
+            total = sum(self.stage_flops.values())
+            lines.append(f"estimated time: about {_rough_duration(total / flops_per_second)} of arithmetic (a rough "
+                         f"estimate: {total:.2g} floating-point operations of the plan ("
+                         + ", ".join(f"{k} {v:.2g}" for k, v in self.stage_flops.items())
+                         + f") at {flops_per_second / 1e9:.0f} GFLOP/s, the rate of a float32 NumPy matrix product "
+                         f"measured just now on this machine; it assumes the cluster computes as fast as this "
+                         f"machine with all its cores, and leaves out reading the genotypes, starting the "
+                         f"cluster and the report)")
         return "\n".join(lines)
 
 
@@ -122,6 +149,21 @@ def _design_rows(d: Design, rows: np.ndarray) -> Design:
     """The design restricted to the samples ``rows`` (all of them analysed)."""
     return Design(Y=d.Y[rows], Z=d.Z[rows], phenotype_names=d.phenotype_names,
                   covariate_names=d.covariate_names, analysed=d.analysed[rows], notes=dict(d.notes))
+
+
+def _rough_duration(seconds: float) -> str:
+    """``0.0042 s``, ``4.2 s``, ``12 s``, ``3.5 min``, ``2.1 h``.
+
+    >>> _rough_duration(0.00421), _rough_duration(4.21), _rough_duration(12.3), _rough_duration(210), _rough_duration(7560)
+    ('0.0042 s', '4.2 s', '12 s', '3.5 min', '2.1 h')
+    """
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _attempt(problems: list[str], fn, *args):
@@ -365,6 +407,18 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
     return got
 
 
+def _workers_text(cc: ClusterConfig) -> str:
+    """The cluster's workers and the memory of each, for a person."""
+    if cc.backend == "local":
+        return (f"local cluster of {cc.workers} worker processes x {cc.threads_per_worker} threads, "
+                f"{cc.memory_limit} each")
+    if cc.backend == "address":
+        return f"those of the scheduler at {cc.address} (their memory is theirs)"
+    jq = cc.jobqueue
+    jobs = f"{jq.adaptive.minimum}..{jq.adaptive.maximum}" if jq.adaptive is not None else f"{cc.workers}"
+    return f"{jobs} {cc.backend} jobs of {jq.cores} cores and {jq.memory} ({jq.processes} worker processes each)"
+
+
 def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> tuple[list[str], Inputs | None]:
     """Every problem of a parsed configuration and its inputs, and the inputs when there are none."""
     problems: list[str] = []
@@ -418,6 +472,13 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         _attempt(problems, _check_cluster, cfg.cluster)
     if problems or "design" not in got:
         return problems, None
+    n, p = len(ids), got.get("n_variants") or 0  # a given GRM: no variants to pass over
+    stages = planned_stages(cfg, method, rmethod)
+    threads = cluster_threads(cfg.cluster) or os.cpu_count() or 1
+    block = grm_block_size(cfg, n, threads, min(cfg.genotypes.chunks[0], n), min(got["variant_chunk"], p)) \
+        if "grm" in stages else None
+    passes = stage_passes(cfg, n, method, rmethod, block, memory_plan, stages)
+    flops = stage_flops(cfg, n, p, method, rmethod, memory_plan, passes, len(got["design"].phenotype_names))
     return problems, Inputs(ids=ids, design=got["design"], include=got.get("include"),
                             n_variants=got["n_variants"], method=method, reml_method=rmethod,
                             variant_chunk=got["variant_chunk"],
@@ -425,7 +486,9 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
                             replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod),
                             sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
                             selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
-                            grm_info=got.get("grm_info"))
+                            grm_info=got.get("grm_info"),
+                            stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
+                            filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}")
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
