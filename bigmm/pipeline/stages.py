@@ -656,6 +656,8 @@ class Runner:
             "config": self.cfg.model_dump(mode="json"),
         }
         run_info["samples_selection"] = self.inp.selection.get("samples")
+        if self.inp.labels is not None:
+            run_info["report_labels"] = self.inp.labels[2]
         if std is not None:
             run_info["variant_filters"] = variant_filters(self.cfg.variants, std)
         else:  # a given GRM: what it held, and which of its samples were used
@@ -692,7 +694,11 @@ class Runner:
         validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes."""
         d = self.inp.design
         data = ReportData(phenotypes={name: d.Y[d.analysed, j] for j, name in enumerate(d.phenotype_names)})
-        for cov in self.cfg.covariates.categorical:  # the first categorical covariate colours the PCs
+        if self.inp.labels is not None:  # report.labels, read at validation
+            column, lab, counts = self.inp.labels
+            data.labels, data.label_source = (column, lab), counts
+        for cov in ([] if data.labels is not None else self.cfg.covariates.categorical):
+            # without report.labels, the first categorical covariate colours the PCs
             cols = [j for j, nm in enumerate(d.covariate_names) if nm.startswith(f"{cov}=")]
             ref = (d.notes.get("categorical_reference") or {}).get(cov)
             lab = np.full(d.Z.shape[0], "not analysed", dtype=object)
