@@ -237,8 +237,8 @@ def loo_spectral(spec: Spectrum, Y: np.ndarray, Z: np.ndarray, h2) -> tuple[np.n
         q = np.einsum("ic,cd,id->i", Z, Ainv, HZ)
         with np.errstate(divide="ignore", invalid="ignore"):  # P_ii = 0: an indicator-absorbed sample
             gamma = Py / Pii  # y_i − ŷ₋ᵢ
-        pred[:, j] = Y[:, j] - gamma
-        gen[:, j] = (Y[:, j] - Z @ beta) - (1.0 - q) * gamma
+            pred[:, j] = Y[:, j] - gamma
+            gen[:, j] = (Y[:, j] - Z @ beta) - (1.0 - q) * gamma
     return (pred[:, 0], gen[:, 0]) if one else (pred, gen)
 
 

@@ -88,6 +88,31 @@ def test_report_sections_and_numbers(run_dir):
     have = analysed & ~np.isnan(y)
     r = np.corrcoef(g[have], y[have])[0, 1]
     assert f"<td>trait1</td><td>{have.sum()}</td><td>{r:.3f}</td>" in html
+    # held-out accuracy: the leave-one-out predictions explicitly, with the run's h² and its K (dense)
+    # from grm.zarr, on the analysed samples with y; the same model as the run's fit
+    import zarr
+
+    K = np.asarray(zarr.open_group(str(run_dir / "grm.zarr"), mode="r")["K"][...], dtype=float)
+    cov = read_table(run_dir.parent / "covar.tsv")
+    sex = np.array(cov.text("sex"), dtype=object)
+    assert cov.iid == [f"I{i + 1}" for i in range(199)]  # the first 199 samples, in order
+    Z = np.column_stack([np.ones(199), cov.numeric("age"), sex == sorted(set(sex))[1]])
+    o = have[:199]
+    Ko, yo, Zo = K[:199, :199][np.ix_(o, o)], y[:199][o], Z[o]
+    V = f["h2"] * Ko + (1 - f["h2"]) * np.eye(o.sum())
+    pred = np.empty(o.sum())
+    for i in range(o.sum()):
+        m = np.arange(o.sum()) != i
+        Vi = np.linalg.inv(V[np.ix_(m, m)])
+        beta = np.linalg.solve(Zo[m].T @ Vi @ Zo[m], Zo[m].T @ Vi @ yo[m])
+        pred[i] = Zo[i] @ beta + V[i, m] @ Vi @ (yo[m] - Zo[m] @ beta)
+    r_loo = np.corrcoef(pred, yo)[0, 1]
+    assert r_loo < r  # held out: less than the in-sample figure
+    # 1e-7: blup_loo.tsv keeps 8 significant digits (measured: 9e-10 apart)
+    assert f["blup_accuracy_loo"] == pytest.approx(r_loo, abs=1e-7)
+    assert f["blup_accuracy_in_sample"] == pytest.approx(r, abs=1e-12)  # from the same blup.tsv and y
+    assert f"<td>trait1</td><td>{have.sum()}</td><td>{r:.3f}</td><td>{f['blup_accuracy_loo']:.3f}</td>" in html
+    assert "Held-out</b> r(ŷ<sub>−i</sub>, y)" in html
 
 
 def test_pc_plots_coloured_by_the_label_column(run_dir):

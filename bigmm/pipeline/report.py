@@ -161,6 +161,9 @@ class ReportData:
     relatedness: dict | None = None
     #: phenotype name -> (ĝ, y) over the genotyped samples (y NaN where not analysed or missing)
     blup: dict = field(default_factory=dict)
+    #: phenotype name -> {"n", "in_sample": r(ĝ, y), and from the leave-one-out predictions (spectral
+    #: REML) "loo": r(ŷ₋ᵢ, y), "loo_genetic": r(ĝ₋ᵢ, y − zβ̂₋ᵢ), "gv": loo_genetic / √h²}
+    blup_accuracy: dict = field(default_factory=dict)
 
 
 #: at most this many labels get their own colour in the PC plots; the rarer ones are grouped as "other"
@@ -553,16 +556,28 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
 
     blup_rows = []
     for name, (g, y) in (data.blup or {}).items():
-        g, y = np.asarray(g, dtype=float), np.asarray(y, dtype=float)
-        have = np.isfinite(y) & np.isfinite(g)
-        r = float(np.corrcoef(g[have], y[have])[0, 1]) if have.sum() > 2 and np.ptp(g[have]) > 0 else float("nan")
-        blup_rows.append((name, int(have.sum()), num(r, "{:.3f}"), int((~np.isfinite(y)).sum())))
+        acc = (data.blup_accuracy or {}).get(name) or {}
+        blup_rows.append((name, acc.get("n"), num(acc.get("in_sample"), "{:.3f}"), num(acc.get("loo"), "{:.3f}"),
+                          num(acc.get("loo_genetic"), "{:.3f}"), num(acc.get("gv"), "{:.3f}"),
+                          int((~np.isfinite(np.asarray(y, dtype=float))).sum())))
+    has_loo = any("loo" in (a or {}) for a in (data.blup_accuracy or {}).values())
     blup_section = "" if not blup_rows else (
-        '<section id="blup"><h2>Genetic values (BLUP)</h2><p>In-sample accuracy: the correlation of ĝ with y '
-        'over the samples whose y entered the fit (optimistic: y is part of ĝ). Samples without a value '
-        'of the phenotype get a prediction from their relatives; an out-of-sample accuracy needs their '
-        'phenotypes (score a held-out set with <code>bigmm score</code>).</p>'
-        + _table(["phenotype", "samples with y", "r(ĝ, y)", "samples predicted without y"], blup_rows, e)
+        '<section id="blup"><h2>Genetic values (BLUP)</h2><p>Accuracy over the samples whose y entered the '
+        'fit. <b>In-sample</b> r(ĝ, y) is optimistic: y<sub>i</sub> is part of ĝ<sub>i</sub>. '
+        '<b>Held-out</b> r(ŷ<sub>−i</sub>, y): each sample\'s y predicted from the others alone (fixed '
+        'effects re-estimated without it, then its BLUP from its relatives), at the REML variance '
+        'components, computed exactly from the fit without refitting (leave-one-out); this is the accuracy '
+        'to expect in new samples like these, and the one to quote. <b>Genetic part</b> '
+        'r(ĝ<sub>−i</sub>, y − zβ̂<sub>−i</sub>): the held-out genetic value against the held-out y '
+        'corrected for the covariates (not raised by covariates that predict y). '
+        '<b>r(ĝ, g)</b> ≈ that divided by √ĥ²: the implied accuracy of the genetic values themselves. '
+        + ("" if has_loo else "The held-out accuracies need spectral REML (not computed for a matrix-free "
+           "fit). ")
+        + 'Samples without a value of the phenotype get a prediction from their relatives; to score '
+        'another cohort use <code>bigmm score</code>.</p>'
+        + _table(["phenotype", "samples with y", "in-sample r(ĝ, y)", "held-out r(ŷ<sub>−i</sub>, y)",
+                  "genetic part, held-out", "r(ĝ, g) ≈ (held-out genetic) / √ĥ²", "samples predicted without y"],
+                 blup_rows, e)
         + "</section>")
 
     pc_caption = pc_text = ""
