@@ -23,7 +23,7 @@ Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
 """
 
 from ._version import __version__
-from .blup import Blup, genetic_values, predict, snp_effects
+from .blup import Blup, LeaveOneOut, genetic_values, leave_one_out, predict, snp_effects
 from .errors import BigmmError, ConfigError, InputError
 from .genotypes import Standardization, VariantStats, standardization, standardized, variant_stats
 from .grm import grm
@@ -55,7 +55,7 @@ __all__ = [
     "__version__", "BigmmError", "ConfigError", "InputError", "Standardization", "VariantStats",
     "standardization", "standardized", "variant_stats", "grm", "read_gcta_grm", "write_gcta_grm",
     "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
-    "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
+    "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "LeaveOneOut", "leave_one_out", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
     *_RUN_LAYER,
 ]

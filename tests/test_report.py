@@ -40,11 +40,16 @@ def run_dir(tmp_path_factory):
     # one sample without a covariate row
     cov = (d / "covar.tsv").read_text().splitlines()
     (d / "covar.tsv").write_text("\n".join(cov[:-1]) + "\n")
+    # labels for the PC plots: 14 populations over the first 190 samples (more than the legend's 12
+    # entries), the last 10 samples without a row, and one row for a sample that is not genotyped
+    (d / "pops.tsv").write_text("FID\tIID\tsite\tpopulation\n" + "".join(
+        f"F{i + 1}\tI{i + 1}\ts\tpop{i % 14}\n" for i in range(190)) + "FX\tIX\ts\tpop0\n")
     cfg = {"genotypes": {"plink": str(d / "c"), "chunks": [64, 256]},
            "variants": {"min_maf": 0.02, "max_missing": 0.05},
            "phenotypes": {"file": str(d / "pheno.tsv"), "columns": ["trait1", "trait2"]},
            "covariates": {"file": str(d / "covar.tsv"), "columns": ["age", "sex"], "categorical": ["sex"]},
            "spectrum": {"method": "exact"}, "predict": {"blup": True}, "output": str(d / "out"),
+           "report": {"labels": str(d / "pops.tsv"), "label_column": "population"},
            "cluster": {"workers": 1, "threads_per_worker": 2, "memory_limit": "2GiB"}}
     (d / "run.yaml").write_text(yaml.safe_dump(cfg))
     with local_cluster(1, 2) as cluster, Client(cluster) as client:
@@ -83,6 +88,96 @@ def test_report_sections_and_numbers(run_dir):
     have = analysed & ~np.isnan(y)
     r = np.corrcoef(g[have], y[have])[0, 1]
     assert f"<td>trait1</td><td>{have.sum()}</td><td>{r:.3f}</td>" in html
+    # held-out accuracy: the leave-one-out predictions explicitly, with the run's h² and its K (dense)
+    # from grm.zarr, on the analysed samples with y; the same model as the run's fit
+    import zarr
+
+    K = np.asarray(zarr.open_group(str(run_dir / "grm.zarr"), mode="r")["K"][...], dtype=float)
+    cov = read_table(run_dir.parent / "covar.tsv")
+    sex = np.array(cov.text("sex"), dtype=object)
+    assert cov.iid == [f"I{i + 1}" for i in range(199)]  # the first 199 samples, in order
+    Z = np.column_stack([np.ones(199), cov.numeric("age"), sex == sorted(set(sex))[1]])
+    o = have[:199]
+    Ko, yo, Zo = K[:199, :199][np.ix_(o, o)], y[:199][o], Z[o]
+    V = f["h2"] * Ko + (1 - f["h2"]) * np.eye(o.sum())
+    pred = np.empty(o.sum())
+    for i in range(o.sum()):
+        m = np.arange(o.sum()) != i
+        Vi = np.linalg.inv(V[np.ix_(m, m)])
+        beta = np.linalg.solve(Zo[m].T @ Vi @ Zo[m], Zo[m].T @ Vi @ yo[m])
+        pred[i] = Zo[i] @ beta + V[i, m] @ Vi @ (yo[m] - Zo[m] @ beta)
+    r_loo = np.corrcoef(pred, yo)[0, 1]
+    assert r_loo < r  # held out: less than the in-sample figure
+    # 1e-7: blup_loo.tsv keeps 8 significant digits (measured: 9e-10 apart)
+    assert f["blup_accuracy_loo"] == pytest.approx(r_loo, abs=1e-7)
+    assert f["blup_accuracy_in_sample"] == pytest.approx(r, abs=1e-12)  # from the same blup.tsv and y
+    assert f"<td>trait1</td><td>{have.sum()}</td><td>{r:.3f}</td><td>{f['blup_accuracy_loo']:.3f}</td>" in html
+    assert "Held-out</b> r(ŷ<sub>−i</sub>, y)" in html
+
+
+def test_pc_plots_coloured_by_the_label_column(run_dir):
+    """report.labels: the PC section names the column and lists the legend: the 11 most frequent
+    labels, the other 3 grouped, the samples without a row as "no label" (counted here from the file)."""
+    from collections import Counter
+
+    html = (run_dir / "report.html").read_text()
+    doc = json.loads((run_dir / "results.json").read_text())
+    pops = [f"pop{i % 14}" for i in range(190)]  # the labels of samples 1..190, as the fixture wrote them
+    by_count = sorted(Counter(pops).items(), key=lambda t: (-t[1], t[0]))
+    shown, rest = by_count[:11], by_count[11:]
+    legend = [f"{v} ({c})" for v, c in shown] + [f"other (3 labels) ({sum(c for _, c in rest)})", "no label (10)"]
+    caption = "PC1 vs PC2, coloured by population: " + ", ".join(legend)
+    assert f"<figcaption>{caption}</figcaption>" in html
+    assert "PC3 vs PC4, coloured by population: " + ", ".join(legend) in html
+    para = re.search(r'<p id="pc-labels">(.*?)</p>', html).group(1)
+    assert "column <b>population</b>" in para and "pops.tsv" in para
+    assert "190 of 200 samples labelled (14 distinct labels" in para and "10 without a row" in para
+    assert "190 of the file's 191 rows match" in para
+    assert doc["report_labels"]["samples_labelled"] == 190 and doc["report_labels"]["column"] == "population"
+
+
+@pytest.fixture
+def cli_logging():
+    """The CLI adds a handler on the captured stderr: removed after the test (later runs log elsewhere)."""
+    import logging
+
+    handlers = list(logging.getLogger("bigmm").handlers)
+    yield
+    logging.getLogger("bigmm").handlers[:] = handlers
+
+
+def test_bad_label_column_is_refused_by_check_and_run(run_dir, tmp_path, capsys, cli_logging):
+    from bigmm.pipeline.cli import main
+
+    cfg = yaml.safe_load((run_dir.parent / "run.yaml").read_text())
+    cfg["report"]["label_column"] = "ancestry"
+    cfg["output"] = str(tmp_path / "out")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    for cmd in (["check", "--no-cluster"], ["run"]):
+        assert main([*cmd, str(tmp_path / "bad.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert "report.label_column 'ancestry'" in err and "pops.tsv" in err and "site, population" in err, err
+    assert not (tmp_path / "out" / "results.json").exists()
+    cfg["report"] = {"labels": str(tmp_path / "none.tsv")}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["check", "--no-cluster", str(tmp_path / "bad.yaml")]) == 2
+    assert f"report.labels file {tmp_path / 'none.tsv'}" in capsys.readouterr().err
+    # two columns besides FID IID and no label_column: name the one to use
+    cfg["report"] = {"labels": str(run_dir.parent / "pops.tsv")}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["check", "--no-cluster", str(tmp_path / "bad.yaml")]) == 2
+    assert "name the one that colours the PC plots with report.label_column" in capsys.readouterr().err
+
+
+def test_changed_labels_rerun_only_the_report(run_dir):
+    """The labels are the report stage's input: a changed file reruns that stage alone. (Last in this
+    module: it rewrites the fixture's report, with labels still.)"""
+    pops = run_dir.parent / "pops.tsv"
+    pops.write_text(pops.read_text().replace("pop13\n", "pop11\n").replace("pop12\n", "pop11\n"))
+    result = bigmm.run(bigmm.load_config(run_dir.parent / "run.yaml"))
+    assert result.stages_run == ("report",), result.stages_run
+    html = (run_dir / "report.html").read_text()
+    assert "12 distinct labels" in html and "other (" not in html and "pop11 (39)" in html
 
 
 def _chromium():

@@ -412,6 +412,27 @@ class RemlConfig(_Section):
 
 
 
+class ReportConfig(_Section):
+    """What report.html shows beyond the fit."""
+
+    #: a table of FID IID and label columns (read like the phenotype and covariate tables,
+    #: matched by FID/IID); its label_column colours the PC plots
+    labels: Optional[Path] = None
+    """table of FID IID and text columns (e.g. population) whose label_column colours the PC plots"""
+    #: the column of labels that colours the PC plots; may be left out when the table has one
+    label_column: Optional[str] = None
+    """the column of labels that colours the PC plots (default: the table's only column)"""
+
+    _column = field_validator("label_column", mode="before")(
+        classmethod(lambda cls, v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v))
+
+    @model_validator(mode="after")
+    def _column_needs_file(self):
+        if self.label_column is not None and self.labels is None:
+            raise ValueError("'label_column' needs 'labels' (the table that holds it)")
+        return self
+
+
 def _changed(section: _Section, default: _Section) -> list[str]:
     """The keys of ``section`` whose values differ from ``default``'s."""
     return [k for k in type(section).model_fields if getattr(section, k) != getattr(default, k)]
@@ -442,6 +463,8 @@ class RunConfig(_Section):
     """the Dask cluster the passes over the genotypes run on"""
     submit: SubmitConfig = SubmitConfig()
     """the driver's own batch job (bigmm submit)"""
+    report: ReportConfig = ReportConfig()
+    """what report.html shows beyond the fit (labels for the PC plots)"""
 
     @model_validator(mode="after")
     def _fam_needs_plink(self):
@@ -515,7 +538,7 @@ class RunConfig(_Section):
 _PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vcf_zarr"), ("genotypes", "grm"),
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
                 ("variants", "extract"), ("variants", "exclude"), ("samples", "keep"), ("samples", "remove"),
-                ("phenotypes", "file"), ("covariates", "file"), ("output",),
+                ("phenotypes", "file"), ("covariates", "file"), ("output",), ("report", "labels"),
                 ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
 
 

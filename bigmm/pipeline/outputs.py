@@ -206,7 +206,7 @@ def load_reml(path: Path, design: RotatedDesign | None = None) -> RemlResult:
 def write_blup(path: Path, ids: list, names: list, genetic_values: np.ndarray) -> None:
     lines = ["FID\tIID\t" + "\t".join(names)]
     for (f, i), g in zip(ids, genetic_values):
-        lines.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" for x in g))
+        lines.append(f"{f}\t{i}\t" + "\t".join(f"{x:.8g}" if np.isfinite(x) else "NA" for x in g))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -128,7 +128,8 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
         "reml": ({"reml": cfg.section_fingerprint("reml")} if rmethod == "spectral"
                  else {"reml": cfg.section_fingerprint("reml"), "method": "matrix_free", **tables}),
         "blup": {"predict": cfg.section_fingerprint("predict")},
-        "report": {"export_gcta": str(cfg.gcta_prefix())},
+        "report": {"export_gcta": str(cfg.gcta_prefix()), "report": cfg.section_fingerprint("report"),
+                   "labels": file_fingerprint(cfg.report.labels)},
     }
 
 

@@ -149,8 +149,11 @@ class ReportData:
 
     #: phenotype name -> values of the analysed samples (NaN missing)
     phenotypes: dict = field(default_factory=dict)
-    #: (covariate name, label per genotyped sample): colours the PC plots
+    #: (column name, label per genotyped sample): colours the PC plots (report.labels' column, else
+    #: the first categorical covariate)
     labels: tuple | None = None
+    #: where the labels came from and how they matched (report.labels: file, column, counts)
+    label_source: dict | None = None
     #: per variant: minor allele frequency and missing fraction (variant statistics)
     maf: np.ndarray | None = None
     missing: np.ndarray | None = None
@@ -158,6 +161,34 @@ class ReportData:
     relatedness: dict | None = None
     #: phenotype name -> (ĝ, y) over the genotyped samples (y NaN where not analysed or missing)
     blup: dict = field(default_factory=dict)
+    #: phenotype name -> {"n", "in_sample": r(ĝ, y), and from the leave-one-out predictions (spectral
+    #: REML) "loo": r(ŷ₋ᵢ, y), "loo_genetic": r(ĝ₋ᵢ, y − zβ̂₋ᵢ), "gv": loo_genetic / √h²}
+    blup_accuracy: dict = field(default_factory=dict)
+
+
+#: at most this many labels get their own colour in the PC plots; the rarer ones are grouped as "other"
+MAX_LABELS = 12
+#: labels drawn in grey beneath the others (a sample without a label, or not analysed)
+UNLABELLED = ("no label", "not analysed")
+_LABEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+                  "#17becf", "#393b79", "#637939", "#000000")  # not grey: "other" and "no label" are
+
+
+def label_groups(labels, cap: int = MAX_LABELS) -> list[tuple[str, np.ndarray]]:
+    """The legend of the PC plots: (entry, samples) pairs. The labels by decreasing count (ties
+    alphabetically), at most ``cap`` entries: beyond that the ``cap − 1`` most frequent and
+    ``other (m labels)``; then the :data:`UNLABELLED` groups."""
+    lab = np.array([str(x) for x in labels], dtype=object)
+    levels, counts = np.unique(lab, return_counts=True)
+    named = sorted(((int(c), str(v)) for v, c in zip(levels, counts) if v not in UNLABELLED),
+                   key=lambda t: (-t[0], t[1]))
+    keep = named if len(named) <= cap else named[:cap - 1]
+    groups = [(v, lab == v) for _, v in keep]
+    if len(named) > len(keep):
+        rest = [v for _, v in named[len(keep):]]
+        groups.append((f"other ({len(rest)} labels)", np.isin(lab, rest)))
+    groups += [(v, lab == v) for v in UNLABELLED if v in levels]
+    return groups
 
 
 def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120) -> dict:
@@ -255,12 +286,14 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         if U is not None and U.shape[1] > b:
             fig, ax = plt.subplots(figsize=(5, 4.5))
             if labels is not None and len(labels[1]) == U.shape[0]:
-                lab = np.asarray(labels[1], dtype=object)
-                levels = sorted({str(x) for x in lab})
-                for lev in levels[:12]:
-                    sel = np.array([str(x) == lev for x in lab])
-                    ax.scatter(U[sel, a], U[sel, b], s=5, alpha=0.7, label=lev)
-                ax.legend(title=labels[0], fontsize=7, markerscale=2, loc="best")
+                handles = []
+                for i, (v, sel) in enumerate(label_groups(labels[1])):
+                    style = (dict(color="#c8c8c8", s=4, alpha=0.5, zorder=1) if v in UNLABELLED else
+                             dict(color="#555555", marker="x", s=6, alpha=0.75, zorder=2) if v.startswith("other (")
+                             else dict(color=_LABEL_COLOURS[i % len(_LABEL_COLOURS)], s=5, alpha=0.75, zorder=2))
+                    handles.append(ax.scatter(U[sel, a], U[sel, b], label=f"{v} ({int(sel.sum())})", **style))
+                ax.legend(handles=handles, title=labels[0], fontsize=7, markerscale=2, loc="center left",
+                          bbox_to_anchor=(1.01, 0.5), frameon=False)
             else:
                 ax.scatter(U[:, a], U[:, b], s=4, alpha=0.6)
             _few_ticks(ax)
@@ -523,22 +556,51 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
 
     blup_rows = []
     for name, (g, y) in (data.blup or {}).items():
-        g, y = np.asarray(g, dtype=float), np.asarray(y, dtype=float)
-        have = np.isfinite(y) & np.isfinite(g)
-        r = float(np.corrcoef(g[have], y[have])[0, 1]) if have.sum() > 2 and np.ptp(g[have]) > 0 else float("nan")
-        blup_rows.append((name, int(have.sum()), num(r, "{:.3f}"), int((~np.isfinite(y)).sum())))
+        acc = (data.blup_accuracy or {}).get(name) or {}
+        blup_rows.append((name, acc.get("n"), num(acc.get("in_sample"), "{:.3f}"), num(acc.get("loo"), "{:.3f}"),
+                          num(acc.get("loo_genetic"), "{:.3f}"), num(acc.get("gv"), "{:.3f}"),
+                          int((~np.isfinite(np.asarray(y, dtype=float))).sum())))
+    has_loo = any("loo" in (a or {}) for a in (data.blup_accuracy or {}).values())
     blup_section = "" if not blup_rows else (
-        '<section id="blup"><h2>Genetic values (BLUP)</h2><p>In-sample accuracy: the correlation of ĝ with y '
-        'over the samples whose y entered the fit (optimistic: y is part of ĝ). Samples without a value '
-        'of the phenotype get a prediction from their relatives; an out-of-sample accuracy needs their '
-        'phenotypes (score a held-out set with <code>bigmm score</code>).</p>'
-        + _table(["phenotype", "samples with y", "r(ĝ, y)", "samples predicted without y"], blup_rows, e)
+        '<section id="blup"><h2>Genetic values (BLUP)</h2><p>Accuracy over the samples whose y entered the '
+        'fit. <b>In-sample</b> r(ĝ, y) is optimistic: y<sub>i</sub> is part of ĝ<sub>i</sub>. '
+        '<b>Held-out</b> r(ŷ<sub>−i</sub>, y): each sample\'s y predicted from the others alone (fixed '
+        'effects re-estimated without it, then its BLUP from its relatives), at the REML variance '
+        'components, computed exactly from the fit without refitting (leave-one-out); this is the accuracy '
+        'to expect in new samples like these, and the one to quote. <b>Genetic part</b> '
+        'r(ĝ<sub>−i</sub>, y − zβ̂<sub>−i</sub>): the held-out genetic value against the held-out y '
+        'corrected for the covariates (not raised by covariates that predict y). '
+        '<b>r(ĝ, g)</b> ≈ that divided by √ĥ²: the implied accuracy of the genetic values themselves. '
+        + ("" if has_loo else "The held-out accuracies need spectral REML (not computed for a matrix-free "
+           "fit). ")
+        + 'Samples without a value of the phenotype get a prediction from their relatives; to score '
+        'another cohort use <code>bigmm score</code>.</p>'
+        + _table(["phenotype", "samples with y", "in-sample r(ĝ, y)", "held-out r(ŷ<sub>−i</sub>, y)",
+                  "genetic part, held-out", "r(ĝ, g) ≈ (held-out genetic) / √ĥ²", "samples predicted without y"],
+                 blup_rows, e)
         + "</section>")
 
+    pc_caption = pc_text = ""
+    if data.labels is not None and figs.keys() & {"pc1_pc2", "pc3_pc4"}:
+        entries = [f"{v} ({int(sel.sum())})" for v, sel in label_groups(data.labels[1])]
+        pc_caption = f", coloured by {data.labels[0]}: " + ", ".join(entries)
+        src = data.label_source
+        if src:
+            pc_text = (f'<p id="pc-labels">The PC plots are coloured by column <b>{e(src["column"])}</b> of '
+                       f'<code>{e(src["file"])}</code>: {src["samples_labelled"]} of {src["samples"]} samples '
+                       f'labelled ({src["levels"]} distinct labels; at most {MAX_LABELS} legend entries, the rarer '
+                       f'labels grouped as "other"), {src["samples_without_label"]} without a row or value shown '
+                       f'as "no label"; {src["rows_matched"]} of the file\'s {src["rows"]} rows match a sample.</p>')
+        else:
+            pc_text = (f'<p id="pc-labels">The PC plots are coloured by the categorical covariate '
+                       f'<b>{e(str(data.labels[0]))}</b> (set <code>report.labels</code> to colour them by a '
+                       f'column of your own, e.g. population).</p>')
     spectrum_section = (
         '<section id="spectrum"><h2>Spectrum and principal components</h2>'
         + _spectrum_extras(sp, e)
-        + img("scree", "Eigenvalues of the GRM") + img("pc1_pc2", "PC1 vs PC2") + img("pc3_pc4", "PC3 vs PC4")
+        + pc_text
+        + img("scree", "Eigenvalues of the GRM") + img("pc1_pc2", "PC1 vs PC2" + pc_caption)
+        + img("pc3_pc4", "PC3 vs PC4" + pc_caption)
         + img("ritz_residuals", "Ritz residuals") + "</section>") if (sp or figs.keys() & {"scree", "pc1_pc2"}) else ""
     profiles_section = "" if "reml_profiles" not in figs else (
         '<section id="profiles"><h2>REML profile likelihood</h2>'

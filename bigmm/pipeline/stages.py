@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 
 from .._version import __version__
-from ..blup import Blup, genetic_values, snp_effects
+from ..blup import Blup, genetic_values, leave_one_out, loo_accuracy, snp_effects
 from ..errors import BigmmError, InputError, OutputError
 from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, grm, grm_complete
@@ -269,7 +269,7 @@ class Runner:
         """Every file stage ``name`` may write, before it writes any (relative paths)."""
         files = list(self.outputs(name))
         if name == "blup":
-            files += ["snp_effects.tsv", "snp_effects.zarr"]
+            files += ["blup_loo.tsv", "snp_effects.tsv", "snp_effects.zarr"]
         if name == "report":
             files += [f"hsq/{_safe_name(n)}.hsq" for n in self.inp.design.phenotype_names]
             files += ["pca.eigenvec", "pca.eigenval"] + [f"report/{f}.png" for f in FIGURES]
@@ -614,9 +614,20 @@ class Runner:
             return b, info
         result = self.reml()
         analysed = np.flatnonzero(self.inp.design.analysed)
-        b = genetic_values(self.spectrum(), result.design, result, rows=analysed,
-                           rows_spectrum=self.loaded.get("analysed_spectrum"))
+        spec = self.spectrum()
+        own = self.loaded.get("analysed_spectrum")
+        if own is None and analysed.size < spec.n:  # the spectrum the fit was rotated on, made once
+            own = spec.subset(analysed)
+        b = genetic_values(spec, result.design, result, rows=analysed, rows_spectrum=own)
         write_blup(self.out / "blup.tsv", self.inp.ids, b.names, b.genetic_values)
+        # each analysed sample predicted from the others at the REML variances (no refit)
+        loo = leave_one_out(spec, result.design, result, rows=analysed, rows_spectrum=own)
+        write_blup(self.out / "blup_loo.tsv", self.inp.ids,
+                   [f"{nm}_{what}" for nm in loo.names for what in ("pred_loo", "g_loo")],
+                   np.stack([loo.predictions, loo.genetic_values], axis=2).reshape(len(self.inp.ids), -1))
+        for nm, acc in loo.accuracy().items():
+            log.info("BLUP %s: held-out (leave-one-out) accuracy r(y_pred, y) = %.4f, of the genetic part "
+                     "%.4f (r(g_hat, g) ~ %.4f), %d samples", nm, acc["loo"], acc["loo_genetic"], acc["gv"], acc["n"])
         info = {"phenotypes": len(b.names)}
         if self.cfg.predict.snp_effects:
             beta = snp_effects(self.operator(self.cfg.spectrum.dtype), b)
@@ -656,6 +667,8 @@ class Runner:
             "config": self.cfg.model_dump(mode="json"),
         }
         run_info["samples_selection"] = self.inp.selection.get("samples")
+        if self.inp.labels is not None:
+            run_info["report_labels"] = self.inp.labels[2]
         if std is not None:
             run_info["variant_filters"] = variant_filters(self.cfg.variants, std)
         else:  # a given GRM: what it held, and which of its samples were used
@@ -671,10 +684,13 @@ class Runner:
                 p.update(prevalence=prevalence, case_fraction=cases, h2_liability=hl, h2_liability_se=hl_se)
                 log.info("REML %s: h2 on the liability scale %.4f (SE %.4f): prevalence %g, %.4f of the "
                          "sample cases (Lee et al. 2011)", p["name"], hl, hl_se, prevalence, cases)
+        data = self.report_data()
+        for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
+            p.update({f"blup_accuracy_{k}": v for k, v in (data.blup_accuracy.get(p["name"]) or {}).items()
+                      if k != "n"})
         _, doc = write_results(self.out, reml, run_info)
         write_hsq(self.out / "hsq", reml)
         fail_point("report-html")
-        data = self.report_data()
         if spec is None:
             write_report(self.out, doc, None, None, None, data)
         else:
@@ -692,7 +708,11 @@ class Runner:
         validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes."""
         d = self.inp.design
         data = ReportData(phenotypes={name: d.Y[d.analysed, j] for j, name in enumerate(d.phenotype_names)})
-        for cov in self.cfg.covariates.categorical:  # the first categorical covariate colours the PCs
+        if self.inp.labels is not None:  # report.labels, read at validation
+            column, lab, counts = self.inp.labels
+            data.labels, data.label_source = (column, lab), counts
+        for cov in ([] if data.labels is not None else self.cfg.covariates.categorical):
+            # without report.labels, the first categorical covariate colours the PCs
             cols = [j for j, nm in enumerate(d.covariate_names) if nm.startswith(f"{cov}=")]
             ref = (d.notes.get("categorical_reference") or {}).get(cov)
             lab = np.full(d.Z.shape[0], "not analysed", dtype=object)
@@ -714,8 +734,22 @@ class Runner:
             data.relatedness = relatedness_summary(self.K(), self.inp.ids)
         blup = self.out / "blup.tsv"
         if blup.exists():
-            ghat = np.loadtxt(blup, skiprows=1, usecols=range(2, 2 + len(d.phenotype_names)), ndmin=2)
+            m = len(d.phenotype_names)
+            ghat = np.loadtxt(blup, skiprows=1, usecols=range(2, 2 + m), ndmin=2)
             data.blup = {name: (ghat[:, j], d.Y[:, j]) for j, name in enumerate(d.phenotype_names)}
+            loo = self.out / "blup_loo.tsv"  # spectral REML only
+            pg = np.genfromtxt(loo, skip_header=1, usecols=range(2, 2 + 2 * m), ndmin=2, missing_values="NA",
+                               filling_values=np.nan) if loo.exists() else None
+            h2 = {f.name: f.h2 for f in self.reml().fits}
+            for j, name in enumerate(d.phenotype_names):
+                g, y = ghat[:, j], d.Y[:, j]
+                have = np.isfinite(y) & np.isfinite(g)
+                acc = {"in_sample": float(np.corrcoef(g[have], y[have])[0, 1])
+                       if have.sum() > 2 and np.ptp(g[have]) > 0 else float("nan"), "n": int(have.sum())}
+                if pg is not None:
+                    acc.update({k: v for k, v in loo_accuracy(y, pg[:, 2 * j], pg[:, 2 * j + 1], h2[name]).items()
+                                if k != "n"})
+                data.blup_accuracy[name] = acc
         return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from dask.utils import format_bytes
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.gcta import GrmFiles, open_grm
 from ..io.plink import PlinkFileset, read_plink
-from ..io.tables import (Design, build_design, fam_table, read_gemma_table, read_sample_list, read_table,
-                         sample_matches)
+from ..io.tables import (Design, align_rows, build_design, fam_table, read_gemma_table, read_sample_list,
+                         read_table, sample_matches)
 from ..spectrum import subspace_width
 from ..store import open_store, resolve_path
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
@@ -31,6 +32,10 @@ from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, Phenotype
 from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
                    planned_stages, reml_method, spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
+
+log = logging.getLogger("bigmm")
+#: the label of a sample the report.labels table has no row (or an empty cell) for
+NO_LABEL = "no label"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Inputs:
     stage_passes: dict = field(default_factory=dict)  # passes over X per stage (plan.stage_passes)
     stage_flops: dict = field(default_factory=dict)  # arithmetic per stage (plan.stage_flops)
     workers: str = ""  # the cluster's workers and their memory, for a person
+    #: report.labels: (column name, label per sample of ``ids``, match counts), read once
+    labels: tuple | None = None
     filters: str = ""  # the variant filters, for a person
 
     @property
@@ -184,6 +191,32 @@ def read_id_list(path: Path) -> list[str]:
     if not ids:
         raise InputError(f"variant list {path} is empty")
     return ids
+
+
+def read_labels(path: Path, column: str | None, ids: list) -> tuple[str, np.ndarray, dict]:
+    """The ``report.labels`` table's ``column`` for each sample of ``ids`` (matched by FID/IID;
+    :data:`NO_LABEL` for a sample without a row or with an empty cell), and the match counts."""
+    t = read_table(path, "report.labels")
+    if column is None:
+        if len(t.columns) != 1:
+            raise InputError(f"report.labels {path} has {len(t.columns)} columns besides FID IID "
+                             f"({', '.join(t.columns[:10])}{', ...' if len(t.columns) > 10 else ''}): name the one "
+                             f"that colours the PC plots with report.label_column")
+        column = t.columns[0]
+    try:
+        values = t.text(column)
+    except InputError as exc:
+        raise InputError(f"report.label_column {column!r}: {exc}") from None
+    rows = align_rows(t, ids)
+    labels = np.array([NO_LABEL if r < 0 or values[r] is None else values[r] for r in rows], dtype=object)
+    labelled = labels != NO_LABEL
+    counts = {"file": str(path), "column": column, "rows": len(t.fid), "rows_matched": int((rows >= 0).sum()),
+              "samples": len(ids), "samples_labelled": int(labelled.sum()),
+              "samples_without_label": int((~labelled).sum()), "levels": len(set(labels[labelled].tolist()))}
+    log.info("report.labels %s: column %s, %d of %d rows match a genotyped sample; %d of %d samples labelled "
+             "(%d distinct labels), %d shown as %r", path, column, counts["rows_matched"], counts["rows"],
+             counts["samples_labelled"], len(ids), counts["levels"], counts["samples_without_label"], NO_LABEL)
+    return column, labels, counts
 
 
 def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral") -> dict[str, int]:
@@ -440,6 +473,9 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         if keep.size < len(ids):
             got["design"] = _design_rows(d, keep)
             ids = [ids[i] for i in keep]
+    labels = None
+    if ids is not None and cfg.report.labels is not None:
+        labels = _attempt(problems, read_labels, cfg.report.labels, cfg.report.label_column, ids)
     if ids is not None:
         method = spectrum_method(cfg, len(ids))
         rmethod = reml_method(cfg, len(ids))
@@ -486,7 +522,7 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
                             replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod),
                             sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
                             selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
-                            grm_info=got.get("grm_info"),
+                            grm_info=got.get("grm_info"), labels=labels,
                             stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
                             filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}")
 
