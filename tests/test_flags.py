@@ -227,3 +227,14 @@ def test_parse_chr():
     assert parse_chr("1-22") == [str(i) for i in range(1, 23)]
     assert parse_chr("autosomes") == "autosomes"
     assert parse_chr("2,X,MT") == ["2", "X", "MT"]
+
+
+def test_main_called_again_keeps_one_terminal_handler(tmp_path, capsys):
+    """The CLI's stderr handler is replaced, not added again, when main() runs twice in one process
+    (before, the first call's handler wrote to a closed stream in later runs of a test session)."""
+    import logging
+
+    for _ in range(3):
+        assert main(["init", str(tmp_path / "t.yaml"), "--force"]) == 0
+    handlers = [h for h in logging.getLogger("bigmm").handlers if getattr(h, "bigmm_cli", False)]
+    assert len(handlers) == 1

@@ -115,6 +115,11 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     handler = TerminalHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setLevel(level)  # a run also logs INFO to its run.log, whatever the terminal shows
     handler.setFormatter(logging.Formatter("%(asctime)s bigmm %(levelname)s: %(message)s", "%H:%M:%S"))
+    # one terminal handler: main() called again in one process (a notebook, a test) replaces the
+    # earlier call's, which may write to a stream that is closed by now
+    for old in [h for h in log.handlers if getattr(h, "bigmm_cli", False)]:
+        log.removeHandler(old)
+    handler.bigmm_cli = True
     log.addHandler(handler)
     log.setLevel(level)
 
