@@ -19,6 +19,8 @@ read back, or a test's K).
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,10 @@ from .errors import InputError
 from .genotypes import LIBRARY_DTYPE, check_finite, standardize_block
 from .tasks import current_client, run_tasks, total_threads
 
+log = logging.getLogger("bigmm")
+
+#: passes run again when the block of vectors scattered to the workers is lost with them
+LOST_BLOCK_RETRIES = 2
 #: columns of X in one product of a pass (pieces aligned to the chunk starts), at most; fewer
 #: when n is large, so that a standardized piece stays within PIECE_BYTES (see piece_width). The
 #: products, and so the results, do not depend on how the pieces are grouped into tasks.
@@ -311,11 +317,20 @@ class GrmOperator:
         # start (embedded in the graph, it would reach the second worker only through the first)
         Mc = np.ascontiguousarray(M, dtype=self.dtype)
         client = current_client()
-        Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
         s = self.std
-        tasks = [task(self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept, want_diag)
-                 for grp in plan.groups]
-        return run_tasks(tasks, desc, combine=_sum_parts)
+        for attempt in range(LOST_BLOCK_RETRIES + 1):
+            Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
+            tasks = [task(self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept,
+                          want_diag) for grp in plan.groups]
+            try:
+                return run_tasks(tasks, desc, combine=_sum_parts)
+            except concurrent.futures.CancelledError as exc:
+                # the scattered block is lost when every worker that held it dies (a worker that
+                # joined after the broadcast has none): the pass runs again with a new copy
+                if client is None or attempt == LOST_BLOCK_RETRIES:
+                    raise
+                log.warning("%s: the block of vectors sent to the workers was lost with a worker (%s); "
+                            "the pass runs again", desc, exc)
 
     def xt(self, W: np.ndarray, desc: str | None = None) -> np.ndarray:
         """``Xᵀ W`` (p_all x m; zero rows for dropped variants) in one pass over the genotypes."""

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s at start-up)
+from scipy.special import chdtrc, ndtri  # chi2.sf, norm.ppf without importing scipy.stats (0.8 s at start-up)
 from scipy.linalg import solve_triangular
 
 from .errors import InputError
@@ -688,7 +688,8 @@ def liability_h2(h2: float, h2_se: float, prevalence: float, case_fraction: floa
     """
     if not (0.0 < prevalence < 1.0 and 0.0 < case_fraction < 1.0):
         raise ValueError("prevalence and case_fraction must be in (0, 1)")
-    z = stats.norm.pdf(stats.norm.isf(prevalence))
+    t = -ndtri(prevalence)  # the liability threshold Φ⁻¹(1 − K)
+    z = np.exp(-0.5 * t * t) / np.sqrt(2.0 * np.pi)
     c = prevalence ** 2 * (1.0 - prevalence) ** 2 / (z ** 2 * case_fraction * (1.0 - case_fraction))
     return h2 * c, h2_se * c
 

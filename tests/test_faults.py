@@ -328,6 +328,28 @@ def test_worker_killed_mid_pass_gives_the_same_spectrum(store_std, client):
     assert np.linalg.norm(spec.U @ spec.U.T - ref.U @ ref.U.T) < 1e-8
 
 
+@pytest.mark.distributed
+def test_a_pass_whose_scattered_block_died_with_its_only_worker_runs_again(store_std, caplog):
+    """One worker: killing it mid-pass loses the block of vectors scattered to it (before, the
+    pass failed with FutureCancelledError, "lost scattered data"); the pass runs again with a new
+    copy on the restarted worker and gives the same product."""
+    from distributed import Client
+
+    store, std = store_std
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(N, 60))
+    with local_cluster(1, 1) as cluster, Client(cluster) as c:
+        ref, _ = GrmOperator(store.genotypes, std).apply(M)
+        killer = WorkerKiller(c, lambda: True, "_apply_task")
+        killer.start()
+        with caplog.at_level("WARNING", logger="bigmm"):
+            got, _ = GrmOperator(store.genotypes, std).apply(M)
+        killer.join(10)
+        assert killer.error is None, killer.error
+    assert "was lost with a worker" in caplog.text and "the pass runs again" in caplog.text
+    np.testing.assert_allclose(got, ref, rtol=1e-10)  # the same sums, maybe in another order
+
+
 # ---------------------------------------------------------------------------
 # 2. the driver SIGKILLed in three stages: each rerun resumes, nothing committed is redone
 # ---------------------------------------------------------------------------
