@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Set up bigmm's environment with the test extra and run the test suite (tests/ and the library's
-# docstring examples). Extra arguments go to pytest. The report test renders report.html in headless
-# Chromium: on a Debian machine run as root (CI) it is installed here when missing.
+# docstring examples). Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup-env.sh --test
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing chromium for the report test (apt-get)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get -qq update >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium >/dev/null
+# Debian packages the tests use, installed (as root, CI) beside pip's install rather than after it:
+# Chromium for the report test, slurm-wlm + munge for the SLURM tests (scripts/ci/slurm-local.sh)
+apt_pid=
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm munge)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${missing[*]} for the tests (apt-get)" >&2
+  (export DEBIAN_FRONTEND=noninteractive
+   apt-get -qq update >/dev/null && apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null \
+     || echo "apt-get could not install ${missing[*]}: the tests that need them say so and skip" >&2) &
+  apt_pid=$!
 fi
+bash scripts/setup-env.sh --test
+if [ -n "$apt_pid" ]; then wait "$apt_pid" || true; fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
