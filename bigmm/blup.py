@@ -106,6 +106,22 @@ def _group_weights(spec: Spectrum, Z: np.ndarray, rot, fit_by_name: dict) -> np.
     return W
 
 
+def _fit_context(spectrum: Spectrum, design, result, rows, rows_spectrum, what: str):
+    """(design, rows, the spectrum over ``rows``, fits by name) of a fit, checked: the design
+    the fits were made on, with each group's observed samples."""
+    design = result.design if design is None else design
+    if design is None or design.Z is None:
+        raise InputError(f"{what} needs the design the fits were made on (a result of "
+                         "bigmm.fit_reml, or the RotatedDesign from bigmm.reml.rotate)")
+    if any(rot.obs is None for rot in design.groups):
+        raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
+                         "rerun its rotate stage")
+    rows = np.arange(spectrum.n) if rows is None else np.asarray(rows)
+    own = spectrum if rows.size == spectrum.n else (rows_spectrum if rows_spectrum is not None
+                                                    else spectrum.subset(rows))
+    return design, rows, own, {f.name: f for f in result.fits}
+
+
 def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: RemlResult,
                    rows: np.ndarray | None = None, rows_spectrum: Spectrum | None = None) -> Blup:
     """BLUP of the genetic values of every sample of ``spectrum``.
@@ -137,20 +153,10 @@ def genetic_values(spectrum: Spectrum, design: RotatedDesign | None, result: Rem
     >>> bigmm.genetic_values(spec, None, fit).genetic_values.shape   # or bigmm.predict(fit, spec)
     (80, 1)
     """
-    design = result.design if design is None else design
-    if design is None or design.Z is None:
-        raise InputError("genetic_values needs the design the fits were made on (a result of "
-                         "bigmm.fit_reml, or the RotatedDesign from bigmm.reml.rotate)")
-    n = spectrum.n
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    own = spectrum if rows.size == n else (rows_spectrum if rows_spectrum is not None else spectrum.subset(rows))
-    fits = {f.name: f for f in result.fits}
-    m = len(design.phenotype_names)
+    design, rows, own, fits = _fit_context(spectrum, design, result, rows, rows_spectrum, "genetic_values")
+    n, m = spectrum.n, len(design.phenotype_names)
     W = np.zeros((n, m))
     for rot in design.groups:
-        if rot.obs is None:
-            raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
-                             "rerun its rotate stage")
         if rot.method == "subset_spectrum":
             Wg = _group_weights(own.subset(rot.obs), design.Z[rot.obs], rot, fits)
             grows = rows[np.flatnonzero(rot.obs)]
@@ -293,20 +299,10 @@ def leave_one_out(spectrum: Spectrum, design: RotatedDesign | None, result: Reml
     uses that spectrum; with indicator columns, they are added to Z (the indicator formulation
     gives exactly the observed samples' P), at O(n k (c + n_missing)) per phenotype.
     """
-    design = result.design if design is None else design
-    if design is None or design.Z is None:
-        raise InputError("leave_one_out needs the design the fits were made on (a result of "
-                         "bigmm.fit_reml, or the RotatedDesign from bigmm.reml.rotate)")
-    n = spectrum.n
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    own = spectrum if rows.size == n else (rows_spectrum if rows_spectrum is not None else spectrum.subset(rows))
-    fits = {f.name: f for f in result.fits}
-    m = len(design.phenotype_names)
+    design, rows, own, fits = _fit_context(spectrum, design, result, rows, rows_spectrum, "leave_one_out")
+    n, m = spectrum.n, len(design.phenotype_names)
     y_all, pred, gen = (np.full((n, m), np.nan) for _ in range(3))
     for rot in design.groups:
-        if rot.obs is None:
-            raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
-                             "rerun its rotate stage")
         obs = rot.obs
         Z = design.Z
         h2 = np.array([fits[nm].h2 for nm in rot.names])
