@@ -55,7 +55,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 #: the table layouts bigmm reads, for error messages
 LAYOUTS = ("accepted layouts: 'fid_iid' (the default): FID IID then values, with a header line "
            "'FID IID name ...' (or PLINK 2's '#FID IID ...') or without one (GCTA/PLINK: columns "
-           "1, 2, ...); 'gemma' (phenotypes.layout: gemma): no IDs and no header, one column per "
+           "PHENO1, PHENO2, ... of a phenotype file, 1, 2, ... of a covariate file); 'gemma' (phenotypes.layout: gemma): no IDs and no header, one column per "
            "phenotype, one row per genotyped sample in .fam order, NA for missing")
 #: what a GEMMA ``-p`` file read as FID IID (values taken for IDs) is told
 GEMMA_HINT = ("this looks like GEMMA's phenotype layout (no IDs, one column per phenotype, rows in "
