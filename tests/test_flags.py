@@ -12,7 +12,7 @@ import bigmm
 from bigmm.errors import InputError
 from bigmm.pipeline.cli import build_parser, main
 from bigmm.pipeline.config import load_config, parse_config
-from bigmm.pipeline.flags import config_from_flags, flag_config, parse_chr, phenotype_column
+from bigmm.pipeline.flags import config_from_flags, flag_config, parse_chr, phenotype_columns
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +79,20 @@ def test_flag_run_equals_yaml_run_and_resumes(cohort, tmp_path, capsys, one_clus
     assert text.startswith("# bigmm run configuration made from the flags of")
     assert "--mpheno 2" in text.splitlines()[1]
     cfg = load_config(out / "config.yaml")
-    assert cfg.phenotypes.columns == ["2"] and cfg.predict.blup
+    assert cfg.phenotypes.columns == ["PHENO2"] and cfg.predict.blup
     ref = load_config(yml)
-    # the same analysis: every key equal but the output directory and --blup
+    # the same analysis: every key equal but the output directory and --blup (and the column,
+    # which the flags name: the YAML's 2 is the same column of the headerless file, PHENO2)
     dump, ref_dump = cfg.model_dump(mode="json"), ref.model_dump(mode="json")
     for doc in (dump, ref_dump):
-        doc.pop("output"), doc.pop("predict")
+        doc.pop("output"), doc.pop("predict"), doc["phenotypes"].pop("columns")
     assert dump == ref_dump
 
     a = json.loads((tmp_path / "yaml_out" / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
-    assert [p["name"] for p in b["phenotypes"]] == ["2"]
+    # a headerless file's phenotypes are named as PLINK 2 names them, in both runs
+    assert [p["name"] for p in b["phenotypes"]] == [p["name"] for p in a["phenotypes"]] == ["PHENO2"]
+    assert (out / "hsq" / "PHENO2.hsq").exists()
     assert b["n_variants"] == a["n_variants"] and b["n_samples"] == a["n_samples"]
     for pa, pb in zip(a["phenotypes"], b["phenotypes"]):
         for key in ("n", "h2", "h2_se", "sigma2_g", "sigma2_e", "logl_reml", "lrt_pvalue"):
@@ -110,10 +113,15 @@ def test_flag_run_equals_yaml_run_and_resumes(cohort, tmp_path, capsys, one_clus
 
 
 def test_mpheno_names_the_column(cohort):
-    assert phenotype_column(str(cohort / "pheno.txt"), 2) == "2"  # headerless: named by position
-    assert phenotype_column(str(cohort / "pheno_headed.tsv"), 2) == "trait2"
+    # headerless: named by position as PLINK 2 does
+    assert phenotype_columns(str(cohort / "pheno.txt"), [2]) == ["PHENO2"]
+    assert phenotype_columns(str(cohort / "pheno.txt"), ["PHENO2", 1]) == ["PHENO2", "PHENO1"]
+    assert phenotype_columns(str(cohort / "pheno_headed.tsv"), [2]) == ["trait2"]
+    assert phenotype_columns(str(cohort / "pheno_headed.tsv"), ["trait2", 1]) == ["trait2", "trait1"]
     with pytest.raises(InputError, match=r"--mpheno 3: .* has 2 phenotype columns .*trait1, trait2"):
-        phenotype_column(str(cohort / "pheno_headed.tsv"), 3)
+        phenotype_columns(str(cohort / "pheno_headed.tsv"), [3])
+    with pytest.raises(InputError, match=r"--pheno-name bmi: .* no column 'bmi'.*trait1, trait2"):
+        phenotype_columns(str(cohort / "pheno_headed.tsv"), ["bmi"], flag="--pheno-name")
 
 
 def _args(*argv):
@@ -238,3 +246,262 @@ def test_main_called_again_keeps_one_terminal_handler(tmp_path, capsys):
         assert main(["init", str(tmp_path / "t.yaml"), "--force"]) == 0
     handlers = [h for h in logging.getLogger("bigmm").handlers if getattr(h, "bigmm_cli", False)]
     assert len(handlers) == 1
+
+
+# -- the flags a GCTA, GEMMA, BOLT or PLINK 2 user types (issue 21) --------------------------------
+
+GEMMA_FAM = Path(__file__).parent / "data" / "gemma_fam"  # .fam with 3 phenotypes, GEMMA's -p file
+
+
+def _flag_cfg(argv):
+    """The configuration ``bigmm reml argv`` writes (through the parser's own checks)."""
+    parser = build_parser()
+    args = parser.parse_args(["reml", *argv])
+    from bigmm.pipeline.flags import check_flags
+    check_flags(args.flag_parser, args)
+    return parse_config(config_from_flags(args))
+
+
+def _yaml_cfg(tmp_path, raw):
+    """A configuration written by hand, read as ``bigmm run`` reads it."""
+    path = tmp_path / "hand.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def _same(a, b, *skip):
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    for d in (da, db):
+        d.pop("output")
+        for key in skip:
+            d.pop(key)
+    assert da == db
+
+
+@pytest.mark.parametrize("flags, keys", [
+    (["--standardize", "sample_sd"], {"variants": {"standardize": "sample_sd"}}),
+    (["--standardize", "center"], {"variants": {"standardize": "center"}}),
+    (["--mpheno", "1,3"], {"phenotypes": {"columns": [1, 3]}}),
+    (["--mpheno", "1", "3"], {"phenotypes": {"columns": [1, 3]}}),
+    (["--mpheno", "all"], {"phenotypes": {"columns": "all"}}),
+    (["--pheno-layout", "fid_iid"], {"phenotypes": {"layout": "fid_iid"}}),
+])
+def test_flags_write_their_keys_gemma_fileset(tmp_path, flags, keys):
+    """Each flag's configuration equals the one written by hand with its key (GEMMA's fileset,
+    phenotypes in GEMMA's -p layout or in the .fam)."""
+    gemma = str(GEMMA_FAM / "pheno_gemma.txt")
+    base = ["--bfile", str(GEMMA_FAM / "cohort"), "--pheno", gemma, "--pheno-layout", "gemma", "--out", "o"]
+    raw = {"genotypes": {"plink": str(GEMMA_FAM / "cohort")},
+           "phenotypes": {"file": gemma, "layout": "gemma", "columns": [1]}, "output": "o"}
+    for section, values in keys.items():
+        raw.setdefault(section, {}).update(values)
+    if raw["phenotypes"]["layout"] == "fid_iid":  # --pheno-layout given twice: the last counts
+        raw["phenotypes"]["columns"] = ["PHENO1"]
+    got = _flag_cfg(base + flags)
+    want = _yaml_cfg(tmp_path, raw)
+    if got.phenotypes.layout == "gemma" and got.phenotypes.columns != "all":
+        # the flags name GEMMA's column N PHENO{N}; by hand it is N: the same column (below)
+        assert got.phenotypes.columns == [f"PHENO{c}" for c in raw["phenotypes"]["columns"]]
+        _same(got.model_copy(update={"phenotypes": want.phenotypes}), want)
+    else:
+        _same(got, want)
+
+
+def test_pheno_fam_takes_several_columns(tmp_path):
+    bfile = ["--bfile", str(GEMMA_FAM / "cohort"), "--out", "o"]
+    hand = {"genotypes": {"plink": str(GEMMA_FAM / "cohort")}, "output": "o"}
+    for flags, fam in ((["1", "3"], [1, 3]), (["1,3"], [1, 3]), (["all"], "all"), (["2"], 2)):
+        _same(_flag_cfg(bfile + ["--pheno-fam", *flags]),
+              _yaml_cfg(tmp_path, {**hand, "phenotypes": {"fam": fam}}))
+    # a single number stays valid in a config file, and lists are checked
+    assert _yaml_cfg(tmp_path, {**hand, "phenotypes": {"fam": 2}}).phenotypes.fam == 2
+    with pytest.raises(Exception, match="each once"):
+        _yaml_cfg(tmp_path, {**hand, "phenotypes": {"fam": [1, 1]}})
+
+
+def test_gemma_layout_and_fam_columns_read_the_same_phenotypes(tmp_path):
+    """--pheno FILE --pheno-layout gemma --mpheno 1,3 reads what --pheno-fam 1,3 reads (the fixture's
+    .fam and GEMMA file hold the same values), and --pheno-fam all every column."""
+    from bigmm.pipeline.validate import validate
+
+    common = ["--bfile", str(GEMMA_FAM / "cohort"), "--standardize", "center", "--out", str(tmp_path / "o")]
+    a = validate(_flag_cfg(common + ["--pheno", str(GEMMA_FAM / "pheno_gemma.txt"), "--pheno-layout",
+                                     "gemma", "--mpheno", "1,3"])).design
+    b = validate(_flag_cfg(common + ["--pheno-fam", "1,3"])).design
+    c = validate(_flag_cfg(common + ["--pheno-fam", "all"])).design
+    assert a.phenotype_names == b.phenotype_names == ["PHENO1", "PHENO3"]
+    assert c.phenotype_names == ["PHENO1", "PHENO2", "PHENO3"]
+    np.testing.assert_array_equal(a.analysed, b.analysed)
+    np.testing.assert_array_equal(a.Y, b.Y)
+    np.testing.assert_array_equal(c.Y[:, [0, 2]][c.analysed], b.Y[b.analysed])
+
+
+def test_pheno_name_mpheno_names_and_covar_name_write_their_keys(cohort, tmp_path):
+    d = cohort
+    base = ["--bfile", str(d / "c"), "--pheno", str(d / "pheno_headed.tsv"), "--out", "o"]
+    hand = {"genotypes": {"plink": str(d / "c")}, "output": "o",
+            "phenotypes": {"file": str(d / "pheno_headed.tsv"), "columns": ["trait2", "trait1"]}}
+    want = _yaml_cfg(tmp_path, hand)
+    for flags in (["--pheno-name", "trait2,trait1"], ["--pheno-name", "trait2", "trait1"],
+                  ["--mpheno", "trait2,trait1"], ["--mpheno", "trait2", "1"], ["--mpheno", "2,1"]):
+        _same(_flag_cfg(base + flags), want)
+    # PLINK 2's --covar-name: named columns of a covariate table with a header; a text column
+    # (sex: F/M) is a category, as PLINK 2 takes it
+    got = _flag_cfg(base + ["--pheno-name", "trait2,trait1", "--covar", str(d / "covar_headed.tsv"),
+                            "--covar-name", "sex,age"])
+    _same(got, _yaml_cfg(tmp_path, {**hand, "covariates": {"file": str(d / "covar_headed.tsv"),
+                                                          "columns": ["sex", "age"], "categorical": ["sex"]}}))
+    # a headerless file's columns are PHENO1, PHENO2 (or numbers)
+    assert _flag_cfg(["--bfile", str(d / "c"), "--pheno", str(d / "pheno.txt"), "--pheno-name", "PHENO2",
+                      "--out", "o"]).phenotypes.columns == ["PHENO2"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mpheno", "1,1"], "argument --mpheno: 1 given twice"),
+    (["--mpheno", "all,2"], "'all' fits every column: give it alone"),
+    (["--mpheno", "1", "--pheno-name", "trait1"], "one of --mpheno or --pheno-name"),
+    (["--covar-name", "age", "-", "--covar"], "--covar-name picks columns of --covar FILE"),
+    (["--standardize", "gemma"], "invalid choice: 'gemma'"),
+    (["--pheno-layout", "plink"], "invalid choice: 'plink'"),
+])
+def test_bad_new_flags_are_argparse_errors(cohort, tmp_path, capsys, extra, message):
+    drop = extra[extra.index("-") + 1:] if "-" in extra else []  # after "-": flags to leave out
+    argv = _flags(cohort, tmp_path / "o", *extra[:len(extra) - len(drop) - bool(drop)])
+    for flag in drop:
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "bigmm reml: error:" in err and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_flag_names_standardize_equal_the_yaml_run(cohort, tmp_path, one_cluster):
+    """--standardize sample_sd --pheno-name/--mpheno names --covar-name give the numbers of the
+    run of variants.standardize, phenotypes.columns and covariates.file/columns/categorical
+    written by hand."""
+    d = cohort
+    yml = tmp_path / "run.yaml"
+    yml.write_text(yaml.safe_dump({
+        "genotypes": {"plink": str(d / "c")},
+        "variants": {"standardize": "sample_sd"},
+        "phenotypes": {"file": str(d / "pheno_headed.tsv"), "columns": ["trait2", "trait1"]},
+        "covariates": {"file": str(d / "covar_headed.tsv"), "columns": ["age", "sex"], "categorical": ["sex"]},
+        "output": str(tmp_path / "yaml_out"), "cluster": {"workers": 1}}))
+    assert main(["run", str(yml)]) == 0
+    a = json.loads((tmp_path / "yaml_out" / "results.json").read_text())
+    common = ["reml", "--bfile", str(d / "c"), "--pheno", str(d / "pheno_headed.tsv"), "--standardize",
+              "sample_sd", "--covar", str(d / "covar_headed.tsv"), "--covar-name", "age,sex", "--workers", "1"]
+    for i, select in enumerate((["--pheno-name", "trait2,trait1"], ["--mpheno", "trait2", "1"])):
+        out = tmp_path / f"flag_out{i}"
+        assert main(common + select + ["--out", str(out)]) == 0
+        assert load_config(out / "config.yaml").variants.standardize == "sample_sd"
+        b = json.loads((out / "results.json").read_text())
+        assert [p["name"] for p in b["phenotypes"]] == [p["name"] for p in a["phenotypes"]] == ["trait2", "trait1"]
+        for pa, pb in zip(a["phenotypes"], b["phenotypes"]):
+            for key in ("n", "h2", "h2_se", "sigma2_g", "sigma2_e", "logl_reml"):
+                # the same configuration through the same code: round-off only
+                assert pb[key] == pytest.approx(pa[key], rel=1e-10, abs=1e-12), key
+            assert [f["name"] for f in pb["fixed_effects"]] == [f["name"] for f in pa["fixed_effects"]]
+
+
+def test_reml_flags_of_gcta_are_accepted_and_change_nothing(cohort, tmp_path, capsys):
+    argv = _flags(cohort, tmp_path / "o")
+    plain, _ = flag_config(build_parser().parse_args(argv), argv)
+    for extra in (["--reml"], ["--reml", "--reml-no-lrt"]):
+        cfg, text = flag_config(build_parser().parse_args(argv + extra), argv + extra)
+        assert cfg == plain
+        assert " ".join(extra) in text.splitlines()[1]  # the command line is recorded as typed
+    with pytest.raises(SystemExit):
+        main(["reml", "--help"])
+    assert "--reml accepted for GCTA compatibility; bigmm reml always fits REML" in \
+        " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, wrong, right", [
+    (["reml", "--bfile", "x", "--pheno", "p", "--cov", "c.txt", "--out", "o"], "--cov", "--covar"),
+    (["reml", "--bfile", "x", "--pheno", "p", "--covr", "c.txt", "--out", "o"], "--covr", "--covar"),
+    (["reml", "--bfile", "x", "--pheno", "p", "--ot", "o"], "--ot", "--out"),  # before "--out is required"
+    (["reml", "--bfile", "x", "--pheno", "p", "--pheno_fam", "1", "--out", "o"], "--pheno_fam", "--pheno-fam"),
+    (["run", "x.yaml", "--forc"], "--forc", "--force"),
+    (["init", "--forc"], "--forc", "--force"),
+    (["check", "x.yaml", "--no-clust"], "--no-clust", "--no-cluster"),
+    (["submit", "x.yaml", "--subm"], "--subm", "--submit"),
+    (["score", "--ru", "r", "--bfile", "x", "--out", "o"], "--ru", "--run"),
+    (["ingest", "--bfile", "x", "--out", "o", "--chunk", "1,2"], "--chunk", "--chunks"),
+    (["simulate", "--n", "5", "--p", "5", "--out", "o", "--genotype-miss", "0.1"], "--genotype-miss",
+     "--genotype-missing"),
+    (["--verb", "init"], "--verb", "--verbose"),
+])
+def test_abbreviations_are_refused_with_a_suggestion(argv, wrong, right, capsys, tmp_path, monkeypatch):
+    """A flag is taken by its whole name only (argparse would take --cov for --covar); an unknown
+    one is answered with the nearest flags of its command."""
+    monkeypatch.chdir(tmp_path)  # a command that were run anyway would write here
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"unrecognized argument {wrong}: did you mean {right}" in err
+    assert err.startswith(f"bigmm {argv[0]}: error:" if not argv[0].startswith("-") else "bigmm: error:")
+
+
+def test_unknown_flag_without_a_near_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["reml", "--bfile", "x", "--pheno", "p", "--zzzzzz", "--out", "o"])
+    assert "unrecognized argument --zzzzzz (bigmm reml --help lists the flags)" in capsys.readouterr().err
+
+
+def test_gemma_file_given_as_fid_iid_gets_the_layout_hint(tmp_path, capsys):
+    """GEMMA's -p file (NA in the first rows) passed to --pheno: not "duplicate sample NA/NA" but
+    the layout to use; also for one- and two-column GEMMA files."""
+    rows = (GEMMA_FAM / "pheno_gemma.txt").read_text().splitlines()
+    for name, lines in (("na.txt", ["NA NA NA", "NA NA 5.1"] + rows[2:]),
+                        ("two.txt", [" ".join(r.split()[:2]) for r in rows]),
+                        ("one.txt", [r.split()[0] for r in rows])):
+        path = tmp_path / name
+        path.write_text("\n".join(lines) + "\n")
+        out = tmp_path / f"o_{name}"
+        code = main(["reml", "--bfile", str(GEMMA_FAM / "cohort"), "--pheno", str(path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "use --pheno-layout gemma (phenotypes.layout: gemma)" in err, (name, err)
+        assert not out.exists()
+    # integer IDs repeated are a real duplicate: no GEMMA hint
+    (tmp_path / "dup.txt").write_text("1 1 2.5\n1 1 3.5\n")
+    with pytest.raises(InputError, match="duplicate sample 1/1") as exc:
+        __import__("bigmm").read_table(tmp_path / "dup.txt", "phenotype")
+    assert "GEMMA" not in str(exc.value)
+
+
+def test_headerless_phenotypes_are_named_like_plink2(tmp_path):
+    """A headerless phenotype file's columns are PHENO1, PHENO2 (PLINK 2's names, as the .fam's),
+    not 1, 2 (results "1" and hsq/1.hsq); a number still picks the column, and a headerless
+    covariate file keeps its numbered names."""
+    from bigmm.io.tables import build_design, read_table
+
+    (tmp_path / "p.txt").write_text("".join(f"F{i} I{i} {i * 1.5} {i % 3}\n" for i in range(1, 9)))
+    ids = [(f"F{i}", f"I{i}") for i in range(1, 9)]
+    assert read_table(tmp_path / "p.txt", "phenotype").columns == ["PHENO1", "PHENO2"]
+    assert read_table(tmp_path / "p.txt", "covariate").columns == ["1", "2"]
+    for columns in (["2"], ["PHENO2"], [2]):
+        d = build_design(ids, tmp_path / "p.txt", columns)
+        assert d.phenotype_names == ["PHENO2"]
+        np.testing.assert_array_equal(d.Y[:, 0], [i % 3 for i in range(1, 9)])
+    assert build_design(ids, tmp_path / "p.txt").phenotype_names == ["PHENO1", "PHENO2"]
+    with pytest.raises(InputError, match=r"no column '3'.*PHENO1, PHENO2 \(no header line"):
+        build_design(ids, tmp_path / "p.txt", ["3"])
+
+
+def test_help_says_what_gcta_users_meet(capsys):
+    def help_text(command):  # without the line breaks (and spaces) argparse wraps the help with
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return "".join(capsys.readouterr().out.split())
+
+    text = help_text("reml")
+    for said in ("not a file prefix as GCTA's",  # --out is a folder
+                 "PLINK 2's PREFIX.rel.bin/.rel.id",  # --grm
+                 "gcta (default; GCTA's GRM", "center (GEMMA -gk 1), sample_sd (GEMMA -gk 2; BOLT-REML"):
+        assert "".join(said.split()) in text, said
+    assert "".join("y = 1 + 0.5 (age - 50)/10 + 0.3 sex + g + e".split()) in help_text("simulate")

@@ -2,7 +2,9 @@
 
 Tables are whitespace- or tab-separated with a header whose first two columns
 are ``FID IID`` (PLINK/GCTA style), or without a header (GCTA layout; columns
-are then named ``1``, ``2``, ... after FID and IID). They are read as UTF-8; a
+are then named ``1``, ``2``, ... after FID and IID, or ``PHENO1``, ``PHENO2``, ...
+in a phenotype file, as PLINK 2 names them; a column of a headerless table may
+also be asked for by its number). They are read as UTF-8; a
 byte-order mark at the start is ignored, and a gzip-compressed table (``.gz``,
 recognised by its content, whatever its name) is read transparently. Fields in
 double quotes (R's ``write.table``) lose the quotes.
@@ -53,8 +55,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 #: the table layouts bigmm reads, for error messages
 LAYOUTS = ("accepted layouts: 'fid_iid' (the default): FID IID then values, with a header line "
            "'FID IID name ...' (or PLINK 2's '#FID IID ...') or without one (GCTA/PLINK: columns "
-           "1, 2, ...); 'gemma' (phenotypes.layout: gemma): no IDs and no header, one column per "
+           "PHENO1, PHENO2, ... of a phenotype file, 1, 2, ... of a covariate file); 'gemma' (phenotypes.layout: gemma): no IDs and no header, one column per "
            "phenotype, one row per genotyped sample in .fam order, NA for missing")
+#: what a GEMMA ``-p`` file read as FID IID (values taken for IDs) is told
+GEMMA_HINT = ("this looks like GEMMA's phenotype layout (no IDs, one column per phenotype, rows in "
+              ".fam order): use --pheno-layout gemma (phenotypes.layout: gemma)")
+#: the names of a headerless phenotype file's columns (PLINK 2's, and those of the .fam's)
+PHENO_PREFIX = "PHENO"
 
 
 def is_missing(cell: str) -> bool:
@@ -94,15 +101,22 @@ class Table:
     iid: list[str]
     cells: list[list[str]]  # rows x columns (without FID/IID)
     lines: list[int]  # file line of each row
+    #: no header line: columns are named by position and may be asked for by number (``"2"``)
+    headerless: bool = False
 
     def column_index(self, name: str) -> int:
-        try:
+        if name in self.columns:
             return self.columns.index(name)
-        except ValueError:
-            raise InputError(f"{self.path}: no column {name!r}; the file has columns "
-                             f"{', '.join(self.columns) or 'none besides FID IID'}"
-                             + (" (no header line: columns are numbered from 1 after FID IID)"
-                                if self.columns and self.columns[0] == "1" else "")) from None
+        if self.headerless and name.isdigit() and 1 <= int(name) <= len(self.columns):
+            return int(name) - 1
+        raise InputError(f"{self.path}: no column {name!r}; the file has columns "
+                         f"{', '.join(self.columns) or 'none besides FID IID'}"
+                         + (f" (no header line: columns are named by position, or numbered from 1 "
+                            f"after FID IID)" if self.headerless else ""))
+
+    def column_name(self, name: str) -> str:
+        """The name of column ``name`` (``"2"`` of a headerless phenotype file is ``PHENO2``)."""
+        return self.columns[self.column_index(name)]
 
     def numeric(self, name: str) -> np.ndarray:
         """Column ``name`` as float64, NaN for missing; a clear error for text."""
@@ -158,7 +172,9 @@ def read_table(path: str | Path, what: str = "table") -> Table:
 
     With a header (first line ``FID IID ...``, or PLINK 2's ``#FID IID ...``) columns
     have its names; without one (GCTA's ``--pheno``/``--qcovar``/``--covar`` layout)
-    they are named by position after FID and IID: ``1``, ``2``, ...
+    they are named by position after FID and IID: ``1``, ``2``, ..., or ``PHENO1``,
+    ``PHENO2``, ... when ``what`` is ``"phenotype"`` (PLINK 2's names; a phenotype named
+    ``1`` would give results ``1`` and ``hsq/1.hsq``); either may be asked for by number.
     The file may be gzip-compressed and may start with a UTF-8 byte-order mark.
 
     Examples
@@ -186,16 +202,21 @@ def read_table(path: str | Path, what: str = "table") -> Table:
         return [_unquote(c) for c in fields] if '"' in line else fields
 
     header = split(header_line)
-    if len(header) < 2:
+    headerless = not (len(header) >= 2 and header[0].upper().lstrip("#") == "FID" and header[1].upper() == "IID")
+    if len(header) < 2 or (headerless and len(header) == 2 and what == "phenotype"):
         raise InputError(f"{path} line {lines[0][0]}: expected FID IID and at least one value, found "
-                         f"{len(header)} field; {LAYOUTS}")
-    if header[0].upper().lstrip("#") == "FID" and header[1].upper() == "IID":
+                         f"{len(header)} field{'s' if len(header) != 1 else ''}; "
+                         + (f"{GEMMA_HINT}; " if all(_number_or_missing(c) for c in header) else "")
+                         + LAYOUTS)
+    if not headerless:
         columns = header[2:]
         data = lines[1:]
         detected = f"read with its header line {lines[0][0]} (FID IID and {len(columns)} named columns)"
     else:
         # GCTA/PLINK layout without a header (--pheno, --qcovar, --covar): columns 1, 2, ...
-        columns = [str(i + 1) for i in range(len(header) - 2)]
+        # (PHENO1, PHENO2, ... for phenotypes)
+        prefix = PHENO_PREFIX if what == "phenotype" else ""
+        columns = [f"{prefix}{i + 1}" for i in range(len(header) - 2)]
         header = ["FID", "IID"] + columns
         data = lines
         detected = (f"read as headerless FID IID and {len(columns)} value columns (its line "
@@ -217,24 +238,31 @@ def read_table(path: str | Path, what: str = "table") -> Table:
         if key in seen:
             first = seen[key]
             same = (fid[first], iid[first]) == (fields[0], fields[1])
+            # GEMMA's values read as IDs (NA NA in two rows): say so rather than "duplicate sample"
+            # (integer IDs such as 1 1 repeated are a real duplicate: no hint)
+            gemma = headerless and all(_number_or_missing(c) for c in fields) and \
+                any(is_missing(c) or "." in c for c in fields[:2])
             raise InputError(f"{path} line {lineno}: duplicate sample {fields[0]}/{fields[1]} "
                              f"(first on line {linenos[first]}"
                              + ("" if same else f" as {fid[first]}/{iid[first]}, the same ID after "
-                                                f"Unicode NFC normalisation") + ")")
+                                                f"Unicode NFC normalisation") + ")"
+                             + (f"; its ID columns hold values, not IDs: {GEMMA_HINT}" if gemma else ""))
         seen[key] = len(fid)
         fid.append(fields[0])
         iid.append(fields[1])
         cells.append(fields[2:])
         linenos.append(lineno)
-    return Table(path=path, columns=columns, fid=fid, iid=iid, cells=cells, lines=linenos)
+    return Table(path=path, columns=columns, fid=fid, iid=iid, cells=cells, lines=linenos,
+                 headerless=headerless)
 
 
 def read_gemma_table(path: str | Path, sample_ids: Sequence[tuple[str, str]], what: str = "phenotype") -> Table:
     """Read a GEMMA phenotype file (``-p``): no IDs and no header, one column per phenotype,
     one row per genotyped sample in .fam order, ``NA`` (or -9) for missing.
 
-    Columns are named ``1``, ``2``, ... (GEMMA's ``-n``); rows take the IDs of ``sample_ids``
-    in order, so the row count must equal the number of genotyped samples.
+    Columns are named ``PHENO1``, ``PHENO2``, ... and may be asked for by number (``"1"``:
+    GEMMA's ``-n 1``); rows take the IDs of ``sample_ids`` in order, so the row count must
+    equal the number of genotyped samples.
     """
     path = Path(path)
     if not path.exists():
@@ -265,8 +293,8 @@ def read_gemma_table(path: str | Path, sample_ids: Sequence[tuple[str, str]], wh
                                  f"file has no header line and no ID columns ({LAYOUTS})") from None
         cells.append(fields)
         linenos.append(lineno)
-    return Table(path=path, columns=[str(j + 1) for j in range(width)], fid=[f for f, _ in ids],
-                 iid=[i for _, i in ids], cells=cells, lines=linenos)
+    return Table(path=path, columns=[f"{PHENO_PREFIX}{j + 1}" for j in range(width)], fid=[f for f, _ in ids],
+                 iid=[i for _, i in ids], cells=cells, lines=linenos, headerless=True)
 
 
 def fam_table(path: str | Path, fid: Sequence[str], iid: Sequence[str], cells: Sequence[Sequence[str]],
@@ -483,7 +511,9 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
     (['intercept', 'sex=M'], [True, True, True, True, True, False])
     """
     pheno = pheno_path if isinstance(pheno_path, Table) else read_table(pheno_path, "phenotype")
-    names = list(pheno.columns if pheno_columns in (None, "all") else pheno_columns)
+    # a headerless file's columns asked for by number ("2") are named as the file's ("PHENO2")
+    names = list(pheno.columns if pheno_columns in (None, "all") else
+                 [pheno.column_name(str(c)) for c in pheno_columns])
     if not names:
         raise InputError(f"phenotype file {pheno.path} has no phenotype columns")
     geno = _Genotyped(sample_ids)
@@ -497,9 +527,8 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                          f"(genotypes have e.g. {ex_g}; the phenotype file has e.g. {ex_p}); "
                          f"check the FID and IID columns"
                          + _hints(pheno, geno, *_near_matches(pheno, geno, rows))
-                         + (f"; its first two columns look like values, not IDs: a GEMMA-layout file "
-                            f"(no IDs, rows in .fam order) needs phenotypes.layout: gemma ({LAYOUTS})"
-                            if _numeric_ids(pheno) else ""))
+                         + (f"; its first two columns look like values, not IDs: {GEMMA_HINT} "
+                            f"({LAYOUTS})" if _numeric_ids(pheno) else ""))
     notes: dict = {"n_genotyped": n_gen, "n_in_phenotype_file": int(in_pheno.sum()),
                    "matches": [], "warnings": []}
     _record_match(notes, pheno, geno, rows, "phenotype")
@@ -597,17 +626,19 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                   notes=notes)
 
 
+def _number_or_missing(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return is_missing(cell)
+
+
 def _numeric_ids(table: Table) -> bool:
     """Whether every FID and IID of ``table`` reads as a number or a missing code with a
     fractional or missing value somewhere (GEMMA's values read as IDs)."""
-    def num(c):
-        try:
-            float(c)
-            return True
-        except ValueError:
-            return is_missing(c)
     cells = table.fid + table.iid
-    return all(num(c) for c in cells) and any("." in c or is_missing(c) for c in cells)
+    return all(_number_or_missing(c) for c in cells) and any("." in c or is_missing(c) for c in cells)
 
 
 def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:

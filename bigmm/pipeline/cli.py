@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -37,8 +38,54 @@ def _chunks(text: str) -> tuple[int, int]:
     return a, b
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that takes flags by their whole name only (``--cov`` is not taken for ``--covar``,
+    and a later flag cannot silently change what it stands for) and answers an unknown flag of
+    any command with the command's flags nearest to it ("did you mean --covar?")."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def suggest(self, flag: str) -> list[str]:
+        """This parser's long flags closest to ``flag`` (a typo, or an abbreviation), best first."""
+        names = [o for o in self._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(flag, names, n=3, cutoff=0.7)
+        longer = [o for o in names if o.startswith(flag) and o not in close]
+        return (close + longer)[:3]
+
+    def _unknown(self, flag: str) -> str:
+        near = self.suggest(flag)
+        also = f" (or {', '.join(near[1:])})" if len(near) > 1 else ""
+        return (f"unrecognized argument {flag}" + (f": did you mean {near[0]}{also}?" if near else
+                                                   f" ({self.prog} --help lists the flags)"))
+
+    def parse_known_args(self, args=None, namespace=None):
+        # an unknown flag is reported before argparse's other checks ("--ot DIR" would first say
+        # "--out is required"): a command's flags, or the top parser's up to the command's name
+        commands = set()
+        if self._subparsers is not None:
+            commands = {name for a in self._subparsers._group_actions for name in (a.choices or {})}
+        for token in (sys.argv[1:] if args is None else list(args)):
+            if token == "--" or token in commands:
+                break
+            flag = token.split("=", 1)[0]
+            if (len(flag) > 1 and flag.startswith("-") and flag not in self._option_string_actions
+                    and not self._negative_number_matcher.match(flag)):
+                self.error(self._unknown(flag))
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        # the top parser's leftovers ("unrecognized arguments: --verbos") get the same suggestion
+        if message.startswith("unrecognized arguments: "):
+            flags = [t.split("=", 1)[0] for t in message.split(": ", 1)[1].split() if t.startswith("-")]
+            if flags:
+                message = "; ".join(self._unknown(f) for f in flags)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bigmm", description="Linear mixed models for big genotype cohorts.")
+    p = _Parser(prog="bigmm", description="Linear mixed models for big genotype cohorts.")
     p.add_argument("--version", action="version", version=f"bigmm {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -92,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--chunks", type=_chunks, default=(2048, 8192), help="SAMPLES,VARIANTS per chunk")
     i.add_argument("--force", action="store_true", help="replace an existing store")
 
-    s = sub.add_parser("simulate", help="simulate a cohort with known heritability")
+    s = sub.add_parser("simulate", help="simulate a cohort with known heritability",
+                       description="Simulate genotypes and phenotypes with known heritability. Each trait is "
+                       "y = 1 + 0.5 (age - 50)/10 + 0.3 sex + g + e, with age ~ N(50, 10²) and sex 0/1 "
+                       "(F/M, M = 1) in PREFIX.covar.tsv, the genetic value g scaled to variance h2 and "
+                       "the noise e to 1 - h2 (both centred): h2 is the heritability once age and sex are "
+                       "fitted as covariates (bigmm reml ... --covar PREFIX.covar.tsv --covar-name age,sex; "
+                       "in a config covariates.file, columns: [age, sex], categorical: [sex]); a fit "
+                       "without them finds about h2 / 1.27 (age and sex add variance 0.25 + 0.3² / 4). "
+                       "PREFIX.truth.json records the settings.")
     s.add_argument("--n", type=int, required=True, help="samples")
     s.add_argument("--p", type=int, required=True, help="variants")
-    s.add_argument("--h2", type=float, nargs="+", default=[0.5], help="true h2 of each trait")
+    s.add_argument("--h2", type=float, nargs="+", default=[0.5],
+                   help="true h2 of each trait, given age and sex (see above)")
     s.add_argument("--out", required=True, help="output prefix: PREFIX.bed/.bim/.fam, "
                    "PREFIX.pheno.tsv, PREFIX.covar.tsv, PREFIX.truth.json")
     s.add_argument("--zarr", action="store_true", help="write a cohort store PREFIX.zarr instead of PLINK")

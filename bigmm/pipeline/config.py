@@ -24,6 +24,8 @@ from ..store import resolve_path
 
 #: an integer that YAML wrote as one: ``true`` or ``"12"`` is refused, not taken as 1 or 12
 Int = Annotated[int, Strict()]
+#: such an integer, from 1 on
+PosInt = Annotated[int, Strict(), Field(ge=1)]
 
 
 class _Section(BaseModel):
@@ -128,7 +130,8 @@ class SamplesConfig(_Section):
 
 
 def _names(v):
-    """Column names; a headerless (GCTA-layout) file's columns are 1, 2, ... and may be given as numbers."""
+    """Column names; a headerless (GCTA-layout) file's columns (1, 2, ...; PHENO1, PHENO2, ... of a phenotype
+    file) may be given as numbers."""
     if isinstance(v, list):
         return [str(x) for x in v]
     return v
@@ -137,9 +140,10 @@ def _names(v):
 class PhenotypesConfig(_Section):
     file: Optional[Path] = None
     """phenotype table: FID IID then values (header or GCTA's headerless layout), or GEMMA's layout"""
-    #: the N-th phenotype column of the .fam (1: column 6; GEMMA's -n N) instead of a file
-    fam: Optional[Int] = Field(None, ge=1)
-    """use the N-th phenotype column of the PLINK .fam (1 = column 6; GEMMA -n) instead of file"""
+    #: the N-th phenotype column of the .fam (1: column 6; GEMMA's -n N) instead of a file; a
+    #: list of such numbers, or "all", fits several
+    fam: Union[PosInt, list[PosInt], Literal["all"], None] = None
+    """instead of file, the N-th phenotype column(s) of the PLINK .fam (1 = column 6; GEMMA -n): N, [N, M] or all"""
     #: "fid_iid": FID IID then values (with or without a header); "gemma": no IDs, one column
     #: per phenotype, rows in .fam order (GEMMA's -p)
     layout: Literal["fid_iid", "gemma"] = "fid_iid"
@@ -162,6 +166,8 @@ class PhenotypesConfig(_Section):
                              "phenotype column of the PLINK .fam, 1 = column 6)")
         if self.fam is not None and self.columns != "all":
             raise ValueError("'columns' is for a phenotype file; with 'fam' the column is fam: N")
+        if isinstance(self.fam, list) and (not self.fam or len(set(self.fam)) != len(self.fam)):
+            raise ValueError(f"'fam' lists the .fam phenotype columns to fit, each once (got {self.fam})")
         if self.fam is not None and self.layout != "fid_iid":
             raise ValueError("'layout' is for a phenotype file, not 'fam'")
         return self

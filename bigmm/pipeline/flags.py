@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, InputError
-from ..io.tables import read_table
+from ..io.tables import PHENO_PREFIX, read_table
 from ..store import atomic_write_text
 from .config import RunConfig, parse_config
 
@@ -69,28 +69,78 @@ def parse_chr(text: str) -> list[str] | str:
     return out
 
 
-def _mpheno(text: str) -> int | str:
-    if text == "all":
-        return text
-    return _bounded(int, 1, what="--mpheno")(text)
+def _selectors(flag: str, names: bool = True, numbers: bool = True):
+    """A flag's value: one or several items separated by commas (the flag may also take several
+    values: ``--mpheno 1 3`` is ``--mpheno 1,3``); an item is ``all``, a number from 1 (if
+    ``numbers``) or a name (if ``names``). A list per value; :class:`_Items` joins them."""
+    number = _bounded(int, 1, what=flag)
+
+    def parse(text: str) -> list:
+        out: list = []
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+            if item == "all" and numbers:
+                out.append(item)
+            elif numbers and (item.isdigit() or item.lstrip("+-").isdigit() or not names):
+                out.append(number(item))
+            else:
+                out.append(item)
+        return out
+    return parse
+
+
+class _Items(argparse.Action):
+    """A flag of several items (``--mpheno 1,3``, ``--mpheno 1 3``, or the flag given twice):
+    their list, in order; ``all`` only alone, no item twice."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or []) + [x for v in values for x in v]
+        if "all" in items and len(items) > 1:
+            raise argparse.ArgumentError(self, "'all' fits every column: give it alone")
+        repeated = sorted({str(x) for x in items if items.count(x) > 1})
+        if repeated:
+            raise argparse.ArgumentError(self, f"{', '.join(repeated)} given twice")
+        setattr(namespace, self.dest, items)
 
 
 def add_flags(r: argparse.ArgumentParser) -> None:
     """The flags of ``bigmm reml`` (GCTA/PLINK names where they exist)."""
     g = r.add_argument_group("inputs")
     g.add_argument("--bfile", metavar="PREFIX", help="PLINK .bed/.bim/.fam fileset (genotypes.plink)")
-    g.add_argument("--grm", metavar="PREFIX", help="precomputed GCTA GRM PREFIX.grm.bin/.N.bin/.id (genotypes.grm)")
+    g.add_argument("--grm", metavar="PREFIX", help="precomputed GRM instead of genotypes: GCTA's "
+                   "PREFIX.grm.bin/.grm.N.bin/.grm.id or PLINK 2's PREFIX.rel.bin/.rel.id (genotypes.grm)")
     g.add_argument("--pheno", metavar="FILE", help="phenotype table: FID IID header, or headerless GCTA "
-                   "layout (phenotypes.file)")
-    g.add_argument("--mpheno", type=_mpheno, default=None, metavar="N",
-                   help="the N-th phenotype column of --pheno, counted from 1 after FID IID (default 1, "
-                   "as in GCTA/PLINK), or 'all' (phenotypes.columns)")
-    g.add_argument("--pheno-fam", type=_bounded(int, 1, what="--pheno-fam"), metavar="N",
-                   help="the phenotype in column N of the .fam file, instead of --pheno (phenotypes.fam)")
-    g.add_argument("--covar", metavar="FILE", help="discrete covariates, GCTA layout (covariates.covar)")
+                   f"layout (columns {PHENO_PREFIX}1, {PHENO_PREFIX}2, ...), or GEMMA's with "
+                   "--pheno-layout gemma (phenotypes.file)")
+    g.add_argument("--pheno-layout", choices=("fid_iid", "gemma"), metavar="fid_iid|gemma",
+                   help="layout of --pheno: fid_iid (default; FID IID then values) or gemma (GEMMA's -p "
+                   "file: no IDs, no header, one column per phenotype, one row per .fam line in .fam "
+                   "order; --mpheno N is GEMMA's -n N) (phenotypes.layout)")
+    g.add_argument("--mpheno", type=_selectors("--mpheno"), nargs="+", action=_Items, metavar="N|NAME",
+                   help="the phenotype(s) of --pheno to fit: numbers counted from 1 after FID IID "
+                   "(default 1, as in GCTA/PLINK), column names, several separated by commas (1,3 or "
+                   "bmi,height), or 'all' (phenotypes.columns)")
+    g.add_argument("--pheno-name", type=_selectors("--pheno-name", numbers=False), nargs="+", action=_Items,
+                   metavar="NAME", help="the phenotype column(s) of --pheno to fit, by header name, "
+                   "several separated by commas (PLINK 2; phenotypes.columns)")
+    g.add_argument("--pheno-fam", type=_selectors("--pheno-fam", names=False), nargs="+", action=_Items,
+                   metavar="N",
+                   help="the phenotype in column 5+N of the .fam file (1 = column 6), instead of --pheno; "
+                   "several as 1,2 or 1 2, or 'all' (phenotypes.fam)")
+    g.add_argument("--covar", metavar="FILE", help="discrete covariates, GCTA layout: every column a "
+                   "category (covariates.covar); with --covar-name a table with a header whose named "
+                   "columns are used (covariates.file)")
+    g.add_argument("--covar-name", type=_selectors("--covar-name", numbers=False), nargs="+", action=_Items,
+                   metavar="NAME", help="the covariates of --covar to use, by header name, several "
+                   "separated by commas (PLINK 2): a column with a non-numeric value is a category, the "
+                   "others quantitative, as in PLINK 2 (covariates.file, .columns, .categorical)")
     g.add_argument("--qcovar", metavar="FILE", help="quantitative covariates, GCTA layout (covariates.qcovar)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help=f"run directory (output); the configuration is written to DIR/{CONFIG_NAME}")
+                   help="run directory (a folder, not a file prefix as GCTA's and PLINK's --out: "
+                   "results are DIR/results.tsv, DIR/hsq/NAME.hsq, ...); the configuration is written "
+                   f"to DIR/{CONFIG_NAME}")
     f = r.add_argument_group("sample and variant filters")
     f.add_argument("--keep", metavar="FILE", help="FID IID of the samples to keep (samples.keep)")
     f.add_argument("--remove", metavar="FILE", help="FID IID of the samples to drop (samples.remove)")
@@ -102,6 +152,10 @@ def add_flags(r: argparse.ArgumentParser) -> None:
                    help="drop variants with minor allele frequency below F (variants.min_maf)")
     f.add_argument("--geno", type=_bounded(float, 0.0, 1.0, what="--geno"), metavar="F",
                    help="drop variants with a missing-call rate above F (variants.max_missing)")
+    f.add_argument("--standardize", choices=("gcta", "center", "sample_sd"), metavar="gcta|center|sample_sd",
+                   help="genotype standardization of K (variants.standardize): gcta (default; GCTA's GRM, "
+                   "PLINK 2's --make-rel), center (GEMMA -gk 1), sample_sd (GEMMA -gk 2; BOLT-REML when "
+                   "every genotyped sample is analysed, e.g. with --keep)")
     m = r.add_argument_group("model and methods")
     m.add_argument("--prevalence", type=_bounded(float, 0.0, 1.0, True, True, what="--prevalence"), metavar="K",
                    help="population prevalence of a binary trait (phenotypes.prevalence)")
@@ -110,6 +164,11 @@ def add_flags(r: argparse.ArgumentParser) -> None:
                    help="eigenpairs of a randomized spectrum (spectrum.rank)")
     m.add_argument("--method", choices=("spectral", "matrix_free", "auto"), help="reml.method")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
+    m.add_argument("--reml", action="store_true",
+                   help="accepted for GCTA compatibility; bigmm reml always fits REML")
+    m.add_argument("--reml-no-lrt", action="store_true",
+                   help="accepted for GCTA compatibility; the LRT of h2 = 0 costs nothing and is always "
+                   "reported")
     c = r.add_argument_group("compute")
     c.add_argument("--workers", type=_bounded(int, 1, what="--workers"), metavar="N",
                    help="Dask workers (cluster.workers)")
@@ -126,8 +185,17 @@ def check_flags(parser: argparse.ArgumentParser, args) -> None:
         parser.error("give the genotypes with --bfile PREFIX (or a precomputed GRM with --grm PREFIX)")
     if (args.pheno is None) == (args.pheno_fam is None):
         parser.error("give the phenotype with one of --pheno FILE or --pheno-fam N")
-    if args.mpheno is not None and args.pheno is None:
-        parser.error("--mpheno picks a column of --pheno; with --pheno-fam give the column there")
+    for flag in ("mpheno", "pheno_name", "pheno_layout"):
+        if getattr(args, flag) is not None and args.pheno is None:
+            parser.error(f"--{flag.replace('_', '-')} is about --pheno FILE; with --pheno-fam give the "
+                         f"column(s) there")
+    if args.mpheno is not None and args.pheno_name is not None:
+        parser.error("give the phenotypes with one of --mpheno or --pheno-name")
+    if args.covar_name is not None and args.covar is None:
+        parser.error("--covar-name picks columns of --covar FILE: add it")
+    if "all" in (args.pheno_name or []) or "all" in (args.covar_name or []):
+        parser.error("--pheno-name and --covar-name take column names ('all': leave the flag out, "
+                     "or --mpheno all)")
     if args.rank is not None and args.spectrum not in ("randomized", "auto"):
         parser.error("--rank is the rank of a randomized spectrum: add --spectrum randomized (or auto)")
 
@@ -148,20 +216,36 @@ def config_from_flags(args) -> dict:
     if args.keep or args.remove:
         cfg["samples"] = {k: _abs(v) for k, v in (("keep", args.keep), ("remove", args.remove)) if v}
     variants = {"min_maf": args.maf, "max_missing": args.geno, "extract": _abs(args.extract),
-                "exclude": _abs(args.exclude), "chr": args.chr}
+                "exclude": _abs(args.exclude), "chr": args.chr, "standardize": args.standardize}
     variants = {k: v for k, v in variants.items() if v is not None}
     if variants:
         cfg["variants"] = variants
     pheno: dict = {}
     if args.pheno is not None:
         pheno["file"] = _abs(args.pheno)
-        pheno["columns"] = "all" if args.mpheno == "all" else [phenotype_column(args.pheno, args.mpheno or 1)]
+        if args.pheno_layout is not None:
+            pheno["layout"] = args.pheno_layout
+        chosen = args.pheno_name if args.pheno_name is not None else (args.mpheno or [1])
+        flag = "--pheno-name" if args.pheno_name is not None else "--mpheno"
+        pheno["columns"] = "all" if chosen == ["all"] else \
+            phenotype_columns(args.pheno, chosen, layout=args.pheno_layout or "fid_iid", flag=flag)
     else:
-        pheno["fam"] = args.pheno_fam
+        fam = args.pheno_fam  # one column stays a number, as phenotypes.fam: N
+        pheno["fam"] = fam[0] if len(fam) == 1 else fam
     if args.prevalence is not None:
         pheno["prevalence"] = args.prevalence
     cfg["phenotypes"] = pheno
-    cov = {k: _abs(v) for k, v in (("covar", args.covar), ("qcovar", args.qcovar)) if v}
+    cov: dict = {}
+    if args.covar is not None and args.covar_name is not None:
+        cov["file"] = _abs(args.covar)
+        cov["columns"] = list(args.covar_name)
+        categorical = categorical_columns(args.covar, args.covar_name)
+        if categorical:
+            cov["categorical"] = categorical
+    elif args.covar is not None:
+        cov["covar"] = _abs(args.covar)
+    if args.qcovar is not None:
+        cov["qcovar"] = _abs(args.qcovar)
     if cov:
         cfg["covariates"] = cov
     spectrum = {k: v for k, v in (("method", args.spectrum), ("rank", args.rank)) if v is not None}
@@ -179,20 +263,54 @@ def config_from_flags(args) -> dict:
     return cfg
 
 
-def phenotype_column(path: str, n: int) -> str:
-    """The name of the ``n``-th phenotype column (from 1, after FID IID) of a table with a header,
-    or ``"n"`` in a headerless GCTA-layout file (whose columns are named by position)."""
-    columns = read_table(path, "phenotype").columns
-    if n > len(columns):
-        raise InputError(f"--mpheno {n}: phenotype file {path} has {len(columns)} phenotype column"
-                         f"{'s' if len(columns) != 1 else ''} after FID IID"
-                         + (f" ({', '.join(columns[:10])})" if columns and not columns[0].isdigit() else ""))
-    return columns[n - 1]
+def phenotype_columns(path: str, chosen: list, layout: str = "fid_iid", flag: str = "--mpheno") -> list[str]:
+    """The names of the phenotype columns ``chosen`` (numbers from 1 after FID IID, or names)
+    of a phenotype table: its header's names, or ``PHENO1``, ``PHENO2``, ... in a headerless
+    GCTA-layout file. A GEMMA-layout file (read only with the genotypes' samples, when the run
+    is checked) has no header: its N-th column is ``PHENO{N}``."""
+    if layout == "gemma":
+        return [f"{PHENO_PREFIX}{c}" if isinstance(c, int) else c for c in chosen]
+    table = read_table(path, "phenotype")
+    columns = table.columns
+    out = []
+    for c in chosen:
+        if isinstance(c, int) and c > len(columns):
+            raise InputError(f"{flag} {c}: phenotype file {path} has {len(columns)} phenotype column"
+                             f"{'s' if len(columns) != 1 else ''} after FID IID"
+                             + (f" ({', '.join(columns[:10])})" if columns else ""))
+        if isinstance(c, int):
+            out.append(columns[c - 1])
+            continue
+        try:
+            out.append(table.column_name(c))
+        except InputError as exc:
+            raise InputError(f"{flag} {c}: {exc}") from None
+    return out
+
+
+def categorical_columns(path: str, names: list[str]) -> list[str]:
+    """The columns ``names`` of a covariate table that hold a value other than a number or a
+    missing code: PLINK 2 takes them as categories (``--covar-name``)."""
+    table = read_table(path, "covariate")
+    out = []
+    for name in names:
+        try:
+            table.column_index(name)
+        except InputError as exc:
+            raise InputError(f"--covar-name {name}: {exc}") from None
+        try:
+            table.numeric(name)  # numbers and missing codes only, or an error naming the value
+        except InputError:
+            out.append(name)
+    return out
 
 
 #: the flag of each configuration key the flag form sets (to name flags in its errors)
 FLAG_OF = {"genotypes.plink": "--bfile", "genotypes.grm": "--grm", "phenotypes.file": "--pheno",
-           "phenotypes.columns": "--mpheno", "phenotypes.fam": "--pheno-fam",
+           "phenotypes.columns": "--mpheno / --pheno-name", "phenotypes.fam": "--pheno-fam",
+           "phenotypes.layout": "--pheno-layout", "variants.standardize": "--standardize",
+           "covariates.file": "--covar with --covar-name", "covariates.columns": "--covar-name",
+           "covariates.categorical": "--covar-name",
            "phenotypes.prevalence": "--prevalence", "covariates.covar": "--covar",
            "covariates.qcovar": "--qcovar", "samples.keep": "--keep", "samples.remove": "--remove",
            "variants.extract": "--extract", "variants.exclude": "--exclude", "variants.chr": "--chr",

@@ -114,7 +114,10 @@ def stage_inputs(cfg: RunConfig, method: str, genotype_provenance: dict | None =
               "covariates": cfg.section_fingerprint("covariates"),
               "covariate_file": file_fingerprint(cfg.covariates.file),
               "qcovar_file": file_fingerprint(cfg.covariates.qcovar),
-              "covar_file": file_fingerprint(cfg.covariates.covar)}
+              "covar_file": file_fingerprint(cfg.covariates.covar),
+              # the reading rules: 1 = a headerless phenotype file's columns are PHENO1, PHENO2, ...
+              # (were 1, 2, ...), so a run made before reruns from here rather than mix the names
+              "rules": 1}
     return {
         "ingest": geno,
         # "rules": the definitions a committed output was made with (sample_sd over all n,

@@ -342,10 +342,14 @@ def _phenotype_source(phenotypes: PhenotypesConfig, fs: PlinkFileset | None, all
         if fs is None:
             raise ConfigError("phenotypes.fam needs genotypes.plink (its .fam)")
         t = fam_table(fs.paths["fam"], fs.fid, fs.iid, fs.fam_phenotypes, fs.fam_lines)
-        if phenotypes.fam > len(t.columns):
-            raise InputError(f"phenotypes.fam = {phenotypes.fam}: {fs.paths['fam']} has {len(t.columns)} "
-                             f"phenotype column(s) (column 6 on); fam: N reads column {5 + phenotypes.fam}")
-        return t, [t.columns[phenotypes.fam - 1]]
+        if phenotypes.fam == "all":
+            return t, list(t.columns)
+        wanted = phenotypes.fam if isinstance(phenotypes.fam, list) else [phenotypes.fam]
+        for n in wanted:
+            if n > len(t.columns):
+                raise InputError(f"phenotypes.fam = {phenotypes.fam}: {fs.paths['fam']} has {len(t.columns)} "
+                                 f"phenotype column(s) (column 6 on); fam: N reads column {5 + n}")
+        return t, [t.columns[n - 1] for n in wanted]
     if phenotypes.layout == "gemma":
         return read_gemma_table(phenotypes.file, all_ids, "phenotype"), phenotypes.columns
     return phenotypes.file, phenotypes.columns
