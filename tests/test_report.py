@@ -211,3 +211,117 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
             subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
                             f"--screenshot={shot}", url], capture_output=True, timeout=120)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------
+# relatedness: one read of the GRM, pairs classed on the normalised value
+# ---------------------------------------------------------------------------------------
+
+def _counting_store(path, reads):
+    """A zarr LocalStore that counts the reads of each key (a chunk read is one ``get`` of its key)."""
+    import zarr
+
+    class Counting(zarr.storage.LocalStore):
+        async def get(self, key, prototype=None, byte_range=None):
+            reads[key] = reads.get(key, 0) + 1
+            return await super().get(key, prototype, byte_range)
+
+    return Counting(str(path), read_only=True)
+
+
+def _grm_store(path, K, chunk):
+    import zarr
+
+    z = zarr.create_array(str(path), shape=K.shape, chunks=(chunk, chunk), dtype="float64")
+    z[...] = K
+    return z
+
+
+def _dense_grm(G):
+    """K = X Xᵀ / p, GCTA's standardization written out (no missing calls here)."""
+    f = G.mean(axis=0) / 2
+    X = (G - 2 * f) / np.sqrt(2 * f * (1 - f))
+    return X @ X.T / G.shape[1]
+
+
+def test_relatedness_reads_each_grm_chunk_once(tmp_path):
+    """The report's relatedness reads the saved GRM once: no chunk of K is decoded twice (the
+    diagonal read one element at a time decoded a whole chunk per element). 50 samples in chunks of
+    16: 16 chunks (4 x 4, uneven edges); the lower triangle with the diagonal is 10 of them."""
+    import zarr
+
+    from bigmm.pipeline.report import relatedness_summary
+
+    G = np.random.default_rng(1).binomial(2, 0.3, size=(50, 400)).astype(float)
+    G = G[:, G.std(axis=0) > 0]
+    K = _dense_grm(G)
+    _grm_store(tmp_path / "K.zarr", K, 16)
+    reads: dict = {}
+    arr = zarr.open_array(store=_counting_store(tmp_path / "K.zarr", reads), mode="r")
+    ids = [(f"F{i}", f"I{i}") for i in range(50)]
+    rel = relatedness_summary(arr, ids)
+    chunk_reads = {k: v for k, v in reads.items() if k.startswith("c/")}
+    assert max(chunk_reads.values()) == 1, chunk_reads
+    assert len(chunk_reads) == 10  # the lower triangle's chunks only (K is stored whole and symmetric)
+    # and the figures are those of the dense K (float64 sums in a different order: 1e-12)
+    off = K[np.triu_indices(50, 1)]
+    assert rel["pairs"] == off.size and rel["max"] == pytest.approx(off.max(), abs=1e-12)
+    assert rel["mean"] == pytest.approx(off.mean(), abs=1e-12)
+    assert rel["diag_mean"] == pytest.approx(np.diag(K).mean(), abs=1e-12)
+
+
+def test_relatedness_classes_on_the_normalised_value_with_inbred_samples(tmp_path):
+    """Inbred samples (K_ii ≈ 1 + F ≈ 2) and their relatives: a pair is classed by
+    K_ij / sqrt(K_ii K_jj), not by the raw K_ij (which is ≥ 0.707 for every first-degree pair of
+    fully inbred samples, and was called "duplicate"). Reference: the dense K of the same genotypes,
+    each pair's normalised value and KING's doubled cut-offs, written here."""
+    import zarr
+
+    from bigmm.pipeline.report import relatedness_summary
+
+    rng = np.random.default_rng(7)
+    n_out, p = 60, 3000
+    f = rng.uniform(0.1, 0.5, p)
+    hap = lambda: (rng.random(p) < f).astype(float)  # noqa: E731
+    G = [hap() + hap() for _ in range(n_out)]  # outbred samples
+    founders = [hap() for _ in range(6)]
+    inbred = []
+    for a in range(3):  # inbred lines: both haplotypes the same (F = 1); a "sib" line shares half its segments
+        h = founders[2 * a]
+        seg = np.repeat(rng.random(p // 100) < 0.5, 100)
+        sib = np.where(seg, h, founders[2 * a + 1])
+        inbred += [2 * h, 2 * sib]
+    G += inbred + [inbred[0].copy()]  # and a duplicate of the first inbred sample
+    G = np.array(G)
+    keep = (G.std(axis=0) > 0)
+    G = G[:, keep]
+    K = _dense_grm(G)
+    n = K.shape[0]
+    _grm_store(tmp_path / "K.zarr", K, 16)
+    ids = [(f"F{i}", f"I{i}") for i in range(n)]
+    rel = relatedness_summary(zarr.open_array(str(tmp_path / "K.zarr"), mode="r"), ids)
+
+    d = np.sqrt(np.diag(K))
+    R = K / np.outer(d, d)
+    i, j = np.triu_indices(n, 1)
+    order = np.argsort(-R[i, j], kind="stable")[:20]
+    cut = lambda v: ("duplicate or MZ twin" if v >= 0.707 else "1st degree" if v >= 0.354 else  # noqa: E731
+                     "2nd degree" if v >= 0.177 else "3rd degree" if v >= 0.088 else "")
+    got = [(tuple(t["a"]), tuple(t["b"])) for t in rel["top"]]
+    want = [(ids[i[o]], ids[j[o]]) for o in order]
+    assert set(got[:7]) == set(want[:7])  # the related pairs (ties below them may order differently)
+    for t in rel["top"]:
+        a, b = int(t["a"][1][1:]), int(t["b"][1][1:])
+        # float64 sums of the same products in another order: 1e-10
+        assert t["K"] == pytest.approx(K[a, b], abs=1e-10)
+        assert t["K_aa"] == pytest.approx(K[a, a], abs=1e-10) and t["K_bb"] == pytest.approx(K[b, b], abs=1e-10)
+        assert t["K_normalised"] == pytest.approx(R[a, b], abs=1e-10)
+        assert t["class"] == cut(R[a, b])
+    # the fixture is what it says: inbred diagonals near 2, inbred sibs raw K ≥ 0.707 but normalised ≈ 0.5
+    first = n_out
+    assert K[first, first] > 1.7 and K[first, first + 1] > 0.707 and 0.35 < R[first, first + 1] < 0.65
+    classes = {(tuple(t["a"]), tuple(t["b"])): t["class"] for t in rel["top"]}
+    assert classes[(ids[first], ids[n - 1])] == "duplicate or MZ twin"
+    for a in range(3):
+        assert classes[(ids[first + 2 * a], ids[first + 2 * a + 1])] == "1st degree"
+    assert sum(c == "duplicate or MZ twin" for c in classes.values()) == 1
