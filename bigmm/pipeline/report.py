@@ -141,6 +141,8 @@ RELATEDNESS_CLASSES = ((0.707, "duplicate or MZ twin"), (0.354, "1st degree"), (
                        (0.088, "3rd degree"))
 #: the largest off-diagonal pairs of K listed in the report
 TOP_PAIRS = 20
+#: relatedness_summary works on tiles of at most TILE x TILE entries of a band it has read
+TILE = 1024
 
 
 @dataclass
@@ -192,10 +194,10 @@ def label_groups(labels, cap: int = MAX_LABELS) -> list[tuple[str, np.ndarray]]:
     return groups
 
 
-def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120) -> dict:
-    """The report's relatedness section from a saved GRM: the off-diagonal entries (their histogram
-    and moments), and the ``top`` pairs with the largest normalised relatedness
-    ``K_ij / sqrt(K_ii K_jj)``, each classed by that normalised value (:data:`RELATEDNESS_CLASSES`).
+def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120, on_rows=None) -> dict:
+    """The report's relatedness section from a saved GRM: the off-diagonal entries (their moments
+    and the histogram of their normalised values), and the ``top`` pairs with the largest normalised
+    relatedness ``K_ij / sqrt(K_ii K_jj)``, each classed by that value (:data:`RELATEDNESS_CLASSES`).
 
     Why normalised: with inbred or structured samples ``K_ii = 1 + F_i`` exceeds 1 and the raw
     ``K_ij`` of relatives scales with it (a duplicate of a sample with ``K_ii = 1.31`` has
@@ -203,39 +205,47 @@ def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: i
     degree, not a duplicate). The normalised value is 1 for a duplicate whatever the inbreeding,
     and also undoes the shrinkage of ``K_ij`` towards 0 by missing calls (mean-imputed to 0).
 
-    Cost: one read of the lower triangle of ``K`` (diagonal included), chunk by chunk: each chunk
-    of a Zarr ``K`` is read and decoded once (the upper triangle, the same numbers, not at all).
-    The diagonal comes from the diagonal chunks of that read. Memory: one chunk (``block`` ×
-    ``block`` for an array without chunks) plus O(n + top) numbers.
+    Cost: one read of the lower triangle of ``K`` (diagonal included) in bands of rows
+    ``K[r0:r1, 0:r1]`` whose edges are chunk edges (``block`` rounded down to whole chunks, at
+    least one), so each chunk of a Zarr ``K`` is read and decoded at most once, and the chunks
+    above the bands' diagonal squares (the same numbers as below) not at all. The diagonal comes from that read. Memory: one band
+    (``r1 − r0`` rows × ``r1`` columns), a few tiles of :data:`TILE`² numbers and O(n + top).
+
+    ``on_rows(K_rows)``, if given, is called with each band in turn, from row 0 to n: the GCTA
+    export of K (:func:`bigmm.io.gcta.gcta_grm_writer`) is written from the same read.
     """
     n = int(K.shape[0])
     chunks = getattr(K, "chunks", None)
-    b = int(chunks[0]) if chunks and isinstance(chunks[0], (int, np.integer)) else int(block)
-    if chunks and isinstance(chunks[1], (int, np.integer)) and int(chunks[1]) != b:
-        b = int(np.lcm(b, int(chunks[1])))  # square tiles that are whole chunks
+    c = int(chunks[0]) if chunks and isinstance(chunks[0], (int, np.integer)) else 0
+    if chunks and isinstance(chunks[1], (int, np.integer)) and int(chunks[1]) != c:
+        c = int(np.lcm(c, int(chunks[1])))  # band edges that are chunk edges in both directions
+    b = c * max(1, int(block) // c) if c else int(block)
     lo, hi = -0.25, 1.25
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros(bins, dtype=np.int64)
     diag = np.empty(n, dtype=np.float64)
-    best = np.empty(0)  # the normalised values of the candidate pairs, and (i, j, raw K_ij)
+    best = np.empty(0)  # the normalised values of the candidate pairs, their (a, b) and raw K_ab
     best_ij = np.empty((0, 2), dtype=np.int64)
     best_raw = np.empty(0)
     vmin, vmax, total, total_sq, m = np.inf, -np.inf, 0.0, 0.0, 0
     undefined = 0  # pairs with a sample whose K_ii ≤ 0 (no called genotype): no normalised value
     for r0 in range(0, n, b):
         r1 = min(n, r0 + b)
-        # the band's diagonal tile first: it gives K_ii for the band (those of earlier bands are known)
-        for c0 in [r0] + list(range(0, r0, b)):
-            c1 = min(n, c0 + b)
-            tile = np.asarray(K[r0:r1, c0:c1], dtype=np.float64)
-            if c0 == r0:
-                diag[r0:r1] = np.diagonal(tile)
-            dd = np.outer(diag[r0:r1], diag[c0:c1])
+        band = np.asarray(K[r0:r1, 0:r1], dtype=np.float64)
+        if on_rows is not None:
+            on_rows(band)
+        diag[r0:r1] = band[np.arange(r1 - r0), np.arange(r0, r1)]
+        # tiles of at most TILE x TILE: for rows s0..s1, the diagonal tile, then columns 0..s0
+        tiles = [(s0, min(r1, s0 + TILE), c0, c1) for s0 in range(r0, r1, TILE)
+                 for c0, c1 in [(s0, min(r1, s0 + TILE))] + [(c, min(s0, c + TILE)) for c in range(0, s0, TILE)]]
+        for s0, s1, c0, c1 in tiles:
+            tile = band[s0 - r0:s1 - r0, c0:c1]
+            dd = np.outer(diag[s0:s1], diag[c0:c1])
             with np.errstate(invalid="ignore", divide="ignore"):
                 norm = tile / np.sqrt(dd)
             norm[~(dd > 0)] = np.nan
-            if c0 == r0:  # the strict lower triangle of the diagonal tile
-                below = np.tri(r1 - r0, k=-1, dtype=bool)
+            if c0 == s0:  # the strict lower triangle of the diagonal tile
+                below = np.tri(s1 - s0, k=-1, dtype=bool)
                 vals, nv = tile[below], norm[below]
                 norm[~below] = np.nan
             else:
@@ -258,7 +268,7 @@ def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: i
             i, j = np.unravel_index(cand, norm.shape)
             best = np.concatenate([best, flat[cand]])
             best_raw = np.concatenate([best_raw, tile[i, j]])
-            best_ij = np.concatenate([best_ij, np.column_stack([j + c0, i + r0])])  # j < i: (a, b) = (j, i)
+            best_ij = np.concatenate([best_ij, np.column_stack([j + c0, i + s0])])  # j < i: (a, b) = (j, i)
             keep = np.lexsort((best_ij[:, 1], best_ij[:, 0], -best))[:top]
             best, best_raw, best_ij = best[keep], best_raw[keep], best_ij[keep]
     pairs = []
@@ -611,7 +621,9 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
         '<section id="variants"><h2>Variant QC</h2><p>Each dropped variant is counted under the first filter '
         'that applies'
         + (f" (min_maf {filters.get('min_maf')}, max_missing {filters.get('max_missing')})" if filters else "")
-        + ". Histograms over all variants of the data, before filtering.</p>"
+        + ". Histograms over all variants of the data, before filtering."
+        + (" No genotype call is missing (every variant called in every sample)." if data.missing is not None
+           and np.all(np.nan_to_num(np.asarray(data.missing, dtype=float)) == 0) else "") + "</p>"
         + _table(["filter", "variants removed"], [(k, v) for k, v in dropped.items()]
                  + [("kept", doc.get("n_variants"))], e)
         + img("variant_qc", "Minor allele frequency and missingness per variant") + "</section>")

@@ -45,7 +45,7 @@ from ..blup import Blup, genetic_values, leave_one_out, loo_accuracy, snp_effect
 from ..errors import BigmmError, InputError, OutputError
 from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, grm, grm_complete
-from ..io.gcta import write_gcta_grm
+from ..io.gcta import gcta_grm_writer
 from ..io.plink import ingest_plink
 from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
@@ -646,10 +646,6 @@ class Runner:
             if name in fits:
                 fits[name]["n_missing"] = int(np.isnan(d.Y[d.analysed, j]).sum())
         prefix = self.cfg.gcta_prefix()
-        if prefix is not None:  # row blocks of whole chunks: each chunk of K and N read once
-            K = self.K()
-            write_gcta_grm(prefix, K, self.inp.ids, std.n_kept, N=self.K("N"),
-                           rows_per_block=K.chunks[0] * max(1, 2048 // K.chunks[0]))
         run_info = {
             "bigmm_version": __version__,
             "created": now_utc(),
@@ -699,7 +695,16 @@ class Runner:
                 p.update(prevalence=prevalence, case_fraction=cases, h2_liability=hl, h2_liability_se=hl_se)
                 log.info("REML %s: h2 on the liability scale %.4f (SE %.4f): prevalence %g, %.4f of the "
                          "sample cases (Lee et al. 2011)", p["name"], hl, hl_se, prevalence, cases)
-        data = self.report_data()
+        if prefix is None:
+            data = self.report_data()
+        else:  # GCTA's files written from the relatedness section's read of K (and one read of N)
+            N, row = self.K("N"), [0]
+            with gcta_grm_writer(prefix, self.inp.ids, std.n_kept) as write_rows:
+                def export(band):
+                    r0, r1 = row[0], row[0] + band.shape[0]
+                    write_rows(band, N[r0:r1, 0:r1])
+                    row[0] = r1
+                data = self.report_data(on_grm_rows=export)
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
             p.update({f"blup_accuracy_{k}": v for k, v in (data.blup_accuracy.get(p["name"]) or {}).items()
                       if k != "n"})
@@ -718,9 +723,12 @@ class Runner:
         return doc, {"files": files}
 
 
-    def report_data(self) -> ReportData:
+    def report_data(self, on_grm_rows=None) -> ReportData:
         """What the report shows besides results.json, from the run's saved outputs (the design read at
-        validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes."""
+        validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes.
+
+        Reads: the variant statistics once; the GRM's lower triangle once, in bands of whole chunks
+        (:func:`relatedness_summary`, which hands each band to ``on_grm_rows``); nothing element by element."""
         d = self.inp.design
         data = ReportData(phenotypes={name: d.Y[d.analysed, j] for j, name in enumerate(d.phenotype_names)})
         if self.inp.labels is not None:  # report.labels, read at validation
@@ -746,7 +754,7 @@ class Runner:
         except (OSError, KeyError, ValueError) as exc:  # the report goes on without the histograms
             log.warning("report: variant statistics not shown (%s)", exc)
         if (self.out / "grm.zarr").exists() and "grm" in self.plan:
-            data.relatedness = relatedness_summary(self.K(), self.inp.ids)
+            data.relatedness = relatedness_summary(self.K(), self.inp.ids, on_rows=on_grm_rows)
         blup = self.out / "blup.tsv"
         if blup.exists():
             m = len(d.phenotype_names)
