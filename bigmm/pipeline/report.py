@@ -303,14 +303,16 @@ def _figure_png(fig) -> bytes:
 
 
 def _log_axis(axis) -> None:
-    """Plain numbers (0.5, 2, 10) on a log axis instead of 1.725×10⁰, minor labels only at 2 and 5."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    """Plain numbers (0.5, 2, 10) on a log axis instead of 1.725×10⁰, minor labels only at 2 and 5,
+    and none when the axis spans more than three decades (they would overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_locator(LogLocator(base=10))
     axis.set_major_formatter(fmt)
     axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-    axis.set_minor_formatter(fmt)
+    lo, hi = sorted(axis.get_view_interval())
+    axis.set_minor_formatter(NullFormatter() if lo > 0 and hi / lo > 1e3 else fmt)
 
 
 def _literal(*texts) -> None:
