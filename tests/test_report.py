@@ -76,8 +76,15 @@ def test_report_sections_and_numbers(run_dir):
     # samples left out and why: the one without a covariate row
     assert re.search(r"<td>a covariate missing[^<]*</td><td>1</td>", html)
     # the duplicated pair is the top pair of K, classed as a duplicate
-    top = re.search(r"The 20 largest pairs</h3><table>.*?</tr><tr>(.*?)</tr>", html).group(1)
+    top = re.search(r"The 20 most related pairs</h3><table>.*?</tr><tr>(.*?)</tr>", html).group(1)
     assert "F1/I1" in top and "F2/I2" in top and "duplicate" in top
+    # raw K_ij, K_ii, K_jj and the normalised value (1 for a duplicate) side by side, from grm.zarr
+    import zarr
+
+    Kz = zarr.open_group(str(run_dir / "grm.zarr"), mode="r")["K"]
+    k01, k00, k11 = float(Kz[0, 1]), float(Kz[0, 0]), float(Kz[1, 1])
+    cells = re.findall(r"<td>(.*?)</td>", top)
+    assert cells[2:6] == [f"{k01:.4f}", f"{k00:.4f}", f"{k11:.4f}", f"{k01 / np.sqrt(k00 * k11):.4f}"], cells
     # BLUP accuracy: r(ĝ, y) over the samples with y, recomputed from blup.tsv and the phenotype file
     g = np.loadtxt(run_dir / "blup.tsv", skiprows=1, usecols=2)
     from bigmm.io.tables import read_table
@@ -211,3 +218,275 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
             subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
                             f"--screenshot={shot}", url], capture_output=True, timeout=120)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------
+# relatedness: one read of the GRM, pairs classed on the normalised value
+# ---------------------------------------------------------------------------------------
+
+def _counting_store(path, reads):
+    """A zarr LocalStore that counts the reads of each key (a chunk read is one ``get`` of its key)."""
+    import zarr
+
+    class Counting(zarr.storage.LocalStore):
+        async def get(self, key, prototype=None, byte_range=None):
+            reads[key] = reads.get(key, 0) + 1
+            return await super().get(key, prototype, byte_range)
+
+    return Counting(str(path), read_only=True)
+
+
+def _grm_store(path, K, chunk):
+    import zarr
+
+    z = zarr.create_array(str(path), shape=K.shape, chunks=(chunk, chunk), dtype="float64")
+    z[...] = K
+    return z
+
+
+def _dense_grm(G):
+    """K = X Xᵀ / p, GCTA's standardization written out (no missing calls here)."""
+    f = G.mean(axis=0) / 2
+    X = (G - 2 * f) / np.sqrt(2 * f * (1 - f))
+    return X @ X.T / G.shape[1]
+
+
+def test_relatedness_reads_each_grm_chunk_once(tmp_path):
+    """The report's relatedness reads the saved GRM once: no chunk of K is decoded twice (the
+    diagonal read one element at a time decoded a whole chunk per element). 50 samples in chunks of
+    16: 16 chunks (4 x 4, uneven edges); the lower triangle with the diagonal is 10 of them."""
+    import zarr
+
+    from bigmm.pipeline.report import relatedness_summary
+
+    G = np.random.default_rng(1).binomial(2, 0.3, size=(50, 400)).astype(float)
+    G = G[:, G.std(axis=0) > 0]
+    K = _dense_grm(G)
+    _grm_store(tmp_path / "K.zarr", K, 16)
+    reads: dict = {}
+    arr = zarr.open_array(store=_counting_store(tmp_path / "K.zarr", reads), mode="r")
+    ids = [(f"F{i}", f"I{i}") for i in range(50)]
+    rel = relatedness_summary(arr, ids)  # bands of 2048 rows: one band, every chunk once
+    chunk_reads = {k: v for k, v in reads.items() if k.startswith("c/")}
+    assert max(chunk_reads.values()) == 1 and len(chunk_reads) == 16, chunk_reads
+    reads.clear()
+    by_chunk = relatedness_summary(arr, ids, block=16)  # bands of one chunk: the same pairs and histogram
+    assert by_chunk["top"] == rel["top"] and by_chunk["counts"] == rel["counts"]
+    chunk_reads = {k: v for k, v in reads.items() if k.startswith("c/")}
+    # each chunk on or below the diagonal once, none above (K is stored whole and symmetric)
+    assert chunk_reads == {f"c/{i}/{j}": 1 for i in range(4) for j in range(i + 1)}, chunk_reads
+    # and the figures are those of the dense K (float64 sums in a different order: 1e-12)
+    off = K[np.triu_indices(50, 1)]
+    assert rel["pairs"] == off.size and rel["max"] == pytest.approx(off.max(), abs=1e-12)
+    assert rel["mean"] == pytest.approx(off.mean(), abs=1e-12)
+    assert rel["diag_mean"] == pytest.approx(np.diag(K).mean(), abs=1e-12)
+
+
+def test_relatedness_classes_on_the_normalised_value_with_inbred_samples(tmp_path):
+    """Inbred samples (K_ii ≈ 1 + F ≈ 2) and their relatives: a pair is classed by
+    K_ij / sqrt(K_ii K_jj), not by the raw K_ij (which is ≥ 0.707 for every first-degree pair of
+    fully inbred samples, and was called "duplicate"). Reference: the dense K of the same genotypes,
+    each pair's normalised value and KING's doubled cut-offs, written here."""
+    import zarr
+
+    from bigmm.pipeline.report import relatedness_summary
+
+    rng = np.random.default_rng(7)
+    n_out, p = 60, 3000
+    f = rng.uniform(0.1, 0.5, p)
+    hap = lambda: (rng.random(p) < f).astype(float)  # noqa: E731
+    G = [hap() + hap() for _ in range(n_out)]  # outbred samples
+    founders = [hap() for _ in range(6)]
+    inbred = []
+    for a in range(3):  # inbred lines: both haplotypes the same (F = 1); a "sib" line shares half its segments
+        h = founders[2 * a]
+        seg = np.repeat(rng.random(p // 100) < 0.5, 100)
+        sib = np.where(seg, h, founders[2 * a + 1])
+        inbred += [2 * h, 2 * sib]
+    G += inbred + [inbred[0].copy()]  # and a duplicate of the first inbred sample
+    G = np.array(G)
+    keep = (G.std(axis=0) > 0)
+    G = G[:, keep]
+    K = _dense_grm(G)
+    n = K.shape[0]
+    _grm_store(tmp_path / "K.zarr", K, 16)
+    ids = [(f"F{i}", f"I{i}") for i in range(n)]
+    rel = relatedness_summary(zarr.open_array(str(tmp_path / "K.zarr"), mode="r"), ids)
+
+    d = np.sqrt(np.diag(K))
+    R = K / np.outer(d, d)
+    i, j = np.triu_indices(n, 1)
+    order = np.argsort(-R[i, j], kind="stable")[:20]
+    cut = lambda v: ("duplicate or MZ twin" if v >= 0.707 else "1st degree" if v >= 0.354 else  # noqa: E731
+                     "2nd degree" if v >= 0.177 else "3rd degree" if v >= 0.088 else "")
+    got = [(tuple(t["a"]), tuple(t["b"])) for t in rel["top"]]
+    want = [(ids[i[o]], ids[j[o]]) for o in order]
+    assert set(got[:7]) == set(want[:7])  # the related pairs (ties below them may order differently)
+    for t in rel["top"]:
+        a, b = int(t["a"][1][1:]), int(t["b"][1][1:])
+        # float64 sums of the same products in another order: 1e-10
+        assert t["K"] == pytest.approx(K[a, b], abs=1e-10)
+        assert t["K_aa"] == pytest.approx(K[a, a], abs=1e-10) and t["K_bb"] == pytest.approx(K[b, b], abs=1e-10)
+        assert t["K_normalised"] == pytest.approx(R[a, b], abs=1e-10)
+        assert t["class"] == cut(R[a, b])
+    # the fixture is what it says: inbred diagonals near 2, inbred sibs raw K ≥ 0.707 but normalised ≈ 0.5
+    first = n_out
+    assert K[first, first] > 1.7 and K[first, first + 1] > 0.707 and 0.35 < R[first, first + 1] < 0.65
+    classes = {(tuple(t["a"]), tuple(t["b"])): t["class"] for t in rel["top"]}
+    assert classes[(ids[first], ids[n - 1])] == "duplicate or MZ twin"
+    for a in range(3):
+        assert classes[(ids[first + 2 * a], ids[first + 2 * a + 1])] == "1st degree"
+    assert sum(c == "duplicate or MZ twin" for c in classes.values()) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# user text in figures, per-phenotype counts of both REML methods, provenance, liability scale,
+# and the report stage's reads of every Zarr store
+# ---------------------------------------------------------------------------------------
+
+#: phenotype names with every character matplotlib's mathtext treats specially; the second has a
+#: pair of $ around text mathtext cannot parse (it crashed the report after results.tsv and hsq/)
+ODD_NAMES = ["case$x_{1}^2 %", "w$\\x{%_^$"]
+ODD_COLUMN, ODD_LABELS = "pop$\\x{_", ("A$\\x{$", "B_^%{")
+
+
+@pytest.fixture(scope="module")
+def odd_runs(tmp_path_factory):
+    """One cohort analysed twice, exact (spectral REML, through the CLI) and matrix-free (through the
+    API): two binary phenotypes with odd names and a prevalence, labels with odd names, 25 genotyped
+    samples without a phenotype row, missing phenotype values, no missing genotype calls, and GRM
+    blocks of 64 samples (several chunks)."""
+    from conftest import local_cluster
+    from distributed import Client
+
+    from bigmm.pipeline.cli import main
+
+    d = tmp_path_factory.mktemp("odd")
+    c = bigmm.simulate(180, 800, h2=[0.6, 0.5], seed=11, out_plink=d / "c", phenotype_missing=0.1)
+    bigmm.write_tables(c, d / "pheno.tsv", d / "covar.tsv")
+    lines = (d / "pheno.tsv").read_text().splitlines()
+    rows = [ln.split("\t") for ln in lines[1:156]]  # samples 156..180 have no row
+    cut = [np.nanmedian([float(r[k]) for r in rows if r[k] != "NA"]) for k in (2, 3)]
+    body = ["\t".join(r[:2] + ["NA" if r[k] == "NA" else ("1" if float(r[k]) > cut[k - 2] else "0")
+                               for k in (2, 3)]) for r in rows]
+    (d / "pheno.tsv").write_text("\t".join(["FID", "IID", *ODD_NAMES]) + "\n" + "\n".join(body) + "\n")
+    (d / "labels.tsv").write_text(f"FID\tIID\t{ODD_COLUMN}\n" + "".join(
+        f"F{i + 1}\tI{i + 1}\t{ODD_LABELS[i % 2]}\n" for i in range(180)))
+    base = {"genotypes": {"plink": str(d / "c"), "chunks": [64, 256]},
+            "phenotypes": {"file": str(d / "pheno.tsv"), "columns": ODD_NAMES, "prevalence": 0.1},
+            "covariates": {"file": str(d / "covar.tsv"), "columns": ["age", "sex"], "categorical": ["sex"]},
+            "grm": {"block_size": 64, "export_gcta": True, "dtype": "float64"},
+            "report": {"labels": str(d / "labels.tsv"), "label_column": ODD_COLUMN},
+            "cluster": {"workers": 1, "threads_per_worker": 2, "memory_limit": "2GiB"}}
+    exact = {**base, "spectrum": {"method": "exact"}, "output": str(d / "exact")}
+    mfree = {**base, "spectrum": {"method": "exact"}, "output": str(d / "mf"),
+             "reml": {"method": "matrix_free", "deflate": 179, "tol": 1e-8, "probes": 4, "dtype": "float64"}}
+    for name, cfg in (("exact", exact), ("mf", mfree)):
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(d / "exact.yaml")]) == 0
+    with local_cluster(1, 2) as cluster, Client(cluster) as client:
+        bigmm.run(bigmm.load_config(d / "mf.yaml"), client=client)
+    return d
+
+
+def test_odd_names_render_and_both_methods_count_the_same_samples(odd_runs):
+    """Names with $ _ ^ \\ % { are shown as typed (not parsed as mathtext, which crashed); the
+    per-phenotype sample counts, counted here from the phenotype file, are the same for the exact
+    and the matrix-free run (the matrix-free table counted the 25 samples without a row as missing)."""
+    import html as _html
+
+    d = odd_runs
+    from bigmm.io.tables import read_table
+
+    t = read_table(d / "pheno.tsv")
+    # every sample with a phenotype row has covariates; a sample without any phenotype value is not analysed
+    analysed = int((~np.isnan(np.column_stack([t.numeric(nm) for nm in ODD_NAMES]))).any(axis=1).sum())
+    assert 150 <= analysed <= 155
+    for out in ("exact", "mf"):
+        page = (d / out / "report.html").read_text()
+        doc = json.loads((d / out / "results.json").read_text())
+        assert doc["n_samples"] == analysed
+        for name in ODD_NAMES:
+            y = t.numeric(name)
+            have = int((~np.isnan(y)).sum())
+            f = next(p for p in doc["phenotypes"] if p["name"] == name)
+            assert (f["n"], f["n_missing"]) == (have, analysed - have), (out, name)
+            assert f"<td>{_html.escape(name)}</td><td>{have}</td><td>{analysed - have}</td>" in page, (out, name)
+        for fig in ("phenotypes", "pc1_pc2") + (("reml_profiles",) if out == "exact" else ()):
+            assert (d / out / "report" / f"{fig}.png").stat().st_size > 1000, (out, fig)
+        assert _html.escape(f"{ODD_LABELS[0]} (90)") in page
+
+
+def test_report_names_the_inputs_and_the_command(odd_runs):
+    d = odd_runs
+    page = (d / "exact" / "report.html").read_text()
+    doc = json.loads((d / "exact" / "results.json").read_text())
+    assert doc["command"] == f"bigmm run {d / 'exact.yaml'}"
+    assert f"<td>command line</td><td>bigmm run {d / 'exact.yaml'}</td>" in page
+    assert f"<td>configuration file</td><td>{d / 'exact.yaml'}</td>" in page
+    assert f"<td>genotypes input</td><td>{d / 'c'}</td>" in page
+    assert f"<td>phenotype input</td><td>{d / 'pheno.tsv'}</td>" in page
+    mf = (d / "mf" / "report.html").read_text()
+    assert "<td>command line</td><td>none recorded (run from Python: bigmm.run)</td>" in mf
+    # no missing calls: said in words, not drawn as a histogram of zeros
+    assert "No genotype call is missing" in page
+    # the Haseman–Elston estimate is logged with its caveat
+    log_text = (d / "mf" / "run.log").read_text()
+    assert re.search(r"h2_HE = [-0-9.]+ \(Haseman-Elston moment estimate: a rough cross-check, may fall outside "
+                     r"\[0, 1\]\)", log_text)
+
+
+def test_liability_scale_in_the_report(odd_runs):
+    """With phenotypes.prevalence the estimates section shows K, the case fraction P and h² on the
+    liability scale with its SE: Lee et al. (2011) eq. 23 written out here from the fit's h²."""
+    import html
+
+    from scipy.stats import norm
+
+    from bigmm.io.tables import read_table
+
+    d = odd_runs
+    page = (d / "exact" / "report.html").read_text()
+    doc = json.loads((d / "exact" / "results.json").read_text())
+    t = read_table(d / "pheno.tsv")
+    for name in ODD_NAMES:
+        y = t.numeric(name)
+        P = float(np.mean(y[~np.isnan(y)] == 1))
+        K = 0.1
+        z = norm.pdf(norm.ppf(1 - K))
+        f = next(p for p in doc["phenotypes"] if p["name"] == name)
+        c = K ** 2 * (1 - K) ** 2 / (z ** 2 * P * (1 - P))
+        assert f["h2_liability"] == pytest.approx(f["h2"] * c, rel=1e-9)
+        row = (f"<td>{html.escape(name)}</td><td>0.1</td><td>{P:.4f}</td><td>{f['h2']:.4f}</td>"
+               f"<td>{f['h2_se']:.4f}</td><td>{f['h2'] * c:.4f}</td><td>{f['h2_se'] * c:.4f}</td>")
+        assert row in page, row
+
+
+def test_report_stage_reads_each_zarr_chunk_at_most_once(odd_runs, monkeypatch):
+    """The report stage (relatedness from grm.zarr, the GCTA export of K and N, the spectrum, the
+    variant statistics, the REML inputs) reads every chunk of every Zarr store at most once; reading
+    the GRM's diagonal element by element decoded one chunk per element (974 s of a 1,101 s run at
+    n = 5,000). Counted at the store: every ``get`` of a chunk key of a local Zarr store."""
+    import zarr
+
+    from conftest import local_cluster
+    from distributed import Client
+
+    reads: dict = {}
+    original = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, prototype=None, byte_range=None):
+        if "/c/" in f"/{key}" or key.startswith("c/"):
+            reads[(str(self.root), key)] = reads.get((str(self.root), key), 0) + 1
+        return await original(self, key, prototype, byte_range)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    cfg = bigmm.load_config(odd_runs / "exact.yaml")
+    with local_cluster(1, 1) as cluster, Client(cluster) as client:
+        result = bigmm.run(cfg, client=client, from_stage="report")
+    assert result.stages_run == ("report",)
+    grm_chunks = {k: v for k, v in reads.items() if k[0].endswith("grm.zarr") and k[1].startswith("K/")}
+    # blocks of 64 over 180 samples: 3 x 3 chunks, all read (the GCTA export reads the lower triangle too)
+    assert len(grm_chunks) >= 6, reads
+    again = {k: v for k, v in reads.items() if v > 1}
+    assert not again, again

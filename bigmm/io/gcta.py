@@ -47,30 +47,54 @@ def write_gcta_grm(prefix: str | Path, K, ids: Sequence[tuple[str, str]], n_vari
     >>> ids, bool(np.allclose(K2, K, atol=1e-7)), N.tolist()   # GCTA stores float32
     ([('F1', 'I1'), ('F2', 'I2')], True, [[1000.0, 1000.0], [1000.0, 1000.0]])
     """
-    prefix = str(prefix)
     n = K.shape[0]
     if len(ids) != n:
         raise ValueError("ids and K disagree in size")
     if N is not None and tuple(N.shape) != tuple(K.shape):
         raise ValueError("N and K disagree in shape")
+    with gcta_grm_writer(prefix, ids, n_variants) as write_rows:
+        for r0 in range(0, n, rows_per_block):
+            r1 = min(n, r0 + rows_per_block)
+            write_rows(K[r0:r1, 0:r1], None if N is None else N[r0:r1, 0:r1])
+    return [Path(str(prefix) + s) for s in (".grm.bin", ".grm.N.bin", ".grm.id")]
+
+
+@contextlib.contextmanager
+def gcta_grm_writer(prefix: str | Path, ids: Sequence[tuple[str, str]], n_variants: int):
+    """:func:`write_gcta_grm` fed by the caller: yields ``write_rows(K_rows, N_rows=None)``, to be
+    called with consecutive bands of rows of the lower triangle (``K[r0:r1, 0:r1]``, and ``N``'s
+    the same), from row 0 to the last; the files are committed when the block exits after all n
+    rows (a caller that already reads K in such bands exports it from the same read)."""
+    prefix = str(prefix)
+    n = len(ids)
     paths = [Path(prefix + ".grm.bin"), Path(prefix + ".grm.N.bin"), Path(prefix + ".grm.id")]
+    done = [0]
+
     with contextlib.ExitStack() as stack:
         fk = stack.enter_context(atomic_file(paths[0], "wb"))
         fn = stack.enter_context(atomic_file(paths[1], "wb"))
-        for r0 in range(0, n, rows_per_block):
-            r1 = min(n, r0 + rows_per_block)
-            block = np.asarray(K[r0:r1, 0:r1], dtype=np.float64)
-            if N is None:
+
+        def write_rows(K_rows, N_rows=None) -> None:
+            r0 = done[0]
+            block = np.asarray(K_rows, dtype=np.float64)
+            r1 = r0 + block.shape[0]
+            if block.shape != (r1 - r0, r1) or r1 > n:
+                raise ValueError(f"rows {r0}..{r1} of the lower triangle need shape {(r1 - r0, r1)}, got {block.shape}")
+            if N_rows is None:
                 counts = np.full(block.shape, n_variants, dtype=np.float64)
             else:
-                counts = np.asarray(N[r0:r1, 0:r1], dtype=np.float64)
+                counts = np.asarray(N_rows, dtype=np.float64)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     block = np.where(counts > 0, block * (n_variants / counts), 0.0)
             for i in range(r0, r1):
                 fk.write(block[i - r0, : i + 1].astype("<f4").tobytes())
                 fn.write(counts[i - r0, : i + 1].astype("<f4").tobytes())
+            done[0] = r1
+
+        yield write_rows
+        if done[0] != n:
+            raise ValueError(f"{prefix}.grm.bin: {done[0]} of {n} rows written")
     atomic_write_text(paths[2], "".join(f"{f}\t{i}\n" for f, i in ids))
-    return paths
 
 
 def read_gcta_grm(prefix: str | Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -210,7 +211,8 @@ def _dispatch(args, argv) -> int:
             written = lambda: write_config_file(cfg, text)  # noqa: E731
         else:
             cfg = load_config(args.config)
-        outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written)
+        outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written,
+                      command=shlex.join(["bigmm", *argv]))
         if written is not None:
             print(f"configuration: {cfg.source} (rerun or resume: bigmm run {cfg.source})")
         for f in outcome.result.fits:

@@ -135,11 +135,14 @@ def write_plink_pca(prefix: Path, ids: list, U, s, n_pcs: int) -> tuple[Path, Pa
 # report.html
 # ---------------------------------------------------------------------------------------
 
-#: GRM entries ≈ 2 × kinship: KING's kinship cut-offs (0.354, 0.177, 0.0884, 0.0442) doubled
+#: GRM entries ≈ 2 × kinship: KING's kinship cut-offs (0.354, 0.177, 0.0884, 0.0442) doubled, applied
+#: to the normalised relatedness K_ij / sqrt(K_ii K_jj) (1 for a duplicate, whatever the inbreeding)
 RELATEDNESS_CLASSES = ((0.707, "duplicate or MZ twin"), (0.354, "1st degree"), (0.177, "2nd degree"),
                        (0.088, "3rd degree"))
 #: the largest off-diagonal pairs of K listed in the report
 TOP_PAIRS = 20
+#: relatedness_summary works on tiles of at most TILE x TILE entries of a band it has read
+TILE = 1024
 
 
 @dataclass
@@ -191,45 +194,101 @@ def label_groups(labels, cap: int = MAX_LABELS) -> list[tuple[str, np.ndarray]]:
     return groups
 
 
-def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120) -> dict:
-    """Histogram of the off-diagonal entries of a saved GRM and its largest pairs, read once in
-    blocks of rows (upper triangle only; memory: one block of rows)."""
+def relatedness_summary(K, ids, top: int = TOP_PAIRS, block: int = 2048, bins: int = 120, on_rows=None) -> dict:
+    """The report's relatedness section from a saved GRM: the off-diagonal entries (their moments
+    and the histogram of their normalised values), and the ``top`` pairs with the largest normalised
+    relatedness ``K_ij / sqrt(K_ii K_jj)``, each classed by that value (:data:`RELATEDNESS_CLASSES`).
+
+    Why normalised: with inbred or structured samples ``K_ii = 1 + F_i`` exceeds 1 and the raw
+    ``K_ij`` of relatives scales with it (a duplicate of a sample with ``K_ii = 1.31`` has
+    ``K_ij = 1.31``; a pair of ``K_ij = 0.93`` between two such samples is 0.71 normalised, first
+    degree, not a duplicate). The normalised value is 1 for a duplicate whatever the inbreeding,
+    and also undoes the shrinkage of ``K_ij`` towards 0 by missing calls (mean-imputed to 0).
+
+    Cost: one read of the lower triangle of ``K`` (diagonal included) in bands of rows
+    ``K[r0:r1, 0:r1]`` whose edges are chunk edges (``block`` rounded down to whole chunks, at
+    least one), so each chunk of a Zarr ``K`` is read and decoded at most once, and the chunks
+    above the bands' diagonal squares (the same numbers as below) not at all. The diagonal comes from that read. Memory: one band
+    (``r1 − r0`` rows × ``r1`` columns), a few tiles of :data:`TILE`² numbers and O(n + top).
+
+    ``on_rows(K_rows)``, if given, is called with each band in turn, from row 0 to n: the GCTA
+    export of K (:func:`bigmm.io.gcta.gcta_grm_writer`) is written from the same read.
+    """
     n = int(K.shape[0])
+    chunks = getattr(K, "chunks", None)
+    c = int(chunks[0]) if chunks and isinstance(chunks[0], (int, np.integer)) else 0
+    if chunks and isinstance(chunks[1], (int, np.integer)) and int(chunks[1]) != c:
+        c = int(np.lcm(c, int(chunks[1])))  # band edges that are chunk edges in both directions
+    b = c * max(1, int(block) // c) if c else int(block)
     lo, hi = -0.25, 1.25
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros(bins, dtype=np.int64)
-    best_v = np.empty(0)
+    diag = np.empty(n, dtype=np.float64)
+    best = np.empty(0)  # the normalised values of the candidate pairs, their (a, b) and raw K_ab
     best_ij = np.empty((0, 2), dtype=np.int64)
+    best_raw = np.empty(0)
     vmin, vmax, total, total_sq, m = np.inf, -np.inf, 0.0, 0.0, 0
-    for r0 in range(0, n, block):
-        r1 = min(n, r0 + block)
-        rows = np.asarray(K[r0:r1, :], dtype=np.float64)
-        i, j = np.triu_indices(r1 - r0, k=1, m=n - r0)
-        vals = rows[:, r0:][i, j]
-        if vals.size == 0:
-            continue
-        counts += np.histogram(np.clip(vals, lo, hi - 1e-12), edges)[0]
-        vmin, vmax = min(vmin, float(vals.min())), max(vmax, float(vals.max()))
-        total += float(vals.sum())
-        total_sq += float(np.dot(vals, vals))
-        m += vals.size
-        k = min(top, vals.size)
-        idx = np.argpartition(vals, vals.size - k)[vals.size - k:]
-        best_v = np.concatenate([best_v, vals[idx]])
-        best_ij = np.concatenate([best_ij, np.column_stack([i[idx] + r0, j[idx] + r0])])
-        keep = np.argsort(best_v)[::-1][:top]
-        best_v, best_ij = best_v[keep], best_ij[keep]
-    diag = np.array([float(K[a, a]) for a in range(n)]) if n <= 200_000 else None
+    undefined = 0  # pairs with a sample whose K_ii ≤ 0 (no called genotype): no normalised value
+    for r0 in range(0, n, b):
+        r1 = min(n, r0 + b)
+        band = np.asarray(K[r0:r1, 0:r1], dtype=np.float64)
+        if on_rows is not None:
+            on_rows(band)
+        diag[r0:r1] = band[np.arange(r1 - r0), np.arange(r0, r1)]
+        # tiles of at most TILE x TILE: for rows s0..s1, the diagonal tile, then columns 0..s0
+        tiles = [(s0, min(r1, s0 + TILE), c0, c1) for s0 in range(r0, r1, TILE)
+                 for c0, c1 in [(s0, min(r1, s0 + TILE))] + [(c, min(s0, c + TILE)) for c in range(0, s0, TILE)]]
+        for s0, s1, c0, c1 in tiles:
+            tile = band[s0 - r0:s1 - r0, c0:c1]
+            dd = np.outer(diag[s0:s1], diag[c0:c1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                norm = tile / np.sqrt(dd)
+            norm[~(dd > 0)] = np.nan
+            if c0 == s0:  # the strict lower triangle of the diagonal tile
+                below = np.tri(s1 - s0, k=-1, dtype=bool)
+                vals, nv = tile[below], norm[below]
+                norm[~below] = np.nan
+            else:
+                vals, nv = tile.ravel(), norm.ravel()
+            if vals.size == 0:
+                continue
+            vmin, vmax = min(vmin, float(vals.min())), max(vmax, float(vals.max()))
+            total += float(vals.sum())
+            total_sq += float(np.dot(vals, vals))
+            m += vals.size
+            ok = np.isfinite(nv)
+            undefined += int(vals.size - ok.sum())
+            counts += np.histogram(np.clip(nv[ok], lo, hi - 1e-12), edges)[0]
+            flat = np.where(np.isfinite(norm), norm, -np.inf).ravel()
+            k = min(top, flat.size)
+            cand = np.argpartition(flat, flat.size - k)[flat.size - k:]
+            cand = cand[np.isfinite(flat[cand])]
+            if cand.size == 0:
+                continue
+            i, j = np.unravel_index(cand, norm.shape)
+            best = np.concatenate([best, flat[cand]])
+            best_raw = np.concatenate([best_raw, tile[i, j]])
+            best_ij = np.concatenate([best_ij, np.column_stack([j + c0, i + s0])])  # j < i: (a, b) = (j, i)
+            keep = np.lexsort((best_ij[:, 1], best_ij[:, 0], -best))[:top]
+            best, best_raw, best_ij = best[keep], best_raw[keep], best_ij[keep]
     pairs = []
-    for v, (a, b) in zip(best_v, best_ij):
-        kind = next((name for cut, name in RELATEDNESS_CLASSES if v >= cut), "")
-        pairs.append({"a": list(ids[a]), "b": list(ids[b]), "K": float(v),
-                      "K_aa": None if diag is None else float(diag[a]),
-                      "K_bb": None if diag is None else float(diag[b]), "class": kind})
+    for v, raw, (a, c) in zip(best, best_raw, best_ij):
+        pairs.append({"a": list(ids[a]), "b": list(ids[c]), "K": float(raw), "K_aa": float(diag[a]),
+                      "K_bb": float(diag[c]), "K_normalised": float(v), "class": relatedness_class(v)})
     mean = total / m if m else float("nan")
     return {"n": n, "pairs": m, "min": vmin, "max": vmax, "mean": mean,
             "sd": float(np.sqrt(max(total_sq / m - mean ** 2, 0.0))) if m else float("nan"),
+            "diag_mean": float(diag.mean()) if n else float("nan"),
+            "diag_min": float(diag.min()) if n else float("nan"),
+            "diag_max": float(diag.max()) if n else float("nan"),
+            "pairs_without_normalised": undefined,
             "edges": edges.tolist(), "counts": counts.tolist(), "top": pairs}
+
+
+def relatedness_class(normalised: float) -> str:
+    """The class of a pair from its normalised relatedness ``K_ij / sqrt(K_ii K_jj)`` ("" below
+    the third-degree cut-off)."""
+    return next((name for cut, name in RELATEDNESS_CLASSES if normalised >= cut), "")
 
 
 def _figure_png(fig) -> bytes:
@@ -244,14 +303,24 @@ def _figure_png(fig) -> bytes:
 
 
 def _log_axis(axis) -> None:
-    """Plain numbers (0.5, 2, 10) on a log axis instead of 1.725×10⁰, minor labels only at 2 and 5."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    """Plain numbers (0.5, 2, 10) on a log axis instead of 1.725×10⁰, minor labels only at 2 and 5,
+    and none when the axis spans more than three decades (they would overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_locator(LogLocator(base=10))
     axis.set_major_formatter(fmt)
     axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-    axis.set_minor_formatter(fmt)
+    lo, hi = sorted(axis.get_view_interval())
+    axis.set_minor_formatter(NullFormatter() if lo > 0 and hi / lo > 1e3 else fmt)
+
+
+def _literal(*texts) -> None:
+    """Show user text (phenotype, covariate and label names) as typed: a ``$`` in a name would
+    otherwise start matplotlib's mathtext, which fails on e.g. ``a$b`` or renders ``$x_1$`` as math."""
+    for t in texts:
+        if t is not None:
+            t.set_parse_math(False)
 
 
 def _few_ticks(ax, n: int = 5) -> None:
@@ -292,8 +361,9 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
                              dict(color="#555555", marker="x", s=6, alpha=0.75, zorder=2) if v.startswith("other (")
                              else dict(color=_LABEL_COLOURS[i % len(_LABEL_COLOURS)], s=5, alpha=0.75, zorder=2))
                     handles.append(ax.scatter(U[sel, a], U[sel, b], label=f"{v} ({int(sel.sum())})", **style))
-                ax.legend(handles=handles, title=labels[0], fontsize=7, markerscale=2, loc="center left",
-                          bbox_to_anchor=(1.01, 0.5), frameon=False)
+                leg = ax.legend(handles=handles, title=str(labels[0]), fontsize=7, markerscale=2,
+                                loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+                _literal(leg.get_title(), *leg.get_texts())
             else:
                 ax.scatter(U[:, a], U[:, b], s=4, alpha=0.6)
             _few_ticks(ax)
@@ -307,7 +377,7 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for idx, (name, prof) in enumerate(list(profiles.items())[:10]):
             ll = np.array([np.nan if v is None else v for v in prof["logl_reml"]], dtype=float)
-            line, = ax.plot(prof["h2"], ll - np.nanmax(ll), label=name)
+            line, = ax.plot(prof["h2"], ll - np.nanmax(ll), label=str(name))
             f = fits.get(name) or {}
             h, se = f.get("h2"), f.get("h2_se")
             if h is not None and math.isfinite(h):
@@ -320,7 +390,9 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         ax.set_xlabel(r"$h^2$")
         ax.set_ylabel(r"$\ell_R(h^2) - \max\ \ell_R$")
         ax.set_title(r"REML profile (dotted: $\hat h^2$; shaded: $\hat h^2 \pm 1.96\,$SE)")
-        ax.legend(fontsize=7)
+        leg = ax.legend(fontsize=7)
+        shown = {str(name) for name in list(profiles)[:10]}
+        _literal(*(t for t in leg.get_texts() if t.get_text() in shown))  # not the χ² cut-off (math)
         figs["reml_profiles"] = _figure_png(fig)
     if ritz is not None and len(ritz):
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -336,7 +408,7 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
             v = np.asarray(data.phenotypes[name], dtype=float)
             v = v[np.isfinite(v)]
             ax.hist(v, bins=min(40, max(5, v.size // 10)), color="#4a7fb5")
-            ax.set_title(f"{name} (n = {v.size})", fontsize=9)
+            _literal(ax.set_title(f"{name} (n = {v.size})", fontsize=9))
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         axes[0][0].set_ylabel("samples")
         figs["phenotypes"] = _figure_png(fig)
@@ -354,7 +426,7 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
             ax.set_xlim(edges[nz[0]] - 0.05, max(0.8, edges[nz[-1] + 1] + 0.05))
         for cut, name in RELATEDNESS_CLASSES:
             ax.axvline(cut, color="grey", lw=0.7, ls="--")
-        ax.set_xlabel(r"off-diagonal $K_{ij}$ ($i < j$)")
+        ax.set_xlabel(r"normalised relatedness $K_{ij} / \sqrt{K_{ii} K_{jj}}$ ($i \neq j$)")
         ax.set_ylabel("pairs")
         ax.set_title("Relatedness (dashed: 3rd degree .. duplicate)")
         figs["relatedness"] = _figure_png(fig)
@@ -365,9 +437,16 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         a1.set_xlabel("minor allele frequency")
         a1.set_ylabel("variants")
         miss = np.asarray(data.missing, dtype=float)
-        a2.hist(miss, bins=50, color="#b5804a")
+        miss = miss[np.isfinite(miss)]
+        if miss.size and miss.max() > 0:
+            a2.hist(miss, bins=50, range=(0.0, float(miss.max())), color="#b5804a")
+            a2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        else:  # a histogram of zeros would span an arbitrary −0.5..0.5 around its single bar
+            a2.text(0.5, 0.5, f"no missing calls\n({miss.size} variants)", ha="center", va="center",
+                    transform=a2.transAxes)
+            a2.set_xticks([])
+            a2.set_yticks([])
         a2.set_xlabel("fraction of calls missing")
-        a2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         figs["variant_qc"] = _figure_png(fig)
     return figs
 
@@ -434,8 +513,12 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
     sp = doc.get("spectrum_info") or {}
     phen = doc.get("phenotypes") or []
     mf = [p for p in phen if p.get("reml_method") == "matrix_free"]
+    inputs = doc.get("inputs") or {}
     summary = [
         ("bigmm version", doc.get("bigmm_version")), ("created", doc.get("created")),
+        ("command line", doc.get("command") or "none recorded (run from Python: bigmm.run)"),
+        ("configuration file", doc.get("config_file") or "none (a configuration given in Python)"),
+        *((f"{what} input", path) for what, path in inputs.items() if path),
         ("genotyped samples", doc.get("n_genotyped")), ("analysed samples", doc.get("n_samples")),
         ("variants used", doc.get("n_variants")), ("variants in the data", doc.get("n_variants_total")),
         ("variants dropped", ", ".join(f"{k} {v}" for k, v in (doc.get("variants_dropped") or {}).items() if v) or "none"),
@@ -459,6 +542,18 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
                      p.get("h2_se_method")))
     estimates = _table(["phenotype", "n", "h²", "SE", "95% CI", "σ²<sub>g</sub>", "SE", "σ²<sub>e</sub>", "SE", "Vp", "SE", "pve",
                         "LRT p", "boundary", "missing", "SE method"], rows, e)
+    liability = [(p.get("name"), num(p.get("prevalence"), "{:g}"), num(p.get("case_fraction")), num(p.get("h2")),
+                  num(p.get("h2_se")), num(p.get("h2_liability")), num(p.get("h2_liability_se")))
+                 for p in phen if p.get("h2_liability") is not None]
+    if liability:
+        estimates += (
+            '<h3 id="liability">Liability scale</h3><p>A case/control phenotype (cases: its larger value) '
+            'with <code>phenotypes.prevalence</code> K: h² above is on the observed 0/1 scale; on the '
+            'liability scale h²<sub>L</sub> = h² K²(1 − K)² / (z² P(1 − P)), z the standard normal density at '
+            'the threshold Φ⁻¹(1 − K), P the case fraction of the analysed samples; its SE is the observed '
+            'scale SE times the same factor (Lee et al. 2011, as GCTA\'s V(G)/Vp_L).</p>'
+            + _table(["phenotype", "prevalence K", "case fraction P", "h² (observed)", "SE",
+                      "h²<sub>L</sub> (liability)", "SE"], liability, e))
     fe_rows = [(p.get("name"), fe.get("name"), num(fe.get("estimate"), "{:.6g}"), num(fe.get("se"), "{:.4g}"),
                 num(fe["estimate"] / fe["se"], "{:.2f}") if fe.get("se") and fe.get("estimate") is not None else "NA")
                for p in phen for fe in (p.get("fixed_effects") or [])]
@@ -486,7 +581,7 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
         if in_ph is not None and n_an is not None:
             excluded.append(("no value of any phenotype", max(0, in_ph - miss_cov - n_an)))
         excluded.append(("analysed", n_an))
-    per_pheno = [(p.get("name"), p.get("n"), p.get("n_missing")) for p in phen]
+    per_pheno = [(p.get("name"), p.get("n"), p.get("n_missing")) for p in phen]  # n_missing: of the analysed
     samples_section = "" if not (sample_rows or excluded) else (
         '<section id="samples"><h2>Samples</h2>'
         + (f"<p>{n_gen} genotyped samples; each sample left out is counted under the first reason that "
@@ -507,7 +602,8 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
         'over the genotypes (no spectrum of K); log det H by stochastic Lanczos quadrature with Rademacher probes. '
         'The reported SE of h² combines the statistical SE and the Monte Carlo SD of ĥ² due to the probes '
         '(delete-one-probe jackknife). Convergence: the change of ĥ² and ℓ_R over the last step. h²_HE is the '
-        'Haseman–Elston moment estimate from the first pass, a cross-check.</p>'
+        'Haseman–Elston moment estimate from the first pass: a rough cross-check, far less precise than '
+        'REML and not constrained, so it can fall outside [0, 1].</p>'
         + _table(["phenotype", "Lanczos steps", "passes over X", "converged", "|Δh²|", "|Δℓ_R|", "probes",
                   "deflation rank", "SE (statistical)", "SD (Monte Carlo)", "h²<sub>HE</sub>"], mf_rows, e) + "</section>")
 
@@ -527,7 +623,9 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
         '<section id="variants"><h2>Variant QC</h2><p>Each dropped variant is counted under the first filter '
         'that applies'
         + (f" (min_maf {filters.get('min_maf')}, max_missing {filters.get('max_missing')})" if filters else "")
-        + ". Histograms over all variants of the data, before filtering.</p>"
+        + ". Histograms over all variants of the data, before filtering."
+        + (" No genotype call is missing (every variant called in every sample)." if data.missing is not None
+           and np.all(np.nan_to_num(np.asarray(data.missing, dtype=float)) == 0) else "") + "</p>"
         + _table(["filter", "variants removed"], [(k, v) for k, v in dropped.items()]
                  + [("kept", doc.get("n_variants"))], e)
         + img("variant_qc", "Minor allele frequency and missingness per variant") + "</section>")
@@ -536,19 +634,31 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
     rel_section = ""
     if rel:
         top = [(f"{a['a'][0]}/{a['a'][1]}", f"{a['b'][0]}/{a['b'][1]}", num(a["K"]), num(a.get("K_aa")),
-                num(a.get("K_bb")), a.get("class") or "-") for a in rel["top"]]
+                num(a.get("K_bb")), num(a.get("K_normalised")), a.get("class") or "-") for a in rel["top"]]
+        undefined = rel.get("pairs_without_normalised") or 0
         rel_section = (
             '<section id="relatedness"><h2>Relatedness</h2>'
             f"<p>Off-diagonal entries of K over {rel['n']} genotyped samples ({rel['pairs']} pairs): mean "
             f"{num(rel['mean'], '{:.2e}')}, SD {num(rel['sd'], '{:.3g}')}, min {num(rel['min'])}, max "
-            f"{num(rel['max'])}. K ≈ 2 × kinship: pairs above 0.707 are duplicates or MZ twins, above 0.354 "
-            "first-degree, 0.177 second-degree, 0.088 third-degree relatives (KING's kinship cut-offs, "
-            "doubled). Cryptic relatives inflate h² estimated from distant relatedness; consider removing one "
-            "of each close pair. Population structure raises K within a population too: with structure, "
-            "a pair above a cut-off need not be a relative (see the PCs).</p>"
-            + img("relatedness", "Distribution of off-diagonal K (log scale)")
-            + f"<h3>The {len(top)} largest pairs</h3>"
-            + _table(["sample i", "sample j", "K<sub>ij</sub>", "K<sub>ii</sub>", "K<sub>jj</sub>", "class"], top, e) + "</section>")
+            f"{num(rel['max'])}; diagonal K<sub>ii</sub> mean {num(rel.get('diag_mean'))}, min "
+            f"{num(rel.get('diag_min'))}, max {num(rel.get('diag_max'))}. Pairs are ranked and classed by the "
+            "normalised relatedness K<sub>ij</sub> / √(K<sub>ii</sub> K<sub>jj</sub>), not by the raw "
+            "K<sub>ij</sub>: in inbred or structured samples K<sub>ii</sub> = 1 + F<sub>i</sub> exceeds 1 and "
+            "the raw K<sub>ij</sub> of relatives grows with it (a duplicate of a sample with K<sub>ii</sub> = "
+            "1.3 has K<sub>ij</sub> = 1.3), while the normalised value is 1 for a duplicate whatever the "
+            "inbreeding (missing calls, which shrink K<sub>ij</sub>, are undone too). With it ≈ 2 × kinship: "
+            "pairs above 0.707 are duplicates or MZ twins, above 0.354 first-degree, 0.177 second-degree, "
+            "0.088 third-degree relatives (KING's kinship cut-offs, doubled). Cryptic relatives inflate h² "
+            "estimated from distant relatedness; consider removing one of each close pair. Population "
+            "structure raises K within a population too: with structure, a pair above a cut-off need not be "
+            "a relative (see the PCs)."
+            + (f" {undefined} pairs involve a sample with K<sub>ii</sub> ≤ 0 (no called genotype) and have "
+               "no normalised value." if undefined else "") + "</p>"
+            + img("relatedness", "Distribution of the normalised off-diagonal K (log scale)")
+            + f"<h3>The {len(top)} most related pairs</h3>"
+            + _table(["sample i", "sample j", "K<sub>ij</sub>", "K<sub>ii</sub>", "K<sub>jj</sub>",
+                      "K<sub>ij</sub> / √(K<sub>ii</sub> K<sub>jj</sub>)", "class (normalised)"], top, e)
+            + "</section>")
 
     pheno_section = "" if "phenotypes" not in figs else (
         '<section id="phenotypes"><h2>Phenotype distributions</h2><p>Values of the analysed samples, '

@@ -45,7 +45,7 @@ from ..blup import Blup, genetic_values, leave_one_out, loo_accuracy, snp_effect
 from ..errors import BigmmError, InputError, OutputError
 from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, grm, grm_complete
-from ..io.gcta import write_gcta_grm
+from ..io.gcta import gcta_grm_writer
 from ..io.plink import ingest_plink
 from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
@@ -190,6 +190,7 @@ class Runner:
         self.passes: dict[str, float] | None = None  # passes over X per stage (stage_passes)
         self.pass_seconds = 0.0  # seconds and passes over X measured so far in this run
         self.passes_timed = 0.0
+        self.command: str | None = None  # the command line that started this invocation (the report names it)
 
     # -- bookkeeping ------------------------------------------------------------------
     def up_to_date(self, name: str) -> bool:
@@ -586,7 +587,7 @@ class Runner:
         result = self.fit_matrix_free(StepCheckpoint(partial / "state.npz"))
         for f in result.fits:
             log.info("REML %s (matrix-free): n = %d, h2 = %.4f (SE %.4f, of which Monte Carlo %.4f), "
-                     "h2_he = %.4f, sigma2_g = %.4g, sigma2_e = %.4g, %d steps, %s (|Δh2| %.1e, |Δℓ| %.1e)%s",
+                     "h2_HE = %.4f (Haseman-Elston moment estimate: a rough cross-check, may fall outside [0, 1]), sigma2_g = %.4g, sigma2_e = %.4g, %d steps, %s (|Δh2| %.1e, |Δℓ| %.1e)%s",
                      f.name, f.n, f.h2, f.h2_se, f.h2_se_mc, f.h2_he, f.sigma2_g, f.sigma2_e, f.lanczos_steps,
                      "converged" if f.converged else "NOT CONVERGED", f.delta_h2, f.delta_logl,
                      f", boundary {f.boundary}" if f.boundary else "")
@@ -639,9 +640,12 @@ class Runner:
         std = self.std() if self.inp.grm is None else None
         spec = self.spectrum() if self.inp.spectrum_needed else None
         reml = json_safe(self.reml().to_dict())
+        d = self.inp.design
+        fits = {p["name"]: p for p in reml["phenotypes"]}
+        for j, name in enumerate(d.phenotype_names):  # analysed samples without a value, the same for every method
+            if name in fits:
+                fits[name]["n_missing"] = int(np.isnan(d.Y[d.analysed, j]).sum())
         prefix = self.cfg.gcta_prefix()
-        if prefix is not None:
-            write_gcta_grm(prefix, self.K(), self.inp.ids, std.n_kept, N=self.K("N"))
         run_info = {
             "bigmm_version": __version__,
             "created": now_utc(),
@@ -665,6 +669,13 @@ class Runner:
                        for k, v in self.manifest.get("stages", {}).items()},
             "config_fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.model_dump(mode="json"),
+            # what started the run and what it read (the report's summary names them)
+            "command": self.command,
+            "config_file": None if self.cfg.source is None else str(self.cfg.source),
+            "inputs": {k: None if v is None else str(v) for k, v in (
+                ("genotypes", self.cfg.genotypes.plink or self.cfg.genotypes.zarr or self.cfg.genotypes.vcf_zarr),
+                ("GRM", self.cfg.genotypes.grm), ("phenotype", self.cfg.phenotypes.file),
+                ("covariate", self.cfg.covariates.file))},
         }
         run_info["samples_selection"] = self.inp.selection.get("samples")
         if self.inp.labels is not None:
@@ -684,7 +695,16 @@ class Runner:
                 p.update(prevalence=prevalence, case_fraction=cases, h2_liability=hl, h2_liability_se=hl_se)
                 log.info("REML %s: h2 on the liability scale %.4f (SE %.4f): prevalence %g, %.4f of the "
                          "sample cases (Lee et al. 2011)", p["name"], hl, hl_se, prevalence, cases)
-        data = self.report_data()
+        if prefix is None:
+            data = self.report_data()
+        else:  # GCTA's files written from the relatedness section's read of K (and one read of N)
+            N, row = self.K("N"), [0]
+            with gcta_grm_writer(prefix, self.inp.ids, std.n_kept) as write_rows:
+                def export(band):
+                    r0, r1 = row[0], row[0] + band.shape[0]
+                    write_rows(band, N[r0:r1, 0:r1])
+                    row[0] = r1
+                data = self.report_data(on_grm_rows=export)
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
             p.update({f"blup_accuracy_{k}": v for k, v in (data.blup_accuracy.get(p["name"]) or {}).items()
                       if k != "n"})
@@ -703,9 +723,12 @@ class Runner:
         return doc, {"files": files}
 
 
-    def report_data(self) -> ReportData:
+    def report_data(self, on_grm_rows=None) -> ReportData:
         """What the report shows besides results.json, from the run's saved outputs (the design read at
-        validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes."""
+        validation, variants.zarr, grm.zarr on the exact path, blup.tsv): no pass over the genotypes.
+
+        Reads: the variant statistics once; the GRM's lower triangle once, in bands of whole chunks
+        (:func:`relatedness_summary`, which hands each band to ``on_grm_rows``); nothing element by element."""
         d = self.inp.design
         data = ReportData(phenotypes={name: d.Y[d.analysed, j] for j, name in enumerate(d.phenotype_names)})
         if self.inp.labels is not None:  # report.labels, read at validation
@@ -731,7 +754,7 @@ class Runner:
         except (OSError, KeyError, ValueError) as exc:  # the report goes on without the histograms
             log.warning("report: variant statistics not shown (%s)", exc)
         if (self.out / "grm.zarr").exists() and "grm" in self.plan:
-            data.relatedness = relatedness_summary(self.K(), self.inp.ids)
+            data.relatedness = relatedness_summary(self.K(), self.inp.ids, on_rows=on_grm_rows)
         blup = self.out / "blup.tsv"
         if blup.exists():
             m = len(d.phenotype_names)
@@ -769,7 +792,7 @@ def _unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError
 
 
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,
-        on_validated=None) -> RunOutcome:
+        on_validated=None, command: str | None = None) -> RunOutcome:
     """Run (or resume) the analysis described by ``cfg``.
 
     Parameters
@@ -784,6 +807,8 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     on_validated : callable, optional
         Called once the inputs are valid and the output directory exists, before anything else
         is written (``bigmm reml`` writes its config file there).
+    command : str, optional
+        The command line that started the run (the CLI passes it), named in the report.
     """
     if from_stage is not None and from_stage not in STAGES:
         raise InputError(f"--from {from_stage!r}: not a stage; stages are {', '.join(STAGES)}")
@@ -794,6 +819,7 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     if on_validated is not None:
         on_validated()
     runner = Runner(cfg, inputs, force, from_stage)
+    runner.command = command
     runner.t0 = t_start  # elapsed times count the validation too
     with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
