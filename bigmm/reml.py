@@ -1004,10 +1004,12 @@ def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult
     profiles = {}
     for rot in design.groups:
         grid = np.linspace(0.0, rot.hmax, grid_size)
-        for nm in rot.names:
+        for j, nm in enumerate(rot.names):
             if nm in shown:
+                # on the phenotype's own scale, as logl_reml (the fit ran on y / a: ℓ = ℓ' − (n − c) log a)
+                shift = (rot.n - rot.c) * float(np.log(rot.scale[j])) if rot.scale is not None else 0.0
                 profiles[nm] = {"h2": grid.tolist(),
-                                "logl_reml": [float(v) if np.isfinite(v) else None for v in profile[nm]]}
+                                "logl_reml": [float(v) - shift if np.isfinite(v) else None for v in profile[nm]]}
     return RemlResult(fits=tuple(fits), spectrum_method=design.spectrum_method,
                       notes={"missing_methods": methods, "grid_size": grid_size, "profiles": profiles},
                       design=design)
