@@ -116,7 +116,20 @@ def _fit_context(spectrum: Spectrum, design, result, rows, rows_spectrum, what: 
     if any(rot.obs is None for rot in design.groups):
         raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
                          "rerun its rotate stage")
+    given = rows is not None
     rows = np.arange(spectrum.n) if rows is None else np.asarray(rows)
+    n_fit = design.Z.shape[0]
+    if rows.dtype == bool:
+        raise InputError(f"{what}: rows must be sample indices into the spectrum (np.flatnonzero(mask)), "
+                         f"not a boolean mask")
+    if rows.ndim != 1 or rows.size != n_fit or (rows.size and (rows.min() < 0 or rows.max() >= spectrum.n)):
+        got = ("no rows (all of the spectrum's samples)" if not given else f"{rows.size} rows"
+               + (f" with indices {int(rows.min())}..{int(rows.max())}" if rows.size else ""))
+        raise InputError(
+            f"{what}: the fit has {n_fit} samples and the spectrum {spectrum.n}, but {got} given: "
+            + ("give the spectrum the fit was made on without rows, or the spectrum of all samples "
+               "with rows = the fit's samples" if rows.size != n_fit else
+               f"rows must index the spectrum's {spectrum.n} samples (0..{spectrum.n - 1})"))
     own = spectrum if rows.size == spectrum.n else (rows_spectrum if rows_spectrum is not None
                                                     else spectrum.subset(rows))
     return design, rows, own, {f.name: f for f in result.fits}
