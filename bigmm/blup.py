@@ -272,6 +272,37 @@ class LeaveOneOut:
     genetic_values: np.ndarray  # (n, m) ĝ₋ᵢ: the genetic part of ŷ₋ᵢ
     h2: np.ndarray  # (m,) the h² the predictions were made at
 
+    def _rows(self, limit: int) -> list[tuple]:
+        acc = self.accuracy()
+        return [(nm, acc[nm]["n"], float(self.h2[j]), acc[nm]["loo"], acc[nm]["loo_genetic"], acc[nm]["gv"])
+                for j, nm in enumerate(list(self.names)[:limit])]
+
+    def __repr__(self, limit: int = 10) -> str:
+        """One line per phenotype (the first ``limit``): samples predicted, h² and the accuracies."""
+        from .reml import _num
+
+        n, m = self.predictions.shape
+        lines = [f"LeaveOneOut({m} phenotype{'s' if m != 1 else ''} x {n} samples)"]
+        lines += [f"  {nm}: {k} predicted at h2={_num(h)}, r(y_hat, y)={_num(r)}, r(g_hat, y - fixed)={_num(rg)}, "
+                  f"implied r(g_hat, g)={_num(gv)}" for nm, k, h, r, rg, gv in self._rows(limit)]
+        if m > limit:
+            lines.append(f"  ... {m - limit} more (accuracy() gives all)")
+        return "\n".join(lines)
+
+    def _repr_html_(self, limit: int = 50) -> str:
+        """An HTML table of the phenotypes' accuracies, for notebooks."""
+        import html
+
+        from .reml import _num
+
+        n, m = self.predictions.shape
+        cells = ("phenotype", "predicted", "h²", "r(ŷ, y)", "r(ĝ, y − fixed)", "implied r(ĝ, g)")
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
+            nm, k, _num(h), _num(r), _num(rg), _num(gv))) + "</tr>" for nm, k, h, r, rg, gv in self._rows(limit))
+        more = f"<p>... {m - limit} more</p>" if m > limit else ""
+        return (f"<div><b>LeaveOneOut</b>: {m} phenotypes x {n} samples<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in cells) + f"</tr>{body}</table>{more}</div>")
+
     def accuracy(self) -> dict:
         """:func:`loo_accuracy` of each phenotype, by name."""
         return {nm: loo_accuracy(self.y[:, j], self.predictions[:, j], self.genetic_values[:, j], self.h2[j])
