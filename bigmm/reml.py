@@ -52,8 +52,8 @@ TABLE_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "pve_se", "mean_d
                  "sigma2_e", "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                  "n_missing", "missing_method", "h2_se_method")
 #: the matrix-free REML's own columns (after the common ones, when it ran)
-MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
-                       "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_se_mc_ratio", "h2_he", "lanczos_steps",
+                       "passes_over_X", "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
 
 
 def fits_table_rows(fits) -> tuple[list[str], list[list]]:

@@ -53,7 +53,7 @@ def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]
         header += [f"beta_{name}", f"se_{name}"]
     rows = ["\t".join(header)]
     for fit in fits:
-        vals = [fit["name"]] + [_fmt(fit[c]) for c in columns]
+        vals = [fit["name"]] + [_fmt(fit.get(c)) for c in columns]  # a column an older reml.json lacks: "."
         for fe in fit["fixed_effects"]:
             vals += [_fmt(fe["estimate"]), _fmt(fe["se"])]
         rows.append("\t".join(vals))
