@@ -130,6 +130,9 @@ def _fit_context(spectrum: Spectrum, design, result, rows, rows_spectrum, what: 
             + ("give the spectrum the fit was made on without rows, or the spectrum of all samples "
                "with rows = the fit's samples" if rows.size != n_fit else
                f"rows must index the spectrum's {spectrum.n} samples (0..{spectrum.n - 1})"))
+    if rows_spectrum is not None and rows.size != spectrum.n and rows_spectrum.n != rows.size:
+        raise InputError(f"{what}: rows_spectrum has {rows_spectrum.n} samples, rows {rows.size}: give "
+                         "spectrum.subset(rows), the spectrum the fit was made on")
     own = spectrum if rows.size == spectrum.n else (rows_spectrum if rows_spectrum is not None
                                                     else spectrum.subset(rows))
     return design, rows, own, {f.name: f for f in result.fits}

@@ -81,6 +81,8 @@ def test_predict_refuses_rows_that_do_not_fit_the_spectrum():
         bigmm.predict(fit, bigmm.exact_spectrum(K))
     with pytest.raises(bigmm.errors.InputError, match="not a boolean mask"):
         bigmm.predict(fit, bigmm.exact_spectrum(K), rows=a)
+    with pytest.raises(bigmm.errors.InputError, match="rows_spectrum has 60 samples, rows 45"):
+        bigmm.predict(fit, bigmm.exact_spectrum(K), rows=np.flatnonzero(a), rows_spectrum=bigmm.exact_spectrum(K))
     # the right pairings work: the fit's own spectrum, or all samples with rows
     assert bigmm.predict(fit, spec).genetic_values.shape == (45, 1)
     assert bigmm.predict(fit, bigmm.exact_spectrum(K), rows=np.flatnonzero(a)).genetic_values.shape == (60, 1)
