@@ -116,7 +116,23 @@ def _fit_context(spectrum: Spectrum, design, result, rows, rows_spectrum, what: 
     if any(rot.obs is None for rot in design.groups):
         raise InputError("this RotatedDesign carries no observed samples (saved by an older bigmm); "
                          "rerun its rotate stage")
+    given = rows is not None
     rows = np.arange(spectrum.n) if rows is None else np.asarray(rows)
+    n_fit = design.Z.shape[0]
+    if rows.dtype == bool:
+        raise InputError(f"{what}: rows must be sample indices into the spectrum (np.flatnonzero(mask)), "
+                         f"not a boolean mask")
+    if rows.ndim != 1 or rows.size != n_fit or (rows.size and (rows.min() < 0 or rows.max() >= spectrum.n)):
+        got = ("no rows (all of the spectrum's samples)" if not given else f"{rows.size} rows"
+               + (f" with indices {int(rows.min())}..{int(rows.max())}" if rows.size else ""))
+        raise InputError(
+            f"{what}: the fit has {n_fit} samples and the spectrum {spectrum.n}, but {got} given: "
+            + ("give the spectrum the fit was made on without rows, or the spectrum of all samples "
+               "with rows = the fit's samples" if rows.size != n_fit else
+               f"rows must index the spectrum's {spectrum.n} samples (0..{spectrum.n - 1})"))
+    if rows_spectrum is not None and rows.size != spectrum.n and rows_spectrum.n != rows.size:
+        raise InputError(f"{what}: rows_spectrum has {rows_spectrum.n} samples, rows {rows.size}: give "
+                         "spectrum.subset(rows), the spectrum the fit was made on")
     own = spectrum if rows.size == spectrum.n else (rows_spectrum if rows_spectrum is not None
                                                     else spectrum.subset(rows))
     return design, rows, own, {f.name: f for f in result.fits}
@@ -258,6 +274,37 @@ class LeaveOneOut:
     predictions: np.ndarray  # (n, m) ŷ₋ᵢ: y_i predicted from the other samples
     genetic_values: np.ndarray  # (n, m) ĝ₋ᵢ: the genetic part of ŷ₋ᵢ
     h2: np.ndarray  # (m,) the h² the predictions were made at
+
+    def _rows(self, limit: int) -> list[tuple]:
+        acc = self.accuracy()
+        return [(nm, acc[nm]["n"], float(self.h2[j]), acc[nm]["loo"], acc[nm]["loo_genetic"], acc[nm]["gv"])
+                for j, nm in enumerate(list(self.names)[:limit])]
+
+    def __repr__(self, limit: int = 10) -> str:
+        """One line per phenotype (the first ``limit``): samples predicted, h² and the accuracies."""
+        from .reml import _num
+
+        n, m = self.predictions.shape
+        lines = [f"LeaveOneOut({m} phenotype{'s' if m != 1 else ''} x {n} samples)"]
+        lines += [f"  {nm}: {k} predicted at h2={_num(h)}, r(y_hat, y)={_num(r)}, r(g_hat, y - fixed)={_num(rg)}, "
+                  f"implied r(g_hat, g)={_num(gv)}" for nm, k, h, r, rg, gv in self._rows(limit)]
+        if m > limit:
+            lines.append(f"  ... {m - limit} more (accuracy() gives all)")
+        return "\n".join(lines)
+
+    def _repr_html_(self, limit: int = 50) -> str:
+        """An HTML table of the phenotypes' accuracies, for notebooks."""
+        import html
+
+        from .reml import _num
+
+        n, m = self.predictions.shape
+        cells = ("phenotype", "predicted", "h²", "r(ŷ, y)", "r(ĝ, y − fixed)", "implied r(ĝ, g)")
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
+            nm, k, _num(h), _num(r), _num(rg), _num(gv))) + "</tr>" for nm, k, h, r, rg, gv in self._rows(limit))
+        more = f"<p>... {m - limit} more</p>" if m > limit else ""
+        return (f"<div><b>LeaveOneOut</b>: {m} phenotypes x {n} samples<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in cells) + f"</tr>{body}</table>{more}</div>")
 
     def accuracy(self) -> dict:
         """:func:`loo_accuracy` of each phenotype, by name."""

@@ -247,7 +247,9 @@ def standardization(stats: VariantStats, standardize: Standardize = "gcta", *, m
         mark(~np.isin(np.asarray(variant_ids, dtype=object), list(wanted)), 5)
     keep = reason < 0
     dropped = {name: int((reason == len(DROP_REASONS) + k).sum()) for k, (name, _) in enumerate(selections)}
-    dropped.update({name: int((reason == k).sum()) for k, name in enumerate(DROP_REASONS)})
+    # not_in_variant_list only where include_ids gave a list (a selection by ``drop`` has its own name)
+    dropped.update({name: int((reason == k).sum()) for k, name in enumerate(DROP_REASONS)
+                    if name != "not_in_variant_list" or include_ids is not None})
     if not keep.any():
         raise InputError(f"no variant passes the filters (of {p}: "
                          + ", ".join(f"{k} {v}" for k, v in dropped.items() if v) + ")")

@@ -76,6 +76,11 @@ RITZ_TOL = 1e-3
 RITZ_MAX = 64
 STATE_VERSION = 1
 MAX_NEWTON = 100
+#: h2_se_mc / h2_se_stat above which a fit warns and says how many probes bring it to
+#: MC_SE_RATIO_TARGET (the Monte Carlo SD falls as 1/√N): at 0.25, h2_se is 3% above the
+#: statistical SE and the efficiency against exact REML about 1 / (1 + 0.25²) = 0.94
+MC_SE_RATIO_WARN = 0.25
+MC_SE_RATIO_TARGET = 0.1
 
 
 # --------------------------------------------------------------------------------------
@@ -94,11 +99,13 @@ class MatrixFreeFit(PhenotypeFit):
     result rests on, including those before a resume from a checkpoint); ``converged``
     with ``delta_h2`` and ``delta_logl`` (|Δĥ²| and |Δℓ_R| between the last two steps);
     ``probes``, ``deflation_rank`` and ``deflation_coupling`` (‖(I − UUᵀ) K U‖_F, NaN where
-    unknown).
+    unknown); ``h2_se_mc_ratio`` = h2_se_mc / h2_se_stat (falls as 1/√probes: ``probes ·
+    (ratio / r)²`` probes give about r).
     """
 
     h2_se_stat: float = float("nan")
     h2_se_mc: float = float("nan")
+    h2_se_mc_ratio: float = float("nan")
     h2_he: float = float("nan")
     lanczos_steps: int = 0
     passes_over_X: int = 0
@@ -1341,6 +1348,7 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
         for j, f in zip(g.cols, _group_fits(mdl, grid, znames, delta_h[g.cols], delta_ll[g.cols],
                                             conv[g.cols], common)):
             fits[j] = f
+    _warn_mc_ratio(fits, int(probes))
     unit_sigma2 = tuple(f.sigma2_g + f.sigma2_e for f in fits)
     fits = [_rescale(f, float(a), c) for f, a in zip(fits, scales)]
     return MatrixFreeResult(fits=tuple(fits), phenotype_names=tuple(names), covariate_names=tuple(znames),
@@ -1349,6 +1357,27 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
                             delta_h2=float(np.nanmax(delta_h)), delta_logl=float(np.nanmax(delta_ll)),
                             probes=int(probes), seed=int(seed), tol=float(tol), max_steps=int(max_steps),
                             deflation_rank=kdef, notes=notes, models=tuple(models))
+
+
+def probes_for_ratio(ratio: float, probes: int, target: float | None = None) -> int:
+    """Probes that bring h2_se_mc / h2_se_stat from ``ratio`` (at ``probes``) to about ``target``
+    (default :data:`MC_SE_RATIO_TARGET`): the Monte Carlo SD of ĥ² falls as 1/√N, so
+    N' = ⌈N (ratio / target)²⌉."""
+    target = MC_SE_RATIO_TARGET if target is None else target
+    return int(math.ceil(probes * (ratio / target) ** 2))
+
+
+def _warn_mc_ratio(fits, probes: int) -> None:
+    """Warn when the probes' Monte Carlo SD is more than MC_SE_RATIO_WARN of the statistical SE."""
+    high = [f for f in fits if np.isfinite(f.h2_se_mc_ratio) and f.h2_se_mc_ratio > MC_SE_RATIO_WARN]
+    if high:
+        worst = max(high, key=lambda f: f.h2_se_mc_ratio)
+        log.warning("matrix-free REML: the Monte Carlo SD of h2 from the %d log det probes is more than %.2g of "
+                    "the statistical SE for %d of %d phenotypes (up to %.3f, %s; h2_se includes it): "
+                    "reml.probes: %d would bring it to about %.2g (it falls as 1/sqrt(probes); each probe "
+                    "is one more column of every pass, not one more pass)", probes, MC_SE_RATIO_WARN,
+                    len(high), len(fits), worst.h2_se_mc_ratio, worst.name,
+                    probes_for_ratio(worst.h2_se_mc_ratio, probes), MC_SE_RATIO_TARGET)
 
 
 def _rescale(f: MatrixFreeFit, a: float, c: int) -> MatrixFreeFit:
@@ -1452,6 +1481,7 @@ def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
             ml_note=(f"K is singular: ML is maximised over h2 in [0, {gml[-1]:g}] because it can grow "
                      f"without bound as h2 -> 1" if ml_capped else ""),
             h2_se_stat=se_stat, h2_se_mc=se_mc, h2_he=float(np.asarray(he_h)[j]),
+            h2_se_mc_ratio=se_mc / se_stat if se_stat > 0 else float("nan"),
             lanczos_steps=common["steps"], passes_over_X=common["steps"], converged=bool(conv[j]),
             delta_h2=float(dh[j]), delta_logl=float(dll[j]), probes=common["probes"],
             deflation_rank=int(mdl.k), deflation_coupling=float(mdl.coupling)))

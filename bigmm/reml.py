@@ -52,8 +52,8 @@ TABLE_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "pve_se", "mean_d
                  "sigma2_e", "sigma2_e_se", "logl_reml", "logl_ml", "lrt_stat", "lrt_pvalue", "boundary",
                  "n_missing", "missing_method", "h2_se_method")
 #: the matrix-free REML's own columns (after the common ones, when it ran)
-MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_he", "lanczos_steps", "passes_over_X",
-                       "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_se_mc_ratio", "h2_he", "lanczos_steps",
+                       "passes_over_X", "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
 
 
 def fits_table_rows(fits) -> tuple[list[str], list[list]]:
@@ -1004,10 +1004,12 @@ def fit_rotated(design: RotatedDesign, grid_size: int = GRID_SIZE) -> RemlResult
     profiles = {}
     for rot in design.groups:
         grid = np.linspace(0.0, rot.hmax, grid_size)
-        for nm in rot.names:
+        for j, nm in enumerate(rot.names):
             if nm in shown:
+                # on the phenotype's own scale, as logl_reml (the fit ran on y / a: ℓ = ℓ' − (n − c) log a)
+                shift = (rot.n - rot.c) * float(np.log(rot.scale[j])) if rot.scale is not None else 0.0
                 profiles[nm] = {"h2": grid.tolist(),
-                                "logl_reml": [float(v) if np.isfinite(v) else None for v in profile[nm]]}
+                                "logl_reml": [float(v) - shift if np.isfinite(v) else None for v in profile[nm]]}
     return RemlResult(fits=tuple(fits), spectrum_method=design.spectrum_method,
                       notes={"missing_methods": methods, "grid_size": grid_size, "profiles": profiles},
                       design=design)

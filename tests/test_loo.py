@@ -95,3 +95,20 @@ def test_loo_accuracy_leaves_out_missing():
     assert out["n"] == 4
     assert out["loo"] == pytest.approx(np.corrcoef(p[ok], y[ok])[0, 1])
     assert out["gv"] == pytest.approx(out["loo_genetic"] / 0.5)
+
+
+def test_leave_one_out_repr_is_short(cohort):
+    """repr and the notebook table summarise per phenotype (samples predicted, h², accuracies)
+    like the other result objects; before, the dataclass repr printed every array."""
+    spec, Z, y = cohort
+    Y = np.column_stack([y, y[::-1]])
+    Y[:7, 1] = np.nan
+    fit = bigmm.fit_reml(spec, Y, Z, phenotype_names=["a", "b"])
+    loo = leave_one_out(spec, None, fit)
+    text = repr(loo)
+    acc = loo.accuracy()
+    assert text.splitlines()[0] == "LeaveOneOut(2 phenotypes x 150 samples)"
+    assert len(text.splitlines()) == 3 and len(text) < 600 and "array" not in text
+    assert f"b: 143 predicted at h2={fit.fits[1].h2:.4f}, r(y_hat, y)={acc['b']['loo']:.4f}" in text
+    html = loo._repr_html_()
+    assert html.count("<tr>") == 3 and "array" not in html

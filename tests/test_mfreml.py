@@ -493,3 +493,36 @@ def test_blup_weights_equal_dense_solve():
         assert np.all(W[~o, j] == 0)
         np.testing.assert_allclose(g_hat[:, j], fit.sigma2_g * K[:, o] @ w, rtol=1e-7,
                                    atol=1e-10 * np.abs(g_hat[:, j]).max())
+
+
+def test_mc_ratio_reported_and_warned(unrelated_problem, caplog, monkeypatch):
+    """Each fit reports h2_se_mc / h2_se_stat; above MC_SE_RATIO_WARN the fit warns and names the
+    probes that bring the ratio to MC_SE_RATIO_TARGET (N (ratio / target)², the MC SD falling as
+    1/√N). Then, with that many probes, the ratio is near the target (within the jackknife's own
+    error, about 1/√(2N) relative, and the seeds' spread: a factor 1.6)."""
+    import logging
+    import math
+
+    import bigmm.mfreml as mf
+
+    K, y, ref = unrelated_problem
+    Y = np.column_stack([y, y + np.random.default_rng(1).normal(size=y.size)])
+    monkeypatch.setattr(mf, "MC_SE_RATIO_WARN", 0.0)  # every fit warns
+    monkeypatch.setattr(mf, "MC_SE_RATIO_TARGET", 0.03)  # (4 probes give ~0.1 on this cohort)
+    with caplog.at_level(logging.WARNING, logger="bigmm"):
+        res = fit_matrix_free(DenseOp(K), Y, probes=4, seed=5, tol=1e-5, phenotype_names=["a", "b"])
+    for f in res.fits:
+        assert f.h2_se_mc_ratio == pytest.approx(f.h2_se_mc / f.h2_se_stat, rel=1e-12)
+        assert res.to_pandas()["h2_se_mc_ratio"].notna().all()
+    worst = max(res.fits, key=lambda f: f.h2_se_mc_ratio)
+    want = math.ceil(4 * (worst.h2_se_mc_ratio / 0.03) ** 2)
+    msg = [r.getMessage() for r in caplog.records if "Monte Carlo SD of h2" in r.getMessage()]
+    assert len(msg) == 1 and f"for 2 of 2 phenotypes (up to {worst.h2_se_mc_ratio:.3f}, {worst.name};" in msg[0]
+    assert f"reml.probes: {want} would bring it to about 0.03" in msg[0]
+    more = fit_matrix_free(DenseOp(K), Y[:, [res.fits.index(worst)]], probes=want, seed=6, tol=1e-5).fits[0]
+    assert 0.03 / 1.6 < more.h2_se_mc_ratio < 0.03 * 1.6
+    monkeypatch.setattr(mf, "MC_SE_RATIO_WARN", 10.0)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bigmm"):
+        fit_matrix_free(DenseOp(K), y, probes=4, seed=5, tol=1e-5)
+    assert not [r for r in caplog.records if "Monte Carlo SD of h2" in r.getMessage()]

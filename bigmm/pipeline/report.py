@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reml import MATRIX_FREE_COLUMNS, TABLE_COLUMNS
+from ..reml import LOG2PI, MATRIX_FREE_COLUMNS, TABLE_COLUMNS
 from ..store import atomic_file, atomic_write_text
 from .outputs import json_safe as _clean
 
@@ -52,7 +53,7 @@ def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]
         header += [f"beta_{name}", f"se_{name}"]
     rows = ["\t".join(header)]
     for fit in fits:
-        vals = [fit["name"]] + [_fmt(fit[c]) for c in columns]
+        vals = [fit["name"]] + [_fmt(fit.get(c)) for c in columns]  # a column an older reml.json lacks: "."
         for fe in fit["fixed_effects"]:
             vals += [_fmt(fe["estimate"]), _fmt(fe["se"])]
         rows.append("\t".join(vals))
@@ -73,29 +74,79 @@ def _fmt(v) -> str:
 # peer-compatible files
 # ---------------------------------------------------------------------------------------
 
-def write_hsq(outdir: Path, reml: dict) -> list[Path]:
-    """A GCTA ``.hsq``-style table per phenotype (``<name>.hsq``).
+def gcta_logl(logl_reml: float, n: int, c: int) -> float:
+    """GCTA's REML ``logL`` from bigmm's ``logl_reml`` (docs/math.md, "Log-likelihood conventions").
 
-    GCTA's logL is its REML log-likelihood; bigmm writes its own (Harville, no
-    ½ log det ZᵀZ) and says so in a trailing comment line.
+    GCTA reports ``−½ [log det V + log det(ZᵀV⁻¹Z) + yᵀPy]`` (est_hsq.cpp, ``reml_iteration``):
+    Harville's restricted log-likelihood without its ``−½ (n − c) log 2π`` constant, which
+    bigmm's ``logl_reml`` keeps. Neither has GEMMA's ``½ log det(ZᵀZ)``.
+    """
+    return float(logl_reml) + 0.5 * (n - c) * LOG2PI
+
+
+def hsq_file_names(names) -> dict[str, str]:
+    """The ``.hsq`` file name of each phenotype: its name with characters other than letters,
+    digits, ``-``, ``_`` and ``.`` replaced by ``_``; where two names would give the same file
+    (``bmi/adj`` and ``bmi_adj``, or names that differ only in case, which share a file on
+    case-insensitive file systems) each changed or clashing name gets ``-`` and the first 8 hex
+    digits of the SHA-1 of the original name, so every phenotype has its own file, the same
+    in every run."""
+    names = [str(n) for n in names]
+    safe = {n: _safe_name(n) for n in names}
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(safe[n].lower(), []).append(n)
+    out = {}
+    for members in groups.values():
+        exact = [n for n in members if safe[n] == n]
+        for n in members:
+            # one name kept as it is (it needs no change and no other name keeps its spelling)
+            keep = len(members) == 1 or (len(exact) == 1 and n == exact[0])
+            out[n] = f"{safe[n]}.hsq" if keep else \
+                f"{safe[n]}-{hashlib.sha1(n.encode('utf-8')).hexdigest()[:8]}.hsq"
+    return out
+
+
+def write_hsq(outdir: Path, reml: dict) -> list[Path]:
+    """A GCTA ``.hsq`` table per phenotype (file names from :func:`hsq_file_names`).
+
+    Rows and order as GCTA writes them: V(G), V(e), Vp, V(G)/Vp; with a prevalence (the
+    phenotype's ``h2_liability``) GCTA's two lines on the liability transform and
+    ``V(G)/Vp_L``; then logL, logL0 (the model with h² = 0), LRT, df, Pval, n. logL and logL0
+    are GCTA's (:func:`gcta_logl`: bigmm's ``logl_reml`` plus ``(n − c)/2 · log 2π``); the LRT
+    is the same in both conventions.
     """
     paths = []
+    files = hsq_file_names(fit["name"] for fit in reml["phenotypes"])
     for fit in reml["phenotypes"]:
         vp, se_vp = vp_and_se(fit)
+        n, c = int(fit["n"]), len(fit["fixed_effects"])
+
+        def logl(key):
+            v = fit.get(key)
+            return float("nan") if v is None else gcta_logl(v, n, c)
+
         rows = [("Source", "Variance", "SE"),
                 ("V(G)", _fmt(fit["sigma2_g"]), _fmt(fit["sigma2_g_se"])),
                 ("V(e)", _fmt(fit["sigma2_e"]), _fmt(fit["sigma2_e_se"])),
                 ("Vp", _fmt(float(vp)), _fmt(se_vp)),
-                ("V(G)/Vp", _fmt(fit["h2"]), _fmt(fit["h2_se"])),
-                ("logL", _fmt(fit["logl_reml"]), ""),
-                ("logL0", _fmt(fit["logl_reml_h2_0"]), ""),
-                ("LRT", _fmt(fit["lrt_stat"]), ""),
-                ("df", "1", ""),
-                ("Pval", _fmt(fit["lrt_pvalue"]), ""),
-                ("n", str(fit["n"]), "")]
+                ("V(G)/Vp", _fmt(fit["h2"]), _fmt(fit["h2_se"]))]
+        if "h2_liability" in fit:  # phenotypes.prevalence (added by the run layer)
+            rows += [("The estimate of variance explained on the observed scale is transformed to that on "
+                      "the underlying scale:",),
+                     (f"(Proportion of cases in the sample = {fit['case_fraction']:.6f}; "  # GCTA's fixed 6 digits
+                      f"User-specified disease prevalence = {fit['prevalence']:.6f})",),
+                     ("V(G)/Vp_L", _fmt(fit.get("h2_liability")), _fmt(fit.get("h2_liability_se")))]
+        rows += [("logL", _fmt(logl("logl_reml")), ""),
+                 ("logL0", _fmt(logl("logl_reml_h2_0")), ""),
+                 ("LRT", _fmt(fit["lrt_stat"]), ""),
+                 ("df", "1", ""),
+                 ("Pval", _fmt(fit["lrt_pvalue"]), ""),
+                 ("n", str(fit["n"]), "")]
         text = "\n".join("\t".join(r).rstrip("\t") for r in rows)
-        text += "\n# bigmm: logL is Harville's REML log-likelihood without ½ log det(Z'Z); Pval from ½χ²₀+½χ²₁\n"
-        path = Path(outdir) / f"{_safe_name(fit['name'])}.hsq"
+        text += ("\n# bigmm: logL and logL0 in GCTA's convention (results.json logl_reml + (n - c)/2 log(2 pi), "
+                 f"c = {c} fixed effects); Pval from the 50:50 mixture of chi2(0) and chi2(1)\n")
+        path = Path(outdir) / files[str(fit["name"])]
         atomic_write_text(path, text)
         paths.append(path)
     return paths

@@ -61,8 +61,8 @@ from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load
                       write_spectrum_tables)
 from .plan import (PASS_STAGES, STAGE_OUTPUTS, STAGES, grm_block_size, spectrum_method, stage_passes, stage_plan,
                    task_memory)
-from .report import (FIGURES, ReportData, _safe_name, relatedness_summary, write_hsq, write_plink_pca, write_report,
-                     write_results, write_results_json)
+from .report import (FIGURES, ReportData, hsq_file_names, relatedness_summary, write_hsq, write_plink_pca,
+                     write_report, write_results, write_results_json)
 from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
                      write_failure, write_manifest)
 from .validate import Inputs, validate
@@ -114,6 +114,8 @@ def variant_filters(v, std: Standardization) -> dict:
         out["exclude"] = {"setting": str(v.exclude), "dropped": d.get("in_exclude", 0)}
     out["all_missing"] = {"setting": "always", "dropped": d.get("all_missing", 0)}
     out["zero_variance"] = {"setting": "always (monomorphic)", "dropped": d.get("monomorphic", 0)}
+    out["all_heterozygous"] = {"setting": "always (every call heterozygous: zero variance)",
+                               "dropped": d.get("all_heterozygous", 0)}
     out["max_missing"] = {"setting": v.max_missing if v.max_missing < 1.0 else None,
                           "dropped": d.get("max_missing", 0)}
     out["min_maf"] = {"setting": v.min_maf if v.min_maf > 0.0 else None, "dropped": d.get("min_maf", 0)}
@@ -272,7 +274,7 @@ class Runner:
         if name == "blup":
             files += ["blup_loo.tsv", "snp_effects.tsv", "snp_effects.zarr"]
         if name == "report":
-            files += [f"hsq/{_safe_name(n)}.hsq" for n in self.inp.design.phenotype_names]
+            files += [f"hsq/{f}" for f in hsq_file_names(self.inp.design.phenotype_names).values()]
             files += ["pca.eigenvec", "pca.eigenval"] + [f"report/{f}.png" for f in FIGURES]
             prefix = self.cfg.gcta_prefix()
             if prefix is not None:
@@ -708,6 +710,11 @@ class Runner:
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
             p.update({f"blup_accuracy_{k}": v for k, v in (data.blup_accuracy.get(p["name"]) or {}).items()
                       if k != "n"})
+        hsq_files = hsq_file_names(p["name"] for p in reml["phenotypes"])
+        for p in reml["phenotypes"]:  # each phenotype's own .hsq, named in results.json
+            p["hsq_file"] = f"hsq/{hsq_files[p['name']]}"
+            if hsq_files[p["name"]] != f"{p['name']}.hsq":
+                log.info("phenotype %r: GCTA table in %s", p["name"], p["hsq_file"])
         _, doc = write_results(self.out, reml, run_info)
         write_hsq(self.out / "hsq", reml)
         fail_point("report-html")
