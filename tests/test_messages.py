@@ -154,3 +154,84 @@ def test_the_chr_flag_reads_plinks_numbers(tmp_path, cohort):  # noqa: F811
     res = bigmm_cli("check", "--no-cluster", path)
     assert res.returncode == 0, res.stderr
     assert "variants: 200 in the genotype input, 170 dropped by chr" in res.stdout, res.stdout
+
+
+# ---------------------------------------------------------------------------
+# covariates: more columns than samples; a one-level categorical
+# ---------------------------------------------------------------------------
+
+def _wide_covariates(cohort, path, k, extra=None):
+    """The cohort's samples with ``k`` random numeric covariates c0..c{k-1} (and ``extra``:
+    name -> value for every sample)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    rows = cohort.covar.read_text().splitlines()[1:]
+    extra = extra or {}
+    head = ["FID", "IID"] + [f"c{j}" for j in range(k)] + list(extra)
+    out = ["\t".join(head)]
+    for r in rows:
+        fid, iid = r.split("\t")[:2]
+        out.append("\t".join([fid, iid] + [f"{v:.4f}" for v in rng.standard_normal(k)] + list(extra.values())))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_more_covariates_than_samples_says_so_with_the_counts(tmp_path, cohort):  # noqa: F811
+    """80 covariates for 60 samples: the message named covariate c59 "collinear with intercept,
+    c0, c1, ..." (60 names) as if one column were at fault. It now says first that there are more
+    fixed effects than samples, with both counts, the fewest samples REML needs and what to do."""
+    covar = _wide_covariates(cohort, tmp_path / "wide.covar.tsv", 80)
+    path = write_config(tmp_path, cohort, covariates={"file": str(covar), "columns": [f"c{j}" for j in range(80)]})
+    res = bigmm_cli("check", "--no-cluster", path)
+    assert res.returncode == 2, res.stderr
+    problem = [line for line in res.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problem) == 1, res.stderr
+    msg = problem[0]
+    assert msg.startswith("  - phenotype 'trait1' in ") and "more fixed effects (covariate columns) than samples: " \
+        "81 fixed effects (the intercept and 80 covariate columns from " in msg, msg
+    assert "wide.covar.tsv" in msg and "for 60 samples with data" in msg and "at least 83 samples" in msg, msg
+    assert "use fewer covariates" in msg and "collinear" not in msg, msg
+    assert "c0, c1, c2, c3, c4 and 75 more" in msg and "c40" not in msg, msg
+
+
+def test_more_columns_than_rows_in_the_rank_check_gives_the_counts():
+    """The library's rank check, called on its own (bigmm.build_design's users), says the same."""
+    import numpy as np
+
+    from bigmm.io.tables import check_full_rank
+
+    Z = np.column_stack([np.ones(10)] + [np.random.default_rng(1).standard_normal(10) for _ in range(12)])
+    with pytest.raises(InputError, match=r"more fixed effects \(covariate columns\) than samples: 13 fixed "
+                                         r"effects .* for 10 analysed samples"):
+        check_full_rank(Z, ["intercept"] + [f"c{j}" for j in range(12)], "cov.tsv")
+
+
+def test_a_one_level_categorical_is_refused_as_a_constant_numeric_is(tmp_path, cohort):  # noqa: F811
+    """A categorical covariate with one level among the analysed samples was dropped without a word,
+    while a numeric one that is constant is refused (collinear with the intercept): both are now
+    refused the same way, naming the column, the file and its one level."""
+    covar = _wide_covariates(cohort, tmp_path / "batch.covar.tsv", 1, {"batch": "plateA", "dose": "7"})
+    cfg = write_config(tmp_path, cohort, covariates={"file": str(covar), "columns": ["c0", "batch"],
+                                                     "categorical": ["batch"]})
+    res = bigmm_cli("check", "--no-cluster", cfg)
+    assert res.returncode == 2, res.stderr
+    assert ("covariate 'batch' in " in res.stderr and "batch.covar.tsv is constant (collinear with the intercept) "
+            "among the analysed samples: a categorical covariate with the one level 'plateA'; drop it"
+            in res.stderr), res.stderr
+    # the numeric constant: the same words
+    cfg = write_config(tmp_path, cohort, covariates={"file": str(covar), "columns": ["c0", "dose"]})
+    res = bigmm_cli("check", "--no-cluster", cfg)
+    assert res.returncode == 2 and "covariate 'dose' in " in res.stderr, res.stderr
+    assert "batch.covar.tsv is constant (collinear with the intercept) among the analysed samples" in res.stderr
+
+
+def test_a_one_level_discrete_column_of_a_gcta_covar_file_is_refused(tmp_path, cohort):  # noqa: F811
+    """The same for GCTA's --covar file (every column discrete)."""
+    from bigmm.io.tables import build_design
+
+    ids = [tuple(line.split()[:2]) for line in cohort.fam.read_text().splitlines()]
+    dcovar = tmp_path / "d.covar"
+    dcovar.write_text("".join(f"{f} {i} site1\n" for f, i in ids))
+    with pytest.raises(InputError, match=r"covariate '.*' in .*d\.covar is constant .* one level 'site1'"):
+        build_design(ids, cohort.pheno, dcovar_path=dcovar)
