@@ -600,16 +600,6 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                   notes=notes)
 
 
-def _check_levels(name: str, levels: list, source) -> None:
-    """Refuse a categorical covariate with one level among the samples analysed so far (a superset
-    of those finally analysed): it is constant, as a constant numeric covariate is, and is refused
-    the same way (:func:`check_full_rank`) rather than dropped without a word."""
-    if len(levels) == 1:
-        raise InputError(f"covariate {name!r} in {source} is constant (collinear with the intercept) among "
-                         f"the analysed samples: a categorical covariate with the one level "
-                         f"{levels[0]!r}; drop it from the covariates or recode it")
-
-
 def _numeric_ids(table: Table) -> bool:
     """Whether every FID and IID of ``table`` reads as a number or a missing code with a
     fractional or missing value somewhere (GEMMA's values read as IDs)."""
@@ -621,6 +611,16 @@ def _numeric_ids(table: Table) -> bool:
             return is_missing(c)
     cells = table.fid + table.iid
     return all(num(c) for c in cells) and any("." in c or is_missing(c) for c in cells)
+
+
+def _check_levels(name: str, levels: list, source) -> None:
+    """Refuse a categorical covariate with one level among the samples analysed so far (a superset
+    of those finally analysed): it is constant, as a constant numeric covariate is, and is refused
+    the same way (:func:`check_full_rank`) rather than dropped without a word."""
+    if len(levels) == 1:
+        raise InputError(f"covariate {name!r} in {source} is constant (collinear with the intercept) among "
+                         f"the analysed samples: a categorical covariate with the one level "
+                         f"{levels[0]!r}; drop it from the covariates or recode it")
 
 
 def too_many_fixed_effects(c: int, n: int, names: Sequence[str], sources: Sequence[str] = (),
