@@ -67,6 +67,12 @@ GRID_SIZE = 101
 #: h² upper bound: σ²_e ≥ 1e-6 σ² keeps H positive definite when K is singular (it always is
 #: for a GRM of centred genotypes) and its quadrature well conditioned
 H2_MAX = 1.0 - 1e-6
+#: the largest h² at which the REML information (SEs) is evaluated: above it the Gauss rules of
+#: its second derivatives, which grow like 1/(1 − h)² on K's null directions, lose it (measured,
+#: n = 200, h² = 1: the expected information indefinite from h² = 0.9999, its SE 0.171 at 0.999
+#: and 0.170 at 0.99); the exact expected-information SE changes by 0.1% from 0.999 to H2_MAX
+#: (0.1634 → 0.1632), so an estimate at the bound gets its SE from here
+INFO_H2_MAX = 0.999
 #: relative size (to ‖K‖) below which a new Krylov direction is dropped: the Krylov space is
 #: exhausted in it (an invariant subspace of K has been found)
 RANK_TOL = 1e-10
@@ -1344,7 +1350,7 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
     for g in groups:
         mdl = _Model(g, step, H2_MAX)
         models.append(mdl)
-        common = dict(steps=step, probes=int(probes))
+        common = dict(steps=step, probes=int(probes), tol=float(tol))
         for j, f in zip(g.cols, _group_fits(mdl, grid, znames, delta_h[g.cols], delta_ll[g.cols],
                                             conv[g.cols], common)):
             fits[j] = f
@@ -1417,9 +1423,31 @@ def _information(mdl: _Model, h: float, j: int):
     return observed, expected, s2, R, R1
 
 
+def _upper_boundary(mdl: _Model, h: np.ndarray, ll: np.ndarray, tol: float):
+    """ĥ² within ``tol`` (the fit's convergence tolerance on ĥ²) of ``H2_MAX`` is the boundary
+    estimate ``H2_MAX``, as the spectral fit reports it (boundary "upper", SEs from the expected
+    information).
+
+    Near h² = 1, ``H = hK + (1 − h)I`` is nearly singular on K's null directions (a GRM of
+    centred genotypes always has one), and the Gauss rules of ``log(hλ + 1 − h)``, whose
+    derivative there is 1/(1 − h), are off by ~1e-3 in ℓ_R: where the exact profile still rises
+    to the bound, the quadrature's turns down within 1e-5 of it, a spurious interior maximum
+    whose curvature gives an SE a hundred times too small (measured: n = 200–1,000, h² = 1:
+    the spectral fit at the bound with SE 0.06–0.17, the matrix-free one at 1 − ĥ² = 1e-5 to
+    4e-5 with SE 0.0005–0.004). An optimum that close to the bound is the bound to the accuracy
+    the fit converged to; the lower bound needs no such rule (H → I is well conditioned).
+    """
+    at = (h < H2_MAX) & (h >= H2_MAX - tol)
+    if not at.any():
+        return h, ll
+    h = np.where(at, H2_MAX, h)
+    return h, np.where(at, mdl.eval(h, shared=False, which=0)[0], ll)
+
+
 def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
     hmax = H2_MAX
     h_reml, ll_reml = _maximise(mdl, 0, grid, hmax)
+    h_reml, ll_reml = _upper_boundary(mdl, h_reml, ll_reml, common["tol"])
     ml_capped = mdl.singular
     gml = grid[:-1] if ml_capped else grid
     h_ml, ll_ml = _maximise(mdl, 1, gml, float(gml[-1]))
@@ -1437,6 +1465,8 @@ def _group_fits(mdl: _Model, grid, znames, dh, dll, conv, common) -> list:
     for j, name in enumerate(mdl.names):
         h = float(h_reml[j])
         observed, expected, s2, Rj, R1j = _information(mdl, h, j)
+        if h > INFO_H2_MAX:  # the information where its quadrature holds
+            observed, expected = _information(mdl, INFO_H2_MAX, j)[:2]
         sg, se = h * s2, (1.0 - h) * s2
         boundary = "lower" if h <= 0.0 else ("upper" if h >= hmax else "")
         cov, method = information_covariance(observed, expected, boundary)

@@ -384,8 +384,9 @@ def test_a_huge_phenotype_value_gives_a_report_not_a_traceback(tmp_path, cohort)
 
 @pytest.mark.parametrize("reml, cluster, fragments", [
     ({"method": "matrix_free", "deflate": 60}, {}, ["reml.deflate = 60 must be below the number of genotyped samples n = 60"]),
-    ({"method": "matrix_free", "probes": 500}, {"memory_limit": "1MB"},
-     ["matrix-free REML: a pass carries", "probes per missing-value pattern) and does not fit",
+    # 1000 threads share 60% of 1 GiB less the worker's own memory: about 0.4 MiB per task
+    ({"method": "matrix_free", "probes": 2000}, {"memory_limit": "1GiB", "threads_per_worker": 1000},
+     ["matrix-free REML: a pass carries", "probes per missing-value pattern) does not fit",
       "fewer reml.probes"]),
 ], ids=["deflate-n", "block-too-wide"])
 def test_matrix_free_settings_that_cannot_run_are_refused_by_check_and_run(tmp_path, cohort, reml, cluster,  # noqa: F811

@@ -111,7 +111,10 @@ def test_check_prints_the_plan_with_a_time_estimate(tmp_path):
     # 150 samples on 2 threads: GRM blocks of 75, 2 block rows
     assert ("stages: ingest, variant_stats, grm, spectrum, rotate, reml, report; passes over X: 4 in all "
             "(ingest 1, variant_stats 1, grm 2)") in out, out
-    assert "memory per task: 614.40 MiB allowed" in out  # 60% of 1 GiB per thread
+    # 60% of 1 GiB less a worker process's own memory, per thread
+    from dask.utils import format_bytes
+    from bigmm.pipeline.plan import WORKER_BASELINE_BYTES
+    assert f"memory per task: {format_bytes(int(0.6 * 2**30) - WORKER_BASELINE_BYTES)} allowed" in out
     assert "workers: local cluster of 2 worker processes x 1 threads, 1GiB each" in out
     assert "driver memory: " in out
     # the plan's arithmetic: GRM n²p, eigendecomposition 5n³

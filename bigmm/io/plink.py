@@ -26,6 +26,34 @@ log = logging.getLogger("bigmm")
 
 BED_MAGIC = b"\x6c\x1b\x01"
 
+#: PLINK's numbers for the human chromosomes beyond the autosomes 1-22: the number and the name
+#: are the same chromosome (25, XY, is the pseudo-autosomal region of X; 26, MT, mitochondrial)
+CHROM_NUMBERS = {"X": 23, "Y": 24, "XY": 25, "MT": 26}
+#: other spellings PLINK 1.9 and 2 read or write for them (``--output-chr M``/``0M``; PLINK 2's
+#: ``--split-par`` names the two pseudo-autosomal regions PAR1 and PAR2, both XY)
+CHROM_ALIASES = {"M": "MT", "0M": "MT", "0X": "X", "0Y": "Y", "PAR1": "XY", "PAR2": "XY"}
+
+
+def chrom_code(code) -> str:
+    """The chromosome a PLINK or VCF chromosome code names, in one spelling: autosomes as their
+    number, the others as X, Y, XY, MT. A ``chr`` prefix, leading zeros, case and PLINK's numbers
+    23-26 (human numbering, PLINK's default) are ignored; a code PLINK has no meaning for (an
+    unplaced contig, another species' chromosome) is returned as given, less a ``chr`` prefix.
+
+    >>> [chrom_code(c) for c in ("23", "chrX", "x", "24", "25", "PAR1", "26", "chrM", "01", "chr7", "scaffold_9")]
+    ['X', 'X', 'X', 'Y', 'XY', 'XY', 'MT', 'MT', '1', '7', 'scaffold_9']
+    """
+    c = str(code).strip()
+    if c[:3].lower() == "chr" and len(c) > 3:
+        c = c[3:]
+    if c.isdigit():
+        number = int(c)
+        return next((name for name, k in CHROM_NUMBERS.items() if k == number), str(number))
+    up = c.upper()
+    if up in CHROM_NUMBERS:
+        return up
+    return CHROM_ALIASES.get(up, c)
+
 
 def plink_paths(prefix: str | os.PathLike) -> dict[str, Path]:
     """The three files of a fileset; ``prefix`` may also end in .bed."""

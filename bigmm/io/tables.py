@@ -557,6 +557,7 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                 present = np.array([v is not None for v in col])
                 analysed &= present
                 levels = sorted({v for v, a in zip(col, analysed) if a})
+                _check_levels(name, levels, covar_path)
                 for lev in levels[1:]:
                     zcols.append(np.array([1.0 if v == lev else 0.0 for v in col]))
                     znames.append(f"{name}={lev}")
@@ -583,6 +584,7 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
                 col = np.array([vals[r] if r >= 0 else None for r in crow], dtype=object)
                 analysed &= np.array([v is not None for v in col])
                 levels = sorted({v for v, a in zip(col, analysed) if a})
+                _check_levels(name, levels, path)
                 for lev in levels[1:]:
                     zcols.append(np.array([1.0 if v == lev else 0.0 for v in col]))
                     znames.append(f"{tag}:{name}={lev}")
@@ -613,14 +615,15 @@ def build_design(sample_ids: Sequence[tuple[str, str]], pheno_path, pheno_column
         if np.ptp(obs) == 0:
             raise InputError(f"phenotype {name!r} in {pheno.path} is constant ({obs[0]:g}) among "
                              f"the analysed samples; there is nothing to fit")
-    check_full_rank(Z[analysed], znames, covar_path)
     n_an, c = int(analysed.sum()), Z.shape[1]
+    sources = [str(p) for p in (covar_path, qcovar_path, dcovar_path) if p is not None]
+    # the counts before the rank: with more columns than samples some are collinear whatever they hold
     for j, name in enumerate(names):
         n_obs = int((~np.isnan(Y[analysed, j])).sum())
         if n_obs < c + 2:
-            raise InputError(f"phenotype {name!r} in {pheno.path}: {n_obs} samples with data, but "
-                             f"the model has {c} fixed effects ({', '.join(znames)}); REML needs at "
-                             f"least {c + 2}: drop covariates or add samples")
+            raise InputError(f"phenotype {name!r} in {pheno.path}: "
+                             + too_many_fixed_effects(c, n_obs, znames, sources, "samples with data"))
+    check_full_rank(Z[analysed], znames, covar_path)
     notes["n_analysed"] = n_an
     return Design(Y=Y, Z=Z, phenotype_names=names, covariate_names=znames, analysed=analysed,
                   notes=notes)
@@ -641,8 +644,39 @@ def _numeric_ids(table: Table) -> bool:
     return all(_number_or_missing(c) for c in cells) and any("." in c or is_missing(c) for c in cells)
 
 
+def _check_levels(name: str, levels: list, source) -> None:
+    """Refuse a categorical covariate with one level among the samples analysed so far (a superset
+    of those finally analysed): it is constant, as a constant numeric covariate is, and is refused
+    the same way (:func:`check_full_rank`) rather than dropped without a word."""
+    if len(levels) == 1:
+        raise InputError(f"covariate {name!r} in {source} is constant (collinear with the intercept) among "
+                         f"the analysed samples: a categorical covariate with the one level "
+                         f"{levels[0]!r}; drop it from the covariates or recode it")
+
+
+def too_many_fixed_effects(c: int, n: int, names: Sequence[str], sources: Sequence[str] = (),
+                           samples: str = "analysed samples") -> str:
+    """The message for a design of ``c`` fixed-effect columns (``names``) on ``n`` samples, fewer
+    than the ``c + 2`` REML needs (``n − c`` error contrasts, at least two to estimate two
+    variances): the counts first, a few names, and what to do.
+
+    >>> too_many_fixed_effects(251, 200, ["intercept"] + [f"c{j}" for j in range(250)], ["cov.tsv"]).split(";")[0]
+    'more fixed effects (covariate columns) than samples: 251 fixed effects (the intercept and 250 covariate columns from cov.tsv: c0, c1, c2, c3, c4 and 245 more'
+    """
+    shown = ", ".join(names[1:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    head = "more fixed effects (covariate columns) than samples" if c >= n else "too few samples for the fixed effects"
+    return (f"{head}: {c} fixed effects (the intercept and {c - 1} covariate columns"
+            + (f" from {', '.join(sources)}" if sources else "") + (f": {shown}" if c > 1 else "")
+            + f"; a categorical covariate has one column per level but its first) for {n} {samples}; "
+            f"REML needs at least {c + 2} samples (2 more than fixed effects): use fewer covariates "
+            f"(covariates.columns; fewer levels for a categorical one) or more samples")
+
+
 def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:
-    """Raise naming the first column of Z that lies in the span of earlier ones."""
+    """Raise naming the first column of Z that lies in the span of earlier ones (or, with more
+    columns than rows, the counts: :func:`too_many_fixed_effects`)."""
+    if Z.shape[1] > Z.shape[0]:
+        raise InputError(too_many_fixed_effects(Z.shape[1], Z.shape[0], names, [str(source)] if source else ()))
     scale = np.linalg.norm(Z, axis=0)
     scale[scale == 0] = 1.0
     Zs = Z / scale
@@ -652,12 +686,9 @@ def check_full_rank(Z: np.ndarray, names: Sequence[str], source=None) -> None:
     R = np.linalg.qr(Zs, mode="r")
     d = np.abs(np.diagonal(R))
     dependent = np.flatnonzero(d <= 1e-8)
-    if dependent.size:
-        j = int(dependent[0]) + 1
-    elif Zs.shape[1] > Zs.shape[0]:
-        j = Zs.shape[0] + 1  # more columns than samples
-    else:
+    if not dependent.size:
         return
+    j = int(dependent[0]) + 1
     if j == 1 or not np.any(Z[:, j - 1]):
         what = "is zero for every analysed sample"
     elif np.ptp(Z[:, j - 1]) == 0:

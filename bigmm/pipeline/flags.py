@@ -41,11 +41,14 @@ def _bounded(kind, lo=None, hi=None, lo_open=False, hi_open=False, what="value")
 
 
 def parse_chr(text: str) -> list[str] | str:
-    """``--chr``: ``autosomes``, or chromosomes and ranges separated by commas (``1-22``, ``1,3,X``).
+    """``--chr``: ``autosomes``, or chromosomes and ranges separated by commas (``1-22``, ``1,3,X``),
+    in PLINK's codes: 23 is X, 24 Y, 25 XY, 26 MT (either spelling, also in a range: ``22-X``).
 
-    >>> parse_chr("1-3,X"), parse_chr("autosomes")
-    (['1', '2', '3', 'X'], 'autosomes')
+    >>> parse_chr("1-3,X"), parse_chr("autosomes"), parse_chr("22-24,26")
+    (['1', '2', '3', 'X'], 'autosomes', ['22', 'X', 'Y', 'MT'])
     """
+    from ..io.plink import CHROM_NUMBERS, chrom_code
+
     if text.strip().lower() in ("autosomes", "autosome"):
         return "autosomes"
     out: list[str] = []
@@ -55,17 +58,19 @@ def parse_chr(text: str) -> list[str] | str:
             raise argparse.ArgumentTypeError(f"empty chromosome in {text!r}")
         if "-" in part:
             a, _, b = part.partition("-")
-            try:
-                lo, hi = int(a), int(b)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"range {part!r} must be numeric, like 1-22") from None
+            ends = [chrom_code(a), chrom_code(b)]
+            ends = [int(e) if e.isdigit() else CHROM_NUMBERS.get(e) for e in ends]
+            if None in ends:
+                raise argparse.ArgumentTypeError(f"range {part!r} must run between chromosome numbers or "
+                                                 f"X, Y, XY, MT, like 1-22 or 22-X")
+            lo, hi = ends
             if not 1 <= lo <= hi:
                 raise argparse.ArgumentTypeError(f"range {part!r} must go up, from 1 on")
-            out += [str(c) for c in range(lo, hi + 1)]
+            out += [chrom_code(c) for c in range(lo, hi + 1)]
         else:
-            out.append(part)
+            out.append(chrom_code(part))
     if len(set(out)) != len(out):
-        raise argparse.ArgumentTypeError(f"chromosomes repeated in {text!r}")
+        raise argparse.ArgumentTypeError(f"chromosomes repeated in {text!r} (PLINK's 23-26 are X, Y, XY, MT)")
     return out
 
 

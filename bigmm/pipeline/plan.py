@@ -25,7 +25,7 @@ from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes, default_block_size
 from ..io.gcta import grm_paths
-from ..passes import plan_pass
+from ..passes import plan_pass, task_bytes
 from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
                         subspace_width)
 from ..store import file_fingerprint
@@ -311,19 +311,107 @@ def matmul_rate(dtype: str = "float32", rows: int = 512, cols: int = 4096, repea
     return 2.0 * rows * rows * cols / max(best, 1e-9)
 
 
+#: Resident memory of one Dask worker process before any task of a run: Python, distributed,
+#: NumPy, zarr, SciPy and bigmm loaded, plus what a first run's tasks leave in the process
+#: (modules loaded on first use, codecs, the allocator's retained pages). Measured with
+#: ``scripts/bench/bench_worker_baseline.py`` (a local cluster started as ``bigmm run`` starts it,
+#: the worker's RSS read with psutil): 114 MiB just started, 162-164 MiB after the tasks of a
+#: 300 x 2000 cohort's variant statistics, GRM and randomized spectrum, with 1 or 8 threads
+#: (Python 3.11, NumPy 2.4, zarr 3.1.6, distributed 2026.8, Linux x86-64); rounded up to 192 MiB
+#: for other versions and platforms. The memory rule subtracts it from each worker's share.
+WORKER_BASELINE_BYTES = 192 * 2**20
+
+#: the share of a worker's memory limit its tasks may fill (Dask starts spilling to disk there)
+TASK_SHARE = 0.6
+
+
+def worker_process(cc: ClusterConfig) -> tuple[int, int] | None:
+    """The memory limit (bytes) and threads of one worker process of the configured cluster;
+    None when not known before it starts (a running scheduler's)."""
+    if cc.backend == "local":
+        return parse_bytes(cc.memory_limit), cc.threads_per_worker
+    if cc.backend in ("slurm", "pbs", "sge"):
+        jq = cc.jobqueue
+        return parse_bytes(jq.memory) // jq.processes, max(1, jq.cores // jq.processes)
+    return None
+
+
 def task_memory(cc: ClusterConfig) -> int | None:
-    """Bytes one task may use: 60% of a worker's memory (Dask starts spilling there) per thread.
+    """Bytes one task may use: 60% of a worker process's memory (Dask starts spilling there)
+    less the process's own :data:`WORKER_BASELINE_BYTES`, shared by its threads (0 when the
+    baseline leaves nothing; :func:`check_task_memory` refuses that).
 
     >>> from bigmm.pipeline.config import ClusterConfig
     >>> round(task_memory(ClusterConfig(memory_limit="4GiB", threads_per_worker=1)) / 2**30, 3)
-    2.4
+    2.212
     """
+    wp = worker_process(cc)
+    if wp is None:
+        return None
+    limit, threads = wp
+    return max(0, int((TASK_SHARE * limit - WORKER_BASELINE_BYTES) / threads))
+
+
+def _memory_keys(cc: ClusterConfig) -> tuple[str, str]:
+    """The config keys of a worker's memory and of its threads, for messages."""
     if cc.backend == "local":
-        return int(0.6 * parse_bytes(cc.memory_limit) / cc.threads_per_worker)
-    if cc.backend in ("slurm", "pbs", "sge"):
-        jq = cc.jobqueue
-        return int(0.6 * parse_bytes(jq.memory) / jq.cores)
-    return None
+        return "cluster.memory_limit", "cluster.threads_per_worker"
+    return "cluster.jobqueue.memory", "cluster.jobqueue.cores"
+
+
+def check_task_memory(cc: ClusterConfig, tasks: list[tuple[str, int, str]]) -> None:
+    """Refuse, before the cluster starts, tasks the workers cannot hold.
+
+    ``tasks``: per kind of task of the run, (what it is, bytes it needs at least, what else
+    lowers that need). Each must fit :func:`task_memory`; the message names the worker's memory
+    and threads settings, the baseline, and the settings that would fit (the memory limit these
+    threads need, or the threads this memory limit allows).
+    """
+    wp = worker_process(cc)
+    if wp is None:
+        return
+    limit, threads = wp
+    mem_key, threads_key = _memory_keys(cc)
+    limit_text = cc.memory_limit if cc.backend == "local" else cc.jobqueue.memory
+    procs = 1 if cc.backend == "local" else cc.jobqueue.processes
+    threads_text = f"{threads_key} = {threads * procs}"
+    if procs > 1:
+        limit_text += f" per job, {format_bytes(limit)} for each of its {procs} worker processes"
+        threads_text += f" over {procs} processes, {threads} threads each"
+
+    def least_limit(need: int) -> str:
+        """The memory limit a worker needs for the baseline and one task of ``need`` per thread
+        within its 60%, rounded up to a tenth of a GiB or a MiB, as a config value."""
+        least = (WORKER_BASELINE_BYTES + threads * need) / TASK_SHARE * procs
+        if least >= 2**30:
+            return f"{np.ceil(least / 2**30 * 10) / 10:g}GiB"
+        return f"{np.ceil(least / 2**20):.0f}MiB"
+
+    if TASK_SHARE * limit <= WORKER_BASELINE_BYTES:
+        what, need = max(((t[0], t[1]) for t in tasks), key=lambda t: t[1], default=("", 0))
+        raise InputError(f"{mem_key} {limit_text} is too small for a Dask worker: a worker process holds "
+                         f"about {format_bytes(WORKER_BASELINE_BYTES)} before any task (Python, Dask, NumPy, "
+                         f"zarr and bigmm loaded), and bigmm keeps a worker within {TASK_SHARE:.0%} of its "
+                         f"memory limit (Dask spills to disk beyond it), which leaves nothing for tasks; "
+                         + (f"this run's largest task, {what}, needs {format_bytes(need)}, so with "
+                            f"{threads_text} " if need else "")
+                         + f"a worker needs {mem_key} of at least {least_limit(need)}; raise {mem_key}")
+    mem = task_memory(cc)
+    for what, need, other in tasks:
+        if need <= mem:
+            continue
+        share = (f"{TASK_SHARE:.0%} of {mem_key} {limit_text}, where Dask starts spilling to disk, less "
+                 f"about {format_bytes(WORKER_BASELINE_BYTES)} that a worker process holds before any task")
+        if threads > 1:
+            share += f", shared by {threads} threads: {threads_text}"
+        fit = int((TASK_SHARE * limit - WORKER_BASELINE_BYTES) // need)
+        todo = f"raise {mem_key} to at least {least_limit(need)}"
+        if threads > 1 and fit >= 1:
+            more = ("more cluster.workers keep the parallelism, each with its own memory_limit"
+                    if cc.backend == "local" else "more worker jobs keep the parallelism")
+            todo = (f"lower {threads_key} to {fit * procs} or fewer ({more}), or " + todo)
+        raise InputError(f"{what} does not fit: it needs at least {format_bytes(need)} per task, but a task may use "
+                         f"{format_bytes(mem)} ({share}); {todo}{other}")
 
 
 def matrix_free_width(missing: np.ndarray, c: int, probes: int, deflate: int) -> int:
@@ -349,6 +437,16 @@ def matrix_free_width(missing: np.ndarray, c: int, probes: int, deflate: int) ->
     return width
 
 
+def _largest_block(mem: int, variant_chunk: int) -> int:
+    """The most samples of a GRM block whose task (:func:`~bigmm.grm.block_bytes` with counts)
+    fits ``mem`` bytes: the root of 16·b² + 16·b·c = mem."""
+    c = variant_chunk
+    b = int((-16 * c + np.sqrt((16.0 * c) ** 2 + 64.0 * mem)) / 32)
+    while b > 0 and block_bytes(b, c, counts=True) > mem:
+        b -= 1
+    return b
+
+
 def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str = "spectral",
                  mf_width: int | None = None, n_grm_file: int | None = None) -> dict:
     """Refuse, before computing, a configuration whose tasks cannot fit their memory.
@@ -369,18 +467,6 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
             raise InputError(f"reml.deflate = {r.deflate} exceeds spectrum.rank = {cfg.spectrum.rank}: "
                              f"the deflation vectors are the top eigenpairs of the spectrum; raise "
                              f"spectrum.rank or lower reml.deflate")
-        itemsize_mf = 4 if r.dtype == "float32" else 8
-        try:
-            plan = plan_pass(n, mf_width or 1, [(0, variant_chunk)], task_memory(cfg.cluster), 1, itemsize_mf)
-        except InputError as exc:
-            raise InputError(f"matrix-free REML: a pass carries {mf_width} vectors (fixed effects, "
-                             f"phenotypes and {r.probes} probes per missing-value pattern) and does not "
-                             f"fit: {exc}; fit the phenotypes in smaller groups (phenotypes.columns) or "
-                             f"with fewer reml.probes") from None
-        out.update(mf_pass_vectors=mf_width, mf_pass_task_bytes=plan.task_bytes,
-                   mf_max_passes=r.max_steps,
-                   # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
-                   mf_driver_bytes=8 * n * (mf_width + r.max_steps * max(1, mf_width - r.probes - 1)))
     if method == "randomized" and with_spectrum:
         sc = cfg.spectrum
         if not 0 < sc.rank < n:
@@ -388,11 +474,42 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
                              f"(got {sc.rank})")
     mem = task_memory(cfg.cluster)
     itemsize = 4 if cfg.spectrum.dtype == "float32" else 8
+    itemsize_mf = 4 if cfg.reml.dtype == "float32" else 8
+    # each kind of task and the least it needs (a pass task standardizes at least 64 variants at
+    # a time, as plan_pass asks), checked against the workers' memory before anything is planned
+    tasks: list[tuple[str, int, str]] = []
+    if rmethod == "matrix_free":
+        r = cfg.reml
+        tasks.append((f"matrix-free REML: a pass carries {mf_width} vectors (fixed effects, phenotypes and "
+                      f"{r.probes} probes per missing-value pattern)",
+                      task_bytes(n, mf_width or 1, variant_chunk, min(variant_chunk, 64), itemsize_mf),
+                      "; or fit the phenotypes in smaller groups (phenotypes.columns) or with fewer "
+                      "reml.probes"))
     if method == "randomized":
         sc = cfg.spectrum
         l = subspace_width(sc.rank, sc.oversample, n)
         q = DEFAULT_POWER_ITERS[sc.algorithm] if sc.power_iters is None else sc.power_iters
         width = pass_columns(l, sc.probes, sc.algorithm)
+        tasks.append((f"a randomized spectrum pass of {width} vectors (spectrum.rank {sc.rank} + oversample, "
+                      f"and {sc.probes} probes)",
+                      task_bytes(n, width, variant_chunk, min(variant_chunk, 64), itemsize),
+                      "; or lower spectrum.rank or spectrum.probes"))
+    grm_block = None
+    if needs_grm(cfg, method, rmethod) and mem is not None:
+        grm_block = min(cfg.grm.block_size or cfg.genotypes.chunks[0], n)
+        fits = _largest_block(mem, variant_chunk)
+        tasks.append((f"a GRM block task ({grm_block} samples x variant chunk {variant_chunk})",
+                      block_bytes(grm_block, variant_chunk, counts=True),
+                      f"; or set grm.block_size to {fits} samples or fewer" if fits >= 1 else ""))
+    if cfg.genotypes.grm is None:  # a given GRM's run starts no workers
+        check_task_memory(cfg.cluster, tasks)
+    if rmethod == "matrix_free":
+        plan = plan_pass(n, mf_width or 1, [(0, variant_chunk)], mem, 1, itemsize_mf)
+        out.update(mf_pass_vectors=mf_width, mf_pass_task_bytes=plan.task_bytes,
+                   mf_max_passes=r.max_steps,
+                   # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
+                   mf_driver_bytes=8 * n * (mf_width + r.max_steps * max(1, mf_width - r.probes - 1)))
+    if method == "randomized":
         plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
         check_driver_memory(n, l, q, sc.algorithm)
         out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes, subspace_width=l,
@@ -400,14 +517,8 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
                    basis_uncapped=(q + 1) * l if sc.algorithm == "krylov" else l,
                    passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
-    if needs_grm(cfg, method, rmethod) and mem is not None:
-        block = cfg.grm.block_size or cfg.genotypes.chunks[0]
-        need = block_bytes(block, variant_chunk, counts=True)
-        if need > mem:
-            raise InputError(f"a GRM block task needs {format_bytes(need)} (block {block} samples, "
-                             f"variant chunk {variant_chunk}) but the cluster memory allows "
-                             f"{format_bytes(mem)} per task; raise it or set grm.block_size")
-        out["grm_block_task_bytes"] = need
+    if grm_block is not None:
+        out["grm_block_task_bytes"] = block_bytes(grm_block, variant_chunk, counts=True)
     if cfg.genotypes.grm is not None:
         out["driver_bytes"] = check_grm_memory(n_grm_file or n, n)
     elif method == "exact" and with_spectrum:

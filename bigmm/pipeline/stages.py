@@ -751,13 +751,14 @@ class Runner:
                 lab[d.analysed & (d.Z[:, j] == 1.0)] = d.covariate_names[j].split("=", 1)[1]
             data.labels = (cov, lab)
             break
-        try:
-            g = zarr.open_group(str(self.out / "variants.zarr"), mode="r")
-            n_called = np.asarray(g["n_called"][...], dtype=float)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f = np.asarray(g["allele_sum"][...]) / (2.0 * n_called)
-            data.maf = np.minimum(f, 1.0 - f)
-            data.missing = 1.0 - n_called / float(g.attrs["n_samples"])
+        try:  # a run on a given GRM has no genotypes, so no variant statistics to show
+            if "variant_stats" in self.plan:
+                g = zarr.open_group(str(self.out / "variants.zarr"), mode="r")
+                n_called = np.asarray(g["n_called"][...], dtype=float)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    f = np.asarray(g["allele_sum"][...]) / (2.0 * n_called)
+                data.maf = np.minimum(f, 1.0 - f)
+                data.missing = 1.0 - n_called / float(g.attrs["n_samples"])
         except (OSError, KeyError, ValueError) as exc:  # the report goes on without the histograms
             log.warning("report: variant statistics not shown (%s)", exc)
         if (self.out / "grm.zarr").exists() and "grm" in self.plan:

@@ -22,7 +22,7 @@ from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.gcta import GrmFiles, open_grm
-from ..io.plink import PlinkFileset, read_plink
+from ..io.plink import PlinkFileset, chrom_code, read_plink
 from ..io.tables import (Design, align_rows, build_design, fam_table, read_gemma_table, read_sample_list,
                          read_table, sample_matches)
 from ..spectrum import subspace_width
@@ -302,11 +302,6 @@ def select_samples(ids: list, samples: SamplesConfig) -> tuple[np.ndarray | None
     return np.flatnonzero(kept), counts
 
 
-def _chrom_key(c) -> str:
-    c = str(c)
-    return c[3:] if c.lower().startswith("chr") else c
-
-
 def select_variants(table: dict, variants: VariantsConfig) -> tuple[dict | None, dict, list | None]:
     """Variants dropped by variants.chr / extract (include) / exclude, as boolean masks by reason
     (in PLINK's order), the counts, and the extract list."""
@@ -317,8 +312,10 @@ def select_variants(table: dict, variants: VariantsConfig) -> tuple[dict | None,
     drop: dict = {}
     extract = None
     if chroms is not None:
-        want = {_chrom_key(c) for c in chroms}
-        drop["chr"] = ~np.isin(np.array([_chrom_key(c) for c in table["chrom"]], dtype=object), list(want))
+        # one spelling per chromosome: X is 23 in PLINK's numbers, chrX in a VCF's contigs
+        want = {chrom_code(c) for c in chroms}
+        codes, where = np.unique(np.asarray(table["chrom"]).astype(str), return_inverse=True)
+        drop["chr"] = ~np.array([chrom_code(c) in want for c in codes], dtype=bool)[where.ravel()]
     if variants.extract is not None:
         extract = read_id_list(variants.extract)
         drop["not_in_extract"] = ~np.isin(vid, extract)
