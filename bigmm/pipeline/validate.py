@@ -22,7 +22,7 @@ from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.gcta import GrmFiles, open_grm
-from ..io.plink import PlinkFileset, read_plink
+from ..io.plink import PlinkFileset, check_unique_variant_ids, read_plink
 from ..io.tables import (Design, align_rows, build_design, fam_table, read_gemma_table, read_sample_list,
                          read_table, sample_matches)
 from ..spectrum import subspace_width
@@ -376,8 +376,8 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
         if store is not None:
             got.update(store=store, variant_chunk=store.chunks[1])
             ids, p = store.sample_ids(), store.n_variants
-            if variants is not None and (variants.extract or variants.exclude or variants.chr):
-                vtable = store.variant_table()
+            vtable = store.variant_table()
+            _attempt(problems, check_unique_variant_ids, vtable["id"], f"genotype store {store.path}")
     all_ids = ids
     if ids is not None:
         seen: dict = {}
