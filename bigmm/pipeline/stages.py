@@ -453,8 +453,9 @@ class Runner:
     def do_spectrum(self):
         sc = self.cfg.spectrum
         if self.inp.grm is not None:  # a given GRM, read once by the validator, over the analysed samples
-            spec = exact_spectrum(self.inp.grm_K)
+            spec = exact_spectrum(self.inp.grm_K, round_off=float(np.finfo(np.dtype(self.inp.grm.dtype)).eps))
             info = {"passes_over_X": 0, "grm_input": str(self.inp.grm.bin)}
+            self.warn_not_psd(spec)
         elif self.inp.method == "exact":
             K = self.K()
             spec = exact_spectrum(np.asarray(K[...]))
@@ -477,6 +478,20 @@ class Runner:
         log.info("spectrum: %s, n = %d, k = %d, numerical rank %d, top eigenvalue %.4g", spec.method,
                  spec.n, spec.k, spec.rank, spec.s[0])
         return spec, info
+
+    def warn_not_psd(self, spec: Spectrum) -> None:
+        """A given GRM with eigenvalues negative beyond round-off: how many, how negative, clipped."""
+        d = spec.diagnostics
+        m = d.get("negative_eigenvalues", 0)
+        if m:
+            smin = d["min_eigenvalue_before_clip"]
+            log.warning("genotypes.grm %s: K (over the %d analysed samples) is not positive semi-definite: "
+                        "%d of its %d eigenvalues are negative beyond the round-off of its values, the most "
+                        "negative %.4g (%.3g%% of the largest, %.4g); they were set to 0, i.e. REML uses the "
+                        "nearest positive semi-definite matrix to K (as GCTA's --reml-bendV bends V). A GRM "
+                        "X Xᵀ/p has no negative eigenvalues: one made with per-pair missing-call counts, "
+                        "or edited, can; check how it was made", self.inp.grm.bin, spec.n, m, spec.n, smin,
+                        100 * smin / spec.s[0], spec.s[0])
 
     def n_pcs_written(self, spec: Spectrum) -> int:
         """PCs in pcs.tsv (and the report's PCA files): the PCs used as covariates, at least 20."""
