@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import warnings
 import shutil
 import statistics
 import sys
@@ -86,6 +87,7 @@ def bytes_of(path: Path) -> int:
 
 
 def main() -> None:
+    warnings.simplefilter("ignore")  # Zarr's notes on string dtypes
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--p", type=int, default=20_000)
