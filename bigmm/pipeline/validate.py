@@ -22,11 +22,12 @@ from dask.utils import format_bytes
 
 from ..errors import BigmmError, ConfigError, InputError, missing_reason
 from ..io.gcta import GrmFiles, open_grm
-from ..io.plink import PlinkFileset, check_unique_variant_ids, read_plink
+from ..io.plink import PlinkFileset, read_plink
 from ..io.tables import (Design, align_rows, build_design, fam_table, read_gemma_table, read_sample_list,
                          read_table, sample_matches)
 from ..spectrum import subspace_width
 from ..store import open_store, resolve_path
+from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
 from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
