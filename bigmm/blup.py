@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .io.plink import check_unique_variant_ids
 from .reml import RemlResult, RotatedDesign
 from .spectrum import Spectrum
 from .tasks import run_tasks
@@ -501,8 +502,12 @@ def match_alleles(train: dict, target: dict, keep: np.ndarray | None = None) -> 
     variants absent from the target are counted as missing. ``keep`` (the training
     standardization's kept variants): a variant the training dropped has no effect and is
     counted as ``dropped_in_training``, not used. ``counts["used"]`` is then the number of
-    variants that enter the scores, and the counts add up to the training variants.
+    variants that enter the scores, and the counts add up to the training variants. IDs must be
+    unique in both tables (a duplicated ID would send an effect to the wrong variant): duplicates
+    are refused, naming them.
     """
+    check_unique_variant_ids(train["id"], "the training variants (SNP effects)")
+    check_unique_variant_ids(target["id"], "the target variants")
     index = {v: i for i, v in enumerate(target["id"])}
     ti, ei, fl = [], [], []
     counts = {"used": 0, "flipped": 0, "dropped_in_training": 0, "missing_in_target": 0,

@@ -134,10 +134,18 @@ class Spectrum:
                         tail_trace_K2=(n_o - k) * lam ** 2 + excess)
 
 
-def exact_spectrum(K: np.ndarray) -> Spectrum:
+def exact_spectrum(K: np.ndarray, round_off: float | None = None) -> Spectrum:
     """All eigenpairs of a symmetric GRM by ``scipy.linalg.eigh`` (LAPACK syevd).
 
     Cost: O(n³) flops and 2 n² doubles of memory (K and U).
+
+    Eigenvalues below 0 are set to 0 (K = X Xᵀ / p is positive semi-definite; its null
+    directions come out of ``eigh`` as ± round-off). ``diagnostics["negative_eigenvalues"]``
+    counts those below ``−n · round_off · s_max``, i.e. negative beyond the round-off of K's
+    entries (``round_off``: their relative precision, default float64's; float32 for a GRM read
+    from a float32 file), and ``min_eigenvalue_before_clip`` is the most negative: a K with such
+    eigenvalues is not a GRM of any genotypes, and REML uses its nearest positive semi-definite
+    matrix (in Frobenius norm) instead.
 
     Examples
     --------
@@ -160,9 +168,11 @@ def exact_spectrum(K: np.ndarray) -> Spectrum:
     smin = float(s[-1])
     tol = n * np.finfo(float).eps * max(float(s[0]), 0.0)
     rank = int((s > tol).sum())
+    eps = np.finfo(float).eps if round_off is None else round_off
+    negative = int((s < -n * eps * max(float(s[0]), 0.0)).sum())
     np.maximum(s, 0.0, out=s)
     return Spectrum(U=U, s=s, n=n, trace_K=trace, diag_K=diag, method="exact", rank=rank,
-                    diagnostics={"min_eigenvalue_before_clip": smin})
+                    diagnostics={"min_eigenvalue_before_clip": smin, "negative_eigenvalues": negative})
 
 
 # --------------------------------------------------------------------------------------

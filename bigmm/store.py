@@ -9,12 +9,20 @@ Layout of a cohort store (a Zarr v3 group)::
                            ``variant_allele1``, -1 for missing
       sample_fid, sample_iid
       variant_chrom, variant_id, variant_pos, variant_allele1, variant_allele2
+      bigmm_chunk_digests  an empty group whose attributes record each chunk file's
+                           digest, keyed by array and chunk (:func:`record_chunk_digests`)
 
 Every array bigmm writes carries a CRC32C checksum after its compressor and is
 written with ``write_empty_chunks=True`` (Zarr stores an all-fill chunk as no file): a flipped byte or a
 truncated chunk fails loudly on read, and a missing chunk file means "never
 written", not "all fill value". Zarr keeps that setting in the array object, not in the store, so
 an array re-opened for writing goes through :func:`writable`.
+
+A checksum proves a chunk intact, not that it is the chunk of its place in its store (two
+swapped chunk files, or one copied from another store of the same shape, pass it): every store
+bigmm writes records each chunk file's digest by place, checked by :func:`verify_chunk_digests`
+before the store is reused or read; :func:`content_fingerprint` digests the stored bytes of any
+Zarr store (a user's VCF Zarr too), so that a store rewritten in place is seen.
 
 Stores and stage outputs are committed by :func:`atomic_dir`: written under a
 temporary name beside the destination, fsynced, then renamed into place, so an
@@ -42,6 +50,9 @@ from .errors import InputError, missing_reason
 STORE_FORMAT = "bigmm-cohort"
 STORE_FORMAT_VERSION = 1
 DEFAULT_CHUNKS = (2048, 8192)  # samples x variants: 16 MiB of int8 per chunk
+#: the arrays of a cohort store
+STORE_ARRAYS = ("genotypes", "sample_fid", "sample_iid", "variant_chrom", "variant_id", "variant_pos",
+                "variant_allele1", "variant_allele2")
 
 #: compressor + checksum used for every array bigmm writes
 CODECS = (ZstdCodec(level=1), Crc32cCodec())
@@ -284,6 +295,179 @@ def verify_chunks(arr: zarr.Array, label: str) -> None:
                     f"re-create it (or rerun the stage that wrote it)", str(d))
 
 
+#: the record, in a store bigmm writes, of what each stored chunk file holds: the attributes of
+#: an empty Zarr group of this name (a node of the hierarchy, so readers list no foreign file)
+CHUNK_DIGESTS = "bigmm_chunk_digests"
+
+
+def _ends_with_crc32c(arr) -> bool:
+    codecs = getattr(getattr(arr, "metadata", None), "codecs", None) or ()
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
+def _file_digest(path: str, trailer: bool) -> str:
+    """What a stored chunk file holds: its size and CRC32C trailer (``trailer``: the array's last
+    codec is CRC32C, a checksum of every byte before it, so 4 bytes read stand for the file), or
+    else a blake2b hash of its bytes."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        if trailer:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - 4))
+            return f"{size}:{fh.read(4).hex()}"
+        h = hashlib.blake2b(digest_size=16)
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+        return h.hexdigest()
+
+
+def array_digests(arr: zarr.Array) -> dict[str, str]:
+    """The digest of each stored chunk file of a local array, keyed by its path in the array's
+    folder (``c/0/1``: the chunk's place), from the bytes on disk, never decoded.
+
+    Arrays whose last codec is CRC32C (all of bigmm's) cost one 4-byte read per chunk; others
+    (a VCF Zarr store's) one read of their compressed bytes. Metadata and hidden files are left
+    out. An empty dict for an array that is not in a local folder.
+    """
+    d = _array_dir(arr)
+    if d is None or not d.is_dir():
+        return {}
+    trailer = _ends_with_crc32c(arr)
+    out = {}
+    for dirpath, dirs, files in os.walk(d):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        rel = os.path.relpath(dirpath, d)
+        for f in files:
+            if f.startswith(".") or f == "zarr.json":
+                continue
+            key = f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}"
+            out[key] = _file_digest(os.path.join(dirpath, f), trailer)
+    return dict(sorted(out.items()))
+
+
+def _group_arrays(path: Path, names=None) -> dict[str, zarr.Array]:
+    import warnings
+
+    g = zarr.open_group(str(path), mode="r")
+    if names is None:
+        with warnings.catch_warnings():  # a stage stamp file beside the arrays is not Zarr's
+            warnings.simplefilter("ignore")
+            return dict(sorted(g.arrays()))
+    return {n: g[n] for n in names if n in g}
+
+
+def record_chunk_digests(path: str | os.PathLike, names=None) -> None:
+    """Record the digest of every chunk file of the arrays of store ``path`` (default all),
+    keyed by array and chunk, in the store (the group :data:`CHUNK_DIGESTS`): what bigmm wrote, for
+    :func:`verify_chunk_digests` to check each chunk's place and content against later."""
+    import json
+
+    path = Path(path)
+    arrays = {name: array_digests(a) for name, a in _group_arrays(path, names).items()}
+    (path / CHUNK_DIGESTS).mkdir(exist_ok=True)
+    atomic_write_text(path / CHUNK_DIGESTS / "zarr.json",
+                      json.dumps({"zarr_format": 3, "node_type": "group",
+                                  "attributes": {"format": 1, "arrays": arrays}}))
+
+
+def has_chunk_digests(path: str | os.PathLike) -> bool:
+    return (Path(path) / CHUNK_DIGESTS / "zarr.json").is_file()
+
+
+def verify_chunk_digests(path: str | os.PathLike, label: str | None = None, names=None) -> bool:
+    """Check every chunk file of store ``path`` against the digests bigmm recorded when it wrote
+    the store (:func:`record_chunk_digests`); False when there is no record (a store made
+    before bigmm kept one), True when every chunk is where and what it was.
+
+    A CRC32C checksum proves a chunk intact, not that it is the chunk of this place in this
+    store: two swapped chunk files, or a chunk copied from another store of the same shape, pass
+    it. This check does not. Raises :class:`StoreIntegrityError` naming the store, the array, the
+    chunk file and what happened (moved or swapped: it holds the chunk recorded for another place;
+    replaced; missing; not written by bigmm).
+    """
+    import json
+
+    path = Path(path)
+    label = label or str(path)
+    try:
+        record = json.loads((path / CHUNK_DIGESTS / "zarr.json").read_text())["attributes"]["arrays"]
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreIntegrityError(f"{label}: its record of chunk digests {path / CHUNK_DIGESTS} is unreadable "
+                                  f"({exc}); the store is damaged: re-create it (or rerun the stage that "
+                                  f"wrote it)", str(path)) from None
+    arrays = _group_arrays(path, [n for n in record if names is None or n in names])
+    for name, want in record.items():
+        if names is not None and name not in names:
+            continue
+        where = path / name
+        if name not in arrays:
+            raise StoreIntegrityError(f"{label}: array {name} is missing; the store is damaged: re-create it "
+                                      f"(or rerun the stage that wrote it)", str(where))
+        have = array_digests(arrays[name])
+        if have == want:
+            continue
+        owner = {}
+        for key, dig in want.items():
+            owner.setdefault(dig, key)
+        for key, dig in want.items():
+            got = have.get(key)
+            if got == dig or got is None or not _decodes(arrays[name], key):
+                continue  # a missing or undecodable chunk: verify_chunks and the CRC32C name it when read
+            if got in owner:
+                what = (f"holds the data bigmm wrote for chunk {owner[got]} (chunk files were swapped or "
+                        f"moved)")
+            else:
+                what = ("is a valid chunk but not the one bigmm wrote there (it was replaced or rewritten, "
+                        "e.g. by a chunk copied from another store)")
+            raise StoreIntegrityError(f"{label}: chunk file {where / key} {what}; its values are not this "
+                                      f"store's: re-create the store (or rerun the stage that wrote it)", str(where))
+        extra = sorted(set(have) - set(want))
+        if not extra:
+            continue
+        raise StoreIntegrityError(f"{label}: {where / extra[0]} is not a chunk bigmm wrote ({len(extra)} such "
+                                  f"file(s)); re-create the store (or rerun the stage that wrote it)", str(where))
+    return True
+
+
+def _decodes(arr: zarr.Array, key: str) -> bool:
+    """Whether chunk file ``key`` (``c/i/j``) of ``arr`` decodes (its CRC32C matches)."""
+    idx = [int(x) for x in key.split("/")[1:]] if key.startswith("c/") else None
+    if idx is None or len(idx) != arr.ndim:
+        return True
+    region = tuple(slice(i * c, min(n, (i + 1) * c)) for i, c, n in zip(idx, arr.chunks, arr.shape))
+    try:
+        arr[region]
+    except Exception:  # noqa: BLE001 - any decoding failure
+        return False
+    return True
+
+
+def content_fingerprint(path: str | os.PathLike, names) -> dict:
+    """One digest of the stored bytes of the arrays ``names`` of the Zarr store ``path``, each
+    chunk file's digest (:func:`array_digests`) bound to its array and place, with the files and
+    bytes it covers and the seconds it took: a chunk rewritten in place, replaced or moved
+    changes it, whoever wrote the store."""
+    import hashlib
+    import time
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    files = 0
+    size = 0
+    for name, arr in _group_arrays(path, names).items():
+        h.update(f"{name}:{arr.shape}:{arr.chunks}:{arr.dtype}\n".encode())
+        for key, dig in array_digests(arr).items():
+            h.update(f"{name}/{key}={dig}\n".encode())
+            files += 1
+            size += os.stat(path / name / key).st_size
+    return {"digest": h.hexdigest(), "files": files, "bytes": size,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
 class CheckedArray:
     """A zarr array whose read errors name the array and the damaged chunk.
 
@@ -402,6 +586,11 @@ class CohortStore:
             "allele2": self._read("variant_allele2").astype(object),
         }
 
+    def content_fingerprint(self) -> dict:
+        """A digest of the stored bytes of the genotypes and the sample and variant tables
+        (:func:`content_fingerprint`; one 4-byte read per chunk file)."""
+        return content_fingerprint(self.path, STORE_ARRAYS)
+
     def to_dask(self):
         """The genotype array as a lazy Dask array with the store's chunks."""
         import dask.array as da
@@ -411,7 +600,9 @@ class CohortStore:
 
 
 def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:
-    """Open a committed cohort store, checking that it is complete (every chunk file present)."""
+    """Open a committed cohort store, checking that it is complete (every chunk file present)
+    and, for a store that records them, that every chunk is the one bigmm wrote at its place
+    (:func:`verify_chunk_digests`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"genotype store {path} {missing_reason(path)}; create it with `bigmm ingest`")
@@ -427,13 +618,13 @@ def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:
                          f"this bigmm reads version {STORE_FORMAT_VERSION}; re-ingest the genotypes")
     if not attrs.get("complete"):
         raise InputError(f"{path} is incomplete (an interrupted write); re-create it")
-    missing = [n for n in ("genotypes", "sample_fid", "sample_iid", "variant_chrom", "variant_id",
-                           "variant_pos", "variant_allele1", "variant_allele2") if n not in group]
+    missing = [n for n in STORE_ARRAYS if n not in group]
     if missing:
         raise InputError(f"{path} lacks arrays {missing}; re-create it")
     if verify:
         for name in ("genotypes", "sample_fid", "sample_iid", "variant_id"):
             verify_chunks(group[name], f"{path}/{name}")
+        verify_chunk_digests(path, f"genotype store {path}")
     return CohortStore(path=path, group=group)
 
 
@@ -456,6 +647,9 @@ def write_store_tables(group: zarr.Group, fid, iid, variants: dict) -> None:
 
 
 def finish_store(group: zarr.Group, n: int, p: int, provenance: dict) -> None:
+    """Mark a written cohort store complete, with the digest of every chunk it holds
+    (:func:`record_chunk_digests`)."""
+    record_chunk_digests(group.store.root)
     group.attrs.update({
         "format": STORE_FORMAT,
         "format_version": STORE_FORMAT_VERSION,

@@ -171,7 +171,7 @@ class GrmFiles:
         """K (float64, symmetric) over the samples ``rows`` (default all), in that order.
 
         Refuses a non-finite entry and, for a square file, an asymmetric one (naming the pair
-        of samples); PLINK 2's ``square0`` (upper triangle written as zeros) is read as its
+        of samples), and a K that is all zeros or absurdly scaled (:func:`check_grm_scale`); PLINK 2's ``square0`` (upper triangle written as zeros) is read as its
         lower triangle. Memory: the file's values plus n x n float64 (then the rows' K).
         """
         n = self.n
@@ -200,6 +200,7 @@ class GrmFiles:
             rows = np.asarray(rows)
             if rows.size != n or np.any(rows != np.arange(n)):
                 K = K[np.ix_(rows, rows)]
+        check_grm_scale(K, f"{self.bin}", "" if rows is None else f" over the {K.shape[0]} samples used")
         return K
 
     def _check_symmetric(self, K: np.ndarray, pairs) -> None:
@@ -234,6 +235,39 @@ class GrmFiles:
         if N.size == 0 or not np.all(np.isfinite(N)):
             raise InputError(f"{self.n_bin}: non-finite counts; remake it or remove it (it is optional)")
         return {"min": float(N.min()), "median": float(np.median(N)), "max": float(N.max())}
+
+
+#: the mean diagonal a given GRM may have. ``mean(diag K) = Σ_ij x_ij² / (n p)`` is the mean
+#: square of a standardized genotype: about 1 + F (F the mean inbreeding, so within [0, 2]) for
+#: GCTA's GRM, PLINK 2's --make-rel and GEMMA's -gk 2; 2f(1 − f)(1 + F) averaged over variants
+#: for centred genotypes (GEMMA -gk 1: at most 1, about 0.3 for common variants, and ~2·MAF for
+#: a rare-variant GRM); half of those for a kinship matrix. Three orders of magnitude either side
+#: of 1 leave room for every one of these; outside, K was scaled wrongly (not divided by the
+#: number of variants, or multiplied by it), and REML on it is meaningless
+MEAN_DIAG_RANGE = (1e-3, 1e3)
+
+
+def check_grm_scale(K: np.ndarray, label: str, where: str = "") -> None:
+    """Refuse a GRM that is all zeros or whose mean diagonal is outside :data:`MEAN_DIAG_RANGE`.
+
+    >>> check_grm_scale(np.eye(3) * 1e30, "k.grm.bin")
+    Traceback (most recent call last):
+    ...
+    bigmm.errors.InputError: k.grm.bin: the mean diagonal of K is 1e+30, outside [0.001, 1000] ...
+    """
+    if not np.any(K):
+        raise InputError(f"{label}: every value of K is 0{where}; a GRM cannot be all zeros (REML on it "
+                         f"has no genetic variance to estimate): remake it (gcta --make-grm-bin, plink2 "
+                         f"--make-rel) and check that the genotypes it was made from are not all missing")
+    d = float(np.mean(np.diag(K)))
+    lo, hi = MEAN_DIAG_RANGE
+    if not lo <= d <= hi:
+        raise InputError(f"{label}: the mean diagonal of K is {d:.4g}{where}, outside [{lo:g}, {hi:g}] "
+                         f"(largest |entry| {float(np.abs(K).max()):.4g}); a GRM of standardized genotypes has "
+                         f"a mean diagonal near 1 (GCTA --make-grm, PLINK 2 --make-rel; about 0.5 for a "
+                         f"kinship matrix, 0.01-1 for centred genotypes), so this one is wrongly scaled and "
+                         f"its h2 would be meaningless: divide it by the number of variants it sums over "
+                         f"(or remake it with gcta --make-grm-bin or plink2 --make-rel)")
 
 
 #: |K_ij − K_ji| allowed in a square file, relative to the largest diagonal value: far above

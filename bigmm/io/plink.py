@@ -113,8 +113,10 @@ def parse_fam(path: Path) -> tuple[list[str], list[str], list[list[str]], list[i
 
 
 def read_bim(path: Path) -> dict[str, list]:
-    """Variant table of a .bim file (6 columns: chrom id cM pos allele1 allele2)."""
+    """Variant table of a .bim file (6 columns: chrom id cM pos allele1 allele2); variant IDs
+    must be unique (:func:`check_unique_variant_ids`)."""
     out = {"chrom": [], "id": [], "pos": [], "allele1": [], "allele2": []}
+    lines = []
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
             fields = line.split()
@@ -133,9 +135,42 @@ def read_bim(path: Path) -> dict[str, list]:
             out["pos"].append(pos)
             out["allele1"].append(fields[4])
             out["allele2"].append(fields[5])
+            lines.append(lineno)
     if not out["id"]:
         raise InputError(f"{path} has no variants")
+    check_unique_variant_ids(out["id"], str(path), unit="line", numbers=lines)
     return out
+
+
+def check_unique_variant_ids(ids, where: str, unit: str = "variant", numbers=None) -> None:
+    """Refuse variant IDs that occur more than once, naming them and where they are.
+
+    Variants are matched by ID wherever two tables meet (a run's SNP effects and a target
+    cohort in ``bigmm score``, ``variants.extract`` / ``exclude`` lists): a duplicated ID would
+    send an effect to the wrong variant. ``numbers``: the line (or row) number of each ID, for
+    the message (default: its 1-based position, called ``unit``).
+    """
+    ids = np.asarray(ids, dtype=object)
+    if ids.size == len(set(ids.tolist())):
+        return
+    prefix = where[:-4] if where.endswith(".bim") else "PREFIX"
+    uniq, first_at, inverse, counts = np.unique(ids.astype(str), return_index=True, return_inverse=True,
+                                                return_counts=True)
+    dup = np.flatnonzero(counts > 1)
+    numbers = np.arange(1, ids.size + 1) if numbers is None else np.asarray(numbers)
+    first = dup[np.argsort(first_at[dup], kind="stable")]  # in file order
+    shown = []
+    for u in first[:5]:
+        at = numbers[inverse == u]
+        more = f" and {at.size - 4} more" if at.size > 4 else ""
+        shown.append(f"{uniq[u]} ({unit}s {', '.join(str(int(x)) for x in at[:4])}{more})")
+    raise InputError(
+        f"{where}: {dup.size} variant ID(s) occur more than once: {'; '.join(shown)}"
+        + (f"; and {dup.size - 5} more" if dup.size > 5 else "")
+        + ". bigmm matches variants by ID (SNP effects in bigmm score, variants.extract/exclude), so "
+          "a duplicated ID is ambiguous: give every variant a unique ID (plink2 --bfile "
+        f"{prefix} --set-all-var-ids '@:#:$r:$a' --new-id-max-allele-len 1000 --make-bed --out NEW) or "
+        f"remove the duplicates (plink2 --bfile {prefix} --rm-dup exclude-all --make-bed --out NEW)")
 
 
 def check_bed(path: Path, n: int, p: int) -> None:

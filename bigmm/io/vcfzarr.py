@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from ..errors import InputError, missing_reason
-from ..store import CheckedArray
+from ..store import CheckedArray, content_fingerprint
 
 REQUIRED = ("call_genotype", "sample_id", "variant_contig", "contig_id", "variant_position",
             "variant_allele")
@@ -143,6 +143,12 @@ class VcfZarrStore:
         return {"chrom": chrom, "id": ids, "pos": pos.astype(np.int64),
                 "allele1": alleles[:, 1].astype(object), "allele2": alleles[:, 0].astype(object)}
 
+    def content_fingerprint(self) -> dict:
+        """A digest of the stored bytes of the arrays bigmm reads (``call_genotype``, the sample and
+        variant arrays), each chunk file hashed raw, never decoded, and bound to its place
+        (:func:`bigmm.store.content_fingerprint`): a chunk rewritten in place changes it."""
+        return content_fingerprint(self.path, REQUIRED + ("variant_id",))
+
     def to_dask(self):
         import dask.array as da
 
@@ -257,6 +263,10 @@ class XarrayVcfStore(VcfZarrStore):
     @property
     def genotypes(self) -> VcfGenotypes:
         return VcfGenotypes(self.group["call_genotype"], self.variant_index)
+
+    def content_fingerprint(self) -> None:
+        """None: a Dataset in memory has no stored chunks to fingerprint."""
+        return None
 
     def to_dask(self):
         import dask.array as da

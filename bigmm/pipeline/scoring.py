@@ -11,7 +11,7 @@ import zarr
 
 from ..blup import match_alleles, score
 from ..errors import InputError
-from ..io.plink import ingest_plink
+from ..io.plink import check_unique_variant_ids, ingest_plink
 from ..io.vcfzarr import open_vcf_zarr
 from ..store import atomic_write_text, open_store
 from .config import parse_config
@@ -34,6 +34,7 @@ def _read_effects(run: Path):
         train = open_vcf_zarr(cfg.genotypes.vcf_zarr).variant_table()
     else:
         train = open_store(cfg.genotypes.zarr, verify=False).variant_table()
+    check_unique_variant_ids(train["id"], f"run {run} (the training variants of its SNP effects)")
     if zp.exists():
         g = zarr.open_group(str(zp), mode="r")
         return train, std, np.asarray(g["beta_std"][...]), list(g.attrs["phenotypes"])
@@ -58,7 +59,9 @@ def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None):
             target = open_store(zarr_path)
         else:
             target = open_vcf_zarr(vcf_zarr)
-        m = match_alleles(train, target.variant_table(), keep=std.keep)  # used: variants in the scores
+        table = target.variant_table()
+        check_unique_variant_ids(table["id"], f"target {bfile or zarr_path or vcf_zarr}")
+        m = match_alleles(train, table, keep=std.keep)  # used: variants in the scores
         if m.counts["used"] == 0:
             raise InputError(f"no variant of the target matches the training variants by ID and alleles "
                              f"({m.counts})")

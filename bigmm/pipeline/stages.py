@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from dask.utils import format_bytes
 
 from .._version import __version__
 from ..blup import Blup, genetic_values, leave_one_out, loo_accuracy, snp_effects
@@ -47,12 +48,14 @@ from ..genotypes import Standardization, standardization, variant_stats
 from ..grm import create_grm_store, grm, grm_complete
 from ..io.gcta import gcta_grm_writer
 from ..io.plink import ingest_plink
+from ..io.vcfzarr import open_vcf_zarr
 from ..mfreml import blup_matrix_free, fit_matrix_free
 from ..passes import GrmOperator
 from ..reml import RemlResult, RotatedDesign, fit_rotated, liability_h2, rotate
 from ..spectrum import RITZ_CONVERGED, Spectrum, exact_spectrum, randomized_spectrum, unconverged_pcs
-from ..store import (CheckedArray, CohortStore, StoreIntegrityError, atomic_write_text, fsync_tree, now_utc,
-                     open_store, remove_path, resolve_path, verify_chunks)
+from ..store import (CheckedArray, CohortStore, StoreIntegrityError, atomic_write_text, fsync_tree,
+                     has_chunk_digests, now_utc, open_store, record_chunk_digests, remove_path, resolve_path,
+                     verify_chunk_digests, verify_chunks)
 from ..tasks import current_client, fail_point, pause_point, total_threads
 from .cluster import dask_client
 from .config import RunConfig, parse_config
@@ -212,7 +215,48 @@ class Runner:
             log.warning("stage %s: its output %s is damaged (unreadable); the stage runs again",
                         name, ", ".join(damaged))
             return False
+        return self.chunks_intact(name)
+
+    def chunks_intact(self, name: str) -> bool:
+        """Whether every chunk of the stage's Zarr output is the one the stage wrote at its place
+        (:func:`bigmm.store.verify_chunk_digests`: a CRC32C checksum passes swapped chunks and a
+        chunk copied from another store). An output made before bigmm recorded chunk digests gets
+        its record now, so that later changes are seen (one 4-byte read per chunk)."""
+        rel = self.SELF_DESCRIBING.get(name)
+        if rel is None:
+            return True
+        try:
+            if not verify_chunk_digests(self.out / rel, f"{self.out / rel}"):
+                record_chunk_digests(self.out / rel)
+                log.info("stage %s: recorded the chunk digests of %s (made before bigmm kept them)", name, rel)
+        except StoreIntegrityError as exc:
+            log.warning("stage %s: %s; the stage runs again", name, exc)
+            return False
         return True
+
+    def check_genotype_content(self, keep=()) -> dict | None:
+        """The content fingerprint of a given genotype store (a cohort or VCF Zarr store; None for
+        PLINK input, whose .bed is fingerprinted in the plan, and a given GRM), compared with the
+        one this run recorded: a store rewritten in place since (a chunk replaced, ``call_genotype``
+        rewritten) makes every stage that read it run again. A run recorded before bigmm kept it
+        keeps its stages (the fingerprint is recorded now)."""
+        store = self.inp.store
+        content = store.content_fingerprint() if store is not None else None
+        if content is None:
+            return None
+        before = self.manifest.get("genotype_content")
+        log.info("genotype store %s: content fingerprint %s (%d chunk files, %s, read in %.2f s)", store.path,
+                 content["digest"], content["files"], format_bytes(content["bytes"]), content["seconds"])
+        if before is None:
+            if self.manifest.get("stages"):
+                log.info("genotype store %s: its content fingerprint is recorded now (this run was made before "
+                         "bigmm kept one); later changes to the store rerun the stages that read it", store.path)
+        elif before.get("digest") != content["digest"] and self.manifest.get("stages"):
+            log.warning("genotype store %s changed since the stages that read it ran (content fingerprint %s, "
+                        "was %s: a chunk was rewritten or replaced): they run again", store.path,
+                        content["digest"], before.get("digest"))
+            self.invalidate("variant_stats", keep=keep)
+        return content
 
     #: stages whose Zarr output records its fingerprint (a stamp file in the store): a damaged
     #: run.json is rebuilt from them
@@ -297,6 +341,8 @@ class Runner:
         rel = self.SELF_DESCRIBING.get(name)
         if rel is not None and (self.out / rel).is_dir():  # the output names the plan it belongs to
             atomic_write_text(self.out / rel / STAGE_STAMP, json.dumps({"stage": name, "fingerprint": entry["fingerprint"]}))
+            if not has_chunk_digests(self.out / rel):  # ingest and grm record theirs as they write
+                record_chunk_digests(self.out / rel)
         self.manifest.setdefault("stages", {})[name] = entry
         self.manifest.pop("writing", None)
         write_manifest(self.out, self.manifest)
@@ -393,6 +439,7 @@ class Runner:
         """An array of the committed GRM store: ``K``, or ``N`` (per-pair call counts)."""
         g = zarr.open_group(str(self.out / "grm.zarr"), mode="r")
         verify_chunks(g[name], f"{self.out}/grm.zarr/{name}")
+        verify_chunk_digests(self.out / "grm.zarr", f"{self.out}/grm.zarr", names=[name])
         return CheckedArray(g[name], f"{self.out}/grm.zarr/{name}")
 
     # -- stages ------------------------------------------------------------------------
@@ -447,6 +494,7 @@ class Runner:
         grm(store.genotypes, std, block_size=block, out=partial, dtype=dtype)
         if not grm_complete(zarr.open_group(str(partial), mode="r")):
             raise RuntimeError("GRM blocks missing after computation")
+        record_chunk_digests(partial)  # each block of K and N bound to its place in this store
         fsync_tree(partial)
         os.replace(partial, final)
         total = nb * (nb + 1) // 2
@@ -456,8 +504,9 @@ class Runner:
     def do_spectrum(self):
         sc = self.cfg.spectrum
         if self.inp.grm is not None:  # a given GRM, read once by the validator, over the analysed samples
-            spec = exact_spectrum(self.inp.grm_K)
+            spec = exact_spectrum(self.inp.grm_K, round_off=float(np.finfo(np.dtype(self.inp.grm.dtype)).eps))
             info = {"passes_over_X": 0, "grm_input": str(self.inp.grm.bin)}
+            self.warn_not_psd(spec)
         elif self.inp.method == "exact":
             K = self.K()
             spec = exact_spectrum(np.asarray(K[...]))
@@ -480,6 +529,20 @@ class Runner:
         log.info("spectrum: %s, n = %d, k = %d, numerical rank %d, top eigenvalue %.4g", spec.method,
                  spec.n, spec.k, spec.rank, spec.s[0])
         return spec, info
+
+    def warn_not_psd(self, spec: Spectrum) -> None:
+        """A given GRM with eigenvalues negative beyond round-off: how many, how negative, clipped."""
+        d = spec.diagnostics
+        m = d.get("negative_eigenvalues", 0)
+        if m:
+            smin = d["min_eigenvalue_before_clip"]
+            log.warning("genotypes.grm %s: K (over the %d analysed samples) is not positive semi-definite: "
+                        "%d of its %d eigenvalues are negative beyond the round-off of its values, the most "
+                        "negative %.4g (%.3g%% of the largest, %.4g); they were set to 0, i.e. REML uses the "
+                        "nearest positive semi-definite matrix to K (as GCTA's --reml-bendV bends V). A GRM "
+                        "X Xᵀ/p has no negative eigenvalues: one made with per-pair missing-call counts, "
+                        "or edited, can; check how it was made", self.inp.grm.bin, spec.n, m, spec.n, smin,
+                        100 * smin / spec.s[0], spec.s[0])
 
     def n_pcs_written(self, spec: Spectrum) -> int:
         """PCs in pcs.tsv (and the report's PCA files): the PCs used as covariates, at least 20."""
@@ -837,7 +900,10 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             runner.adopt_committed()
         elif previous and is_this_run(previous, cfg):
             runner.manifest = previous
+        inputs_here = [p for p in (cfg.genotypes.zarr, cfg.genotypes.vcf_zarr) if p is not None]
+        content = runner.check_genotype_content(keep=inputs_here)
         runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
+                                "genotype_content": content,
                                 "config_source": str(cfg.source) if cfg.source else None,
                                 "config": cfg.model_dump(mode="json"), "started": now_utc(),
                                 "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
@@ -866,7 +932,6 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         # failure nothing that looks like a current result is left
         recorded = runner.manifest.get("stages", {})
         writing = runner.manifest.pop("writing", None)
-        inputs_here = [p for p in (cfg.genotypes.zarr, cfg.genotypes.vcf_zarr) if p is not None]
         if writing and writing.get("stage") in STAGES:  # a stage that failed or was killed mid-way
             remove_stage_files(out, writing["stage"], writing, keep=inputs_here)
         for name in STAGES:
@@ -977,6 +1042,19 @@ def status(out: Path) -> list[dict]:
         else:
             row["rerun"] = "no"
         rows.append(row)
+    recorded = manifest.get("genotype_content")
+    if plan and recorded:
+        try:
+            g = cfg.genotypes
+            store = (open_store(g.zarr, verify=False) if g.zarr is not None
+                     else open_vcf_zarr(g.vcf_zarr, sample_ids=g.vcf_sample_ids))
+            now = store.content_fingerprint()
+        except (BigmmError, OSError) as exc:
+            now = {"digest": f"unreadable ({exc})"}
+        if now is not None and now["digest"] != recorded.get("digest"):
+            for row in rows:
+                if row["stage"] == "variant_stats" and row["rerun"] == "no":
+                    row["rerun"] = "yes (genotype store changed)"
     # a stage downstream of one that reruns reruns too
     rerun = False
     for row in rows:

@@ -27,6 +27,7 @@ from ..io.tables import (Design, align_rows, build_design, fam_table, read_gemma
                          read_table, sample_matches)
 from ..spectrum import subspace_width
 from ..store import open_store, resolve_path
+from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
 from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
@@ -377,8 +378,8 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
         if store is not None:
             got.update(store=store, variant_chunk=store.chunks[1])
             ids, p = store.sample_ids(), store.n_variants
-            if variants is not None and (variants.extract or variants.exclude or variants.chr):
-                vtable = store.variant_table()
+            vtable = store.variant_table()
+            _attempt(problems, check_unique_variant_ids, vtable["id"], f"genotype store {store.path}")
     all_ids = ids
     if ids is not None:
         seen: dict = {}
