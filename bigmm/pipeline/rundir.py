@@ -292,7 +292,7 @@ def inside_run(out: Path, rel) -> Path | None:
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
         return None
     parts = Path(rel).parts
-    if ".." in parts or parts[-1] == ".":
+    if not parts or ".." in parts:
         return None
     path = Path(out) / rel
     root = resolve_path(out)
