@@ -212,12 +212,11 @@ def test_a_refused_reml_call_leaves_the_config_of_the_run_in_progress(tmp_path, 
     """The flag form wrote OUT/config.yaml before taking the run's lock: a second call, refused
     because a run holds the folder, had already rewritten that run's config (its resume then
     switched traits)."""
-    from bigmm.pipeline.flags import FLAG_CONFIG_MARK
     from bigmm.pipeline.rundir import run_lock
 
     out = tmp_path / "out"
     out.mkdir()
-    text = f"{FLAG_CONFIG_MARK}\n#   the run in progress\n"
+    text = "# bigmm run configuration made from the flags of\n#   the run in progress\n"  # bigmm's header
     (out / "config.yaml").write_text(text)
     with run_lock(out):  # the run in progress
         res = bigmm_cli(*reml_args(cohort, out, "--maf", "0.05"))
@@ -440,7 +439,9 @@ def test_submit_starts_a_fresh_run_on_slurm(tmp_path, cohort):  # noqa: F811
 @pytest.mark.parametrize("when", ["spectrum", "cluster: starting"])
 def test_ctrl_c_prints_one_line_not_worker_tracebacks(tmp_path, cohort, when):  # noqa: F811
     """Ctrl-C (SIGINT to the terminal's process group: the driver and its worker processes)
-    printed 60-86 lines of the workers' KeyboardInterrupt tracebacks."""
+    printed 60-86 lines of the workers' KeyboardInterrupt tracebacks (``spectrum``: the workers
+    are up). ``cluster: starting`` guards the fix: SIGINT is held while the workers are spawned,
+    and a Ctrl-C in that window must still stop the run, at once and quietly."""
     out = tmp_path / "out"
     path = write_config(tmp_path, cohort, spectrum={"method": "randomized", "rank": 10},
                         cluster={"workers": 2, "threads_per_worker": 1})
