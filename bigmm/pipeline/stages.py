@@ -840,7 +840,13 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         # manifest that says "running" (bigmm status: stopped), never an earlier run's "complete"
         runner.manifest.pop("finished", None)
         runner.manifest["status"] = "running"
-        write_manifest(out, runner.manifest)
+        try:
+            write_manifest(out, runner.manifest)
+        except OSError as exc:  # a folder still full or read-only: the one-line message
+            unwritable = _unwritable(exc, out, runner.manifest.get("resume_from"))
+            if unwritable is None:
+                raise
+            raise unwritable from None
         sel = inputs.selection.get("samples")
         if sel:
             log.info("samples: %d genotyped, %d kept (%s)", sel["genotyped"], sel["kept"],
