@@ -48,8 +48,8 @@ MANIFEST_FORMAT_VERSION = 1
 #: manifest (a run folder of an earlier version) is still bigmm's and resumes
 LEGACY_KEYS = {"bigmm_version": str, "config_fingerprint": str, "config": dict, "started": str,
                "spectrum_method": str, "reml_method": str}
-#: the stores whose stage stamp (``bigmm-stage.json``) shows a folder is a bigmm run even when
-#: its run.json is damaged
+#: the file in a stage's Zarr output that names the stage fingerprint it was made for; the stores
+#: below carry it, and show that a folder is a bigmm run even when its run.json is damaged
 STAGE_STAMP = "bigmm-stage.json"
 STAMPED_STORES = ("genotypes.zarr", "variants.zarr", "grm.zarr", "spectrum.zarr")
 

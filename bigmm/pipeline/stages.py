@@ -63,15 +63,11 @@ from .plan import (PASS_STAGES, STAGE_OUTPUTS, STAGES, grm_block_size, spectrum_
                    task_memory)
 from .report import (FIGURES, ReportData, _safe_name, relatedness_summary, write_hsq, write_plink_pca, write_report,
                      write_results, write_results_json)
-from . import rundir
-from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
+from .rundir import (STAGE_STAMP, RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
                      write_failure, write_manifest)
 from .validate import Inputs, validate
 
 log = logging.getLogger("bigmm")
-
-#: the file in a stage's Zarr output that names the stage fingerprint it was made for
-STAGE_STAMP = rundir.STAGE_STAMP
 
 #: a reduced spectrum whose top k eigenvalues hold less than this share of tr K is warned about:
 #: spectral REML on it learns h² from the top k directions only (unbiased, but with a far larger
