@@ -82,22 +82,23 @@ class IgnoreInterrupt(_WorkerPlugin):
 
 
 @contextlib.contextmanager
-def _interrupts_held():
-    """SIGINT blocked (held pending) in this thread while worker processes are spawned: threads
-    and processes started meanwhile inherit the mask (a blocked signal stays blocked across
-    ``exec``), so Ctrl-C reaches the driver only, and a Ctrl-C during the start is delivered to it
-    when the cluster is up. Restarted workers get :class:`IgnoreInterrupt`."""
+def _interrupts_ignored():
+    """SIGINT ignored while the worker processes are spawned: an ignored signal stays ignored in
+    a child, across ``exec``, and Python then leaves it so, so Ctrl-C reaches the driver only.
+    (Blocking it in this thread does not carry over: the workers are spawned from Dask's IO
+    thread.) The cost: a Ctrl-C in the few seconds of the start is lost; restarted workers get
+    :class:`IgnoreInterrupt`."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old)
 
 
 #: the folder, in the run directory, that holds the worker jobs' TLS key and certificate while a
@@ -216,7 +217,7 @@ def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
         # mutual TLS with a key made for this run and held in memory: another local user (or
         # process) reaching the scheduler's port cannot submit work to the workers
         security = Security.temporary()
-        with _interrupts_held():
+        with _interrupts_ignored():
             cluster = LocalCluster(
                 security=security,
                 n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
