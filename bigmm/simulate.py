@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .store import DEFAULT_CHUNKS, atomic_dir, atomic_file, atomic_write_text, finish_store, new_array, write_store_tables
+from .store import DEFAULT_CHUNKS, atomic_dir, check_replaceable_store, atomic_file, atomic_write_text, finish_store, new_array, write_store_tables
 
 
 @dataclass
@@ -230,6 +230,7 @@ class _ZarrWriter:
         self.path, self.fid, self.iid, self.p = path, fid, iid, p
         n = len(fid)
         cs, cv = chunks or DEFAULT_CHUNKS
+        check_replaceable_store(path)  # an earlier simulated store, never a folder of the user's
         self.ctx = atomic_dir(path, overwrite=True)
         self.tmp = self.ctx.__enter__()
         self.group = zarr.open_group(self.tmp, mode="w")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import shutil
 import uuid
@@ -597,6 +598,29 @@ class CohortStore:
 
         G = self.genotypes
         return da.from_array(G, chunks=G.chunks, asarray=True, name=f"genotypes-{self.attrs.get('created', '')}-{self.path}")
+
+
+def check_replaceable_store(path: str | os.PathLike, inputs=()) -> None:
+    """Refuse to replace ``path`` unless it is a cohort store bigmm made (its ``zarr.json`` says
+    ``format: bigmm-cohort``) that holds none of ``inputs``: replacing removes the whole folder,
+    so a folder of the user's (or the .bed an ingest reads) is never taken for a store."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {}) if path.is_dir() else {}
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if path.is_symlink() or not isinstance(attrs, dict) or attrs.get("format") != STORE_FORMAT:
+        raise InputError(f"{path} exists and is not a cohort store bigmm made (no format={STORE_FORMAT!r} in its "
+                         f"zarr.json): bigmm replaces only its own stores, never another folder or file; "
+                         f"choose another output path")
+    root = resolve_path(path)
+    for f in inputs:
+        where = resolve_path(f)
+        if where == root or root in where.parents:
+            raise InputError(f"{path} holds {f}, an input of this command: bigmm never replaces its input; "
+                             f"choose another output path")
 
 
 def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from ..errors import InputError, missing_reason
-from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, file_fingerprint, finish_store,
+from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, check_replaceable_store, file_fingerprint, finish_store,
                      new_array, now_utc, open_store, resolve_path, write_store_tables)
 from ..tasks import Progress
 
@@ -267,7 +267,9 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
         The .fam rows to keep (increasing; PLINK's --keep/--remove): the store holds only these
         samples, as if the fileset had only them. Default: all.
     overwrite : bool
-        Replace an existing store at ``out`` (default: an existing store is an error).
+        Replace an existing store at ``out`` (default: an existing store is an error). Only a cohort
+        store bigmm made is replaced, and never one that holds the fileset read: anything else at
+        ``out`` is an error.
 
     Examples
     --------
@@ -295,6 +297,8 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
     bytes_per_variant = (n_fam + 3) // 4
     t0 = time.perf_counter()
     bed_hash = hashlib.blake2b(digest_size=16)
+    if overwrite:  # only a store bigmm made, and never one that holds the fileset read here
+        check_replaceable_store(out, inputs=[p for p in paths.values() if p is not None])
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         arr = new_array(group, "genotypes", shape=(n, p), dtype="int8", chunks=(cs, cv), fill_value=-1)

@@ -14,10 +14,10 @@ from .._version import __version__
 from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
-from ..store import atomic_write_text
+from ..store import atomic_write_text, check_replaceable_store
 from ..tasks import TerminalHandler
 from .config import load_config
-from .flags import add_flags, check_flags, flag_config, write_config_file
+from .flags import add_flags, check_config_file, check_flags, flag_config, write_config_file
 from .plan import STAGES, matmul_rate
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--bfile", help="target PLINK fileset prefix")
     src.add_argument("--zarr", type=Path, help="target cohort store")
     src.add_argument("--vcf-zarr", type=Path, help="target VCF Zarr store")
-    sc.add_argument("--out", required=True, type=Path, help="scores table to write (FID IID per phenotype)")
+    sc.add_argument("--out", required=True, type=Path, help="scores table to write (FID IID per phenotype); "
+                    "a new file outside the run folder")
+    sc.add_argument("--force", action="store_true", help="replace an existing scores table (never an input "
+                    "or a file of the run folder)")
 
     i = sub.add_parser("ingest", help="convert a PLINK .bed/.bim/.fam fileset into a Zarr cohort store")
     i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "PREFIX.pheno.tsv, PREFIX.covar.tsv, PREFIX.truth.json")
     s.add_argument("--zarr", action="store_true", help="write a cohort store PREFIX.zarr instead of PLINK")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace existing files of PREFIX (never files in a "
+                   "bigmm run folder, and a PREFIX.zarr only if it is a store bigmm made)")
     s.add_argument("--maf", type=float, nargs=2, default=(0.05, 0.5), metavar=("MIN", "MAX"))
     s.add_argument("--genotype-missing", type=float, default=0.0)
     s.add_argument("--phenotype-missing", type=float, default=0.0)
@@ -202,13 +207,32 @@ def main(argv=None) -> int:
         return 128 + exc.signum
 
 
+def check_simulate_outputs(prefix: str, zarr: bool, force: bool) -> None:
+    """``bigmm simulate`` writes over nothing without ``--force``, and never into a run folder."""
+    names = [".zarr"] if zarr else [".bed", ".bim", ".fam"]
+    paths = [Path(prefix + ext) for ext in names + [".pheno.tsv", ".covar.tsv", ".truth.json"]]
+    there = [p for p in paths if p.exists() or p.is_symlink()]
+    if not there:
+        return
+    if not force:
+        raise InputError(f"--out {prefix}: {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}; "
+                         f"choose another prefix, or add --force to replace them")
+    for p in there:
+        if (p.parent / "run.json").exists():
+            raise InputError(f"--out {prefix}: {p} is in a run folder ({p.parent / 'run.json'}), whose files "
+                             f"are the run's own: choose a prefix outside it")
+    if zarr:
+        check_replaceable_store(paths[0])
+
+
 def _dispatch(args, argv) -> int:
     if args.command in ("run", "reml"):
         written = None
         if args.command == "reml":
             # OUT/config.yaml is written once the inputs are valid, before the first stage
             cfg, text = flag_config(args, argv)
-            written = lambda: write_config_file(cfg, text)  # noqa: E731
+            check_config_file(cfg.source)  # a config.yaml of the user's in OUT: refused before any work
+            written = lambda: write_config_file(cfg, text)  # noqa: E731  (under the run's lock)
         else:
             cfg = load_config(args.config)
         outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written,
@@ -252,6 +276,8 @@ def _dispatch(args, argv) -> int:
         state = m.get("status", "?")
         if state == "running" and lock_holder(args.run_dir) is None:
             state = "stopped (run.json says running, but no bigmm process holds the run: it was killed or could not record its end; see run.log)"
+        elif state == "complete" and not (args.run_dir / "results.json").exists():
+            state = "incomplete (run.json says complete, but results.json is missing: run the same command again)"
         print(f"{args.run_dir}: run {state}"
               + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
         print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
@@ -265,7 +291,7 @@ def _dispatch(args, argv) -> int:
         return 0
     if args.command == "score":
         path, counts = score_run(args.run, args.out, bfile=args.bfile, zarr_path=args.zarr,
-                                 vcf_zarr=args.vcf_zarr)
+                                 vcf_zarr=args.vcf_zarr, force=args.force)
         print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
         return 0
     if args.command == "ingest":
@@ -276,6 +302,7 @@ def _dispatch(args, argv) -> int:
         return 0
     if args.command == "simulate":
         prefix = args.out
+        check_simulate_outputs(prefix, args.zarr, args.force)
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
                           genotype_missing=args.genotype_missing, n_pops=args.pops, fst=args.fst,

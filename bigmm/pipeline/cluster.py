@@ -61,6 +61,46 @@ class BlasThreads(_WorkerPlugin):
         pass
 
 
+class IgnoreInterrupt(_WorkerPlugin):
+    """A worker plugin that makes the worker process ignore SIGINT (also after a restart).
+
+    Ctrl-C in a terminal reaches every process of the foreground group: the driver stops the run
+    and closes the cluster, so the workers need not react; left to themselves each printed a
+    KeyboardInterrupt traceback of its own (60-86 lines for two workers)."""
+
+    idempotent = True
+
+    def setup(self, worker=None):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def teardown(self, worker=None):
+        pass
+
+
+@contextlib.contextmanager
+def _interrupts_ignored():
+    """SIGINT ignored while the worker processes are spawned: an ignored signal stays ignored in
+    a child, across ``exec``, and Python then leaves it so, so Ctrl-C reaches the driver only.
+    (Blocking it in this thread does not carry over: the workers are spawned from Dask's IO
+    thread.) The cost: a Ctrl-C in the few seconds of the start is lost; restarted workers get
+    :class:`IgnoreInterrupt`."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 #: the folder, in the run directory, that holds the worker jobs' TLS key and certificate while a
 #: batch-system cluster runs (a shared file system: the jobs read them on their nodes)
 TLS_DIR = ".bigmm-tls"
@@ -177,22 +217,24 @@ def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
         # mutual TLS with a key made for this run and held in memory: another local user (or
         # process) reaching the scheduler's port cannot submit work to the workers
         security = Security.temporary()
-        cluster = LocalCluster(
-            security=security,
-            n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-            host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
-            scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
-            memory_limit=parse_bytes(cfg.memory_limit), env=env,
-            # a failed task reaches the driver as its exception (a BigmmError's message, or the
-            # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
-            silence_logs=logging.CRITICAL,
-        )
+        with _interrupts_ignored():
+            cluster = LocalCluster(
+                security=security,
+                n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
+                scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
+                memory_limit=parse_bytes(cfg.memory_limit), env=env,
+                # a failed task reaches the driver as its exception (a BigmmError's message, or the
+                # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
+                silence_logs=logging.CRITICAL,
+            )
         os.environ.clear()
         os.environ.update(saved)
         client = Client(cluster)
         # Dask's nanny sets the BLAS variables to 1 before the worker starts, and `env` arrives after
         # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
         client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
+        client.register_plugin(IgnoreInterrupt(), name="bigmm-ignore-interrupt")
         log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d, scheduler %s "
                  "(mutual TLS with a key of this run)%s; started in %.1f s", cfg.workers,
                  cfg.threads_per_worker, cfg.memory_limit, nblas, cluster.scheduler_address,

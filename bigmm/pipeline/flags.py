@@ -19,6 +19,8 @@ from .config import RunConfig, parse_config
 
 #: the configuration the flag form writes into its output directory
 CONFIG_NAME = "config.yaml"
+#: the first line of that file: bigmm replaces a config.yaml only when it begins so
+FLAG_CONFIG_MARK = "# bigmm run configuration made from the flags of"
 
 
 # -- argument types: a bad value is an argparse error naming the flag ----------------------------
@@ -335,7 +337,7 @@ def flag_config(args, argv: list[str]) -> tuple[RunConfig, str]:
     except ConfigError as exc:  # the schema's message names the config key
         raise ConfigError(f"the flags make an invalid configuration (each key's flag is in "
                           f"bigmm reml --help): {exc}") from None
-    header = (f"# bigmm run configuration made from the flags of\n"
+    header = (f"{FLAG_CONFIG_MARK}\n"
               f"#   {shlex.join(['bigmm', *argv])}\n"
               f"# (run in {Path.cwd()}; paths are absolute). Rerun or resume it with\n"
               f"#   bigmm run {path}\n"
@@ -343,10 +345,29 @@ def flag_config(args, argv: list[str]) -> tuple[RunConfig, str]:
     return cfg, header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=False)
 
 
+def check_config_file(path: Path) -> None:
+    """Refuse to replace a ``config.yaml`` that bigmm did not write (its first line is not
+    :data:`FLAG_CONFIG_MARK`): it is the user's own file."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(200).decode(errors="replace").rstrip("\n")
+    except OSError:
+        first = ""
+    if path.is_symlink() or first != FLAG_CONFIG_MARK:
+        raise InputError(f"{path} exists and was not written by bigmm reml (its first line is not "
+                         f"{FLAG_CONFIG_MARK!r}): it is not replaced; choose another --out, or run that "
+                         f"configuration with bigmm run {path}")
+
+
 def write_config_file(cfg: RunConfig, text: str) -> None:
-    """Write the flag form's config file (atomically) and check that it reads back as ``cfg``."""
+    """Write the flag form's config file (atomically; called under the run's lock) and check that
+    it reads back as ``cfg``. A ``config.yaml`` bigmm did not write is never replaced."""
     from .config import load_config
 
+    check_config_file(Path(cfg.source))
     atomic_write_text(Path(cfg.source), text)
     back = load_config(cfg.source)
     if back != cfg:  # pragma: no cover - the written file must stand for the run exactly

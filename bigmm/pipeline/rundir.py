@@ -25,6 +25,7 @@ from ..store import atomic_write_text, now_utc, remove_path, resolve_path
 from .cluster import TLS_DIR
 from .config import RunConfig
 from .plan import STAGE_OUTPUTS
+from .submit import SLURM_LOG, is_job_script
 
 log = logging.getLogger("bigmm")
 
@@ -40,24 +41,86 @@ class RunInterrupted(BaseException):
         self.signum = signum
 
 
+#: what run.json says it is: the first keys bigmm writes into every manifest
+MANIFEST_FORMAT = "bigmm-run"
+MANIFEST_FORMAT_VERSION = 1
+#: the keys (and their types) every run.json bigmm wrote before it carried ``format``: such a
+#: manifest (a run folder of an earlier version) is still bigmm's and resumes
+LEGACY_KEYS = {"bigmm_version": str, "config_fingerprint": str, "config": dict, "started": str,
+               "spectrum_method": str, "reml_method": str}
+#: the file in a stage's Zarr output that names the stage fingerprint it was made for; the stores
+#: below carry it, and show that a folder is a bigmm run even when its run.json is damaged
+STAGE_STAMP = "bigmm-stage.json"
+STAMPED_STORES = ("genotypes.zarr", "variants.zarr", "grm.zarr", "spectrum.zarr")
+
+
+class ForeignManifest(InputError):
+    """A run.json that bigmm did not write: the folder is not a bigmm run."""
+
+
+def manifest_problem(manifest) -> str | None:
+    """Why a parsed run.json is not one bigmm wrote (None when it is): bigmm's carry
+    ``format: bigmm-run``; those of earlier versions are recognised by their keys."""
+    if not isinstance(manifest, dict):
+        return f"it holds a JSON {type(manifest).__name__}, not bigmm's manifest"
+    fmt = manifest.get("format")
+    if fmt is not None:
+        if fmt != MANIFEST_FORMAT:
+            return f"its format is {str(fmt)[:40]!r}, not {MANIFEST_FORMAT!r}"
+        if not isinstance(manifest.get("config_fingerprint"), str):
+            return "it has no config fingerprint"
+        return None
+    missing = [k for k, kind in LEGACY_KEYS.items() if not isinstance(manifest.get(k), kind)]
+    if missing:
+        return f"it lacks bigmm's keys ({', '.join(missing)})"
+    return None
+
+
+def _damaged_but_bigmm(out: Path, text: bytes) -> bool:
+    """Whether an unreadable run.json is bigmm's: its beginning is bigmm's (a write cut short), or
+    the folder holds a committed store that carries bigmm's stage stamp."""
+    head = text[:400]
+    if head.lstrip().startswith(b"{") and (f'"format": "{MANIFEST_FORMAT}"'.encode() in head
+                                            or b'"bigmm_version":' in head):
+        return True
+    return any((Path(out) / s / STAGE_STAMP).is_file() for s in STAMPED_STORES)
+
+
 def read_manifest(out: Path) -> dict | None:
+    """The run's manifest: None when there is none; ``{"damaged": why}`` for bigmm's own run.json
+    that no longer parses. A run.json bigmm did not write raises :class:`ForeignManifest`."""
     path = Path(out) / "run.json"
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        return manifest
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        # a damaged manifest (a truncated write by another tool, a full disk) is no dead end: the
-        # run rebuilds it, adopting committed outputs that record their own fingerprint (the GRM)
+        text = path.read_bytes()
+    except OSError as exc:
         log.warning("%s is damaged (%s); the next run rebuilds it from what it finds committed", path, exc)
         return {"damaged": str(exc)}
+    try:
+        manifest = json.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        if not _damaged_but_bigmm(out, text):
+            raise ForeignManifest(f"{path} is not a bigmm manifest (it is not JSON, and nothing in {out} "
+                                  f"is a bigmm run's): {out} is not a bigmm run folder; bigmm writes only "
+                                  f"into a new or empty folder or one of its own runs: choose another "
+                                  f"output") from None
+        # a damaged manifest (a truncated write, a full disk) is no dead end: the run rebuilds
+        # it, adopting committed outputs that record their own fingerprint (the GRM)
+        log.warning("%s is damaged (%s); the next run rebuilds it from what it finds committed", path, exc)
+        return {"damaged": str(exc)}
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise ForeignManifest(f"{path} was not written by bigmm ({problem}): {out} is not a bigmm run "
+                              f"folder; bigmm writes only into a new or empty folder or one of its own "
+                              f"runs: choose another output")
+    return manifest
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    atomic_write_text(Path(out) / "run.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    signed = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_FORMAT_VERSION,
+              **{k: v for k, v in manifest.items() if k not in ("format", "format_version")}}
+    atomic_write_text(Path(out) / "run.json", json.dumps(signed, indent=2, default=str) + "\n")
 
 
 def _lock_holder(fd: int) -> dict:
@@ -216,19 +279,41 @@ def log_to(path: Path):
 def stage_files(name: str, entry: dict | None) -> list[str]:
     """The files (relative paths) stage ``name`` wrote or was writing, from its manifest entry
     (older manifests, without the list: the stage's fixed outputs)."""
-    if entry and "files" in entry:
-        return list(entry["files"])
+    if isinstance(entry, dict) and "files" in entry:
+        files = entry["files"]
+        return list(files) if isinstance(files, list) else []
     return list(STAGE_OUTPUTS.get(name, ()))
+
+
+def inside_run(out: Path, rel) -> Path | None:
+    """The path of ``rel`` (recorded in run.json, relative to the run folder) when it lies inside
+    the run folder once its folders' symbolic links are resolved, else None (an absolute path, a
+    ``..`` or a linked folder that leads out, the folder itself)."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        return None
+    parts = Path(rel).parts
+    if not parts or ".." in parts:
+        return None
+    path = Path(out) / rel
+    root = resolve_path(out)
+    where = resolve_path(path.parent) / path.name  # a link itself is removed, never what it points to
+    return path if root in where.parents else None
 
 
 def remove_stage_files(out: Path, name: str, entry: dict | None, keep=()) -> list[str]:
     """Remove what stage ``name`` recorded (and nothing else); folders it made and left empty go
     too. Paths in ``keep`` (this run's inputs, e.g. a cohort store an earlier run made here and
-    this config reads) are never removed."""
+    this config reads) are never removed, nor a recorded path that leads out of the run folder
+    (named in a warning)."""
     removed = []
     keep = {resolve_path(k) for k in keep}
-    for rel in stage_files(name, entry):
-        path = Path(out) / rel
+    files = stage_files(name, entry)
+    for rel in files if isinstance(files, list) else []:
+        path = inside_run(out, rel)
+        if path is None:
+            log.warning("run.json of %s records %r for stage %s, which is not inside the run folder: "
+                        "left where it is (bigmm removes only its own files in its run folder)", out, rel, name)
+            continue
         if resolve_path(path) in keep:
             continue
         if path.exists() or path.is_symlink():
@@ -244,8 +329,12 @@ def remove_stage_files(out: Path, name: str, entry: dict | None, keep=()) -> lis
 def remove_recorded_run(out: Path, manifest: dict) -> None:
     """Remove another run's outputs for ``--force``: what its manifest records, its partial
     checkpoints, its manifest and log; files bigmm did not write are left where they are."""
-    for name, entry in (manifest.get("stages") or {}).items():
-        remove_stage_files(out, name, entry)
+    stages = manifest.get("stages")
+    for name, entry in (stages.items() if isinstance(stages, dict) else ()):
+        remove_stage_files(out, name, entry if isinstance(entry, dict) else None)
+    writing = manifest.get("writing")
+    if isinstance(writing, dict):
+        remove_stage_files(out, str(writing.get("stage")), writing)
     for name in PARTIALS + ("reml_state.npz", "run.json", "run.log"):
         remove_path(Path(out) / name)
 
@@ -292,11 +381,18 @@ def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
         return False
     if not out.is_dir():
         raise InputError(f"output {out} exists and is not a directory")
-    manifest = read_manifest(out) if (out / "run.json").exists() else None
+    try:
+        manifest = read_manifest(out) if (out / "run.json").exists() else None
+    except ForeignManifest as exc:
+        raise InputError(f"output directory {out} holds a run.json that bigmm did not write ({exc}); "
+                         f"it is not a bigmm run, so nothing in it is replaced, with or without --force: "
+                         f"choose another output") from None
     if manifest is None:
-        # the run's own config file may be there already: ``bigmm reml`` writes OUT/config.yaml first
+        # the run's own config file may be there already (``bigmm reml`` writes OUT/config.yaml
+        # first), and the job script ``bigmm submit`` wrote with the logs SLURM writes for it
         own = cfg.source.name if cfg.source is not None and Path(cfg.source).parent == out.resolve() else None
-        foreign = sorted(e for e in os.listdir(out) if e not in (LOCK_NAME, "run.log", own))
+        foreign = sorted(e for e in os.listdir(out) if e not in (LOCK_NAME, "run.log", own)
+                         and not is_job_script(out / e) and not SLURM_LOG.match(e))
         if foreign:
             raise InputError(f"output directory {out} exists and holds {len(foreign)} entries that are not "
                              f"a bigmm run's ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "

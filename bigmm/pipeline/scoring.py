@@ -13,7 +13,7 @@ from ..blup import match_alleles, score
 from ..errors import InputError
 from ..io.plink import check_unique_variant_ids, ingest_plink
 from ..io.vcfzarr import open_vcf_zarr
-from ..store import atomic_write_text, open_store
+from ..store import atomic_write_text, open_store, resolve_path
 from .config import parse_config
 from .outputs import load_variants
 from .rundir import read_manifest
@@ -48,9 +48,37 @@ def _read_effects(run: Path):
     return train, std, beta, names
 
 
-def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None):
-    """Score a target cohort with the SNP effects of ``run``; returns (path, allele-match counts)."""
+def check_scores_path(out: Path, run: Path, inputs, force: bool) -> None:
+    """Refuse a scores path that exists (unless ``force``), lies in the run folder, or is (or is
+    inside) an input of the scoring: the target fileset or store. Checked before any work."""
+    out = Path(out)
+    where, run_dir = resolve_path(out), resolve_path(run)
+    if where == run_dir or run_dir in where.parents:
+        raise InputError(f"--out {out} is inside the run folder {run}, whose files are the run's own: "
+                         f"write the scores outside it")
+    for f in inputs:
+        f = resolve_path(f)
+        if where == f or f in where.parents:
+            raise InputError(f"--out {out} is {f}, an input of this command: bigmm never writes over its "
+                             f"input; choose another path")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give the path of the scores table to write")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise InputError(f"--out {out} exists; choose another path, or add --force to replace it")
+
+
+def score_run(run: Path, out: Path, bfile=None, zarr_path=None, vcf_zarr=None, force: bool = False):
+    """Score a target cohort with the SNP effects of ``run``; returns (path, allele-match counts).
+
+    ``out`` must not exist (unless ``force``), and is never a file of the run folder or of the
+    target cohort, even with ``force``."""
     run = Path(run)
+    if bfile is not None:
+        bfile = str(bfile)[:-4] if str(bfile).endswith(".bed") else bfile
+        targets = [Path(f"{bfile}.{ext}") for ext in ("bed", "bim", "fam")]
+    else:
+        targets = [Path(zarr_path if zarr_path is not None else vcf_zarr)]
+    check_scores_path(out, run, targets, force)
     train, std, beta, names = _read_effects(run)
     with tempfile.TemporaryDirectory() as tmp:
         if bfile is not None:

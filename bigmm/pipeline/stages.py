@@ -66,14 +66,12 @@ from .plan import (PASS_STAGES, STAGE_OUTPUTS, STAGES, grm_block_size, spectrum_
                    task_memory)
 from .report import (FIGURES, ReportData, hsq_file_names, relatedness_summary, write_hsq, write_plink_pca,
                      write_report, write_results, write_results_json)
-from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
+from .rundir import (STAGE_STAMP, RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock,
+                     signals_raise,
                      write_failure, write_manifest)
 from .validate import Inputs, validate
 
 log = logging.getLogger("bigmm")
-
-#: the file in a stage's Zarr output that names the stage fingerprint it was made for
-STAGE_STAMP = "bigmm-stage.json"
 
 #: a reduced spectrum whose top k eigenvalues hold less than this share of tr K is warned about:
 #: spectral REML on it learns h² from the top k directions only (unbiased, but with a far larger
@@ -482,8 +480,13 @@ class Runner:
                  "bigmm_version": __version__}
         remove_path(final)
         if partial.exists():
-            g = zarr.open_group(str(partial), mode="r")
-            if g.attrs.get("fingerprint") != fp:
+            try:
+                g = zarr.open_group(str(partial), mode="r")
+                fp_there, _ = g.attrs.get("fingerprint"), g["done"].shape
+            except Exception as exc:  # noqa: BLE001 - its creation was cut short (a full disk): start again
+                log.warning("the GRM checkpoint %s does not open (%s); the GRM starts again", partial, exc)
+                fp_there = None
+            if fp_there != fp:
                 remove_path(partial)
             else:  # resume in the checkpoint's blocks (the default size depends on the cluster)
                 block = int(g.attrs["block_size"])
@@ -852,14 +855,35 @@ NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQU
 
 
 def _unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError | None:
-    """The message for a write into the run directory that the file system refused, else None."""
-    if not isinstance(exc, OSError) or exc.errno not in NOT_WRITABLE or not exc.filename:
-        return None
-    if not str(resolve_path(exc.filename)).startswith(str(resolve_path(out)) + os.sep):
-        return None
-    fix = "free space on its file system" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {out} writable"
-    return OutputError(f"cannot write {exc.filename} ({exc.strerror}) in stage {stage}: {fix} and run the "
-                       f"same command again; the committed stages are kept and the run resumes from {stage}")
+    """The message for a write into the run directory that the file system refused, else None.
+
+    A full disk (or quota) often comes without a file name (a flush, a write inside Zarr or a
+    worker): any ENOSPC/EDQUOT in the exception or its causes gets the message, naming the free
+    space left where the run writes."""
+    seen = []
+    while exc is not None and exc not in seen and len(seen) < 20:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in seen:
+        if not isinstance(e, OSError) or e.errno not in NOT_WRITABLE:
+            continue
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        resume = (f"and run the same command again; the committed stages are kept and the run resumes "
+                  f"from {stage}")
+        if e.filename and str(resolve_path(e.filename)).startswith(str(resolve_path(out)) + os.sep):
+            fix = "free space on its file system" if full else f"make {out} writable"
+            return OutputError(f"cannot write {e.filename} ({e.strerror}) in stage {stage}: {fix} {resume}")
+        if full:
+            import shutil
+
+            try:
+                free = f"{shutil.disk_usage(out).free / 2**20:.1f} MiB free there now"
+            except OSError:
+                free = "its free space unknown"
+            where = f"{e.filename}" if e.filename else f"the run folder {out}"
+            return OutputError(f"cannot write in stage {stage}: {e.strerror or 'no space left on device'} "
+                               f"(writing {where}; {free}): free space on its file system {resume}")
+    return None
 
 
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,
@@ -876,8 +900,8 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     from_stage : str, optional
         Rerun from this stage on, even if its outputs are up to date.
     on_validated : callable, optional
-        Called once the inputs are valid and the output directory exists, before anything else
-        is written (``bigmm reml`` writes its config file there).
+        Called once the inputs are valid and the run's lock is held, before anything else is
+        written (``bigmm reml`` writes its config file there).
     command : str, optional
         The command line that started the run (the CLI passes it), named in the report.
     """
@@ -887,12 +911,12 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
     out = Path(cfg.output)
     inputs = validate(cfg, force=force)  # every input read and checked once, all problems together
     out.mkdir(parents=True, exist_ok=True)
-    if on_validated is not None:
-        on_validated()
     runner = Runner(cfg, inputs, force, from_stage)
     runner.command = command
     runner.t0 = t_start  # elapsed times count the validation too
     with run_lock(out, inputs.replace_other_run), log_to(out / "run.log"), signals_raise():
+        if on_validated is not None:  # under the lock: a refused second call writes nothing
+            on_validated()
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
         previous = read_manifest(out) or {}
@@ -909,6 +933,17 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                                 "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
                                 "genotype_provenance": inputs.genotype_provenance})
         runner.manifest.pop("error", None)
+        # the run says it is running before it touches anything: a kill from here on leaves a
+        # manifest that says "running" (bigmm status: stopped), never an earlier run's "complete"
+        runner.manifest.pop("finished", None)
+        runner.manifest["status"] = "running"
+        try:
+            write_manifest(out, runner.manifest)
+        except OSError as exc:  # a folder still full or read-only: the one-line message
+            unwritable = _unwritable(exc, out, runner.manifest.get("resume_from"))
+            if unwritable is None:
+                raise
+            raise unwritable from None
         sel = inputs.selection.get("samples")
         if sel:
             log.info("samples: %d genotyped, %d kept (%s)", sel["genotyped"], sel["kept"],
@@ -977,7 +1012,7 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
                     runner.invalidate(stage, keep=inputs_here)
                     todo = [s for s in STAGES if s in runner.plan and not runner.up_to_date(s)]
         except (RunInterrupted, KeyboardInterrupt) as exc:
-            stage = runner.manifest.get("current_stage")
+            stage = runner.manifest.get("current_stage") or (todo[0] if todo else None)
             runner.manifest.update({"status": "interrupted", "resume_from": stage,
                                     "interrupted": now_utc()})
             write_failure(out, runner.manifest)

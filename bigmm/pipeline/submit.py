@@ -9,13 +9,33 @@ the same script again resumes from the last committed stage or checkpoint.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from .config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..store import atomic_write_text
+
+
+#: the second line of every job script bigmm writes: a run folder may hold it (and SLURM's logs)
+SCRIPT_MARK = "# bigmm submit: the driver job of a bigmm run (written by bigmm; bigmm may replace it)"
+#: the names of the driver job's SLURM logs in the run folder (``--output=OUT/slurm-%j.out``)
+SLURM_LOG = re.compile(r"^slurm-\d+(_\d+)?\.out$")
+
+
+def is_job_script(path: Path) -> bool:
+    """Whether ``path`` is a job script bigmm wrote (its second line is :data:`SCRIPT_MARK`)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    return len(head) > 1 and head[1] == SCRIPT_MARK
 
 
 def _slurm_mem(size: str) -> str:
@@ -30,6 +50,7 @@ def job_script(cfg: RunConfig, python: str | None = None) -> str:
     out = Path(cfg.output)
     name = sub.job_name or f"bigmm-{out.name}"
     lines = ["#!/bin/bash",
+             SCRIPT_MARK,
              f"#SBATCH --job-name={name}",
              f"#SBATCH --time={sub.walltime}",
              "#SBATCH --nodes=1",
@@ -64,7 +85,10 @@ def write_job_script(cfg: RunConfig, path: Path | None = None, submit: bool = Fa
     path = Path(path) if path else Path(cfg.output) / "submit.sbatch"
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.output).mkdir(parents=True, exist_ok=True)  # SLURM opens --output before the script runs
-    path.write_text(job_script(cfg))
+    if path.exists() and not is_job_script(path):
+        raise InputError(f"{path} exists and is not a job script bigmm wrote; bigmm replaces only its own: "
+                         f"choose another path with --script")
+    atomic_write_text(path, job_script(cfg))
     path.chmod(0o755)
     if submit:
         try:

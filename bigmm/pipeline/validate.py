@@ -239,8 +239,38 @@ def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "s
     return need
 
 
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def still_to_write(cfg: RunConfig, need: dict[str, int]) -> dict[str, int]:
+    """``need`` less what the run folder already holds: a committed output (a store, the GCTA
+    files) is not written again unless its stage reruns, and then the old one is removed first;
+    a checkpoint (``*.partial``) is continued, so only the rest of it is still to be written."""
+    out = Path(cfg.output)
+    gcta = cfg.gcta_prefix()
+    left = {}
+    for key, size in need.items():
+        head = key.split(" ")[0]
+        if head == "GCTA":
+            done = gcta is not None and Path(f"{gcta}.grm.bin").exists()
+        elif key.startswith("spectrum checkpoint"):
+            part = out / "spectrum.partial"
+            size -= _tree_bytes(part) if part.exists() else 0
+            done = (out / "spectrum.zarr").exists()
+        else:
+            part = out / f"{head}.partial"
+            size -= _tree_bytes(part) if part.exists() else 0
+            done = (out / head).exists()
+        if not done and size > 0:
+            left[key] = size
+    return left
+
+
 def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str) -> None:
-    need = estimate_disk(cfg, n, p, method, rmethod)
+    need = still_to_write(cfg, estimate_disk(cfg, n, p, method, rmethod))
     total = sum(need.values())
     where = Path(cfg.output)
     while not where.exists():

@@ -12,6 +12,13 @@ mid-pass, fail a rerun, and check that nothing is lost, stale or touched.
 4. A listing (path, size, mtime, SHA-256) of the whole work folder outside the run directory
    before and after: the inputs and a user's own files beside them must be unchanged. Inside
    the run directory every file must be one bigmm recorded in run.json (or run.json/run.log).
+5. Ownership: ``ingest --force`` onto a user's folder holding its fileset, ``run --force`` into
+   folders whose run.json another tool wrote (JSON or not), ``reml`` onto a user's config.yaml,
+   ``score --out`` onto an existing file, the target's .fam or the run's snp_effects.tsv,
+   ``simulate --out`` onto an existing fileset: each refused. A run.json edited to record paths
+   outside the run folder (absolute, ``..``, the inputs): the rerun removes none of them. A rerun
+   SIGKILLed between two stages: run.json must not say complete. ``bigmm submit``'s job script
+   and a SLURM log in a new folder: the run's check accepts it. The listing of 4. covers them.
 
     python scripts/studies/fault_injection.py [--n 2000] [--p 8000] [--keep DIR]
 
@@ -135,6 +142,18 @@ def main() -> int:
         return path
 
     ref_cfg, run_cfg = config("reference"), config("faulted")
+    # the user's folders that the ownership cases (5.) aim bigmm at
+    user = work / "user-folder"  # a folder holding a PLINK fileset and notes
+    user.mkdir(exist_ok=True)
+    for ext in ("bed", "bim", "fam"):
+        (user / f"c.{ext}").write_bytes((work / f"c.{ext}").read_bytes())
+    (user / "notes.txt").write_text("mine\n")
+    for name, text in (("foreign-json", '{"tool": "other", "version": 2}\n'), ("foreign-text", "not json\n")):
+        (work / name).mkdir(exist_ok=True)
+        (work / name / "run.json").write_text(text)
+        (work / name / "results.tsv").write_text("the other tool's results\n")
+    (work / "user-config").mkdir(exist_ok=True)
+    (work / "user-config" / "config.yaml").write_text("# my own config\nkey: value\n")
     outside_before = listing(work, skip=work / "faulted")
     rows, failures = [], []
 
@@ -217,10 +236,81 @@ def main() -> int:
     rc = proc.wait(900)
     rows.append(("rerun after the failure", f"exit {rc}", ""))
 
+    # 5. ownership: commands aimed at what bigmm did not write are refused; paths in run.json
+    # that lead out of the run folder are not removed; a kill between stages of a rerun
+    py = [sys.executable, "-m", "bigmm.pipeline.cli"]
+
+    def cli(*args, env=None):
+        return subprocess.run([*py, *map(str, args)], capture_output=True, text=True, timeout=900,
+                              env={**{k: v for k, v in os.environ.items() if not k.startswith("BIGMM_TEST_")},
+                                   **(env or {})})
+
+    def refused(label, *args):
+        res = cli(*args)
+        ok = res.returncode == 2 and "Traceback" not in res.stderr
+        rows.append((label, f"exit {res.returncode}", res.stderr.strip().splitlines()[-1][:110] if res.stderr else ""))
+        if not ok:
+            failures.append(f"{label}: exit {res.returncode} (expected a refusal, exit 2)")
+
+    refused("ingest --force onto a user folder", "ingest", "--bfile", user / "c", "--out", user, "--force")
+    for name in ("foreign-json", "foreign-text"):
+        cfg = yaml.safe_load(run_cfg.read_text())
+        cfg["output"] = str(work / name)
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        refused(f"run (--force) into a folder with {name} run.json", "run", work / f"{name}.yaml", "--force")
+    refused("reml onto a user's config.yaml", "reml", "--bfile", work / "c", "--pheno", work / "pheno.tsv",
+            "--out", work / "user-config")
+    refused("score --out onto an existing file", "score", "--run", out, "--bfile", work / "c", "--out",
+            work / "my-notes.txt")
+    refused("score --force --out onto the target .fam", "score", "--run", out, "--bfile", work / "c", "--out",
+            work / "c.fam", "--force")
+    refused("score --force --out onto the run's snp_effects", "score", "--run", out, "--bfile", work / "c",
+            "--out", out / "snp_effects.tsv", "--force")
+    refused("simulate --out onto an existing fileset", "simulate", "--n", "50", "--p", "100", "--out", work / "c")
+    # paths in run.json that lead out of the run folder (absolute, .., the inputs)
+    m = json.loads((out / "run.json").read_text())
+    escapes = [str(work / "my-notes.txt"), "../my-notes.txt", "../c.bed", str(user)]
+    m["stages"]["report"]["files"] += escapes
+    m["writing"] = {"stage": "report", "files": escapes}
+    (out / "run.json").write_text(json.dumps(m, indent=2))
+    res = cli("run", run_cfg, "--from", "report")
+    rows.append(("run.json records paths outside the folder", f"exit {res.returncode}",
+                 f"{res.stderr.count('not inside the run folder')} warnings"))
+    if res.returncode != 0:
+        failures.append(f"rerun with escaping paths in run.json: exit {res.returncode}")
+    # SIGKILL between two stages of a rerun (after reml commits, before blup starts)
+    kill_after = ("import os, sys\nimport bigmm.pipeline.stages as S\nc = S.Runner.commit\n"
+                  "def k(self, name, *a, **kw):\n    c(self, name, *a, **kw)\n"
+                  "    if name == 'reml': os._exit(9)\nS.Runner.commit = k\n"
+                  "from bigmm.pipeline.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    res = subprocess.run([sys.executable, "-c", kill_after, "run", str(run_cfg), "--from", "reml"],
+                         capture_output=True, text=True, timeout=900)
+    m = json.loads((out / "run.json").read_text())
+    st = cli("status", out).stdout.splitlines()[0]
+    rows.append(("SIGKILL between stages of a rerun", f"run.json {m['status']}, results.json "
+                 f"{'present' if (out / 'results.json').exists() else 'absent'}", st[len(str(out)) + 2:][:60]))
+    if m["status"] == "complete" or "run complete" in st:
+        failures.append("a rerun killed between stages says complete")
+    res = cli("run", run_cfg)
+    rows.append(("resume after that kill", f"exit {res.returncode}", ""))
+    # bigmm submit's own files: the job script and SLURM's log do not make a fresh folder foreign
+    cfg = yaml.safe_load(run_cfg.read_text())
+    cfg["output"] = str(work / "submitted")
+    (work / "submitted.yaml").write_text(yaml.safe_dump(cfg))
+    sub = cli("submit", work / "submitted.yaml")
+    (work / "submitted" / "slurm-1.out").write_text("SLURM's log\n")
+    chk = cli("check", "--no-cluster", work / "submitted.yaml")
+    rows.append(("submit.sbatch + slurm-1.out in a new folder", f"submit exit {sub.returncode}, check exit "
+                 f"{chk.returncode}", ""))
+    if sub.returncode != 0 or chk.returncode != 0:
+        failures.append(f"submit files refused: {chk.stderr.strip()[-200:]}")
+
     # nothing outside the run directory touched; inside it only what bigmm recorded
     outside_after = listing(work, skip=work / "faulted")
     changed = sorted(k for k in outside_before if outside_after.get(k) != outside_before[k])
-    added = sorted(k for k in outside_after if k not in outside_before and not k.startswith(("logs-", "go-")))
+    added = sorted(k for k in outside_after if k not in outside_before and not k.startswith(("logs-", "go-"))
+                   and k not in ("foreign-json.yaml", "foreign-text.yaml", "submitted.yaml",
+                                 "submitted/submit.sbatch", "submitted/slurm-1.out"))
     m = json.loads((out / "run.json").read_text())
     recorded = {"run.json", "run.log"}
     for entry in m.get("stages", {}).values():
