@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bigmm.errors import InputError
+from bigmm.passes import DenseOperator
 
 from test_bad_input import assert_refused, bigmm_cli, cohort, write_config  # noqa: F401  (fixture)
 
@@ -242,20 +243,6 @@ def test_a_one_level_discrete_column_of_a_gcta_covar_file_is_refused(tmp_path, c
 # matrix-free REML at the upper bound h² → 1
 # ---------------------------------------------------------------------------
 
-class _DenseOp:
-    """The matrix-free operator interface over a K held in memory."""
-
-    def __init__(self, K):
-        self.K = K
-
-    @property
-    def n(self):
-        return self.K.shape[0]
-
-    def apply(self, M, want_diag=False):
-        return self.K @ M, (np.diag(self.K).copy() if want_diag else None)
-
-
 def _expected_information_se(K, y, Z, h):
     """SE of ĥ² from the dense expected REML information ½ tr(P V_a P V_b) (V_g = K, V_e = I)
     at h² = h, σ² profiled: written here, independently of bigmm."""
@@ -297,7 +284,7 @@ def test_matrix_free_reml_flags_the_upper_bound_as_the_spectral_fit_does(seed):
     assert ref["at_upper_bound"], ref["h2"]
     se_ref = _expected_information_se(K, y, Z, H2_MAX)
     spectral = bigmm.fit_reml(bigmm.exact_spectrum(K), y[:, None], Z).fits[0]
-    mf = fit_matrix_free(_DenseOp(K), y[:, None], Z, seed=seed).fits[0]
+    mf = fit_matrix_free(DenseOperator(K), y[:, None], Z, seed=seed).fits[0]
     assert spectral.boundary == "upper" and mf.boundary == "upper", (spectral, mf)
     assert mf.h2 == spectral.h2 == H2_MAX
     assert "at the boundary" in mf.h2_se_method and "at the boundary" in spectral.h2_se_method
@@ -318,7 +305,7 @@ def test_matrix_free_reml_below_the_bound_is_not_flagged():
     K = grm_reference(random_genotypes(rng, n, p, missing=0.0))
     s, U = np.linalg.eigh(K)
     y = U @ (np.sqrt(0.8 * s + 0.2) * rng.standard_normal(n))
-    mf = fit_matrix_free(_DenseOp(K), y[:, None], np.ones((n, 1)), seed=3).fits[0]
+    mf = fit_matrix_free(DenseOperator(K), y[:, None], np.ones((n, 1)), seed=3).fits[0]
     assert mf.boundary == "" and mf.h2 < 0.999 and mf.h2_se_method.startswith("observed_information"), mf
 
 

@@ -111,8 +111,8 @@ class Table:
             return int(name) - 1
         raise InputError(f"{self.path}: no column {name!r}; the file has columns "
                          f"{', '.join(self.columns) or 'none besides FID IID'}"
-                         + (f" (no header line: columns are named by position, or numbered from 1 "
-                            f"after FID IID)" if self.headerless else ""))
+                         + (" (no header line: columns are named by position, or numbered from 1 "
+                            "after FID IID)" if self.headerless else ""))
 
     def column_name(self, name: str) -> str:
         """The name of column ``name`` (``"2"`` of a headerless phenotype file is ``PHENO2``)."""

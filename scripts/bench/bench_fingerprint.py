@@ -47,7 +47,7 @@ from common import machine_info, machine_line, md_table  # noqa: E402
 import bigmm  # noqa: E402
 from bigmm.grm import create_grm_store  # noqa: E402
 from bigmm.io.vcfzarr import open_vcf_zarr  # noqa: E402
-from bigmm.store import (_file_digest, array_digests, new_array, record_chunk_digests,  # noqa: E402
+from bigmm.store import (_file_digest, array_digests, record_chunk_digests,  # noqa: E402
                          verify_chunk_digests)
 
 

@@ -23,20 +23,7 @@ from threadpoolctl import threadpool_limits
 
 import bigmm
 from bigmm.mfreml import fit_matrix_free
-
-
-class DenseOp:
-    """The operator interface over a K held in memory."""
-
-    def __init__(self, K):
-        self.K = K
-
-    @property
-    def n(self):
-        return self.K.shape[0]
-
-    def apply(self, M, want_diag=False):
-        return self.K @ M, (np.diag(self.K).copy() if want_diag else None)
+from bigmm.passes import DenseOperator
 
 
 def main() -> None:
@@ -60,7 +47,7 @@ def main() -> None:
     print("| ---: | --- | ---: | --- | --- | ---: | --- |")
     with threadpool_limits(1):
         for N in args.probes:
-            fits = [fit_matrix_free(DenseOp(K), y[a], probes=N, seed=s).fits[0] for s in range(args.seeds)]
+            fits = [fit_matrix_free(DenseOperator(K), y[a], probes=N, seed=s).fits[0] for s in range(args.seeds)]
             h = np.array([f.h2 for f in fits])
             mc = np.array([f.h2_se_mc for f in fits])
             ratio = np.array([f.h2_se_mc_ratio for f in fits])
