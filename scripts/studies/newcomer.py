@@ -84,7 +84,7 @@ def gemma_lmm(log):
             "pve": _num(t, r"pve estimate in the null model = (\S+)"),
             "pve_se": _num(t, r"se\(pve\) in the null model = (\S+)"),
             "vg": _num(t, r"vg estimate in the null model = (\S+)"),
-            "ve": _num(t, r"ve estimate in the null model = (\S+)")}
+            "ve": _num(t, r"## ve estimate in the null model = (\S+)")}
 
 
 def gemma_vc(log):
@@ -121,7 +121,7 @@ def bigmm_results(outdir):
     stages = sum(v["seconds"] for k, v in res.get("stages", {}).items() if k != "report")
     out = {}
     for r in rows:
-        d = {k: (float(v) if re.fullmatch(r"[-0-9.eE+]+|nan|inf", v or "x") else v) for k, v in r.items()}
+        d = {k: (float(v) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf", v or "x") else v) for k, v in r.items()}
         d["n"] = int(d["n"])
         d["stages_s"] = stages
         d["standardize"] = res.get("standardize")
@@ -200,33 +200,66 @@ def table(title, rows):
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def compare_gemma(args, work, gk, std, cols):
+def gemma_variants(prefix, fam_cols, out):
+    """The variants GEMMA's -gk keeps: at least two genotype classes, missing fraction <= 0.05 and
+    MAF >= 0.01 over the samples with every phenotype of fam_cols observed (GEMMA's defaults
+    -miss 0.05 -maf 0.01, counted over the analysed samples, not over the whole .fam)."""
+    import numpy as np
+    fam = [line.split() for line in open(f"{prefix}.fam")]
+    bim = [line.split()[1] for line in open(f"{prefix}.bim")]
+    n, p = len(fam), len(bim)
+    raw = np.fromfile(f"{prefix}.bed", dtype=np.uint8)[3:].reshape(p, (n + 3) // 4)
+    codes = np.stack([(raw >> (2 * k)) & 3 for k in range(4)], axis=2).reshape(p, -1)[:, :n]
+    g = np.choose(codes, [2, -1, 1, 0]).astype(np.int8)     # PLINK: 00 hom, 01 missing, 10 het, 11 hom
+    obs = np.array([all(r[4 + c] not in ("NA", "-9") for c in fam_cols) for r in fam])
+    G = g[:, obs]
+    called = G >= 0
+    N = called.sum(1)
+    cnt = np.stack([(G == k).sum(1) for k in (0, 1, 2)], axis=1)
+    f = (cnt[:, 1] + 2 * cnt[:, 2]) / (2 * np.maximum(N, 1))
+    ok = ((cnt > 0).sum(1) >= 2) & ((G.shape[1] - N) / G.shape[1] <= 0.05) & (np.minimum(f, 1 - f) >= 0.01)
+    Path(out).write_text("".join(b + "\n" for b, k in zip(bim, ok) if k))
+    return int(ok.sum())
+
+
+def compare_gemma(args, work, gk, std, cols, maf_row=False):
     g = hs1940_gemma(args, work, gk, cols)
-    flags = ["--bfile", Path(args.hs1940) / "mouse_hs1940", "--pheno-fam", *map(str, cols),
-             "--maf", "0.01", "--geno", "0.05", "--standardize", std, *CLUSTER_FLAGS]
-    needs = ["--standardize"] + (["N [N ...]"] if len(cols) > 1 else [])
+    prefix = Path(args.hs1940) / "mouse_hs1940"
+    extract = Path(work) / f"gemma_variants_n{'_'.join(map(str, cols))}.txt"
+    n_extract = gemma_variants(prefix, cols, extract)
     if len(cols) == 1:
         ph = {"fam": cols[0]}
     else:                                    # several .fam columns: GEMMA's -p file, the same values
         ph = {"file": str(Path(args.hs1940) / "mouse_hs1940.pheno.txt"), "layout": "gemma",
               "columns": [str(c) for c in cols]}
-    cfg = {"genotypes": {"plink": str(Path(args.hs1940) / "mouse_hs1940")},
-           "variants": {"min_maf": 0.01, "max_missing": 0.05, "standardize": std},
-           "phenotypes": ph, "cluster": CLUSTER}
-    b = bigmm_flags(args.bigmm, f"bigmm_hs_{std}_n{'_'.join(map(str, cols))}", work, flags, cfg, needs)
+    needs = ["--standardize"] + (["N [N ...]"] if len(cols) > 1 else [])
+    runs = []
+    # the variants: GEMMA's list (MAF over the analysed samples), and optionally bigmm's own
+    # --maf/--geno filters (over all genotyped samples)
+    for kind in (["maf"] if maf_row else []) + ["extract"]:
+        vflags = ["--maf", "0.01", "--geno", "0.05"] if kind == "maf" else ["--extract", extract]
+        vcfg = {"min_maf": 0.01, "max_missing": 0.05} if kind == "maf" else {"extract": str(extract)}
+        flags = ["--bfile", prefix, "--pheno-fam", *map(str, cols), *vflags, "--standardize", std, *CLUSTER_FLAGS]
+        cfg = {"genotypes": {"plink": str(prefix)}, "variants": {**vcfg, "standardize": std},
+               "phenotypes": ph, "cluster": CLUSTER}
+        name = f"bigmm_hs_{std}_n{'_'.join(map(str, cols))}" + ("" if kind == "maf" else "_extract")
+        runs.append((kind, bigmm_flags(args.bigmm, name, work, flags, cfg, needs)))
     for i, c in enumerate(cols):
-        bm = list(b.values())[i]
         gl, gv = g[c]["lmm"], g[c]["vc"]
         rows = [(f"GEMMA -gk {gk} -lmm 4 -n {c}", {"n": gl["n"], "h2": gl["pve"], "h2_se": gl["pve_se"],
                  "vg": gl["vg"], "ve": gl["ve"], "logl": gl["logl"],
                  "time": f"{g[c]['t_gk']:.1f} + {g[c]['t_lmm']:.1f} s"}),
                 (f"GEMMA -gk {gk} -vc 2 -n {c}", {"n": gv["n"], "h2": gv["pve"], "h2_se": gv["pve_se"],
                  "vg": gv["vg"], "vg_se": gv["vg_se"], "ve": gv["ve"], "ve_se": gv["ve_se"],
-                 "time": f"{g[c]['t_gk']:.1f} + {g[c]['t_vc']:.1f} s"}),
-                (f"bigmm {std} ({bm['via']}; pve)", {"n": bm["n"], "h2": bm["pve"], "h2_se": bm["pve_se"],
-                 "vg": bm["sigma2_g"], "vg_se": bm["sigma2_g_se"], "ve": bm["sigma2_e"],
-                 "ve_se": bm["sigma2_e_se"], "logl": bm["logl_reml"] + 0.5 * math.log(bm["n"]),
-                 "time": f"{bm['wall_s']:.1f} s ({bm['stages_s']:.1f} s before report)"})]
+                 "time": f"{g[c]['t_gk']:.1f} + {g[c]['t_vc']:.1f} s"})]
+        for kind, b in runs:
+            bm = list(b.values())[i]
+            what = "--maf 0.01 --geno 0.05" if kind == "maf" else f"--extract GEMMA's {n_extract} variants"
+            rows.append((f"bigmm {std}, {what}, p = {bm['n_variants']} ({bm['via']}; pve)",
+                         {"n": bm["n"], "h2": bm["pve"], "h2_se": bm["pve_se"],
+                          "vg": bm["sigma2_g"], "vg_se": bm["sigma2_g_se"], "ve": bm["sigma2_e"],
+                          "ve_se": bm["sigma2_e_se"], "logl": bm["logl_reml"] + 0.5 * math.log(bm["n"]),
+                          "time": f"{bm['wall_s']:.1f} s ({bm['stages_s']:.1f} s before report)"}))
         table(f"HS1940, .fam column {5 + c} (GEMMA -n {c}), GEMMA -gk {gk} vs bigmm --standardize {std}", rows)
 
 
@@ -273,11 +306,12 @@ def bolt_eur(args, work, covariates):
     head, body = rows[0], rows[1:]
     ix = {c: head.index(c) for c in head}
     removed = {tuple(r[:2]) for r in (line.split() for line in open(eur / "EUR_subset.remove"))}
-    # the samples BOLT analyses: genotyped, not removed, PHENO (and every covariate) observed
+    # the samples BOLT analyses: genotyped, not removed, PHENO (and every covariate) observed;
+    # BOLT (as PLINK, and bigmm) reads both NA and -9 as missing (PHENO is -9 for HG00104, HG00106)
     used = [c for c in (["PHENO", "CAT_COV", "QCOV1", "QCOV2"] if covariates else ["PHENO"])]
     fam_ids = {tuple(line.split()[:2]) for line in open(eur / "EUR_subset.fam")}
     keep = [r for r in body if tuple(r[:2]) in fam_ids and tuple(r[:2]) not in removed
-            and all(r[ix[c]] != "NA" for c in used)]
+            and all(r[ix[c]] not in ("NA", "-9") for c in used)]
     tag = "cov" if covariates else "nocov"
     with open(prep / f"analysed_{tag}.keep", "w") as fh:
         fh.writelines(f"{r[0]}\t{r[1]}\n" for r in keep)
@@ -302,7 +336,8 @@ def bolt_eur(args, work, covariates):
     if covariates:
         flags += ["--covar", prep / "eur.covar", "--qcovar", prep / "eur.qcovar"]
         cfg["covariates"] = {"covar": str(prep / "eur.covar"), "qcovar": str(prep / "eur.qcovar")}
-    b = list(bigmm_flags(args.bigmm, f"bigmm_eur_{tag}", work, flags, cfg, ["--standardize"]).values())[0]
+    b = list(bigmm_flags(args.bigmm, f"bigmm_eur_{tag}_keep{len(keep)}", work, flags, cfg,
+                        ["--standardize"]).values())[0]
     rows = [(f"BOLT-REML ({tag})", {**bo, "time": f"{dt:.1f} s"}),
             (f"bigmm sample_sd ({b['via']}; h2)",
              {"n": b["n"], "h2": b["h2"], "h2_se": b["h2_se"], "vg": b["sigma2_g"], "vg_se": b["sigma2_g_se"],
@@ -313,7 +348,7 @@ def bolt_eur(args, work, covariates):
 
 
 COMPARISONS = {
-    "gemma_gk1": lambda a, w: compare_gemma(a, w, 1, "center", [1]),
+    "gemma_gk1": lambda a, w: compare_gemma(a, w, 1, "center", [1], maf_row=True),
     "gemma_gk2": lambda a, w: compare_gemma(a, w, 2, "sample_sd", [1]),
     "gemma_multi": lambda a, w: compare_gemma(a, w, 1, "center", [1, 6]),
     "bolt_hs1940": bolt_hs1940,
