@@ -102,8 +102,8 @@ def bolt_reml(log):
     matrices: component 0 the noise, component 1 the GRM)."""
     t = Path(log).read_text()
     num = r"([-0-9.eE+]+)"
-    e = re.search(r"Variance component 0:.*?\n\s*entry \(1,1\): " + num + r" \(" + num + r"\)", t, re.S)
-    g = re.search(r"Variance component 1:.*?\n\s*entry \(1,1\): " + num + r" \(" + num + r"\)", t, re.S)
+    e = re.search(r"Variance component 0: \[1,1\].*?\n\s*entry \(1,1\): " + num + r" \(" + num + r"\)", t, re.S)
+    g = re.search(r"Variance component 1: \[1,1\].*?\n\s*entry \(1,1\): " + num + r" \(" + num + r"\)", t, re.S)
     h = re.search(r"h2g \(1,1\): " + num + r" \(" + num + r"\)", t)
     return {"n": int(_num(t, r"Number of individuals used in analysis: Nused = (\d+)")),
             "M": int(_num(t, r"Total post-QC SNPs: M = (\d+)")),
