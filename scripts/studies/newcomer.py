@@ -225,8 +225,10 @@ def gemma_variants(prefix, fam_cols, out):
 def compare_gemma(args, work, gk, std, cols, maf_row=False):
     g = hs1940_gemma(args, work, gk, cols)
     prefix = Path(args.hs1940) / "mouse_hs1940"
-    extract = Path(work) / f"gemma_variants_n{'_'.join(map(str, cols))}.txt"
-    n_extract = gemma_variants(prefix, cols, extract)
+    # GEMMA's kinship is the one -gk wrote, with its default -n 1: its variants are filtered over
+    # the samples with .fam column 6 observed, whichever phenotype -lmm then fits with it
+    extract = Path(work) / "gemma_variants_gk_n1.txt"
+    n_extract = gemma_variants(prefix, [1], extract)
     if len(cols) == 1:
         ph = {"fam": cols[0]}
     else:                                    # several .fam columns: GEMMA's -p file, the same values
