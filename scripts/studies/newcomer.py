@@ -351,7 +351,7 @@ def bolt_eur(args, work, covariates):
 
 COMPARISONS = {
     "gemma_gk1": lambda a, w: compare_gemma(a, w, 1, "center", [1], maf_row=True),
-    "gemma_gk2": lambda a, w: compare_gemma(a, w, 2, "sample_sd", [1]),
+    "gemma_gk2": lambda a, w: compare_gemma(a, w, 2, "sample_sd", [1], maf_row=True),
     "gemma_multi": lambda a, w: compare_gemma(a, w, 1, "center", [1, 6]),
     "bolt_hs1940": bolt_hs1940,
     "bolt_eur": lambda a, w: bolt_eur(a, w, False),
