@@ -16,6 +16,20 @@ def random_genotypes(rng, n, p, missing=0.02, maf=(0.05, 0.5)):
     return G
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread_in_the_test_process():
+    """One BLAS thread in the pytest process (worker processes and CLI subprocesses set their own).
+
+    The tests' matrices are small, so a second BLAS thread gains little; on a busy 2-core machine
+    OpenBLAS threads that spin waiting for a core made small dense loops (e.g. 150 inversions of
+    149 x 149 in test_loo) take 20 s instead of 0.2 s.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
