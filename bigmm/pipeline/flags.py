@@ -156,7 +156,9 @@ def add_flags(r: argparse.ArgumentParser) -> None:
     f.add_argument("--chr", type=parse_chr, metavar="LIST",
                    help="chromosomes: 1-22, 1,2,X or autosomes (variants.chr)")
     f.add_argument("--maf", type=_bounded(float, 0.0, 0.5, what="--maf"), metavar="F",
-                   help="drop variants with minor allele frequency below F (variants.min_maf)")
+                   help="drop variants with minor allele frequency below F (variants.min_maf); like --geno, "
+                   "computed over all genotyped samples (GEMMA computes both over the phenotyped samples: "
+                   "to reproduce its variant set exactly, give its variants with --extract)")
     f.add_argument("--geno", type=_bounded(float, 0.0, 1.0, what="--geno"), metavar="F",
                    help="drop variants with a missing-call rate above F (variants.max_missing)")
     f.add_argument("--standardize", choices=("gcta", "center", "sample_sd"), metavar="gcta|center|sample_sd",
