@@ -19,4 +19,4 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 bash scripts/setup-env.sh --test
 if [ -n "$apt_pid" ]; then wait "$apt_pid" || true; fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 "$@"
