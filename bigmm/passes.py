@@ -80,6 +80,16 @@ def task_bytes(n: int, n_cols: int, chunk_width: int, sub_width: int, itemsize: 
     return 2 * n * n_cols * 8 + n * chunk_width + n * 8 + n * sub_width * itemsize
 
 
+#: the fewest standardized columns a pass task is asked to hold at a time, for memory checks
+MIN_PIECE = 64
+
+
+def least_task_bytes(n: int, n_cols: int, chunk_width: int, itemsize: int = 8) -> int:
+    """The bytes a pass task needs at the least (:func:`task_bytes` standardizing
+    :data:`MIN_PIECE` variants at a time): what memory checks compare with a task's memory."""
+    return task_bytes(n, n_cols, chunk_width, min(chunk_width, MIN_PIECE), itemsize)
+
+
 def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: int | None,
               n_tasks: int, itemsize: int = 8) -> PassPlan:
     """Cut a pass over X (n rows, variant chunks ``chunk_bounds``) into tasks.
@@ -107,7 +117,7 @@ def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: 
     else:
         sub = (int(memory) - fixed) // per_col
         if sub < 1:
-            need = task_bytes(n, n_cols, width, min(width, 64), itemsize)
+            need = least_task_bytes(n, n_cols, width, itemsize)
             raise InputError(
                 f"memory limit {memory / 2**20:.0f} MiB per task is too small for a pass over X with "
                 f"n = {n} samples and {n_cols} vectors: a task needs at least {need / 2**20:.0f} MiB "

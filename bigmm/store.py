@@ -362,8 +362,6 @@ def record_chunk_digests(path: str | os.PathLike, names=None) -> None:
     """Record the digest of every chunk file of the arrays of store ``path`` (default all),
     keyed by array and chunk, in the store (the group :data:`CHUNK_DIGESTS`): what bigmm wrote, for
     :func:`verify_chunk_digests` to check each chunk's place and content against later."""
-    import json
-
     path = Path(path)
     arrays = {name: array_digests(a) for name, a in _group_arrays(path, names).items()}
     (path / CHUNK_DIGESTS).mkdir(exist_ok=True)
@@ -387,8 +385,6 @@ def verify_chunk_digests(path: str | os.PathLike, label: str | None = None, name
     chunk file and what happened (moved or swapped: it holds the chunk recorded for another place;
     replaced; missing; not written by bigmm).
     """
-    import json
-
     path = Path(path)
     label = label or str(path)
     try:

@@ -25,7 +25,7 @@ from .._version import __version__
 from ..errors import InputError
 from ..grm import block_bytes, default_block_size
 from ..io.gcta import grm_paths
-from ..passes import plan_pass, task_bytes
+from ..passes import least_task_bytes, plan_pass
 from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
                         subspace_width)
 from ..store import file_fingerprint
@@ -475,14 +475,14 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
     mem = task_memory(cfg.cluster)
     itemsize = 4 if cfg.spectrum.dtype == "float32" else 8
     itemsize_mf = 4 if cfg.reml.dtype == "float32" else 8
-    # each kind of task and the least it needs (a pass task standardizes at least 64 variants at
-    # a time, as plan_pass asks), checked against the workers' memory before anything is planned
+    # each kind of task and the least it needs (passes.least_task_bytes), checked against the
+    # workers' memory before anything is planned
     tasks: list[tuple[str, int, str]] = []
     if rmethod == "matrix_free":
         r = cfg.reml
         tasks.append((f"matrix-free REML: a pass carries {mf_width} vectors (fixed effects, phenotypes and "
                       f"{r.probes} probes per missing-value pattern)",
-                      task_bytes(n, mf_width or 1, variant_chunk, min(variant_chunk, 64), itemsize_mf),
+                      least_task_bytes(n, mf_width or 1, variant_chunk, itemsize_mf),
                       "; or fit the phenotypes in smaller groups (phenotypes.columns) or with fewer "
                       "reml.probes"))
     if method == "randomized":
@@ -492,7 +492,7 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
         width = pass_columns(l, sc.probes, sc.algorithm)
         tasks.append((f"a randomized spectrum pass of {width} vectors (spectrum.rank {sc.rank} + oversample, "
                       f"and {sc.probes} probes)",
-                      task_bytes(n, width, variant_chunk, min(variant_chunk, 64), itemsize),
+                      least_task_bytes(n, width, variant_chunk, itemsize),
                       "; or lower spectrum.rank or spectrum.probes"))
     grm_block = None
     if needs_grm(cfg, method, rmethod) and mem is not None:

@@ -307,8 +307,7 @@ def remove_stage_files(out: Path, name: str, entry: dict | None, keep=()) -> lis
     (named in a warning)."""
     removed = []
     keep = {resolve_path(k) for k in keep}
-    files = stage_files(name, entry)
-    for rel in files if isinstance(files, list) else []:
+    for rel in stage_files(name, entry):
         path = inside_run(out, rel)
         if path is None:
             log.warning("run.json of %s records %r for stage %s, which is not inside the run folder: "
@@ -384,9 +383,7 @@ def check_output_dir(out: Path, cfg: RunConfig, force: bool) -> bool:
     try:
         manifest = read_manifest(out) if (out / "run.json").exists() else None
     except ForeignManifest as exc:
-        raise InputError(f"output directory {out} holds a run.json that bigmm did not write ({exc}); "
-                         f"it is not a bigmm run, so nothing in it is replaced, with or without --force: "
-                         f"choose another output") from None
+        raise InputError(f"{exc} (nothing in it is replaced, with or without --force)") from None
     if manifest is None:
         # the run's own config file may be there already (``bigmm reml`` writes OUT/config.yaml
         # first), and the job script ``bigmm submit`` wrote with the logs SLURM writes for it
