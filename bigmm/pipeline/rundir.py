@@ -24,12 +24,13 @@ from ..errors import InputError
 from ..store import atomic_write_text, now_utc, remove_path, resolve_path
 from .cluster import TLS_DIR
 from .config import RunConfig
-from .plan import STAGE_OUTPUTS
+from .registry import REGISTRY
 from .submit import SLURM_LOG, is_job_script
 
 log = logging.getLogger("bigmm")
 
-PARTIALS = ("grm.zarr.partial", "spectrum.partial", "reml.partial")
+#: the checkpoint folders stages resume from
+PARTIALS = tuple(dict.fromkeys(s.checkpoint for s in REGISTRY if s.checkpoint))
 LOCK_NAME = ".bigmm.lock"
 
 
@@ -282,7 +283,7 @@ def stage_files(name: str, entry: dict | None) -> list[str]:
     if isinstance(entry, dict) and "files" in entry:
         files = entry["files"]
         return list(files) if isinstance(files, list) else []
-    return list(STAGE_OUTPUTS.get(name, ()))
+    return list(next((s.outputs for s in REGISTRY if s.name == name), ()))
 
 
 def inside_run(out: Path, rel) -> Path | None:

@@ -1,0 +1,110 @@
+"""Matrix-free REML and its BLUP: Lanczos quadrature on passes over X, no GRM and no spectrum
+(``reml.json``, its final state ``reml_state.npz``, and ``blup.tsv``).
+
+At most ``reml.max_steps`` passes (it stops when converged), each of 4·n·p·w flops for a pass of w
+vectors; resumable by step (``reml.partial/state.npz``). Its BLUP makes one more pass, SNP effects
+another. A spectrum is planned only to deflate the probes or for PCs as covariates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ...blup import Blup
+from ...mfreml import blup_matrix_free, fit_matrix_free
+from ...store import remove_path
+from ..outputs import StepCheckpoint, save_reml, write_blup
+from . import Context, Costs, Facts, Stage
+from .blup_files import BLUP_EXTRA_FILES, predict_inputs, write_snp_effect_sizes
+from .fingerprints import table_inputs
+from .rotate import with_pcs
+
+log = logging.getLogger("bigmm")
+
+MODEL = "matrix_free"
+
+
+def needs_spectrum(cfg) -> bool:
+    """Only to deflate the probes or for PCs as covariates."""
+    return cfg.reml.deflate > 0 or cfg.covariates.pcs > 0
+
+
+def _fit(ctx: Context, checkpoint, ingest: Stage, stats: Stage, spectrum: Stage):
+    """The fit on the run's design (Y with NaN where missing or not analysed, Z with PCs zero
+    outside the analysed samples), resumed from ``checkpoint``."""
+    r, d = ctx.cfg.reml, ctx.inp.design
+    spec = ctx.value(spectrum) if ctx.cfg.covariates.pcs else None
+    Z, znames = with_pcs(ctx.cfg, spec, d.Z, list(d.covariate_names), rows=d.analysed) if spec is not None \
+        else (d.Z, list(d.covariate_names))
+    deflate = None
+    if r.deflate:
+        spec = ctx.value(spectrum)
+        deflate = (spec.U[:, :r.deflate], spec.s[:r.deflate])
+    op = ctx.operator(ctx.value(ingest), ctx.value(stats), r.dtype, "matrix-free REML pass")
+    return fit_matrix_free(op, d.Y, Z, phenotype_names=d.phenotype_names, covariate_names=znames,
+                           probes=r.probes, max_steps=r.max_steps, tol=r.tol, deflate=deflate, seed=r.seed,
+                           grid_size=r.grid_size, checkpoint=checkpoint)
+
+
+def _log_fits(result) -> None:
+    for f in result.fits:
+        log.info("REML %s (matrix-free): n = %d, h2 = %.4f (SE %.4f, of which Monte Carlo %.4f), "
+                 "h2_HE = %.4f (Haseman-Elston moment estimate: a rough cross-check, may fall outside [0, 1]), sigma2_g = %.4g, sigma2_e = %.4g, %d steps, %s (|Δh2| %.1e, |Δℓ| %.1e)%s",
+                 f.name, f.n, f.h2, f.h2_se, f.h2_se_mc, f.h2_he, f.sigma2_g, f.sigma2_e, f.lanczos_steps,
+                 "converged" if f.converged else "NOT CONVERGED", f.delta_h2, f.delta_logl,
+                 f", boundary {f.boundary}" if f.boundary else "")
+
+
+def declare_reml(name: str, ingest: Stage, stats: Stage, spectrum: Stage) -> Stage:
+    def body(ctx: Context):
+        partial = ctx.out / "reml.partial"
+        result = _fit(ctx, StepCheckpoint(partial / "state.npz"), ingest, stats, spectrum)
+        _log_fits(result)
+        save_reml(ctx.out / "reml.json", result)
+        os.replace(partial / "state.npz", ctx.out / "reml_state.npz")
+        remove_path(partial)
+        return result, {"phenotypes": len(result.fits), "passes_over_X": result.notes.get("passes_this_run"),
+                        "lanczos_steps": result.lanczos_steps, "converged": result.converged}
+
+    def load(ctx: Context):
+        """The committed fit, rebuilt from its final state."""
+        return _fit(ctx, StepCheckpoint(ctx.out / "reml_state.npz"), ingest, stats, spectrum)
+
+    def flops(f: Facts, c: Costs, k: float) -> float:
+        return 4.0 * c.n * c.p * c.memory_plan.get("mf_pass_vectors", 0) * k
+
+    return Stage(name=name, outputs=("reml.json", "reml_state.npz"), body=body, model=MODEL,
+                 inputs=lambda f: {"reml": f.cfg.section_fingerprint("reml"), "method": MODEL, **table_inputs(f)},
+                 upstream=lambda f: (stats,) + ((spectrum,) if f.needs_spectrum else ()),
+                 reads_genotypes=lambda f: True, passes=lambda f, c: float(f.cfg.reml.max_steps), flops=flops,
+                 passes_at_most=True, checkpoint="reml.partial", load=load, outcome=True,
+                 needs_spectrum=needs_spectrum)
+
+
+def declare_blup(name: str, reml: Stage, ingest: Stage, stats: Stage) -> Stage:
+    def body(ctx: Context):
+        """ĝ for every genotyped sample from the fit's Krylov basis (one pass over X) and, if asked,
+        SNP effects (one more)."""
+        result = ctx.value(reml)
+        store, std = ctx.value(ingest), ctx.value(stats)
+        op = ctx.operator(store, std, ctx.cfg.reml.dtype)
+        g, w = blup_matrix_free(op, result)
+        b = Blup(names=list(result.phenotype_names), genetic_values=g, weights=w,
+                 sigma2_g=np.array([f.sigma2_g for f in result.fits]), notes={"reml": MODEL})
+        write_blup(ctx.out / "blup.tsv", ctx.inp.ids, b.names, b.genetic_values)
+        info = {"phenotypes": len(b.names), "passes_over_X": 1}
+        if ctx.cfg.predict.snp_effects:
+            write_snp_effect_sizes(ctx, op, b, store, std)
+            info["passes_over_X"] = 2
+        return b, info
+
+    def flops(f: Facts, c: Costs, k: float) -> float:
+        return 4.0 * c.n * c.p * c.n_phenotypes + (2.0 * c.n * c.p * c.n_phenotypes if f.cfg.predict.snp_effects else 0.0)
+
+    return Stage(name=name, outputs=("blup.tsv",), body=body, model=MODEL, inputs=predict_inputs,
+                 upstream=lambda f: (reml,), needed=lambda f: f.cfg.predict.blup, reads_genotypes=lambda f: True,
+                 passes=lambda f, c: 1.0 + float(f.cfg.predict.snp_effects), flops=flops,
+                 extra_files=lambda ctx: list(BLUP_EXTRA_FILES), needs_spectrum=needs_spectrum)
