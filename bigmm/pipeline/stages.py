@@ -62,8 +62,8 @@ from .config import RunConfig, parse_config
 from .outputs import (PassCheckpoint, StepCheckpoint, json_safe, load_reml, load_rotated, load_spectrum, load_variants, save_reml,
                       save_rotated, save_spectrum, save_variants, write_blup, write_snp_effects,
                       write_spectrum_tables)
-from .plan import (PASS_STAGES, STAGE_OUTPUTS, STAGES, grm_block_size, spectrum_method, stage_passes, stage_plan,
-                   task_memory)
+from .memory import grm_block_size, task_memory
+from .plan import PASS_STAGES, STAGE_OUTPUTS, STAGES, spectrum_method, stage_passes, stage_plan
 from .report import (FIGURES, ReportData, hsq_file_names, relatedness_summary, write_hsq, write_plink_pca,
                      write_report, write_results, write_results_json)
 from .rundir import (STAGE_STAMP, RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock,

@@ -30,8 +30,8 @@ from ..store import open_store, resolve_path
 from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
-                   planned_stages, reml_method, spectrum_method, stage_flops, stage_passes)
+from .memory import check_memory, cluster_threads, grm_block_size, matrix_free_width
+from .plan import needs_grm, needs_spectrum, planned_stages, reml_method, spectrum_method, stage_flops, stage_passes
 from .rundir import check_output_dir
 
 log = logging.getLogger("bigmm")
@@ -85,7 +85,7 @@ class Inputs:
     def describe(self, flops_per_second: float | None = None) -> str:
         """The plan checked, for a person: samples, variants, methods, stages and their passes
         over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
-        measured on this machine, :func:`bigmm.pipeline.plan.matmul_rate`) a rough time estimate."""
+        measured on this machine, :func:`bigmm.pipeline.memory.matmul_rate`) a rough time estimate."""
         d = self.design
         mp = self.memory_plan
         if self.grm is not None:
