@@ -17,7 +17,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from ..errors import InputError
 from ..grm import block_bytes, default_block_size
-from ..passes import least_task_bytes, plan_pass
+from ..passes import PassPlan, least_task_bytes, plan_pass
 from ..spectrum import (DEFAULT_POWER_ITERS, basis_width, check_driver_memory, driver_bytes, pass_columns,
                         subspace_width)
 from .config import ClusterConfig, RunConfig
@@ -179,17 +179,9 @@ def matrix_free_width(missing: np.ndarray, c: int, probes: int, deflate: int) ->
     return width
 
 
-def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str = "spectral",
-                 mf_width: int | None = None, n_grm_file: int | None = None) -> dict:
-    """Refuse, before computing, a configuration whose tasks cannot fit their memory.
-
-    Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
-    driver's need, for the user to read (``bigmm check``). ``mf_width``: the vectors of the
-    matrix-free REML's widest pass (:func:`matrix_free_width`). ``n_grm_file``: the samples of
-    a given GRM's file (``n`` are those analysed), checked by :func:`check_grm_memory`.
-    """
-    out: dict = {}
-    with_spectrum = needs_spectrum(cfg, rmethod)
+def _check_settings(cfg: RunConfig, n: int, method: str, rmethod: str) -> None:
+    """Refuse settings no memory could make work: more deflation vectors than samples or than
+    the spectrum's rank, a randomized spectrum's rank outside 1..n − 1."""
     if rmethod == "matrix_free":
         r = cfg.reml
         if r.deflate >= n:
@@ -199,16 +191,37 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
             raise InputError(f"reml.deflate = {r.deflate} exceeds spectrum.rank = {cfg.spectrum.rank}: "
                              f"the deflation vectors are the top eigenpairs of the spectrum; raise "
                              f"spectrum.rank or lower reml.deflate")
-    if method == "randomized" and with_spectrum:
+    if method == "randomized" and needs_spectrum(cfg, rmethod):
         sc = cfg.spectrum
         if not 0 < sc.rank < n:
             raise InputError(f"spectrum.rank must be between 1 and n − 1 = {n - 1} genotyped samples "
                              f"(got {sc.rank})")
-    mem = task_memory(cfg.cluster)
+
+
+def spectrum_pass(cfg: RunConfig, n: int) -> tuple[int, int, int]:
+    """The randomized spectrum's subspace width l (:func:`~bigmm.spectrum.subspace_width`), its
+    power iterations q and the vectors of its widest pass (:func:`~bigmm.spectrum.pass_columns`)
+    for ``n`` samples."""
+    sc = cfg.spectrum
+    l = subspace_width(sc.rank, sc.oversample, n)
+    q = DEFAULT_POWER_ITERS[sc.algorithm] if sc.power_iters is None else sc.power_iters
+    return l, q, pass_columns(l, sc.probes, sc.algorithm)
+
+
+def spectrum_pass_plan(cfg: RunConfig, n: int, variant_chunk: int, mem: int | None) -> PassPlan:
+    """How a task of the randomized spectrum's widest pass over a variant chunk of
+    ``variant_chunk`` columns is cut at ``mem`` bytes per task (:func:`~bigmm.passes.plan_pass`)."""
+    _, _, width = spectrum_pass(cfg, n)
+    return plan_pass(n, width, [(0, variant_chunk)], mem, 1, 4 if cfg.spectrum.dtype == "float32" else 8)
+
+
+def _task_kinds(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str, mf_width: int | None,
+                mem: int | None) -> tuple[list[tuple[str, int, str]], int | None]:
+    """Each kind of task of the run with the least bytes it needs (:func:`~bigmm.passes.least_task_bytes`,
+    :func:`~bigmm.grm.block_bytes`) and what else lowers that need, for :func:`check_task_memory`;
+    and the samples of a GRM block (None without a GRM stage or a known task memory)."""
     itemsize = 4 if cfg.spectrum.dtype == "float32" else 8
     itemsize_mf = 4 if cfg.reml.dtype == "float32" else 8
-    # each kind of task and the least it needs (passes.least_task_bytes), checked against the
-    # workers' memory before anything is planned
     tasks: list[tuple[str, int, str]] = []
     if rmethod == "matrix_free":
         r = cfg.reml
@@ -219,9 +232,7 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
                       "reml.probes"))
     if method == "randomized":
         sc = cfg.spectrum
-        l = subspace_width(sc.rank, sc.oversample, n)
-        q = DEFAULT_POWER_ITERS[sc.algorithm] if sc.power_iters is None else sc.power_iters
-        width = pass_columns(l, sc.probes, sc.algorithm)
+        _, _, width = spectrum_pass(cfg, n)
         tasks.append((f"a randomized spectrum pass of {width} vectors (spectrum.rank {sc.rank} + oversample, "
                       f"and {sc.probes} probes)",
                       least_task_bytes(n, width, variant_chunk, itemsize),
@@ -233,16 +244,27 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
         tasks.append((f"a GRM block task ({grm_block} samples x variant chunk {variant_chunk})",
                       block_bytes(grm_block, variant_chunk, counts=True),
                       f"; or set grm.block_size to {fits} samples or fewer" if fits >= 1 else ""))
-    if cfg.genotypes.grm is None:  # a given GRM's run starts no workers
-        check_task_memory(cfg.cluster, tasks)
+    return tasks, grm_block
+
+
+def _plan_figures(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str, mf_width: int | None,
+                  mem: int | None, grm_block: int | None, n_grm_file: int | None) -> dict:
+    """The figures of the memory plan (vectors and bytes per task of each pass, passes over X,
+    the driver's need, the task memory), refusing a randomized spectrum's or a given GRM's
+    driver that does not fit."""
+    out: dict = {}
     if rmethod == "matrix_free":
+        r = cfg.reml
+        itemsize_mf = 4 if r.dtype == "float32" else 8
         plan = plan_pass(n, mf_width or 1, [(0, variant_chunk)], mem, 1, itemsize_mf)
         out.update(mf_pass_vectors=mf_width, mf_pass_task_bytes=plan.task_bytes,
                    mf_max_passes=r.max_steps,
                    # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
                    mf_driver_bytes=8 * n * (mf_width + r.max_steps * max(1, mf_width - r.probes - 1)))
     if method == "randomized":
-        plan = plan_pass(n, width, [(0, variant_chunk)], mem, 1, itemsize)
+        sc = cfg.spectrum
+        l, q, width = spectrum_pass(cfg, n)
+        plan = spectrum_pass_plan(cfg, n, variant_chunk, mem)
         check_driver_memory(n, l, q, sc.algorithm)
         out.update(pass_vectors=width, pass_task_bytes=plan.task_bytes, subspace_width=l,
                    basis_width=basis_width(n, l, q, sc.algorithm),
@@ -253,10 +275,29 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmetho
         out["grm_block_task_bytes"] = block_bytes(grm_block, variant_chunk, counts=True)
     if cfg.genotypes.grm is not None:
         out["driver_bytes"] = check_grm_memory(n_grm_file or n, n)
-    elif method == "exact" and with_spectrum:
+    elif method == "exact" and needs_spectrum(cfg, rmethod):
         out["driver_bytes"] = 2 * 8 * n * n  # K and U for eigh
     out["task_memory_bytes"] = mem
     return out
+
+
+def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, rmethod: str = "spectral",
+                 mf_width: int | None = None, n_grm_file: int | None = None) -> dict:
+    """Refuse, before computing, a configuration whose tasks cannot fit their memory.
+
+    Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
+    driver's need, for the user to read (``bigmm check``). ``mf_width``: the vectors of the
+    matrix-free REML's widest pass (:func:`matrix_free_width`). ``n_grm_file``: the samples of
+    a given GRM's file (``n`` are those analysed), checked by :func:`check_grm_memory`.
+    """
+    _check_settings(cfg, n, method, rmethod)
+    mem = task_memory(cfg.cluster)
+    # each kind of task and the least it needs (passes.least_task_bytes), checked against the
+    # workers' memory before anything is planned
+    tasks, grm_block = _task_kinds(cfg, n, method, variant_chunk, rmethod, mf_width, mem)
+    if cfg.genotypes.grm is None:  # a given GRM's run starts no workers
+        check_task_memory(cfg.cluster, tasks)
+    return _plan_figures(cfg, n, method, variant_chunk, rmethod, mf_width, mem, grm_block, n_grm_file)
 
 
 def grm_driver_bytes(n_file: int, n: int) -> int:
