@@ -23,7 +23,7 @@ from bigmm.errors import ConfigError, InputError
 from bigmm.io.gcta import open_grm, write_gcta_grm
 from bigmm.io.tables import read_table
 from bigmm.pipeline.config import parse_config
-from bigmm.pipeline.plan import check_grm_memory, grm_driver_bytes
+from bigmm.pipeline.memory import check_grm_memory, grm_driver_bytes
 from bigmm.pipeline.stages import run, status
 from bigmm.pipeline.validate import check_config, validate
 

@@ -30,7 +30,7 @@ def test_a_memory_limit_below_the_workers_own_memory_is_refused_and_the_limit_it
     run needs; a run with that limit completes."""
     from dask.utils import format_bytes
 
-    from bigmm.pipeline.plan import WORKER_BASELINE_BYTES
+    from bigmm.pipeline.memory import WORKER_BASELINE_BYTES
 
     cluster = {"workers": 1, "threads_per_worker": 1, "memory_limit": "50MiB"}
     path = write_config(tmp_path, cohort, grm={"block_size": 16}, cluster=cluster)
@@ -66,7 +66,7 @@ def test_the_threads_the_message_allows_fit_and_one_more_does_not(tmp_path, coho
     """The figures of the message are the rule's: the suggested threads_per_worker fits the task,
     one thread more does not, and the suggested memory_limit fits at the threads asked for."""
     from bigmm.pipeline.config import ClusterConfig
-    from bigmm.pipeline.plan import check_task_memory
+    from bigmm.pipeline.memory import check_task_memory
 
     need = 5 * 2**20
     tasks = [("a test task", need, "")]
@@ -86,7 +86,7 @@ def test_a_batch_job_names_its_cores_and_memory():
     """On a batch system a worker job's threads are its cores: the message names
     cluster.jobqueue.cores and cluster.jobqueue.memory, not the local cluster's keys."""
     from bigmm.pipeline.config import ClusterConfig
-    from bigmm.pipeline.plan import check_task_memory
+    from bigmm.pipeline.memory import check_task_memory
 
     cc = ClusterConfig(backend="slurm", jobqueue={"cores": 64, "memory": "2GiB"})
     with pytest.raises(InputError) as exc:

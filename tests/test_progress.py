@@ -113,7 +113,7 @@ def test_check_prints_the_plan_with_a_time_estimate(tmp_path):
             "(ingest 1, variant_stats 1, grm 2)") in out, out
     # 60% of 1 GiB less a worker process's own memory, per thread
     from dask.utils import format_bytes
-    from bigmm.pipeline.plan import WORKER_BASELINE_BYTES
+    from bigmm.pipeline.memory import WORKER_BASELINE_BYTES
     assert f"memory per task: {format_bytes(int(0.6 * 2**30) - WORKER_BASELINE_BYTES)} allowed" in out
     assert "workers: local cluster of 2 worker processes x 1 threads, 1GiB each" in out
     assert "driver memory: " in out

@@ -18,7 +18,8 @@ from ..store import atomic_write_text, check_replaceable_store
 from ..tasks import TerminalHandler
 from .config import load_config
 from .flags import add_flags, check_config_file, check_flags, flag_config, write_config_file
-from .plan import STAGES, matmul_rate
+from .memory import matmul_rate
+from .plan import STAGES
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
 from .stages import run, status

@@ -67,6 +67,18 @@ def facts(cfg: RunConfig, method: str, rmethod: str = "spectral", provenance: di
                  warn_reduced=any(s.warn_reduced for s in model))
 
 
+def model_memory(rmethod: str):
+    """The REML model's own memory need (its declaration's ``memory``; None when it makes no
+    passes over X): :func:`bigmm.pipeline.memory.check_memory` checks it with the rest."""
+    return next((s.memory for s in choose(rmethod) if s.memory is not None), None)
+
+
+def passes_at_most(rmethod: str) -> bool:
+    """Whether the model's passes over X are an upper bound (an iterative solver that stops when
+    converged)."""
+    return any(s.passes_at_most for s in choose(rmethod))
+
+
 def needs_spectrum(cfg: RunConfig, rmethod: str) -> bool:
     """Whether the model needs the spectrum (spectral REML always; matrix-free REML only to
     deflate or for PCs as covariates)."""

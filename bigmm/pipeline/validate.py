@@ -30,8 +30,9 @@ from ..store import open_store, resolve_path
 from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .plan import (check_memory, cluster_threads, grm_block_size, matrix_free_width, needs_grm, needs_spectrum,
-                   planned_stages, reml_method, spectrum_method, stage_flops, stage_passes)
+from .memory import check_memory, cluster_threads, grm_block_size
+from .plan import (model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages, reml_method,
+                   spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
 
 log = logging.getLogger("bigmm")
@@ -85,7 +86,7 @@ class Inputs:
     def describe(self, flops_per_second: float | None = None) -> str:
         """The plan checked, for a person: samples, variants, methods, stages and their passes
         over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
-        measured on this machine, :func:`bigmm.pipeline.plan.matmul_rate`) a rough time estimate."""
+        measured on this machine, :func:`bigmm.pipeline.memory.matmul_rate`) a rough time estimate."""
         d = self.design
         mp = self.memory_plan
         if self.grm is not None:
@@ -112,7 +113,7 @@ class Inputs:
                  + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
         if self.stage_passes:
             total = sum(self.stage_passes.values())
-            mf = self.reml_method == "matrix_free"
+            mf = passes_at_most(self.reml_method)
             lines.append(f"stages: {', '.join(self.stage_passes)}; passes over X: {'at most ' if mf else ''}"
                          f"{total:g} in all (" + ", ".join(f"{k} {v:g}" for k, v in self.stage_passes.items() if v)
                          + ("; matrix-free REML stops when converged" if mf else "") + ")")
@@ -511,14 +512,11 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     if ids is not None:
         method = spectrum_method(cfg, len(ids))
         rmethod = reml_method(cfg, len(ids))
-        mf_width = None
-        if rmethod == "matrix_free" and "design" in got:
-            d = got["design"]
-            mf_width = matrix_free_width(np.isnan(d.Y), d.Z.shape[1] + cfg.covariates.pcs, cfg.reml.probes,
-                                         cfg.reml.deflate)
         before = len(problems)
-        memory_plan = _attempt(problems, check_memory, cfg, len(ids), method, got["variant_chunk"], rmethod,
-                               mf_width, gf.n if gf is not None else None) or {}
+        memory_plan = _attempt(problems, lambda: check_memory(
+            cfg, len(ids), method, got["variant_chunk"], grm_needed=needs_grm(cfg, method, rmethod),
+            spectrum_needed=needs_spectrum(cfg, rmethod), model=model_memory(rmethod), design=got.get("design"),
+            n_grm_file=gf.n if gf is not None else None)) or {}
         if grm_rows is not None and len(problems) == before:  # the GRM's values, read once
             got["grm_K"] = _attempt(problems, gf.read, grm_rows)
             got["grm_info"]["n_variants"] = _attempt(problems, gf.n_variants)

@@ -12,7 +12,7 @@ its worker process with psutil at three points:
    process keeps (modules loaded on first use, codecs, the allocator's retained pages).
 
 Prints the three figures in MiB for REPEATS fresh clusters and their maximum. The largest is
-the baseline the memory check adds (``bigmm.pipeline.plan.WORKER_BASELINE_BYTES``).
+the baseline the memory check adds (``bigmm.pipeline.memory.WORKER_BASELINE_BYTES``).
 
     PYTHONPATH=$PWD python scripts/bench/bench_worker_baseline.py [--repeats 3] [--threads 1]
 """

@@ -428,8 +428,8 @@ def cluster_config(args):
 
 
 def task_memory(args) -> int | None:
-    """Bytes per task, as the pipeline gives them for this cluster (bigmm.pipeline.plan.task_memory)."""
-    from bigmm.pipeline.plan import task_memory as tm
+    """Bytes per task, as the pipeline gives them for this cluster (bigmm.pipeline.memory.task_memory)."""
+    from bigmm.pipeline.memory import task_memory as tm
 
     return tm(cluster_config(args))
 
@@ -445,7 +445,7 @@ def variant_filter(store, min_maf: float = 0.0, max_missing: float = 1.0):
 def grm_block_size(store, cc, dtype) -> int:
     """The GRM block of the pipeline's GRM stage when grm.block_size is unset (as in its do_grm)."""
     from bigmm.grm import default_block_size
-    from bigmm.pipeline.plan import task_memory as tm
+    from bigmm.pipeline.memory import task_memory as tm
     from bigmm.tasks import total_threads
 
     return default_block_size(store.n_samples, total_threads(), store.chunks[0], store.chunks[1], tm(cc),

@@ -126,6 +126,9 @@ class Stage:
     outcome: bool = False
     #: for a model's declarations: ``needs_spectrum(cfg)``, whether the model needs the spectrum
     needs_spectrum: Callable[[RunConfig], bool] | None = None
+    #: ``memory(cfg, n, method, design, variant_chunk, task_bytes) -> (tasks, figures)``: a model's
+    #: refusals of settings, kinds of task with their least bytes, and memory-plan figures
+    memory: Callable | None = None
     #: for a model's declarations: its fit learns from every direction of the spectrum
     warn_reduced: bool = False
 

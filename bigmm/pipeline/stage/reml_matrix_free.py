@@ -14,8 +14,11 @@ import os
 import numpy as np
 
 from ...blup import Blup
+from ...errors import InputError
 from ...mfreml import blup_matrix_free, fit_matrix_free
+from ...passes import least_task_bytes, plan_pass
 from ...store import remove_path
+from ..memory import matrix_free_width
 from ..outputs import StepCheckpoint, save_reml, write_blup
 from . import Context, Costs, Facts, Stage
 from .blup_files import BLUP_EXTRA_FILES, predict_inputs, write_snp_effect_sizes
@@ -30,6 +33,32 @@ MODEL = "matrix_free"
 def needs_spectrum(cfg) -> bool:
     """Only to deflate the probes or for PCs as covariates."""
     return cfg.reml.deflate > 0 or cfg.covariates.pcs > 0
+
+
+def memory(cfg, n: int, method: str, design, variant_chunk: int, mem: int | None) -> tuple[list, dict]:
+    """Refuse deflation settings no memory could make work; the vectors of the widest pass (its
+    first: per missing-value pattern its fixed effects, phenotypes, probes and a ones vector, and
+    the deflation vectors for a pattern with missing samples), the least bytes of its task, and
+    the plan's figures (bytes per task, passes at most, the driver's Krylov basis)."""
+    r = cfg.reml
+    if r.deflate >= n:
+        raise InputError(f"reml.deflate = {r.deflate} must be below the number of genotyped samples "
+                         f"n = {n}; with all eigenpairs use reml.method: spectral on an exact spectrum")
+    if r.deflate > 0 and method == "randomized" and r.deflate > cfg.spectrum.rank:
+        raise InputError(f"reml.deflate = {r.deflate} exceeds spectrum.rank = {cfg.spectrum.rank}: "
+                         f"the deflation vectors are the top eigenpairs of the spectrum; raise "
+                         f"spectrum.rank or lower reml.deflate")
+    width = None if design is None else matrix_free_width(np.isnan(design.Y), design.Z.shape[1] + cfg.covariates.pcs,
+                                                           r.probes, r.deflate)
+    itemsize = 4 if r.dtype == "float32" else 8
+    task = (f"matrix-free REML: a pass carries {width} vectors (fixed effects, phenotypes and "
+            f"{r.probes} probes per missing-value pattern)", least_task_bytes(n, width or 1, variant_chunk, itemsize),
+            "; or fit the phenotypes in smaller groups (phenotypes.columns) or with fewer reml.probes")
+    plan = plan_pass(n, width or 1, [(0, variant_chunk)], mem, 1, itemsize)
+    figures = dict(mf_pass_vectors=width, mf_pass_task_bytes=plan.task_bytes, mf_max_passes=r.max_steps,
+                   # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
+                   mf_driver_bytes=8 * n * (width + r.max_steps * max(1, width - r.probes - 1)))
+    return [task], figures
 
 
 def _fit(ctx: Context, checkpoint, ingest: Stage, stats: Stage, spectrum: Stage):
@@ -81,7 +110,7 @@ def declare_reml(name: str, ingest: Stage, stats: Stage, spectrum: Stage) -> Sta
                  upstream=lambda f: (stats,) + ((spectrum,) if f.needs_spectrum else ()),
                  reads_genotypes=lambda f: True, passes=lambda f, c: float(f.cfg.reml.max_steps), flops=flops,
                  passes_at_most=True, checkpoint="reml.partial", load=load, outcome=True,
-                 needs_spectrum=needs_spectrum)
+                 needs_spectrum=needs_spectrum, memory=memory)
 
 
 def declare_blup(name: str, reml: Stage, ingest: Stage, stats: Stage) -> Stage:
