@@ -99,7 +99,10 @@ def std_of(store, args):
 def w_blas(args) -> dict:
     from threadpoolctl import threadpool_limits
 
-    n, p, l = args.grm_n, args.p, args.rank + args.oversample
+    from bigmm.spectrum import subspace_width
+
+    n, p = args.grm_n, args.p
+    l = subspace_width(args.rank, args.oversample, n)
     rng = np.random.default_rng(0)
     out: dict = {"n": n, "p": p, "l": l}
     A = rng.standard_normal((n, p), dtype=np.float32)
@@ -133,10 +136,11 @@ def _touch(block):
 def w_floor(args) -> dict:
     import bigmm
     from bigmm.pipeline.cluster import dask_client
+    from bigmm.spectrum import subspace_width
 
     out: dict = {"cohorts": []}
-    l = args.rank + args.oversample
     for n in args.floor_n:
+        l = subspace_width(args.rank, args.oversample, n)
         c = cohort(args, n)
         store, nbytes = open_cohort(args, c)
         with dask_client(cluster_config(args)):

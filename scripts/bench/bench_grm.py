@@ -6,8 +6,8 @@ Stages (each run ``--repeats`` times; the median is reported with min and max):
 ``ingest``  bigmm.ingest_plink, PLINK fileset -> Zarr cohort store (no Dask).
 ``stats``   bigmm.variant_stats + bigmm.standardization("gcta"), on the cluster.
 ``grm``     create_grm_store + bigmm.grm(out=..., dtype=...) as the pipeline's GRM stage does it
-            (its block size: bigmm.grm.default_block_size with the cluster's threads and task
-            memory; product dtype from GrmConfig), on a dask.distributed LocalCluster made by
+            (its block size: the stage's rule, bigmm.pipeline.memory.grm_block_size, with the
+            cluster's threads and task memory; product dtype from GrmConfig), on a dask.distributed LocalCluster made by
             bigmm.pipeline.cluster.dask_client, for each ``--configs`` entry: ``WxT`` (workers x
             threads) plus optional ``:`` options ``bN`` (force N BLAS threads per worker with
             threadpoolctl after start-up), ``f32``/``f64`` (product dtype), ``blockN``.
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=("float32", "float64"), default=None,
                     help="GRM product dtype when a config does not say (default: GrmConfig's default)")
     ap.add_argument("--block-size", type=int, default=None,
-                    help="GRM block when a config does not say (default: the pipeline's default_block_size)")
+                    help="GRM block when a config does not say (default: the pipeline's grm_block_size)")
     ap.add_argument("--no-eigh", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="skip the one-block profile")
     add_plink2_args(ap)

@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (MIB, REPO, Columns, add_docs_args, add_plink2_args, bigmm_spectrum, cluster_config,  # noqa: E402
                     cluster_section, command_line, ensure_cohort, fmt_time, log, machine_info,
                     machine_line, md_table, measure_spectra, peer_exe, peer_version, plink2_pca,
-                    profile_call, publish, reference, rel_errors, run_e2e, svd_compressed, task_memory,
+                    profile_call, publish, reference, rel_errors, rules_config, run_e2e, svd_compressed, task_memory,
                     task_stream_summary, timed, variant_filter)
 
 SECTION = "Scale: randomized spectrum and end-to-end REML (scripts/bench/bench_scale.py)"
@@ -210,38 +210,43 @@ def profile(args, cohorts: list[dict]) -> dict:
     import bigmm
     from bigmm.pipeline.cluster import dask_client
     from bigmm.pipeline.outputs import load_variants
+    from bigmm.spectrum import pass_columns, subspace_width
 
-    l, memory = args.rank + args.oversample, task_memory(args)
+    memory = task_memory(args)
     prof: dict = {"task": [], "cluster": [], "driver": []}
     stores = {}
     for c in cohorts:
         store = bigmm.open_store(c["paths"]["zarr"])
         v = args.cache / "runs" / f"n{c['n']}_r1" / "out" / "variants.zarr"  # the first end-to-end run's
         std = load_variants(v) if v.exists() else variant_filter(store)
-        stores[c["n"]] = (store, std)
-        for ncols in (l + 1, args.plink2_pcs + args.oversample + 1):
+        # a Krylov pass without probes: the block of l = rank + oversample vectors and the ones vector
+        l = subspace_width(args.rank, args.oversample, c["n"])
+        stores[c["n"]] = (store, std, pass_columns(l, 0))
+        for ncols in (pass_columns(l, 0), pass_columns(subspace_width(args.plink2_pcs, args.oversample, c["n"]), 0)):
             r = profile_task(store, std, ncols, memory)
             log(f"  task profile n={c['n']} l={ncols}: chunk {r['chunk_s']:.2f} s, GEMM {r['gflops_gemm']:.0f} GFLOP/s")
             prof["task"].append(r)
         prof["driver"].append(profile_driver(c["n"], l))
     with dask_client(cluster_config(args)) as client:
-        prof["cluster"] = [profile_pass_cluster(client, store, std, l + 1, memory) for store, std in stores.values()]
+        prof["cluster"] = [profile_pass_cluster(client, store, std, ncols, memory)
+                           for store, std, ncols in stores.values()]
     return prof
 
 
 def memory_plans(args) -> list[dict]:
-    """The plan of the widest pass of the spectrum stage (bigmm.passes.plan_pass, as the pipeline
-    checks it) at the run's task memory, for this store's variant chunk and the default one."""
-    from bigmm.passes import plan_pass
-    from bigmm.spectrum import DEFAULT_PROBES, pass_columns, subspace_width
+    """The plan of the widest pass of the spectrum stage (bigmm.pipeline.memory.spectrum_pass_plan,
+    as the pipeline checks it) at the run's task memory, for this store's variant chunk and the
+    default one."""
+    from bigmm.pipeline.memory import spectrum_pass_plan
     from bigmm.store import DEFAULT_CHUNKS
 
+    cfg = rules_config(cluster_config(args), spectrum={"method": "randomized", "rank": args.rank,
+                                                       "oversample": args.oversample, "dtype": args.dtype})
     out = []
     for n in args.n:
-        width = pass_columns(subspace_width(args.rank, args.oversample, n), DEFAULT_PROBES)
         for cw in sorted({args.chunks[1], DEFAULT_CHUNKS[1]}):
-            pl = plan_pass(n, width, [(0, cw)], task_memory(args), 1, np.dtype(args.dtype).itemsize)
-            out.append({"n": n, "chunk_width": cw, "vectors": width, "sub_width": pl.sub_width,
+            pl = spectrum_pass_plan(cfg, n, cw, task_memory(args))
+            out.append({"n": n, "chunk_width": cw, "vectors": pl.n_cols, "sub_width": pl.sub_width,
                         "task_mib": pl.task_bytes / MIB})
     return out
 

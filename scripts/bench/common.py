@@ -427,6 +427,16 @@ def cluster_config(args):
     return ClusterConfig(**cluster_section(args))
 
 
+def rules_config(cluster, **sections):
+    """The run config the pipeline's memory rules (bigmm.pipeline.memory) read: ``sections`` of a
+    config and the ClusterConfig ``cluster``, on a placeholder cohort that is never read."""
+    from bigmm.pipeline.config import parse_config
+
+    cfg = parse_config({"genotypes": {"zarr": "cohort.zarr"}, "phenotypes": {"file": "pheno.tsv"},
+                        "output": "out", **sections})
+    return cfg.model_copy(update={"cluster": cluster})
+
+
 def task_memory(args) -> int | None:
     """Bytes per task, as the pipeline gives them for this cluster (bigmm.pipeline.memory.task_memory)."""
     from bigmm.pipeline.memory import task_memory as tm
@@ -443,13 +453,13 @@ def variant_filter(store, min_maf: float = 0.0, max_missing: float = 1.0):
 
 
 def grm_block_size(store, cc, dtype) -> int:
-    """The GRM block of the pipeline's GRM stage when grm.block_size is unset (as in its do_grm)."""
-    from bigmm.grm import default_block_size
-    from bigmm.pipeline.memory import task_memory as tm
+    """The GRM block of the pipeline's GRM stage when grm.block_size is unset: its rule
+    (bigmm.pipeline.memory.grm_block_size) called as its do_grm calls it."""
+    from bigmm.pipeline.memory import grm_block_size as rule
     from bigmm.tasks import total_threads
 
-    return default_block_size(store.n_samples, total_threads(), store.chunks[0], store.chunks[1], tm(cc),
-                              np.dtype(dtype).itemsize)
+    cfg = rules_config(cc, grm={"dtype": np.dtype(dtype).name})
+    return rule(cfg, store.n_samples, total_threads(), store.chunks[0], store.chunks[1])
 
 
 def compute_grm(store, std, path: Path, block: int, dtype) -> None:
