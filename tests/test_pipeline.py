@@ -104,7 +104,7 @@ def test_api_run_with_own_client_and_atomic_results(cohort, tmp_path, monkeypatc
         outcome = bigmm.run(cfg, client=client)
         first = outcome.result["trait1"]
         # a failure while writing the report leaves no results.json behind
-        from bigmm.pipeline import stages as stages_module
+        from bigmm.pipeline.stage import report as stages_module  # the report stage's file
 
         def boom(*a, **k):
             raise RuntimeError("disk full")

@@ -19,7 +19,7 @@ from ..tasks import TerminalHandler
 from .config import load_config
 from .flags import add_flags, check_config_file, check_flags, flag_config, write_config_file
 from .memory import matmul_rate
-from .plan import STAGES
+from .registry import STAGES
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
 from .stages import run, status

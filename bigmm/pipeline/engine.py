@@ -111,7 +111,7 @@ class Runner:
         self.out = Path(cfg.output)
         args = (cfg, inputs.method, inputs.reml_method, inputs.genotype_provenance)
         self.stages = declarations(*args)  # name -> the declaration planned
-        self.plan = stage_plan(*args)
+        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance, inputs.reml_method)
         self.ctx = Context(cfg, inputs, self.out, facts(*args), self.stages, self.plan)
         self.force = force
         self.from_stage = from_stage

@@ -151,11 +151,13 @@ def fingerprint_of(name: str, version: str, inputs, upstream_fps) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def stage_outputs(name: str, rmethod: str) -> tuple:
-    """The files a committed stage leaves (recorded in run.json)."""
+def stage_outputs(cfg, method: str, rmethod: str) -> dict:
+    """The files each committed stage leaves (recorded in run.json): its declaration's outputs.
+    (Before the stages were declarations: ``plan.STAGE_OUTPUTS``, with ``reml_state.npz`` for a
+    matrix-free REML.)"""
     from bigmm.pipeline import plan as P
 
-    return P.STAGE_OUTPUTS[name] + (("reml_state.npz",) if name == "reml" and rmethod == "matrix_free" else ())
+    return {name: list(stage.outputs) for name, stage in P.declarations(cfg, method, rmethod).items()}
 
 
 def current_plans(base: Path = PIN_BASE) -> dict:
@@ -177,7 +179,7 @@ def current_plans(base: Path = PIN_BASE) -> dict:
         flops = P.stage_flops(cfg, 1000, 5000, method, rmethod,
                               {"pass_vectors": 50, "mf_pass_vectors": 40}, passes, 2)
         out[case] = {"order": list(plan), "stages": stages, "passes": passes, "flops": flops,
-                     "outputs": {name: list(stage_outputs(name, rmethod)) for name in plan}}
+                     "outputs": stage_outputs(cfg, method, rmethod)}
     out["auto"] = [{"changes": ch, "n": n, "spectrum": P.spectrum_method(config(ch, base), n),
                     "reml": P.reml_method(config(ch, base), n)} for ch, n in AUTO_CASES]
     return out
