@@ -111,3 +111,69 @@ def test_no_import_circles():
             visit(v)
     circles = [sorted(c) for c in sccs if len(c) > 1]
     assert not circles, f"import circles: {circles}"
+
+
+STAGE_PKG = "bigmm.pipeline.stage"
+ENGINE = ("bigmm.pipeline.engine", "bigmm.pipeline.stages")
+
+
+def _reaches(graph, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_stage_files_never_import_the_engine():
+    """A stage declares what it reads, writes and costs; it never reaches the engine that runs it
+    (nor the registry that names it, nor the plan that chooses it), directly or through another
+    module."""
+    graph = _graph()
+    stage_files = [m for m in graph if m == STAGE_PKG or m.startswith(STAGE_PKG + ".")]
+    assert len(stage_files) >= 9
+    above = set(ENGINE) | {"bigmm.pipeline.registry", "bigmm.pipeline.plan", "bigmm.pipeline.validate",
+                           "bigmm.pipeline.cli"}
+    bad = {m: sorted(_reaches(graph, m) & above) for m in stage_files}
+    assert not {m: d for m, d in bad.items() if d}, bad
+
+
+def test_the_engine_reaches_stages_only_through_the_registry():
+    """The engine and the run entry import no stage file: the stages they run are the registry's,
+    chosen by the plan."""
+    graph = _graph()
+    for m in ENGINE + ("bigmm.pipeline.plan",):
+        direct = sorted(d for d in graph[m] if d.startswith(STAGE_PKG + "."))
+        assert not direct, f"{m} imports stage files {direct}"
+    # only the registry imports the stage files (and stage files one another)
+    importers = {m for m, deps in graph.items() for d in deps if d.startswith(STAGE_PKG + ".")}
+    assert importers <= {"bigmm.pipeline.registry"} | {m for m in graph if m.startswith(STAGE_PKG)}, importers
+
+
+def _stage_name_constants(path: Path, names) -> set[str]:
+    """String constants of ``path`` equal to a stage name, other than a config section's name
+    (``section_fingerprint("reml")``) and a key of a dict (the fingerprinted inputs' layout):
+    four stage names are also config sections."""
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "section_fingerprint":
+            skip.update(id(a) for a in node.args)
+        elif isinstance(node, ast.Dict):
+            skip.update(id(k) for k in node.keys if k is not None)
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and n.value in names and id(n) not in skip}
+
+
+def test_stage_names_are_written_only_in_the_registry():
+    """Every stage name as a string constant is written in the registry alone, never in the
+    engine, the run entry, the plan, the run folder's bookkeeping or a stage file."""
+    from bigmm.pipeline.registry import STAGES
+
+    files = [PKG / "pipeline" / f for f in ("engine.py", "stages.py", "plan.py", "rundir.py", "memory.py")]
+    files += sorted((PKG / "pipeline" / "stage").glob("*.py"))
+    found = {str(p.relative_to(PKG)): c for p in files if (c := _stage_name_constants(p, STAGES))}
+    assert not found, f"stage names written outside the registry: {found}"
+    assert _stage_name_constants(PKG / "pipeline" / "registry.py", STAGES) == set(STAGES)
