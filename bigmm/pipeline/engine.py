@@ -13,8 +13,11 @@ It knows no stage by name: what a stage reads, writes and costs is its declarati
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -24,14 +27,16 @@ import zarr
 from dask.utils import format_bytes
 
 from .._version import __version__
+from ..errors import OutputError
 from ..store import (StoreIntegrityError, atomic_write_text, has_chunk_digests, now_utc, record_chunk_digests,
                      resolve_path, verify_chunk_digests)
 from ..tasks import current_client, fail_point, pause_point, total_threads
 from .memory import grm_block_size
-from .plan import declarations, facts, stage_passes, stage_plan
-from .registry import STAGES
-from .rundir import STAGE_STAMP, remove_stage_files, write_manifest
-from .stage import Context, Stage
+from .plan import declarations, facts, stage_plan
+from .registry import REGISTRY
+from .rundir import (STAGE_STAMP, RunInterrupted, is_this_run, read_manifest, remove_stage_files, write_failure,
+                     write_manifest)
+from .stage import Context, Costs, Stage
 
 log = logging.getLogger("bigmm")
 
@@ -102,34 +107,28 @@ def _worker_rss_mib() -> float | None:
         return None
 
 
-class Runner:
-    """Executes the planned stages of one run directory."""
+class Ledger:
+    """The record of one run directory's stages (``run.json``) under this run's plan: which are
+    current, what each wrote, what a damaged record or output means."""
 
-    def __init__(self, cfg, inputs, force: bool, from_stage: str | None):
+    def __init__(self, cfg, inputs, force: bool, from_stage: str | None, registry: tuple = REGISTRY):
         self.cfg = cfg
         self.inp = inputs
         self.out = Path(cfg.output)
-        args = (cfg, inputs.method, inputs.reml_method, inputs.genotype_provenance)
+        args = (cfg, inputs.method, inputs.reml_method, inputs.genotype_provenance, registry)
         self.stages = declarations(*args)  # name -> the declaration planned
-        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance, inputs.reml_method)
+        self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance, inputs.reml_method, registry)
+        self.order = tuple(dict.fromkeys(s.name for s in registry))  # every stage name, in order
         self.ctx = Context(cfg, inputs, self.out, facts(*args), self.stages, self.plan)
         self.force = force
         self.from_stage = from_stage
         self.manifest: dict = {}
-        self.ran: list[str] = []
         self.skipped: list[str] = []
-        self.t0 = time.perf_counter()
-        self.todo: list[str] = []  # the stages this invocation runs (set by run())
-        self.passes: dict[str, float] | None = None  # passes over X per stage (stage_passes)
-        self.pass_seconds = 0.0  # seconds and passes over X measured so far in this run
-        self.passes_timed = 0.0
-        self.results = []  # (declaration, value) of the stages run that finish after the run
 
-    # -- bookkeeping ------------------------------------------------------------------
     def up_to_date(self, name: str) -> bool:
         if self.force:
             return False
-        if self.from_stage is not None and STAGES.index(name) >= STAGES.index(self.from_stage):
+        if self.from_stage is not None and self.order.index(name) >= self.order.index(self.from_stage):
             return False
         outputs = self.stages[name].outputs
         entry = self.manifest.get("stages", {}).get(name)
@@ -143,8 +142,11 @@ class Runner:
         return self.chunks_intact(name)
 
     def pending(self) -> list[str]:
-        """The planned stages that are not up to date, in order."""
-        return [s for s in STAGES if s in self.plan and not self.up_to_date(s)]
+        """The stages this run makes: the first planned stage that is not up to date and every
+        planned stage after it (a stage that runs forgets the record of every later one)."""
+        planned = [s for s in self.order if s in self.plan]
+        first = next((i for i, s in enumerate(planned) if not self.up_to_date(s)), len(planned))
+        return planned[first:]
 
     def chunks_intact(self, name: str) -> bool:
         """Whether every chunk of the stage's Zarr output is the one the stage wrote at its place
@@ -228,7 +230,7 @@ class Runner:
         """Forget stage ``name`` and every later stage, removing their recorded outputs, so that
         they run again (a damaged output found while reading it)."""
         stages = self.manifest.setdefault("stages", {})
-        for later in STAGES[STAGES.index(name):]:
+        for later in self.order[self.order.index(name):]:
             entry = stages.pop(later, None)
             if entry is not None:
                 remove_stage_files(self.out, later, entry, keep=keep)
@@ -266,7 +268,21 @@ class Runner:
                  f", workers {entry['workers_rss_mib']:.0f} MiB" if entry["workers_rss_mib"] else "",
                  "".join(f", {k} {v}" for k, v in info.items() if k in ("passes_over_X", "blocks")))
 
-    # -- running -----------------------------------------------------------------------
+
+
+class Runner(Ledger):
+    """Runs the planned stages of one run directory, in order, committing each."""
+
+    def __init__(self, cfg, inputs, force: bool, from_stage: str | None, registry: tuple = REGISTRY):
+        super().__init__(cfg, inputs, force, from_stage, registry)
+        self.ran: list[str] = []
+        self.t0 = time.perf_counter()
+        self.todo: list[str] = []  # the stages this invocation runs (set by run())
+        self.passes: dict[str, float] | None = None  # passes over X per stage (stage_passes)
+        self.pass_seconds = 0.0  # seconds and passes over X measured so far in this run
+        self.passes_timed = 0.0
+        self.results = []  # (declaration, value) of the stages run that finish after the run
+
     def run_stage(self, stage: Stage):
         """Run ``stage`` unless it is up to date; its body returns (value, info)."""
         name = stage.name
@@ -300,7 +316,7 @@ class Runner:
         were removed when the run started) and record what it is about to write first, so that a
         failure leaves nothing unrecorded behind."""
         stages = self.manifest.setdefault("stages", {})
-        for later in STAGES[STAGES.index(name):]:
+        for later in self.order[self.order.index(name):]:
             stages.pop(later, None)
         self.manifest["writing"] = {"stage": name, "files": self.planned_files(name)}
         write_manifest(self.out, {**self.manifest, "status": "running", "resume_from": name})
@@ -342,8 +358,8 @@ class Runner:
         (other work, e.g. an exact eigendecomposition or the report, is not counted)."""
         if self.passes is None:
             block = self.grm_block() if self.cluster_needed(self.todo) else None  # GRM passes: one per block row
-            self.passes = stage_passes(self.cfg, len(self.inp.ids), self.inp.method, self.inp.reml_method,
-                                       block, self.inp.memory_plan, stages=list(self.plan))
+            costs = Costs(n=len(self.inp.ids), grm_block=block, memory_plan=self.inp.memory_plan)
+            self.passes = {s.name: s.passes(self.ctx.facts, costs) for s in self.stages.values()}
         i = self.todo.index(name) + 1 if name in self.todo else len(self.ran) + 1
         n = max(len(self.todo), i)
         left = sum(self.passes.get(s, 0.0) for s in self.todo[i - 1:])
@@ -357,3 +373,167 @@ class Runner:
             eta = (f"about {duration(left * per)} left for{bound} {left:.0f} more passes over X "
                    f"({per:.1f} s per pass so far; other work not counted)")
         log.info("run: stage %d of %d (%s), %s elapsed; %s", i, n, name, duration(time.perf_counter() - self.t0), eta)
+
+
+#: errors of a folder that cannot be written: read-only (mount or permissions), full, over quota
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError | None:
+    """The message for a write into the run directory that the file system refused, else None.
+
+    A full disk (or quota) often comes without a file name (a flush, a write inside Zarr or a
+    worker): any ENOSPC/EDQUOT in the exception or its causes gets the message, naming the free
+    space left where the run writes."""
+    seen = []
+    while exc is not None and exc not in seen and len(seen) < 20:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in seen:
+        if not isinstance(e, OSError) or e.errno not in NOT_WRITABLE:
+            continue
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        resume = (f"and run the same command again; the committed stages are kept and the run resumes "
+                  f"from {stage}")
+        if e.filename and str(resolve_path(e.filename)).startswith(str(resolve_path(out)) + os.sep):
+            fix = "free space on its file system" if full else f"make {out} writable"
+            return OutputError(f"cannot write {e.filename} ({e.strerror}) in stage {stage}: {fix} {resume}")
+        if full:
+            import shutil
+
+            try:
+                free = f"{shutil.disk_usage(out).free / 2**20:.1f} MiB free there now"
+            except OSError:
+                free = "its free space unknown"
+            where = f"{e.filename}" if e.filename else f"the run folder {out}"
+            return OutputError(f"cannot write in stage {stage}: {e.strerror or 'no space left on device'} "
+                               f"(writing {where}; {free}): free space on its file system {resume}")
+    return None
+
+
+def _write_manifest(out: Path, runner: Runner) -> None:
+    """run.json written, or a folder that cannot be written said in one line."""
+    try:
+        write_manifest(out, runner.manifest)
+    except OSError as exc:  # a folder still full or read-only: the one-line message
+        refused = unwritable(exc, out, runner.manifest.get("resume_from"))
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def begin(runner: Runner, keep: list) -> None:
+    """The run's record, before it touches anything: the previous record of this run (or one
+    rebuilt from committed outputs when run.json was damaged), the genotype store's content, the
+    config and methods, and status "running" (a kill from here on leaves a manifest that says
+    "running" (bigmm status: stopped), never an earlier run's "complete")."""
+    out, cfg, inputs = runner.out, runner.cfg, runner.inp
+    previous = read_manifest(out) or {}
+    if previous.get("damaged"):
+        runner.adopt_committed()
+    elif previous and is_this_run(previous, cfg):
+        runner.manifest = previous
+    content = runner.check_genotype_content(keep=keep)
+    runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
+                            "genotype_content": content,
+                            "config_source": str(cfg.source) if cfg.source else None,
+                            "config": cfg.model_dump(mode="json"), "started": now_utc(),
+                            "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
+                            "genotype_provenance": inputs.genotype_provenance})
+    runner.manifest.pop("error", None)
+    runner.manifest.pop("finished", None)
+    runner.manifest["status"] = "running"
+    _write_manifest(out, runner)
+    runner.ctx.manifest = runner.manifest
+
+
+def _clear_reruns(runner: Runner, todo: list, keep: list) -> None:
+    """What the stages that rerun wrote before goes first (their recorded files only): after a
+    failure nothing that looks like a current result is left."""
+    out = runner.out
+    recorded = runner.manifest.get("stages", {})
+    writing = runner.manifest.pop("writing", None)
+    if writing and writing.get("stage") in runner.order:  # a stage that failed or was killed mid-way
+        remove_stage_files(out, writing["stage"], writing, keep=keep)
+    for name in runner.order:
+        if (name in runner.plan and name not in todo) or (name not in runner.plan and name not in recorded):
+            continue
+        removed = remove_stage_files(out, name, recorded.get(name), keep=keep)
+        if removed:
+            log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
+
+
+def _run_stages(runner: Runner, todo: list, client, open_cluster) -> None:
+    """The stages, the cluster up (``open_cluster()`` unless ``client`` is given, and only when a
+    stage to run reads the genotypes) for all but those that need no workers."""
+    if client is not None or not runner.cluster_needed(todo):
+        ctx = contextlib.nullcontext(client)
+    else:
+        ctx = open_cluster()
+    with ctx:
+        runner.run_stages(after_cluster=False)
+    runner.run_stages(after_cluster=True)
+
+
+def _attempts(runner: Runner, todo: list, client, open_cluster, keep: list) -> list:
+    """The stages, again (once per stage) when a committed output turns out damaged while it is
+    read (its chunk checksums): the stage that wrote it runs again, with everything after it."""
+    redone: set[str] = set()
+    while True:
+        try:
+            _run_stages(runner, todo, client, open_cluster)
+            return todo
+        except StoreIntegrityError as exc:
+            stage = runner.stage_of(exc.path, keep=keep)
+            if stage is None or stage in redone:
+                raise
+            redone.add(stage)
+            log.warning("%s; it is an output of stage %s: that stage runs again", exc, stage)
+            runner.invalidate(stage, keep=keep)
+            todo = runner.pending()
+            runner.todo = todo
+
+
+def _record_stop(runner: Runner, exc: BaseException, todo: list) -> None:
+    """run.json and the log after an interruption or a failure (re-raised by the caller)."""
+    out = runner.out
+    if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
+        stage = runner.manifest.get("current_stage") or (todo[0] if todo else None)
+        runner.manifest.update({"status": "interrupted", "resume_from": stage, "interrupted": now_utc()})
+        write_failure(out, runner.manifest)
+        log.error("interrupted during stage %s (%s); nothing partial was committed; run the same "
+                  "command again to resume from %s", stage, exc, stage)
+        return
+    stage = runner.manifest.get("current_stage")
+    refused = unwritable(exc, out, stage)
+    runner.manifest.update({"status": "failed", "resume_from": stage, "error": str(refused or exc)[:2000]})
+    write_failure(out, runner.manifest)
+    if refused is not None:
+        raise refused from None
+
+
+def _complete(runner: Runner) -> None:
+    """The run recorded complete, then what the stages leave for last (results.json)."""
+    runner.manifest.update({"status": "complete", "finished": now_utc()})
+    runner.manifest.pop("resume_from", None)
+    runner.manifest.pop("current_stage", None)
+    write_manifest(runner.out, runner.manifest)
+    runner.finish()  # the last act: a finished run
+    log.info("run complete in %s: %d stages run (%s), %d up to date; results %s",
+             duration(time.perf_counter() - runner.t0), len(runner.ran), ", ".join(runner.ran) or "none",
+             len(runner.skipped), runner.out / "results.json")
+
+
+def execute(runner: Runner, keep: list, client=None, open_cluster=None) -> None:
+    """The run's stages, once its record is begun (:func:`begin`): those that are not current, in
+    order, after what they wrote before is removed; the record of an interruption or a failure;
+    the run recorded complete. ``keep``: inputs inside the run folder, never removed; ``client``:
+    a Dask client to use, else ``open_cluster()`` makes one when a stage reads the genotypes."""
+    todo = runner.todo = runner.pending()
+    _clear_reruns(runner, todo, keep)
+    try:
+        _attempts(runner, todo, client, open_cluster, keep)
+    except BaseException as exc:
+        _record_stop(runner, exc, runner.todo)
+        raise
+    _complete(runner)

@@ -22,7 +22,7 @@ import json
 from .._version import __version__
 from ..errors import InputError
 from .config import RunConfig
-from .registry import GRM, MODELS, REGISTRY
+from .registry import GRM, REGISTRY
 from .stage import Costs, Facts, Stage
 
 
@@ -51,17 +51,19 @@ def reml_method(cfg: RunConfig, n: int) -> str:
     return cfg.reml.method
 
 
-def choose(rmethod: str) -> tuple[Stage, ...]:
+def choose(rmethod: str, registry: tuple = REGISTRY) -> tuple[Stage, ...]:
     """The declarations of a run with REML model ``rmethod``: every stage's, with the model's own
-    where a stage has one per model."""
-    if rmethod not in MODELS:
-        raise InputError(f"reml.method {rmethod!r}: not a REML model; models are {', '.join(MODELS)}")
-    return tuple(s for s in REGISTRY if s.model in (None, rmethod))
+    where a stage has one per model (``registry``: the registry's, or a test's)."""
+    models = tuple(dict.fromkeys(s.model for s in registry if s.model is not None))
+    if models and rmethod not in models:
+        raise InputError(f"reml.method {rmethod!r}: not a REML model; models are {', '.join(models)}")
+    return tuple(s for s in registry if s.model in (None, rmethod))
 
 
-def facts(cfg: RunConfig, method: str, rmethod: str = "spectral", provenance: dict | None = None) -> Facts:
+def facts(cfg: RunConfig, method: str, rmethod: str = "spectral", provenance: dict | None = None,
+          registry: tuple = REGISTRY) -> Facts:
     """What the plan decides once: the methods, and what the chosen model needs of the spectrum."""
-    model = [s for s in choose(rmethod) if s.model is not None]
+    model = [s for s in choose(rmethod, registry) if s.model is not None]
     return Facts(cfg=cfg, method=method, model=rmethod, provenance=provenance,
                  needs_spectrum=any(s.needs_spectrum(cfg) for s in model),
                  warn_reduced=any(s.warn_reduced for s in model))
@@ -85,11 +87,11 @@ def needs_spectrum(cfg: RunConfig, rmethod: str) -> bool:
     return facts(cfg, "exact", rmethod).needs_spectrum
 
 
-def declarations(cfg: RunConfig, method: str, rmethod: str = "spectral",
-                 provenance: dict | None = None) -> dict[str, Stage]:
+def declarations(cfg: RunConfig, method: str, rmethod: str = "spectral", provenance: dict | None = None,
+                 registry: tuple = REGISTRY) -> dict[str, Stage]:
     """The declarations of the stages this run needs, by name, in order."""
-    f = facts(cfg, method, rmethod, provenance)
-    return {s.name: s for s in choose(rmethod) if s.needed(f)}
+    f = facts(cfg, method, rmethod, provenance, registry)
+    return {s.name: s for s in choose(rmethod, registry) if s.needed(f)}
 
 
 def needs_grm(cfg: RunConfig, method: str, rmethod: str = "spectral") -> bool:
@@ -103,16 +105,16 @@ def planned_stages(cfg: RunConfig, method: str, rmethod: str = "spectral") -> li
 
 
 def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = None,
-               rmethod: str = "spectral") -> dict[str, dict]:
+               rmethod: str = "spectral", registry: tuple = REGISTRY) -> dict[str, dict]:
     """Fingerprint, upstream stages and fingerprinted inputs of every stage that this run needs.
 
     ``method`` is the spectrum's (exact or randomized), ``rmethod`` the REML model's;
     ``genotype_provenance``: for a given cohort or VCF Zarr store, its creation record (read by the
     validator), instead of opening the store again.
     """
-    f = facts(cfg, method, rmethod, genotype_provenance)
+    f = facts(cfg, method, rmethod, genotype_provenance, registry)
     plan: dict[str, dict] = {}
-    for name, stage in declarations(cfg, method, rmethod, genotype_provenance).items():
+    for name, stage in declarations(cfg, method, rmethod, genotype_provenance, registry).items():
         ups = [u.name for u in stage.upstream(f)]
         inputs = stage.inputs(f)
         fp = _hash(name, __version__, inputs, [plan[u]["fingerprint"] for u in ups])

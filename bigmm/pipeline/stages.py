@@ -32,26 +32,22 @@ Run directory::
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import BigmmError, InputError, OutputError
+from ..errors import BigmmError, InputError
 from ..io.vcfzarr import open_vcf_zarr
 from ..reml import RemlResult
-from ..store import StoreIntegrityError, now_utc, open_store, resolve_path
+from ..store import open_store
 from .cluster import dask_client
 from .config import RunConfig, parse_config
-from .engine import Runner, duration, why_rerun
+from .engine import Runner, begin, execute, unwritable as _unwritable, why_rerun  # noqa: F401 (Runner, _unwritable: their old home)
 from .plan import declarations, facts, spectrum_method, stage_plan
 from .registry import REGISTRY, STAGES
-from .rundir import (RunInterrupted, is_this_run, log_to, read_manifest, remove_stage_files, run_lock, signals_raise,
-                     write_failure, write_manifest)
+from .rundir import log_to, read_manifest, run_lock, signals_raise
 from .validate import Inputs, validate
 
 log = logging.getLogger("bigmm")
@@ -64,77 +60,6 @@ class RunOutcome:
     results_json: Path
     stages_run: tuple
     stages_skipped: tuple
-
-
-NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
-
-
-def _unwritable(exc: BaseException, out: Path, stage: str | None) -> OutputError | None:
-    """The message for a write into the run directory that the file system refused, else None.
-
-    A full disk (or quota) often comes without a file name (a flush, a write inside Zarr or a
-    worker): any ENOSPC/EDQUOT in the exception or its causes gets the message, naming the free
-    space left where the run writes."""
-    seen = []
-    while exc is not None and exc not in seen and len(seen) < 20:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    for e in seen:
-        if not isinstance(e, OSError) or e.errno not in NOT_WRITABLE:
-            continue
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        resume = (f"and run the same command again; the committed stages are kept and the run resumes "
-                  f"from {stage}")
-        if e.filename and str(resolve_path(e.filename)).startswith(str(resolve_path(out)) + os.sep):
-            fix = "free space on its file system" if full else f"make {out} writable"
-            return OutputError(f"cannot write {e.filename} ({e.strerror}) in stage {stage}: {fix} {resume}")
-        if full:
-            import shutil
-
-            try:
-                free = f"{shutil.disk_usage(out).free / 2**20:.1f} MiB free there now"
-            except OSError:
-                free = "its free space unknown"
-            where = f"{e.filename}" if e.filename else f"the run folder {out}"
-            return OutputError(f"cannot write in stage {stage}: {e.strerror or 'no space left on device'} "
-                               f"(writing {where}; {free}): free space on its file system {resume}")
-    return None
-
-
-
-def _write_manifest(out: Path, runner: Runner) -> None:
-    """run.json written, or a folder that cannot be written said in one line."""
-    try:
-        write_manifest(out, runner.manifest)
-    except OSError as exc:  # a folder still full or read-only: the one-line message
-        unwritable = _unwritable(exc, out, runner.manifest.get("resume_from"))
-        if unwritable is None:
-            raise
-        raise unwritable from None
-
-
-def _begin(runner: Runner, cfg: RunConfig, inputs: Inputs, keep: list) -> None:
-    """The run's record, before it touches anything: the previous record of this run (or one
-    rebuilt from committed outputs when run.json was damaged), the genotype store's content, the
-    config and methods, and status "running" (a kill from here on leaves a manifest that says
-    "running" (bigmm status: stopped), never an earlier run's "complete")."""
-    out = runner.out
-    previous = read_manifest(out) or {}
-    if previous.get("damaged"):
-        runner.adopt_committed()
-    elif previous and is_this_run(previous, cfg):
-        runner.manifest = previous
-    content = runner.check_genotype_content(keep=keep)
-    runner.manifest.update({"bigmm_version": __version__, "config_fingerprint": cfg.fingerprint(),
-                            "genotype_content": content,
-                            "config_source": str(cfg.source) if cfg.source else None,
-                            "config": cfg.model_dump(mode="json"), "started": now_utc(),
-                            "spectrum_method": inputs.method, "reml_method": inputs.reml_method,
-                            "genotype_provenance": inputs.genotype_provenance})
-    runner.manifest.pop("error", None)
-    runner.manifest.pop("finished", None)
-    runner.manifest["status"] = "running"
-    _write_manifest(out, runner)
 
 
 def _log_inputs(cfg: RunConfig, inputs: Inputs) -> None:
@@ -154,83 +79,6 @@ def _log_inputs(cfg: RunConfig, inputs: Inputs) -> None:
     log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
              len(inputs.ids), int(inputs.design.analysed.sum()), len(inputs.design.phenotype_names),
              inputs.design.Z.shape[1], inputs.method, " (auto)" if cfg.spectrum.method == "auto" else "")
-
-
-def _clear_reruns(runner: Runner, todo: list, keep: list) -> None:
-    """What the stages that rerun wrote before goes first (their recorded files only): after a
-    failure nothing that looks like a current result is left."""
-    out = runner.out
-    recorded = runner.manifest.get("stages", {})
-    writing = runner.manifest.pop("writing", None)
-    if writing and writing.get("stage") in STAGES:  # a stage that failed or was killed mid-way
-        remove_stage_files(out, writing["stage"], writing, keep=keep)
-    for name in STAGES:
-        if (name in runner.plan and name not in todo) or (name not in runner.plan and name not in recorded):
-            continue
-        removed = remove_stage_files(out, name, recorded.get(name), keep=keep)
-        if removed:
-            log.info("stage %s reruns: removed its previous outputs %s", name, ", ".join(removed))
-
-
-def _run_stages(runner: Runner, todo: list, client, cfg: RunConfig) -> None:
-    """The stages, the cluster up (made from ``cfg.cluster`` unless ``client`` is given, and only
-    when a stage to run reads the genotypes) for all but those that need no workers."""
-    if client is not None or not runner.cluster_needed(todo):
-        ctx = contextlib.nullcontext(client)
-    else:
-        ctx = dask_client(cfg.cluster, runner.out)
-    with ctx:
-        runner.run_stages(after_cluster=False)
-    runner.run_stages(after_cluster=True)
-
-
-def _attempts(runner: Runner, todo: list, client, cfg: RunConfig, keep: list) -> list:
-    """The stages, again (once per stage) when a committed output turns out damaged while it is
-    read (its chunk checksums): the stage that wrote it runs again, with everything after it."""
-    redone: set[str] = set()
-    while True:
-        try:
-            _run_stages(runner, todo, client, cfg)
-            return todo
-        except StoreIntegrityError as exc:
-            stage = runner.stage_of(exc.path, keep=keep)
-            if stage is None or stage in redone:
-                raise
-            redone.add(stage)
-            log.warning("%s; it is an output of stage %s: that stage runs again", exc, stage)
-            runner.invalidate(stage, keep=keep)
-            todo = runner.pending()
-            runner.todo = todo
-
-
-def _record_stop(runner: Runner, exc: BaseException, todo: list) -> None:
-    """run.json and the log after an interruption or a failure (re-raised by the caller)."""
-    out = runner.out
-    if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
-        stage = runner.manifest.get("current_stage") or (todo[0] if todo else None)
-        runner.manifest.update({"status": "interrupted", "resume_from": stage, "interrupted": now_utc()})
-        write_failure(out, runner.manifest)
-        log.error("interrupted during stage %s (%s); nothing partial was committed; run the same "
-                  "command again to resume from %s", stage, exc, stage)
-        return
-    stage = runner.manifest.get("current_stage")
-    unwritable = _unwritable(exc, out, stage)
-    runner.manifest.update({"status": "failed", "resume_from": stage, "error": str(unwritable or exc)[:2000]})
-    write_failure(out, runner.manifest)
-    if unwritable is not None:
-        raise unwritable from None
-
-
-def _complete(runner: Runner) -> None:
-    """The run recorded complete, then what the stages leave for last (results.json)."""
-    runner.manifest.update({"status": "complete", "finished": now_utc()})
-    runner.manifest.pop("resume_from", None)
-    runner.manifest.pop("current_stage", None)
-    write_manifest(runner.out, runner.manifest)
-    runner.finish()  # the last act: a finished run
-    log.info("run complete in %s: %d stages run (%s), %d up to date; results %s",
-             duration(time.perf_counter() - runner.t0), len(runner.ran), ", ".join(runner.ran) or "none",
-             len(runner.skipped), runner.out / "results.json")
 
 
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,
@@ -267,17 +115,9 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
             on_validated()
         log.info("bigmm %s run, config %s (fingerprint %s), output %s", __version__, cfg.source,
                  cfg.fingerprint(), out)
-        _begin(runner, cfg, inputs, keep)
-        runner.ctx.manifest = runner.manifest
+        begin(runner, keep)
         _log_inputs(cfg, inputs)
-        todo = runner.todo = runner.pending()
-        _clear_reruns(runner, todo, keep)
-        try:
-            todo = _attempts(runner, todo, client, cfg, keep)
-        except BaseException as exc:
-            _record_stop(runner, exc, todo)
-            raise
-        _complete(runner)
+        execute(runner, keep, client, open_cluster=lambda: dask_client(cfg.cluster, out))
         result = runner.outcome()
     return RunOutcome(output=out, result=result, results_json=out / "results.json",
                       stages_run=tuple(runner.ran), stages_skipped=tuple(runner.skipped))
