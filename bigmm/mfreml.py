@@ -42,7 +42,7 @@ from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s
 from scipy.linalg import eigh, eigh_tridiagonal
 
 from .errors import InputError
-from .reml import FixedEffect, PhenotypeFit, fits_repr, fits_repr_html, fits_to_pandas, information_covariance
+from .results import MATRIX_FREE_COLUMNS, TABLE_COLUMNS, FitsResult, FixedEffect, PhenotypeFit, information_covariance
 
 log = logging.getLogger("bigmm")
 
@@ -97,7 +97,7 @@ MC_SE_RATIO_TARGET = 0.1
 class MatrixFreeFit(PhenotypeFit):
     """Matrix-free REML estimates for one phenotype.
 
-    Field names shared with :class:`bigmm.reml.PhenotypeFit` have the same meaning. The
+    Field names shared with :class:`bigmm.results.PhenotypeFit` have the same meaning. The
     additional fields: ``h2_se_stat`` (statistical SE from the REML information),
     ``h2_se_mc`` (Monte Carlo SD of ĥ² due to the log det probes, delete-one-probe
     jackknife), ``h2_se = sqrt(h2_se_stat² + h2_se_mc²)``; ``h2_he`` (Haseman–Elston moment
@@ -108,6 +108,8 @@ class MatrixFreeFit(PhenotypeFit):
     unknown); ``h2_se_mc_ratio`` = h2_se_mc / h2_se_stat (falls as 1/√probes: ``probes ·
     (ratio / r)²`` probes give about r).
     """
+
+    table_columns = TABLE_COLUMNS + MATRIX_FREE_COLUMNS
 
     h2_se_stat: float = float("nan")
     h2_se_mc: float = float("nan")
@@ -124,16 +126,19 @@ class MatrixFreeFit(PhenotypeFit):
     reml_method: str = "matrix_free"
 
 
-@dataclass(frozen=True)
-class MatrixFreeResult:
+@dataclass(frozen=True, repr=False)  # FitsResult's short repr
+class MatrixFreeResult(FitsResult):
     """Fits of every phenotype of one :func:`fit_matrix_free` call.
 
     Besides the fits it keeps, per missing-value pattern, the quadrature model (the
     eigenpairs of the block tridiagonal matrix, the kept ``[Z, Y]`` Krylov basis and the
     probes' Gauss rules) so that the likelihood can be evaluated at any h² and the BLUP
     weights formed without another pass over X (:meth:`blup_weights`,
-    :func:`blup_matrix_free`).
+    :func:`blup_matrix_free`). :meth:`to_dict` leaves the quadrature models out: a result
+    read back by :meth:`from_dict` has the fits and the solver's summary only.
     """
+
+    fit_type = MatrixFreeFit
 
     fits: tuple
     phenotype_names: tuple
@@ -158,40 +163,21 @@ class MatrixFreeResult:
     #: σ̂² of each phenotype on that unit scale (the BLUP solves are made there)
     unit_sigma2: tuple = field(default=(), repr=False, compare=False)
 
-    def __getitem__(self, name: str) -> MatrixFreeFit:
-        for f in self.fits:
-            if f.name == name:
-                return f
-        raise KeyError(name)
+    #: the solver's summary in :meth:`to_dict`, in its order (``covariate_names`` follows)
+    SUMMARY = ("reml_method", "logl_convention", "n", "lanczos_steps", "passes_over_X", "converged", "delta_h2",
+               "delta_logl", "probes", "seed", "tol", "max_steps", "deflation_rank")
 
-    def to_dict(self) -> dict:
-        """JSON-able summary (the quadrature models are not included)."""
-        return {"reml_method": self.reml_method, "logl_convention": self.logl_convention,
-                "n": self.n, "lanczos_steps": self.lanczos_steps, "passes_over_X": self.passes_over_X,
-                "converged": self.converged, "delta_h2": self.delta_h2, "delta_logl": self.delta_logl,
-                "probes": self.probes, "seed": self.seed, "tol": self.tol, "max_steps": self.max_steps,
-                "deflation_rank": self.deflation_rank, "covariate_names": list(self.covariate_names),
-                "notes": self.notes, "phenotypes": [f.to_dict() for f in self.fits]}
+    def _facts(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.SUMMARY}, "covariate_names": list(self.covariate_names)}
 
-    def to_pandas(self, kind: str = "phenotypes"):
-        """The fits as a pandas DataFrame, as :meth:`bigmm.RemlResult.to_pandas` (with the
-        matrix-free columns)."""
-        return fits_to_pandas(self.fits, kind)
-
-    def fixed_effects_table(self):
-        """The fixed-effect estimates with their SEs (long form), as
-        :meth:`bigmm.RemlResult.fixed_effects_table`."""
-        return fits_to_pandas(self.fits, "fixed")
+    @classmethod
+    def _facts_from_dict(cls, d: dict, fits: tuple) -> dict:
+        return {**{k: d[k] for k in cls.SUMMARY}, "covariate_names": tuple(d["covariate_names"]),
+                "phenotype_names": tuple(f.name for f in fits)}
 
     def _head(self) -> str:
         return (f"matrix-free, n={self.n}, {self.lanczos_steps} Lanczos steps, {self.passes_over_X} passes over X, "
                 f"{self.probes} probes, {'converged' if self.converged else 'NOT converged'}")
-
-    def __repr__(self) -> str:
-        return fits_repr(type(self).__name__, self.fits, self._head())
-
-    def _repr_html_(self) -> str:
-        return fits_repr_html(type(self).__name__, self.fits, self._head())
 
     def _where(self, name: str):
         for mdl in self.models:
