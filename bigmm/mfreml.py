@@ -25,7 +25,12 @@ Each Lanczos step applies K ONCE to one block holding every recurrence's
 current vectors side by side (the ``[Z, Y]`` block of every missing-value
 pattern and every probe), so one step is one pass over the genotypes.
 
-See :func:`fit_matrix_free` for the algorithm, its costs and its outputs.
+See :func:`fit_matrix_free` for the algorithm, its costs and its outputs, and
+:func:`restore_matrix_free` for a finished fit rebuilt from its saved state without a pass.
+The pieces: :mod:`bigmm.lanczos` (the block and probe recurrences), :mod:`bigmm.mf_quadrature`
+(the Gauss rules), :mod:`bigmm.mf_pattern` (one missing-value pattern: its recurrences,
+deflation, Haseman–Elston and its part of the saved state), :mod:`bigmm.mf_likelihood` (ℓ_R,
+its maximum and its information) and :mod:`bigmm.mf_solver` (the solver's steps).
 """
 
 from __future__ import annotations
@@ -302,7 +307,8 @@ def fit_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] | None = No
         With ``save(state)`` and ``load() -> state or None``: the full state (a dict with
         "meta", JSON-able, and "arrays", NumPy arrays) is saved after every step, and a run
         whose checkpoint holds a state of the same inputs resumes after that step, with the
-        same results as an uninterrupted run.
+        same results as an uninterrupted run. The last state of a finished fit rebuilds its
+        result without the operator: :func:`restore_matrix_free`.
 
     Returns
     -------
