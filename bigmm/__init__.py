@@ -31,6 +31,7 @@ from .io.gcta import read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
 from .io.vcfzarr import from_xarray, open_vcf_zarr
 from .io.tables import build_design, read_table
+from .mfreml import blup_matrix_free, fit_matrix_free, restore_matrix_free
 from .passes import DenseOperator, GrmOperator
 from .reml import PhenotypeFit, RemlResult, fit_reml
 from .simulate import simulate, write_tables
