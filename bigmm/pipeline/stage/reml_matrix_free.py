@@ -15,7 +15,7 @@ import numpy as np
 
 from ...blup import Blup
 from ...errors import InputError
-from ...mfreml import blup_matrix_free, fit_matrix_free
+from ...mfreml import blup_matrix_free, fit_matrix_free, restore_matrix_free
 from ...passes import least_task_bytes, plan_pass
 from ...store import remove_path
 from ..memory import matrix_free_width
@@ -61,9 +61,9 @@ def memory(cfg, n: int, method: str, design, variant_chunk: int, mem: int | None
     return [task], figures
 
 
-def _fit(ctx: Context, checkpoint, ingest: Stage, stats: Stage, spectrum: Stage):
-    """The fit on the run's design (Y with NaN where missing or not analysed, Z with PCs zero
-    outside the analysed samples), resumed from ``checkpoint``."""
+def _model(ctx: Context, spectrum: Stage) -> tuple[dict, object]:
+    """The fit's inputs (Y with NaN where missing or not analysed, Z with PCs zero outside the
+    analysed samples, the deflation pairs, the settings) and the spectrum's top pairs."""
     r, d = ctx.cfg.reml, ctx.inp.design
     spec = ctx.value(spectrum) if ctx.cfg.covariates.pcs else None
     Z, znames = with_pcs(ctx.cfg, spec, d.Z, list(d.covariate_names), rows=d.analysed) if spec is not None \
@@ -72,10 +72,8 @@ def _fit(ctx: Context, checkpoint, ingest: Stage, stats: Stage, spectrum: Stage)
     if r.deflate:
         spec = ctx.value(spectrum)
         deflate = (spec.U[:, :r.deflate], spec.s[:r.deflate])
-    op = ctx.operator(ctx.value(ingest), ctx.value(stats), r.dtype, "matrix-free REML pass")
-    return fit_matrix_free(op, d.Y, Z, phenotype_names=d.phenotype_names, covariate_names=znames,
-                           probes=r.probes, max_steps=r.max_steps, tol=r.tol, deflate=deflate, seed=r.seed,
-                           grid_size=r.grid_size, checkpoint=checkpoint)
+    return dict(phenotype_names=d.phenotype_names, covariate_names=znames, probes=r.probes, max_steps=r.max_steps,
+                tol=r.tol, deflate=deflate, seed=r.seed, grid_size=r.grid_size), Z
 
 
 def _log_fits(result) -> None:
@@ -90,7 +88,9 @@ def _log_fits(result) -> None:
 def declare_reml(name: str, ingest: Stage, stats: Stage, spectrum: Stage) -> Stage:
     def body(ctx: Context):
         partial = ctx.out / "reml.partial"
-        result = _fit(ctx, StepCheckpoint(partial / "state.npz"), ingest, stats, spectrum)
+        args, Z = _model(ctx, spectrum)
+        op = ctx.operator(ctx.value(ingest), ctx.value(stats), ctx.cfg.reml.dtype, "matrix-free REML pass")
+        result = fit_matrix_free(op, ctx.inp.design.Y, Z, checkpoint=StepCheckpoint(partial / "state.npz"), **args)
         _log_fits(result)
         save_reml(ctx.out / "reml.json", result)
         os.replace(partial / "state.npz", ctx.out / "reml_state.npz")
@@ -99,8 +99,9 @@ def declare_reml(name: str, ingest: Stage, stats: Stage, spectrum: Stage) -> Sta
                         "lanczos_steps": result.lanczos_steps, "converged": result.converged}
 
     def load(ctx: Context):
-        """The committed fit, rebuilt from its final state."""
-        return _fit(ctx, StepCheckpoint(ctx.out / "reml_state.npz"), ingest, stats, spectrum)
+        """The committed fit, rebuilt from its final state: no pass over X, no Lanczos step."""
+        args, Z = _model(ctx, spectrum)
+        return restore_matrix_free(StepCheckpoint(ctx.out / "reml_state.npz").load(), ctx.inp.design.Y, Z, **args)
 
     def flops(f: Facts, c: Costs, k: float) -> float:
         return 4.0 * c.n * c.p * c.memory_plan.get("mf_pass_vectors", 0) * k

@@ -166,35 +166,37 @@ def _blup_accuracy(ctx: Context, data: ReportData, reml_result) -> None:
         data.blup_accuracy[name] = acc
 
 
+def report_data(ctx: Context, reml_result, stats: Stage, grm: Stage, on_grm_rows=None) -> ReportData:
+    """What the report shows besides results.json, from the run's saved outputs: no pass over X.
+    Reads the GRM's lower triangle once, in bands of whole chunks (:func:`relatedness_summary`,
+    which hands each band to ``on_grm_rows``)."""
+    d = ctx.inp.design
+    data = ReportData(phenotypes={nm: d.Y[d.analysed, j] for j, nm in enumerate(d.phenotype_names)})
+    _labels(ctx, data)
+    if ctx.planned(stats):  # a run on a given GRM has no variant statistics to show
+        _variant_histograms(ctx, data)
+    if (ctx.out / "grm.zarr").exists() and ctx.planned(grm):
+        data.relatedness = relatedness_summary(ctx.value(grm)["K"], ctx.inp.ids, on_rows=on_grm_rows)
+    _blup_accuracy(ctx, data, reml_result)
+    return data
+
+
+def with_export(ctx: Context, std, reml_result, stats: Stage, grm: Stage) -> ReportData:
+    """The report data; with a GCTA export, GCTA's files written from the relatedness section's
+    read of K (and one read of N)."""
+    prefix = ctx.cfg.gcta_prefix()
+    if prefix is None:
+        return report_data(ctx, reml_result, stats, grm)
+    N, row = ctx.value(grm)["N"], [0]
+    with gcta_grm_writer(prefix, ctx.inp.ids, std.n_kept) as write_rows:
+        def export(band):
+            r0, r1 = row[0], row[0] + band.shape[0]
+            write_rows(band, N[r0:r1, 0:r1])
+            row[0] = r1
+        return report_data(ctx, reml_result, stats, grm, on_grm_rows=export)
+
+
 def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, blups: tuple) -> Stage:
-    def report_data(ctx: Context, reml_result, on_grm_rows=None) -> ReportData:
-        """What the report shows besides results.json, from the run's saved outputs: no pass over X.
-        Reads the GRM's lower triangle once, in bands of whole chunks (:func:`relatedness_summary`,
-        which hands each band to ``on_grm_rows``)."""
-        d = ctx.inp.design
-        data = ReportData(phenotypes={nm: d.Y[d.analysed, j] for j, nm in enumerate(d.phenotype_names)})
-        _labels(ctx, data)
-        if ctx.planned(stats):  # a run on a given GRM has no variant statistics to show
-            _variant_histograms(ctx, data)
-        if (ctx.out / "grm.zarr").exists() and ctx.planned(grm):
-            data.relatedness = relatedness_summary(ctx.value(grm)["K"], ctx.inp.ids, on_rows=on_grm_rows)
-        _blup_accuracy(ctx, data, reml_result)
-        return data
-
-    def with_export(ctx: Context, std, reml_result) -> ReportData:
-        """The report data; with a GCTA export, GCTA's files written from the relatedness section's
-        read of K (and one read of N)."""
-        prefix = ctx.cfg.gcta_prefix()
-        if prefix is None:
-            return report_data(ctx, reml_result)
-        N, row = ctx.value(grm)["N"], [0]
-        with gcta_grm_writer(prefix, ctx.inp.ids, std.n_kept) as write_rows:
-            def export(band):
-                r0, r1 = row[0], row[0] + band.shape[0]
-                write_rows(band, N[r0:r1, 0:r1])
-                row[0] = r1
-            return report_data(ctx, reml_result, on_grm_rows=export)
-
     def body(ctx: Context):
         std = ctx.value(stats) if ctx.inp.grm is None else None
         spec = ctx.value(spectrum) if ctx.inp.spectrum_needed else None
@@ -207,7 +209,7 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
                 fits[nm]["n_missing"] = int(np.isnan(d.Y[d.analysed, j]).sum())
         info = run_info(ctx, std, spec)
         add_liability_scale(ctx, reml["phenotypes"])
-        data = with_export(ctx, std, reml_result)
+        data = with_export(ctx, std, reml_result, stats, grm)
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
             p.update({f"blup_accuracy_{k}": v for k, v in (data.blup_accuracy.get(p["name"]) or {}).items()
                       if k != "n"})
