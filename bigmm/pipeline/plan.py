@@ -63,10 +63,11 @@ def choose(rmethod: str, registry: tuple = REGISTRY) -> tuple[Stage, ...]:
 def facts(cfg: RunConfig, method: str, rmethod: str = "spectral", provenance: dict | None = None,
           registry: tuple = REGISTRY) -> Facts:
     """What the plan decides once: the methods, and what the chosen model needs of the spectrum."""
-    model = [s for s in choose(rmethod, registry) if s.model is not None]
+    chosen = choose(rmethod, registry)
+    model = [s for s in chosen if s.model is not None]
     return Facts(cfg=cfg, method=method, model=rmethod, provenance=provenance,
                  needs_spectrum=any(s.needs_spectrum(cfg) for s in model),
-                 warn_reduced=any(s.warn_reduced for s in model))
+                 warn_reduced=any(s.warn_reduced for s in model), chosen=chosen)
 
 
 def model_memory(rmethod: str):

@@ -55,6 +55,12 @@ class Facts:
     needs_spectrum: bool = True
     #: the model's fit learns from every direction of the spectrum (a reduced one costs SE)
     warn_reduced: bool = False
+    #: the declarations the plan chose for this model
+    chosen: tuple = ()
+
+    def pick(self, *candidates: "Stage") -> tuple:
+        """Of ``candidates`` (one stage's declarations for several models), those chosen."""
+        return tuple(s for s in candidates if any(s is c for c in self.chosen))
 
     @property
     def from_plink(self) -> bool:

@@ -230,8 +230,7 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
         return doc, {}
 
     def upstream(f: Facts) -> tuple:
-        chosen = tuple(s for s in remls if s.model == f.model)
-        return chosen + (tuple(s for s in blups if s.model == f.model) if f.cfg.predict.blup else ()) \
+        return f.pick(*remls) + (f.pick(*blups) if f.cfg.predict.blup else ()) \
             + ((grm,) if f.export_gcta else ())
 
     return Stage(name=name, outputs=("results.json", "results.tsv", "report.html"), body=body, inputs=inputs,
