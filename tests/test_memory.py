@@ -46,26 +46,31 @@ def test_the_task_kinds_name_each_pass_and_the_grm_blocks_least_bytes():
     task with per-pair counts holds its float64 block and its int32 count block and count
     product (16 b² bytes) and two float64 standardized slabs of b x c (16 b c bytes)."""
     cfg = _cfg(spectrum={"method": "randomized", "rank": 20}, grm={"block_size": 300, "export_gcta": True})
-    tasks, block = _task_kinds(cfg, 1000, "randomized", 500, "spectral", None, 2**30)
+    tasks, block = _task_kinds(cfg, 1000, "randomized", 500, True, 2**30)
     assert block == 300
     assert [t[0].split(" (")[0] for t in tasks] == ["a randomized spectrum pass of 101 vectors",
                                                       "a GRM block task"]
     assert tasks[1][1] == 16 * 300 * 300 + 16 * 300 * 500
     # no known task memory (a running scheduler's): no GRM block kind to check
-    assert _task_kinds(cfg, 1000, "randomized", 500, "spectral", None, None)[1] is None
+    assert _task_kinds(cfg, 1000, "randomized", 500, True, None)[1] is None
 
 
 def test_deflation_beyond_n_is_refused_before_the_rank():
-    """Both settings are wrong: the deflation check comes first, as before the split."""
+    """Both settings are wrong: the matrix-free model's deflation check (its declaration's
+    memory need) comes first, as before the split."""
+    from bigmm.pipeline.memory import check_memory
+    from bigmm.pipeline.plan import model_memory
+
     cfg = _cfg(spectrum={"method": "randomized", "rank": 100}, reml={"method": "matrix_free", "deflate": 100})
     with pytest.raises(InputError, match=r"reml.deflate = 100 must be below .* n = 100"):
-        _check_settings(cfg, 100, "randomized", "matrix_free")
+        check_memory(cfg, 100, "randomized", 500, grm_needed=False, spectrum_needed=True,
+                     model=model_memory("matrix_free"))
     with pytest.raises(InputError, match=r"spectrum.rank must be between 1 and n − 1 = 99"):
-        _check_settings(_cfg(spectrum={"method": "randomized", "rank": 100}), 100, "randomized", "spectral")
+        _check_settings(_cfg(spectrum={"method": "randomized", "rank": 100}), 100, "randomized", True)
 
 
 def test_the_exact_spectrum_plan_holds_k_and_its_eigenvectors_on_the_driver():
     """eigh of the n x n float64 K with its eigenvectors: 2 · 8 n² bytes."""
-    out = _plan_figures(_cfg(), 1000, "exact", 500, "spectral", None, 2**30, 300, None)
+    out = _plan_figures(_cfg(), 1000, "exact", 500, True, 2**30, 300, None)
     assert out == {"grm_block_task_bytes": 16 * 300 * 300 + 16 * 300 * 500, "driver_bytes": 16 * 1000 * 1000,
                    "task_memory_bytes": 2**30}

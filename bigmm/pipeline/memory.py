@@ -262,19 +262,19 @@ def check_memory(cfg: RunConfig, n: int, method: str, variant_chunk: int, *, grm
     Returns the plan checked: bytes per task of the widest pass and of a GRM block, and the
     driver's need, for the user to read (``bigmm check``). ``model``: the REML model's own need,
     ``model(cfg, n, method, design, variant_chunk, mem) -> (tasks, figures)`` (it refuses settings
-    no memory could make work first; ``design``: the validated design, None when it did not
-    read). ``n_grm_file``: the samples of a given GRM's file (``n`` are those analysed), checked by
+    no memory could make work first; ``figures()`` gives its part of the plan once the tasks are
+    known to fit; ``design``: the validated design, None when it did not read). ``n_grm_file``: the samples of a given GRM's file (``n`` are those analysed), checked by
     :func:`check_grm_memory`.
     """
     mem = task_memory(cfg.cluster)
-    model_tasks, model_figures = model(cfg, n, method, design, variant_chunk, mem) if model else ([], {})
+    model_tasks, model_figures = model(cfg, n, method, design, variant_chunk, mem) if model else ([], dict)
     _check_settings(cfg, n, method, spectrum_needed)
     # each kind of task and the least it needs (passes.least_task_bytes), checked against the
     # workers' memory before anything is planned
     tasks, grm_block = _task_kinds(cfg, n, method, variant_chunk, grm_needed, mem)
     if cfg.genotypes.grm is None:  # a given GRM's run starts no workers
         check_task_memory(cfg.cluster, model_tasks + tasks)
-    return {**model_figures, **_plan_figures(cfg, n, method, variant_chunk, spectrum_needed, mem, grm_block,
+    return {**model_figures(), **_plan_figures(cfg, n, method, variant_chunk, spectrum_needed, mem, grm_block,
                                              n_grm_file)}
 
 

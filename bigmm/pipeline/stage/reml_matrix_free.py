@@ -35,11 +35,11 @@ def needs_spectrum(cfg) -> bool:
     return cfg.reml.deflate > 0 or cfg.covariates.pcs > 0
 
 
-def memory(cfg, n: int, method: str, design, variant_chunk: int, mem: int | None) -> tuple[list, dict]:
+def memory(cfg, n: int, method: str, design, variant_chunk: int, mem: int | None) -> tuple[list, object]:
     """Refuse deflation settings no memory could make work; the vectors of the widest pass (its
     first: per missing-value pattern its fixed effects, phenotypes, probes and a ones vector, and
-    the deflation vectors for a pattern with missing samples), the least bytes of its task, and
-    the plan's figures (bytes per task, passes at most, the driver's Krylov basis)."""
+    the deflation vectors for a pattern with missing samples) and the least bytes of its task; and
+    a function giving the plan's figures, called once the tasks are known to fit."""
     r = cfg.reml
     if r.deflate >= n:
         raise InputError(f"reml.deflate = {r.deflate} must be below the number of genotyped samples "
@@ -54,10 +54,14 @@ def memory(cfg, n: int, method: str, design, variant_chunk: int, mem: int | None
     task = (f"matrix-free REML: a pass carries {width} vectors (fixed effects, phenotypes and "
             f"{r.probes} probes per missing-value pattern)", least_task_bytes(n, width or 1, variant_chunk, itemsize),
             "; or fit the phenotypes in smaller groups (phenotypes.columns) or with fewer reml.probes")
-    plan = plan_pass(n, width or 1, [(0, variant_chunk)], mem, 1, itemsize)
-    figures = dict(mf_pass_vectors=width, mf_pass_task_bytes=plan.task_bytes, mf_max_passes=r.max_steps,
-                   # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
-                   mf_driver_bytes=8 * n * (width + r.max_steps * max(1, width - r.probes - 1)))
+
+    def figures() -> dict:
+        """Bytes per task of its widest pass, passes at most, the driver's Krylov basis."""
+        plan = plan_pass(n, width or 1, [(0, variant_chunk)], mem, 1, itemsize)
+        return dict(mf_pass_vectors=width, mf_pass_task_bytes=plan.task_bytes, mf_max_passes=r.max_steps,
+                    # the kept [Z, Y] Krylov basis and the probes' last two blocks, float64
+                    mf_driver_bytes=8 * n * (width + r.max_steps * max(1, width - r.probes - 1)))
+
     return [task], figures
 
 
