@@ -127,8 +127,8 @@ def band_rows(K, block: int) -> int:
 
 def lower_tiles(r0: int, r1: int) -> list[tuple[int, int, int, int]]:
     """The tiles ``(s0, s1, c0, c1)`` of at most :data:`TILE` x :data:`TILE` entries that cover
-    the lower triangle of the band of rows ``r0..r1`` (diagonal included): for rows ``s0..s1``,
-    the diagonal tile, then columns 0..s0."""
+    the lower triangle of the band of rows ``r0..r1`` (diagonal included) once: for rows
+    ``s0..s1``, the square diagonal tile, then columns 0..s0."""
     return [(s0, min(r1, s0 + TILE), c0, c1) for s0 in range(r0, r1, TILE)
             for c0, c1 in [(s0, min(r1, s0 + TILE))] + [(c, min(s0, c + TILE)) for c in range(0, s0, TILE)]]
 
