@@ -17,7 +17,7 @@ from .report_data import MAX_LABELS, ReportData, label_groups, vp_and_se
 from .report_figures import make_figures
 
 #: escapes user text (names, paths, labels) on the page
-e = html.escape
+_e = html.escape
 
 #: the report's sections (``<section id=...>``), in order; a section with nothing to show is left out
 SECTIONS = ("summary", "estimates", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
@@ -87,8 +87,8 @@ def _img(figs: dict, name: str, alt: str) -> str:
     if name not in figs:
         return ""
     b64 = base64.b64encode(figs[name]).decode()
-    return (f'<figure><img id="fig-{name}" src="data:image/png;base64,{b64}" alt="{e(alt)}">'
-            f'<figcaption>{e(alt)}</figcaption></figure>')
+    return (f'<figure><img id="fig-{name}" src="data:image/png;base64,{b64}" alt="{_e(alt)}">'
+            f'<figcaption>{_e(alt)}</figcaption></figure>')
 
 
 def summary_section(doc: dict) -> str:
@@ -113,7 +113,7 @@ def summary_section(doc: dict) -> str:
         ("config fingerprint", doc.get("config_fingerprint")),
     ]
     return ('<section id="summary"><h2>Run summary</h2>'
-            f'{_table(["", ""], summary, e).replace("<tr><th></th><th></th></tr>", "")}</section>')
+            f'{_table(["", ""], summary, _e).replace("<tr><th></th><th></th></tr>", "")}</section>')
 
 
 def estimates_section(phen: list) -> str:
@@ -130,7 +130,7 @@ def estimates_section(phen: list) -> str:
                      num(p.get("lrt_pvalue"), "{:.3g}"), p.get("boundary") or "-", p.get("missing_method"),
                      p.get("h2_se_method")))
     estimates = _table(["phenotype", "n", "h²", "SE", "95% CI", "σ²<sub>g</sub>", "SE", "σ²<sub>e</sub>", "SE", "Vp", "SE", "pve",
-                        "LRT p", "boundary", "missing", "SE method"], rows, e)
+                        "LRT p", "boundary", "missing", "SE method"], rows, _e)
     return ('<section id="estimates"><h2>Estimates</h2>\n'
             '<p>h² = σ²<sub>g</sub> / Vp with Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (its SE from the covariance of '
             'the two); 95% confidence interval\nh² ± 1.96 SE, clipped to [0, 1]. LRT p-value for h² = 0 from '
@@ -151,7 +151,7 @@ def liability_table(phen: list) -> str:
             'the threshold Φ⁻¹(1 − K), P the case fraction of the analysed samples; its SE is the observed '
             'scale SE times the same factor (Lee et al. 2011, as GCTA\'s V(G)/Vp_L).</p>'
             + _table(["phenotype", "prevalence K", "case fraction P", "h² (observed)", "SE",
-                      "h²<sub>L</sub> (liability)", "SE"], liability, e))
+                      "h²<sub>L</sub> (liability)", "SE"], liability, _e))
 
 
 def fixed_effects_section(phen: list) -> str:
@@ -163,7 +163,7 @@ def fixed_effects_section(phen: list) -> str:
     fe_section = "" if not fe_rows else (
         '<section id="fixed-effects"><h2>Fixed effects</h2><p>Generalised least squares at the REML '
         'variances; SE from (ZᵀV⁻¹Z)⁻¹; z = estimate / SE. Categorical covariates are coded against '
-        'their reference level.</p>' + _table(["phenotype", "effect", "estimate", "SE", "z"], fe_rows, e)
+        'their reference level.</p>' + _table(["phenotype", "effect", "estimate", "SE", "z"], fe_rows, _e)
         + "</section>")
     return fe_section
 
@@ -182,13 +182,13 @@ def samples_section(design: dict, phen: list) -> str:
     return "" if not (sample_rows or excluded) else (
         '<section id="samples"><h2>Samples</h2>'
         + (f"<p>{n_gen} genotyped samples; each sample left out is counted under the first reason that "
-           "applies.</p>" + _table(["samples", "count"], excluded, e) if excluded else "")
+           "applies.</p>" + _table(["samples", "count"], excluded, _e) if excluded else "")
         + ("<h3>Input files</h3>" + _table(["table", "file", "rows", "rows matching a genotyped sample",
                                             "genotyped samples without a row", "rows matching if FID/IID swapped",
-                                            "rows matching by IID only"], sample_rows, e) if sample_rows else "")
+                                            "rows matching by IID only"], sample_rows, _e) if sample_rows else "")
         + ("<h3>Per phenotype</h3>" + _table(["phenotype", "samples with a value", "analysed samples without one"],
-                                             per_pheno, e) if per_pheno else "")
-        + "".join(f'<p class="warn">{e(w)}</p>' for w in design.get("warnings") or []) + "</section>")
+                                             per_pheno, _e) if per_pheno else "")
+        + "".join(f'<p class="warn">{_e(w)}</p>' for w in design.get("warnings") or []) + "</section>")
 
 
 def exclusion_counts(design: dict) -> list[tuple[str, int]]:
@@ -232,7 +232,7 @@ def matrix_free_section(phen: list) -> str:
         'Haseman–Elston moment estimate from the first pass: a rough cross-check, far less precise than '
         'REML and not constrained, so it can fall outside [0, 1].</p>'
         + _table(["phenotype", "Lanczos steps", "passes over X", "converged", "|Δh²|", "|Δℓ_R|", "probes",
-                  "deflation rank", "SE (statistical)", "SD (Monte Carlo)", "h²<sub>HE</sub>"], mf_rows, e) + "</section>")
+                  "deflation rank", "SE (statistical)", "SD (Monte Carlo)", "h²<sub>HE</sub>"], mf_rows, _e) + "</section>")
 
 
 def variants_section(doc: dict, data: ReportData, figs: dict) -> str:
@@ -247,7 +247,7 @@ def variants_section(doc: dict, data: ReportData, figs: dict) -> str:
         + (" No genotype call is missing (every variant called in every sample)." if data.missing is not None
            and np.all(np.nan_to_num(np.asarray(data.missing, dtype=float)) == 0) else "") + "</p>"
         + _table(["filter", "variants removed"], [(k, v) for k, v in dropped.items()]
-                 + [("kept", doc.get("n_variants"))], e)
+                 + [("kept", doc.get("n_variants"))], _e)
         + _img(figs, "variant_qc", "Minor allele frequency and missingness per variant") + "</section>")
 
 
@@ -280,7 +280,7 @@ def relatedness_section(rel: dict | None, figs: dict) -> str:
         + _img(figs, "relatedness", "Distribution of the normalised off-diagonal K (log scale)")
         + f"<h3>The {len(top)} most related pairs</h3>"
         + _table(["sample i", "sample j", "K<sub>ij</sub>", "K<sub>ii</sub>", "K<sub>jj</sub>",
-                  "K<sub>ij</sub> / √(K<sub>ii</sub> K<sub>jj</sub>)", "class (normalised)"], top, e)
+                  "K<sub>ij</sub> / √(K<sub>ii</sub> K<sub>jj</sub>)", "class (normalised)"], top, _e)
         + "</section>")
 
 
@@ -310,7 +310,7 @@ def blup_section(data: ReportData) -> str:
         'another cohort use <code>bigmm score</code>.</p>'
         + _table(["phenotype", "samples with y", "in-sample r(ĝ, y)", "held-out r(ŷ<sub>−i</sub>, y)",
                   "genetic part, held-out", "r(ĝ, g) ≈ (held-out genetic) / √ĥ²", "samples predicted without y"],
-                 blup_rows, e)
+                 blup_rows, _e)
         + "</section>")
 
 
@@ -320,7 +320,7 @@ def spectrum_section(sp: dict, data: ReportData, figs: dict) -> str:
     pc_caption, pc_text = pc_labels(data, figs)
     return (
         '<section id="spectrum"><h2>Spectrum and principal components</h2>'
-        + _spectrum_extras(sp, e)
+        + _spectrum_extras(sp, _e)
         + pc_text
         + _img(figs, "scree", "Eigenvalues of the GRM") + _img(figs, "pc1_pc2", "PC1 vs PC2" + pc_caption)
         + _img(figs, "pc3_pc4", "PC3 vs PC4" + pc_caption)
@@ -335,14 +335,14 @@ def pc_labels(data: ReportData, figs: dict) -> tuple[str, str]:
         pc_caption = f", coloured by {data.labels[0]}: " + ", ".join(entries)
         src = data.label_source
         if src:
-            pc_text = (f'<p id="pc-labels">The PC plots are coloured by column <b>{e(src["column"])}</b> of '
-                       f'<code>{e(src["file"])}</code>: {src["samples_labelled"]} of {src["samples"]} samples '
+            pc_text = (f'<p id="pc-labels">The PC plots are coloured by column <b>{_e(src["column"])}</b> of '
+                       f'<code>{_e(src["file"])}</code>: {src["samples_labelled"]} of {src["samples"]} samples '
                        f'labelled ({src["levels"]} distinct labels; at most {MAX_LABELS} legend entries, the rarer '
                        f'labels grouped as "other"), {src["samples_without_label"]} without a row or value shown '
                        f'as "no label"; {src["rows_matched"]} of the file\'s {src["rows"]} rows match a sample.</p>')
         else:
             pc_text = (f'<p id="pc-labels">The PC plots are coloured by the categorical covariate '
-                       f'<b>{e(str(data.labels[0]))}</b> (set <code>report.labels</code> to colour them by a '
+                       f'<b>{_e(str(data.labels[0]))}</b> (set <code>report.labels</code> to colour them by a '
                        f'column of your own, e.g. population).</p>')
     return pc_caption, pc_text
 
@@ -362,7 +362,7 @@ def stages_section(doc: dict) -> str:
     stage_rows = [(name, num(st.get("seconds"), "{:.1f}"), num(st.get("driver_peak_rss_mib"), "{:.0f}"),
                    num(st.get("workers_rss_mib"), "{:.0f}")) for name, st in (doc.get("stages") or {}).items()]
     return ('<section id="stages"><h2>Stages</h2>\n'
-            + _table(["stage", "seconds", "driver peak RSS (MiB)", "workers RSS (MiB)"], stage_rows, e)
+            + _table(["stage", "seconds", "driver peak RSS (MiB)", "workers RSS (MiB)"], stage_rows, _e)
             + "\n</section>")
 
 
