@@ -490,3 +490,97 @@ def test_report_stage_reads_each_zarr_chunk_at_most_once(odd_runs, monkeypatch):
     assert len(grm_chunks) >= 6, reads
     again = {k: v for k, v in reads.items() if v > 1}
     assert not again, again
+
+
+# ---------------------------------------------------------------------------------------
+# the named pieces of the relatedness summary and of the page
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("r0,r1,tile", [(0, 50, 16), (32, 80, 16), (0, 7, 1024), (48, 96, 16)])
+def test_lower_tiles_cover_the_band_lower_triangle_once(monkeypatch, r0, r1, tile):
+    """The tiles of a band of rows r0..r1 cover each entry (i, j) with j ≤ i of those rows exactly
+    once, and above the diagonal only the square diagonal tiles' own entries (the summary keeps their
+    strict lower triangle); none is larger than TILE x TILE. Reference: the masks written here."""
+    from bigmm.pipeline import report_data
+
+    monkeypatch.setattr(report_data, "TILE", tile)
+    seen = np.zeros((r1, r1), dtype=int)
+    for s0, s1, c0, c1 in report_data.lower_tiles(r0, r1):
+        assert 0 < s1 - s0 <= tile and 0 < c1 - c0 <= tile
+        seen[s0:s1, c0:c1] += 1
+    want = np.zeros((r1, r1), dtype=int)
+    want[r0:r1] = np.tri(r1, dtype=int)[r0:r1]
+    for s0 in range(r0, r1, tile):
+        s1 = min(r1, s0 + tile)
+        want[s0:s1, s0:s1] = 1
+    assert np.array_equal(seen, want)
+
+
+def test_band_rows_are_whole_chunks_in_both_directions():
+    """Band edges are chunk edges of the rows and of the columns: a multiple of both chunk sizes,
+    at most ``block`` unless one chunk is larger; ``block`` itself for an unchunked array."""
+    from types import SimpleNamespace
+
+    from bigmm.pipeline.report_data import band_rows
+
+    assert band_rows(SimpleNamespace(chunks=(16, 16)), 50) == 48
+    assert band_rows(SimpleNamespace(chunks=(16, 16)), 10) == 16  # at least one chunk
+    assert band_rows(SimpleNamespace(chunks=(6, 4)), 30) == 24  # lcm(6, 4) = 12
+    assert band_rows(np.zeros((5, 5)), 2048) == 2048
+
+
+def test_relatedness_summary_in_small_tiles_equals_the_dense_reference(monkeypatch):
+    """With tiles of 7 and bands of 20 (many tiles, uneven edges) the summary is that of the dense
+    K computed here: the count, extremes, mean and SD of the off-diagonal entries, the histogram of
+    the normalised values, and the top pairs by normalised value. Sums in another order: 1e-12."""
+    from bigmm.pipeline import report_data
+
+    monkeypatch.setattr(report_data, "TILE", 7)
+    rng = np.random.default_rng(3)
+    G = rng.binomial(2, 0.3, size=(45, 300)).astype(float)
+    G[5] = G[4]  # a duplicate
+    K = _dense_grm(G[:, G.std(axis=0) > 0])
+    ids = [(f"F{i}", f"I{i}") for i in range(45)]
+    rel = report_data.relatedness_summary(K, ids, top=5, block=20)
+    i, j = np.tril_indices(45, -1)
+    off = K[i, j]
+    norm = off / np.sqrt(K[i, i] * K[j, j])
+    assert rel["pairs"] == off.size and rel["min"] == pytest.approx(off.min(), abs=1e-12)
+    assert rel["mean"] == pytest.approx(off.mean(), abs=1e-12)
+    assert rel["sd"] == pytest.approx(off.std(), abs=1e-12)
+    edges = np.linspace(-0.25, 1.25, 121)
+    assert rel["counts"] == np.histogram(np.clip(norm, -0.25, 1.25 - 1e-12), edges)[0].tolist()
+    order = np.argsort(-norm, kind="stable")[:5]
+    assert [(t["a"], t["b"]) for t in rel["top"]] == [(list(ids[j[k]]), list(ids[i[k]])) for k in order]
+    assert rel["top"][0]["class"] == "duplicate or MZ twin"
+
+
+def test_exclusion_counts_add_up_to_the_genotyped_samples():
+    """Each genotyped sample is counted once: no phenotype row, then a missing covariate, then no
+    phenotype value, then analysed; the rows add up to the genotyped samples."""
+    from bigmm.pipeline.report_html import exclusion_counts
+
+    design = {"n_genotyped": 100, "n_in_phenotype_file": 90, "n_missing_covariates": 4, "n_analysed": 80}
+    rows = exclusion_counts(design)
+    assert rows == [("no row in the phenotype file", 10), ("a covariate missing (or no row in a covariate file)", 4),
+                    ("no value of any phenotype", 6), ("analysed", 80)]
+    assert sum(c for _, c in rows) == 100
+    assert exclusion_counts({}) == []
+
+
+def test_every_section_function_leaves_out_an_empty_section():
+    """A run with nothing to show in a section has no such section on the page (and no link to
+    it): the page of an empty results document holds only the summary, estimates and stages."""
+    from bigmm.pipeline.report_html import SECTIONS, _page, blup_section, matrix_free_section, \
+        phenotypes_section, profiles_section, relatedness_section, samples_section, spectrum_section, \
+        stages_section, summary_section, variants_section, estimates_section, fixed_effects_section
+    from bigmm.pipeline.report_data import ReportData
+
+    data, doc = ReportData(), {}
+    page = _page([summary_section(doc), estimates_section([]), fixed_effects_section([]), samples_section({}, []),
+                  phenotypes_section({}), matrix_free_section([]), variants_section(doc, data, {}),
+                  relatedness_section(None, {}), spectrum_section({}, data, {}), profiles_section({}),
+                  blup_section(data), stages_section(doc)])
+    present = [s for s in SECTIONS if f'<section id="{s}">' in page]
+    assert present == ["summary", "estimates", "stages"]
+    assert re.findall(r'<nav>(.*)</nav>', page) == [''.join(f'<a href="#{s}">{s}</a>' for s in present)]

@@ -87,12 +87,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bigmm`` parser: the global flags, then one subcommand per command, in --help order."""
     p = _Parser(prog="bigmm", description="Linear mixed models for big genotype cohorts.")
     p.add_argument("--version", action="version", version=f"bigmm {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_reml, _add_init, _add_check, _add_status, _add_submit, _add_score, _add_ingest,
+                _add_simulate):
+        add(sub)
+    return p
 
+
+def _add_run(sub) -> None:
+    """``bigmm run CONFIG``."""
     r = sub.add_parser("run", help="run (or resume) the analysis described by a YAML config")
     r.add_argument("config", type=Path)
     r.add_argument("--force", action="store_true",
@@ -100,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help=f"rerun from STAGE on ({', '.join(STAGES)})")
 
+
+def _add_reml(sub) -> None:
+    """``bigmm reml``: GCTA/PLINK-style flags (:func:`add_flags`)."""
     fl = sub.add_parser("reml", help="run (or resume) an analysis given by GCTA/PLINK-style flags; "
                         "writes OUT/config.yaml and runs it as 'bigmm run' does",
                         description="REML with GCTA/PLINK-style flags, no YAML needed. The flags are "
@@ -109,24 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(fl)
     fl.set_defaults(flag_parser=fl)  # its combination errors are reported as argparse's
 
+
+def _add_init(sub) -> None:
+    """``bigmm init [PATH]``."""
     it = sub.add_parser("init", help="write a commented config template: every key, its default and "
                         "what it does")
     it.add_argument("path", nargs="?", default=Path("bigmm.yaml"), type=Path,
                     help="file to write (default bigmm.yaml; - for standard output)")
     it.add_argument("--force", action="store_true", help="replace an existing file")
 
+
+def _add_check(sub) -> None:
+    """``bigmm check CONFIG``."""
     c = sub.add_parser("check", help="validate a config and all its inputs; report every problem")
     c.add_argument("config", type=Path)
     c.add_argument("--no-cluster", action="store_true", help="do not contact the cluster")
 
+
+def _add_status(sub) -> None:
+    """``bigmm status RUN_DIR``."""
     st = sub.add_parser("status", help="state of each stage of a run directory, and what would rerun")
     st.add_argument("run_dir", type=Path)
 
+
+def _add_submit(sub) -> None:
+    """``bigmm submit CONFIG``."""
     sb = sub.add_parser("submit", help="write (and optionally submit) a SLURM job script that runs the config")
     sb.add_argument("config", type=Path)
     sb.add_argument("--script", type=Path, help="where to write it (default OUTPUT/submit.sbatch)")
     sb.add_argument("--submit", action="store_true", help="also submit it with sbatch")
 
+
+def _add_score(sub) -> None:
+    """``bigmm score``."""
     sc = sub.add_parser("score", help="apply a run's SNP effects to another cohort (PLINK or Zarr)")
     sc.add_argument("--run", required=True, type=Path, help="run directory with snp_effects (predict.snp_effects)")
     src = sc.add_mutually_exclusive_group(required=True)
@@ -138,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--force", action="store_true", help="replace an existing scores table (never an input "
                     "or a file of the run folder)")
 
+
+def _add_ingest(sub) -> None:
+    """``bigmm ingest``."""
     i = sub.add_parser("ingest", help="convert a PLINK .bed/.bim/.fam fileset into a Zarr cohort store")
     i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
     i.add_argument("--out", required=True, type=Path, help="store to create (e.g. cohort.zarr)")
     i.add_argument("--chunks", type=_chunks, default=(2048, 8192), help="SAMPLES,VARIANTS per chunk")
     i.add_argument("--force", action="store_true", help="replace an existing store")
 
+
+def _add_simulate(sub) -> None:
+    """``bigmm simulate``."""
     s = sub.add_parser("simulate", help="simulate a cohort with known heritability",
                        description="Simulate genotypes and phenotypes with known heritability. Each trait is "
                        "y = 1 + 0.5 (age - 50)/10 + 0.3 sex + g + e, with age ~ N(50, 10²) and sex 0/1 "
@@ -168,7 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--phenotype-missing", type=float, default=0.0)
     s.add_argument("--pops", type=int, default=1, help="populations (Balding-Nichols)")
     s.add_argument("--fst", type=float, default=0.0)
-    return p
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -227,94 +258,133 @@ def check_simulate_outputs(prefix: str, zarr: bool, force: bool) -> None:
 
 
 def _dispatch(args, argv) -> int:
-    if args.command in ("run", "reml"):
-        written = None
-        if args.command == "reml":
-            # OUT/config.yaml is written once the inputs are valid, before the first stage
-            cfg, text = flag_config(args, argv)
-            check_config_file(cfg.source)  # a config.yaml of the user's in OUT: refused before any work
-            written = lambda: write_config_file(cfg, text)  # noqa: E731  (under the run's lock)
-        else:
-            cfg = load_config(args.config)
-        outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written,
-                      command=shlex.join(["bigmm", *argv]))
-        if written is not None:
-            print(f"configuration: {cfg.source} (rerun or resume: bigmm run {cfg.source})")
-        for f in outcome.result.fits:
-            print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
-                  f"pve={f.pve:.4f}\tSE={f.pve_se:.4f} (GEMMA's)\t"
-                  f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
-        for p in json.loads(outcome.results_json.read_text()).get("phenotypes", []):
-            if p.get("h2_liability") is not None:
-                print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
-                      f"(prevalence {p['prevalence']:g}, case fraction {p['case_fraction']:.4f})")
-        print(f"results: {outcome.results_json}")
+    """Run the parsed command (its handler in :data:`_COMMANDS`); returns the exit code."""
+    handler = _COMMANDS.get(args.command)
+    if handler is None:
+        raise AssertionError(args.command)
+    return handler(args, argv)
+
+
+def _run_command(args, argv) -> int:
+    """``bigmm run`` and ``bigmm reml``: run (or resume) the analysis, print each fit's estimates."""
+    written = None
+    if args.command == "reml":
+        # OUT/config.yaml is written once the inputs are valid, before the first stage
+        cfg, text = flag_config(args, argv)
+        check_config_file(cfg.source)  # a config.yaml of the user's in OUT: refused before any work
+        written = lambda: write_config_file(cfg, text)  # noqa: E731  (under the run's lock)
+    else:
+        cfg = load_config(args.config)
+    outcome = run(cfg, force=args.force, from_stage=getattr(args, "from_stage", None), on_validated=written,
+                  command=shlex.join(["bigmm", *argv]))
+    if written is not None:
+        print(f"configuration: {cfg.source} (rerun or resume: bigmm run {cfg.source})")
+    _print_estimates(outcome)
+    print(f"results: {outcome.results_json}")
+    return 0
+
+
+def _print_estimates(outcome) -> None:
+    """One line per phenotype: h², pve and the variances; another for h² on the liability scale."""
+    for f in outcome.result.fits:
+        print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
+              f"pve={f.pve:.4f}\tSE={f.pve_se:.4f} (GEMMA's)\t"
+              f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
+    for p in json.loads(outcome.results_json.read_text()).get("phenotypes", []):
+        if p.get("h2_liability") is not None:
+            print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
+                  f"(prevalence {p['prevalence']:g}, case fraction {p['case_fraction']:.4f})")
+
+
+def _init_command(args, argv) -> int:
+    """``bigmm init``: write the config template (to standard output for ``-``)."""
+    text = render_template()
+    if str(args.path) == "-":
+        sys.stdout.write(text)
         return 0
-    if args.command == "init":
-        text = render_template()
-        if str(args.path) == "-":
-            sys.stdout.write(text)
-            return 0
-        if args.path.exists() and not args.force:
-            raise InputError(f"{args.path} exists; choose another path or add --force to replace it")
-        atomic_write_text(args.path, text)
-        print(f"template: {args.path}; fill in genotypes.plink (or zarr) and phenotypes.file, then "
-              f"bigmm check {args.path} and bigmm run {args.path}")
-        return 0
-    if args.command == "check":
-        problems, inputs = check_file(args.config, contact_cluster=not args.no_cluster)
-        if problems:
-            print(f"{args.config}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
-            for p in problems:
-                print(f"  - {p}", file=sys.stderr)
-            return 2
-        print(f"{args.config}: OK")
-        print(inputs.describe(flops_per_second=matmul_rate()))
-        return 0
-    if args.command == "status":
-        rows = status(args.run_dir)
-        m = read_manifest(args.run_dir)
-        state = m.get("status", "?")
-        if state == "running" and lock_holder(args.run_dir) is None:
-            state = "stopped (run.json says running, but no bigmm process holds the run: it was killed or could not record its end; see run.log)"
-        elif state == "complete" and not (args.run_dir / "results.json").exists():
-            state = "incomplete (run.json says complete, but results.json is missing: run the same command again)"
-        print(f"{args.run_dir}: run {state}"
-              + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
-        print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
-        for r in rows:
-            sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
-            print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
-        return 0
-    if args.command == "submit":
-        path = write_job_script(load_config(args.config), args.script, submit=args.submit)
-        print(f"job script: {path}" + ("" if args.submit else f" (submit it with: sbatch {path})"))
-        return 0
-    if args.command == "score":
-        path, counts = score_run(args.run, args.out, bfile=args.bfile, zarr_path=args.zarr,
-                                 vcf_zarr=args.vcf_zarr, force=args.force)
-        print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
-        return 0
-    if args.command == "ingest":
-        if args.out.exists() and not args.force:
-            raise InputError(f"{args.out} already exists; remove it, or add --force to replace it")
-        store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
-        print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
-        return 0
-    if args.command == "simulate":
-        prefix = args.out
-        check_simulate_outputs(prefix, args.zarr, args.force)
-        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
-                          genotype_missing=args.genotype_missing, n_pops=args.pops, fst=args.fst,
-                          phenotype_missing=args.phenotype_missing,
-                          out_plink=None if args.zarr else prefix,
-                          out_zarr=prefix + ".zarr" if args.zarr else None)
-        write_tables(cohort, prefix + ".pheno.tsv", prefix + ".covar.tsv", prefix + ".truth.json")
-        print(f"simulated {args.n} samples x {args.p} variants: {prefix}"
-              + (".zarr" if args.zarr else ".bed/.bim/.fam") + f", {prefix}.pheno.tsv, {prefix}.covar.tsv")
-        return 0
-    raise AssertionError(args.command)
+    if args.path.exists() and not args.force:
+        raise InputError(f"{args.path} exists; choose another path or add --force to replace it")
+    atomic_write_text(args.path, text)
+    print(f"template: {args.path}; fill in genotypes.plink (or zarr) and phenotypes.file, then "
+          f"bigmm check {args.path} and bigmm run {args.path}")
+    return 0
+
+
+def _check_command(args, argv) -> int:
+    """``bigmm check``: every problem of the config and its inputs (exit 2), else what the run will do."""
+    problems, inputs = check_file(args.config, contact_cluster=not args.no_cluster)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK")
+    print(inputs.describe(flops_per_second=matmul_rate()))
+    return 0
+
+
+def _status_command(args, argv) -> int:
+    """``bigmm status``: the run's state, then each stage's state, time and whether it would rerun."""
+    rows = status(args.run_dir)
+    m = read_manifest(args.run_dir)
+    state = m.get("status", "?")
+    if state == "running" and lock_holder(args.run_dir) is None:
+        state = "stopped (run.json says running, but no bigmm process holds the run: it was killed or could not record its end; see run.log)"
+    elif state == "complete" and not (args.run_dir / "results.json").exists():
+        state = "incomplete (run.json says complete, but results.json is missing: run the same command again)"
+    print(f"{args.run_dir}: run {state}"
+          + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
+    print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
+    for r in rows:
+        sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
+    return 0
+
+
+def _submit_command(args, argv) -> int:
+    """``bigmm submit``: write the SLURM job script (and submit it with ``--submit``)."""
+    path = write_job_script(load_config(args.config), args.script, submit=args.submit)
+    print(f"job script: {path}" + ("" if args.submit else f" (submit it with: sbatch {path})"))
+    return 0
+
+
+def _score_command(args, argv) -> int:
+    """``bigmm score``: apply a run's SNP effects to another cohort."""
+    path, counts = score_run(args.run, args.out, bfile=args.bfile, zarr_path=args.zarr,
+                             vcf_zarr=args.vcf_zarr, force=args.force)
+    print(f"scores: {path} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0
+
+
+def _ingest_command(args, argv) -> int:
+    """``bigmm ingest``: a PLINK fileset into a Zarr cohort store."""
+    if args.out.exists() and not args.force:
+        raise InputError(f"{args.out} already exists; remove it, or add --force to replace it")
+    store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
+    print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
+    return 0
+
+
+def _simulate_command(args, argv) -> int:
+    """``bigmm simulate``: a cohort with known heritability, its phenotype and covariate tables."""
+    prefix = args.out
+    check_simulate_outputs(prefix, args.zarr, args.force)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
+                      genotype_missing=args.genotype_missing, n_pops=args.pops, fst=args.fst,
+                      phenotype_missing=args.phenotype_missing,
+                      out_plink=None if args.zarr else prefix,
+                      out_zarr=prefix + ".zarr" if args.zarr else None)
+    write_tables(cohort, prefix + ".pheno.tsv", prefix + ".covar.tsv", prefix + ".truth.json")
+    print(f"simulated {args.n} samples x {args.p} variants: {prefix}"
+          + (".zarr" if args.zarr else ".bed/.bim/.fam") + f", {prefix}.pheno.tsv, {prefix}.covar.tsv")
+    return 0
+
+
+#: each command's handler: ``handler(args, argv)`` returns the exit code
+_COMMANDS = {"run": _run_command, "reml": _run_command, "init": _init_command, "check": _check_command,
+             "status": _status_command, "submit": _submit_command, "score": _score_command,
+             "ingest": _ingest_command, "simulate": _simulate_command}
 
 
 if __name__ == "__main__":  # pragma: no cover

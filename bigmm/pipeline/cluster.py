@@ -168,79 +168,106 @@ def dask_client(cfg: ClusterConfig, run_dir: Path | None = None) -> Iterator:
     a batch-system cluster keeps its workers' TLS key while it runs; a temporary folder in the
     current directory when not given)."""
     import dask
+    import distributed  # noqa: F401  (imported before the override below: it loads its config defaults)
+
+    with dask.config.set({"distributed.scheduler.worker-ttl": f"{cfg.worker_ttl}s"}):
+        if cfg.backend == "address":
+            clients = _scheduler_client(cfg)
+        elif cfg.backend in JOBQUEUE_CLASSES:
+            clients = _jobqueue_client(cfg, run_dir)
+        else:
+            clients = _local_client(cfg)
+        with clients as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _scheduler_client(cfg: ClusterConfig) -> Iterator:
+    """A client of the running scheduler at ``cluster.address`` (it stays up on exit)."""
+    from distributed import Client
+
+    try:
+        client = Client(cfg.address, timeout="20s", security=_security(cfg))
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); "
+                          f"start it or fix cluster.address") from None
+    log.info("cluster: joined scheduler %s (%d workers)", cfg.address,
+             len(client.scheduler_info().get("workers", {})))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _jobqueue_client(cfg: ClusterConfig, run_dir: Path | None) -> Iterator:
+    """A client of a batch-system cluster (dask-jobqueue), scaled or adaptive; the cluster and its
+    TLS key folder removed on exit."""
+    from distributed import Client
+
+    shared = Path(run_dir or Path.cwd()) / TLS_DIR
+    cluster = make_jobqueue_cluster(cfg, shared_dir=shared)
+    jq = cfg.jobqueue
+    if jq.adaptive is not None:
+        cluster.adapt(minimum_jobs=jq.adaptive.minimum, maximum_jobs=jq.adaptive.maximum)
+        how = f"adaptive {jq.adaptive.minimum}..{jq.adaptive.maximum} jobs"
+    else:
+        cluster.scale(jobs=cfg.workers)
+        how = f"{cfg.workers} jobs"
+    client = Client(cluster)
+    log.info("cluster: %s, %s of %d cores / %s, walltime %s, scheduler %s (mutual TLS with a key "
+             "of this run)", cfg.backend, how, jq.cores, jq.memory, jq.walltime, cluster.scheduler_address)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _local_client(cfg: ClusterConfig) -> Iterator:
+    """A client of a local cluster of worker processes on 127.0.0.1 (mutual TLS, BLAS threads set
+    per worker), closed on exit."""
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
     from distributed.security import Security
 
-    with dask.config.set({"distributed.scheduler.worker-ttl": f"{cfg.worker_ttl}s"}):
-        if cfg.backend == "address":
-            try:
-                client = Client(cfg.address, timeout="20s", security=_security(cfg))
-            except (OSError, TimeoutError) as exc:
-                raise ConfigError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); "
-                                  f"start it or fix cluster.address") from None
-            log.info("cluster: joined scheduler %s (%d workers)", cfg.address,
-                     len(client.scheduler_info().get("workers", {})))
-            try:
-                yield client
-            finally:
-                client.close()
-            return
-        if cfg.backend in JOBQUEUE_CLASSES:
-            shared = Path(run_dir or Path.cwd()) / TLS_DIR
-            cluster = make_jobqueue_cluster(cfg, shared_dir=shared)
-            jq = cfg.jobqueue
-            if jq.adaptive is not None:
-                cluster.adapt(minimum_jobs=jq.adaptive.minimum, maximum_jobs=jq.adaptive.maximum)
-                how = f"adaptive {jq.adaptive.minimum}..{jq.adaptive.maximum} jobs"
-            else:
-                cluster.scale(jobs=cfg.workers)
-                how = f"{cfg.workers} jobs"
-            client = Client(cluster)
-            log.info("cluster: %s, %s of %d cores / %s, walltime %s, scheduler %s (mutual TLS with a key "
-                     "of this run)", cfg.backend, how, jq.cores, jq.memory, jq.walltime, cluster.scheduler_address)
-            try:
-                yield client
-            finally:
-                client.close()
-                cluster.close()
-                shutil.rmtree(shared, ignore_errors=True)
-            return
-        nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
-        # a few seconds (measured 3-4 s for 2 workers on a busy 2-core machine: importing distributed
-        # ~1 s, the run's TLS key 0.2 s, spawning the workers 2.7 s): say so before the silence
-        log.info("cluster: starting a local cluster of %d worker processes x %d threads on 127.0.0.1 ...",
-                 cfg.workers, cfg.threads_per_worker)
-        t0 = time.perf_counter()
-        env = {k: str(nblas) for k in BLAS_ENV}
-        saved = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's env
-        # mutual TLS with a key made for this run and held in memory: another local user (or
-        # process) reaching the scheduler's port cannot submit work to the workers
-        security = Security.temporary()
-        with _interrupts_ignored():
-            cluster = LocalCluster(
-                security=security,
-                n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
-                scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
-                memory_limit=parse_bytes(cfg.memory_limit), env=env,
-                # a failed task reaches the driver as its exception (a BigmmError's message, or the
-                # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
-                silence_logs=logging.CRITICAL,
-            )
-        os.environ.clear()
-        os.environ.update(saved)
-        client = Client(cluster)
-        # Dask's nanny sets the BLAS variables to 1 before the worker starts, and `env` arrives after
-        # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
-        client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
-        client.register_plugin(IgnoreInterrupt(), name="bigmm-ignore-interrupt")
-        log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d, scheduler %s "
-                 "(mutual TLS with a key of this run)%s; started in %.1f s", cfg.workers,
-                 cfg.threads_per_worker, cfg.memory_limit, nblas, cluster.scheduler_address,
-                 f", dashboard {client.dashboard_link}" if cfg.dashboard else "", time.perf_counter() - t0)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
+    nblas = blas_threads_per_worker(cfg.workers, cfg.threads_per_worker)
+    # a few seconds (measured 3-4 s for 2 workers on a busy 2-core machine: importing distributed
+    # ~1 s, the run's TLS key 0.2 s, spawning the workers 2.7 s): say so before the silence
+    log.info("cluster: starting a local cluster of %d worker processes x %d threads on 127.0.0.1 ...",
+             cfg.workers, cfg.threads_per_worker)
+    t0 = time.perf_counter()
+    env = {k: str(nblas) for k in BLAS_ENV}
+    saved = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's env
+    # mutual TLS with a key made for this run and held in memory: another local user (or
+    # process) reaching the scheduler's port cannot submit work to the workers
+    security = Security.temporary()
+    with _interrupts_ignored():
+        cluster = LocalCluster(
+            security=security,
+            n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+            host="127.0.0.1", dashboard_address="127.0.0.1:8787" if cfg.dashboard else "127.0.0.1:0",
+            scheduler_kwargs={"dashboard": cfg.dashboard}, worker_dashboard_address=None,
+            memory_limit=parse_bytes(cfg.memory_limit), env=env,
+            # a failed task reaches the driver as its exception (a BigmmError's message, or the
+            # worker's traceback for a bug); the workers' "Compute Failed" dumps would repeat it
+            silence_logs=logging.CRITICAL,
+        )
+    os.environ.clear()
+    os.environ.update(saved)
+    client = Client(cluster)
+    # Dask's nanny sets the BLAS variables to 1 before the worker starts, and `env` arrives after
+    # NumPy loaded: set the thread count in each worker with threadpoolctl (also after restarts)
+    client.register_plugin(BlasThreads(nblas), name="bigmm-blas-threads")
+    client.register_plugin(IgnoreInterrupt(), name="bigmm-ignore-interrupt")
+    log.info("cluster: local, %d workers x %d threads, %s each, BLAS threads %d, scheduler %s "
+             "(mutual TLS with a key of this run)%s; started in %.1f s", cfg.workers,
+             cfg.threads_per_worker, cfg.memory_limit, nblas, cluster.scheduler_address,
+             f", dashboard {client.dashboard_link}" if cfg.dashboard else "", time.perf_counter() - t0)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -114,6 +114,16 @@ class _Items(argparse.Action):
 
 def add_flags(r: argparse.ArgumentParser) -> None:
     """The flags of ``bigmm reml`` (GCTA/PLINK names where they exist)."""
+    _input_flags(r)
+    _filter_flags(r)
+    _model_flags(r)
+    _compute_flags(r)
+    r.add_argument("--force", action="store_true",
+                   help="rerun every stage; also replaces another run's results in DIR")
+
+
+def _input_flags(r: argparse.ArgumentParser) -> None:
+    """The "inputs" group: genotypes or a GRM, phenotypes, covariates and the run directory."""
     g = r.add_argument_group("inputs")
     g.add_argument("--bfile", metavar="PREFIX", help="PLINK .bed/.bim/.fam fileset (genotypes.plink)")
     g.add_argument("--grm", metavar="PREFIX", help="precomputed GRM instead of genotypes: GCTA's "
@@ -148,6 +158,10 @@ def add_flags(r: argparse.ArgumentParser) -> None:
                    help="run directory (a folder, not a file prefix as GCTA's and PLINK's --out: "
                    "results are DIR/results.tsv, DIR/hsq/NAME.hsq, ...); the configuration is written "
                    f"to DIR/{CONFIG_NAME}")
+
+
+def _filter_flags(r: argparse.ArgumentParser) -> None:
+    """The "sample and variant filters" group (PLINK's names)."""
     f = r.add_argument_group("sample and variant filters")
     f.add_argument("--keep", metavar="FILE", help="FID IID of the samples to keep (samples.keep)")
     f.add_argument("--remove", metavar="FILE", help="FID IID of the samples to drop (samples.remove)")
@@ -165,6 +179,10 @@ def add_flags(r: argparse.ArgumentParser) -> None:
                    help="genotype standardization of K (variants.standardize): gcta (default; GCTA's GRM, "
                    "PLINK 2's --make-rel), center (GEMMA -gk 1), sample_sd (GEMMA -gk 2; BOLT-REML when "
                    "every genotyped sample is analysed, e.g. with --keep)")
+
+
+def _model_flags(r: argparse.ArgumentParser) -> None:
+    """The "model and methods" group: prevalence, spectrum, REML method, BLUP, GCTA's no-op flags."""
     m = r.add_argument_group("model and methods")
     m.add_argument("--prevalence", type=_bounded(float, 0.0, 1.0, True, True, what="--prevalence"), metavar="K",
                    help="population prevalence of a binary trait (phenotypes.prevalence)")
@@ -178,14 +196,16 @@ def add_flags(r: argparse.ArgumentParser) -> None:
     m.add_argument("--reml-no-lrt", action="store_true",
                    help="accepted for GCTA compatibility; the LRT of h2 = 0 costs nothing and is always "
                    "reported")
+
+
+def _compute_flags(r: argparse.ArgumentParser) -> None:
+    """The "compute" group: the local Dask cluster's workers, threads and memory."""
     c = r.add_argument_group("compute")
     c.add_argument("--workers", type=_bounded(int, 1, what="--workers"), metavar="N",
                    help="Dask workers (cluster.workers)")
     c.add_argument("--threads", "--thread-num", type=_bounded(int, 1, what="--threads"), metavar="N",
                    help="threads per worker (cluster.threads_per_worker)")
     c.add_argument("--memory", metavar="SIZE", help="memory per worker, e.g. 8GiB (cluster.memory_limit)")
-    r.add_argument("--force", action="store_true",
-                   help="rerun every stage; also replaces another run's results in DIR")
 
 
 def check_flags(parser: argparse.ArgumentParser, args) -> None:

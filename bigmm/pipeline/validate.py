@@ -87,30 +87,47 @@ class Inputs:
         """The plan checked, for a person: samples, variants, methods, stages and their passes
         over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
         measured on this machine, :func:`bigmm.pipeline.memory.matmul_rate`) a rough time estimate."""
+        if self.grm is not None:
+            return "\n".join(self._describe_grm())
+        lines = self._describe_data() + self._describe_passes() + self._describe_memory()
+        if flops_per_second and self.stage_flops:
+            lines.append(self._describe_time(flops_per_second))
+        return "\n".join(lines)
+
+    def _describe_grm(self) -> list[str]:
+        """:meth:`describe` for a given GRM: its samples, its files and the driver's memory."""
         d = self.design
         mp = self.memory_plan
-        if self.grm is not None:
-            gi = self.grm_info
-            lines = [f"samples: {gi['n_in_grm']} in the GRM, {gi['n_selected']} after samples.keep/remove, "
-                     f"{gi['n_analysed']} analysed (K is restricted to them); {len(d.phenotype_names)} "
-                     f"phenotype(s), {d.Z.shape[1]} fixed effects",
-                     f"GRM: {self.grm.describe()}" + (f"; variants per entry (.grm.N.bin) min "
-                                                       f"{gi['n_variants']['min']:g}, median "
-                                                       f"{gi['n_variants']['median']:g}" if gi.get("n_variants") else ""),
-                     "REML: spectral on the exact spectrum of the given K"]
-            if mp.get("driver_bytes"):
-                lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])} (8·max(1.5·n_grm² + n², 4·n²) "
-                             f"bytes)")
-            return "\n".join(lines)
-        lines = [f"samples: {len(self.ids)} genotyped, {int(d.analysed.sum())} analysed; "
-                 f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
-                 f"variants: {self.n_variants} in the genotype input"
-                 + (f", {len(self.include)} in the extract list" if self.include is not None else "")
-                 + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items())
-                 + (f"; kept: those passing {self.filters} (counted by the variant statistics, the run's "
-                    f"first pass over X)" if self.filters else ""),
-                 f"REML: {self.reml_method}; spectrum: "
-                 + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
+        gi = self.grm_info
+        lines = [f"samples: {gi['n_in_grm']} in the GRM, {gi['n_selected']} after samples.keep/remove, "
+                 f"{gi['n_analysed']} analysed (K is restricted to them); {len(d.phenotype_names)} "
+                 f"phenotype(s), {d.Z.shape[1]} fixed effects",
+                 f"GRM: {self.grm.describe()}" + (f"; variants per entry (.grm.N.bin) min "
+                                                   f"{gi['n_variants']['min']:g}, median "
+                                                   f"{gi['n_variants']['median']:g}" if gi.get("n_variants") else ""),
+                 "REML: spectral on the exact spectrum of the given K"]
+        if mp.get("driver_bytes"):
+            lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])} (8·max(1.5·n_grm² + n², 4·n²) "
+                         f"bytes)")
+        return lines
+
+    def _describe_data(self) -> list[str]:
+        """:meth:`describe`'s samples, variants and methods."""
+        d = self.design
+        return [f"samples: {len(self.ids)} genotyped, {int(d.analysed.sum())} analysed; "
+                f"{len(d.phenotype_names)} phenotype(s), {d.Z.shape[1]} fixed effects",
+                f"variants: {self.n_variants} in the genotype input"
+                + (f", {len(self.include)} in the extract list" if self.include is not None else "")
+                + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items())
+                + (f"; kept: those passing {self.filters} (counted by the variant statistics, the run's "
+                   f"first pass over X)" if self.filters else ""),
+                f"REML: {self.reml_method}; spectrum: "
+                + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
+
+    def _describe_passes(self) -> list[str]:
+        """:meth:`describe`'s stages and their passes over X (matrix-free and randomized passes)."""
+        mp = self.memory_plan
+        lines = []
         if self.stage_passes:
             total = sum(self.stage_passes.values())
             mf = passes_at_most(self.reml_method)
@@ -128,6 +145,12 @@ class Inputs:
                 lines.append(f"randomized spectrum: the Krylov space (power_iters + 1)·(rank + oversample) = "
                              f"{mp['basis_uncapped']} is wider than n = {len(self.ids)} samples: capped at n "
                              f"(on the whole space its Rayleigh–Ritz is exact)")
+        return lines
+
+    def _describe_memory(self) -> list[str]:
+        """:meth:`describe`'s memory per task, workers and driver memory."""
+        mp = self.memory_plan
+        lines = []
         if mp.get("task_memory_bytes"):
             lines.append(f"memory per task: {format_bytes(mp['task_memory_bytes'])} allowed"
                          + (f", widest pass needs {format_bytes(mp['pass_task_bytes'])}" if "pass_task_bytes" in mp else "")
@@ -137,16 +160,18 @@ class Inputs:
             lines.append(f"workers: {self.workers}")
         if mp.get("driver_bytes"):
             lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])}")
-        if flops_per_second and self.stage_flops:
-            total = sum(self.stage_flops.values())
-            lines.append(f"estimated time: about {_rough_duration(total / flops_per_second)} of arithmetic (a rough "
-                         f"estimate: {total:.2g} floating-point operations of the plan ("
-                         + ", ".join(f"{k} {v:.2g}" for k, v in self.stage_flops.items())
-                         + f") at {flops_per_second / 1e9:.0f} GFLOP/s, the rate of a float32 NumPy matrix product "
-                         f"measured just now on this machine; it assumes the cluster computes as fast as this "
-                         f"machine with all its cores, and leaves out reading the genotypes, starting the "
-                         f"cluster and the report)")
-        return "\n".join(lines)
+        return lines
+
+    def _describe_time(self, flops_per_second: float) -> str:
+        """:meth:`describe`'s rough time estimate: the plan's arithmetic at ``flops_per_second``."""
+        total = sum(self.stage_flops.values())
+        return (f"estimated time: about {_rough_duration(total / flops_per_second)} of arithmetic (a rough "
+                f"estimate: {total:.2g} floating-point operations of the plan ("
+                + ", ".join(f"{k} {v:.2g}" for k, v in self.stage_flops.items())
+                + f") at {flops_per_second / 1e9:.0f} GFLOP/s, the rate of a float32 NumPy matrix product "
+                f"measured just now on this machine; it assumes the cluster computes as fast as this "
+                f"machine with all its cores, and leaves out reading the genotypes, starting the "
+                f"cluster and the report)")
 
 
 def _ids_hash(ids: list) -> str:
@@ -390,7 +415,20 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
     """Read and check the input files of the sections given (None: a section that is itself
     invalid), each once; problems are appended. Returns what was read."""
     got: dict = {}
-    g = genotypes
+    ids, p, fs, vtable = _read_genotypes(problems, genotypes, got)
+    all_ids = ids
+    if ids is not None:
+        _check_unique_samples(problems, ids)
+        ids = _apply_sample_selection(problems, ids, samples, fs, got)
+        got.update(ids=ids, n_variants=p)
+    _apply_variant_selection(problems, vtable, variants, got)
+    _check_tables(problems, ids, all_ids, fs, phenotypes, covariates, got)
+    return got
+
+
+def _read_genotypes(problems: list[str], g: GenotypesConfig | None, got: dict) -> tuple:
+    """Open the genotype input (PLINK, a given GRM, or a Zarr store) into ``got``; returns its sample
+    IDs, its variant count, the PLINK fileset and the variant table (None for what it lacks)."""
     ids = p = None
     fs = vtable = None
     if g is not None and g.plink is not None:
@@ -411,28 +449,42 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
             ids, p = store.sample_ids(), store.n_variants
             vtable = store.variant_table()
             _attempt(problems, check_unique_variant_ids, vtable["id"], f"genotype store {store.path}")
-    all_ids = ids
-    if ids is not None:
-        seen: dict = {}
-        for i, key in enumerate(ids):
-            if key in seen:
-                problems.append(f"genotype samples: duplicate ID {key[0]}/{key[1]} (rows {seen[key] + 1} "
-                                f"and {i + 1}); sample IDs must be unique")
-                break
-            seen[key] = i
-        if samples is not None and (samples.keep is not None or samples.remove is not None):
-            if fs is None and "grm" not in got:
-                problems.append("samples.keep / samples.remove select samples of genotypes.plink input "
-                                "(at ingest); for a Zarr or VCF Zarr store, leave the samples out of the "
-                                "phenotype file instead")
-            else:
-                sel = _attempt(problems, select_samples, ids, samples)
-                if sel is not None and sel[0] is not None:
-                    rows, counts = sel
-                    ids = [ids[i] for i in rows]
-                    got.update(sample_rows=rows)
-                    got.setdefault("selection", {})["samples"] = counts
-        got.update(ids=ids, n_variants=p)
+    return ids, p, fs, vtable
+
+
+def _check_unique_samples(problems: list[str], ids: list) -> None:
+    """A problem for the first genotype sample ID that is there twice."""
+    seen: dict = {}
+    for i, key in enumerate(ids):
+        if key in seen:
+            problems.append(f"genotype samples: duplicate ID {key[0]}/{key[1]} (rows {seen[key] + 1} "
+                            f"and {i + 1}); sample IDs must be unique")
+            break
+        seen[key] = i
+
+
+def _apply_sample_selection(problems: list[str], ids: list, samples: SamplesConfig | None, fs, got: dict) -> list:
+    """The genotype samples kept by samples.keep/remove (PLINK or a given GRM only); their rows and
+    counts go into ``got``."""
+    if samples is not None and (samples.keep is not None or samples.remove is not None):
+        if fs is None and "grm" not in got:
+            problems.append("samples.keep / samples.remove select samples of genotypes.plink input "
+                            "(at ingest); for a Zarr or VCF Zarr store, leave the samples out of the "
+                            "phenotype file instead")
+        else:
+            sel = _attempt(problems, select_samples, ids, samples)
+            if sel is not None and sel[0] is not None:
+                rows, counts = sel
+                ids = [ids[i] for i in rows]
+                got.update(sample_rows=rows)
+                got.setdefault("selection", {})["samples"] = counts
+    return ids
+
+
+def _apply_variant_selection(problems: list[str], vtable: dict | None, variants: VariantsConfig | None,
+                             got: dict) -> None:
+    """The variants selected out by variants.chr/extract/exclude, or the extract list alone when the
+    input has no variant table yet, into ``got``."""
     if vtable is not None and variants is not None:
         vs = _attempt(problems, select_variants, vtable, variants)
         if vs is not None and vs[0] is not None:
@@ -440,6 +492,12 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
             got.setdefault("selection", {})["variants"] = vs[1]
     elif variants is not None and variants.extract is not None:
         got["include"] = _attempt(problems, read_id_list, variants.extract)
+
+
+def _check_tables(problems: list[str], ids, all_ids, fs, phenotypes: PhenotypesConfig | None,
+                  covariates: CovariatesConfig | None, got: dict) -> None:
+    """The phenotype and covariate tables matched to the samples: the design into ``got``, or the
+    problems of each table on its own."""
     pheno_src = None
     if phenotypes is not None and all_ids is not None:
         pheno_src = _attempt(problems, _phenotype_source, phenotypes, fs, all_ids)
@@ -455,22 +513,26 @@ def _check_inputs(problems: list[str], genotypes: GenotypesConfig | None, phenot
         else:
             del problems[before:]
     if "design" not in got:
-        # each table and its columns on its own, so that problems in both are reported (read
-        # again only on this error path)
-        before = len(problems)
-        for section, what in ((phenotypes, "phenotype"), (covariates, "covariate")):
-            if section is None or section.file is None or (what == "phenotype" and pheno_src is not None
-                                                           and not isinstance(pheno_src[0], Path)):
-                continue
-            t = _attempt(problems, read_table, section.file, what)
-            if t is not None and section.columns != "all":
-                for col in section.columns:
-                    _attempt(problems, t.column_index, col)
-        if len(problems) == before and ids is not None and phenotypes is not None and covariates is not None:
-            c = covariates
-            _attempt(problems, build_design, ids, pheno_src[0], pheno_src[1], c.file, c.columns,
-                     c.categorical, c.qcovar, c.covar)
-    return got
+        _check_tables_apart(problems, ids, phenotypes, covariates, pheno_src)
+
+
+def _check_tables_apart(problems: list[str], ids, phenotypes: PhenotypesConfig | None,
+                        covariates: CovariatesConfig | None, pheno_src) -> None:
+    """Each table and its columns on its own, so that problems in both are reported (read again
+    only on this error path), then the design if neither has a problem."""
+    before = len(problems)
+    for section, what in ((phenotypes, "phenotype"), (covariates, "covariate")):
+        if section is None or section.file is None or (what == "phenotype" and pheno_src is not None
+                                                       and not isinstance(pheno_src[0], Path)):
+            continue
+        t = _attempt(problems, read_table, section.file, what)
+        if t is not None and section.columns != "all":
+            for col in section.columns:
+                _attempt(problems, t.column_index, col)
+    if len(problems) == before and ids is not None and phenotypes is not None and covariates is not None:
+        c = covariates
+        _attempt(problems, build_design, ids, pheno_src[0], pheno_src[1], c.file, c.columns,
+                 c.categorical, c.qcovar, c.covar)
 
 
 def _workers_text(cc: ClusterConfig) -> str:
@@ -489,9 +551,28 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     """Every problem of a parsed configuration and its inputs, and the inputs when there are none."""
     problems: list[str] = []
     got = _check_inputs(problems, cfg.genotypes, cfg.phenotypes, cfg.covariates, cfg.variants, cfg.samples)
-    ids = got.get("ids")
+    ids, grm_rows = _restrict_grm(got)
+    labels = None
+    if ids is not None and cfg.report.labels is not None:
+        labels = _attempt(problems, read_labels, cfg.report.labels, cfg.report.label_column, ids)
     method = rmethod = None
     memory_plan: dict = {}
+    if ids is not None:
+        method, rmethod, memory_plan = _check_plan(problems, cfg, ids, got, grm_rows)
+    _check_prevalence(problems, cfg, got)
+    replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
+    if contact_cluster:
+        _attempt(problems, _check_cluster, cfg.cluster)
+    if problems or "design" not in got:
+        return problems, None
+    return problems, _inputs(cfg, got, ids, method, rmethod, memory_plan, bool(replace), labels)
+
+
+def _restrict_grm(got: dict) -> tuple[list | None, np.ndarray | None]:
+    """With a given GRM, the run's samples are the analysed ones (K is needed over them only): the
+    design restricted to them and the GRM's facts into ``got``; returns the samples and the GRM
+    rows to read (None without a GRM)."""
+    ids = got.get("ids")
     gf = got.get("grm")
     grm_rows = None
     if gf is not None and "design" in got:
@@ -506,24 +587,32 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         if keep.size < len(ids):
             got["design"] = _design_rows(d, keep)
             ids = [ids[i] for i in keep]
-    labels = None
-    if ids is not None and cfg.report.labels is not None:
-        labels = _attempt(problems, read_labels, cfg.report.labels, cfg.report.label_column, ids)
-    if ids is not None:
-        method = spectrum_method(cfg, len(ids))
-        rmethod = reml_method(cfg, len(ids))
-        before = len(problems)
-        memory_plan = _attempt(problems, lambda: check_memory(
-            cfg, len(ids), method, got["variant_chunk"], grm_needed=needs_grm(cfg, method, rmethod),
-            spectrum_needed=needs_spectrum(cfg, rmethod), model=model_memory(rmethod), design=got.get("design"),
-            n_grm_file=gf.n if gf is not None else None)) or {}
-        if grm_rows is not None and len(problems) == before:  # the GRM's values, read once
-            got["grm_K"] = _attempt(problems, gf.read, grm_rows)
-            got["grm_info"]["n_variants"] = _attempt(problems, gf.n_variants)
-        if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
-            problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
-        if got.get("n_variants") is not None or gf is not None:
-            _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod)
+    return ids, grm_rows
+
+
+def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_rows) -> tuple:
+    """The methods chosen for ``ids`` and the memory plan checked (then the GRM's values read, once),
+    the PCs against the rank and the disk space; returns the spectrum and REML methods and the plan."""
+    gf = got.get("grm")
+    method = spectrum_method(cfg, len(ids))
+    rmethod = reml_method(cfg, len(ids))
+    before = len(problems)
+    memory_plan = _attempt(problems, lambda: check_memory(
+        cfg, len(ids), method, got["variant_chunk"], grm_needed=needs_grm(cfg, method, rmethod),
+        spectrum_needed=needs_spectrum(cfg, rmethod), model=model_memory(rmethod), design=got.get("design"),
+        n_grm_file=gf.n if gf is not None else None)) or {}
+    if grm_rows is not None and len(problems) == before:  # the GRM's values, read once
+        got["grm_K"] = _attempt(problems, gf.read, grm_rows)
+        got["grm_info"]["n_variants"] = _attempt(problems, gf.n_variants)
+    if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
+        problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
+    if got.get("n_variants") is not None or gf is not None:
+        _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod)
+    return method, rmethod, memory_plan
+
+
+def _check_prevalence(problems: list[str], cfg: RunConfig, got: dict) -> None:
+    """phenotypes.prevalence: every phenotype must be binary (0/1 or 1/2)."""
     if cfg.phenotypes.prevalence is not None and "design" in got:
         d = got["design"]
         for j, name in enumerate(d.phenotype_names):
@@ -533,11 +622,12 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
                 shown = ", ".join(f"{v:g}" for v in sorted(levels)[:5]) + (", ..." if len(levels) > 5 else "")
                 problems.append(f"phenotypes.prevalence is for a binary trait coded 0/1 or 1/2 (control/"
                                 f"case), but phenotype {name!r} has the values {shown}")
-    replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
-    if contact_cluster:
-        _attempt(problems, _check_cluster, cfg.cluster)
-    if problems or "design" not in got:
-        return problems, None
+
+
+def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, memory_plan: dict, replace: bool,
+            labels) -> Inputs:
+    """The :class:`Inputs` of a configuration without problems, with its stages' passes and flops."""
+    gf = got.get("grm")
     n, p = len(ids), got.get("n_variants") or 0  # a given GRM: no variants to pass over
     stages = planned_stages(cfg, method, rmethod)
     threads = cluster_threads(cfg.cluster) or os.cpu_count() or 1
@@ -545,16 +635,16 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         if "grm" in stages else None
     passes = stage_passes(cfg, n, method, rmethod, block, memory_plan, stages)
     flops = stage_flops(cfg, n, p, method, rmethod, memory_plan, passes, len(got["design"].phenotype_names))
-    return problems, Inputs(ids=ids, design=got["design"], include=got.get("include"),
-                            n_variants=got["n_variants"], method=method, reml_method=rmethod,
-                            variant_chunk=got["variant_chunk"],
-                            plink=got.get("plink"), store=got.get("store"), memory_plan=memory_plan,
-                            replace_other_run=bool(replace), spectrum_needed=needs_spectrum(cfg, rmethod),
-                            sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
-                            selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
-                            grm_info=got.get("grm_info"), labels=labels,
-                            stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
-                            filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}")
+    return Inputs(ids=ids, design=got["design"], include=got.get("include"),
+                  n_variants=got["n_variants"], method=method, reml_method=rmethod,
+                  variant_chunk=got["variant_chunk"],
+                  plink=got.get("plink"), store=got.get("store"), memory_plan=memory_plan,
+                  replace_other_run=replace, spectrum_needed=needs_spectrum(cfg, rmethod),
+                  sample_rows=got.get("sample_rows"), variant_drop=got.get("variant_drop"),
+                  selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
+                  grm_info=got.get("grm_info"), labels=labels,
+                  stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
+                  filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}")
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
