@@ -632,7 +632,7 @@ def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, mem
     stages = planned_stages(cfg, method, rmethod)
     threads = cluster_threads(cfg.cluster) or os.cpu_count() or 1
     block = grm_block_size(cfg, n, threads, min(cfg.genotypes.chunks[0], n), min(got["variant_chunk"], p)) \
-        if "grm" in stages else None
+        if needs_grm(cfg, method, rmethod) else None
     passes = stage_passes(cfg, n, method, rmethod, block, memory_plan, stages)
     flops = stage_flops(cfg, n, p, method, rmethod, memory_plan, passes, len(got["design"].phenotype_names))
     return Inputs(ids=ids, design=got["design"], include=got.get("include"),
