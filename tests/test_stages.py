@@ -325,6 +325,23 @@ def test_exact_spectrum_is_the_eigendecomposition_of_the_dense_K(cohort, tmp_pat
     assert np.array_equal(loaded.s, spec.s) and np.array_equal(loaded.U, spec.U)
 
 
+def test_randomized_spectrum_on_the_whole_space_is_the_top_of_the_dense_spectrum(cohort, tmp_path):
+    # (q + 1)·(k + oversample) = 4·20 ≥ n: the Krylov space is all of Rⁿ, where Rayleigh–Ritz is exact
+    ctx = context(cohort, tmp_path, "randomized", spectrum={"method": "randomized", "rank": 10, "oversample": 10,
+                                                             "power_iters": 3, "dtype": "float64"})
+    ctx.keep(registry.INGEST, cohort.store)
+    ctx.keep(registry.VARIANT_STATS, library_std(cohort))
+    spec, info = registry.SPECTRUM.body(ctx)
+    s_ref = np.sort(np.linalg.eigvalsh(cohort.K))[::-1][:10]
+    assert spec.k == 10 and info["passes_over_X"] >= 1
+    # float64 passes and an orthonormal basis of Rⁿ: round-off of ‖K‖ (~2), well below 1e-9
+    np.testing.assert_allclose(spec.s, s_ref, rtol=0, atol=1e-9 * s_ref[0])
+    np.testing.assert_allclose(cohort.K @ spec.U, spec.U * spec.s, atol=1e-9 * s_ref[0])
+    head, rows = table(ctx.out / "eigenvalues.tsv")
+    assert head == ["index", "eigenvalue", "ritz_residual", "converged"] and len(rows) == 10
+    assert written(ctx, registry.SPECTRUM) == [] and not (ctx.out / "spectrum.partial").exists()
+
+
 def test_a_given_grm_spectrum_clips_negative_eigenvalues(cohort, tmp_path, caplog):
     rng = np.random.default_rng(9)
     Q = np.linalg.qr(rng.normal(size=(N, N)))[0]
@@ -418,6 +435,23 @@ def test_spectral_blup_equals_the_dense_formula(cohort, tmp_path):
     np.testing.assert_allclose([float(r[2]) for r in rows], g_ref, rtol=1e-7, atol=1e-12)
     assert (ctx.out / "blup_loo.tsv").exists() and written(ctx, registry.BLUP[0]) == []
     assert info == {"phenotypes": 1}
+
+
+def test_snp_effects_reproduce_the_blup(cohort, tmp_path):
+    """X β̂ = ĝ: β̂ = (σ²_g / p) Xᵀ w, so X β̂ = σ²_g K w, the genetic values."""
+    ctx = spectral_context(cohort, tmp_path, predict={"snp_effects": True})
+    ctx.keep(registry.INGEST, cohort.store)
+    ctx.keep(registry.VARIANT_STATS, library_std(cohort))
+    ctx.keep(registry.REML[0], registry.REML[0].body(ctx)[0])
+    b, info = registry.BLUP[0].body(ctx)
+    assert info["passes_over_X"] == 1
+    head, rows = table(ctx.out / "snp_effects.tsv")
+    beta = np.array([float(r[head.index("beta_trait1")]) for r in rows])
+    used = np.array([r[head.index("used")] == "1" for r in rows])
+    assert np.array_equal(used, cohort.keep) and np.all(beta[~used] == 0.0)
+    # β̂ written with 8 significant digits, summed over ~270 variants: 1e-6 of max |ĝ|
+    np.testing.assert_allclose(cohort.X @ beta[used], b.genetic_values[:, 0], rtol=0,
+                               atol=1e-6 * np.abs(b.genetic_values).max())
 
 
 # --------------------------------------------------------------------------------------------
