@@ -59,6 +59,16 @@ def component_block_bytes(block: int, variant_chunk: int, m: int, itemsize: int 
     return 8 * m * block * block + 2 * itemsize * block * variant_chunk + 2 * block * variant_chunk
 
 
+def _grouped_slab(G, rows: slice, cols: slice, order: np.ndarray, inorder: bool) -> np.ndarray:
+    """The int8 genotypes of ``rows`` x ``cols`` with the chunk's columns in component order
+    (``order``, chunk-relative; a plain slice when the components are already contiguous)."""
+    from .grm import _row_block
+
+    g = _row_block(G, rows, cols)
+    # np.take: 4x faster than fancy indexing g[:, order] on an int8 slab
+    return g[:, int(order[0]):int(order[-1]) + 1] if inorder else np.take(g, order, axis=1)
+
+
 def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice, variant_step: int,
                         p_j: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Blocks ``(I, J)`` of all m component GRMs, ``X_{I,S_j} X_{J,S_j}ᵀ / p_j`` (m, |I|, |J|),
@@ -68,23 +78,26 @@ def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice,
     columns are sorted by component so that every component is a contiguous slice of the
     standardized slab.
     """
-    from .grm import _row_block
-
     ni, nj = rows_i.stop - rows_i.start, rows_j.stop - rows_j.start
     acc = np.zeros((m, ni, nj), dtype=np.float64)
     same = rows_i == rows_j
     p = G.shape[1]
+    buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
+    buf_j = None if same else np.empty(nj * min(variant_step, p), dtype=dtype)
     for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         cj = comp[cols]
-        if not (cj >= 0).any():
-            continue
         order = np.argsort(cj, kind="stable")
         order = order[cj[order] >= 0]
+        if not order.size:
+            continue
         bounds = np.searchsorted(cj[order], np.arange(m + 1))
         c, s = center[cols][order], scale[cols][order]
-        xi = standardize_block(_row_block(G, rows_i, cols)[:, order], c, s, dtype)
-        xj = xi if same else standardize_block(_row_block(G, rows_j, cols)[:, order], c, s, dtype)
+        # variants already grouped by component (e.g. by chromosome) need no reordering
+        inorder = order[-1] - order[0] + 1 == order.size
+        xi = standardize_block(_grouped_slab(G, rows_i, cols, order, inorder), c, s, dtype, out=buf_i)
+        xj = xi if same else standardize_block(_grouped_slab(G, rows_j, cols, order, inorder), c, s, dtype,
+                                               out=buf_j)
         for j in range(m):
             a, b = int(bounds[j]), int(bounds[j + 1])
             if b > a:

@@ -303,11 +303,16 @@ def _cohort(seed=21, n=90, p=300):
     return G, comp
 
 
-@pytest.mark.parametrize("standardize", ["gcta", "center"])
-def test_each_component_grm_equals_its_dense_product(standardize):
+@pytest.mark.parametrize("standardize, layout", [("gcta", "interleaved"), ("center", "interleaved"),
+                                                  ("gcta", "contiguous")])
+def test_each_component_grm_equals_its_dense_product(standardize, layout):
+    """Interleaved components (each chunk's columns reordered) and contiguous ones (runs of one
+    component, as chromosomes: read as slices), over variant chunks of 64."""
     G, comp = _cohort()
+    if layout == "contiguous":
+        comp = np.sort(comp)
     std = bigmm.standardization(bigmm.variant_stats(G), standardize)
-    res = bigmm.component_grms(G, std, comp, block_size=32, min_variants=10)
+    res = bigmm.component_grms(CountingGenotypes(G, 64), std, comp, block_size=32, min_variants=10)
     assert res.names == ("C1", "C2", "C3", "C4") and res.K.shape == (4, 90, 90)
     for j in range(4):
         X, kept = standardize_reference(G, standardize, keep=comp == j)
