@@ -26,7 +26,7 @@ variants, and a split that assigns no variant at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -59,7 +59,6 @@ class Components:
     names: tuple
     assignment: np.ndarray
     source: str = "components"
-    notes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         a = np.asarray(self.assignment)
@@ -85,7 +84,7 @@ class Components:
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != self.assignment.shape:
             raise ValueError(f"keep has shape {keep.shape}, the assignment {self.assignment.shape}")
-        return Components(self.names, np.where(keep, self.assignment, -1), self.source, dict(self.notes))
+        return Components(self.names, np.where(keep, self.assignment, -1), self.source)
 
     def describe(self, keep: np.ndarray | None = None) -> str:
         """One line per component: its name and its number of (kept) variants."""

@@ -94,23 +94,22 @@ def ld_windows(n_kept: int, window_kb: float | None = None, window_variants: int
     return lo, hi
 
 
-def _ld_block_task(G, cols, center, scale, a, b, lo, hi, n, dtype):
-    """LD scores of kept variants a..b-1, from the kept columns ``cols[L:H]`` their windows reach."""
-    L, H = int(lo[a:b].min()), int(hi[a:b].max())
-    span = cols[L:H]
+def _ld_block_task(G, span, center, scale, rows: slice, lo, hi, n, dtype):
+    """LD scores of the kept variants ``rows`` of ``span`` (the store columns of the kept variants
+    their windows reach), each window ``[lo, hi)`` in positions of ``span``."""
     g = np.asarray(G[:, int(span[0]):int(span[-1]) + 1])[:, span - span[0]]
-    X = standardize_block(g, center[span], scale[span], dtype)
+    X = standardize_block(g, center, scale, dtype)
     ss = np.einsum("ij,ij->j", X, X, dtype=np.float64)
-    r2 = np.asarray(X[:, a - L:b - L].T @ X, dtype=np.float64)  # (b − a) x (H − L) cross products
+    r2 = np.asarray(X[:, rows].T @ X, dtype=np.float64)  # B x (B + overlap) cross products
     np.square(r2, out=r2)
-    r2 /= ss[a - L:b - L, None]
+    r2 /= ss[rows, None]
     r2 /= ss[None, :]
     np.minimum(r2, 1.0, out=r2)  # round-off can lift r² of identical columns above 1
-    j = np.arange(L, H)
-    r2[(j[None, :] < lo[a:b, None]) | (j[None, :] >= hi[a:b, None])] = np.nan
-    n_in = hi[a:b] - lo[a:b]
+    j = np.arange(span.size)
+    r2[(j[None, :] < lo[:, None]) | (j[None, :] >= hi[:, None])] = np.nan
+    n_in = hi - lo
     # Σ_window [r² − (1 − r²)/(n − 2)] = (1 + 1/(n − 2)) Σ r² − |W| / (n − 2)
-    return a, (1.0 + 1.0 / (n - 2)) * np.nansum(r2, axis=1) - n_in / (n - 2), n_in
+    return (1.0 + 1.0 / (n - 2)) * np.nansum(r2, axis=1) - n_in / (n - 2), n_in
 
 
 def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
@@ -202,11 +201,17 @@ def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
                         None if pos is None else pos[cols], None if chrom is None else chrom[cols])
     B = int(block_variants or min(_variant_chunk(G), LD_BLOCK))
     task = dask.delayed(_ld_block_task, pure=False)
-    tasks = [task(G, cols, std.center, std.scale, a, min(cols.size, a + B), lo, hi, n, np.dtype(dtype))
-             for a in range(0, cols.size, B)]
+    starts = range(0, cols.size, B)
+    tasks = []
+    for a in starts:  # each task gets only its own slice of the windows and the standardization
+        b = min(cols.size, a + B)
+        L, H = int(lo[a:b].min()), int(hi[a:b].max())
+        span = cols[L:H]
+        tasks.append(task(G, span, std.center[span], std.scale[span], slice(a - L, b - L), lo[a:b] - L,
+                          hi[a:b] - L, n, np.dtype(dtype)))
     scores = np.full(p, np.nan)
     counts = np.full(p, -1, dtype=np.int64)
-    for a, part, cnt in run_tasks(tasks, f"LD scores ({cols.size} variants)"):
+    for a, (part, cnt) in zip(starts, run_tasks(tasks, f"LD scores ({cols.size} variants)")):
         scores[cols[a:a + part.size]] = part
         counts[cols[a:a + part.size]] = cnt
     return (scores, counts) if return_counts else scores
