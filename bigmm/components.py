@@ -411,34 +411,40 @@ def cross(a: Components, b: Components, sep: str = ":") -> Components:
     return Components(names, new, f"{a.source} x {b.source}")
 
 
-def ld_quantile_bins(ld: np.ndarray, within: Components, n_bins: int = 4, sep: str = ":") -> Components:
+def ld_quantile_bins(ld: np.ndarray, within: Components, n_bins: int = 4, sep: str = ":",
+                     pooled: bool = False) -> Components:
     """Split each component of ``within`` into ``n_bins`` LD-score quantile bins (GREML-LDMS).
 
-    The quantiles are those of the LD scores of each component's own variants (NumPy's default
-    linear interpolation, R's type 7). Bin 1 holds ``ℓ ≤ Q(1/n_bins)``, bin k holds
-    ``Q((k−1)/n_bins) < ℓ ≤ Q(k/n_bins)``, the last bin ``ℓ > Q((n_bins−1)/n_bins)``: the rule of
-    GCTA's GREML-LDMS recipe (its R script stratifies by ``quantile()`` of the segment LD score
-    within each MAF bin). Names: ``NAME:ld1`` ... ``NAME:ld4``. Variants with a NaN LD score are
-    in no component.
+    The quantiles are those of the LD scores of each component's own variants, or with
+    ``pooled`` those of all variants assigned in ``within`` together (NumPy's default linear
+    interpolation, R's type 7 as R's ``summary()`` and ``quantile()`` use). Bin 1 holds
+    ``ℓ ≤ Q(1/n_bins)``, bin k ``Q((k−1)/n_bins) < ℓ ≤ Q(k/n_bins)``, the last
+    ``ℓ > Q((n_bins−1)/n_bins)``: the rule of the R script of GCTA's GREML-LDMS documentation,
+    which takes the quartiles over all variants (``pooled=True``) and then splits each LD group
+    by MAF. Names: ``NAME:ld1`` ... ``NAME:ld4``. Variants with a NaN LD score are in no component.
     """
     ld = np.asarray(ld, dtype=np.float64)
     if ld.shape != within.assignment.shape:
         raise ValueError(f"LD scores have shape {ld.shape}, the assignment {within.assignment.shape}")
     if n_bins < 1:
         raise InputError(f"the number of LD-score bins must be at least 1, got {n_bins}")
+    probs = np.arange(1, n_bins) / n_bins
+    everyone = (within.assignment >= 0) & np.isfinite(ld)
+    q_all = np.quantile(ld[everyone], probs) if pooled and everyone.any() else None
     new = np.full(ld.shape, -1, dtype=np.int32)
     names = []
     for j, name in enumerate(within.names):
         members = np.flatnonzero((within.assignment == j) & np.isfinite(ld))
         if members.size:
-            q = np.quantile(ld[members], np.arange(1, n_bins) / n_bins)
+            q = q_all if pooled else np.quantile(ld[members], probs)
             new[members] = j * n_bins + np.searchsorted(q, ld[members], side="left")
         names += [f"{name}{sep}ld{k + 1}" for k in range(n_bins)]
-    return Components(tuple(names), new, f"{within.source} x LD-score {n_bins}-quantiles")
+    how = "pooled" if pooled else "within-component"
+    return Components(tuple(names), new, f"{within.source} x {how} LD-score {n_bins}-quantiles")
 
 
 def greml_ldms(stats, ld: np.ndarray, maf_edges: Sequence[float], n_ld_bins: int = 4,
-               keep: np.ndarray | None = None) -> Components:
+               keep: np.ndarray | None = None, pooled: bool = False) -> Components:
     """GREML-LDMS components: MAF bins (:func:`maf_bins`) x LD-score quantiles within each bin
     (:func:`ld_quantile_bins`), as Yang et al. (2015) recommend for an SNP heritability that does
     not depend on how effect sizes vary with frequency and LD.
@@ -453,5 +459,8 @@ def greml_ldms(stats, ld: np.ndarray, maf_edges: Sequence[float], n_ld_bins: int
         MAF bin edges, e.g. ``[0.001, 0.01, 0.1, 0.2, 0.3, 0.4, 0.5]``.
     n_ld_bins : int
         LD-score quantile bins within each MAF bin (4: quartiles).
+    pooled : bool
+        Take the LD-score quantiles over all binned variants together, as the R script of GCTA's
+        documentation does, instead of within each MAF bin (:func:`ld_quantile_bins`).
     """
-    return ld_quantile_bins(ld, maf_bins(stats, maf_edges, keep), n_ld_bins)
+    return ld_quantile_bins(ld, maf_bins(stats, maf_edges, keep), n_ld_bins, pooled=pooled)

@@ -7,9 +7,11 @@ included), of the squared correlation of their genotypes, bias-corrected:
 
 with ``r_uv`` the Pearson correlation of the two mean-imputed genotype columns over the n
 samples (the correction removes the expected sampling value of r² between unlinked variants,
-``E[r²] ≈ 1/(n − 1)``, as LDSC does; Bulik-Sullivan et al. 2015). It is what GCTA's
-``--ld-score`` / ``--ld-score-region`` and LDSC's ``--l2`` compute per variant; GREML-LDMS
-stratifies variants by quantiles of it within MAF bins (:func:`bigmm.components.greml_ldms`).
+``E[r²] ≈ 1/(n − 1)``, as LDSC does; Bulik-Sullivan et al. 2015). It is LDSC's ``--l2`` score
+with a window centred on each variant; GCTA's ``--ld-score-region`` sums the same corrected r²
+over fixed, half-overlapping blocks of variants instead (its ``ldscore_SNP``) and then averages
+them over 200 kb segments (``ldscore_region``), which bigmm does not do. GREML-LDMS stratifies
+variants by quantiles of the score within MAF bins (:func:`bigmm.components.greml_ldms`).
 
 The pass streams blocks of kept variants; a block's task reads its own columns and the overlap
 its windows reach into the neighbouring blocks, standardizes them (never materialising X) and

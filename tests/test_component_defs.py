@@ -168,26 +168,31 @@ def test_chromosomes_crossings_and_ld_quartiles_within_maf_bins():
     x = bigmm.cross(c, half)
     assert x.names == ("chr1:lo", "chr1:hi", "chr2:lo", "chr2:hi")
     assert x.assignment.tolist() == [2 * (j // 6) + (j % 2) for j in range(12)]
-    # LD quartiles within each bin: R's quantile() (type 7) edges, ℓ ≤ Q25 | ≤ Q50 | ≤ Q75 | above
+    # LD quartiles within each bin, or over all binned variants (pooled, GCTA's R script):
+    # edges by R's type 7, ℓ ≤ Q25 | ≤ Q50 | ≤ Q75 | above
     rng = np.random.default_rng(2)
     ld = rng.gamma(2.0, 10.0, size=200)
     bins = bigmm.Components(("a", "b"), rng.integers(-1, 2, size=200))
-    q = bigmm.ld_quantile_bins(ld, bins)
-    assert q.names == tuple(f"{n}:ld{k}" for n in "ab" for k in range(1, 5))
-    for j in range(2):
-        members = np.flatnonzero(bins.assignment == j)
-        s = np.sort(ld[members])
-        quart = []
-        for prob in (0.25, 0.5, 0.75):  # R's type 7: s[⌊h⌋] + (h − ⌊h⌋)(s[⌊h⌋+1] − s[⌊h⌋]), h = (n−1)·prob
-            h = (s.size - 1) * prob
-            lo = int(np.floor(h))
-            quart.append(s[lo] + (h - lo) * (s[min(s.size - 1, lo + 1)] - s[lo]))
-        for v in members:
-            k = sum(ld[v] > e for e in quart)
-            assert q.assignment[v] == 4 * j + k
+    for pooled in (False, True):
+        q = bigmm.ld_quantile_bins(ld, bins, pooled=pooled)
+        assert q.names == tuple(f"{n}:ld{k}" for n in "ab" for k in range(1, 5))
+        for j in range(2):
+            members = np.flatnonzero(bins.assignment == j)
+            s = np.sort(ld[bins.assignment >= 0] if pooled else ld[members])
+            quart = []
+            for prob in (0.25, 0.5, 0.75):  # s[⌊h⌋] + (h − ⌊h⌋)(s[⌊h⌋+1] − s[⌊h⌋]), h = (n−1)·prob
+                h = (s.size - 1) * prob
+                lo = int(np.floor(h))
+                quart.append(s[lo] + (h - lo) * (s[min(s.size - 1, lo + 1)] - s[lo]))
+            for v in members:
+                assert q.assignment[v] == 4 * j + sum(ld[v] > e for e in quart)
     assert np.all(q.assignment[bins.assignment < 0] == -1)
-    assert np.array_equal(bigmm.greml_ldms(bigmm.variant_stats(random_genotypes(rng, 50, 200)), ld,
-                                           [0.0, 0.5]).assignment >= 0, np.ones(200, bool))
+    # GREML-LDMS is the composition of the two, both checked above
+    stats = bigmm.variant_stats(random_genotypes(rng, 50, 200))
+    ldms = bigmm.greml_ldms(stats, ld, [0.0, 0.1, 0.5])
+    assert ldms.m == 8 and ldms.names[4] == "maf[0.1,0.5]:ld1"
+    by_maf = bigmm.maf_bins(stats, [0.0, 0.1, 0.5])
+    assert np.array_equal(ldms.assignment, bigmm.ld_quantile_bins(ld, by_maf).assignment)
 
 
 # --- LD scores ---------------------------------------------------------------------------------
@@ -349,7 +354,8 @@ def test_components_from_a_file_name_the_component_grms(tmp_path):
     G, comp = _cohort(seed=9, n=40, p=120)
     ids = _ids(120)
     f = tmp_path / "ann.txt"
-    f.write_text("".join(f"{ids[v]} {'even' if comp[v] % 2 == 0 else 'odd'}\n" for v in range(120) if comp[v] >= 0))
+    f.write_text("".join(f"{ids[v]} {'even' if comp[v] % 2 == 0 else 'odd'}\n"
+                         for v in range(120) if comp[v] >= 0))
     c = bigmm.read_components(f, ids)
     std = bigmm.standardization(bigmm.variant_stats(G))
     res = bigmm.component_grms(G, std, c, min_variants=10)
