@@ -31,6 +31,41 @@ from .tasks import run_tasks
 LD_BLOCK = 2048
 
 
+def ld_task_bytes(n: int, block: int, reach: int, itemsize: int = 8) -> int:
+    """Memory of one LD-score task: the int8 and standardized slabs of its ``block + 2·reach``
+    columns (``n (B + 2w)(1 + itemsize)``) and its correlations with their window mask
+    (``9 B (B + 2w)``).
+
+    >>> ld_task_bytes(10_000, 2048, 1000) // 2**20
+    418
+    """
+    width = block + 2 * reach
+    return n * width * (1 + itemsize) + 9 * block * width
+
+
+def ld_block_size(n: int, reach: int, variant_chunk: int, memory: int | None, itemsize: int = 8) -> int:
+    """Kept variants per LD-score task: the store's chunk width, at most :data:`LD_BLOCK`, halved
+    until a task fits ``memory`` bytes (:func:`ld_task_bytes`).
+
+    Raises
+    ------
+    InputError
+        When not even 64 variants with their window fit, with the memory needed.
+    """
+    b = max(1, min(int(variant_chunk), LD_BLOCK))
+    if memory is None:
+        return b
+    while b > 64 and ld_task_bytes(n, b, reach, itemsize) > memory:
+        b = -(-b // 2)
+    need = ld_task_bytes(n, b, reach, itemsize)
+    if need > memory:
+        raise InputError(
+            f"memory limit {memory / 2**20:.0f} MiB per task is too small for LD scores of n = {n} samples "
+            f"with windows reaching {reach} variants either side: a task needs at least "
+            f"{need / 2**20:.0f} MiB; give the tasks more memory, a smaller window, or float32 products")
+    return b
+
+
 def _sorted_check(chrom: np.ndarray, pos: np.ndarray) -> None:
     """Refuse variants that are not grouped by chromosome and sorted by position within each."""
     change = np.flatnonzero(chrom[1:] != chrom[:-1]) + 1
@@ -116,7 +151,8 @@ def _ld_block_task(G, span, center, scale, rows: slice, lo, hi, n, dtype):
 
 def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
               window_variants: int | None = None, positions=None, chromosomes=None, *,
-              block_variants: int | None = None, dtype=LIBRARY_DTYPE, return_counts: bool = False):
+              block_variants: int | None = None, dtype=LIBRARY_DTYPE, memory: int | None = None,
+              return_counts: bool = False):
     """Bias-corrected LD score of every kept variant, in one windowed pass over the genotypes.
 
     ``ℓ_v = Σ_{u ∈ W(v)} [r²_uv − (1 − r²_uv) / (n − 2)]`` over the kept variants u in v's window
@@ -142,7 +178,10 @@ def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
         chromosome; ``positions`` are needed with ``window_kb``.
     block_variants : int, optional
         Kept variants per task (default: the store's variant chunk width, at most
-        :data:`LD_BLOCK`).
+        :data:`LD_BLOCK`, fewer when ``memory`` needs: :func:`ld_block_size`).
+    memory : int, optional
+        Bytes one task may use (:func:`ld_task_bytes`); refused before the pass when even 64
+        variants and their windows do not fit.
     dtype : numpy dtype
         Precision of the products (default float64; float32 doubles the BLAS rate, r² to ~1e-6).
     return_counts : bool
@@ -156,12 +195,14 @@ def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
     Notes
     -----
     Cost: one pass over the genotypes, each genotype read ``1 + 2w/B`` times for a window
-    reaching w kept variants beyond a block of B (the overlap with the neighbouring blocks), and
-    ``n · p · (B + 2w)`` multiply-adds (the ``B x (B + 2w)`` cross products of each block with its
-    reach; 2x the ``n · p · (2w + 1)`` of the windows themselves when w ≈ B/2). Memory per task:
-    the standardized ``n x (B + 2w)`` slab and the ``B x (B + 2w)`` correlations. With ``window_kb``
-    the reach w depends on the variant density: 1 Mb at one variant per kb is ~1,000 variants.
-    The task list runs on the active Dask scheduler (a distributed client when one is active).
+    reaching w kept variants beyond a block of B (the overlap with the neighbouring blocks; a
+    store chunk wider than B is also decoded once per block it holds, cheap next to the products),
+    and ``n · p · (B + 2w)`` multiply-adds (the ``B x (B + 2w)`` cross products of each block with
+    its reach; against ``n · p · (2w + 1)`` for the windows alone, at most 2x more when
+    ``w ≥ B/2``). Memory per task (:func:`ld_task_bytes`): the int8 and standardized
+    ``n x (B + 2w)`` slabs and the ``B x (B + 2w)`` correlations. With ``window_kb`` the reach w
+    depends on the variant density: 1 Mb at one variant per kb is ~1,000 variants. The task list
+    runs on the active Dask scheduler (a distributed client when one is active).
 
     References
     ----------
@@ -201,7 +242,8 @@ def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
         _sorted_check(chrom, np.zeros(p))
     lo, hi = ld_windows(cols.size, window_kb, window_variants,
                         None if pos is None else pos[cols], None if chrom is None else chrom[cols])
-    B = int(block_variants or min(_variant_chunk(G), LD_BLOCK))
+    reach = int(max((np.arange(cols.size) - lo).max(initial=0), (hi - 1 - np.arange(cols.size)).max(initial=0)))
+    B = int(block_variants or ld_block_size(n, reach, _variant_chunk(G), memory, np.dtype(dtype).itemsize))
     task = dask.delayed(_ld_block_task, pure=False)
     starts = range(0, cols.size, B)
     tasks = []

@@ -363,3 +363,22 @@ def test_components_from_a_file_name_the_component_grms(tmp_path):
     j = res.names.index("odd")
     X, kept = standardize_reference(G, "gcta", keep=(comp >= 0) & (comp % 2 == 1))
     np.testing.assert_allclose(res.K[j], X @ X.T / kept.size, rtol=0, atol=1e-12)
+
+
+def test_ld_scores_fit_the_task_memory_or_are_refused_before_reading():
+    """A memory limit shrinks the blocks (same scores); one too small for 64 variants and their
+    windows is refused with the numbers, before any read."""
+    from bigmm.ldscore import ld_task_bytes
+
+    G = CountingGenotypes(random_genotypes(np.random.default_rng(6), 50, 300, missing=0.0), 300)
+    std = bigmm.standardization(bigmm.variant_stats(G.G))
+    whole = bigmm.ld_scores(G, std, window_variants=10)
+    assert len(G.reads) == 1  # one block of all 300 variants
+    G.reads.clear()
+    small = bigmm.ld_scores(G, std, window_variants=10, memory=ld_task_bytes(50, 80, 10))
+    assert len(G.reads) == 4  # blocks of 300 → 150 → 75 variants
+    np.testing.assert_allclose(small, whole, rtol=0, atol=1e-12)  # the same sums in other blocks
+    G.reads.clear()
+    with pytest.raises(InputError, match="too small for LD scores of n = 50 samples"):
+        bigmm.ld_scores(G, std, window_variants=10, memory=1000)
+    assert G.reads == []

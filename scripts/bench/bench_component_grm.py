@@ -10,7 +10,10 @@ and ``--repeats`` times each (median, min and max reported):
                 random into m components (interleaved: every chunk holds every component, the
                 case where each chunk's columns are reordered).
 
-Both run on the local threaded Dask scheduler (no client) with the same block size and product
+``ld``          with ``--ld-window-variants W``: bigmm.ld_scores(store.genotypes, std,
+                window_variants=W), the windowed LD-score pass (its chunk reads printed too).
+
+All run on the local threaded Dask scheduler (no client) with the same block size and product
 dtype, and read the genotypes through a counter: the script prints the chunk reads of each (the
 same: one pass) and checks ``Σ_j (p_j/p) K_j = K``. Wall and CPU time (user + system of this
 process) are printed; on a shared machine the CPU time is the steadier figure.
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--ld-window-variants", type=int, default=None,
+                    help="also time bigmm.ld_scores with this window (kept variants either side)")
     ap.add_argument("--chunks", type=int, nargs=2, default=(4096, 8192), metavar=("SAMPLES", "VARIANTS"))
     args = ap.parse_args(argv)
     rng = np.random.default_rng(1)
@@ -79,6 +84,8 @@ def main(argv=None) -> int:
         print(f"n = {args.n}, p = {args.p} ({std.n_kept} kept), m = {args.m}, dtype {args.dtype}, "
               f"{total_threads()} threads, sample blocks of {block}, store chunks {tuple(args.chunks)}")
         runs = {"grm": [], "components": []}
+        if args.ld_window_variants is not None:
+            runs["ld"] = []
         reads = {}
         last = {}
         for _ in range(args.repeats):
@@ -86,6 +93,9 @@ def main(argv=None) -> int:
                 arr = Counting(store.genotypes)
                 if name == "grm":
                     fn = lambda: bigmm.grm(arr, std, block_size=block, dtype=args.dtype)  # noqa: E731
+                elif name == "ld":
+                    fn = lambda: bigmm.ld_scores(arr, std, window_variants=args.ld_window_variants,  # noqa: E731
+                                                 dtype=args.dtype)
                 else:
                     fn = lambda: bigmm.component_grms(arr, std, split, block_size=block,  # noqa: E731
                                                       dtype=args.dtype, min_variants=1)
