@@ -15,7 +15,8 @@ variants by quantiles of the score within MAF bins (:func:`bigmm.components.grem
 
 The pass streams blocks of kept variants; a block's task reads its own columns and the overlap
 its windows reach into the neighbouring blocks, standardizes them (never materialising X) and
-forms only the ``B x (B + overlap)`` correlations it needs: the p x p LD matrix is never formed.
+forms only the correlations of each variant with its reach, a few hundred rows at a time: the
+p x p LD matrix is never formed.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from .tasks import run_tasks
 #: kept variants per LD-score task at most (by default): a task holds ``B x (B + 2w)`` float64
 #: correlations, 66 MiB for B = 2048 and a reach of w = 1,000 variants either side
 LD_BLOCK = 2048
+#: rows of the correlations formed at once inside a task: each group of rows is multiplied with
+#: its own reach only, so the products cost ``n (LD_ROWS + 2w)`` per variant, not ``n (B + 2w)``
+LD_ROWS = 256
 
 
 def ld_task_bytes(n: int, block: int, reach: int, itemsize: int = 8) -> int:
     """Memory of one LD-score task: the int8 and standardized slabs of its ``block + 2·reach``
-    columns (``n (B + 2w)(1 + itemsize)``) and its correlations with their window mask
-    (``9 B (B + 2w)``).
+    columns (``n (B + 2w)(1 + itemsize)``) and one group of correlations with its window mask
+    (``9 r (r + 2w)``, ``r = min(B, LD_ROWS)``).
 
     >>> ld_task_bytes(10_000, 2048, 1000) // 2**20
-    418
+    352
     """
-    width = block + 2 * reach
-    return n * width * (1 + itemsize) + 9 * block * width
+    r = min(block, LD_ROWS)
+    return n * (block + 2 * reach) * (1 + itemsize) + 9 * r * (r + 2 * reach)
 
 
 def ld_block_size(n: int, reach: int, variant_chunk: int, memory: int | None, itemsize: int = 8) -> int:
@@ -131,22 +135,33 @@ def ld_windows(n_kept: int, window_kb: float | None = None, window_variants: int
     return lo, hi
 
 
+def _ld_rows(X, ss, rows: slice, lo, hi, n):
+    """Corrected LD scores of the columns ``rows`` of X from their windows ``[lo, hi)``."""
+    L, H = int(lo.min()), int(hi.max())
+    r2 = np.asarray(X[:, rows].T @ X[:, L:H], dtype=np.float64)  # rows x reach cross products
+    np.square(r2, out=r2)
+    r2 /= ss[rows, None]
+    r2 /= ss[None, L:H]
+    np.minimum(r2, 1.0, out=r2)  # round-off can lift r² of identical columns above 1
+    j = np.arange(L, H)
+    r2[(j[None, :] < lo[:, None]) | (j[None, :] >= hi[:, None])] = 0.0
+    n_in = hi - lo
+    # Σ_window [r² − (1 − r²)/(n − 2)] = (1 + 1/(n − 2)) Σ r² − |W| / (n − 2)
+    return (1.0 + 1.0 / (n - 2)) * r2.sum(axis=1) - n_in / (n - 2)
+
+
 def _ld_block_task(G, span, center, scale, rows: slice, lo, hi, n, dtype):
     """LD scores of the kept variants ``rows`` of ``span`` (the store columns of the kept variants
-    their windows reach), each window ``[lo, hi)`` in positions of ``span``."""
+    their windows reach), each window ``[lo, hi)`` in positions of ``span``; the correlations are
+    formed :data:`LD_ROWS` rows at a time, each against its own reach only."""
     g = np.asarray(G[:, int(span[0]):int(span[-1]) + 1])[:, span - span[0]]
     X = standardize_block(g, center, scale, dtype)
     ss = np.einsum("ij,ij->j", X, X, dtype=np.float64)
-    r2 = np.asarray(X[:, rows].T @ X, dtype=np.float64)  # B x (B + overlap) cross products
-    np.square(r2, out=r2)
-    r2 /= ss[rows, None]
-    r2 /= ss[None, :]
-    np.minimum(r2, 1.0, out=r2)  # round-off can lift r² of identical columns above 1
-    j = np.arange(span.size)
-    r2[(j[None, :] < lo[:, None]) | (j[None, :] >= hi[:, None])] = np.nan
-    n_in = hi - lo
-    # Σ_window [r² − (1 − r²)/(n − 2)] = (1 + 1/(n − 2)) Σ r² − |W| / (n − 2)
-    return (1.0 + 1.0 / (n - 2)) * np.nansum(r2, axis=1) - n_in / (n - 2), n_in
+    parts = []
+    for s0 in range(0, rows.stop - rows.start, LD_ROWS):
+        s1 = min(rows.stop - rows.start, s0 + LD_ROWS)
+        parts.append(_ld_rows(X, ss, slice(rows.start + s0, rows.start + s1), lo[s0:s1], hi[s0:s1], n))
+    return np.concatenate(parts), hi - lo
 
 
 def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
@@ -197,12 +212,12 @@ def ld_scores(genotypes, std: Standardization, window_kb: float | None = None,
     Cost: one pass over the genotypes, each genotype read ``1 + 2w/B`` times for a window
     reaching w kept variants beyond a block of B (the overlap with the neighbouring blocks; a
     store chunk wider than B is also decoded once per block it holds, cheap next to the products),
-    and ``n · p · (B + 2w)`` multiply-adds (the ``B x (B + 2w)`` cross products of each block with
-    its reach; against ``n · p · (2w + 1)`` for the windows alone, at most 2x more when
-    ``w ≥ B/2``). Memory per task (:func:`ld_task_bytes`): the int8 and standardized
-    ``n x (B + 2w)`` slabs and the ``B x (B + 2w)`` correlations. With ``window_kb`` the reach w
-    depends on the variant density: 1 Mb at one variant per kb is ~1,000 variants. The task list
-    runs on the active Dask scheduler (a distributed client when one is active).
+    and ``n · p · (r + 2w)`` multiply-adds: the rows of a block are multiplied
+    :data:`LD_ROWS` = r at a time with their own reach, against ``n · p · (2w + 1)`` for the
+    windows alone (1.25x for w = 500). Memory per task (:func:`ld_task_bytes`): the int8 and
+    standardized ``n x (B + 2w)`` slabs and ``r x (r + 2w)`` correlations. With ``window_kb`` the
+    reach w depends on the variant density: 1 Mb at one variant per kb is ~1,000 variants. The
+    task list runs on the active Dask scheduler (a distributed client when one is active).
 
     References
     ----------

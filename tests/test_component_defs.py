@@ -217,8 +217,11 @@ def _dense_ld_scores(G, keep, pos, chrom, window_kb, window_variants):
     return out
 
 
-@pytest.mark.parametrize("window_kb, window_variants, block", [(30, None, 16), (None, 7, 10), (25, 5, 64)])
-def test_ld_scores_equal_a_dense_computation(window_kb, window_variants, block):
+@pytest.mark.parametrize("window_kb, window_variants, block, rows", [(30, None, 16, 256), (None, 7, 10, 256),
+                                                                     (25, 5, 64, 7), (None, 12, None, 9)])
+def test_ld_scores_equal_a_dense_computation(window_kb, window_variants, block, rows, monkeypatch):
+    """Blocks of 10 to 150 variants, correlations formed 7, 9 or 256 rows at a time."""
+    monkeypatch.setattr(bigmm.ldscore, "LD_ROWS", rows)
     rng = np.random.default_rng(11)
     n, p = 120, 150
     G = random_genotypes(rng, n, p, missing=0.03, maf=(0.02, 0.5))

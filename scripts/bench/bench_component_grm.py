@@ -14,7 +14,7 @@ and ``--repeats`` times each (median, min and max reported):
                 window_variants=W), the windowed LD-score pass (its chunk reads printed too).
 
 All run on the local threaded Dask scheduler (no client) with the same block size and product
-dtype, and read the genotypes through a counter: the script prints the chunk reads of each (the
+dtype, and read the genotypes through a counter: the script prints the slices read by each (the
 same: one pass) and checks ``Σ_j (p_j/p) K_j = K``. Wall and CPU time (user + system of this
 process) are printed; on a shared machine the CPU time is the steadier figure.
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             walls = [w for w, _ in rs]
             cpus = [c for _, c in rs]
             print(f"{name:<11} wall median {statistics.median(walls):7.2f} s (min {min(walls):.2f}, max "
-                  f"{max(walls):.2f}); CPU median {statistics.median(cpus):7.2f} s; chunk reads {reads[name]}")
+                  f"{max(walls):.2f}); CPU median {statistics.median(cpus):7.2f} s; slices read {reads[name]}")
         ratio = statistics.median(w for w, _ in runs["components"]) / statistics.median(w for w, _ in runs["grm"])
         print(f"components / grm wall ratio {ratio:.2f}; max |Σ (p_j/p) K_j − K| = {err:.2e}")
     return 0
