@@ -23,12 +23,16 @@ Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
 """
 
 from ._version import __version__
+from .component_grm import ComponentGrms, component_grms
+from .components import (Components, chromosome_components, cross, greml_ldms, ld_quantile_bins, maf_bins,
+                         read_components, read_variant_lists)
 from .blup import Blup, LeaveOneOut, genetic_values, leave_one_out, predict, snp_effects
 from .errors import BigmmError, ConfigError, InputError
 from .genotypes import Standardization, VariantStats, standardization, standardized, variant_stats
 from .grm import grm
 from .io.gcta import read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
+from .ldscore import ld_scores
 from .io.vcfzarr import from_xarray, open_vcf_zarr
 from .io.tables import build_design, read_table
 from .mfreml import blup_matrix_free, fit_matrix_free, restore_matrix_free
@@ -58,5 +62,7 @@ __all__ = [
     "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
     "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "LeaveOneOut", "leave_one_out", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
+    "Components", "read_components", "read_variant_lists", "maf_bins", "chromosome_components", "cross",
+    "ld_quantile_bins", "greml_ldms", "ld_scores", "ComponentGrms", "component_grms",
     *_RUN_LAYER,
 ]
