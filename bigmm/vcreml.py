@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar, Sequence
 
 import numpy as np
-from scipy.linalg import cho_factor, lapack
 from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s at start-up)
 
 from .errors import InputError
@@ -241,25 +240,29 @@ def evaluate(Ks: Sequence[np.ndarray], y: np.ndarray, Z: np.ndarray, theta: np.n
     """ℓ_R (or ℓ_ML with ``ml``), its score and the AI matrix at ``theta``; None where V is not
     positive definite.
 
-    One Cholesky of V (n³/3 flops) and the inverse from it (2n³/3): with V⁻¹ and
+    One Cholesky of V (n³/3 flops: it tests that V is positive definite and gives log det V) and
+    V⁻¹ (LAPACK's LU inverse, ~2n³ flops): with V⁻¹ and
     ``P = V⁻¹ − V⁻¹Z (ZᵀV⁻¹Z)⁻¹ ZᵀV⁻¹`` in hand, each trace is an O(n²) elementwise sum and the
-    AI matrix needs the m + 1 vectors ``K_k P y``: O(n³ + m n²) flops, two n × n work arrays.
+    AI matrix needs the m + 1 vectors ``K_k P y``: O(n³ + m n²) flops, at most three n × n work
+    arrays at a time.
     """
     n, c = Z.shape
     V = np.multiply(Ks[0], theta[0]) if Ks else np.zeros((n, n))
     for K, t in zip(Ks[1:], theta[1:-1]):
         V += t * K
     V.flat[::n + 1] += theta[-1]
+    # NumPy's LAPACK, not SciPy's: SciPy's bundled OpenBLAS took 4 s for this Cholesky at n = 2,000
+    # on a busy 2-core machine where NumPy's took 0.24-0.6 s (scripts/bench/bench_components.py)
     try:
-        L, _ = cho_factor(V, lower=True, overwrite_a=True, check_finite=False)
+        L = np.linalg.cholesky(V)
     except np.linalg.LinAlgError:
         return None
     logdet_V = 2.0 * float(np.log(np.diag(L)).sum())
-    Vi, info = lapack.dpotri(L, lower=1, overwrite_c=1)
-    if info != 0:
-        return None
-    Vi = np.tril(Vi)
-    Vi += np.tril(Vi, -1).T
+    del L
+    Vi = np.linalg.inv(V)
+    del V
+    Vi += Vi.T
+    Vi *= 0.5
     ViZ = Vi @ Z
     A = Z.T @ ViZ
     try:
@@ -657,8 +660,8 @@ def fit_components(Ks: Sequence[np.ndarray], Y, Z=None, *, component_names: Sequ
     SEs: the inverse AI matrix at the estimate, over every component (as GCTA and GEMMA report),
     carried to ratios by the delta method. LRT of component j: 2(ℓ_R − ℓ_R without j), p from
     ½χ²₀ + ½χ²₁ (constrained; χ²₁ unconstrained); of all components: 2(ℓ_R − ℓ_R(no K)), p by
-    GCTA's rule ½ P(χ²_m > LRT) (constrained; conservative against the χ̄² mixture of independent
-    components) or P(χ²_m > LRT) (unconstrained). Log-likelihoods in bigmm's convention
+    GCTA's rule ½ P(χ²_m > LRT) (constrained; for small p conservative against the χ̄² mixture of
+    independent components) or P(χ²_m > LRT) (unconstrained). Log-likelihoods in bigmm's convention
     (Harville's REML without ½ log det ZᵀZ; docs/math.md §1); ``logl_ml`` is the maximum of the
     ML likelihood.
 

@@ -171,6 +171,10 @@ def test_lrt_refits_equal_the_dense_reference(three):
     ll0 = ref_loglik([0.0] * 3, Ks, y, Z)
     assert f.logl_reml_h2_0 == pytest.approx(ll0, abs=1e-8)
     assert f.lrt_stat == pytest.approx(2 * (ll_ref_full - ll0), abs=2e-6)
+    # all = 0, GCTA's rule: ½ P(χ²_3 > LRT); P(χ²_3 > x) = erfc(√(x/2)) + √(2x/π) e^(−x/2)
+    x = f.lrt_stat
+    assert f.lrt_pvalue == pytest.approx(0.5 * (math.erfc(math.sqrt(x / 2)) + math.sqrt(2 * x / math.pi)
+                                                * math.exp(-x / 2)), rel=1e-9)
 
 
 @pytest.mark.parametrize("m", [2, 4])
