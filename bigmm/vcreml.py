@@ -553,50 +553,66 @@ def _fit_without(Ks, y, Z, full: Maximum, drop: int, constrain, kw) -> float:
     return maximise([Ks[j] for j in keep], y, Z, theta, constrain=constrain, **kw).state.logl
 
 
-def _fit_one(Ks, y, Z, *, name, cnames, znames, nv, constrain, lrt, ml, kw, n_missing) -> ComponentsFit:
-    """Every estimate and test of one phenotype on its observed samples (y, Z, Ks restricted to them)."""
-    n, c = Z.shape
-    m = len(Ks)
-    # the fit runs on y / a, a the residual SD of the OLS fit (REML is scale-equivariant): σ² = a² σ'²,
-    # ω = a ω', ℓ = ℓ' − (error contrasts) log a
-    ll0, s2 = null_fit(y, Z)
-    a = math.sqrt(s2)
-    yu = y / a
-    best = maximise(Ks, yu, Z, _start(Ks, 1.0), constrain=constrain, **kw)
-    theta = best.theta
-    try:  # the AI matrix over every component, held ones included
-        cov = np.linalg.inv(best.state.ai)
+def _ml_fit(Ks, yu, Z, theta, constrain, kw) -> tuple[float, float]:
+    """(ℓ_ML at its maximum, the total h² there), started from the REML estimate ``theta``."""
+    mlfit = maximise(Ks, yu, Z, theta, constrain=constrain, ml=True, first_em=False, **kw)
+    return mlfit.state.logl, float(mlfit.theta[:-1].sum() / mlfit.theta.sum())
+
+
+def _inverse_ai(st: State) -> np.ndarray:
+    """Cov(θ̂) = AI⁻¹ over every component, held ones included (NaN where AI is singular)."""
+    try:
+        return np.linalg.inv(st.ai)
     except np.linalg.LinAlgError:
-        cov = np.full(full.ai.shape, np.nan)
-    la = math.log(a)
-    logl = best.state.logl - (n - c) * la
-    without = [(_fit_without(Ks, yu, Z, best, j, constrain, kw) - (n - c) * la) if lrt and m > 1 else
-               (ll0 if lrt else float("nan")) for j in range(m)]
-    if ml:
-        mlfit = maximise(Ks, yu, Z, theta, constrain=constrain, ml=True, first_em=False, **kw)
-        logl_ml = mlfit.state.logl - n * la
-        h2_ml = float(mlfit.theta[:-1].sum() / mlfit.theta.sum())
-    else:
-        logl_ml = h2_ml = float("nan")
-    a2 = a * a
-    theta_o, cov_o = theta * a2, cov * a2 * a2
+        return np.full(st.ai.shape, np.nan)
+
+
+def _components(best: Maximum, theta_o, cov_o, Ks, cnames, nv, logl, without, constrain) -> tuple:
+    """The :class:`Component` of each K at the estimate ``theta_o`` (y's scale) with Cov ``cov_o``."""
+    m = len(Ks)
     d = np.array([float(np.mean(np.diag(K)) - np.mean(K)) for K in Ks])
     der = derived(theta_o, cov_o, d, nv)
     se = np.sqrt(np.maximum(np.diag(cov_o), 0.0)) if np.all(np.isfinite(cov_o)) else np.full(m + 1, np.nan)
     comps = []
     for j in range(m):
         # held at 0, the fit without the component is the same model at the same maximum: LRT 0
-        at_bound = bool(best.held[j] or theta[j] == 0.0)
-        stat = (0.0 if at_bound else max(0.0, 2.0 * (logl - without[j]))) if lrt else float("nan")
+        at_bound = bool(best.held[j] or best.theta[j] == 0.0)
+        tested = np.isfinite(without[j])
+        stat = (0.0 if at_bound else max(0.0, 2.0 * (logl - without[j]))) if tested else float("nan")
         comps.append(Component(
             name=cnames[j], n_variants=float("nan") if nv is None else float(nv[j]),
             sigma2=float(theta_o[j]), sigma2_se=float(se[j]), h2=der["h2"][j][0], h2_se=der["h2"][j][1],
             share=der["share"][j][0], share_se=der["share"][j][1], enrichment=der["enrichment"][j][0],
             enrichment_se=der["enrichment"][j][1], pve=der["pve"][j][0], pve_se=der["pve"][j][1],
-            mean_diag_K=float(np.mean(np.diag(Ks[j]))), boundary=at_bound,
-            lrt_stat=stat, lrt_pvalue=_lrt_pvalue(stat, 1, constrain) if lrt else float("nan"),
+            mean_diag_K=float(np.mean(np.diag(Ks[j]))), boundary=at_bound, lrt_stat=stat,
+            lrt_pvalue=_lrt_pvalue(stat, 1, constrain) if tested else float("nan"),
             logl_reml_without=float(without[j])))
-    stat_all = 0.0 if not np.any(theta[:-1]) else max(0.0, 2.0 * (logl - ll0))
+    return tuple(comps), der, se
+
+
+def _fit_one(Ks, y, Z, *, name, cnames, znames, nv, constrain, lrt, ml, kw, n_missing) -> ComponentsFit:
+    """Every estimate and test of one phenotype on its observed samples (y, Z, Ks restricted to them).
+
+    The fits run on y / a, a the residual SD of the OLS fit (REML is scale-equivariant), and are
+    reported on y's scale: σ² = a² σ'², ω = a ω', ℓ_R = ℓ_R' − (n − c) log a, ℓ_ML = ℓ_ML' − n log a."""
+    n, c = Z.shape
+    m = len(Ks)
+    ll0, s2 = null_fit(y, Z)  # the model without any K, on y's scale
+    a = math.sqrt(s2)
+    la, a2 = math.log(a), s2
+    yu = y / a
+    best = maximise(Ks, yu, Z, _start(Ks, 1.0), constrain=constrain, **kw)
+    logl = best.state.logl - (n - c) * la
+    if lrt:
+        without = [ll0] if m == 1 else [_fit_without(Ks, yu, Z, best, j, constrain, kw) - (n - c) * la
+                                        for j in range(m)]
+    else:
+        without = [float("nan")] * m
+    logl_ml, h2_ml = _ml_fit(Ks, yu, Z, best.theta, constrain, kw) if ml else (float("nan"), float("nan"))
+    theta_o, cov_o = best.theta * a2, _inverse_ai(best.state) * a2 * a2
+    comps, der, se = _components(best, theta_o, cov_o, Ks, cnames, nv, logl, without, constrain)
+    none = not np.any(best.theta[:-1])
+    stat_all = 0.0 if none else max(0.0, 2.0 * (logl - ll0))
     gen = np.r_[np.ones(m), 0.0]
     fe = tuple(FixedEffect(name=zn, estimate=float(a * best.state.omega[i]),
                            se=float(a * math.sqrt(best.state.omega_cov[i, i]))) for i, zn in enumerate(znames))
@@ -605,10 +621,10 @@ def _fit_one(Ks, y, Z, *, name, cnames, znames, nv, constrain, lrt, ml, kw, n_mi
         h2_se_curvature=float("nan"), pve=der["pve_total"][0], pve_se=der["pve_total"][1],
         mean_diag_K=float("nan"), sigma2_g=float(theta_o[:-1].sum()),
         sigma2_g_se=float(math.sqrt(max(gen @ cov_o @ gen, 0.0))), sigma2_e=float(theta_o[-1]),
-        sigma2_e_se=float(se[-1]), logl_reml=logl, logl_reml_h2_0=ll0, logl_ml=logl_ml, h2_ml=h2_ml,
-        lrt_stat=stat_all, lrt_pvalue=_lrt_pvalue(stat_all, m, constrain), boundary="lower" if not np.any(theta[:-1]) else "",
+        sigma2_e_se=float(se[-1]), logl_reml=logl, logl_reml_h2_0=ll0, logl_ml=logl_ml - n * la, h2_ml=h2_ml,
+        lrt_stat=stat_all, lrt_pvalue=_lrt_pvalue(stat_all, m, constrain), boundary="lower" if none else "",
         fixed_effects=fe, n_missing=n_missing, missing_method="subset" if n_missing else "none",
-        sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]), components=tuple(comps),
+        sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]), components=comps,
         sigma2_cov=tuple(tuple(float(v) for v in r) for r in cov_o), iterations=best.iterations,
         converged=best.converged, delta_logl=best.delta_logl, delta_sigma2=best.delta_theta, constrain=constrain)
 

@@ -161,16 +161,18 @@ def test_lrt_refits_equal_the_dense_reference(three):
     Ks, Y, Z, res = three
     f = res["t1"]
     y = Y[:, 0]
+    _, ll_full = ref_fit(Ks, y, Z)
     for j, c in enumerate(f.components):
         _, ll_without = ref_fit([K for i, K in enumerate(Ks) if i != j], y, Z)
         assert c.logl_reml_without == pytest.approx(ll_without, abs=1e-6)
-        stat = max(0.0, 2 * (ll_ref_full := f.logl_reml) - 2 * ll_without)
+        # a component held at 0 (B here) has LRT 0: the fit without it is the same maximum
+        stat = max(0.0, 2 * (ll_full - ll_without)) if not c.boundary else 0.0
         assert c.lrt_stat == pytest.approx(stat, abs=2e-6)
         # ½χ²₀ + ½χ²₁: P(LRT > x) = ½ P(χ²₁ > x) = P(|N(0,1)| > √x) / 2
         assert c.lrt_pvalue == pytest.approx(0.5 * math.erfc(math.sqrt(stat / 2)), rel=1e-9) if stat > 0 else 1.0
     ll0 = ref_loglik([0.0] * 3, Ks, y, Z)
     assert f.logl_reml_h2_0 == pytest.approx(ll0, abs=1e-8)
-    assert f.lrt_stat == pytest.approx(2 * (ll_ref_full - ll0), abs=2e-6)
+    assert f.lrt_stat == pytest.approx(2 * (ll_full - ll0), abs=2e-6)
     # all = 0, GCTA's rule: ½ P(χ²_3 > LRT); P(χ²_3 > x) = erfc(√(x/2)) + √(2x/π) e^(−x/2)
     x = f.lrt_stat
     assert f.lrt_pvalue == pytest.approx(0.5 * (math.erfc(math.sqrt(x / 2)) + math.sqrt(2 * x / math.pi)
@@ -332,6 +334,16 @@ def test_result_table_and_json_round_trip(three):
     assert json.dumps(back.to_dict()) == text  # NaN != NaN: compare the JSON texts
     assert back.fits[1].components == res.fits[1].components and back.component_names == ("A", "B", "C")
     assert "AI-REML, 3 components (A, B, C)" in repr(res) and "t2 components: A h2=" in repr(res)
+
+
+def test_a_fit_that_does_not_converge_says_so():
+    """max_iter too small: the fit is reported with converged=False and named in the notes."""
+    Ks, Xs, rng = cohort(120, [100, 100], seed=2)
+    y = phenotype(Xs, [0.3, 0.2], rng)
+    res = fit_components(Ks, y, max_iter=2, lrt=False, ml=False)
+    assert not res.fits[0].converged and res.fits[0].iterations == 2
+    assert res.notes["not_converged"] == ["pheno1"]
+    assert fit_components(Ks, y, lrt=False, ml=False).notes["not_converged"] == []
 
 
 def test_bad_inputs_are_refused():
