@@ -336,6 +336,29 @@ def test_result_table_and_json_round_trip(three):
     assert "AI-REML, 3 components (A, B, C)" in repr(res) and "t2 components: A h2=" in repr(res)
 
 
+def test_scaling_and_permuting_the_samples():
+    """y → s·y scales σ² by s², ω by s, leaves h² and the tests unchanged and moves ℓ_R by −(n − c) log s;
+    permuting the samples (of y, Z and both sides of every K) changes nothing (1e-7: two fits, each
+    converged to |Δσ²| < 1e-8 Vp)."""
+    Ks, Xs, rng = cohort(150, [120, 80], seed=9)
+    Z = np.column_stack([np.ones(150), rng.normal(size=150)])
+    y = phenotype(Xs, [0.4, 0.2], rng, Z, np.array([2.0, 1.0]))
+    base = fit_components(Ks, y, Z).fits[0]
+    s = 1e3
+    big = fit_components(Ks, s * y, Z).fits[0]
+    for a, b in zip(base.components, big.components):
+        assert b.h2 == pytest.approx(a.h2, abs=1e-7) and b.sigma2 == pytest.approx(s * s * a.sigma2, rel=1e-6)
+        assert b.lrt_stat == pytest.approx(a.lrt_stat, abs=1e-6)
+    assert big.logl_reml == pytest.approx(base.logl_reml - (150 - 2) * math.log(s), abs=1e-6)
+    assert big.logl_ml == pytest.approx(base.logl_ml - 150 * math.log(s), abs=1e-6)
+    assert big.fixed_effects[1].estimate == pytest.approx(s * base.fixed_effects[1].estimate, rel=1e-6)
+    perm = rng.permutation(150)
+    moved = fit_components([K[np.ix_(perm, perm)] for K in Ks], y[perm], Z[perm]).fits[0]
+    for a, b in zip(base.components, moved.components):
+        assert b.h2 == pytest.approx(a.h2, abs=1e-7) and b.h2_se == pytest.approx(a.h2_se, rel=1e-6)
+    assert moved.logl_reml == pytest.approx(base.logl_reml, abs=1e-7)
+
+
 def test_a_fit_that_does_not_converge_says_so():
     """max_iter too small: the fit is reported with converged=False and named in the notes."""
     Ks, Xs, rng = cohort(120, [100, 100], seed=2)
