@@ -38,7 +38,7 @@ from .reml import PhenotypeFit, RemlResult, fit_reml
 from .simulate import simulate, write_tables
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from .store import CohortStore, create_store, open_store
-from .vcreml import Component, ComponentsFit, ComponentsResult, fit_components
+from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, fit_components
 
 #: names of the run layer offered here for convenience, imported on first use (the library
 #: itself never imports the run layer)
@@ -60,6 +60,6 @@ __all__ = [
     "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
     "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "LeaveOneOut", "leave_one_out", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
-    "fit_components", "Component", "ComponentsFit", "ComponentsResult",
+    "fit_components", "ComponentEstimate", "ComponentsFit", "ComponentsResult",
     *_RUN_LAYER,
 ]

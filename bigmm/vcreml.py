@@ -1,4 +1,4 @@
-"""REML with several variance components on dense GRMs (docs/math.md, "Several variance components").
+"""REML with several variance components on dense GRMs (docs/math.md §12, the exact AI-REML fit).
 
 Model ``y = Z ω + Σ_j g_j + e`` with ``g_j ~ N(0, σ²_j K_j)``, ``e ~ N(0, σ²_e I)``, so
 
@@ -15,7 +15,7 @@ The steps (each a function): :func:`evaluate` (one Cholesky of V: ℓ, score, AI
 :func:`maximise` (the AI iteration with its EM fall-back and the σ²_j ≥ 0 constraint),
 :func:`null_fit` (no genetic component, closed form), :func:`derived` (h², shares, enrichments
 and their delta-method SEs) and :func:`fit_components` (validation, missing values, scaling,
-the fits and tests of each phenotype). The result types are :class:`Component`,
+the fits and tests of each phenotype). The result types are :class:`ComponentEstimate`,
 :class:`ComponentsFit` and :class:`ComponentsResult`.
 """
 
@@ -63,7 +63,7 @@ COMPONENTS_FIT_COLUMNS = ("n_components", "reml_method", "iterations", "converge
 # --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Component:
+class ComponentEstimate:
     """One variance component of one phenotype's fit.
 
     ``sigma2`` on the scale of its K; ``h2 = σ²_j / Vp`` (GCTA's ``V(Gj)/Vp``, Vp = Σ σ²_k + σ²_e);
@@ -94,7 +94,7 @@ class Component:
     logl_reml_without: float
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Component":
+    def from_dict(cls, d: dict) -> "ComponentEstimate":
         return cls(**{k: (float("nan") if v is None else v) for k, v in d.items()})
 
 
@@ -126,7 +126,7 @@ class ComponentsFit(PhenotypeFit):
     def n_components(self) -> int:
         return len(self.components)
 
-    def component(self, name: str) -> Component:
+    def component(self, name: str) -> ComponentEstimate:
         for c in self.components:
             if c.name == name:
                 return c
@@ -141,7 +141,7 @@ class ComponentsFit(PhenotypeFit):
     @classmethod
     def from_dict(cls, d: dict) -> "ComponentsFit":
         d = dict(d)
-        comps = tuple(Component.from_dict(c) for c in d.pop("components"))
+        comps = tuple(ComponentEstimate.from_dict(c) for c in d.pop("components"))
         cov = tuple(tuple(float("nan") if v is None else v for v in r) for r in d.pop("sigma2_cov"))
         return replace(super().from_dict(d), components=comps, sigma2_cov=cov)
 
@@ -568,7 +568,7 @@ def _inverse_ai(st: State) -> np.ndarray:
 
 
 def _components(best: Maximum, theta_o, cov_o, Ks, cnames, nv, logl, without, constrain) -> tuple:
-    """The :class:`Component` of each K at the estimate ``theta_o`` (y's scale) with Cov ``cov_o``."""
+    """The :class:`ComponentEstimate` of each K at the estimate ``theta_o`` (y's scale) with Cov ``cov_o``."""
     m = len(Ks)
     d = np.array([float(np.mean(np.diag(K)) - np.mean(K)) for K in Ks])
     der = derived(theta_o, cov_o, d, nv)
@@ -579,7 +579,7 @@ def _components(best: Maximum, theta_o, cov_o, Ks, cnames, nv, logl, without, co
         at_bound = bool(best.held[j] or best.theta[j] == 0.0)
         tested = np.isfinite(without[j])
         stat = (0.0 if at_bound else max(0.0, 2.0 * (logl - without[j]))) if tested else float("nan")
-        comps.append(Component(
+        comps.append(ComponentEstimate(
             name=cnames[j], n_variants=float("nan") if nv is None else float(nv[j]),
             sigma2=float(theta_o[j]), sigma2_se=float(se[j]), h2=der["h2"][j][0], h2_se=der["h2"][j][1],
             share=der["share"][j][0], share_se=der["share"][j][1], enrichment=der["enrichment"][j][0],
@@ -664,7 +664,7 @@ def fit_components(Ks: Sequence[np.ndarray], Y, Z=None, *, component_names: Sequ
     Returns
     -------
     ComponentsResult
-        One :class:`ComponentsFit` per phenotype, each with one :class:`Component` per GRM.
+        One :class:`ComponentsFit` per phenotype, each with one :class:`ComponentEstimate` per GRM.
 
     Notes
     -----
