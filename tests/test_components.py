@@ -145,6 +145,14 @@ def test_three_components_equal_the_dense_reference(three, trait):
     assert f.converged and f.n == int((~np.isnan(Y[:, j])).sum())
     h_ref, _ = _check_against_reference(Ks, Y[:, j], Z, f)
     assert f.h2 == pytest.approx(h_ref.sum(), abs=1e-6)
+    # fixed effects: GLS with V at the reported σ², ω̂ = (ZᵀV⁻¹Z)⁻¹ZᵀV⁻¹y, Cov = (ZᵀV⁻¹Z)⁻¹ (dense, here;
+    # the same V, so round-off only)
+    o = ~np.isnan(Y[:, j])
+    V = f.sigma2_e * np.eye(o.sum()) + sum(c.sigma2 * K[np.ix_(o, o)] for c, K in zip(f.components, Ks))
+    ViZ = np.linalg.solve(V, Z[o])
+    C = np.linalg.inv(Z[o].T @ ViZ)
+    np.testing.assert_allclose([fe.estimate for fe in f.fixed_effects], C @ ViZ.T @ Y[o, j], rtol=1e-8)
+    np.testing.assert_allclose([fe.se for fe in f.fixed_effects], np.sqrt(np.diag(C)), rtol=1e-8)
 
 
 def test_ml_loglik_equals_the_dense_reference(three):
