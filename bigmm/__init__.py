@@ -10,6 +10,7 @@ The library takes arrays and returns result objects::
     spec = bigmm.exact_spectrum(K)                # or, never forming K:
     # spec = bigmm.randomized_spectrum(bigmm.GrmOperator(store.genotypes, std), 200)
     fit = bigmm.fit_reml(spec, Y, Z)
+    parts = bigmm.fit_components([K1, K2], Y, Z)  # several GRMs: partitioned h² (exact, dense)
     fit.to_pandas()                               # one row per phenotype (results.tsv's columns)
     blup = bigmm.predict(fit, spec, genotypes=store.genotypes, std=std)   # ĝ and SNP effects
 
@@ -41,6 +42,7 @@ from .reml import PhenotypeFit, RemlResult, fit_reml
 from .simulate import simulate, write_tables
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
 from .store import CohortStore, create_store, open_store
+from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, fit_components
 
 #: names of the run layer offered here for convenience, imported on first use (the library
 #: itself never imports the run layer)
@@ -64,5 +66,6 @@ __all__ = [
     "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
     "Components", "read_components", "read_variant_lists", "maf_bins", "chromosome_components", "cross",
     "ld_quantile_bins", "greml_ldms", "ld_scores", "ComponentGrms", "component_grms",
+    "fit_components", "ComponentEstimate", "ComponentsFit", "ComponentsResult",
     *_RUN_LAYER,
 ]
