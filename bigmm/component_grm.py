@@ -94,7 +94,7 @@ def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice,
         bounds = np.searchsorted(cj[order], np.arange(m + 1))
         c, s = center[cols][order], scale[cols][order]
         # variants already grouped by component (e.g. by chromosome) need no reordering
-        inorder = order[-1] - order[0] + 1 == order.size
+        inorder = bool(np.all(np.diff(order) == 1))
         xi = standardize_block(_grouped_slab(G, rows_i, cols, order, inorder), c, s, dtype, out=buf_i)
         xj = xi if same else standardize_block(_grouped_slab(G, rows_j, cols, order, inorder), c, s, dtype,
                                                out=buf_j)

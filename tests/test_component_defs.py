@@ -312,13 +312,17 @@ def _cohort(seed=21, n=90, p=300):
 
 
 @pytest.mark.parametrize("standardize, layout", [("gcta", "interleaved"), ("center", "interleaved"),
-                                                  ("gcta", "contiguous")])
+                                                  ("gcta", "contiguous"), ("gcta", "alternating")])
 def test_each_component_grm_equals_its_dense_product(standardize, layout):
     """Interleaved components (each chunk's columns reordered) and contiguous ones (runs of one
-    component, as chromosomes: read as slices), over variant chunks of 64."""
+    component, as chromosomes: read as slices), over variant chunks of 64; "alternating": every
+    variant in a component, 0 1 2 3 0 1 2 3 ... (a chunk's reordered columns span a contiguous
+    range without being in order: they must still be reordered)."""
     G, comp = _cohort()
     if layout == "contiguous":
         comp = np.sort(comp)
+    elif layout == "alternating":
+        comp = np.arange(comp.size) % 4
     std = bigmm.standardization(bigmm.variant_stats(G), standardize)
     res = bigmm.component_grms(CountingGenotypes(G, 64), std, comp, block_size=32, min_variants=10)
     assert res.names == ("C1", "C2", "C3", "C4") and res.K.shape == (4, 90, 90)
