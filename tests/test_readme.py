@@ -15,6 +15,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: the blocks run here, by their first line; the third block (a VCF Zarr store and the
 #: pipeline on configs/example.yaml) needs files a user has, and is not run
 RUN = ("# the exact spectrum", "# big cohorts")
+#: run after them, in the same namespace: several components on the first block's cohort
+RUN_AFTER = ("# several components",)
 
 
 def python_blocks() -> dict[str, str]:
@@ -47,6 +49,14 @@ def test_readme_api_examples_run_as_written(readme_cohort):
         code = next(v for k, v in blocks.items() if k.startswith(head))
         exec(compile(code, f"README.md: {head}", "exec"), ns)  # noqa: S102 - the README's own code
         checked[head] = (ns["fit"], ns["blup"])
+    for head in RUN_AFTER:
+        code = next(v for k, v in blocks.items() if k.startswith(head))
+        exec(compile(code, f"README.md: {head}", "exec"), ns)  # noqa: S102 - the README's own code
+    # the components' GRMs weighted by their variant counts are the GRM of the variants they hold
+    grms, parts = ns["grms"], ns["parts"]
+    w = np.asarray(grms.n_variants, float) / np.sum(grms.n_variants)
+    np.testing.assert_allclose(np.tensordot(w, grms.K, axes=1), ns["K"], rtol=1e-9, atol=1e-12)
+    assert list(parts.to_pandas()["component"].unique()) == list(grms.names)
     # each path's BLUP covers every genotyped sample, and the analysed samples' ĝ is the
     # dense GBLUP of the model with that path's variances:
     # ĝ = σ²_g K V⁻¹ (y − Z ω̂) on the analysed rows
