@@ -11,8 +11,10 @@ Workloads (``python scripts/bench/bench.py WORKLOAD ...``; ``all`` runs them in 
               and decoding every chunk of the genotype store (Zarr), then the same plus the fused
               standardization to float32, with nothing else; bytes read per pass (the store's
               chunks on disk).
-``grm``       The GRM at n = --grm-n: bigmm (blocks of the pipeline's GRM stage, float32
-              products, written to a Zarr GRM store), ``plink2 --make-rel square bin``,
+``grm``       The GRM at n = --grm-n: bigmm (the grm stage's own build, build_grm_store: K and
+              GCTA's per-pair call counts N in a Zarr GRM store, in the stage's blocks, float32
+              products; --grm-k-only adds K alone, as this benchmark built it before, alternated
+              with it), ``plink2 --make-rel square bin``,
               ``gemma -gk 1`` (centred kinship, GEMMA's text output) and a plain ``dask.array``
               ``X @ X.T`` on the same lazy standardized float32 X written to Zarr.
 ``spectrum``  Top-20 and top-200 eigenvalues at n = 10,000 (a structured and an unrelated
@@ -213,6 +215,9 @@ def w_grm(args) -> dict:
         block = out["block"] = grm_block_size(store, cc, np.float32)
         methods = {"bigmm": lambda _r: timed(lambda: compute_grm(store, std, work / "bigmm_grm.zarr", block,
                                                                  np.float32), "bigmm GRM")}
+        if args.grm_k_only:
+            methods["bigmm_k_only"] = lambda _r: timed(lambda: compute_grm(
+                store, std, work / "bigmm_grm_k_only.zarr", block, np.float32, k_only=True), "bigmm GRM, K only")
         if plink2:
             methods["plink2"] = lambda _r: run_peer(
                 [plink2, "--bfile", c["paths"]["plink"], "--make-rel", "square", "bin", "--threads", threads,
@@ -234,7 +239,8 @@ def w_grm(args) -> dict:
     # agreement of the matrices (upper triangle of bigmm's blocked store)
     K = np.asarray(zarr.open_group(str(work / "bigmm_grm.zarr"), mode="r")["K"][...])
     iu = np.triu_indices(n)
-    others = {"plink2": lambda: np.fromfile(str(work / "plink2.rel.bin"), dtype="<f8").reshape(n, n),
+    others = {"bigmm_k_only": lambda: np.asarray(zarr.open_group(str(work / "bigmm_grm_k_only.zarr"), mode="r")["K"]),
+              "plink2": lambda: np.fromfile(str(work / "plink2.rel.bin"), dtype="<f8").reshape(n, n),
               "dask_xxt": lambda: np.asarray(zarr.open_array(str(work / "dask_K.zarr"), mode="r")[...], np.float64)}
     out["max_abs_diff_vs_bigmm"] = {m: float(np.abs(K[iu] - load()[iu]).max()) for m, load in others.items()
                                     if m in runs}
@@ -242,7 +248,7 @@ def w_grm(args) -> dict:
                          "its agreement with bigmm's centred GRM is tested against a fixture (tests/data/gemma)")
     log(f"  agreement with bigmm (max |ΔK|): {out['max_abs_diff_vs_bigmm']}")
     K = None
-    for f in ("plink2.rel.bin", "bigmm_grm.zarr", "dask_K.zarr", "gemma_out"):
+    for f in ("plink2.rel.bin", "bigmm_grm.zarr", "bigmm_grm_k_only.zarr", "dask_K.zarr", "gemma_out"):
         shutil.rmtree(work / f, ignore_errors=True) if (work / f).is_dir() else (work / f).unlink(missing_ok=True)
     return out
 
@@ -451,7 +457,9 @@ def report(res: dict) -> str:
                        [[kern, f"{b['n']} x {p}", fmt_time(s), f"{s['gflops']:.0f}"] for kern, p, s in rows], "ll"), ""]
     g = res.get("grm")
     if g:
-        names = {"bigmm": f"bigmm (blocks of {g.get('block')}, float32 products, float64 sums) -> Zarr",
+        names = {"bigmm": f"bigmm (blocks of {g.get('block')}, float32 products, float64 sums, K and per-pair "
+                          "counts N as the grm stage builds them) -> Zarr",
+                 "bigmm_k_only": "bigmm, K only (no N: this benchmark's build before)",
                  "plink2": "`plink2 --make-rel square bin`", "gemma": "`gemma -gk 1` (text output)",
                  "dask_xxt": "dask.array `X @ X.T` -> Zarr (same lazy float32 X)"}
         rows = []
@@ -611,6 +619,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plink2", default="plink2")
     ap.add_argument("--gemma", default="gemma")
     ap.add_argument("--peer-memory-mib", type=int, default=8000, help="plink2 --memory")
+    ap.add_argument("--grm-k-only", action="store_true",
+                    help="grm: also time K alone, without the per-pair counts N (the earlier build), to compare")
     ap.add_argument("--small", action="store_true", help="toy sizes for a smoke run (results not written to docs)")
     add_docs_args(ap)
     args = ap.parse_args(argv)

@@ -5,19 +5,22 @@ Stages (each run ``--repeats`` times; the median is reported with min and max):
 
 ``ingest``  bigmm.ingest_plink, PLINK fileset -> Zarr cohort store (no Dask).
 ``stats``   bigmm.variant_stats + bigmm.standardization("gcta"), on the cluster.
-``grm``     create_grm_store + bigmm.grm(out=..., dtype=...) as the pipeline's GRM stage does it
-            (its block size: the stage's rule, bigmm.pipeline.memory.grm_block_size, with the
+``grm``     the grm stage's own build, bigmm.pipeline.stage.grm.build_grm_store: K and the
+            per-pair call counts N (GCTA's), block by block through its checkpoint, committed by
+            rename (its block size: the stage's rule, bigmm.pipeline.memory.grm_block_size, with the
             cluster's threads and task memory; product dtype from GrmConfig), on a dask.distributed LocalCluster made by
             bigmm.pipeline.cluster.dask_client, for each ``--configs`` entry: ``WxT`` (workers x
             threads) plus optional ``:`` options ``bN`` (force N BLAS threads per worker with
-            threadpoolctl after start-up), ``f32``/``f64`` (product dtype), ``blockN``.
+            threadpoolctl after start-up), ``f32``/``f64`` (product dtype), ``blockN``, ``konly``
+            (K alone, without N: the build these benchmarks timed before, to compare with).
 ``eigh``    bigmm.exact_spectrum on the GRM loaded into the driver's memory.
 ``plink2``  plink2 --bfile PREFIX --make-rel square bin (the peer), run right after each GRM repeat
             of the first config (paired runs see similar load), checked against bigmm's K.
 ``blas``    the machine's BLAS rate: NumPy ``A @ A.T``, A of shape (5000, 8192), float64 and
             float32, in-process, 1 thread and all cores.
-``profile`` one GRM block task (bigmm.grm.grm_block under cProfile, 1 BLAS thread as in a default
-            worker): Zarr read+decode vs standardization vs BLAS, and a model of the whole GRM.
+``profile`` one GRM block task (bigmm.grm.grm_block with the counts N, as the grm stage's tasks
+            compute it, under cProfile, 1 BLAS thread as in a default worker): Zarr read+decode
+            vs standardization vs BLAS, and a model of the whole GRM.
 
 Peak RSS is the maximum over the stage of the sum of the resident set sizes of the driver and
 all its descendant processes (Dask nanny/worker processes), sampled by a background thread
@@ -100,15 +103,18 @@ def simulate_cached(cache: Path, n: int, p: int, seed: int) -> Path:
 # --------------------------------------------------------------------------- GRM
 
 def parse_config(spec: str) -> dict:
-    """``2x1``, ``1x1:b2``, ``2x1:f64:block2048`` -> a GRM run configuration."""
+    """``2x1``, ``1x1:b2``, ``2x1:f64:block2048``, ``2x1:konly`` -> a GRM run configuration."""
     base, *opts = spec.split(":")
     try:
         w, t = (int(x) for x in base.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"bad config {spec!r}: expected WORKERSxTHREADS[:bN][:f32|f64][:blockN]") from None
-    cfg = {"spec": spec, "workers": w, "threads": t, "force_blas": None, "dtype": None, "block": None}
+        raise SystemExit(f"bad config {spec!r}: expected WORKERSxTHREADS[:bN][:f32|f64][:blockN][:konly]") from None
+    cfg = {"spec": spec, "workers": w, "threads": t, "force_blas": None, "dtype": None, "block": None,
+           "k_only": False}
     for o in opts:
-        if o.startswith("block"):
+        if o == "konly":
+            cfg["k_only"] = True
+        elif o.startswith("block"):
             cfg["block"] = int(o[5:])
         elif o in ("f32", "f64"):
             cfg["dtype"] = "float32" if o == "f32" else "float64"
@@ -153,7 +159,8 @@ def _lpt_makespan(costs: list[float], workers: int) -> float:
 
 
 def profile_block(store, std, block: int, dtypes: list, cache: Path, workers: int, n_chunks: int = 2) -> dict:
-    """Where a GRM block task's time goes: bigmm.grm.grm_block under cProfile (common.profile_call).
+    """Where a GRM block task's time goes: bigmm.grm.grm_block with the per-pair counts (as the
+    grm stage's tasks call it) under cProfile (common.profile_call).
 
     For the first off-diagonal block (0, 1) and the diagonal block (0, 0) of the GRM's block
     layout, over the first ``n_chunks`` variant chunks: Zarr read + decode, standardization and
@@ -180,7 +187,7 @@ def profile_block(store, std, block: int, dtypes: list, cache: Path, workers: in
         dt = np.dtype(dtype)
         prof: dict = {}
         for kind, ri, rj in cases:
-            t = profile_call(gm.grm_block, Columns(G, pv), std.center, std.scale, ri, rj, step, std.n_kept, dt)
+            t = profile_call(gm.grm_block, Columns(G, pv), std.center, std.scale, ri, rj, step, std.n_kept, dt, True)
             ni, nj, same = ri.stop - ri.start, rj.stop - rj.start, ri == rj
             decoded = decoded_rows(ri) + (0 if same else decoded_rows(rj))
             prof[kind] = {"rows": [ni, nj], **t, "ns_per_decoded_genotype": t["read_s"] / (decoded * pv) * 1e9,
@@ -209,13 +216,13 @@ def profile_block(store, std, block: int, dtypes: list, cache: Path, workers: in
 
         sizes = sorted({block, cs, -(-n // 2), -(-n // 3)})
         out["by_dtype"][dt.name] = {"cases": prof, "rates": rates, "model": {str(b): model(b) for b in sizes if b <= n}}
-    if len(blocks) > 1:  # writing one finished block (and its transpose) into a GRM store, as a block task does
+    if len(blocks) > 1:  # writing one finished block of K and N (and their transposes), as a block task does
         wpath = cache / "profile_grm.zarr"
         shutil.rmtree(wpath, ignore_errors=True)
-        gm.create_grm_store(wpath, n, block, {})
+        gm.create_grm_store(wpath, n, block, {}, counts=True)
         acc = np.full((blocks[0].stop - blocks[0].start, blocks[1].stop - blocks[1].start), 0.5)
         t0 = time.perf_counter()
-        gm._write_block(str(wpath), 0, 1, blocks[0], blocks[1], acc)
+        gm._write_block(str(wpath), 0, 1, blocks[0], blocks[1], {"K": acc, "N": np.full(acc.shape, p, np.int32)})
         out["write_block_s"] = time.perf_counter() - t0
         out["write_ns_per_entry"] = out["write_block_s"] / (2 * acc.size) * 1e9
         shutil.rmtree(wpath, ignore_errors=True)
@@ -242,7 +249,9 @@ def build_report(res: dict) -> str:
         how = "forced by threadpoolctl" if cfg["force_blas"] else f"bigmm asks {cfg['requested_blas']}"
         rows.append(row(f"grm `{cfg['spec']}`", f"{cfg['workers']} worker × {cfg['threads']} thread, BLAS {bt}/worker "
                         f"({how}), {cfg['dtype_name']}, block {cfg['block_size']} ({cfg['blocks_per_side']}×"
-                        f"{cfg['blocks_per_side']})" + (" **(pipeline default)**" if cfg["is_default"] else ""),
+                        f"{cfg['blocks_per_side']}), " + ("K only, no N (the earlier benchmark build)" if cfg["k_only"]
+                                                          else "K and N (build_grm_store)")
+                        + (" **(pipeline default)**" if cfg["is_default"] else ""),
                         st[f"grm {cfg['spec']}"], cfg["dtype_name"]))
     if "plink2" in st:
         rows.append(row("plink2", f"--make-rel square bin --threads {res['plink2']['threads']} (whole job: read .bed, "
@@ -279,6 +288,18 @@ def build_report(res: dict) -> str:
                      f"**{p2['paired_ratio_median']:.2f}**; CPU time {p2['cpu_s_median'] / g0['cpu_s_median']:.2f} (> 1: "
                      "bigmm faster). plink2's time covers its whole job (read the .bed, frequencies, GRM, write "
                      f"{8 * res['n'] ** 2 / 1e6:,.0f} MB).")
+    for kc in (c for c in res["configs"] if c["k_only"]):
+        same = ("workers", "threads", "force_blas", "dtype_name", "block_size")
+        full = next((c for c in res["configs"] if not c["k_only"] and all(c[k] == kc[k] for k in same)), None)
+        if full:
+            a, b = st[f"grm {full['spec']}"], st[f"grm {kc['spec']}"]
+            lines.append(f"- **K and N / K only** (`{full['spec']}` / `{kc['spec']}`: the grm stage's build, with "
+                         "GCTA's per-pair call counts N, against K alone as these benchmarks built it before): wall "
+                         f"{a['median_s']:.2f} / {b['median_s']:.2f} s = **{a['median_s'] / b['median_s']:.2f}**, "
+                         f"CPU {a['cpu_s_median']:.1f} / {b['cpu_s_median']:.1f} s = "
+                         f"{a['cpu_s_median'] / b['cpu_s_median']:.2f}, peak RSS {a['peak_rss_mib_median']:,.0f} / "
+                         f"{b['peak_rss_mib_median']:,.0f} MiB = "
+                         f"{a['peak_rss_mib_median'] / b['peak_rss_mib_median']:.2f}.")
     for cfg in res["configs"]:
         a = cfg.get("agreement")
         if a and cfg.get("agreement_first_of_dtype"):
@@ -308,7 +329,7 @@ def build_report(res: dict) -> str:
                      f"standardize {c['standardize_s']:.2f} + BLAS {c['blas_s']:.2f} ({c['gflops']:.1f} GFLOP/s) + "
                      f"other {c['other_s']:.2f}" for kind, c in d["cases"].items()]
             lines.append(f"- Profile, {dt} products, {prof['variant_chunks']} variant chunks, 1 BLAS thread "
-                         "(bigmm.grm.grm_block under cProfile): " + "; ".join(parts)
+                         "(bigmm.grm.grm_block with the counts N, under cProfile): " + "; ".join(parts)
                          + f". Per genotype: read+decode {d['rates']['read']:.2f} ns, "
                            f"standardize {d['rates']['std']:.2f} ns.")
             lines.append(f"  Model of the whole GRM from these rates, {dt}: " + "; ".join(
@@ -316,8 +337,8 @@ def build_report(res: dict) -> str:
                 f"{100 * mm['fractions']['BLAS']:.0f}%), makespan on {prof['workers']} workers {mm['makespan_s']:.1f} s "
                 f"(ideal {mm['ideal_s']:.1f})" for b, mm in d["model"].items()) + ".")
         if "write_ns_per_entry" in prof:
-            lines.append(f"- Writing a finished block and its transpose into the Zarr GRM: "
-                         f"{prof['write_ns_per_entry']:.1f} ns per entry.")
+            lines.append(f"- Writing a finished block of K and N and their transposes into the Zarr GRM: "
+                         f"{prof['write_ns_per_entry']:.1f} ns per entry of K (its N entry written with it).")
     lines += ["", "Regenerate (from the repository root, in bigmm's environment):", "", "```", res["command"], "```"]
     return "\n".join(lines)
 
@@ -403,7 +424,8 @@ def main(argv=None) -> int:
             block = cfg["block"] or args.block_size or grm_block_size(store, cc, dtype)
             cfg.update(dtype_name=dtype.name, block_size=block, blocks_per_side=-(-args.n // block),
                        is_default=(cfg["workers"], cfg["threads"]) == (default_cc.workers, default_cc.threads_per_worker)
-                       and not (cfg["force_blas"] or cfg["dtype"] or cfg["block"] or args.dtype or args.block_size))
+                       and not (cfg["force_blas"] or cfg["dtype"] or cfg["block"] or cfg["k_only"] or args.dtype
+                                or args.block_size))
             log(f"cluster {cfg['spec']}: requested BLAS {cfg['requested_blas']}, workers report {info}; "
                 f"{dtype.name}, block {block}")
             if std is None:
@@ -417,7 +439,9 @@ def main(argv=None) -> int:
             runs = []
             for _ in range(args.repeats):
                 with get_task_stream(client) as ts:
-                    runs.append(timed(lambda: compute_grm(store, std, gpath, block, dtype), f"grm {cfg['spec']}"))
+                    runs.append(timed(lambda: compute_grm(store, std, gpath, block, dtype, cfg["k_only"]),
+                                      f"grm {cfg['spec']}"))
+                cfg["build"] = runs[-1]["result"]
                 cfg["task_stream"] = task_stream_summary(ts.data)
                 if i == 0 and exe:  # the peer right after each GRM of the first config: similar load
                     p2_runs.append(run_peer([exe, "--bfile", str(prefix), "--make-rel", "square", "bin", "--threads",

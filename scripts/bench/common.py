@@ -462,18 +462,30 @@ def grm_block_size(store, cc, dtype) -> int:
     return rule(cfg, store.n_samples, total_threads(), store.chunks[0], store.chunks[1])
 
 
-def compute_grm(store, std, path: Path, block: int, dtype) -> None:
-    """The GRM into a fresh Zarr GRM store at ``path``, as the pipeline's GRM stage makes it."""
+def compute_grm(store, std, path: Path, block: int, dtype, k_only: bool = False) -> dict:
+    """The GRM store at ``path`` built as the pipeline's grm stage builds it: its whole work,
+    bigmm.pipeline.stage.grm.build_grm_store (K and the per-pair call counts N, block by block
+    through the checkpoint ``path.partial``, chunk digests, committed by rename), from scratch.
+    Returns what the stage records in run.json (blocks computed, passes over X).
+
+    ``k_only``: the build these benchmarks used before, K alone (no N, no digests, no rename),
+    kept to compare with; the grm stage never builds that store."""
     import zarr
 
     from bigmm.grm import create_grm_store, grm, grm_complete
+    from bigmm.pipeline.stage.grm import build_grm_store
 
+    path = Path(path)
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)  # never resume a repeat
+    if not k_only:
+        return build_grm_store(store, std, path, "benchmark", block, dtype)
     create_grm_store(path, store.n_samples, block, {"n_samples": store.n_samples, "n_variants": std.n_kept,
                                                     "block_size": block, "dtype": np.dtype(dtype).name})
     grm(store.genotypes, std, block_size=block, out=path, dtype=dtype)
     if not grm_complete(zarr.open_group(str(path), mode="r")):
         raise RuntimeError("GRM blocks missing after computation")
+    return {"blocks": "K only", "passes_over_X": -(-store.n_samples // block)}
 
 
 def bigmm_spectrum(store, std, k: int, *, oversample: int, power_iters: int | None, seed: int, memory,
