@@ -31,7 +31,7 @@ from .blup import Blup, LeaveOneOut, genetic_values, leave_one_out, predict, snp
 from .errors import BigmmError, ConfigError, InputError
 from .genotypes import Standardization, VariantStats, standardization, standardized, variant_stats
 from .grm import grm
-from .io.gcta import read_gcta_grm, write_gcta_grm
+from .io.gcta import open_mgrm, read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
 from .ldscore import ld_scores
 from .io.vcfzarr import from_xarray, open_vcf_zarr

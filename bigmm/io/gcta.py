@@ -400,3 +400,112 @@ def open_grm(path: str | Path) -> GrmFiles:
                              f"remove it (it is optional: bigmm only reports the counts)")
     return GrmFiles(format=fmt, bin=files["bin"], id=files["id"], ids=ids, layout=layout, dtype=dtype,
                     n_bin=n_bin)
+
+
+@dataclass(frozen=True)
+class GrmList:
+    """Several GRMs on disk over the same samples (GCTA ``--mgrm``, GEMMA ``-mk``), opened, their
+    sample IDs checked, no values read yet.
+
+    ``grms``: one :class:`GrmFiles` per GRM, in the list's order; ``names``: their prefixes as
+    given; ``ids``: the samples, in the first GRM's order; ``rows[j]``: where each of ``ids`` is
+    in GRM j's own order.
+    """
+
+    grms: tuple
+    names: tuple
+    ids: list
+    rows: tuple
+
+    def read(self, samples=None) -> list[np.ndarray]:
+        """Every K_j (float64, symmetric) over ``samples`` (positions in :attr:`ids`, default all),
+        in that order: one read of each file (:meth:`GrmFiles.read`)."""
+        out = []
+        for grm, rows in zip(self.grms, self.rows):
+            out.append(grm.read(rows if samples is None else rows[np.asarray(samples)]))
+        return out
+
+
+def _mgrm_prefixes(source) -> list[tuple[str, Path, str]]:
+    """(what names it, path, prefix as given) of each GRM a ``--mgrm`` list file or a sequence of
+    prefixes names; relative prefixes in a file are taken from the file's folder."""
+    if isinstance(source, (str, Path)) and Path(source).is_file() and not _is_grm_file(Path(source)):
+        path = Path(source)
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                if len(text.split()) > 1:
+                    raise InputError(f"{path} line {lineno}: {text!r}; expected one GRM prefix per line "
+                                     f"(as GCTA's --mgrm)")
+                prefix = Path(text) if Path(text).is_absolute() else path.parent / text
+                out.append((f"{path} line {lineno}", prefix, text))
+        if not out:
+            raise InputError(f"{path} names no GRM; list one GRM prefix per line (as GCTA's --mgrm)")
+        return out
+    if isinstance(source, (str, Path)):
+        source = [source]
+    out = [(f"GRM {i + 1} ({p})", Path(p), str(p)) for i, p in enumerate(source)]
+    if not out:
+        raise InputError("no GRM given; give two or more GRM prefixes (as GCTA's --mgrm)")
+    return out
+
+
+def _is_grm_file(path: Path) -> bool:
+    return path.name.endswith((".grm.bin", ".grm.id", ".grm.N.bin", ".rel.bin", ".rel.id"))
+
+
+def open_mgrm(source) -> GrmList:
+    """The GRMs a GCTA ``--mgrm`` list names (a text file, one GCTA or PLINK 2 GRM prefix per
+    line; blank lines and ``#`` comments skipped; relative prefixes from the file's folder), or a
+    sequence of prefixes, each opened (:func:`open_grm`: IDs read, sizes checked, no values read).
+
+    Every GRM must hold the same samples (in any order; the first GRM's order is kept): a GRM of
+    other samples is refused, naming both files and a sample one lacks, as is a GRM listed twice.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib, bigmm
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> ids = [("F1", "I1"), ("F2", "I2"), ("F3", "I3")]
+    >>> for name in ("a", "b"):
+    ...     _ = bigmm.write_gcta_grm(d / name, np.eye(3), ids, n_variants=10)
+    >>> _ = (d / "mgrm.txt").write_text("a\\nb\\n")
+    >>> grms = open_mgrm(d / "mgrm.txt")
+    >>> grms.names, len(grms.read())
+    (('a', 'b'), 2)
+    """
+    entries = _mgrm_prefixes(source)
+    seen: dict[Path, str] = {}
+    grms, names = [], []
+    for where, prefix, given in entries:
+        try:
+            grm = open_grm(prefix)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        key = grm.bin.resolve()
+        if key in seen:
+            raise InputError(f"{where}: {grm.bin} is already listed ({seen[key]}); list each GRM once")
+        seen[key] = where
+        grms.append(grm)
+        names.append(given)
+    ids = list(grms[0].ids)
+    position = {s: i for i, s in enumerate(ids)}
+    rows = []
+    for (where, _, _), grm in zip(entries, grms):
+        if len(set(grm.ids)) != len(grm.ids):
+            dup = next(s for i, s in enumerate(grm.ids) if s in grm.ids[:i])
+            raise InputError(f"{where}: {grm.id} lists sample {' '.join(dup)} twice")
+        mine = {s: i for i, s in enumerate(grm.ids)}
+        lacking = [s for s in ids if s not in mine]
+        extra = [s for s in grm.ids if s not in position]
+        if lacking or extra:
+            s, which, other = (lacking[0], grm.id, grms[0].id) if lacking else (extra[0], grms[0].id, grm.id)
+            raise InputError(f"{where}: the GRMs are over different samples ({len(lacking)} of {grms[0].id} "
+                             f"missing from {grm.id}, {len(extra)} of {grm.id} not in {grms[0].id}; e.g. "
+                             f"{' '.join(s)} is in {other} but not in {which}); make every GRM on the same "
+                             f"samples")
+        rows.append(np.array([mine[s] for s in ids], dtype=np.int64))
+    return GrmList(grms=tuple(grms), names=tuple(names), ids=ids, rows=tuple(rows))
