@@ -8,7 +8,8 @@ for each split of the variants into components this script fits
     ``standardization("sample_sd")`` with BOLT's filters (``EUR_subset.exclude``, at most 10%
     missing calls per SNP: BOLT's ``--maxMissingPerSnp`` default), the split from
     ``chromosome_components`` / ``maf_bins``, every K_j in one pass (``component_grms``) and exact
-    AI-REML (``fit_components``, intercept only, without LRTs or ML fits: BOLT computes neither);
+    AI-REML (``fit_components``, intercept only or, with ``--covariates``, BOLT's example covariates;
+    no LRTs or ML fits: BOLT computes neither);
   * BOLT-REML: ``bolt --reml --modelSnps=FILE`` with BOLT's example settings (``--remove``,
     ``--exclude``, ``--phenoCol=PHENO``; ``NA`` and ``-9`` are missing for both), FILE written from
     bigmm's own assignment (variant ID and component name per line), so both use the same variants
@@ -24,7 +25,7 @@ bigmm's store holds exactly those samples and uses ``sample_sd``; h²_j = σ²_j
 
 Usage:
   python scripts/studies/peer_components.py --eur /work/data/eur --out WORKDIR [--threads 2]
-      [--splits chrom maf2 maf3] [--bolt bolt]
+      [--splits chrom maf2 maf3] [--covariates] [--bolt bolt]
 """
 from __future__ import annotations
 
@@ -61,23 +62,31 @@ def cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def analysed_samples(eur: Path):
-    """BOLT's analysed samples: in the .fam, not in EUR_subset.remove, PHENO observed (NA and -9
-    are missing). Returns their .fam row indices and PHENO values (in .fam order)."""
+def analysed_samples(eur: Path, covariates: bool):
+    """BOLT's analysed samples: in the .fam, not in EUR_subset.remove, PHENO (and with
+    ``covariates`` CAT_COV, QCOV1, QCOV2) observed (NA and -9 are missing). Returns their .fam row
+    indices, PHENO and the fixed-effect design Z (intercept; with ``covariates`` also one indicator
+    per CAT_COV level but the first, QCOV1, QCOV2), in .fam order."""
     rows = [line.split() for line in open(eur / "EUR_subset.pheno.covars")]
     head, body = rows[0], rows[1:]
-    col = head.index("PHENO")
-    pheno = {(r[0], r[1]): r[col] for r in body}
+    used = ["PHENO", "CAT_COV", "QCOV1", "QCOV2"] if covariates else ["PHENO"]
+    table = {(r[0], r[1]): [r[head.index(c)] for c in used] for r in body}
     removed = {tuple(line.split()[:2]) for line in open(eur / "EUR_subset.remove") if line.strip()}
-    idx, y = [], []
+    idx, vals = [], []
     for i, line in enumerate(open(eur / "EUR_subset.fam")):
         key = tuple(line.split()[:2])
-        v = pheno.get(key, "NA")
-        if key in removed or v in ("NA", "-9"):
+        v = table.get(key)
+        if key in removed or v is None or any(x in ("NA", "-9") for x in v):
             continue
         idx.append(i)
-        y.append(float(v))
-    return np.array(idx, dtype=np.int64), np.array(y)
+        vals.append(v)
+    y = np.array([float(v[0]) for v in vals])
+    cols = [np.ones(len(y))]
+    if covariates:
+        levels = sorted({v[1] for v in vals})
+        cols += [np.array([v[1] == lev for v in vals], dtype=float) for lev in levels[1:]]
+        cols += [np.array([float(v[2]) for v in vals]), np.array([float(v[3]) for v in vals])]
+    return np.array(idx, dtype=np.int64), y, np.column_stack(cols)
 
 
 def split(name, bigmm, std, chrom):
@@ -144,6 +153,8 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="threads of each tool (BOLT --numThreads; bigmm's BLAS "
                    "and Dask); default 2")
     p.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS))
+    p.add_argument("--covariates", action="store_true", help="BOLT's example covariates (CAT_COV categorical, "
+                   "QCOV1, QCOV2) in both fits, as run_example.sh; default: intercept only")
     p.add_argument("--bolt", default="bolt", help="the BOLT-LMM executable (default: bolt on PATH)")
     args = p.parse_args()
 
@@ -167,8 +178,9 @@ def main():
 
     # --- bigmm: the shared setup (store of the analysed samples, statistics, filters) ----------
     t0, c0 = time.perf_counter(), cpu_self()
-    rows, y = analysed_samples(eur)
-    store = bigmm.ingest_plink(eur / "EUR_subset", args.out / "eur_analysed.zarr", samples=rows, overwrite=True)
+    rows, y, Z = analysed_samples(eur, args.covariates)
+    store = bigmm.ingest_plink(eur / "EUR_subset", args.out / f"eur_analysed_{len(rows)}.zarr", samples=rows,
+                               overwrite=True)
     stats = bigmm.variant_stats(store.to_dask())
     vt = store.variant_table()
     excluded = {line.split()[0] for line in open(eur / "EUR_subset.exclude") if line.strip()}
@@ -176,14 +188,15 @@ def main():
                                 drop={"exclude": np.isin(vt["id"], list(excluded))})
     setup = (time.perf_counter() - t0, cpu_self() - c0)
     n = len(y)
-    Z = np.ones((n, 1))
-    print(f"bigmm setup: n = {n}, {std}; {setup[0]:.1f} s wall, {setup[1]:.1f} s CPU", flush=True)
+    print(f"bigmm setup: n = {n}, {Z.shape[1]} fixed effects, {std}; {setup[0]:.1f} s wall, "
+          f"{setup[1]:.1f} s CPU", flush=True)
 
     tables = []
     for name in args.splits:
         comps = split(name, bigmm, std, vt["chrom"])
         comps.check(std.keep, min_variants=100)
-        model = args.out / f"{name}.modelSnps"
+        tag = f"{name}{'_cov' if args.covariates else ''}"
+        model = args.out / f"{tag}.modelSnps"
         a = comps.assignment
         with open(model, "w") as fh:
             fh.writelines(f"{vid}\t{comps.names[j]}\n" for vid, j in zip(vt["id"], a) if j >= 0)
@@ -197,10 +210,12 @@ def main():
         fit = res["PHENO"]
         bm = {"wall": setup[0] + t2 - t0, "cpu": setup[1] + c2 - c0, "grm": t1 - t0, "fit": t2 - t1}
         # BOLT-REML on the same variants and components
-        log = args.out / f"bolt_{name}.log"
+        log = args.out / f"bolt_{tag}.log"
+        covar = ([f"--covarFile={eur / 'EUR_subset.pheno.covars'}", "--covarCol=CAT_COV", "--qCovarCol=QCOV{1:2}"]
+                 if args.covariates else [])
         argv = [exe, f"--bfile={eur / 'EUR_subset'}", f"--remove={eur / 'EUR_subset.remove'}",
                 f"--exclude={eur / 'EUR_subset.exclude'}", f"--phenoFile={eur / 'EUR_subset.pheno.covars'}",
-                "--phenoCol=PHENO", f"--modelSnps={model}", "--reml", f"--numThreads={args.threads}"]
+                "--phenoCol=PHENO", *covar, f"--modelSnps={model}", "--reml", f"--numThreads={args.threads}"]
         print(f"$ {' '.join(map(str, argv))}", flush=True)
         t0, c0 = time.perf_counter(), cpu_children()
         with open(log, "w") as fh:
@@ -218,7 +233,8 @@ def main():
         ll_o = logl_at_h2(Ks, y, Z, h2_bolt)
         lines = [f"\n## {SPLITS[name]}  (n = {fit.n} bigmm, {bo['n']} BOLT; M = {int(grms.n_variants.sum())} "
                  f"bigmm, {bo['M']} BOLT)",
-                 "| component | variants | bigmm h² (SE) | BOLT h² (SE) | Δ / combined SE |", "|---|---|---|---|---|"]
+                 "| component | variants | bigmm h² (SE) | BOLT h² (SE) | Δ / combined SE |",
+                 "|---|---|---|---|---|"]
         for c, pj in zip(fit.components, grms.n_variants):
             hb, sb = bo[c.name]
             z = (c.h2 - hb) / math.hypot(c.h2_se, sb)
