@@ -95,7 +95,7 @@ def split(name, bigmm, std, chrom):
                                            keep=std.keep)
     edges = {"maf2": [0.0, 0.1, 0.5], "maf3": [0.0, 0.05, 0.2, 0.5]}[name]
     comps = bigmm.maf_bins(std, edges)
-    # BOLT-style names (no brackets or commas in a --modelSnps file)
+    # plain names (maf0.1-0.5) for the table and the --modelSnps file; the split is maf_bins's own
     names = [f"maf{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])]
     return bigmm.Components(names, comps.assignment, comps.source)
 
