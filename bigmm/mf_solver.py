@@ -25,6 +25,7 @@ from .errors import InputError
 from .lanczos import colnorm2
 from .mf_likelihood import H2_MAX, QuadratureModel, maximise
 from .mf_pattern import Pattern
+from .results import design_names
 
 log = logging.getLogger("bigmm")
 
@@ -110,19 +111,6 @@ def _check_arrays(n: int, Y, Z) -> tuple[np.ndarray, np.ndarray]:
     if Y.shape[1] == 0:
         raise InputError("no phenotypes (Y has no columns)")
     return Y, Z
-
-
-def _check_names(m: int, c: int, phenotype_names, covariate_names) -> tuple[list, list]:
-    """The phenotype and covariate names (defaults pheno1…, intercept, covar1…), or a refusal."""
-    names = list(phenotype_names) if phenotype_names is not None else [f"pheno{j + 1}" for j in range(m)]
-    znames = list(covariate_names) if covariate_names is not None else \
-        (["intercept"] + [f"covar{i}" for i in range(1, c)])
-    if len(names) != m or len(znames) != c:
-        raise InputError(f"phenotype_names ({len(names)}) / covariate_names ({len(znames)}) do not match "
-                         f"the columns of Y ({m}) / Z ({c})")
-    if len(set(names)) != m:
-        raise InputError("phenotype names must be unique")
-    return names, znames
 
 
 def parse_deflation(deflate, n: int):
@@ -222,7 +210,7 @@ def check_inputs(n: int, Y, Z, *, phenotype_names, covariate_names, probes, max_
     observed samples, Y not inside span(Z)). Returns the checked :class:`Problem`."""
     tol = _check_settings(probes, max_steps, tol, grid_size)
     Y, Z = _check_arrays(n, Y, Z)
-    names, znames = _check_names(Y.shape[1], Z.shape[1], phenotype_names, covariate_names)
+    names, znames = design_names(Y.shape[1], Z.shape[1], phenotype_names, covariate_names)
     deflation = parse_deflation(deflate, n)
     obs_all = ~np.isnan(Y)
     scales = _unit_scales(Y, obs_all, names, Z.shape[1])

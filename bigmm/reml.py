@@ -37,7 +37,7 @@ from scipy.linalg import solve_triangular
 from .errors import InputError
 # the result types, their table and the SE rule live in bigmm.results; the names stay importable from here
 from .results import (LOGL_CONVENTION, MATRIX_FREE_COLUMNS, TABLE_COLUMNS, FixedEffect,
-                      PhenotypeFit, RemlResult, _delta_se, _num, _pandas, _safe_inv, fits_repr, fits_repr_html,
+                      PhenotypeFit, RemlResult, _delta_se, _num, design_names, _pandas, _safe_inv, fits_repr, fits_repr_html,
                       fits_table_rows, fits_to_pandas, information_covariance)
 from .spectrum import Spectrum
 
@@ -588,11 +588,7 @@ def rotate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | No
     if not np.all(np.isfinite(Z)):
         raise InputError("covariates contain missing or non-finite values; drop those samples first")
     m, c = Y.shape[1], Z.shape[1]
-    names = list(phenotype_names) if phenotype_names is not None else [f"pheno{j + 1}" for j in range(m)]
-    znames = list(covariate_names) if covariate_names is not None else \
-        (["intercept"] + [f"covar{i}" for i in range(1, c)])
-    if len(names) != m or len(znames) != c:
-        raise InputError("phenotype_names / covariate_names do not match the columns of Y / Z")
+    names, znames = design_names(m, c, phenotype_names, covariate_names)
     if missing not in ("auto", "indicator", "subset"):
         raise InputError(f"missing must be auto, indicator or subset, not {missing!r}")
     obs_all = ~np.isnan(Y)

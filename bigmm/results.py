@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .errors import InputError
+
 LOGL_CONVENTION = "Harville REML without the log det(Z'Z) term"
 
 #: the columns of a fits table, after ``phenotype`` (``results.tsv``, :meth:`FitsResult.to_pandas`);
@@ -30,6 +32,21 @@ TABLE_COLUMNS = ("n", "h2", "h2_se", "h2_se_curvature", "pve", "pve_se", "mean_d
 #: the matrix-free REML's own columns (after the common ones, when it ran)
 MATRIX_FREE_COLUMNS = ("reml_method", "h2_se_stat", "h2_se_mc", "h2_se_mc_ratio", "h2_he", "lanczos_steps",
                        "passes_over_X", "converged", "delta_h2", "delta_logl", "probes", "deflation_rank")
+
+
+def design_names(m: int, c: int, phenotype_names=None, covariate_names=None) -> tuple[list, list]:
+    """The phenotype and fixed-effect names of a fit of ``m`` phenotypes and ``c`` fixed effects
+    (defaults ``pheno1…``, ``intercept``, ``covar1…``), or a refusal when they do not match the
+    columns or a phenotype name repeats."""
+    names = list(phenotype_names) if phenotype_names is not None else [f"pheno{j + 1}" for j in range(m)]
+    znames = list(covariate_names) if covariate_names is not None else \
+        (["intercept"] + [f"covar{i}" for i in range(1, c)])
+    if len(names) != m or len(znames) != c:
+        raise InputError(f"phenotype_names ({len(names)}) / covariate_names ({len(znames)}) do not match "
+                         f"the columns of Y ({m}) / Z ({c})")
+    if len(set(names)) != m:
+        raise InputError("phenotype names must be unique")
+    return names, znames
 
 
 def fits_table_rows(fits) -> tuple[list[str], list[list]]:

@@ -30,7 +30,7 @@ from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s
 
 from .errors import InputError
 from .results import (LOGL_CONVENTION, TABLE_COLUMNS, FitsResult, FixedEffect, PhenotypeFit, _num,
-                      _pandas)
+                      _pandas, design_names)
 
 LOG2PI = math.log(2.0 * math.pi)
 #: defaults of :func:`fit_components`: convergence when, between two iterations, |Δℓ| < TOL_LOGL
@@ -510,11 +510,7 @@ def _check_inputs(Ks, Y, Z, component_names, phenotype_names, covariate_names, n
     if not np.all(np.isfinite(Z)):
         raise InputError("covariates contain missing or non-finite values; drop those samples first")
     q, c = Y.shape[1], Z.shape[1]
-    pnames = list(phenotype_names) if phenotype_names is not None else [f"pheno{j + 1}" for j in range(q)]
-    znames = list(covariate_names) if covariate_names is not None else \
-        ["intercept"] + [f"covar{i}" for i in range(1, c)]
-    if len(pnames) != q or len(znames) != c:
-        raise InputError("phenotype_names / covariate_names do not match the columns of Y / Z")
+    pnames, znames = design_names(q, c, phenotype_names, covariate_names)
     nv = None
     if n_variants is not None:
         nv = np.asarray(n_variants, dtype=np.float64)

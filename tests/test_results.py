@@ -126,3 +126,27 @@ def test_reprs_list_each_phenotype_the_same_way(fits):
         assert repr(res["height"]).startswith(f"{type(res.fits[0]).__name__}('height', n=120, ")
         with pytest.raises(KeyError):
             res["bmi"]
+
+
+def test_every_fit_names_its_columns_by_one_rule():
+    """fit_reml and fit_components take the default names pheno1…, intercept, covar1…, and both
+    refuse names that do not match the columns or a phenotype name given twice."""
+    import bigmm
+    from bigmm.errors import InputError
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 60))
+    K = X @ X.T / 60
+    Y = rng.standard_normal((40, 2))
+    Z = np.column_stack([np.ones(40), rng.standard_normal(40)])
+    spec = bigmm.exact_spectrum(K)
+    assert bigmm.fit_reml(spec, Y, Z).phenotype_names == ["pheno1", "pheno2"]
+    fit = bigmm.fit_components([K], Y, Z, lrt=False, ml=False)
+    assert [f.name for f in fit.fits] == ["pheno1", "pheno2"]
+    assert [fe.name for fe in fit.fits[0].fixed_effects] == ["intercept", "covar1"]
+    for call in (lambda n: bigmm.fit_reml(spec, Y, Z, phenotype_names=n),
+                 lambda n: bigmm.fit_components([K], Y, Z, phenotype_names=n, lrt=False, ml=False)):
+        with pytest.raises(InputError, match="must be unique"):
+            call(["a", "a"])
+        with pytest.raises(InputError, match=r"phenotype_names \(1\) / covariate_names \(2\) do not match"):
+            call(["a"])
