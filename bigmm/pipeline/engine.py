@@ -32,11 +32,11 @@ from ..store import (StoreIntegrityError, atomic_write_text, has_chunk_digests, 
                      resolve_path, verify_chunk_digests)
 from ..tasks import current_client, fail_point, pause_point, total_threads
 from .memory import grm_block_size
-from .plan import declarations, facts, stage_plan
+from .plan import declarations, facts, stage_passes, stage_plan
 from .registry import REGISTRY
 from .rundir import (STAGE_STAMP, RunInterrupted, is_this_run, read_manifest, remove_stage_files, write_failure,
                      write_manifest)
-from .stage import Context, Costs, Stage
+from .stage import Context, Stage
 
 log = logging.getLogger("bigmm")
 
@@ -118,6 +118,7 @@ class Ledger:
         args = (cfg, inputs.method, inputs.reml_method, inputs.genotype_provenance, registry)
         self.stages = declarations(*args)  # name -> the declaration planned
         self.plan = stage_plan(cfg, inputs.method, inputs.genotype_provenance, inputs.reml_method, registry)
+        self.registry = registry
         self.order = tuple(dict.fromkeys(s.name for s in registry))  # every stage name, in order
         self.ctx = Context(cfg, inputs, self.out, facts(*args), self.stages, self.plan)
         self.force = force
@@ -278,7 +279,7 @@ class Runner(Ledger):
         self.ran: list[str] = []
         self.t0 = time.perf_counter()
         self.todo: list[str] = []  # the stages this invocation runs (set by run())
-        self.passes: dict[str, float] | None = None  # passes over X per stage (stage_passes)
+        self.passes: dict[str, float] | None = None  # passes over X per stage (plan.stage_passes)
         self.pass_seconds = 0.0  # seconds and passes over X measured so far in this run
         self.passes_timed = 0.0
         self.results = []  # (declaration, value) of the stages run that finish after the run
@@ -358,8 +359,8 @@ class Runner(Ledger):
         (other work, e.g. an exact eigendecomposition or the report, is not counted)."""
         if self.passes is None:
             block = self.grm_block() if self.cluster_needed(self.todo) else None  # GRM passes: one per block row
-            costs = Costs(n=len(self.inp.ids), grm_block=block, memory_plan=self.inp.memory_plan)
-            self.passes = {s.name: s.passes(self.ctx.facts, costs) for s in self.stages.values()}
+            self.passes = stage_passes(self.cfg, len(self.inp.ids), self.inp.method, self.inp.reml_method, block,
+                                       self.inp.memory_plan, registry=self.registry)
         i = self.todo.index(name) + 1 if name in self.todo else len(self.ran) + 1
         n = max(len(self.todo), i)
         left = sum(self.passes.get(s, 0.0) for s in self.todo[i - 1:])

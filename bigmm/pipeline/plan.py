@@ -124,16 +124,16 @@ def stage_plan(cfg: RunConfig, method: str, genotype_provenance: dict | None = N
 
 
 def stage_passes(cfg: RunConfig, n: int, method: str, rmethod: str, grm_block: int | None,
-                 memory_plan: dict, stages=None) -> dict[str, float]:
+                 memory_plan: dict, stages=None, registry: tuple = REGISTRY) -> dict[str, float]:
     """Passes over the genotypes of each stage (``stages``: default those of the plan), what the
     run's time estimate scales by the measured seconds per pass (each declaration's ``passes``:
     ingest and variant statistics one; the GRM one per block row of samples; a randomized spectrum
     its power iterations; matrix-free REML at most one per Lanczos step, its BLUP one; SNP effects
     one)."""
-    f = facts(cfg, method, rmethod)
-    planned = declarations(cfg, method, rmethod)
+    f = facts(cfg, method, rmethod, registry=registry)
+    planned = declarations(cfg, method, rmethod, registry=registry)
     costs = Costs(n=n, grm_block=grm_block, memory_plan=memory_plan)
-    names = planned_stages(cfg, method, rmethod) if stages is None else stages
+    names = list(planned) if stages is None else stages
     return {name: planned[name].passes(f, costs) if name in planned else 0.0 for name in names}
 
 
