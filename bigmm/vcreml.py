@@ -53,6 +53,13 @@ COMPONENT_COLUMNS = ("component", "n_variants", "sigma2", "sigma2_se", "h2", "h2
 #: the phenotype's columns repeated on each of its component rows (after the component's own)
 PHENOTYPE_COLUMNS = ("n", "h2_total", "h2_total_se", "sigma2_e", "sigma2_e_se", "logl_reml", "logl_ml",
                      "lrt_all_stat", "lrt_all_pvalue", "converged", "iterations")
+#: the fit's field behind each of PHENOTYPE_COLUMNS
+PHENOTYPE_FIELDS = dict(zip(PHENOTYPE_COLUMNS, ("n", "h2", "h2_se", "sigma2_e", "sigma2_e_se", "logl_reml",
+                                                "logl_ml", "lrt_stat", "lrt_pvalue", "converged", "iterations")))
+#: the Monte Carlo SDs of a matrix-free fit, where its estimates carry them: the component's, after
+#: COMPONENT_COLUMNS, and the total h²'s (the fit's ``h2_se_mc``), after PHENOTYPE_COLUMNS
+COMPONENT_MC_COLUMNS = ("h2_se_mc", "sigma2_se_mc")
+PHENOTYPE_MC_FIELDS = {"h2_total_se_mc": "h2_se_mc"}
 #: the columns of :class:`ComponentsFit` in the one-row-per-phenotype table, after TABLE_COLUMNS
 COMPONENTS_FIT_COLUMNS = ("n_components", "reml_method", "iterations", "converged", "delta_logl",
                           "delta_sigma2", "constrain")
@@ -190,14 +197,19 @@ class ComponentsResult(FitsResult):
                 "n_variants": None if nv is None else tuple(nv), "covariate_names": tuple(d["covariate_names"])}
 
     def table_rows(self) -> tuple[list[str], list[list]]:
-        """(header, rows) of the components table: one row per phenotype × component."""
-        header = ["phenotype", *COMPONENT_COLUMNS, *PHENOTYPE_COLUMNS]
+        """(header, rows) of the components table: one row per phenotype × component
+        (:data:`COMPONENT_COLUMNS`, then :data:`COMPONENT_MC_COLUMNS` where every estimate has
+        them, the phenotype's :data:`PHENOTYPE_COLUMNS`, then ``h2_total_se_mc`` where every fit
+        has ``h2_se_mc``); ``results.tsv`` of a several-component run has the same columns."""
+        comp_mc = [k for k in COMPONENT_MC_COLUMNS if self.fits and all(
+            hasattr(c, k) for f in self.fits for c in f.components)]
+        fit_mc = {k: v for k, v in PHENOTYPE_MC_FIELDS.items() if self.fits and all(hasattr(f, v) for f in self.fits)}
+        header = ["phenotype", *COMPONENT_COLUMNS, *comp_mc, *PHENOTYPE_COLUMNS, *fit_mc]
         rows = []
         for f in self.fits:
-            tail = [f.n, f.h2, f.h2_se, f.sigma2_e, f.sigma2_e_se, f.logl_reml, f.logl_ml, f.lrt_stat,
-                    f.lrt_pvalue, f.converged, f.iterations]
+            tail = [getattr(f, k) for k in [*PHENOTYPE_FIELDS.values(), *fit_mc.values()]]
             for c in f.components:
-                rows.append([f.name, c.name] + [getattr(c, k) for k in COMPONENT_COLUMNS[1:]] + tail)
+                rows.append([f.name, c.name] + [getattr(c, k) for k in [*COMPONENT_COLUMNS[1:], *comp_mc]] + tail)
         return header, rows
 
     def to_pandas(self, kind: str = "components"):
