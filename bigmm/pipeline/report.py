@@ -28,8 +28,13 @@ LIABILITY_COLUMNS = ("prevalence", "case_fraction", "h2_liability", "h2_liabilit
 
 
 def results_document(reml: dict, run_info: dict) -> dict:
-    """The content of ``results.json``: the run's information and the fits (JSON-safe)."""
+    """The content of ``results.json``: the run's information and the fits (JSON-safe).
+
+    A several-component fit has its own ``n_variants`` (a count per component): the run's count of
+    variants kept after the filters is then ``n_variants_kept``."""
     doc = dict(run_info)
+    if is_components(reml.get("phenotypes") or []) and "n_variants" in doc:
+        doc["n_variants_kept"] = doc.pop("n_variants")
     doc.update(reml)
     return _clean(doc)
 
