@@ -20,8 +20,10 @@ from .report_figures import MAX_COMPONENT_PHENOTYPES, MAX_COMPONENTS_SHOWN, make
 _e = html.escape
 
 #: the report's sections (``<section id=...>``), in order; a section with nothing to show is left out
-SECTIONS = ("summary", "estimates", "components", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
+SECTIONS = ("summary", "estimates", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
             "relatedness", "spectrum", "profiles", "blup", "stages")
+#: the sections of a several-component fit: SECTIONS and its "Variance components" after the estimates
+COMPONENTS_SECTIONS = SECTIONS[:2] + ("components",) + SECTIONS[2:]
 
 
 def _num(v, f="{:.4f}"):
@@ -135,6 +137,13 @@ def estimates_section(phen: list) -> str:
                      p.get("h2_se_method")))
     estimates = _table(["phenotype", "n", "h²", "SE", "95% CI", "σ²<sub>g</sub>", "SE", "σ²<sub>e</sub>", "SE", "Vp", "SE", "pve",
                         "LRT p", "boundary", "missing", "SE method"], rows, _e)
+    if is_components(phen):  # the totals of a several-component fit (its components: their own section)
+        return ('<section id="estimates"><h2>Estimates</h2>\n'
+                '<p>The totals over the variance components: h² = σ²<sub>g</sub> / Vp with σ²<sub>g</sub> = '
+                'Σ<sub>j</sub> σ²<sub>j</sub> and Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (SEs from the inverse '
+                'average-information matrix); 95% confidence interval h² ± 1.96 SE, clipped to [0, 1]. LRT p-value '
+                'for all components = 0 by GCTA\'s rule, ½ P(χ²<sub>m</sub> &gt; LRT) with m components (unconstrained '
+                'fit: P(χ²<sub>m</sub> &gt; LRT)).</p>\n' + estimates + liability_table(phen) + '</section>')
     return ('<section id="estimates"><h2>Estimates</h2>\n'
             '<p>h² = σ²<sub>g</sub> / Vp with Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (its SE from the covariance of '
             'the two); 95% confidence interval\nh² ± 1.96 SE, clipped to [0, 1]. LRT p-value for h² = 0 from '
@@ -436,7 +445,7 @@ def _page(sections: list[str]) -> str:
     """The whole page: the head and style, the navigation bar (a link to each section present),
     the sections one per line, and the script that marks each image as loaded."""
     page = _HEAD + "\n".join(sections) + "\n" + _TAIL
-    present = [sid for sid in SECTIONS if f'<section id="{sid}">' in page]
+    present = [sid for sid in COMPONENTS_SECTIONS if f'<section id="{sid}">' in page]
     titles = {"fixed-effects": "fixed effects", "matrix-free": "matrix-free", "blup": "BLUP",
               "components": "variance components"}
     page = page.replace("{nav}", "".join(f'<a href="#{sid}">{titles.get(sid, sid)}</a>' for sid in present))
