@@ -204,30 +204,37 @@ def components_figure(fits: list) -> bytes:
     panels = [("share", "share of $h^2$", None)]
     if np.isfinite(values("enrichment")[0]).any():
         panels.append(("enrichment", "enrichment (share of $h^2$ / share of variants)", 1.0))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 1.2 + 0.22 * m * max(1, q) ** 0.5 + 0.4),
-                             squeeze=False, sharey=True)
+    height_in = min(16.0, 1.6 + 0.22 * m * q ** 0.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, height_in), squeeze=False, sharey=True)
+    fig.subplots_adjust(top=1.0 - 0.55 / height_in, bottom=0.6 / height_in)  # margins in inches, not in fractions
     ypos = np.arange(m)
     height = 0.8 / q
     for ax, (key, label, ref) in zip(axes[0], panels):
         est, se = values(key)
+        a, b = _interval_axis(est, se, key)
         for i, f in enumerate(fits):
             y = ypos - 0.4 + height * (i + 0.5)
-            err = np.where(np.isfinite(se[i]), 1.96 * se[i], 0.0)
-            ax.barh(y, np.nan_to_num(est[i]), height=height * 0.9, xerr=err, capsize=2,
+            half = np.where(np.isfinite(se[i]), 1.96 * se[i], 0.0)
+            x = np.nan_to_num(est[i])
+            lo, hi = np.clip(x - half, a, b), np.clip(x + half, a, b)
+            ax.barh(y, x, height=height * 0.9, xerr=[x - lo, hi - x], capsize=2,
                     color=_LABEL_COLOURS[i % len(_LABEL_COLOURS)], error_kw=dict(lw=0.8), label=str(f["name"]))
-        ax.set_xlim(*_interval_axis(est, se, key))
+            cut_lo, cut_hi = x - half < a, x + half > b  # intervals beyond the panel: an arrow head at its edge
+            ax.plot(np.full(cut_lo.sum(), a), y[cut_lo], "<", color="black", ms=4, clip_on=False)
+            ax.plot(np.full(cut_hi.sum(), b), y[cut_hi], ">", color="black", ms=4, clip_on=False)
+        ax.set_xlim(a, b)
         if ref is not None:
             ax.axvline(ref, color="grey", lw=0.8, ls="--")
         ax.axvline(0.0, color="black", lw=0.6)
         ax.set_xlabel(label)
     axes[0][0].set_yticks(ypos)
     _literal(*axes[0][0].set_yticklabels(names, fontsize=8))
-    axes[0][0].invert_yaxis()
+    axes[0][0].set_ylim(m - 0.5, -0.5)  # the first component on top
     if q > 1:
         leg = axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         _literal(*leg.get_texts())
-    fig.suptitle("Variance components (bars: estimate; lines: 95% interval, ±1.96 SE, cut at the panel's edge)",
-                 fontsize=10)
+    fig.suptitle("Variance components (bars: estimate; lines: 95% interval, ±1.96 SE; "
+                 "arrow: it goes beyond the panel)", fontsize=10)
     return _figure_png(fig)
 
 
