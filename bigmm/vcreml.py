@@ -56,7 +56,7 @@ PHENOTYPE_COLUMNS = ("n", "h2_total", "h2_total_se", "sigma2_e", "sigma2_e_se", 
 #: the fit's field behind each of PHENOTYPE_COLUMNS
 PHENOTYPE_FIELDS = dict(zip(PHENOTYPE_COLUMNS, ("n", "h2", "h2_se", "sigma2_e", "sigma2_e_se", "logl_reml",
                                                 "logl_ml", "lrt_stat", "lrt_pvalue", "converged", "iterations")))
-#: the Monte Carlo SDs of a matrix-free fit, where its estimates carry them: the component's, after
+#: the Monte Carlo SDs of a matrix-free fit (NaN on the exact path): the component's, after
 #: COMPONENT_COLUMNS, and the total h²'s (the fit's ``h2_se_mc``), after PHENOTYPE_COLUMNS
 COMPONENT_MC_COLUMNS = ("h2_se_mc", "sigma2_se_mc")
 PHENOTYPE_MC_FIELDS = {"h2_total_se_mc": "h2_se_mc"}
@@ -198,18 +198,18 @@ class ComponentsResult(FitsResult):
 
     def table_rows(self) -> tuple[list[str], list[list]]:
         """(header, rows) of the components table: one row per phenotype × component
-        (:data:`COMPONENT_COLUMNS`, then :data:`COMPONENT_MC_COLUMNS` where every estimate has
-        them, the phenotype's :data:`PHENOTYPE_COLUMNS`, then ``h2_total_se_mc`` where every fit
-        has ``h2_se_mc``); ``results.tsv`` of a several-component run has the same columns."""
-        comp_mc = [k for k in COMPONENT_MC_COLUMNS if self.fits and all(
-            hasattr(c, k) for f in self.fits for c in f.components)]
-        fit_mc = {k: v for k, v in PHENOTYPE_MC_FIELDS.items() if self.fits and all(hasattr(f, v) for f in self.fits)}
-        header = ["phenotype", *COMPONENT_COLUMNS, *comp_mc, *PHENOTYPE_COLUMNS, *fit_mc]
+        (:data:`COMPONENT_COLUMNS`, :data:`COMPONENT_MC_COLUMNS`, the phenotype's
+        :data:`PHENOTYPE_COLUMNS`, then ``h2_total_se_mc``; the Monte Carlo SDs NaN but on the
+        matrix-free path); ``results.tsv`` of a several-component run has the same columns."""
+        nan = float("nan")
+        header = ["phenotype", *COMPONENT_COLUMNS, *COMPONENT_MC_COLUMNS, *PHENOTYPE_COLUMNS, *PHENOTYPE_MC_FIELDS]
         rows = []
         for f in self.fits:
-            tail = [getattr(f, k) for k in [*PHENOTYPE_FIELDS.values(), *fit_mc.values()]]
+            tail = [getattr(f, k) for k in PHENOTYPE_FIELDS.values()] \
+                + [getattr(f, k, nan) for k in PHENOTYPE_MC_FIELDS.values()]
             for c in f.components:
-                rows.append([f.name, c.name] + [getattr(c, k) for k in [*COMPONENT_COLUMNS[1:], *comp_mc]] + tail)
+                rows.append([f.name, c.name] + [getattr(c, k) for k in COMPONENT_COLUMNS[1:]]
+                            + [getattr(c, k, nan) for k in COMPONENT_MC_COLUMNS] + tail)
         return header, rows
 
     def to_pandas(self, kind: str = "components"):

@@ -58,10 +58,11 @@ def outputs(res, tmp_path, run_info=None):
 def test_results_tsv_is_the_components_table(cohort, tmp_path):
     """results.tsv read back = ComponentsResult.to_pandas() (one row per phenotype × component,
     the same columns in the same order) then each phenotype's fixed effects, to the 10
-    significant digits it is written with (relative error ≤ 5e-10)."""
+    significant digits it is written with (relative error ≤ 5e-10); the Monte Carlo SDs, which
+    the exact path does not have, are "." (NaN in to_pandas)."""
     *_, res = cohort
     _, _, tsv, _ = outputs(res, tmp_path)
-    got = pd.read_csv(tsv, sep="\t")
+    got = pd.read_csv(tsv, sep="\t", na_values=["."], keep_default_na=False)
     ref = res.to_pandas()
     fe = [f"{k}_{nm}" for nm in res.covariate_names for k in ("beta", "se")]
     assert list(got.columns) == list(ref.columns) + fe
@@ -80,6 +81,7 @@ def test_results_tsv_is_the_components_table(cohort, tmp_path):
             np.testing.assert_allclose(rows[f"beta_{e.name}"], e.estimate, rtol=5e-10)
             np.testing.assert_allclose(rows[f"se_{e.name}"], e.se, rtol=5e-10)
     assert got.loc[got["phenotype"] == "t2", "n"].tolist() == [140 - 15] * 3
+    assert got[["h2_se_mc", "sigma2_se_mc", "h2_total_se_mc"]].isna().all().all()
 
 
 def test_results_json_holds_the_run_and_the_components(cohort, tmp_path):
@@ -251,8 +253,9 @@ def test_missing_numbers_render_as_a_dash(cohort, tmp_path):
 
 def test_monte_carlo_columns_where_the_fits_have_them(cohort, tmp_path):
     """A matrix-free fit's estimates carry h2_se_mc and sigma2_se_mc, its fits h2_se_mc (the
-    total's): results.tsv gains them after the component's columns and after the phenotype's
-    (h2_total_se_mc); the report a Monte Carlo column. An exact fit has neither."""
+    total's): results.tsv has them after the component's columns and after the phenotype's
+    (h2_total_se_mc), the report a Monte Carlo column. An exact fit: the same columns, all ".",
+    and no such column in the report."""
     *_, res = cohort
     reml = json_safe(res.to_dict())
     for i, fit in enumerate(reml["phenotypes"]):
@@ -270,8 +273,13 @@ def test_monte_carlo_columns_where_the_fits_have_them(cohort, tmp_path):
     write_report(tmp_path, doc, None, None, None, ReportData())
     sec = _section((tmp_path / "report.html").read_text(), "components")
     assert "SD (Monte Carlo)" in sec and "<td>0.0300</td></tr>" in sec
-    exact = pd.read_csv(write_results(tmp_path, json_safe(res.to_dict()), {})[0], sep="\t")
-    assert not {"h2_se_mc", "sigma2_se_mc", "h2_total_se_mc"} & set(exact.columns)
+    exact_reml = json_safe(res.to_dict())
+    tsv, doc = write_results(tmp_path, exact_reml, {})
+    exact = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    assert list(exact.columns) == cols
+    assert (exact[["h2_se_mc", "sigma2_se_mc", "h2_total_se_mc"]] == ".").all().all()
+    write_report(tmp_path, doc, None, None, None, ReportData())
+    assert "Monte Carlo" not in _section((tmp_path / "report.html").read_text(), "components")
 
 
 def test_single_component_outputs_have_no_components_parts(tmp_path):
@@ -296,3 +304,18 @@ def test_single_component_outputs_have_no_components_parts(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert 'id="components"' not in page and "variance components" not in page
     assert not (tmp_path / "report" / "components.png").exists()
+
+
+def test_hsq_without_a_log_likelihood_says_na(cohort, tmp_path):
+    """A fit that does not evaluate ℓ_R (the matrix-free one: logl_reml, lrt_stat, lrt_pvalue
+    null) writes NA for logL, LRT and Pval, as R reads a missing value, and says why; its other
+    rows keep the fit's numbers."""
+    *_, res = cohort
+    reml = json_safe(res.to_dict())
+    for fit in reml["phenotypes"]:
+        fit.update(logl_reml=None, lrt_stat=None, lrt_pvalue=None, reml_method="matrix_free_ai_reml")
+    text = write_hsq(tmp_path, reml)[0].read_text()
+    rows = dict(ln.split("\t", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
+    assert rows["logL"] == "NA" and rows["LRT"] == "NA" and rows["Pval"] == "NA" and rows["df"] == "3"
+    assert float(rows["V(G1)"].split("\t")[0]) == pytest.approx(res.fits[0].components[0].sigma2, rel=5e-10)
+    assert "# bigmm: logL, LRT and Pval NA: this fit (matrix_free_ai_reml) does not evaluate the log-likelihood" in text

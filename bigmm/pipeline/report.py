@@ -80,12 +80,11 @@ def write_results(outdir: Path, reml: dict, run_info: dict) -> tuple[Path, dict]
 def components_tsv(fits: list) -> str:
     """results.tsv of a several-component fit (:meth:`bigmm.ComponentsResult.to_dict`'s
     ``phenotypes``): one row per phenotype × component, the columns of
-    :meth:`bigmm.ComponentsResult.table_rows` (the component's, its Monte Carlo SDs where the fits
-    have them, then the phenotype's totals), then the phenotype's h² on the liability scale (with
-    a prevalence) and its fixed effects (``beta_<name>``, ``se_<name>``)."""
-    comps = [c for f in fits for c in f["components"]]
-    comp_mc = [k for k in COMPONENT_MC_COLUMNS if comps and all(k in c for c in comps)]
-    fit_mc = {k: v for k, v in PHENOTYPE_MC_FIELDS.items() if all(v in f for f in fits)}
+    :meth:`bigmm.ComponentsResult.table_rows` (the component's, its Monte Carlo SDs, then the
+    phenotype's totals and the Monte Carlo SD of its total h²; "." where the fit has no such
+    number, e.g. the Monte Carlo SDs of the exact path), then the phenotype's h² on the liability
+    scale (with a prevalence) and its fixed effects (``beta_<name>``, ``se_<name>``)."""
+    comp_mc, fit_mc = COMPONENT_MC_COLUMNS, PHENOTYPE_MC_FIELDS
     liability = LIABILITY_COLUMNS if "h2_liability" in fits[0] else ()
     fe_names = [fe["name"] for fe in fits[0]["fixed_effects"]]
     header = ["phenotype", *COMPONENT_COLUMNS, *comp_mc, *PHENOTYPE_FIELDS, *fit_mc, *liability]
@@ -213,6 +212,9 @@ def write_components_hsq(outdir: Path, reml: dict) -> list[Path]:
     constrained), n. logL and logL0 in GCTA's convention (:func:`gcta_logl`). Comment lines after
     GCTA's rows (``# bigmm:``) name the component behind each Gj and its variant count.
     """
+    def num(v):  # a number the fit does not have (null in reml.json): NA, as R reads it
+        return "NA" if v is None else _fmt(v)
+
     paths = []
     files = hsq_file_names(fit["name"] for fit in reml["phenotypes"])
     for fit in reml["phenotypes"]:
@@ -226,11 +228,11 @@ def write_components_hsq(outdir: Path, reml: dict) -> list[Path]:
             return float("nan") if v is None else gcta_logl(v, n, c)
 
         rows = [("Source", "Variance", "SE")]
-        rows += [(f"V({gj})", _fmt(cj["sigma2"]), _fmt(cj["sigma2_se"])) for gj, cj in zip(g, comps)]
-        rows += [("V(e)", _fmt(fit["sigma2_e"]), _fmt(fit["sigma2_e_se"])), ("Vp", _fmt(float(vp)), _fmt(se_vp))]
-        rows += [(f"V({gj})/Vp", _fmt(cj["h2"]), _fmt(cj["h2_se"])) for gj, cj in zip(g, comps)]
+        rows += [(f"V({gj})", num(cj["sigma2"]), num(cj["sigma2_se"])) for gj, cj in zip(g, comps)]
+        rows += [("V(e)", num(fit["sigma2_e"]), num(fit["sigma2_e_se"])), ("Vp", num(float(vp)), num(se_vp))]
+        rows += [(f"V({gj})/Vp", num(cj["h2"]), num(cj["h2_se"])) for gj, cj in zip(g, comps)]
         if len(comps) > 1:
-            rows += [("",), ("Sum of V(G)/Vp", _fmt(fit["h2"]), _fmt(fit["h2_se"]))]
+            rows += [("",), ("Sum of V(G)/Vp", num(fit["h2"]), num(fit["h2_se"]))]
         if "h2_liability" in fit:  # phenotypes.prevalence (added by the run layer)
             k, p = fit["prevalence"], fit["case_fraction"]
 
@@ -245,17 +247,21 @@ def write_components_hsq(outdir: Path, reml: dict) -> list[Path]:
                       f"User-specified disease prevalence = {k:.6f})",)]
             rows += [(f"V({gj})/Vp_L", *map(_fmt, on_liability(cj["h2"], cj["h2_se"]))) for gj, cj in zip(g, comps)]
             if len(comps) > 1:
-                rows += [("",), ("Sum of V(G)_L/Vp", _fmt(fit.get("h2_liability")), _fmt(fit.get("h2_liability_se")))]
-        rows += [("logL", _fmt(logl("logl_reml")), ""),
-                 ("logL0", _fmt(logl("logl_reml_h2_0")), ""),
-                 ("LRT", _fmt(fit["lrt_stat"]), ""),
+                rows += [("",), ("Sum of V(G)_L/Vp", num(fit.get("h2_liability")), num(fit.get("h2_liability_se")))]
+        rows += [("logL", num(logl("logl_reml")), ""),
+                 ("logL0", num(logl("logl_reml_h2_0")), ""),
+                 ("LRT", num(fit["lrt_stat"]), ""),
                  ("df", str(len(comps)), ""),
-                 ("Pval", _fmt(fit["lrt_pvalue"]), ""),
+                 ("Pval", num(fit["lrt_pvalue"]), ""),
                  ("n", str(fit["n"]), "")]
         text = "\n".join("\t".join(r).rstrip("\t") for r in rows)
         text += "\n" + "".join(
-            f"# bigmm: {gj} = component {cj['name']!s} ({_fmt(cj.get('n_variants'))} variants)\n"
+            f"# bigmm: {gj} = component {cj['name']!s}"
+            + ("" if cj.get("n_variants") is None else f" ({_fmt(cj['n_variants'])} variants)") + "\n"
             for gj, cj in zip(g, comps))
+        if fit.get("logl_reml") is None:
+            text += (f"# bigmm: logL, LRT and Pval NA: this fit ({fit.get('reml_method')}) does not evaluate "
+                     "the log-likelihood\n")
         text += ("# bigmm: logL and logL0 in GCTA's convention (results.json logl_reml + (n - c)/2 log(2 pi), "
                  f"c = {c} fixed effects); logL0 without any genetic component; Pval by "
                  + ("GCTA's rule, 1/2 P(chi2_df > LRT)" if fit.get("constrain", True) else

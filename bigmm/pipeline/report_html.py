@@ -180,7 +180,7 @@ def components_section(phen: list, figs: dict) -> str:
     and enrichment with their SEs and its LRT p-value, and the figure of shares and enrichments."""
     if not is_components(phen):
         return ""
-    mc = any("h2_se_mc" in c for p in phen for c in p["components"])
+    mc = any(c.get("h2_se_mc") is not None for p in phen for c in p["components"])  # a matrix-free fit
     header = ["component", "variants", "σ²<sub>j</sub> ± SE", "h²<sub>j</sub> ± SE", "share of h² ± SE",
               "enrichment ± SE", "LRT p", "at bound 0"] + (["h²<sub>j</sub> SD (Monte Carlo)"] if mc else [])
     tables = []
