@@ -6,6 +6,9 @@ import dataclasses
 import io
 import math
 import re
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -319,3 +322,20 @@ def test_hsq_without_a_log_likelihood_says_na(cohort, tmp_path):
     assert rows["logL"] == "NA" and rows["LRT"] == "NA" and rows["Pval"] == "NA" and rows["df"] == "3"
     assert float(rows["V(G1)"].split("\t")[0]) == pytest.approx(res.fits[0].components[0].sigma2, rel=5e-10)
     assert "# bigmm: logL, LRT and Pval NA: this fit (matrix_free_ai_reml) does not evaluate the log-likelihood" in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (scripts/test.sh "
+                                                             "installs it as root: apt-get install -y chromium)")
+def test_components_page_renders_in_chromium(cohort, tmp_path):
+    """The page of a several-component run in a real browser: the components figure loads (the
+    page's own script marks each image once loaded, naturalWidth > 0) and the section is there."""
+    *_, res = cohort
+    outputs(res, tmp_path)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([shutil.which("chromium"), *flags, f"--user-data-dir={profile}", "--dump-dom",
+                              (tmp_path / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    imgs = re.findall(r'<img id="fig-([a-z0-9_]+)"[^>]*?data-loaded="(yes|no)"', dom)
+    assert imgs == [("components", "yes")]
+    assert '<section id="components">' in dom
