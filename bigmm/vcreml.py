@@ -157,8 +157,8 @@ class ComponentsFit(PhenotypeFit):
 class ComponentsResult(FitsResult):
     """Fits of every phenotype of one :func:`fit_components` call.
 
-    ``to_pandas()`` gives one row per phenotype × component (:data:`COMPONENT_COLUMNS`, then the
-    phenotype's :data:`PHENOTYPE_COLUMNS`); ``to_pandas("phenotypes")`` one row per phenotype
+    ``to_pandas()`` gives one row per phenotype × component (:meth:`table_rows`: the component's
+    columns, then the phenotype's); ``to_pandas("phenotypes")`` one row per phenotype
     (the shared fits table plus :data:`COMPONENTS_FIT_COLUMNS`); ``to_pandas("fixed")`` the fixed
     effects. ``to_dict`` / ``from_dict`` round-trip through JSON.
     """
