@@ -53,6 +53,13 @@ COMPONENT_COLUMNS = ("component", "n_variants", "sigma2", "sigma2_se", "h2", "h2
 #: the phenotype's columns repeated on each of its component rows (after the component's own)
 PHENOTYPE_COLUMNS = ("n", "h2_total", "h2_total_se", "sigma2_e", "sigma2_e_se", "logl_reml", "logl_ml",
                      "lrt_all_stat", "lrt_all_pvalue", "converged", "iterations")
+#: the fit's field behind each of PHENOTYPE_COLUMNS
+PHENOTYPE_FIELDS = dict(zip(PHENOTYPE_COLUMNS, ("n", "h2", "h2_se", "sigma2_e", "sigma2_e_se", "logl_reml",
+                                                "logl_ml", "lrt_stat", "lrt_pvalue", "converged", "iterations")))
+#: the Monte Carlo SDs of a matrix-free fit (NaN on the exact path): the component's, after
+#: COMPONENT_COLUMNS, and the total h²'s (the fit's ``h2_se_mc``), after PHENOTYPE_COLUMNS
+COMPONENT_MC_COLUMNS = ("h2_se_mc", "sigma2_se_mc")
+PHENOTYPE_MC_FIELDS = {"h2_total_se_mc": "h2_se_mc"}
 #: the columns of :class:`ComponentsFit` in the one-row-per-phenotype table, after TABLE_COLUMNS
 COMPONENTS_FIT_COLUMNS = ("n_components", "reml_method", "iterations", "converged", "delta_logl",
                           "delta_sigma2", "constrain")
@@ -150,8 +157,8 @@ class ComponentsFit(PhenotypeFit):
 class ComponentsResult(FitsResult):
     """Fits of every phenotype of one :func:`fit_components` call.
 
-    ``to_pandas()`` gives one row per phenotype × component (:data:`COMPONENT_COLUMNS`, then the
-    phenotype's :data:`PHENOTYPE_COLUMNS`); ``to_pandas("phenotypes")`` one row per phenotype
+    ``to_pandas()`` gives one row per phenotype × component (:meth:`table_rows`: the component's
+    columns, then the phenotype's); ``to_pandas("phenotypes")`` one row per phenotype
     (the shared fits table plus :data:`COMPONENTS_FIT_COLUMNS`); ``to_pandas("fixed")`` the fixed
     effects. ``to_dict`` / ``from_dict`` round-trip through JSON.
     """
@@ -190,14 +197,19 @@ class ComponentsResult(FitsResult):
                 "n_variants": None if nv is None else tuple(nv), "covariate_names": tuple(d["covariate_names"])}
 
     def table_rows(self) -> tuple[list[str], list[list]]:
-        """(header, rows) of the components table: one row per phenotype × component."""
-        header = ["phenotype", *COMPONENT_COLUMNS, *PHENOTYPE_COLUMNS]
+        """(header, rows) of the components table: one row per phenotype × component
+        (:data:`COMPONENT_COLUMNS`, :data:`COMPONENT_MC_COLUMNS`, the phenotype's
+        :data:`PHENOTYPE_COLUMNS`, then ``h2_total_se_mc``; the Monte Carlo SDs NaN but on the
+        matrix-free path); ``results.tsv`` of a several-component run has the same columns."""
+        nan = float("nan")
+        header = ["phenotype", *COMPONENT_COLUMNS, *COMPONENT_MC_COLUMNS, *PHENOTYPE_COLUMNS, *PHENOTYPE_MC_FIELDS]
         rows = []
         for f in self.fits:
-            tail = [f.n, f.h2, f.h2_se, f.sigma2_e, f.sigma2_e_se, f.logl_reml, f.logl_ml, f.lrt_stat,
-                    f.lrt_pvalue, f.converged, f.iterations]
+            tail = [getattr(f, k) for k in PHENOTYPE_FIELDS.values()] \
+                + [getattr(f, k, nan) for k in PHENOTYPE_MC_FIELDS.values()]
             for c in f.components:
-                rows.append([f.name, c.name] + [getattr(c, k) for k in COMPONENT_COLUMNS[1:]] + tail)
+                rows.append([f.name, c.name] + [getattr(c, k) for k in COMPONENT_COLUMNS[1:]]
+                            + [getattr(c, k, nan) for k in COMPONENT_MC_COLUMNS] + tail)
         return header, rows
 
     def to_pandas(self, kind: str = "components"):

@@ -22,6 +22,12 @@ def vp_and_se(fit: dict) -> tuple[float, float]:
     return float(vp), se_vp
 
 
+def is_components(fits: list) -> bool:
+    """The fits (``reml.json``'s ``phenotypes``) are several-component fits
+    (:meth:`bigmm.ComponentsResult.to_dict`): each carries a ``components`` list."""
+    return bool(fits) and all(isinstance(f.get("components"), list) for f in fits)
+
+
 #: GRM entries ≈ 2 × kinship: KING's kinship cut-offs (0.354, 0.177, 0.0884, 0.0442) doubled, applied
 #: to the normalised relatedness K_ij / sqrt(K_ii K_jj) (1 for a duplicate, whatever the inbreeding)
 RELATEDNESS_CLASSES = ((0.707, "duplicate or MZ twin"), (0.354, "1st degree"), (0.177, "2nd degree"),

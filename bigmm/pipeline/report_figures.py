@@ -7,11 +7,14 @@ import math
 
 import numpy as np
 
-from .report_data import RELATEDNESS_CLASSES, UNLABELLED, ReportData, label_groups
+from .report_data import RELATEDNESS_CLASSES, UNLABELLED, ReportData, is_components, label_groups
 
 #: every figure the report can hold (``report/<name>.png``)
 FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals", "phenotypes", "relatedness",
-           "variant_qc")
+           "variant_qc", "components")
+#: the variance-components figure shows at most this many phenotypes and components (the first ones)
+MAX_COMPONENT_PHENOTYPES = 6
+MAX_COMPONENTS_SHOWN = 40
 _LABEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
                   "#17becf", "#393b79", "#637939", "#000000")  # not grey: "other" and "no label" are
 
@@ -37,6 +40,8 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         figs["relatedness"] = relatedness_figure(data.relatedness)
     if data.maf is not None and data.missing is not None:
         figs["variant_qc"] = variant_qc_figure(data.maf, data.missing)
+    if is_components(doc.get("phenotypes") or []):
+        figs["components"] = components_figure(doc["phenotypes"])
     return figs
 
 
@@ -178,6 +183,78 @@ def variant_qc_figure(maf, missing) -> bytes:
         a2.set_yticks([])
     a2.set_xlabel("fraction of calls missing")
     return _figure_png(fig)
+
+
+def components_figure(fits: list) -> bytes:
+    """Each component's share of h² and its enrichment (share of h² / share of variants) with
+    95% Wald intervals (estimate ± 1.96 SE), one panel each (the enrichment panel only where the
+    components have variant counts), the first :data:`MAX_COMPONENT_PHENOTYPES` phenotypes side by
+    side and the first :data:`MAX_COMPONENTS_SHOWN` components."""
+    plt = _pyplot()
+    fits = fits[:MAX_COMPONENT_PHENOTYPES]
+    names = [str(c["name"]) for c in fits[0]["components"]][:MAX_COMPONENTS_SHOWN]
+    m, q = len(names), len(fits)
+
+    def values(key):  # (q, m) estimates and SEs, NaN where null
+        est = np.array([[np.nan if c.get(key) is None else c[key] for c in f["components"][:m]] for f in fits], float)
+        se = np.array([[np.nan if c.get(f"{key}_se") is None else c[f"{key}_se"] for c in f["components"][:m]]
+                       for f in fits], float)
+        return est, se
+
+    panels = [("share", "share of $h^2$", None)]
+    if np.isfinite(values("enrichment")[0]).any():
+        panels.append(("enrichment", "enrichment (share of $h^2$ / share of variants)", 1.0))
+    height_in = min(16.0, 1.6 + 0.22 * m * q ** 0.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, height_in), squeeze=False, sharey=True)
+    fig.subplots_adjust(top=1.0 - 0.55 / height_in, bottom=0.6 / height_in)  # margins in inches, not in fractions
+    ypos = np.arange(m)
+    height = 0.8 / q
+    for ax, (key, label, ref) in zip(axes[0], panels):
+        est, se = values(key)
+        a, b = _interval_axis(est, se, key)
+        for i, f in enumerate(fits):
+            y = ypos - 0.4 + height * (i + 0.5)
+            half = np.where(np.isfinite(se[i]), 1.96 * se[i], 0.0)
+            x = np.nan_to_num(est[i])
+            lo, hi = np.clip(x - half, a, b), np.clip(x + half, a, b)
+            ax.barh(y, x, height=height * 0.9, xerr=[x - lo, hi - x], capsize=2,
+                    color=_LABEL_COLOURS[i % len(_LABEL_COLOURS)], error_kw=dict(lw=0.8), label=str(f["name"]))
+            cut_lo, cut_hi = x - half < a, x + half > b  # intervals beyond the panel: an arrow head at its edge
+            ax.plot(np.full(cut_lo.sum(), a), y[cut_lo], "<", color="black", ms=4, clip_on=False)
+            ax.plot(np.full(cut_hi.sum(), b), y[cut_hi], ">", color="black", ms=4, clip_on=False)
+        ax.set_xlim(a, b)
+        if ref is not None:
+            ax.axvline(ref, color="grey", lw=0.8, ls="--")
+        ax.axvline(0.0, color="black", lw=0.6)
+        ax.set_xlabel(label)
+    axes[0][0].set_yticks(ypos)
+    _literal(*axes[0][0].set_yticklabels(names, fontsize=8))
+    axes[0][0].set_ylim(m - 0.5, -0.5)  # the first component on top
+    if q > 1:
+        leg = axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        _literal(*leg.get_texts())
+    fig.suptitle("Variance components (bars: estimate; lines: 95% interval, ±1.96 SE; "
+                 "arrow: it goes beyond the panel)", fontsize=10)
+    return _figure_png(fig)
+
+
+def _interval_axis(est, se, key: str) -> tuple[float, float]:
+    """The x range of a components panel: the estimates and their intervals, with the intervals
+    cut where they run far beyond the estimates (a phenotype with a total h² near 0 has shares
+    with SEs in the tens): shares within [−1, 2] (always showing [0, 1]), enrichments within
+    ±(2 × the largest estimate + 1) (always showing [0, 1])."""
+    with np.errstate(invalid="ignore"):
+        lo, hi = est - 1.96 * np.nan_to_num(se), est + 1.96 * np.nan_to_num(se)
+    fin = np.isfinite(est)
+    if not fin.any():
+        return -0.05, 1.05
+    if key == "share":
+        a, b = max(-1.0, min(0.0, float(np.nanmin(lo[fin])))), min(2.0, max(1.0, float(np.nanmax(hi[fin]))))
+    else:
+        top = 2.0 * max(1.0, float(np.nanmax(est[fin]))) + 1.0
+        a, b = max(-top, min(0.0, float(np.nanmin(lo[fin])))), min(top, max(1.0, float(np.nanmax(hi[fin]))))
+    pad = 0.04 * (b - a)
+    return a - pad, b + pad
 
 
 def _pyplot():

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..store import atomic_file, atomic_write_text
-from .report_data import MAX_LABELS, ReportData, label_groups, vp_and_se
-from .report_figures import make_figures
+from .report_data import MAX_LABELS, ReportData, is_components, label_groups, vp_and_se
+from .report_figures import MAX_COMPONENT_PHENOTYPES, MAX_COMPONENTS_SHOWN, make_figures
 
 #: escapes user text (names, paths, labels) on the page
 _e = html.escape
@@ -22,6 +22,8 @@ _e = html.escape
 #: the report's sections (``<section id=...>``), in order; a section with nothing to show is left out
 SECTIONS = ("summary", "estimates", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
             "relatedness", "spectrum", "profiles", "blup", "stages")
+#: the sections of a several-component fit: SECTIONS and its "Variance components" after the estimates
+COMPONENTS_SECTIONS = SECTIONS[:2] + ("components",) + SECTIONS[2:]
 
 
 def _num(v, f="{:.4f}"):
@@ -72,7 +74,9 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
             fh.write(png)
     phen = doc.get("phenotypes") or []
     sp = doc.get("spectrum_info") or {}
-    page = _page([summary_section(doc), estimates_section(phen), fixed_effects_section(phen),
+    components = components_section(phen, figs)  # only on the page of a several-component fit
+    page = _page([summary_section(doc), estimates_section(phen), *([components] if components else []),
+                  fixed_effects_section(phen),
                   samples_section(doc.get("design") or {}, phen), phenotypes_section(figs),
                   matrix_free_section(phen), variants_section(doc, data, figs),
                   relatedness_section(data.relatedness, figs), spectrum_section(sp, data, figs),
@@ -102,7 +106,7 @@ def summary_section(doc: dict) -> str:
         ("configuration file", doc.get("config_file") or "none (a configuration given in Python)"),
         *((f"{what} input", path) for what, path in inputs.items() if path),
         ("genotyped samples", doc.get("n_genotyped")), ("analysed samples", doc.get("n_samples")),
-        ("variants used", doc.get("n_variants")), ("variants in the data", doc.get("n_variants_total")),
+        ("variants used", doc.get("n_variants_kept", doc.get("n_variants"))), ("variants in the data", doc.get("n_variants_total")),
         ("variants dropped", ", ".join(f"{k} {v}" for k, v in (doc.get("variants_dropped") or {}).items() if v) or "none"),
         ("standardization", doc.get("standardize")),
         ("REML method", doc.get("reml_method") or "spectral"),
@@ -112,6 +116,8 @@ def summary_section(doc: dict) -> str:
         ("log-likelihood convention", doc.get("logl_convention")),
         ("config fingerprint", doc.get("config_fingerprint")),
     ]
+    if is_components(doc.get("phenotypes") or []):  # a several-component fit: its components and total h²
+        summary[-2:-2] = components_summary(doc)
     return ('<section id="summary"><h2>Run summary</h2>'
             f'{_table(["", ""], summary, _e).replace("<tr><th></th><th></th></tr>", "")}</section>')
 
@@ -131,10 +137,79 @@ def estimates_section(phen: list) -> str:
                      p.get("h2_se_method")))
     estimates = _table(["phenotype", "n", "h²", "SE", "95% CI", "σ²<sub>g</sub>", "SE", "σ²<sub>e</sub>", "SE", "Vp", "SE", "pve",
                         "LRT p", "boundary", "missing", "SE method"], rows, _e)
+    if is_components(phen):  # the totals of a several-component fit (its components: their own section)
+        return ('<section id="estimates"><h2>Estimates</h2>\n'
+                '<p>The totals over the variance components: h² = σ²<sub>g</sub> / Vp with σ²<sub>g</sub> = '
+                'Σ<sub>j</sub> σ²<sub>j</sub> and Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (SEs from the inverse '
+                'average-information matrix); 95% confidence interval h² ± 1.96 SE, clipped to [0, 1]. LRT p-value '
+                'for all components = 0 by GCTA\'s rule, ½ P(χ²<sub>m</sub> &gt; LRT) with m components (unconstrained '
+                'fit: P(χ²<sub>m</sub> &gt; LRT)).</p>\n' + estimates + liability_table(phen) + '</section>')
     return ('<section id="estimates"><h2>Estimates</h2>\n'
             '<p>h² = σ²<sub>g</sub> / Vp with Vp = σ²<sub>g</sub> + σ²<sub>e</sub> (its SE from the covariance of '
             'the two); 95% confidence interval\nh² ± 1.96 SE, clipped to [0, 1]. LRT p-value for h² = 0 from '
             '½χ²₀ + ½χ²₁.</p>\n' + estimates + liability_table(phen) + '</section>')
+
+
+def components_summary(doc: dict) -> list[tuple[str, str]]:
+    """The run summary's rows of a several-component fit: the components and each phenotype's
+    total h² (the first 10 phenotypes)."""
+    phen = doc["phenotypes"]
+    names = [str(c["name"]) for c in phen[0]["components"]]
+    total = "; ".join(f"{p.get('name')} {_pm(p.get('h2'), p.get('h2_se'))}" for p in phen[:10])
+    counts = [_dash(c.get("n_variants"), "{:.0f}") for c in phen[0]["components"]]
+    shown = ", ".join(f"{nm} ({k})" for nm, k in zip(names[:20], counts)) \
+        + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    return [("variance components (variants)", f"{len(names)}: {shown}"
+             + ("" if doc.get("constrain") is None else
+                " (each σ²ⱼ ≥ 0, GCTA's constraint)" if doc.get("constrain") else " (unconstrained)")),
+            ("total h² (sum of the components) ± SE", total + (f"; ... ({len(phen) - 10} more)" if len(phen) > 10 else ""))]
+
+
+def _dash(v, f="{:.4f}"):
+    """A number, or "—" where there is none (NaN, null)."""
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
+
+
+def _pm(v, se, f="{:.4f}"):
+    """``estimate ± SE``; "—" for either that is missing."""
+    return "—" if _dash(v, f) == "—" else f"{_dash(v, f)} ± {_dash(se, f)}"
+
+
+def components_section(phen: list, figs: dict) -> str:
+    """Variance components: per phenotype a table of each component's variants, h²ⱼ, share of h²
+    and enrichment with their SEs and its LRT p-value, and the figure of shares and enrichments."""
+    if not is_components(phen):
+        return ""
+    mc = any(c.get("h2_se_mc") is not None for p in phen for c in p["components"])  # a matrix-free fit
+    header = ["component", "variants", "σ²<sub>j</sub> ± SE", "h²<sub>j</sub> ± SE", "share of h² ± SE",
+              "enrichment ± SE", "LRT p", "at bound 0"] + (["h²<sub>j</sub> SD (Monte Carlo)"] if mc else [])
+    tables = []
+    for p in phen:
+        rows = [(c.get("name"), _dash(c.get("n_variants"), "{:.0f}"), _pm(c.get("sigma2"), c.get("sigma2_se"), "{:.4g}"),
+                 _pm(c.get("h2"), c.get("h2_se")), _pm(c.get("share"), c.get("share_se")),
+                 _pm(c.get("enrichment"), c.get("enrichment_se"), "{:.3f}"), _dash(c.get("lrt_pvalue"), "{:.3g}"),
+                 "yes" if c.get("boundary") else "-") + ((_dash(c.get("h2_se_mc")),) if mc else ())
+                for c in p["components"]]
+        rows.append(("total", _dash(sum(c.get("n_variants") or 0 for c in p["components"]) or None, "{:.0f}"),
+                     _pm(p.get("sigma2_g"), p.get("sigma2_g_se"), "{:.4g}"), _pm(p.get("h2"), p.get("h2_se")),
+                     "1", "1", _dash(p.get("lrt_pvalue"), "{:.3g}"), "yes" if p.get("boundary") else "-")
+                    + ((_dash(p.get("h2_se_mc")),) if mc else ()))
+        tables.append(f"<h3>{_e(str(p.get('name')))} (n = {_e(str(p.get('n')))})</h3>" + _table(header, rows, _e))
+    nq, m = len(phen), len(phen[0]["components"])
+    capped = ((f" The figure shows the first {MAX_COMPONENT_PHENOTYPES} of {nq} phenotypes." if nq > MAX_COMPONENT_PHENOTYPES else "")
+              + (f" The figure shows the first {MAX_COMPONENTS_SHOWN} of {m} components." if m > MAX_COMPONENTS_SHOWN else ""))
+    return ('<section id="components"><h2>Variance components</h2>\n'
+            '<p>V = Σ<sub>j</sub> σ²<sub>j</sub> K<sub>j</sub> + σ²<sub>e</sub> I, one GRM K<sub>j</sub> per component '
+            '(its variants). h²<sub>j</sub> = σ²<sub>j</sub> / Vp (GCTA\'s V(Gj)/Vp); share = σ²<sub>j</sub> / '
+            'Σ<sub>k</sub> σ²<sub>k</sub>, its part of the total h²; enrichment = share / (its share of the variants), '
+            '1 where h² per variant is the same in every component. SEs from the inverse average-information '
+            'matrix, carried to the ratios by the delta method; "—": not available. LRT p: the test of '
+            'σ²<sub>j</sub> = 0 against the fit without component j (row "total": of all components = 0). '
+            '"At bound 0": the estimate is held at 0 by the constraint σ²<sub>j</sub> ≥ 0.'
+            + (" SD (Monte Carlo): the spread of the matrix-free estimate due to its random probes." if mc else "")
+            + capped + "</p>"
+            + _img(figs, "components", "Share of h² and enrichment per component with 95% intervals (±1.96 SE)")
+            + "".join(tables) + "</section>")
 
 
 def liability_table(phen: list) -> str:
@@ -370,8 +445,9 @@ def _page(sections: list[str]) -> str:
     """The whole page: the head and style, the navigation bar (a link to each section present),
     the sections one per line, and the script that marks each image as loaded."""
     page = _HEAD + "\n".join(sections) + "\n" + _TAIL
-    present = [sid for sid in SECTIONS if f'<section id="{sid}">' in page]
-    titles = {"fixed-effects": "fixed effects", "matrix-free": "matrix-free", "blup": "BLUP"}
+    present = [sid for sid in COMPONENTS_SECTIONS if f'<section id="{sid}">' in page]
+    titles = {"fixed-effects": "fixed effects", "matrix-free": "matrix-free", "blup": "BLUP",
+              "components": "variance components"}
     page = page.replace("{nav}", "".join(f'<a href="#{sid}">{titles.get(sid, sid)}</a>' for sid in present))
     return page
 
