@@ -680,7 +680,7 @@ def _check_components(cfg: RunConfig, got: dict, ids: list) -> None:
     variants.chr/extract/exclude, refused by name); or the GRMs of ``components.mgrm`` (their
     samples against the analysed ones). Also the number of components, for the memory rule."""
     from ..io.gcta import open_mgrm
-    from .stage.component_grms import given_split, mgrm_rows
+    from .components import given_split, mgrm_rows
 
     cc = cfg.components
     n = len(ids)

@@ -1,13 +1,14 @@
 """component_grms (several variance components): the m GRMs ``K_j = X_j X_jᵀ / p_j`` of the run's
 split of the variants, from one pass over the genotypes (:func:`bigmm.component_grms`), or the
 precomputed GRMs of ``components.mgrm`` (GCTA's ``--mgrm``) read and aligned to the run's
-samples; committed as ``component_grms/`` (``K.npy``, m x n x n float64, and ``components.json``:
+samples; committed as ``components/`` (``K.npy``, m x n x n float64, and ``components.json``:
 the names, the variants of each, the samples covered), written under a temporary name and
 renamed.
 
-The split: ``components.file`` / ``lists`` / ``by_chromosome`` (read and checked before any pass,
-:func:`given_split`), crossed with ``maf_bins`` (from the variant statistics) and then split into
-``ld_bins`` LD-score quantiles within each (from the ld_scores stage): :func:`full_split`. A
+The split (:mod:`bigmm.pipeline.components`): ``components.file`` / ``lists`` / ``by_chromosome``
+(read and checked before any pass, by the validator), crossed with ``maf_bins`` (from the variant
+statistics) and then split into ``ld_bins`` LD-score quantiles within each (from the ld_scores
+stage). A
 component left empty or with fewer than ``components.min_variants`` kept variants is refused here,
 before the GRM pass.
 
@@ -20,16 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
 
 from ...component_grm import ComponentGrms, component_grms
-from ...components import (Components, chromosome_components, cross, ld_quantile_bins, maf_bins,
-                           read_components, read_variant_lists)
-from ...errors import InputError
 from ...io.gcta import open_mgrm
+from ..components import full_split, mgrm_rows
 from ...store import atomic_write_text, file_fingerprint, fsync_tree, remove_path
 from ..memory import task_memory
 from . import Context, Facts, Stage
@@ -37,50 +35,9 @@ from . import Context, Facts, Stage
 log = logging.getLogger("bigmm")
 
 #: the committed folder
-OUTPUT = "component_grms"
-
-
-def given_split(cc, variant_ids, chromosomes) -> Components | None:
-    """The split known before any pass: the annotation file, the variant lists and the
-    chromosomes, crossed (None when none is given). Refuses an unknown ID, a variant in two
-    groups, a duplicated line or an empty list, naming the file and line."""
-    parts = []
-    if cc.file is not None:
-        parts.append(read_components(cc.file, variant_ids))
-    if cc.lists:
-        parts.append(read_variant_lists(cc.lists, variant_ids))
-    if cc.by_chromosome:
-        parts.append(chromosome_components(chromosomes))
-    return reduce(cross, parts) if parts else None
-
-
-def full_split(cc, given: Components | None, std, ld: np.ndarray | None) -> Components:
-    """The run's split: ``given`` crossed with the MAF bins, then each component split into
-    ``ld_bins`` LD-score quantile bins (all kept variants as one group when nothing else splits)."""
-    parts = [given] if given is not None else []
-    if cc.maf_bins is not None:
-        parts.append(maf_bins(std, cc.maf_bins))
-    split = reduce(cross, parts) if parts else None
-    if cc.ld_bins is not None:
-        within = split if split is not None else Components(("all",), np.where(std.keep, 0, -1),
-                                                              "all kept variants")
-        split = ld_quantile_bins(ld, within, cc.ld_bins)
-    return split
-
-
-def mgrm_rows(grms, ids: list, rows: np.ndarray) -> np.ndarray:
-    """Where each of the run's samples ``ids[rows]`` is in the GRMs' sample order; refuses a
-    sample the GRMs lack, naming it."""
-    position = {tuple(s): i for i, s in enumerate(grms.ids)}
-    out = []
-    for r in rows:
-        key = tuple(ids[r])
-        if key not in position:
-            raise InputError(f"components.mgrm: sample {' '.join(key)} is analysed but not in the GRMs "
-                             f"({grms.grms[0].id}); make the GRMs on every analysed sample or leave it out "
-                             f"(samples.remove)")
-        out.append(position[key])
-    return np.asarray(out, dtype=np.int64)
+OUTPUT = "components"
+#: the REML model whose plan needs this stage
+MODEL = "components"
 
 
 def save_component_grms(path: Path, res: ComponentGrms, rows: np.ndarray, source: str) -> None:
@@ -156,9 +113,11 @@ def declare(name: str, ingest: Stage, stats: Stage, ld_scores: Stage) -> Stage:
     def flops(f: Facts, c, k: float) -> float:
         return 0.0 if f.cfg.components.mgrm is not None else float(c.n) * c.n * c.p
 
-    return Stage(name=name, outputs=(OUTPUT,), body=body, inputs=inputs, model="components",
+    # every model's stage, needed by the several-component model alone: the models are those of
+    # the reml declarations (the registry's MODELS)
+    return Stage(name=name, outputs=(OUTPUT,), body=body, inputs=inputs, needed=lambda f: f.model == MODEL,
                  upstream=lambda f: () if f.cfg.components.mgrm is not None else
                  ((stats,) if f.cfg.components.ld_bins is None else (stats, ld_scores)),
                  reads_genotypes=lambda f: f.cfg.components.mgrm is None, passes=passes, flops=flops,
                  extra_files=lambda ctx: [OUTPUT + ".partial"],
-                 load=lambda ctx: load_component_grms(ctx.out / OUTPUT), needs_spectrum=lambda cfg: False)
+                 load=lambda ctx: load_component_grms(ctx.out / OUTPUT))

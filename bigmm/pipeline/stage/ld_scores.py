@@ -21,6 +21,8 @@ from . import Context, Facts, Stage
 log = logging.getLogger("bigmm")
 
 OUTPUT = "ld_scores.tsv"
+#: the REML model whose plan needs this stage (with components.ld_bins)
+MODEL = "components"
 
 
 def _reach(f: Facts) -> int:
@@ -34,7 +36,10 @@ def declare(name: str, ingest: Stage, stats: Stage) -> Stage:
         store, std = ctx.value(ingest), ctx.value(stats)
         table = store.variant_table()
         kb, nv = ctx.cfg.components.ld_window()
-        ld = ld_scores(store.genotypes, std, window_kb=kb, window_variants=nv, positions=table["pos"],
+        # positions only for a window in kb (a window in variants needs no positions: unknown ones
+        # such as PLINK's -9 are then fine)
+        ld = ld_scores(store.genotypes, std, window_kb=kb, window_variants=nv,
+                       positions=table["pos"] if kb is not None else None,
                        chromosomes=table["chrom"], dtype=np.dtype(ctx.cfg.grm.dtype),
                        memory=task_memory(ctx.cfg.cluster))
         lines = ["ID\tCHR\tPOS\tLD_SCORE"] + [
@@ -53,9 +58,8 @@ def declare(name: str, ingest: Stage, stats: Stage) -> Stage:
                             filling_values=np.nan, ndmin=1)
         return col
 
-    return Stage(name=name, outputs=(OUTPUT,), body=body, model="components",
+    return Stage(name=name, outputs=(OUTPUT,), body=body,
                  inputs=lambda f: {"window": list(f.cfg.components.ld_window()), "dtype": f.cfg.grm.dtype},
-                 upstream=lambda f: (stats,), needed=lambda f: f.cfg.components.ld_bins is not None,
+                 upstream=lambda f: (stats,), needed=lambda f: f.model == MODEL and f.cfg.components.ld_bins is not None,
                  reads_genotypes=lambda f: True, passes=lambda f, c: 1.0,
-                 flops=lambda f, c, k: 2.0 * c.n * c.p * (2 * _reach(f) + 16), load=load,
-                 needs_spectrum=lambda cfg: False)
+                 flops=lambda f, c, k: 2.0 * c.n * c.p * (2 * _reach(f) + 16), load=load)
