@@ -267,3 +267,22 @@ def test_components_with_a_single_component_method_are_refused():
     with pytest.raises(Exception, match="'mgrm' .* cannot be combined with file"):
         parse_config({"genotypes": {"plink": "x"}, "phenotypes": {"file": "p"}, "output": "o",
                       "components": {"file": "a.txt", "mgrm": "m.txt"}})
+
+
+def test_auto_above_the_exact_limit_is_refused_naming_n_and_the_limit(cohort, tmp_path):
+    cfg = parse_config({"genotypes": {"plink": str(DATA / "cohort")}, "phenotypes": {"file": str(PHENO)},
+                        "components": {"file": str(cohort["ann"])}, "reml": {"method": "auto"},
+                        "spectrum": {"exact_max_n": 300}, "output": str(tmp_path / "run")})
+    _refused(cfg, r"components: 400 samples are more than spectrum.exact_max_n = 300, the limit of the exact "
+                  r"several-component REML .* the matrix-free several-component path is not available")
+
+
+def test_the_memory_rule_of_m_dense_grms():
+    """8·m·n² for the GRMs and two n_a × n_a work arrays, plus copies of the analysed rows when
+    samples are left out or values missing; refused beyond the memory available, naming m and n."""
+    from bigmm.pipeline.memory import check_components_memory, components_driver_bytes
+
+    assert components_driver_bytes(3, 1000) == 8 * 3 * 1000**2 + 8 * 2 * 1000**2
+    assert components_driver_bytes(3, 1000, 900, missing=True) == 8 * 3 * 1000**2 + 8 * 5 * 900**2
+    with pytest.raises(InputError, match=r"components: 4 components on 20000 samples need about 17\.88 GiB"):
+        check_components_memory(4, 20_000, 20_000, False, available=2**30)

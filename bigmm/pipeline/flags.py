@@ -117,7 +117,6 @@ def add_flags(r: argparse.ArgumentParser) -> None:
     _input_flags(r)
     _filter_flags(r)
     _model_flags(r)
-    _component_flags(r)
     _compute_flags(r)
     r.add_argument("--force", action="store_true",
                    help="rerun every stage; also replaces another run's results in DIR")
@@ -191,8 +190,9 @@ def _model_flags(r: argparse.ArgumentParser) -> None:
     m.add_argument("--rank", type=_bounded(int, 1, what="--rank"), metavar="K",
                    help="eigenpairs of a randomized spectrum (spectrum.rank)")
     m.add_argument("--method", choices=("spectral", "matrix_free", "components", "auto"),
-                   help="reml.method (components: the default with the component flags below)")
+                   help="reml.method (components: the default with a component flag: --components, --mgrm, ...)")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
+    _component_flags(m)
     m.add_argument("--reml", action="store_true",
                    help="accepted for GCTA compatibility; bigmm reml always fits REML")
     m.add_argument("--reml-no-lrt", action="store_true",
@@ -216,9 +216,9 @@ def _maf_edges(text: str) -> list[float]:
     return edges
 
 
-def _component_flags(r: argparse.ArgumentParser) -> None:
-    """The "several variance components" group (GCTA's and BOLT-REML's names; the components section)."""
-    c = r.add_argument_group("several variance components (partitioned heritability; reml.method components)")
+def _component_flags(c) -> None:
+    """Several variance components (GCTA's and BOLT-REML's names; the components section), in the
+    "model and methods" group."""
     c.add_argument("--components", metavar="FILE",
                    help="variant ID and component name per line, as BOLT-REML's --modelSnps: one variance "
                    "component per name; variants not listed are in no component (components.file)")
