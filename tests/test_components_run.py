@@ -121,6 +121,20 @@ def test_a_rerun_skips_every_stage(cohort, annotated, one_cluster):
     assert again.stages_skipped == ("ingest", "variant_stats", "component_grms", "reml", "report")
 
 
+def test_damaged_component_grms_are_computed_again(cohort, annotated, one_cluster):
+    """A flipped byte in the committed K.npy (no checksum of its own) is caught by its recorded
+    SHA-256 when the reml stage reads it: component_grms runs again and the fit is the same."""
+    out, _ = annotated
+    before = json.loads((out / "reml.json").read_text())
+    path = out / "components" / "K.npy"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    again = run(config(cohort, out, file=str(cohort["ann"])), from_stage="reml")
+    assert "component_grms" in again.stages_run and "reml" in again.stages_run
+    assert json.loads((out / "reml.json").read_text())["phenotypes"] == before["phenotypes"]
+
+
 def test_the_flag_run_with_component_lists_equals_the_direct_fit(cohort, one_cluster, tmp_path):
     """``bigmm reml --component-lists A.snplist B.snplist`` (GCTA's one --extract list per GRM;
     C's variants in no component) and --reml-no-constrain: the direct fit of the same lists, with

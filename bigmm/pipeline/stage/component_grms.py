@@ -18,6 +18,7 @@ of m GRMs over the p_A assigned variants costs what one GRM of them costs).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from ...component_grm import ComponentGrms, component_grms
 from ...io.gcta import open_mgrm
 from ..components import full_split, mgrm_rows
-from ...store import atomic_write_text, file_fingerprint, fsync_tree, remove_path
+from ...store import StoreIntegrityError, atomic_write_text, file_fingerprint, fsync_tree, remove_path
 from ..memory import task_memory
 from . import Context, Facts, Stage
 
@@ -40,15 +41,21 @@ OUTPUT = "components"
 MODEL = "components"
 
 
+def _digest(K: np.ndarray) -> str:
+    """SHA-256 of one GRM's bytes (a .npy file has no checksum of its own)."""
+    return hashlib.sha256(np.ascontiguousarray(K).data).hexdigest()
+
+
 def save_component_grms(path: Path, res: ComponentGrms, rows: np.ndarray, source: str) -> None:
-    """``res`` into the folder ``path`` (``K.npy``, ``components.json``), through
-    ``path.partial`` renamed last."""
+    """``res`` into the folder ``path`` (``K.npy``, ``components.json`` with each K_j's SHA-256),
+    through ``path.partial`` renamed last."""
     partial = path.with_name(path.name + ".partial")
     remove_path(partial)
     partial.mkdir(parents=True)
     np.save(partial / "K.npy", res.K)
     meta = {"names": list(res.names), "n_variants": None if res.n_variants is None
-            else [float(v) for v in res.n_variants], "rows": [int(r) for r in rows], "source": source}
+            else [float(v) for v in res.n_variants], "rows": [int(r) for r in rows], "source": source,
+            "sha256": [_digest(K) for K in res.K]}
     atomic_write_text(partial / "components.json", json.dumps(meta, indent=1) + "\n")
     fsync_tree(partial)
     remove_path(path)
@@ -56,9 +63,18 @@ def save_component_grms(path: Path, res: ComponentGrms, rows: np.ndarray, source
 
 
 def load_component_grms(path: Path) -> tuple[ComponentGrms, np.ndarray]:
-    """The committed GRMs (memory-mapped, read-only) and the run samples they cover."""
-    meta = json.loads((Path(path) / "components.json").read_text())
-    K = np.load(Path(path) / "K.npy", mmap_mode="r")
+    """The committed GRMs (memory-mapped, read-only) and the run samples they cover, each K_j
+    checked against its recorded SHA-256 (a damaged file reruns the stage)."""
+    try:
+        meta = json.loads((Path(path) / "components.json").read_text())
+        K = np.load(Path(path) / "K.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:  # json's errors are ValueErrors
+        raise StoreIntegrityError(f"{path} does not read ({exc}); the component GRMs are damaged",
+                                  path=str(path)) from None
+    for name, k, digest in zip(meta["names"], K, meta["sha256"], strict=True):
+        if _digest(k) != digest:
+            raise StoreIntegrityError(f"{path}/K.npy: the GRM of component {name} does not match its recorded "
+                                      f"SHA-256; the component GRMs are damaged", path=str(path))
     nv = meta["n_variants"]
     return (ComponentGrms(K=K, n_variants=None if nv is None else np.asarray(nv), names=tuple(meta["names"])),
             np.asarray(meta["rows"], dtype=np.int64))
@@ -100,8 +116,6 @@ def declare(name: str, ingest: Stage, stats: Stage, ld_scores: Stage) -> Stage:
                              memory=task_memory(ctx.cfg.cluster), min_variants=cc.min_variants)
         rows = np.arange(store.n_samples)
         save_component_grms(out, res, rows, split.source)
-        for nm, p in zip(res.names, res.n_variants):
-            log.info("component %s: %d variants", nm, p)
         return (res, rows), {"components": list(res.names), "n_variants": [int(v) for v in res.n_variants],
                              "passes_over_X": 1}
 
