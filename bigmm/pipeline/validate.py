@@ -253,9 +253,13 @@ def read_labels(path: Path, column: str | None, ids: list) -> tuple[str, np.ndar
     return column, labels, counts
 
 
-def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral") -> dict[str, int]:
-    """Bytes the run will write, by output (upper bounds; stores are compressed)."""
+def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral",
+                  n_components: int | None = None) -> dict[str, int]:
+    """Bytes the run will write, by output (upper bounds; stores are compressed); ``n_components``:
+    the most components of a several-component run (its GRMs are stored uncompressed)."""
     need = {}
+    if n_components:
+        need["components (float64 GRMs, m x n x n)"] = 8 * n_components * n * n
     if cfg.genotypes.plink is not None:
         need["genotypes.zarr (int8, before compression)"] = n * p
     if needs_grm(cfg, method, rmethod):
@@ -302,8 +306,8 @@ def still_to_write(cfg: RunConfig, need: dict[str, int]) -> dict[str, int]:
     return left
 
 
-def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str) -> None:
-    need = still_to_write(cfg, estimate_disk(cfg, n, p, method, rmethod))
+def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str, n_components: int | None = None) -> None:
+    need = still_to_write(cfg, estimate_disk(cfg, n, p, method, rmethod, n_components))
     total = sum(need.values())
     where = Path(cfg.output)
     while not where.exists():
@@ -631,7 +635,8 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
     if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
         problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
     if got.get("n_variants") is not None or gf is not None:
-        _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod)
+        _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod,
+                 got.get("components_plan", {}).get("components_m"))
     return method, rmethod, memory_plan
 
 
