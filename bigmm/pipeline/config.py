@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from typing_extensions import Annotated
 
 from .. import mfreml
+from ..components import MIN_COMPONENT_VARIANTS
 from ..errors import ConfigError, missing_reason
 from ..genotypes import RUN_DTYPE  # the rule for the precision of passes over X
 from ..store import resolve_path
@@ -387,10 +388,12 @@ class PredictConfig(_Section):
 
 class RemlConfig(_Section):
     #: "spectral": REML on the spectrum (exact, or the reduced randomized one); "matrix_free":
-    #: Lanczos quadrature on passes over X, no spectrum needed; "auto": spectral on an exact
-    #: spectrum up to spectrum.exact_max_n samples, matrix-free above
-    method: Literal["spectral", "matrix_free", "auto"] = "spectral"
-    """spectral (on the spectrum), matrix_free (Lanczos on passes over X), or auto"""
+    #: Lanczos quadrature on passes over X, no spectrum needed; "components": exact AI-REML of
+    #: several variance components on their m dense GRMs (the ``components`` section; the
+    #: default when that section is given); "auto": spectral on an exact spectrum up to
+    #: spectrum.exact_max_n samples, matrix-free above (components with a components section)
+    method: Literal["spectral", "matrix_free", "components", "auto"] = "spectral"
+    """spectral (on the spectrum), matrix_free (Lanczos on passes over X), components (several GRMs), or auto"""
     grid_size: Int = Field(101, ge=3, le=100_001)
     """points of the h2 grid searched before the score is bisected"""
     #: matrix-free: at most this many Lanczos steps (passes over X)
@@ -416,6 +419,75 @@ class RemlConfig(_Section):
     dtype: Literal["float32", "float64"] = RUN_DTYPE
     """matrix-free: precision of the products in each pass (accumulated in float64)"""
 
+
+#: the LD-score window (kb either side) when ``components.ld_bins`` is given without a window:
+#: GCTA's ``--ld-score-region 200``
+DEFAULT_LD_WINDOW_KB = 200.0
+
+
+class ComponentsConfig(_Section):
+    """Several genetic variance components (partitioned heritability, docs/math.md §11-12):
+    ``Var(y) = Σ_j σ²_j K_j + σ²_e I``. The variants are split by an annotation file, variant
+    lists, chromosomes, MAF bins and LD-score bins within them (GREML-LDMS); several of these
+    are crossed (one component per combination present). Or several precomputed GRMs (mgrm)."""
+
+    #: variant ID and component name per line, whitespace-separated (BOLT-REML's --modelSnps)
+    file: Optional[Path] = None
+    """variant ID and component name per line (BOLT-REML --modelSnps); variants not listed are in no component"""
+    #: one variant list per component (first field of each line), the component named by the
+    #: file name without its last suffix (coding.snplist -> coding)
+    lists: list[Path] = []
+    """one variant list per component (as GCTA's --extract per GRM); component name = file stem"""
+    #: a file of GRM prefixes, one per line (GCTA's --mgrm); rules out every other key but
+    #: constrain; with it genotypes.grm may name one of the GRMs (the run's samples)
+    mgrm: Optional[Path] = None
+    """file of GCTA/PLINK 2 GRM prefixes, one per line (GCTA --mgrm); excludes file/lists/bins"""
+    #: MAF bin edges: bin k holds edges[k] <= MAF < edges[k+1], the last closed
+    maf_bins: Optional[list[float]] = None
+    """MAF bin edges, e.g. [0.01, 0.05, 0.1, 0.5]: one component per bin (GREML-MS)"""
+    #: LD-score quantile bins within each component of the others (GREML-LDMS: within each MAF
+    #: bin); LD scores from a windowed pass over the genotypes (ld_scores.tsv)
+    ld_bins: Optional[PosInt] = None
+    """LD-score quantile bins (4: quartiles) within each MAF bin or other component (GREML-LDMS)"""
+    ld_window_kb: Optional[float] = Field(None, gt=0.0)
+    """LD-score window: variants within this many kb either side (default 200, GCTA's)"""
+    ld_window_variants: Optional[PosInt] = None
+    """LD-score window: variants within this many variants either side (with kb: both hold)"""
+    by_chromosome: bool = False
+    """one component per chromosome (crossed with the others)"""
+    #: GCTA's default: every σ²_j >= 0; false: GCTA --reml-no-constrain
+    constrain: bool = True
+    """keep every component's variance >= 0 (GCTA's default); false: --reml-no-constrain"""
+    min_variants: PosInt = MIN_COMPONENT_VARIANTS
+    """refuse a component with fewer kept variants than this"""
+
+    @model_validator(mode="after")
+    def _defined(self):
+        split = [k for k in ("file", "lists", "maf_bins", "ld_bins", "by_chromosome") if getattr(self, k)]
+        if self.mgrm is not None and split:
+            raise ValueError(f"'mgrm' (precomputed GRMs) cannot be combined with {', '.join(split)}: the "
+                             f"GRMs are used as they are")
+        if self.mgrm is None and not split:
+            raise ValueError("define the components: give file, lists, maf_bins, ld_bins, by_chromosome or "
+                             "mgrm")
+        if (self.ld_window_kb is not None or self.ld_window_variants is not None) and self.ld_bins is None:
+            raise ValueError("ld_window_kb / ld_window_variants are the LD-score window of ld_bins: add ld_bins")
+        if self.maf_bins is not None:
+            e = self.maf_bins
+            if len(e) < 2 or any(b <= a for a, b in zip(e, e[1:])) or e[0] < 0 or e[-1] > 0.5:
+                raise ValueError(f"maf_bins must be at least two increasing edges in [0, 0.5], got {e}")
+        names = [p.stem if p.suffix else p.name for p in self.lists]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"lists: two files give component name '{dup[0]}' (the name is the file name "
+                             f"without its suffix); rename one")
+        return self
+
+    def ld_window(self) -> tuple[float | None, int | None]:
+        """The LD-score window (kb, variants): the given ones, else :data:`DEFAULT_LD_WINDOW_KB`."""
+        if self.ld_window_kb is None and self.ld_window_variants is None:
+            return DEFAULT_LD_WINDOW_KB, None
+        return self.ld_window_kb, self.ld_window_variants
 
 
 class ReportConfig(_Section):
@@ -461,6 +533,8 @@ class RunConfig(_Section):
     """the GRM stage (exact spectrum or GCTA export)"""
     reml: RemlConfig = RemlConfig()
     """the REML fit"""
+    components: Optional[ComponentsConfig] = None
+    """several genetic variance components (partitioned heritability; reml.method components)"""
     output: Path
     """the run directory (required)"""
     predict: PredictConfig = PredictConfig()
@@ -477,6 +551,34 @@ class RunConfig(_Section):
         if self.phenotypes.fam is not None and self.genotypes.plink is None:
             raise ValueError("phenotypes.fam reads the .fam of genotypes.plink; with other genotype "
                              "input give phenotypes.file")
+        return self
+
+    @model_validator(mode="after")
+    def _components_model(self):
+        """A components section fits the components model (the default when it is given); the
+        model needs one, and has no BLUP yet."""
+        c, r = self.components, self.reml
+        if c is None:
+            if r.method == "components":
+                raise ValueError("reml.method: components needs a 'components' section (the variance "
+                                 "components: file, lists, mgrm, maf_bins, ld_bins or by_chromosome)")
+            return self
+        if "method" not in r.model_fields_set:  # not a shared default instance: a copy
+            r = r.model_copy(update={"method": "components"})
+            object.__setattr__(self, "reml", r)
+        if r.method in ("spectral", "matrix_free"):
+            raise ValueError(f"reml.method: {r.method} fits one genetic component; with a 'components' "
+                             f"section use reml.method: components (or auto, or leave it out)")
+        if self.predict.blup:
+            raise ValueError("predict.blup / snp_effects are not available with several components yet; "
+                             "leave them out")
+        if self.genotypes.grm is not None and c.mgrm is None:
+            raise ValueError("components from variants (file, lists, bins, by_chromosome) need genotypes "
+                             "(plink, zarr or vcf_zarr), not genotypes.grm; with precomputed GRMs use "
+                             "components.mgrm")
+        if self.covariates.pcs and self.genotypes.grm is not None:
+            raise ValueError("covariates.pcs with components.mgrm: PCs need genotypes; give them as "
+                             "covariates (--qcovar)")
         return self
 
     @model_validator(mode="after")
@@ -536,8 +638,12 @@ class RunConfig(_Section):
     """where the config came from (not a YAML key)"""
 
     def fingerprint(self) -> str:
-        """Hash of the configuration content (resolved paths included)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of the configuration content (resolved paths included); a config without a
+        components section hashes as before that section existed."""
+        dump = self.model_dump(mode="json")
+        if dump.get("components") is None:
+            dump.pop("components", None)
+        blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -545,7 +651,8 @@ _PATH_FIELDS = {("genotypes", "plink"), ("genotypes", "zarr"), ("genotypes", "vc
                 ("covariates", "qcovar"), ("covariates", "covar"), ("variants", "include"),
                 ("variants", "extract"), ("variants", "exclude"), ("samples", "keep"), ("samples", "remove"),
                 ("phenotypes", "file"), ("covariates", "file"), ("output",), ("report", "labels"),
-                ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key")}
+                ("cluster", "tls", "ca_file"), ("cluster", "tls", "cert"), ("cluster", "tls", "key"),
+                ("components", "file"), ("components", "mgrm"), ("components", "lists")}
 
 
 def _resolve(raw: dict, base: Path) -> dict:
@@ -559,6 +666,9 @@ def _resolve(raw: dict, base: Path) -> dict:
         if isinstance(node, dict) and isinstance(node.get(path[-1]), str):
             p = Path(node[path[-1]]).expanduser()
             node[path[-1]] = str(p if p.is_absolute() else resolve_path(base / p))
+        elif isinstance(node, dict) and isinstance(node.get(path[-1]), list):  # a list of paths
+            node[path[-1]] = [str(q if (q := Path(x).expanduser()).is_absolute() else resolve_path(base / q))
+                              if isinstance(x, str) else x for x in node[path[-1]]]
     return out
 
 

@@ -189,13 +189,62 @@ def _model_flags(r: argparse.ArgumentParser) -> None:
     m.add_argument("--spectrum", choices=("exact", "randomized", "auto"), help="spectrum.method")
     m.add_argument("--rank", type=_bounded(int, 1, what="--rank"), metavar="K",
                    help="eigenpairs of a randomized spectrum (spectrum.rank)")
-    m.add_argument("--method", choices=("spectral", "matrix_free", "auto"), help="reml.method")
+    m.add_argument("--method", choices=("spectral", "matrix_free", "components", "auto"),
+                   help="reml.method (components: the default with a component flag: --components, --mgrm, ...)")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
+    _component_flags(m)
     m.add_argument("--reml", action="store_true",
                    help="accepted for GCTA compatibility; bigmm reml always fits REML")
     m.add_argument("--reml-no-lrt", action="store_true",
                    help="accepted for GCTA compatibility; the LRT of h2 = 0 costs nothing and is always "
                    "reported")
+
+
+def _maf_edges(text: str) -> list[float]:
+    """``--maf-bins``: comma-separated increasing edges in [0, 0.5].
+
+    >>> _maf_edges("0.01,0.05,0.5")
+    [0.01, 0.05, 0.5]
+    """
+    try:
+        edges = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers such as 0.01,0.05,0.5") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0 or edges[-1] > 0.5:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two increasing MAF edges in [0, 0.5], "
+                                         f"e.g. 0.01,0.05,0.1,0.5")
+    return edges
+
+
+def _component_flags(c) -> None:
+    """Several variance components (GCTA's and BOLT-REML's names; the components section), in the
+    "model and methods" group."""
+    c.add_argument("--components", metavar="FILE",
+                   help="variant ID and component name per line, as BOLT-REML's --modelSnps: one variance "
+                   "component per name; variants not listed are in no component (components.file)")
+    c.add_argument("--component-lists", nargs="+", metavar="FILE",
+                   help="one variant list per component (first field of each line, as GCTA's --extract "
+                   "per GRM); the component is named by the file name without its suffix (components.lists)")
+    c.add_argument("--mgrm", metavar="FILE",
+                   help="file of GRM prefixes, one per line (GCTA's --mgrm; GCTA .grm.bin or PLINK 2 "
+                   ".rel.bin): one component per GRM. Without --bfile the samples are those of the first "
+                   "GRM (components.mgrm)")
+    c.add_argument("--maf-bins", type=_maf_edges, metavar="E1,E2,...",
+                   help="MAF bin edges, e.g. 0.01,0.05,0.1,0.5: one component per bin, crossed with "
+                   "--components/--component-lists/--by-chromosome (components.maf_bins)")
+    c.add_argument("--ld-bins", type=_bounded(int, 1, what="--ld-bins"), metavar="K",
+                   help="LD-score quantile bins (4: quartiles) within each MAF bin or component, as "
+                   "GREML-LDMS; LD scores from one windowed pass (components.ld_bins)")
+    c.add_argument("--ld-window-kb", type=_bounded(float, 0.0, lo_open=True, what="--ld-window-kb"), metavar="KB",
+                   help="LD-score window in kb either side (default 200, GCTA's --ld-score-region) "
+                   "(components.ld_window_kb)")
+    c.add_argument("--ld-window-variants", type=_bounded(int, 1, what="--ld-window-variants"), metavar="N",
+                   help="LD-score window in variants either side (components.ld_window_variants)")
+    c.add_argument("--by-chromosome", action="store_true",
+                   help="one component per chromosome, crossed with the others (components.by_chromosome)")
+    c.add_argument("--reml-no-constrain", action="store_true",
+                   help="let component variances go negative, as GCTA's --reml-no-constrain "
+                   "(components.constrain: false)")
 
 
 def _compute_flags(r: argparse.ArgumentParser) -> None:
@@ -210,8 +259,21 @@ def _compute_flags(r: argparse.ArgumentParser) -> None:
 
 def check_flags(parser: argparse.ArgumentParser, args) -> None:
     """Combinations of flags argparse cannot express; ``parser.error`` (exit 2) names them."""
-    if args.bfile is None and args.grm is None:
-        parser.error("give the genotypes with --bfile PREFIX (or a precomputed GRM with --grm PREFIX)")
+    if args.bfile is None and args.grm is None and args.mgrm is None:
+        parser.error("give the genotypes with --bfile PREFIX (or a precomputed GRM with --grm PREFIX, "
+                     "or several with --mgrm FILE)")
+    if args.mgrm is not None and args.grm is not None:
+        parser.error("give one of --grm PREFIX (one GRM) or --mgrm FILE (several)")
+    split = [f for f, v in (("--components", args.components), ("--component-lists", args.component_lists),
+                            ("--maf-bins", args.maf_bins), ("--ld-bins", args.ld_bins),
+                            ("--by-chromosome", args.by_chromosome)) if v]
+    if args.mgrm is not None and split:
+        parser.error(f"--mgrm (precomputed GRMs) cannot be combined with {', '.join(split)}")
+    if (args.ld_window_kb is not None or args.ld_window_variants is not None) and args.ld_bins is None:
+        parser.error("--ld-window-kb / --ld-window-variants are the window of --ld-bins: add it")
+    if args.reml_no_constrain and not (split or args.mgrm):
+        parser.error("--reml-no-constrain is for several variance components (--components, --mgrm, "
+                     "--maf-bins, ...)")
     if (args.pheno is None) == (args.pheno_fam is None):
         parser.error("give the phenotype with one of --pheno FILE or --pheno-fam N")
     for flag in ("mpheno", "pheno_name", "pheno_layout"):
@@ -284,12 +346,29 @@ def config_from_flags(args) -> dict:
         cfg["reml"] = {"method": args.method}
     if args.blup:
         cfg["predict"] = {"blup": True}
+    comp = _component_config(args)
+    if comp:
+        cfg["components"] = comp
+        if args.mgrm is not None and args.bfile is None:  # the samples: those of the first GRM
+            from ..io.gcta import open_mgrm
+
+            cfg["genotypes"]["grm"] = str(open_mgrm(Path(args.mgrm)).grms[0].bin.resolve())
     cfg["output"] = _abs(str(args.out))
     cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),
                                  ("memory_limit", args.memory)) if v is not None}
     if cluster:
         cfg["cluster"] = cluster
     return cfg
+
+
+def _component_config(args) -> dict:
+    """The components section the component flags stand for (empty without them)."""
+    comp = {"file": _abs(args.components), "mgrm": _abs(args.mgrm),
+            "lists": [_abs(p) for p in args.component_lists] if args.component_lists else None,
+            "maf_bins": args.maf_bins, "ld_bins": args.ld_bins, "ld_window_kb": args.ld_window_kb,
+            "ld_window_variants": args.ld_window_variants, "by_chromosome": args.by_chromosome or None,
+            "constrain": False if args.reml_no_constrain else None}
+    return {k: v for k, v in comp.items() if v is not None}
 
 
 def phenotype_columns(path: str, chosen: list, layout: str = "fid_iid", flag: str = "--mpheno") -> list[str]:
@@ -345,6 +424,10 @@ FLAG_OF = {"genotypes.plink": "--bfile", "genotypes.grm": "--grm", "phenotypes.f
            "variants.extract": "--extract", "variants.exclude": "--exclude", "variants.chr": "--chr",
            "variants.min_maf": "--maf", "variants.max_missing": "--geno", "spectrum.method": "--spectrum",
            "spectrum.rank": "--rank", "reml.method": "--method", "predict.blup": "--blup",
+           "components.file": "--components", "components.lists": "--component-lists",
+           "components.mgrm": "--mgrm", "components.maf_bins": "--maf-bins", "components.ld_bins": "--ld-bins",
+           "components.ld_window_kb": "--ld-window-kb", "components.ld_window_variants": "--ld-window-variants",
+           "components.by_chromosome": "--by-chromosome", "components.constrain": "--reml-no-constrain",
            "cluster.workers": "--workers", "cluster.threads_per_worker": "--threads",
            "cluster.memory_limit": "--memory", "output": "--out"}
 

@@ -320,3 +320,51 @@ def matmul_rate(dtype: str = "float32", rows: int = 512, cols: int = 4096, repea
         a @ a.T
         best = min(best, time.perf_counter() - t0)
     return 2.0 * rows * rows * cols / max(best, 1e-9)
+
+
+def components_driver_bytes(m: int, n: int, n_analysed: int | None = None, missing: bool = False) -> int:
+    """Peak driver memory of the several-component REML on ``m`` dense GRMs of ``n`` samples
+    (``n_analysed`` of them analysed, default all): the m GRMs (8·m·n² bytes, held by the
+    component_grms stage and loaded by the reml stage) plus the fit's working set
+    (:func:`bigmm.fit_components`: V and its inverse, two n_a × n_a arrays, and, when some
+    samples are not analysed or a phenotype has missing values, copies of the m GRMs' analysed
+    rows and columns, 8·m·n_a² more).
+
+    >>> round(components_driver_bytes(4, 10_000) / 2**30, 2)  # GiB: 4 GRMs at n = 10,000
+    4.47
+    """
+    na = n if n_analysed is None else n_analysed
+    copies = m if (missing or na < n) else 0
+    return 8 * m * n * n + 8 * (2 + copies) * na * na
+
+
+def check_components_memory(m: int, n: int, n_analysed: int, missing: bool, available: int | None = None) -> int:
+    """Refuse, before any pass, a several-component fit whose m dense GRMs and working set
+    (:func:`components_driver_bytes`) do not fit the memory available now; returns the bytes."""
+    import psutil
+
+    need = components_driver_bytes(m, n, n_analysed, missing)
+    avail = psutil.virtual_memory().available if available is None else available
+    if need > avail:
+        raise InputError(f"components: {m} components on {n} samples need about {format_bytes(need)} on the "
+                         f"driver (m dense n x n GRMs, 8·m·n² bytes, and the REML's n x n work arrays) but "
+                         f"{format_bytes(avail)} is available; use fewer components (coarser bins) or fewer "
+                         f"samples, or run on a machine with more memory")
+    return need
+
+
+def components_block_size(cfg: RunConfig, n: int, m: int, threads: int, variant_chunk: int) -> int:
+    """Samples per block of the component-GRM pass (:func:`bigmm.component_grms`'s default: the
+    GRM's block, halved down to 256 until a task of m output blocks fits the memory a task may
+    use), refusing a task that does not fit even then (:func:`check_task_memory`)."""
+    from ..component_grm import component_block_bytes
+
+    mem = task_memory(cfg.cluster)
+    itemsize = np.dtype(cfg.grm.dtype).itemsize
+    block = default_block_size(n, threads, None, variant_chunk, itemsize=itemsize)
+    while mem and block > 256 and component_block_bytes(block, variant_chunk, m, itemsize) > mem:
+        block = -(-block // 2)
+    check_task_memory(cfg.cluster, [(f"a component-GRM block task ({m} components, {block} samples x variant "
+                                     f"chunk {variant_chunk})", component_block_bytes(block, variant_chunk, m, itemsize),
+                                     "; or use fewer components")])
+    return block

@@ -24,6 +24,8 @@ Run directory::
     grm.zarr          K over all genotyped samples                (grm; exact spectrum or GCTA export)
     spectrum.zarr     eigenpairs over all genotyped samples,      (spectrum)
     eigenvalues.tsv, pcs.tsv
+    ld_scores.tsv     LD score of every variant (ld_scores; several components with LD bins)
+    components/       the m component GRMs, K.npy and components.json (component_grms)
     rotated.npz       phenotypes/covariates rotated on the spectrum (rotate)
     reml.json         the REML fits (reml_state.npz: the matrix-free REML's final state) (reml)
     blup.tsv, snp_effects.*                                       (blup)

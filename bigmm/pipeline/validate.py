@@ -30,7 +30,7 @@ from ..store import open_store, resolve_path
 from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .memory import check_memory, cluster_threads, grm_block_size
+from .memory import check_components_memory, check_memory, cluster_threads, components_block_size, grm_block_size
 from .plan import (model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages, reml_method,
                    spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
@@ -73,6 +73,10 @@ class Inputs:
     #: report.labels: (column name, label per sample of ``ids``, match counts), read once
     labels: tuple | None = None
     filters: str = ""  # the variant filters, for a person
+    #: the variance components known before any pass (components.file / lists / by_chromosome,
+    #: crossed; None without them), and what ``bigmm check`` prints of the components
+    components: object = None
+    components_text: str = ""
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -88,8 +92,9 @@ class Inputs:
         over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
         measured on this machine, :func:`bigmm.pipeline.memory.matmul_rate`) a rough time estimate."""
         if self.grm is not None:
-            return "\n".join(self._describe_grm())
-        lines = self._describe_data() + self._describe_passes() + self._describe_memory()
+            return "\n".join(self._describe_grm() + ([self.components_text] if self.components_text else []))
+        lines = self._describe_data() + ([self.components_text] if self.components_text else []) \
+            + self._describe_passes() + self._describe_memory()
         if flops_per_second and self.stage_flops:
             lines.append(self._describe_time(flops_per_second))
         return "\n".join(lines)
@@ -105,7 +110,8 @@ class Inputs:
                  f"GRM: {self.grm.describe()}" + (f"; variants per entry (.grm.N.bin) min "
                                                    f"{gi['n_variants']['min']:g}, median "
                                                    f"{gi['n_variants']['median']:g}" if gi.get("n_variants") else ""),
-                 "REML: spectral on the exact spectrum of the given K"]
+                 "REML: spectral on the exact spectrum of the given K" if self.reml_method == "spectral"
+                 else f"REML: {self.reml_method}"]
         if mp.get("driver_bytes"):
             lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])} (8·max(1.5·n_grm² + n², 4·n²) "
                          f"bytes)")
@@ -122,7 +128,8 @@ class Inputs:
                 + (f"; kept: those passing {self.filters} (counted by the variant statistics, the run's "
                    f"first pass over X)" if self.filters else ""),
                 f"REML: {self.reml_method}; spectrum: "
-                + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)")]
+                + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)"
+                   if self.reml_method == "matrix_free" else "none (not needed without PCs as covariates)")]
 
     def _describe_passes(self) -> list[str]:
         """:meth:`describe`'s stages and their passes over X (matrix-free and randomized passes)."""
@@ -246,9 +253,13 @@ def read_labels(path: Path, column: str | None, ids: list) -> tuple[str, np.ndar
     return column, labels, counts
 
 
-def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral") -> dict[str, int]:
-    """Bytes the run will write, by output (upper bounds; stores are compressed)."""
+def estimate_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str = "spectral",
+                  n_components: int | None = None) -> dict[str, int]:
+    """Bytes the run will write, by output (upper bounds; stores are compressed); ``n_components``:
+    the most components of a several-component run (its GRMs are stored uncompressed)."""
     need = {}
+    if n_components:
+        need["components (float64 GRMs, m x n x n)"] = 8 * n_components * n * n
     if cfg.genotypes.plink is not None:
         need["genotypes.zarr (int8, before compression)"] = n * p
     if needs_grm(cfg, method, rmethod):
@@ -295,8 +306,8 @@ def still_to_write(cfg: RunConfig, need: dict[str, int]) -> dict[str, int]:
     return left
 
 
-def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str) -> None:
-    need = still_to_write(cfg, estimate_disk(cfg, n, p, method, rmethod))
+def _check_disk(cfg: RunConfig, n: int, p: int, method: str, rmethod: str, n_components: int | None = None) -> None:
+    need = still_to_write(cfg, estimate_disk(cfg, n, p, method, rmethod, n_components))
     total = sum(need.values())
     where = Path(cfg.output)
     while not where.exists():
@@ -437,6 +448,7 @@ def _read_genotypes(problems: list[str], g: GenotypesConfig | None, got: dict) -
             got.update(plink=fs, variant_chunk=g.chunks[1])
             ids, p = fs.sample_ids, fs.n_variants
             vtable = fs.variants
+            got["variant_table"] = vtable
     elif g is not None and g.grm is not None:
         gf = _attempt(problems, open_grm, g.grm)  # IDs read and sizes checked; values later
         if gf is not None:
@@ -448,6 +460,7 @@ def _read_genotypes(problems: list[str], g: GenotypesConfig | None, got: dict) -
             got.update(store=store, variant_chunk=store.chunks[1])
             ids, p = store.sample_ids(), store.n_variants
             vtable = store.variant_table()
+            got["variant_table"] = vtable
             _attempt(problems, check_unique_variant_ids, vtable["id"], f"genotype store {store.path}")
     return ids, p, fs, vtable
 
@@ -557,6 +570,8 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         labels = _attempt(problems, read_labels, cfg.report.labels, cfg.report.label_column, ids)
     method = rmethod = None
     memory_plan: dict = {}
+    if cfg.components is not None and ids is not None:
+        _attempt(problems, _check_components, cfg, got, ids)
     if ids is not None:
         method, rmethod, memory_plan = _check_plan(problems, cfg, ids, got, grm_rows)
     _check_prevalence(problems, cfg, got)
@@ -595,19 +610,33 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
     the PCs against the rank and the disk space; returns the spectrum and REML methods and the plan."""
     gf = got.get("grm")
     method = spectrum_method(cfg, len(ids))
-    rmethod = reml_method(cfg, len(ids))
+    rmethod = _attempt(problems, reml_method, cfg, len(ids))
+    if rmethod is None:  # refused (several components above the exact limit)
+        return method, rmethod, {}
     before = len(problems)
     memory_plan = _attempt(problems, lambda: check_memory(
         cfg, len(ids), method, got["variant_chunk"], grm_needed=needs_grm(cfg, method, rmethod),
         spectrum_needed=needs_spectrum(cfg, rmethod), model=model_memory(rmethod), design=got.get("design"),
         n_grm_file=gf.n if gf is not None else None)) or {}
-    if grm_rows is not None and len(problems) == before:  # the GRM's values, read once
+    if "components_plan" in got and "design" in got and len(problems) == before:
+        memory_plan.update(got["components_plan"])
+        # the component GRMs' driver memory, refused before any pass
+        memory_plan["driver_bytes"] = max(memory_plan.get("driver_bytes", 0), _attempt(
+            problems, check_components_memory, got["components_plan"]["components_m"],
+            got["components_plan"]["components_n"], int(got["design"].analysed.sum()),
+            bool(np.isnan(got["design"].Y[got["design"].analysed]).any())) or 0)
+        if cfg.components.mgrm is None:
+            memory_plan["components_block"] = _attempt(
+                problems, components_block_size, cfg, len(ids), got["components_plan"]["components_m"],
+                cluster_threads(cfg.cluster) or os.cpu_count() or 1, min(got["variant_chunk"], got["n_variants"]))
+    if grm_rows is not None and len(problems) == before and cfg.components is None:  # the GRM's values, read once
         got["grm_K"] = _attempt(problems, gf.read, grm_rows)
         got["grm_info"]["n_variants"] = _attempt(problems, gf.n_variants)
     if cfg.covariates.pcs and method == "randomized" and cfg.covariates.pcs > cfg.spectrum.rank:
         problems.append(f"covariates.pcs = {cfg.covariates.pcs} exceeds spectrum.rank = {cfg.spectrum.rank}")
     if got.get("n_variants") is not None or gf is not None:
-        _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod)
+        _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod,
+                 got.get("components_plan", {}).get("components_m"))
     return method, rmethod, memory_plan
 
 
@@ -644,7 +673,65 @@ def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, mem
                   selection=got.get("selection", {}), grm=gf, grm_K=got.get("grm_K"),
                   grm_info=got.get("grm_info"), labels=labels,
                   stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
-                  filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}")
+                  filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}",
+                  components=got.get("components"), components_text=got.get("components_text", ""))
+
+
+def _check_components(cfg: RunConfig, got: dict, ids: list) -> None:
+    """The variance components known before any pass, read and checked once into ``got``: the
+    annotation file, variant lists and chromosomes against the genotype input's variant IDs (an
+    unknown ID, a variant in two groups, a duplicated line, an empty list: refused with the file
+    and line; an empty or tiny component, counted over the variants left by
+    variants.chr/extract/exclude, refused by name); or the GRMs of ``components.mgrm`` (their
+    samples against the analysed ones). Also the number of components, for the memory rule."""
+    from ..io.gcta import open_mgrm
+    from .components import given_split, mgrm_rows
+
+    cc = cfg.components
+    n = len(ids)
+    if cc.mgrm is not None:
+        grms = open_mgrm(cc.mgrm)
+        if "design" in got:
+            mgrm_rows(grms, ids, np.flatnonzero(got["design"].analysed))
+        got["components_plan"] = {"components_m": len(grms.names), "components_n": n}
+        got["components_text"] = (f"components: {len(grms.names)} GRMs of {cc.mgrm} (GCTA --mgrm): "
+                                  + ", ".join(grms.names))
+        return
+    vtable = got.get("variant_table")
+    if vtable is None:
+        raise InputError("components need the genotype input's variant table (genotypes.plink, zarr or vcf_zarr)")
+    given = given_split(cc, vtable["id"], vtable["chrom"])
+    drop = got.get("variant_drop") or {}
+    keep = ~np.logical_or.reduce(list(drop.values())) if drop else np.ones(len(vtable["id"]), dtype=bool)
+    lines = []
+    m = 1
+    if given is not None:
+        sel = " after variants.chr/extract/exclude" if drop else ""
+        lines.append(given.describe(keep).replace("variance components from",
+                                                  f"variance components (variants of the genotype input{sel}) from"))
+        given.check(keep, cc.min_variants)
+        got["components"] = given
+        m = given.m
+    later = []
+    if cc.maf_bins is not None:
+        m *= len(cc.maf_bins) - 1
+        later.append(f"MAF bins {', '.join(f'{e:g}' for e in cc.maf_bins)}")
+    if cc.ld_bins is not None:
+        m *= cc.ld_bins
+        kb, nv = cc.ld_window()
+        later.append(f"{cc.ld_bins} LD-score quantile bins within each (window "
+                     + " and ".join(x for x in (f"{kb:g} kb" if kb else "", f"{nv} variants" if nv else "") if x)
+                     + ")")
+    if later:
+        lines.append(("crossed with " if given is not None else "components: ") + " then ".join(later)
+                     + f": at most {m} components, counted after the variant statistics (the MAF filters "
+                       f"applied); a bin with fewer than {cc.min_variants} kept variants is refused then, "
+                       f"before the GRM pass")
+    if given is not None and not later:
+        lines.append(f"counts after the variant filters (MAF, missingness, monomorphic) are checked after the "
+                     f"variant statistics, before the GRM pass (fewest: {cc.min_variants})")
+    got["components_plan"] = {"components_m": m, "components_n": n}
+    got["components_text"] = "\n".join(lines)
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
