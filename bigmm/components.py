@@ -218,12 +218,23 @@ class _Assigner:
         return Components(tuple(self.names), self.assignment, source)
 
 
+#: first fields that mark the first line of an annotation table as a header (case-insensitive),
+#: when they are not variant IDs of the store: PLINK's, GCTA's and BOLT's usual column names
+HEADER_IDS = frozenset({"snp", "id", "variant", "variant_id", "rsid", "snp_id", "marker", "snpid"})
+
+
+def _is_header(fields: list[str], index: dict) -> bool:
+    """Is the first line a header (``SNP component``) rather than a variant?"""
+    return fields[0] not in index and fields[0].lower() in HEADER_IDS
+
+
 def read_components(path: str | Path, variant_ids: Sequence[str]) -> Components:
     """Components from a variant annotation table: variant ID and component name per line.
 
     The layout of BOLT-REML's ``--modelSnps`` file: whitespace-separated, two fields per line
     (``rs123  coding``), ``#`` starts a comment line, blank lines are skipped; the file may be
-    gzip-compressed. Components are numbered in the order their names first appear; variants
+    gzip-compressed. A first line whose first field is a usual column name (``SNP``, ``ID``,
+    ``variant``, ``rsid``, ... :data:`HEADER_IDS`) and not a variant of the store is a header. Components are numbered in the order their names first appear; variants
     of the store not in the file are in no component.
 
     Parameters
@@ -252,6 +263,8 @@ def read_components(path: str | Path, variant_ids: Sequence[str]) -> Components:
     acc = _Assigner(variant_ids)
     n = 0
     for lineno, fields in _lines(path, "components file"):
+        if n == 0 and _is_header(fields, acc.index):
+            continue
         if len(fields) != 2:
             raise InputError(f"{path} line {lineno}: expected 2 fields (variant ID, component name), found "
                              f"{len(fields)}: {' '.join(fields[:4])}; write one variant and its component "

@@ -68,7 +68,27 @@ def test_one_variant_list_per_component(tmp_path):
     assert c.assignment.tolist() == [0, 1, 0, -1, -1, 1]
 
 
+@pytest.mark.parametrize("header", ["SNP\tcomponent", "ID annotation", "rsid group"])
+def test_a_header_line_of_usual_column_names_is_skipped(tmp_path, header):
+    # PLINK/GCTA users' tables often start with a header; BOLT's --modelSnps files do not
+    f = tmp_path / "ann.txt"
+    f.write_text(f"{header}\nrs2 coding\nrs3 intron\n")
+    c = bigmm.read_components(f, _ids(4))
+    assert c.names == ("coding", "intron")
+    assert c.assignment.tolist() == [-1, 0, 1, -1]
+
+
+def test_a_header_word_that_is_a_variant_id_is_a_variant(tmp_path):
+    # a store whose variant is called "SNP" keeps it: only a first field that is not a variant
+    # of the store can be a header
+    f = tmp_path / "ann.txt"
+    f.write_text("SNP a\nrs1 a\n")
+    c = bigmm.read_components(f, ["SNP", "rs1"])
+    assert c.assignment.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("text, line, words", [
+    ("Variant_Name a\nrs1 a\n", 1, ["Variant_Name", "not in the genotype store"]),
     ("rs1 a\nrs2 b\nrs1 b\n", 3, ["rs1", "'b'", "'a'", "line 1", "one component"]),
     ("rs1 a\nrs2 a\nrs1 a\n", 3, ["rs1", "duplicated line", "line 1"]),
     ("rs1 a\nrs99 a\nrs2 a\n", 2, ["rs99", "not in the genotype store"]),
