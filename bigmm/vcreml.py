@@ -92,6 +92,9 @@ class ComponentEstimate:
     lrt_stat: float
     lrt_pvalue: float
     logl_reml_without: float
+    #: Monte Carlo SDs of h2 and sigma2 from the probes of the matrix-free fit (NaN on the exact path)
+    h2_se_mc: float = float("nan")
+    sigma2_se_mc: float = float("nan")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ComponentEstimate":
@@ -121,6 +124,11 @@ class ComponentsFit(PhenotypeFit):
     delta_logl: float = float("nan")
     delta_sigma2: float = float("nan")
     constrain: bool = True
+    #: the matrix-free fit's Monte Carlo SD of the total h², passes over the genotypes and CG
+    #: steps (NaN / 0 on the exact path)
+    h2_se_mc: float = float("nan")
+    passes: int = 0
+    cg_iterations: int = 0
 
     @property
     def n_components(self) -> int:
