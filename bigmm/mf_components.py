@@ -99,7 +99,7 @@ class _Fit:
             return
         arrays = dict(self.a)
         for k, s in self.cg.items():
-            arrays.update(s.export(f"cg{k}_"))
+            arrays.update(s.export(f"sys{k}_"))
         tmp = f"{path}.partial.npz"
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -117,8 +117,8 @@ class _Fit:
             raise InputError(f"{path}: this saved state is of other inputs (phenotypes, covariates, components, "
                              f"probes, seed or tolerances); remove it or pass another state path to start afresh")
         self = cls(fp)
-        self.a = {k: v for k, v in arrays.items() if not k.startswith("cg")}
-        self.cg = {k: CGSystem.restore(arrays, f"cg{k}_") for k in range(q) if f"cg{k}_B" in arrays}
+        self.a = {k: v for k, v in arrays.items() if not k.startswith("sys")}
+        self.cg = {k: CGSystem.restore(arrays, f"sys{k}_") for k in range(q) if f"sys{k}_B" in arrays}
         return self
 
 

@@ -3,6 +3,8 @@ pass (bigmm.ComponentsOperator) and the AI-REML fit by conjugate gradients
 (bigmm.fit_components_matrix_free), checked against dense NumPy references written here and
 against the exact dense fit (bigmm.fit_components)."""
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -114,3 +116,153 @@ def test_components_operator_memory_counts_the_m_output_blocks(rng):
     bigmm.GrmOperator(G, std, memory=one).plan(10)  # fits one output block
     with pytest.raises(InputError, match="memory limit"):
         bigmm.ComponentsOperator(G, std, comp, min_variants=1, memory=one).plan(10)
+
+
+# --------------------------------------------------------------------------------------
+# the fit
+# --------------------------------------------------------------------------------------
+
+def _problem(seed=3, n=120, m=3, p_each=200):
+    """m GRMs of independent normal 'genotypes', two phenotypes (the second with 20 missing
+    values: two missing-value patterns) and a covariate; the last component has no effect."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, m * p_each))
+    Ks = [X[:, p_each * j:p_each * (j + 1)] @ X[:, p_each * j:p_each * (j + 1)].T / p_each for j in range(m)]
+    sd = np.sqrt(np.r_[0.4, 0.2, np.zeros(m - 2)] / p_each) if m >= 2 else np.sqrt([0.5 / p_each])
+    b = np.concatenate([rng.normal(0, s, p_each) for s in sd])
+    Z = np.column_stack([np.ones(n), rng.normal(size=n)])
+    Y = np.column_stack([X @ b + rng.normal(0, np.sqrt(0.4), n) + Z[:, 1], X @ b[::-1] + rng.normal(size=n)])
+    Y[rng.choice(n, 20, replace=False), 1] = np.nan
+    return Ks, Y, Z
+
+
+def _same_fit(ex, mf, rtol):
+    for fe, fm in zip(ex.fits, mf.fits):
+        assert fm.converged and fm.n == fe.n
+        for ce, cm in zip(fe.components, fm.components):
+            assert cm.boundary == ce.boundary
+            for k in ("sigma2", "h2", "sigma2_se", "h2_se", "share", "pve"):
+                np.testing.assert_allclose(getattr(cm, k), getattr(ce, k), rtol=rtol, atol=rtol * 1e-2,
+                                           err_msg=f"{fe.name} {ce.name} {k}")
+        for k in ("h2", "h2_se", "sigma2_e", "sigma2_e_se", "sigma2_g", "pve"):
+            np.testing.assert_allclose(getattr(fm, k), getattr(fe, k), rtol=rtol, err_msg=f"{fe.name} {k}")
+        for a, b in zip(fe.fixed_effects, fm.fixed_effects):
+            np.testing.assert_allclose([b.estimate, b.se], [a.estimate, a.se], rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("m, seed", [(2, 3), (3, 5)])  # seeds where the constraint holds a component
+def test_exhausted_spaces_give_the_exact_ai_reml_fit(m, seed):
+    """With exact traces (probes = scaled unit vectors) and CG solved to 1e-12, the score is the
+    exact REML score, so the fixed point is fit_components' maximum. Tolerance 1e-6: both fits stop
+    at |Δθ| ~ 1e-10 Vp, and the SEs come from AI matrices at θ's that differ by that (the
+    matrix-free AI is lagged one iteration): agreement is ~1e-9 in practice."""
+    Ks, Y, Z = _problem(m=m, seed=seed)
+    ex = bigmm.fit_components(Ks, Y, Z, tol=1e-12, tol_logl=1e-12, lrt=False, ml=False)
+    mf = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Ks), Y, Z, n_probes="exact", tol=1e-10,
+                                          cg_tol=1e-12)
+    _same_fit(ex, mf, 1e-6)
+    assert mf.reml_method == "matrix_free_ai_reml" and np.isnan(mf.fits[0].logl_reml)
+    assert np.isnan(mf.fits[0].components[0].h2_se_mc)  # no Monte Carlo error with exact traces
+    # the constraint holds a component at 0 in both fits
+    assert any(c.boundary for f in mf.fits for c in f.components)
+
+
+def test_exhausted_spaces_unconstrained():
+    Ks, Y, Z = _problem(m=2, seed=1)  # the constrained fit holds pheno2's K2 at 0
+    ex = bigmm.fit_components(Ks, Y, Z, constrain=False, tol=1e-12, tol_logl=1e-12, lrt=False, ml=False)
+    mf = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Ks), Y, Z, n_probes="exact", tol=1e-10,
+                                          cg_tol=1e-12, constrain=False)
+    _same_fit(ex, mf, 1e-6)
+    assert mf.fits[1].components[1].sigma2 < 0
+
+
+def test_one_component_equals_the_single_component_reml():
+    """m = 1 with exact traces: the REML maximum of bigmm.fit_reml on the dense K (the spectral
+    path) and of fit_components."""
+    Ks, Y, Z = _problem(m=1)
+    y = Y[:, 0]
+    mf = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Ks[:1]), y, Z, n_probes="exact",
+                                          tol=1e-10, cg_tol=1e-12)
+    ex = bigmm.fit_components(Ks[:1], y, Z, tol=1e-12, tol_logl=1e-12, lrt=False, ml=False)
+    _same_fit(ex, mf, 1e-6)
+    spec = bigmm.fit_reml(bigmm.exact_spectrum(Ks[0]), y, Z)
+    # fit_reml maximises over h² by Brent's method to ~1e-8
+    np.testing.assert_allclose(mf.fits[0].h2, spec.fits[0].h2, atol=1e-6)
+
+
+def test_store_operator_gives_the_dense_operator_fit(rng):
+    """The ComponentsOperator over genotypes and the DenseComponentsOperator over the same K_j give
+    the same fit: the products differ by round-off (~1e-14) and CG runs the same steps."""
+    G = random_genotypes(rng, 90, 400, missing=0.02)
+    std = bigmm.standardization(bigmm.variant_stats(G))
+    comp = np.repeat([0, 1], 200)
+    Kref, pj = _dense_ks(G, std, comp)
+    X = _standardized(G, std.center, std.scale)
+    y = X[:, :200] @ rng.normal(0, 0.05, 200) + rng.normal(size=90)
+    op = bigmm.ComponentsOperator(G, std, comp, min_variants=1)
+    a = bigmm.fit_components_matrix_free(op, y, n_probes=8, seed=1)
+    b = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Kref, n_variants=pj), y, n_probes=8, seed=1)
+    fa, fb = a.fits[0], b.fits[0]
+    assert fa.passes == fb.passes and fa.iterations == fb.iterations
+    for ca, cb in zip(fa.components, fb.components):
+        np.testing.assert_allclose([ca.sigma2, ca.h2, ca.h2_se, ca.h2_se_mc], [cb.sigma2, cb.h2, cb.h2_se, cb.h2_se_mc],
+                                   rtol=1e-8, atol=1e-10)
+        assert ca.n_variants == cb.n_variants
+
+
+class _Interrupting:
+    """An operator that stops (raises) after ``stop`` passes."""
+
+    def __init__(self, op, stop):
+        self.op, self.stop, self.n, self.m, self.names, self.n_variants = op, stop, op.n, op.m, op.names, op.n_variants
+        self.calls = 0
+
+    def apply(self, M, want_diag=False, desc=""):
+        self.calls += 1
+        if self.calls > self.stop:
+            raise KeyboardInterrupt("stopped")
+        return self.op.apply(M, want_diag=want_diag, desc=desc)
+
+
+@pytest.mark.parametrize("stop", [1, 4])
+def test_resume_after_any_pass_equals_an_uninterrupted_fit(tmp_path, stop):
+    Ks, Y, Z = _problem(m=2, n=100)
+    op = bigmm.DenseComponentsOperator(Ks)
+    full = bigmm.fit_components_matrix_free(op, Y, Z, n_probes=6, seed=2)
+    path = tmp_path / "state.npz"
+    with pytest.raises(KeyboardInterrupt):
+        bigmm.fit_components_matrix_free(_Interrupting(op, stop), Y, Z, n_probes=6, seed=2, state=path)
+    assert path.exists()
+    again = _Interrupting(op, 10 ** 6)
+    res = bigmm.fit_components_matrix_free(again, Y, Z, n_probes=6, seed=2, state=path)
+    assert res.notes["resumed_after_pass"] == stop
+    assert again.calls == full.fits[0].passes - stop
+    # == on every float (NaN fields included: compared through their JSON text)
+    assert json.dumps([f.to_dict() for f in res.fits]) == json.dumps([f.to_dict() for f in full.fits])
+    # a state of other inputs is refused
+    Y2 = Y.copy()
+    Y2[0, 0] += 1.0
+    with pytest.raises(InputError, match="other inputs"):
+        bigmm.fit_components_matrix_free(op, Y2, Z, n_probes=6, seed=2, state=path)
+    with pytest.raises(InputError, match="other inputs"):
+        bigmm.fit_components_matrix_free(op, Y, Z, n_probes=6, seed=3, state=path)
+
+
+def test_bad_input_is_refused():
+    Ks, Y, Z = _problem(m=2, n=60)
+    op = bigmm.DenseComponentsOperator(Ks)
+    fit = bigmm.fit_components_matrix_free
+    with pytest.raises(InputError, match="n = 60 rows"):
+        fit(op, Y[:50], n_probes=4)
+    with pytest.raises(InputError, match="infinite"):
+        fit(op, np.where(np.arange(60)[:, None] == 3, np.inf, Y), n_probes=4)
+    with pytest.raises(InputError, match=r"covariates Z must be \(n, c\)"):
+        fit(op, Y, Z[:59], n_probes=4)
+    with pytest.raises(InputError, match="n_probes"):
+        fit(op, Y, n_probes=1)
+    with pytest.raises(InputError, match="ComponentsOperator"):
+        fit(bigmm.DenseOperator(Ks[0]), Y, n_probes=4)
+    with pytest.raises(InputError, match="expected \\(60, 60\\)"):
+        bigmm.DenseComponentsOperator([Ks[0], Ks[1][:50, :50]])
+    with pytest.raises(InputError, match="constant"):
+        fit(op, np.ones(60), n_probes=4)
