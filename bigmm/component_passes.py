@@ -44,14 +44,14 @@ def _components_task(G, rows, center, scale, comp, m, bounds, sub_width, M, dtyp
         for w0 in range(0, order.size, sub_width):
             w1 = min(order.size, w0 + sub_width)
             X = standardize_block(g[:, w0:w1], c[w0:w1], s[w0:w1], dtype, out=buf)
+            W = X.T @ Md  # one product for the whole piece: W[S] = X_Sᵀ M for every component S
             cuts = np.searchsorted(codes[w0:w1], np.arange(m + 1))
             for j in range(m):
                 lo, hi = int(cuts[j]), int(cuts[j + 1])
                 if hi > lo:
-                    Xs = X[:, lo:hi]
-                    acc[j] += Xs @ (Xs.T @ Md)
+                    acc[j] += X[:, lo:hi] @ W[lo:hi]
                     if want_diag:
-                        diag[j] += np.einsum("ij,ij->i", Xs, Xs)
+                        diag[j] += np.einsum("ij,ij->i", X[:, lo:hi], X[:, lo:hi])
     acc /= p_j[:, None, None]
     if want_diag:
         diag /= p_j[:, None]
