@@ -92,9 +92,10 @@ class ComponentEstimate:
     lrt_stat: float
     lrt_pvalue: float
     logl_reml_without: float
-    #: Monte Carlo SDs of h2 and sigma2 from the probes of the matrix-free fit (NaN on the exact path)
-    h2_se_mc: float = float("nan")
-    sigma2_se_mc: float = float("nan")
+    #: Monte Carlo SDs of h2 and sigma2 from the probes of the matrix-free fit (NaN on the exact
+    #: path; left out of ==, so that exact fits read back from JSON, where NaN is a new object, compare equal)
+    h2_se_mc: float = field(default=float("nan"), compare=False)
+    sigma2_se_mc: float = field(default=float("nan"), compare=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ComponentEstimate":
@@ -126,7 +127,7 @@ class ComponentsFit(PhenotypeFit):
     constrain: bool = True
     #: the matrix-free fit's Monte Carlo SD of the total h², passes over the genotypes and CG
     #: steps (NaN / 0 on the exact path)
-    h2_se_mc: float = float("nan")
+    h2_se_mc: float = field(default=float("nan"), compare=False)
     passes: int = 0
     cg_iterations: int = 0
 
