@@ -9,7 +9,7 @@ iteration, seconds, the reported Monte Carlo SD / statistical SE of every h²_j 
 and the difference from the exact AI-REML fit (bigmm.fit_components on the same K_j).
 
     python scripts/studies/mf_components_probes.py [--n 3000] [--m 3] [--probes 10,30,60] [--seeds 4]
-           [--no-control-variates]
+           [--no-control-variates] [--cg-tol 1e-5] [--tol 1e-4] [--no-exact]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import bigmm
+import bigmm.mf_components
 
 
 def cohort(n: int, m: int, p_each: int, seed: int):
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-control-variates", action="store_true")
     ap.add_argument("--no-exact", action="store_true")
+    ap.add_argument("--cg-tol", type=float, default=bigmm.mf_components.DEFAULT_CG_TOL)
+    ap.add_argument("--tol", type=float, default=bigmm.mf_components.DEFAULT_TOL)
     a = ap.parse_args()
     with threadpool_limits(a.threads):
         t = time.perf_counter()
@@ -68,7 +71,7 @@ def main() -> None:
             rows = []
             for s in range(a.seeds):
                 t = time.perf_counter()
-                f = bigmm.fit_components_matrix_free(op, y, Z, n_probes=N, seed=s,
+                f = bigmm.fit_components_matrix_free(op, y, Z, n_probes=N, seed=s, cg_tol=a.cg_tol, tol=a.tol,
                                                      control_variates=not a.no_control_variates).fits[0]
                 rows.append((f, time.perf_counter() - t))
             fs = [r[0] for r in rows]
