@@ -44,6 +44,11 @@ DEFAULT_TOL = 1e-4
 #: a decade of margin from failure
 DEFAULT_CG_TOL = 1e-5
 DEFAULT_MAX_ITER = 50
+#: the CG tolerance of an AI iteration: max(cg_tol, min(LOOSE_CG_TOL, CG_TOL_FACTOR · max|Δθ| / Vp of
+#: the step that led to it)); the first iteration uses LOOSE_CG_TOL. Far from the estimate the
+#: step is large and a loose solve gives it as well; convergence is only declared at cg_tol.
+LOOSE_CG_TOL = 1e-3
+CG_TOL_FACTOR = 1e-2
 #: CG steps (passes) per AI iteration at most
 MAX_CG_STEPS = 500
 #: an AI step moves no parameter by more than this fraction of Vp (no likelihood to test a step)
@@ -173,7 +178,9 @@ def _first_pass(op, prob, fit: _Fit, m: int, n_probes, seed: int, cg_tol: float)
             # the lagged u = [K_j P y, P y] of the first iteration, with P ≈ P₀ / v
             U = np.column_stack([KY[j, :, jj] / v for j in range(m)] + [y / v])
             s = CGSystem(np.hstack([Zo, y[:, None], P, U]), m)
-            s.restart(theta0, None, cg_tol)
+            tol0 = max(cg_tol, LOOSE_CG_TOL)
+            s.restart(theta0, None, tol0)
+            fit.a[f"ctol{k}"] = np.array([tol0])
             fit.cg[k] = s
             fit.a[f"theta{k}"] = theta0
             fit.a[f"held{k}"] = np.zeros(m + 1, dtype=bool)
@@ -214,7 +221,7 @@ def _haseman_elston(Zo, y, KZ, Ky, KP, trK) -> np.ndarray:
 # one CG step of every solve in one pass
 # --------------------------------------------------------------------------------------
 
-def _cg_pass(op, prob, fit: _Fit, cg_tol: float, desc: str) -> None:
+def _cg_pass(op, prob, fit: _Fit, desc: str) -> None:
     pieces, who = [], []
     for k, s in sorted(fit.cg.items()):
         if not fit.a[f"done{k}"][0] and s.active.any():
@@ -227,11 +234,12 @@ def _cg_pass(op, prob, fit: _Fit, cg_tol: float, desc: str) -> None:
     c0 = 0
     for k, idx, w in who:
         s = fit.cg[k]
+        ctol = float(fit.a[f"ctol{k}"][0])
         try:
-            s.absorb(KM[:, idx, c0:c0 + w], cg_tol)
+            s.absorb(KM[:, idx, c0:c0 + w], ctol)
         except IndefiniteError:
             # V is not positive definite at this θ (an unconstrained step too far): back halfway
-            _backtrack(fit, k, cg_tol)
+            _backtrack(fit, k, ctol)
         c0 += w
         fit.a[f"cgsteps{k}"][0] += 1
     fit.a["passes"][0] += 1
@@ -347,7 +355,8 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
     vp0, vp1 = float(theta.sum()), float(new.sum())
     dh = float(np.max(np.abs(new[:-1] / vp1 - theta[:-1] / vp0)))
     dvp = abs(vp1 - vp0) / vp0
-    converged = dh < tol and dvp < tol and s.residual() < 10 * cg_tol
+    ctol = float(fit.a[f"ctol{k}"][0])
+    converged = dh < tol and dvp < tol and ctol <= cg_tol
     if converged and held.any():
         release = held & (score / np.maximum(np.diag(ai), 1e-300) > tol * vp1)
         if release.any():
@@ -365,7 +374,10 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
     fit.a[f"theta{k}"] = new
     B = s.B.copy()
     B[:, B.shape[1] - (m + 1):] = u_new
-    s.restart(new, B, cg_tol)
+    step = float(np.max(np.abs(new - theta))) / vp0
+    ctol = max(cg_tol, min(LOOSE_CG_TOL, CG_TOL_FACTOR * step))
+    fit.a[f"ctol{k}"] = np.array([ctol])
+    s.restart(new, B, ctol)
 
 
 # --------------------------------------------------------------------------------------
@@ -545,7 +557,7 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         if need:
             it = int(fit.a[f"iter{need[0]}"][0]) + 1
             step = int(fit.cg[need[0]].steps[0]) + 1
-            _cg_pass(op, prob, fit, float(cg_tol), f"components AI iteration {it}, CG step {step}")
+            _cg_pass(op, prob, fit, f"components AI iteration {it}, CG step {step}")
             fit.save(state)
             res = max(fit.cg[k].residual() for k in todo)
             th = fit.cg[todo[0]].theta

@@ -228,7 +228,11 @@ class _Interrupting:
 def test_resume_after_any_pass_equals_an_uninterrupted_fit(tmp_path, stop):
     Ks, Y, Z = _problem(m=2, n=100)
     op = bigmm.DenseComponentsOperator(Ks)
-    full = bigmm.fit_components_matrix_free(op, Y, Z, n_probes=6, seed=2)
+    lines = []
+    full = bigmm.fit_components_matrix_free(op, Y, Z, n_probes=6, seed=2, progress=lambda p, msg: lines.append((p, msg)))
+    # one progress line per pass, numbered by the passes made
+    assert [p for p, _ in lines] == list(range(1, full.fits[0].passes + 1))
+    assert "AI iteration" in lines[-1][1] and "max relative residual" in lines[-1][1]
     path = tmp_path / "state.npz"
     with pytest.raises(KeyboardInterrupt):
         bigmm.fit_components_matrix_free(_Interrupting(op, stop), Y, Z, n_probes=6, seed=2, state=path)
@@ -269,7 +273,7 @@ def test_bad_input_is_refused():
 
 
 def test_simulation_recovers_the_truth_and_its_monte_carlo_error():
-    """n = 1,200, two components with h² = 0.35 and 0.15, N = 10 probes, four probe seeds.
+    """n = 2,000, two components with h² = 0.35 and 0.15, N = 10 probes, four probe seeds.
 
     Checks: every ĥ²_j within 3 combined SEs (statistical and Monte Carlo) of the truth, and the
     reported Monte Carlo SD within a factor 2.5 of the SD of ĥ²_j over the probe seeds (pooled
@@ -277,7 +281,7 @@ def test_simulation_recovers_the_truth_and_its_monte_carlo_error():
     detects a Monte Carlo SD wrong by a factor of ~3 (a missing 1/N, a wrong AI scaling), not a
     miscalibration of 20%; that is for scripts/studies/mf_components_probes.py."""
     rng = np.random.default_rng(11)
-    n, p_each, h2 = 1200, 400, np.array([0.35, 0.15])
+    n, p_each, h2 = 2000, 600, np.array([0.35, 0.15])
     Ks, g = [], np.zeros(n)
     for j in range(2):
         X = rng.normal(size=(n, p_each))
