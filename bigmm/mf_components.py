@@ -69,12 +69,12 @@ def _check(op, Y, Z, phenotype_names, covariate_names, n_probes, tol, cg_tol, ma
     exact = isinstance(n_probes, str) and n_probes == "exact"
     if not exact and (not isinstance(n_probes, (int, np.integer)) or isinstance(n_probes, bool) or n_probes < 2):
         raise InputError(f"n_probes must be an integer ≥ 2 or 'exact', got {n_probes!r}")
-    for name, v in (("cg_tol", cg_tol),):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise InputError(f"{name} must be a positive number, got {v!r}")
+    if not (isinstance(cg_tol, (int, float)) and math.isfinite(cg_tol) and 0 < cg_tol < 1):
+        raise InputError(f"cg_tol must be a number between 0 and 1, got {cg_tol!r}")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     prob = check_inputs(n, Y, Z, phenotype_names=phenotype_names, covariate_names=covariate_names,
-                        probes=2, max_steps=max(int(max_iter), 2) if isinstance(max_iter, (int, np.integer)) else max_iter,
-                        tol=tol, deflate=None, grid_size=3)
+                        probes=2, max_steps=max(int(max_iter), 2), tol=tol, deflate=None, grid_size=3)
     return prob, int(m), exact
 
 
@@ -479,7 +479,9 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     tol : float
         Converged when, between two AI iterations, |Δh²_j| < tol for every j and |ΔVp| / Vp < tol.
     cg_tol : float
-        CG stops each column at relative residual ‖b − Vx‖ / ‖b‖ < cg_tol.
+        CG stops each column at relative residual ‖b − Vx‖ / ‖b‖ < cg_tol in the iterations that
+        may end the fit; earlier ones stop at ``max(cg_tol, min(1e-3, 0.01 · max|Δθ| / Vp))`` of
+        the step that led to them (:data:`LOOSE_CG_TOL`, :data:`CG_TOL_FACTOR`).
     max_iter : int
         AI iterations at most.
     state : path, optional

@@ -264,6 +264,10 @@ def test_bad_input_is_refused():
         fit(op, Y, Z[:59], n_probes=4)
     with pytest.raises(InputError, match="n_probes"):
         fit(op, Y, n_probes=1)
+    with pytest.raises(InputError, match="cg_tol"):
+        fit(op, Y, n_probes=4, cg_tol=0.0)
+    with pytest.raises(InputError, match="max_iter"):
+        fit(op, Y, n_probes=4, max_iter=0)
     with pytest.raises(InputError, match="ComponentsOperator"):
         fit(bigmm.DenseOperator(Ks[0]), Y, n_probes=4)
     with pytest.raises(InputError, match="expected \\(60, 60\\)"):
