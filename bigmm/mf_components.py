@@ -291,16 +291,10 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool):
     q = np.r_[KPy @ Py, Py @ Py]
     Pz, _ = proj(list(range(c + 1, c + 1 + N)))
     t = np.vstack([np.einsum("ni,jni->ji", Pz, KP), np.einsum("ni,ni->i", Pz, P)[None]])  # (m+1, N)
-    if control_variates:
-        # z_iᵀ K_j z_i has the known mean tr K_j: subtract its fitted share of each probe's term
-        cv = np.einsum("ni,jni->ji", P, KP) - fit.a[f"p{gi}_trK"][:, None]
-        for j in range(m):
-            vc = float(cv[j] @ cv[j])
-            if vc > 0:
-                t[j] -= (float((t[j] - t[j].mean()) @ cv[j]) / vc) * cv[j]
-    tr = t.mean(axis=1)
+    cv = np.einsum("ni,jni->ji", P, KP) - fit.a[f"p{gi}_trK"][:, None] if control_variates else None
+    tr, cov_tr = _traces(t, cv)
     score = 0.5 * (q - tr)
-    cov_s = 0.25 * np.cov(t) / N if N > 1 else np.full((m + 1, m + 1), np.nan)
+    cov_s = 0.25 * cov_tr
     Ucols = list(range(c + 1 + N, c + 1 + N + m + 1))
     PU, _ = proj(Ucols)
     ai = 0.5 * s.B[:, Ucols].T @ PU
@@ -308,6 +302,41 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool):
     u_new = np.column_stack([KPy[j] for j in range(m)] + [Py])
     omega = Ainv @ (Zo.T @ X[:, c])
     return score, np.atleast_2d(cov_s), ai, u_new, omega, Ainv
+
+
+def _traces(t: np.ndarray, cv: np.ndarray | None):
+    """The trace estimates from the per-probe terms ``t`` ((m + 1) x N) and their Monte Carlo
+    covariance by the delete-one-probe jackknife.
+
+    With control variates ``cv`` (m x N, ``z_iᵀK_jz_i − tr K_j``, mean 0 exactly) the estimate of
+    trace j is ``mean(t_j) − β_j mean(cv_j)``, β_j the least-squares slope of t_j on cv_j; the
+    jackknife refits β_j without each probe, so the covariance includes the error of β_j (the
+    plain sample covariance / N of the adjusted terms left it out and fell ~1.5x short at N = 10).
+    """
+    N = t.shape[1]
+    loo = (t.sum(axis=1, keepdims=True) - t) / (N - 1) if N > 1 else t.copy()  # mean without probe i
+    est = t.mean(axis=1)
+    if cv is not None:
+        m = cv.shape[0]
+        est = est.copy()
+        loo = loo.copy()
+        for j in range(m):
+            tj, cj = t[j], cv[j]
+            tc = tj - tj.mean()
+            vc = float(cj @ cj)
+            if vc > 0:
+                est[j] -= float(tc @ cj) / vc * cj.mean()
+            if N > 2:
+                St, Sc, Stc, Scc = tj.sum(), cj.sum(), float(tj @ cj), vc
+                t_i, c_i = (St - tj) / (N - 1), (Sc - cj) / (N - 1)  # means without probe i
+                cov_i = (Stc - tj * cj) - (N - 1) * t_i * c_i
+                var_i = Scc - cj * cj
+                beta_i = np.where(var_i > 0, cov_i / np.where(var_i > 0, var_i, 1.0), 0.0)
+                loo[j] = t_i - beta_i * c_i
+    if N < 3:
+        return est, np.full((t.shape[0],) * 2, np.nan)
+    d = loo - loo.mean(axis=1, keepdims=True)
+    return est, (N - 1) / N * (d @ d.T)
 
 
 def _step(theta, score, ai, held, constrain):
@@ -514,8 +543,9 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     pass products. Score ``s_j = ½(yᵀPK_jPy − tr(PK_j))`` with ``tr(PK_j) ≈ mean_i (Pz_i)ᵀ(K_jz_i)``
     (``tr P ≈ mean z_iᵀPz_i``), exact at θ up to the probes; AI matrix ``½ u_jᵀPu_k`` with
     ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``.
-    SEs: inverse AI at the estimate; Monte Carlo covariance ``AI⁻¹ Cov_MC(s) AI⁻¹`` from the
-    per-probe terms of the score, carried to ratios by the same delta method.
+    SEs: inverse AI at the estimate; Monte Carlo covariance ``AI⁻¹ Cov_MC(s) AI⁻¹`` with
+    ``Cov_MC(s)`` from the per-probe terms of the traces (delete-one-probe jackknife), carried to
+    ratios by the same delta method.
 
     Cost: 1 + Σ (CG steps per iteration) passes over the genotypes, each with
     ``q (c + 2 + N + m)`` columns for q phenotypes; memory ``8 (m + 4) n_o (c + 2 + N + m)``
