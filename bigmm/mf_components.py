@@ -30,17 +30,17 @@ log = logging.getLogger("bigmm")
 
 #: Hutchinson probes per missing-value pattern, chosen with scripts/studies/mf_components_probes.py
 #: (docs/matrix_free.md): at n = 3,000 with 3 components, N = 30 gave a reported Monte Carlo SD of
-#: 0.06–0.08 of the statistical SE of every h²_j and of the total (0.04–0.12 measured over 4 probe
-#: seeds), |ĥ²_mf − ĥ²_exact| ≤ 0.2 SE; N = 10 gave 0.11–0.15 (0.15–0.36 over the seeds), above the
-#: goal of ¼ for the total h²; the passes do not depend on N (~53)
+#: 0.06–0.09 of the statistical SE of every h²_j and of the total (0.08–0.09 measured over 12 probe
+#: seeds), |ĥ²_mf − ĥ²_exact| ≤ 0.2 SE; N = 10 gave 0.13–0.22 over the seeds, within the goal of ¼
+#: with little margin; the passes do not depend on N (~40)
 DEFAULT_PROBES = 30
 #: convergence: |Δh²_j| < tol for every component and |ΔVp| / Vp < tol between two iterations
 #: (1e-4: below 1% of the statistical SE of h² at n ≤ 10⁶; the AI iteration converges in ~5
 #: iterations from the Haseman–Elston start, so a tighter tol costs one more iteration)
 DEFAULT_TOL = 1e-4
 #: CG stops a column at ‖b − V x‖ / ‖b‖ < cg_tol. Measured (docs/matrix_free.md, n = 3,000, m = 3):
-#: 1e-3 never converged (the CG error in the score moves θ by more than tol), 1e-4 took 41 passes
-#: (total ĥ² within 0.001 SE of 1e-7's), 1e-5 55 passes (within 1e-6), 1e-7 77 passes; 1e-5 keeps
+#: 1e-3 never converged (the CG error in the score moves θ by more than tol), 1e-4 took 35 passes
+#: (total ĥ² within 0.001 SE of 1e-7's), 1e-5 39 passes (within 1e-6), 1e-7 56 passes; 1e-5 keeps
 #: a decade of margin from failure
 DEFAULT_CG_TOL = 1e-5
 DEFAULT_MAX_ITER = 50
