@@ -27,6 +27,7 @@ def _components_task(G, rows, center, scale, comp, m, bounds, sub_width, M, dtyp
     diag = np.zeros((m, n)) if want_diag else None
     Md = M.astype(dtype, copy=False)
     buf = np.empty(n * sub_width, dtype=dtype)
+    tmp = np.empty(M.shape, dtype=np.result_type(dtype, Md.dtype))
     for a, b in bounds:
         cj = comp[a:b]
         order = np.argsort(cj, kind="stable")
@@ -49,7 +50,10 @@ def _components_task(G, rows, center, scale, comp, m, bounds, sub_width, M, dtyp
             for j in range(m):
                 lo, hi = int(cuts[j]), int(cuts[j + 1])
                 if hi > lo:
-                    acc[j] += X[:, lo:hi] @ W[lo:hi]
+                    # into one preallocated buffer: a fresh n x b temporary per component and
+                    # piece would cost m page-faulting allocations where GrmOperator has one
+                    np.matmul(X[:, lo:hi], W[lo:hi], out=tmp)
+                    acc[j] += tmp
                     if want_diag:
                         diag[j] += np.einsum("ij,ij->i", X[:, lo:hi], X[:, lo:hi])
     acc /= p_j[:, None, None]
