@@ -33,9 +33,11 @@ from .genotypes import Standardization, VariantStats, standardization, standardi
 from .grm import grm
 from .io.gcta import open_mgrm, read_gcta_grm, write_gcta_grm
 from .io.plink import ingest_plink
+from .component_passes import ComponentsOperator, DenseComponentsOperator
 from .ldscore import ld_scores
 from .io.vcfzarr import from_xarray, open_vcf_zarr
 from .io.tables import build_design, read_table
+from .mf_components import fit_components_matrix_free
 from .mfreml import blup_matrix_free, fit_matrix_free, restore_matrix_free
 from .passes import DenseOperator, GrmOperator
 from .reml import PhenotypeFit, RemlResult, fit_reml
@@ -67,5 +69,6 @@ __all__ = [
     "Components", "read_components", "read_variant_lists", "maf_bins", "chromosome_components", "cross",
     "ld_quantile_bins", "greml_ldms", "ld_scores", "ComponentGrms", "component_grms",
     "fit_components", "ComponentEstimate", "ComponentsFit", "ComponentsResult",
+    "ComponentsOperator", "DenseComponentsOperator", "fit_components_matrix_free",
     *_RUN_LAYER,
 ]

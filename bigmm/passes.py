@@ -69,15 +69,18 @@ class PassPlan:
                 f"{self.sub_width} at a time, ~{self.task_bytes / 2**20:.0f} MiB per task")
 
 
-def task_bytes(n: int, n_cols: int, chunk_width: int, sub_width: int, itemsize: int = 8) -> int:
-    """Bytes one pass task holds: the block of vectors and its float64 partial product
-    (``2 · n · n_cols · 8``), one int8 genotype slab (``n · chunk_width``), the diagonal
-    (``8 n``) and one standardized piece (``n · sub_width · itemsize``).
+def task_bytes(n: int, n_cols: int, chunk_width: int, sub_width: int, itemsize: int = 8,
+               out_blocks: int = 1) -> int:
+    """Bytes one pass task holds: the block of vectors and its float64 partial products
+    (``(1 + out_blocks) · n · n_cols · 8``; ``out_blocks`` = m for a pass applying m component
+    GRMs at once), one int8 genotype slab (``n · chunk_width``), the diagonals
+    (``8 n · out_blocks``) and one standardized piece (``n · sub_width · itemsize``).
 
     >>> round(task_bytes(100_000, 32, 8192, 256, 4) / 2**20, 1)
     928.5
     """
-    return 2 * n * n_cols * 8 + n * chunk_width + n * 8 + n * sub_width * itemsize
+    return ((1 + out_blocks) * n * n_cols * 8 + n * chunk_width + n * 8 * out_blocks
+            + n * sub_width * itemsize)
 
 
 #: the fewest standardized columns a pass task is asked to hold at a time, for memory checks
@@ -91,7 +94,7 @@ def least_task_bytes(n: int, n_cols: int, chunk_width: int, itemsize: int = 8) -
 
 
 def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: int | None,
-              n_tasks: int, itemsize: int = 8) -> PassPlan:
+              n_tasks: int, itemsize: int = 8, out_blocks: int = 1) -> PassPlan:
     """Cut a pass over X (n rows, variant chunks ``chunk_bounds``) into tasks.
 
     ``sub_width``, the columns of one product, is the largest that fits ``memory`` (bytes per
@@ -110,25 +113,25 @@ def plan_pass(n: int, n_cols: int, chunk_bounds: list[tuple[int, int]], memory: 
     (2048, 2)
     """
     width = max(b - a for a, b in chunk_bounds)
-    fixed = task_bytes(n, n_cols, width, 0, itemsize)
+    fixed = task_bytes(n, n_cols, width, 0, itemsize, out_blocks)
     per_col = n * itemsize
     if memory is None:
         sub = width
     else:
         sub = (int(memory) - fixed) // per_col
         if sub < 1:
-            need = least_task_bytes(n, n_cols, width, itemsize)
+            need = task_bytes(n, n_cols, width, min(width, MIN_PIECE), itemsize, out_blocks)
             raise InputError(
                 f"memory limit {memory / 2**20:.0f} MiB per task is too small for a pass over X with "
                 f"n = {n} samples and {n_cols} vectors: a task needs at least {need / 2**20:.0f} MiB "
-                f"(2·n·{n_cols}·8 bytes for the vectors and their product, plus a genotype slab); "
+                f"({1 + out_blocks}·n·{n_cols}·8 bytes for the vectors and their products, plus a genotype slab); "
                 f"raise cluster.memory_limit, use fewer threads per worker, or pass fewer vectors "
                 f"(a lower spectrum.rank, fewer probes or phenotypes per pass)")
         sub = min(sub, width)
     sub = min(sub, piece_width(n, itemsize))
     groups = balanced_groups(chunk_bounds, n_tasks, sub)
     return PassPlan(n=n, n_cols=n_cols, chunk_width=width, sub_width=int(sub),
-                    task_bytes=task_bytes(n, n_cols, width, sub, itemsize), groups=groups)
+                    task_bytes=task_bytes(n, n_cols, width, sub, itemsize, out_blocks), groups=groups)
 
 
 def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: int = PIECE) -> list:
@@ -319,21 +322,28 @@ class GrmOperator:
         ``X_v (X_vᵀ M)`` in float64; the partial products are summed as they arrive. Cost:
         ``2 n p b`` multiply-adds for b columns, one read of every genotype.
         """
+        M, plan, desc = self._prepare(M, desc)
+        s = self.std
+        return self._run_pass(_apply_task, M, desc, lambda Md: [
+            (self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept, want_diag)
+            for grp in plan.groups])
+
+    def _run_pass(self, task_fn, M: np.ndarray, desc: str, task_args, combine=_sum_parts):
+        """Run one pass of ``task_fn`` over the tasks ``task_args(Md)`` (Md: the block of vectors as
+        the tasks receive it) and combine their partial products as they arrive; the pass runs
+        again (at most :data:`LOST_BLOCK_RETRIES` times) when the block sent to the workers is lost."""
         import dask
 
-        M, plan, desc = self._prepare(M, desc)
-        task = dask.delayed(_apply_task, pure=False)
+        task = dask.delayed(task_fn, pure=False)
         # the block of vectors in the tasks' precision, sent to every worker before the tasks
         # start (embedded in the graph, it would reach the second worker only through the first)
         Mc = np.ascontiguousarray(M, dtype=self.dtype)
         client = current_client()
-        s = self.std
         for attempt in range(LOST_BLOCK_RETRIES + 1):
             Md = client.scatter(Mc, broadcast=True, hash=False) if client is not None else dask.delayed(Mc, pure=True)
-            tasks = [task(self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept,
-                          want_diag) for grp in plan.groups]
+            tasks = [task(*args) for args in task_args(Md)]
             try:
-                return run_tasks(tasks, desc, combine=_sum_parts)
+                return run_tasks(tasks, desc, combine=combine)
             except concurrent.futures.CancelledError as exc:
                 # the scattered block is lost when every worker that held it dies (a worker that
                 # joined after the broadcast has none): the pass runs again with a new copy

@@ -99,6 +99,10 @@ class ComponentEstimate:
     lrt_stat: float
     lrt_pvalue: float
     logl_reml_without: float
+    #: Monte Carlo SDs of h2 and sigma2 from the probes of the matrix-free fit (NaN on the exact
+    #: path; left out of ==, so that exact fits read back from JSON, where NaN is a new object, compare equal)
+    h2_se_mc: float = field(default=float("nan"), compare=False)
+    sigma2_se_mc: float = field(default=float("nan"), compare=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ComponentEstimate":
@@ -128,6 +132,11 @@ class ComponentsFit(PhenotypeFit):
     delta_logl: float = float("nan")
     delta_sigma2: float = float("nan")
     constrain: bool = True
+    #: the matrix-free fit's Monte Carlo SD of the total h², passes over the genotypes and CG
+    #: steps (NaN / 0 on the exact path)
+    h2_se_mc: float = field(default=float("nan"), compare=False)
+    passes: int = 0
+    cg_iterations: int = 0
 
     @property
     def n_components(self) -> int:
