@@ -189,8 +189,9 @@ def _model_flags(r: argparse.ArgumentParser) -> None:
     m.add_argument("--spectrum", choices=("exact", "randomized", "auto"), help="spectrum.method")
     m.add_argument("--rank", type=_bounded(int, 1, what="--rank"), metavar="K",
                    help="eigenpairs of a randomized spectrum (spectrum.rank)")
-    m.add_argument("--method", choices=("spectral", "matrix_free", "components", "auto"),
-                   help="reml.method (components: the default with a component flag: --components, --mgrm, ...)")
+    m.add_argument("--method", choices=("spectral", "matrix_free", "components", "components_matrix_free", "auto"),
+                   help="reml.method (with a component flag, --components, --mgrm, ..., auto is the default: "
+                        "components up to spectrum.exact_max_n samples, components_matrix_free above)")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
     _component_flags(m)
     m.add_argument("--reml", action="store_true",
