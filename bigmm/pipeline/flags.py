@@ -347,6 +347,18 @@ def config_from_flags(args) -> dict:
         cfg["reml"] = {"method": args.method}
     if args.blup:
         cfg["predict"] = {"blup": True}
+    _add_components(cfg, args)
+    cfg["output"] = _abs(str(args.out))
+    cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),
+                                 ("memory_limit", args.memory)) if v is not None}
+    if cluster:
+        cfg["cluster"] = cluster
+    return cfg
+
+
+def _add_components(cfg: dict, args) -> None:
+    """The components section of the component flags, and with ``--mgrm`` alone the first GRM as
+    the run's samples."""
     comp = _component_config(args)
     if comp:
         cfg["components"] = comp
@@ -354,12 +366,6 @@ def config_from_flags(args) -> dict:
             from ..io.gcta import open_mgrm
 
             cfg["genotypes"]["grm"] = str(open_mgrm(Path(args.mgrm)).grms[0].bin.resolve())
-    cfg["output"] = _abs(str(args.out))
-    cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),
-                                 ("memory_limit", args.memory)) if v is not None}
-    if cluster:
-        cfg["cluster"] = cluster
-    return cfg
 
 
 def _component_config(args) -> dict:
