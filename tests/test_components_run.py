@@ -283,12 +283,92 @@ def test_components_with_a_single_component_method_are_refused():
                       "components": {"file": "a.txt", "mgrm": "m.txt"}})
 
 
-def test_auto_above_the_exact_limit_is_refused_naming_n_and_the_limit(cohort, tmp_path):
-    cfg = parse_config({"genotypes": {"plink": str(DATA / "cohort")}, "phenotypes": {"file": str(PHENO)},
-                        "components": {"file": str(cohort["ann"])}, "reml": {"method": "auto"},
-                        "spectrum": {"exact_max_n": 300}, "output": str(tmp_path / "run")})
-    _refused(cfg, r"components: 400 samples are more than spectrum.exact_max_n = 300, the limit of the exact "
-                  r"several-component REML .* the matrix-free several-component path is not available")
+def test_auto_fits_exactly_up_to_the_exact_limit_and_matrix_free_above(cohort, tmp_path):
+    from bigmm.pipeline.plan import reml_method
+
+    def cfg(**more):
+        return parse_config({"genotypes": {"plink": str(DATA / "cohort")}, "phenotypes": {"file": str(PHENO)},
+                             "components": {"file": str(cohort["ann"])}, "output": str(tmp_path / "run"), **more})
+
+    # a components section without reml.method is auto: exact up to spectrum.exact_max_n samples
+    assert cfg().reml.method == "auto"
+    assert reml_method(cfg(spectrum={"exact_max_n": 400}), 400) == "components"
+    assert reml_method(cfg(spectrum={"exact_max_n": 300}), 400) == "components_matrix_free"
+    assert reml_method(cfg(reml={"method": "components"}, spectrum={"exact_max_n": 300}), 400) == "components"
+    with pytest.raises(Exception, match="components_matrix_free makes passes over genotypes"):
+        parse_config({"genotypes": {"grm": "g"}, "phenotypes": {"file": "p"}, "output": "o",
+                      "reml": {"method": "components_matrix_free"}, "components": {"mgrm": "m.txt"}})
+
+
+def mf_config(c, out, **components):
+    return parse_config({"genotypes": {"plink": str(DATA / "cohort"), "chunks": [200, 2048]},
+                         "phenotypes": {"file": str(PHENO)}, "covariates": {"file": str(COVAR), "columns": ["sex"]},
+                         "components": components, "output": str(out), "cluster": {"workers": 1},
+                         # the library's precision; few probes and loose tolerances keep the test short
+                         # (the run and the direct call use the same settings)
+                         "reml": {"method": "components_matrix_free", "probes": 8, "dtype": "float64"}})
+
+
+#: matrix-free run against the direct call: the partial products of a pass are summed in the
+#: order the tasks finish, which moves each pass's sums by ~1e-16 relative; the CG and AI
+#: iterations carry that into the estimates at well below 1e-7 (a wrong input — another
+#: phenotype, covariate or split — moves them by more than 1e-3)
+MF_TOL = 1e-7
+MF_SETTINGS = {"file": None, "tol": 1e-3, "cg_tol": 1e-4}
+
+
+def assert_same_mf(reml_json: Path, direct) -> None:
+    got = json.loads(reml_json.read_text())
+    want = json.loads(json.dumps(direct.to_dict()))
+    assert got["reml_method"] == "matrix_free_ai_reml" and got["component_names"] == want["component_names"]
+    for g, w in zip(got["phenotypes"], want["phenotypes"], strict=True):
+        assert g["name"] == w["name"] and g["n"] == w["n"] and g["passes"] == w["passes"]
+        for key in ("h2", "h2_se", "h2_se_mc", "sigma2_e"):
+            np.testing.assert_allclose(g[key], w[key], rtol=MF_TOL, atol=MF_TOL, err_msg=key)
+        for gc, wc in zip(g["components"], w["components"], strict=True):
+            for key in ("sigma2", "sigma2_se", "h2", "h2_se", "h2_se_mc", "share", "enrichment"):
+                np.testing.assert_allclose(gc[key], wc[key], rtol=MF_TOL, atol=MF_TOL, err_msg=f"{gc['name']} {key}")
+
+
+def direct_mf(c):
+    d = c["design"]
+    op = bigmm.ComponentsOperator(c["store"].genotypes, c["std"], read_components(c["ann"], c["ids"]))
+    return bigmm.fit_components_matrix_free(op, d.Y, d.Z, phenotype_names=d.phenotype_names,
+                                            covariate_names=d.covariate_names, n_probes=8, seed=0, tol=1e-3,
+                                            cg_tol=1e-4)
+
+
+def test_a_matrix_free_run_equals_the_direct_fit_and_resumes_after_an_interruption(cohort, one_cluster, tmp_path,
+                                                                                   monkeypatch):
+    import bigmm.pipeline.stage.reml_components_mf as stage
+
+    settings = dict(MF_SETTINGS, file=str(cohort["ann"]))
+    direct = direct_mf(cohort)
+    out = tmp_path / "run"
+    outcome = run(mf_config(cohort, out, **settings))
+    assert outcome.stages_run == ("ingest", "variant_stats", "reml", "report")  # no n x n GRM
+    assert_same_mf(out / "reml.json", direct)
+    assert (out / "reml_state.npz").exists() and not (out / "reml.partial").exists()
+    assert run(mf_config(cohort, out, **settings)).stages_run == ()
+
+    # stopped after 7 passes of the fit, the run resumes from its last state
+    real, count = stage.ComponentsOperator.apply, {"n": 0}
+
+    def stopping(self, M, **kw):
+        count["n"] += 1
+        if count["n"] > 7:
+            raise KeyboardInterrupt("stopped")
+        return real(self, M, **kw)
+
+    out2 = tmp_path / "run2"
+    monkeypatch.setattr(stage.ComponentsOperator, "apply", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        run(mf_config(cohort, out2, **settings))
+    assert (out2 / "reml.partial" / "state.npz").exists()
+    monkeypatch.setattr(stage.ComponentsOperator, "apply", real)
+    run(mf_config(cohort, out2, **settings))
+    assert "resuming after pass 7" in (out2 / "run.log").read_text()
+    assert_same_mf(out2 / "reml.json", direct)
 
 
 def test_the_memory_rule_of_m_dense_grms():

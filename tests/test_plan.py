@@ -68,7 +68,7 @@ def test_choose_keeps_one_declaration_per_stage_for_each_model(model):
 
 
 def test_the_models_are_spectral_and_matrix_free_and_rotate_belongs_to_spectral():
-    assert registry.MODELS == ("spectral", "matrix_free", "components")
+    assert registry.MODELS == ("spectral", "matrix_free", "components", "components_matrix_free")
     assert "rotate" in [s.name for s in plan.choose("spectral")]
     assert "rotate" not in [s.name for s in plan.choose("matrix_free")]
 

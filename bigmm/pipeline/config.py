@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
-from .. import mfreml
+from .. import mf_components, mfreml
 from ..components import MIN_COMPONENT_VARIANTS
 from ..errors import ConfigError, missing_reason
 from ..genotypes import RUN_DTYPE  # the rule for the precision of passes over X
@@ -389,11 +389,13 @@ class PredictConfig(_Section):
 class RemlConfig(_Section):
     #: "spectral": REML on the spectrum (exact, or the reduced randomized one); "matrix_free":
     #: Lanczos quadrature on passes over X, no spectrum needed; "components": exact AI-REML of
-    #: several variance components on their m dense GRMs (the ``components`` section; the
-    #: default when that section is given); "auto": spectral on an exact spectrum up to
-    #: spectrum.exact_max_n samples, matrix-free above (components with a components section)
-    method: Literal["spectral", "matrix_free", "components", "auto"] = "spectral"
-    """spectral (on the spectrum), matrix_free (Lanczos on passes over X), components (several GRMs), or auto"""
+    #: several variance components on their m dense GRMs (the ``components`` section);
+    #: "components_matrix_free": the same model by conjugate gradients on passes over X, no
+    #: n x n matrix; "auto": spectral on an exact spectrum up to spectrum.exact_max_n samples,
+    #: matrix-free above (with a components section, the default: components up to
+    #: spectrum.exact_max_n samples, components_matrix_free above)
+    method: Literal["spectral", "matrix_free", "components", "components_matrix_free", "auto"] = "spectral"
+    """spectral (on the spectrum), matrix_free (Lanczos on passes over X), components (several GRMs), components_matrix_free, or auto"""
     grid_size: Int = Field(101, ge=3, le=100_001)
     """points of the h2 grid searched before the score is bisected"""
     #: matrix-free: at most this many Lanczos steps (passes over X)
@@ -460,6 +462,16 @@ class ComponentsConfig(_Section):
     """keep every component's variance >= 0 (GCTA's default); false: --reml-no-constrain"""
     min_variants: PosInt = MIN_COMPONENT_VARIANTS
     """refuse a component with fewer kept variants than this"""
+    #: matrix-free (reml.method components_matrix_free, or auto above spectrum.exact_max_n):
+    #: converged when |Δh²_j| < tol for every component and |ΔVp| / Vp < tol between AI iterations
+    tol: float = Field(mf_components.DEFAULT_TOL, gt=0.0, lt=1.0)
+    """matrix-free: convergence tolerance on every h2_j between AI iterations"""
+    #: matrix-free: a conjugate-gradient solve stops at relative residual cg_tol
+    cg_tol: float = Field(mf_components.DEFAULT_CG_TOL, gt=0.0, lt=1.0)
+    """matrix-free: relative residual at which a conjugate-gradient solve stops"""
+    #: matrix-free: AI iterations at most (each a conjugate-gradient solve: one pass per step)
+    max_iter: PosInt = mf_components.DEFAULT_MAX_ITER
+    """matrix-free: AI iterations at most"""
 
     @model_validator(mode="after")
     def _defined(self):
@@ -564,7 +576,7 @@ class RunConfig(_Section):
                                  "components: file, lists, mgrm, maf_bins, ld_bins or by_chromosome)")
             return self
         if "method" not in r.model_fields_set:  # not a shared default instance: a copy
-            r = r.model_copy(update={"method": "components"})
+            r = r.model_copy(update={"method": "auto"})
             object.__setattr__(self, "reml", r)
         if r.method in ("spectral", "matrix_free"):
             raise ValueError(f"reml.method: {r.method} fits one genetic component; with a 'components' "
@@ -572,6 +584,9 @@ class RunConfig(_Section):
         if self.predict.blup:
             raise ValueError("predict.blup / snp_effects are not available with several components yet; "
                              "leave them out")
+        if c.mgrm is not None and r.method == "components_matrix_free":
+            raise ValueError("reml.method: components_matrix_free makes passes over genotypes; precomputed "
+                             "GRMs (components.mgrm) are fitted by reml.method: components")
         if self.genotypes.grm is not None and c.mgrm is None:
             raise ValueError("components from variants (file, lists, bins, by_chromosome) need genotypes "
                              "(plink, zarr or vcf_zarr), not genotypes.grm; with precomputed GRMs use "

@@ -189,8 +189,9 @@ def _model_flags(r: argparse.ArgumentParser) -> None:
     m.add_argument("--spectrum", choices=("exact", "randomized", "auto"), help="spectrum.method")
     m.add_argument("--rank", type=_bounded(int, 1, what="--rank"), metavar="K",
                    help="eigenpairs of a randomized spectrum (spectrum.rank)")
-    m.add_argument("--method", choices=("spectral", "matrix_free", "components", "auto"),
-                   help="reml.method (components: the default with a component flag: --components, --mgrm, ...)")
+    m.add_argument("--method", choices=("spectral", "matrix_free", "components", "components_matrix_free", "auto"),
+                   help="reml.method (with a component flag, --components, --mgrm, ..., auto is the default: "
+                        "components up to spectrum.exact_max_n samples, components_matrix_free above)")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
     _component_flags(m)
     m.add_argument("--reml", action="store_true",
@@ -346,6 +347,18 @@ def config_from_flags(args) -> dict:
         cfg["reml"] = {"method": args.method}
     if args.blup:
         cfg["predict"] = {"blup": True}
+    _add_components(cfg, args)
+    cfg["output"] = _abs(str(args.out))
+    cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),
+                                 ("memory_limit", args.memory)) if v is not None}
+    if cluster:
+        cfg["cluster"] = cluster
+    return cfg
+
+
+def _add_components(cfg: dict, args) -> None:
+    """The components section of the component flags, and with ``--mgrm`` alone the first GRM as
+    the run's samples."""
     comp = _component_config(args)
     if comp:
         cfg["components"] = comp
@@ -353,12 +366,6 @@ def config_from_flags(args) -> dict:
             from ..io.gcta import open_mgrm
 
             cfg["genotypes"]["grm"] = str(open_mgrm(Path(args.mgrm)).grms[0].bin.resolve())
-    cfg["output"] = _abs(str(args.out))
-    cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),
-                                 ("memory_limit", args.memory)) if v is not None}
-    if cluster:
-        cfg["cluster"] = cluster
-    return cfg
 
 
 def _component_config(args) -> dict:

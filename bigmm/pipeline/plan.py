@@ -45,15 +45,12 @@ def reml_method(cfg: RunConfig, n: int) -> str:
     """The REML that will run: ``auto`` is spectral up to ``spectrum.exact_max_n`` samples (on
     the exact spectrum), matrix-free above; spectral for a given GRM. With a ``components``
     section, ``auto`` is the exact several-component REML up to ``spectrum.exact_max_n`` samples
-    (above it refused: there is no matrix-free several-component path in this version)."""
+    (and always on precomputed GRMs), the matrix-free several-component REML above."""
     if cfg.components is not None:
-        if cfg.reml.method == "auto" and n > cfg.spectrum.exact_max_n:
-            raise InputError(f"components: {n} samples are more than spectrum.exact_max_n = "
-                             f"{cfg.spectrum.exact_max_n}, the limit of the exact several-component REML "
-                             f"(m dense n x n GRMs); the matrix-free several-component path is not available "
-                             f"in this version: keep fewer samples, or set reml.method: components to fit "
-                             f"exactly anyway (the memory rule then decides)")
-        return "components"
+        if cfg.reml.method == "auto":
+            exact = cfg.components.mgrm is not None or n <= cfg.spectrum.exact_max_n
+            return "components" if exact else "components_matrix_free"
+        return cfg.reml.method
     if cfg.genotypes.grm is not None and cfg.reml.method == "auto":
         return "spectral"
     if cfg.reml.method == "auto":

@@ -11,8 +11,8 @@ and its lines here.
 
 from __future__ import annotations
 
-from .stage import (component_grms, grm, ingest, ld_scores, reml_components, reml_matrix_free, reml_spectral,
-                    report, rotate, spectrum, variant_stats)
+from .stage import (component_grms, grm, ingest, ld_scores, reml_components, reml_components_mf, reml_matrix_free,
+                    reml_spectral, report, rotate, spectrum, variant_stats)
 
 INGEST = ingest.declare("ingest")
 VARIANT_STATS = variant_stats.declare("variant_stats", INGEST)
@@ -23,7 +23,8 @@ COMPONENT_GRMS = component_grms.declare("component_grms", INGEST, VARIANT_STATS,
 ROTATE = rotate.declare("rotate", SPECTRUM, reml_spectral.MODEL)
 REML = (reml_spectral.declare_reml("reml", ROTATE),
         reml_matrix_free.declare_reml("reml", INGEST, VARIANT_STATS, SPECTRUM),
-        reml_components.declare_reml("reml", COMPONENT_GRMS, SPECTRUM))
+        reml_components.declare_reml("reml", COMPONENT_GRMS, SPECTRUM),
+        reml_components_mf.declare_reml("reml", INGEST, VARIANT_STATS, LD_SCORES, SPECTRUM))
 BLUP = (reml_spectral.declare_blup("blup", REML[0], ROTATE, SPECTRUM, INGEST, VARIANT_STATS),
         reml_matrix_free.declare_blup("blup", REML[1], INGEST, VARIANT_STATS))
 REPORT = report.declare("report", VARIANT_STATS, GRM, SPECTRUM, REML, BLUP)

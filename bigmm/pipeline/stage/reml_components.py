@@ -42,6 +42,11 @@ def _log_fits(result: ComponentsResult) -> None:
                      c.enrichment_se, c.sigma2, c.lrt_pvalue, ", held at 0" if c.boundary else "")
 
 
+def load_result(ctx: Context) -> ComponentsResult:
+    """The committed fit (reml.json)."""
+    return ComponentsResult.from_dict(json.loads((ctx.out / "reml.json").read_text()))
+
+
 def declare_reml(name: str, component_grms: Stage, spectrum: Stage) -> Stage:
     def body(ctx: Context):
         grms, rows = ctx.value(component_grms)
@@ -70,4 +75,4 @@ def declare_reml(name: str, component_grms: Stage, spectrum: Stage) -> Stage:
                                    "method": MODEL, **table_inputs(f)},
                  upstream=lambda f: (component_grms,) + ((spectrum,) if f.needs_spectrum else ()),
                  flops=flops, outcome=True, needs_spectrum=needs_spectrum,
-                 load=lambda ctx: ComponentsResult.from_dict(json.loads((ctx.out / "reml.json").read_text())))
+                 load=load_result)
