@@ -135,7 +135,7 @@ def test_damaged_component_grms_are_computed_again(cohort, annotated, one_cluste
     assert json.loads((out / "reml.json").read_text())["phenotypes"] == before["phenotypes"]
 
 
-def test_the_flag_run_with_component_lists_equals_the_direct_fit(cohort, one_cluster, tmp_path):
+def test_the_flag_run_with_component_lists_equals_the_direct_fit(cohort, one_cluster, tmp_path, capsys):
     """``bigmm reml --component-lists A.snplist B.snplist`` (GCTA's one --extract list per GRM;
     C's variants in no component) and --reml-no-constrain: the direct fit of the same lists, with
     the products in float32 as a run's default (grm.dtype) on the flag form's store chunks."""
@@ -159,6 +159,14 @@ def test_the_flag_run_with_component_lists_equals_the_direct_fit(cohort, one_clu
                                   n_variants=res.n_variants, constrain=False)
     assert_same(out / "reml.json", direct)
     assert "constrain: false" in (out / "config.yaml").read_text()
+    # the printed summary: the total and one line per component with its share and enrichment
+    printed = capsys.readouterr().out.splitlines()
+    f = direct.fits[0]
+    assert any(ln.startswith(f"pheno1\tn={f.n}\th2={f.h2:.4f} (total of 2 components)") for ln in printed), printed
+    for c in f.components:
+        assert any(ln.startswith(f"pheno1\tcomponent {c.name}\tvariants={c.n_variants:.0f}\th2={c.h2:.4f}\t")
+                   and f"share of h2={c.share:.4f}" in ln and f"enrichment={c.enrichment:.3g}" in ln
+                   for ln in printed), (c.name, printed)
 
 
 def test_maf_bins_and_ld_bins_run_equals_greml_ldms(cohort, one_cluster, tmp_path):

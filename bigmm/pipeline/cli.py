@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -287,9 +288,16 @@ def _run_command(args, argv) -> int:
 def _print_estimates(outcome) -> None:
     """One line per phenotype: h², pve and the variances; another for h² on the liability scale."""
     for f in outcome.result.fits:
-        print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
+        comps = getattr(f, "components", ())
+        total = f" (total of {len(comps)} components)" if comps else ""
+        lrt = "" if math.isnan(f.lrt_pvalue) else f"\tLRT p={f.lrt_pvalue:.3g}"
+        print(f"{f.name}\tn={f.n}\th2={f.h2:.4f}{total}\tSE={f.h2_se:.4f} (scale of K, as GCTA's V(G)/Vp)\t"
               f"pve={f.pve:.4f}\tSE={f.pve_se:.4f} (GEMMA's)\t"
-              f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}\tLRT p={f.lrt_pvalue:.3g}")
+              f"sigma2_g={f.sigma2_g:.4g}\tsigma2_e={f.sigma2_e:.4g}{lrt}")
+        for c in comps:
+            print(f"{f.name}\tcomponent {c.name}\tvariants={c.n_variants:.0f}\th2={c.h2:.4f}\tSE={c.h2_se:.4f}\t"
+                  f"share of h2={c.share:.4f}\tSE={c.share_se:.4f}\tenrichment={c.enrichment:.3g}\t"
+                  f"SE={c.enrichment_se:.3g}" + ("" if math.isnan(c.lrt_pvalue) else f"\tLRT p={c.lrt_pvalue:.3g}"))
     for p in json.loads(outcome.results_json.read_text()).get("phenotypes", []):
         if p.get("h2_liability") is not None:
             print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
