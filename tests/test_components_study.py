@@ -1,0 +1,87 @@
+"""scripts/studies/components_study.py on two tiny replicates, so that the study script cannot rot.
+
+The figures of docs/components_study.md come from the script at full size; here it runs its core
+(simulate, split, fit, record, resume, summarise) at n = 200 and checks what it computes against
+independent NumPy arithmetic on the same records and genotypes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "studies" / "components_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("components_study", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_genotypes_have_the_designed_frequencies_and_maf_dependent_ld(study):
+    """The allele frequencies span [0.01, 0.5] and rare variants are in weaker LD than common
+    ones (the mechanism that biases the one-component fit in the study's low-MAF row)."""
+    rng = np.random.default_rng(5)
+    G, block_of = study.simulate_genotypes(800, 1000, rng, block=50)
+    assert G.dtype == np.int8 and G.min() >= 0 and G.max() <= 2
+    f = G.mean(0) / 2
+    maf = np.minimum(f, 1 - f)
+    # 1/f spectrum on [0.01, 0.5]: P(MAF < 0.05) = log 5 / log 50 = 0.41; binomial SD of the
+    # fraction over 1000 variants ~0.016, sampling noise in MAF adds a little: ±0.06 is > 3 SD
+    assert abs(np.mean(maf < 0.05) - np.log(5) / np.log(50)) < 0.06
+    X = (G - 2 * f) / np.sqrt(2 * f * (1 - f))
+    ld = study.ld_scores_in_blocks(X, block_of)
+    # design: loading c = min(1, sqrt(f / 0.1)), so r² of MAF < 0.05 variants with common ones is
+    # a fraction of the common variants' own: their mean LD score is well under half of theirs
+    assert ld[maf < 0.05].mean() < 0.5 * ld[maf > 0.2].mean()
+
+
+def test_two_replicates_recorded_resumed_and_summarised(study, tmp_path):
+    out = tmp_path / "s.json"
+    argv = ["--replicates", "2", "--n", "200", "--p", "600", "--block", "50", "--methods", "one,exact",
+            "--bootstrap", "50", "--out", str(out)]
+    study.main(argv)
+    recs = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
+    keys = {(r["rep"], r["scenario"], r["method"]) for r in recs}
+    assert keys == {(i, s, m) for i in range(2) for s in study.SCENARIOS for m in ("one", "exact")}
+    for r in recs:
+        t = r["truth"]
+        assert t["h2_total"] == pytest.approx(0.5)  # --h2 default, the design's total
+        if r["method"] == "exact":  # the components' truths add up to the total
+            assert sum(v for k, v in t.items() if k.startswith("h2[")) == pytest.approx(0.5)
+            assert {k for k in r["est"]} >= {k for k in t}
+        else:
+            assert set(r["est"]) == {"h2_total"}
+        if r["scenario"] == "lowmaf" and r["method"] == "exact":
+            assert t["h2[maf[0,0.05)]"] == pytest.approx(0.5)
+        if r["scenario"] == "annot" and r["method"] == "exact":
+            assert t["h2[annot]"] == pytest.approx(0.25)
+    # resuming fits nothing more
+    study.main(argv)
+    assert len(out.with_suffix(".jsonl").read_text().splitlines()) == len(recs)
+    # the summary's bias, SD and coverage against NumPy on the records
+    summary = json.loads(out.read_text())
+    row = next(r for r in summary["rows"] if (r["scenario"], r["method"], r["quantity"]) == ("even", "one", "h2_total"))
+    est = np.array([r["est"]["h2_total"][0] for r in recs if (r["scenario"], r["method"]) == ("even", "one")])
+    se = np.array([r["est"]["h2_total"][1] for r in recs if (r["scenario"], r["method"]) == ("even", "one")])
+    assert row["bias"] == pytest.approx(est.mean() - 0.5)
+    assert row["sd"] == pytest.approx(est.std(ddof=1))
+    assert row["coverage"] == pytest.approx(np.mean(np.abs(est - 0.5) <= 1.96 * se))
+    assert summary["mf_vs_exact"] == []
+    assert "pending" in study.markdown(summary)
+
+
+def test_resume_refuses_other_options(study, tmp_path):
+    out = tmp_path / "s.json"
+    study.main(["--replicates", "1", "--n", "200", "--p", "600", "--block", "50", "--methods", "one",
+                "--scenarios", "even", "--out", str(out)])
+    with pytest.raises(SystemExit, match="another configuration"):
+        study.main(["--replicates", "1", "--n", "300", "--p", "600", "--block", "50", "--methods", "one",
+                    "--scenarios", "even", "--out", str(out)])
