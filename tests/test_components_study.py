@@ -72,9 +72,16 @@ def test_two_replicates_recorded_resumed_and_summarised(study, tmp_path):
     est = np.array([r["est"]["h2_total"][0] for r in recs if (r["scenario"], r["method"]) == ("even", "one")])
     se = np.array([r["est"]["h2_total"][1] for r in recs if (r["scenario"], r["method"]) == ("even", "one")])
     assert row["bias"] == pytest.approx(est.mean() - 0.5)
-    assert row["sd"] == pytest.approx(est.std(ddof=1))
+    assert row["sd"] == pytest.approx(est.std(ddof=1))  # the truth is 0.5 in every replicate
     assert row["coverage"] == pytest.approx(np.mean(np.abs(est - 0.5) <= 1.96 * se))
     assert summary["mf_vs_exact"] == []
+    # a truth that varies between replicates (a MAF bin's share in the "even" row): bias and SD of
+    # the error ĥ² − h², not of ĥ² about one replicate's truth
+    row = next(r for r in summary["rows"] if r["scenario"] == "even" and r["quantity"] == "h2[maf[0,0.05)]")
+    pairs = [(r["est"]["h2[maf[0,0.05)]"][0], r["truth"]["h2[maf[0,0.05)]"]) for r in recs
+             if (r["scenario"], r["method"]) == ("even", "exact")]
+    err = np.array([e - t for e, t in pairs])
+    assert row["bias"] == pytest.approx(err.mean()) and row["sd"] == pytest.approx(err.std(ddof=1))
     assert "pending" in study.markdown(summary)
 
 
@@ -123,8 +130,8 @@ def test_matrix_free_rows_through_the_contract(study, tmp_path, monkeypatch):
     assert len({r["mf_seed"] for r in mf.values()}) == 3  # a fresh probe seed per replicate
     summary = json.loads(out.read_text())
     pair = next(p for p in summary["mf_vs_exact"] if p["quantity"] == "h2[annot]")
-    a = np.array([ex[i]["est"]["h2[annot]"][0] for i in range(3)])
-    b = np.array([mf[i]["est"]["h2[annot]"][0] for i in range(3)])
+    a = np.array([ex[i]["est"]["h2[annot]"][0] - ex[i]["truth"]["h2[annot]"] for i in range(3)])
+    b = np.array([mf[i]["est"]["h2[annot]"][0] - ex[i]["truth"]["h2[annot]"] for i in range(3)])
     se = np.array([ex[i]["est"]["h2[annot]"][1] for i in range(3)])
     assert pair["efficiency"] == pytest.approx(a.var(ddof=1) / b.var(ddof=1))
     assert pair["diff_sd"] == pytest.approx(np.std(b - a, ddof=1))
