@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -438,7 +437,10 @@ def main(argv=None) -> None:
     summary["config"] = config_key(cfg)
     args = sys.argv[1:] if argv is None else argv
     summary["command"] = "python scripts/studies/components_study.py " + " ".join(args)
-    summary["nproc"] = os.cpu_count()
+    sys.path.insert(0, str(REPO / "scripts" / "bench"))
+    from common import machine_info, machine_line  # the benchmarks' one helper module
+
+    summary["machine"] = machine_line(machine_info())
     out.write_text(json.dumps(summary, indent=1))
     print(markdown(summary))
 
