@@ -137,3 +137,19 @@ def test_matrix_free_rows_through_the_contract(study, tmp_path, monkeypatch):
     assert pair["diff_sd"] == pytest.approx(np.std(b - a, ddof=1))
     assert pair["mc_sd_over_se"] == pytest.approx(1e-3 / se.mean())
     assert "pending" not in study.markdown(summary)
+
+
+def test_summary_of_a_fit_without_se(study):
+    """A fit whose SEs are NaN (an unconstrained fit that stopped where V is singular) stays in
+    the bias and SD, is left out of the mean SE and counts as an interval that missed."""
+    est = [0.40, 0.55, 0.62, 0.47]
+    se = [0.05, float("nan"), 0.08, 0.06]
+    recs = [{"rep": i, "scenario": "even", "method": "one", "truth": {"h2_total": 0.5},
+             "realised": {"h2_total": 0.5}, "est": {"h2_total": [e, s, float("nan")]}, "converged": True,
+             "seconds": 1.0, "passes": None} for i, (e, s) in enumerate(zip(est, se))]
+    row = study.summarise(recs, 4, B=20)["rows"][0]
+    err = np.array(est) - 0.5
+    assert row["bias"] == pytest.approx(err.mean()) and row["sd"] == pytest.approx(err.std(ddof=1))
+    assert row["mean_se"] == pytest.approx(np.mean([0.05, 0.08, 0.06]))
+    # |err| <= 1.96 SE: 0.10 > 0.098 misses, NaN misses, 0.12 <= 0.157 and 0.03 <= 0.118 cover
+    assert row["coverage"] == pytest.approx(0.5) and row["se_nan"] == 1

@@ -330,14 +330,17 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
             # replicates where it depends on the drawn frequencies: a MAF bin's share in "even")
             sd = float(np.std(est - truth, ddof=1)) if R > 1 else float("nan")
             idx = _boot(rng, R, B)
-            ratio_b = se[idx].mean(1) / (est - truth)[idx].std(1, ddof=1)
-            cover = np.abs(est - truth) <= 1.96 * se
+            # a fit without SEs (NaN: an unconstrained fit that stopped where V is singular) stays
+            # in the bias and SD (it is what the method returned), is left out of the mean SE,
+            # and counts as an interval that missed
+            ratio_b = np.nanmean(se[idx], 1) / (est - truth)[idx].std(1, ddof=1)
+            cover = np.isfinite(se) & (np.abs(est - truth) <= 1.96 * se)
             rows.append({
                 "scenario": scen, "method": meth, "quantity": q, "R": R, "truth": float(truth.mean()),
                 "realised_mean": float(np.mean([reps[i]["realised"].get(q, np.nan) for i in ids])),
                 "mean": float(est.mean()), "bias": float(np.mean(est - truth)),
-                "bias_mcse": sd / np.sqrt(R), "sd": sd, "mean_se": float(se.mean()),
-                "se_ratio": float(se.mean() / sd),
+                "bias_mcse": sd / np.sqrt(R), "sd": sd, "mean_se": float(np.nanmean(se)),
+                "se_ratio": float(np.nanmean(se) / sd), "se_nan": int(np.sum(~np.isfinite(se))),
                 "se_ratio_ci": [float(v) for v in np.nanpercentile(ratio_b, [2.5, 97.5])],
                 "coverage": float(cover.mean()), "coverage_mcse": float(np.sqrt(cover.mean() * (1 - cover.mean()) / R)),
                 "converged": int(sum(reps[i]["converged"] for i in ids)),
@@ -352,6 +355,7 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
             a = np.array([ex[i]["est"][q][0] for i in ids]) - truth
             b = np.array([mf[i]["est"][q][0] for i in ids]) - truth
             se = np.array([ex[i]["est"][q][1] for i in ids])
+            se = np.where(np.isfinite(se), se, np.nan)
             mc = np.array([mf[i]["est"][q][2] for i in ids])
             idx = _boot(rng, len(ids), B)
             eff_b = a[idx].var(1, ddof=1) / b[idx].var(1, ddof=1)
@@ -359,8 +363,8 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
                 "scenario": scen, "quantity": q, "R": len(ids),
                 "efficiency": float(a.var(ddof=1) / b.var(ddof=1)),
                 "efficiency_ci": [float(v) for v in np.percentile(eff_b, [2.5, 97.5])],
-                "mc_sd_over_se": float(np.nanmean(mc) / se.mean()),
-                "diff_sd": float(np.std(b - a, ddof=1)), "diff_sd_over_se": float(np.std(b - a, ddof=1) / se.mean()),
+                "mc_sd_over_se": float(np.nanmean(mc) / np.nanmean(se)), "diff_sd": float(np.std(b - a, ddof=1)),
+                "diff_sd_over_se": float(np.std(b - a, ddof=1) / np.nanmean(se)),
                 "mean_passes": float(np.mean([mf[i]["passes"] or np.nan for i in ids])),
                 "mean_seconds": float(np.mean([mf[i]["seconds"] for i in ids]))})
     return {"rows": rows, "mf_vs_exact": pairs}
@@ -369,12 +373,12 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
 def markdown(summary: dict) -> str:
     """The doc's tables."""
     L = ["| row | method | quantity | h² (design) | mean ĥ² | bias ± MC SE | SD | mean SE | SE / SD [95% CI] | "
-         "coverage 95% CI | R |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "coverage 95% CI | no SE | R |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary["rows"]:
         lo, hi = r["se_ratio_ci"]
         L.append(f"| {r['scenario']} | {r['method']} | {r['quantity']} | {r['truth']:.3f} | {r['mean']:.3f} | "
                  f"{r['bias']:+.3f} ± {r['bias_mcse']:.3f} | {r['sd']:.3f} | {r['mean_se']:.3f} | "
-                 f"{r['se_ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['coverage']:.2f} | {r['R']} |")
+                 f"{r['se_ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['coverage']:.2f} | {r['se_nan']} | {r['R']} |")
     L += ["", "Matrix-free against exact (same replicates):", "",
           "| row | quantity | efficiency Var(exact)/Var(mf) [95% CI] | mean MC SD / mean SE | SD(mf − exact) | "
           "SD(mf − exact) / mean SE | passes | R |", "|---|---|---:|---:|---:|---:|---:|---:|"]
