@@ -153,3 +153,13 @@ def test_summary_of_a_fit_without_se(study):
     assert row["mean_se"] == pytest.approx(np.mean([0.05, 0.08, 0.06]))
     # |err| <= 1.96 SE: 0.10 > 0.098 misses, NaN misses, 0.12 <= 0.157 and 0.03 <= 0.118 cover
     assert row["coverage"] == pytest.approx(0.5) and row["se_nan"] == 1
+
+
+def test_summary_counts_estimates_held_at_zero(study):
+    """With --constrain a component held at its bound is exactly 0: counted per row."""
+    recs = [{"rep": i, "scenario": "lowmaf", "method": "one", "truth": {"h2_total": 0.5},
+             "realised": {"h2_total": 0.5}, "est": {"h2_total": [e, 0.1, float("nan")]}, "converged": True,
+             "seconds": 1.0, "passes": None} for i, e in enumerate([0.0, 0.3, 0.0, 1e-9])]
+    row = study.summarise(recs, 4, B=20)["rows"][0]
+    assert row["at_zero"] == 2
+    assert "| 2 | 4 |" in study.markdown({"rows": [row], "mf_vs_exact": []})

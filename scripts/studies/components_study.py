@@ -341,6 +341,7 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
                 "mean": float(est.mean()), "bias": float(np.mean(est - truth)),
                 "bias_mcse": sd / np.sqrt(R), "sd": sd, "mean_se": float(np.nanmean(se)),
                 "se_ratio": float(np.nanmean(se) / sd), "se_nan": int(np.sum(~np.isfinite(se))),
+                "at_zero": int(np.sum(est == 0.0)),  # held at the bound by --constrain
                 "se_ratio_ci": [float(v) for v in np.nanpercentile(ratio_b, [2.5, 97.5])],
                 "coverage": float(cover.mean()), "coverage_mcse": float(np.sqrt(cover.mean() * (1 - cover.mean()) / R)),
                 "converged": int(sum(reps[i]["converged"] for i in ids)),
@@ -373,12 +374,12 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
 def markdown(summary: dict) -> str:
     """The doc's tables."""
     L = ["| row | method | quantity | h² (design) | mean ĥ² | bias ± MC SE | SD | mean SE | SE / SD [95% CI] | "
-         "coverage 95% CI | no SE | R |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "coverage 95% CI | no SE | at 0 | R |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary["rows"]:
         lo, hi = r["se_ratio_ci"]
         L.append(f"| {r['scenario']} | {r['method']} | {r['quantity']} | {r['truth']:.3f} | {r['mean']:.3f} | "
                  f"{r['bias']:+.3f} ± {r['bias_mcse']:.3f} | {r['sd']:.3f} | {r['mean_se']:.3f} | "
-                 f"{r['se_ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['coverage']:.2f} | {r['se_nan']} | {r['R']} |")
+                 f"{r['se_ratio']:.2f} [{lo:.2f}, {hi:.2f}] | {r['coverage']:.2f} | {r['se_nan']} | {r['at_zero']} | {r['R']} |")
     L += ["", "Matrix-free against exact (same replicates):", "",
           "| row | quantity | efficiency Var(exact)/Var(mf) [95% CI] | mean MC SD / mean SE | SD(mf − exact) | "
           "SD(mf − exact) / mean SE | passes | R |", "|---|---|---:|---:|---:|---:|---:|---:|"]
