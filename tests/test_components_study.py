@@ -46,7 +46,7 @@ def test_genotypes_have_the_designed_frequencies_and_maf_dependent_ld(study):
 def test_two_replicates_recorded_resumed_and_summarised(study, tmp_path):
     out = tmp_path / "s.json"
     argv = ["--replicates", "2", "--n", "200", "--p", "600", "--block", "50", "--methods", "one,exact",
-            "--bootstrap", "50", "--out", str(out)]
+            "--bootstrap", "50", "--workers", "1", "--threads", "1", "--out", str(out)]
     study.main(argv)
     recs = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
     keys = {(r["rep"], r["scenario"], r["method"]) for r in recs}
@@ -88,10 +88,10 @@ def test_two_replicates_recorded_resumed_and_summarised(study, tmp_path):
 def test_resume_refuses_other_options(study, tmp_path):
     out = tmp_path / "s.json"
     study.main(["--replicates", "1", "--n", "200", "--p", "600", "--block", "50", "--methods", "one",
-                "--scenarios", "even", "--out", str(out)])
+                "--scenarios", "even", "--workers", "1", "--threads", "1", "--out", str(out)])
     with pytest.raises(SystemExit, match="another configuration"):
         study.main(["--replicates", "1", "--n", "300", "--p", "600", "--block", "50", "--methods", "one",
-                    "--scenarios", "even", "--out", str(out)])
+                    "--scenarios", "even", "--workers", "1", "--threads", "1", "--out", str(out)])
 
 
 def test_matrix_free_rows_through_the_contract(study, tmp_path, monkeypatch):
@@ -122,7 +122,7 @@ def test_matrix_free_rows_through_the_contract(study, tmp_path, monkeypatch):
     monkeypatch.setattr(bigmm, "fit_components_matrix_free", fake_mf, raising=False)
     out = tmp_path / "s.json"
     study.main(["--replicates", "3", "--n", "200", "--p", "600", "--block", "50", "--methods", "exact,mf",
-                "--scenarios", "annot", "--bootstrap", "50", "--out", str(out)])
+                "--scenarios", "annot", "--bootstrap", "50", "--workers", "1", "--threads", "1", "--out", str(out)])
     recs = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
     ex = {r["rep"]: r for r in recs if r["method"] == "exact"}
     mf = {r["rep"]: r for r in recs if r["method"] == "mf"}
