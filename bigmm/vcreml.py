@@ -21,6 +21,7 @@ the fits and tests of each phenotype). The result types are :class:`ComponentEst
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar, Sequence
@@ -31,6 +32,8 @@ from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (0.8 s
 from .errors import InputError
 from .results import (LOGL_CONVENTION, TABLE_COLUMNS, FitsResult, FixedEffect, PhenotypeFit, _num,
                       _pandas, design_names)
+
+log = logging.getLogger("bigmm")
 
 LOG2PI = math.log(2.0 * math.pi)
 #: defaults of :func:`fit_components`: convergence when, between two iterations, |Δℓ| < TOL_LOGL
@@ -576,6 +579,22 @@ def _ml_fit(Ks, yu, Z, theta, constrain, kw) -> tuple[float, float]:
     return mlfit.state.logl, float(mlfit.theta[:-1].sum() / mlfit.theta.sum())
 
 
+#: an AI matrix whose condition number (after scaling to unit diagonal) exceeds this is singular
+#: to the precision of the fit: its inverse, the SEs, carries no digit. Measured: ~15 for the
+#: regular fits of docs/components_study.md; 3e15 for its one unconstrained fit that stopped where
+#: V is singular (row lowmaf, replicate 31: SE of the total h² 818)
+AI_CONDITION_MAX = 1e12
+
+
+def _ill_conditioned(ai: np.ndarray) -> bool:
+    """Is the AI matrix singular to the fit's precision (its unit-diagonal scaling's condition
+    number above :data:`AI_CONDITION_MAX`)?"""
+    d = np.sqrt(np.abs(np.diag(ai)))
+    if not np.all(np.isfinite(ai)) or np.any(d == 0):
+        return True
+    return bool(np.linalg.cond(ai / np.outer(d, d)) > AI_CONDITION_MAX)
+
+
 def _inverse_ai(st: State) -> np.ndarray:
     """Cov(θ̂) = AI⁻¹ over every component, held ones included (NaN where AI is singular)."""
     try:
@@ -627,6 +646,13 @@ def _fit_one(Ks, y, Z, *, name, cnames, znames, nv, constrain, lrt, ml, kw, n_mi
         without = [float("nan")] * m
     logl_ml, h2_ml = _ml_fit(Ks, yu, Z, best.theta, constrain, kw) if ml else (float("nan"), float("nan"))
     theta_o, cov_o = best.theta * a2, _inverse_ai(best.state) * a2 * a2
+    # an AI matrix that cannot be inverted: V is singular at the point reached (an unconstrained
+    # fit walking along a direction with no maximum); not a converged estimate, whatever the steps
+    singular = not np.isfinite(cov_o).all() or _ill_conditioned(best.state.ai)
+    if singular:
+        log.warning("REML %s: the average-information matrix is singular at the estimate (V singular or "
+                    "a direction without a maximum): the fit is reported as not converged; constrain the "
+                    "components (GCTA's default) or merge the component(s) near 0", name)
     comps, der, se = _components(best, theta_o, cov_o, Ks, cnames, nv, logl, without, constrain)
     none = not np.any(best.theta[:-1])
     stat_all = 0.0 if none else max(0.0, 2.0 * (logl - ll0))
@@ -643,7 +669,7 @@ def _fit_one(Ks, y, Z, *, name, cnames, znames, nv, constrain, lrt, ml, kw, n_mi
         fixed_effects=fe, n_missing=n_missing, missing_method="subset" if n_missing else "none",
         sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]), components=comps,
         sigma2_cov=tuple(tuple(float(v) for v in r) for r in cov_o), iterations=best.iterations,
-        converged=best.converged, delta_logl=best.delta_logl, delta_sigma2=best.delta_theta, constrain=constrain)
+        converged=best.converged and not singular, delta_logl=best.delta_logl, delta_sigma2=best.delta_theta, constrain=constrain)
 
 
 def fit_components(Ks: Sequence[np.ndarray], Y, Z=None, *, component_names: Sequence[str] | None = None,

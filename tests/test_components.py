@@ -388,3 +388,23 @@ def test_bad_inputs_are_refused():
         fit_components(Ks, y, component_names=["a", "a"])
     with pytest.raises(bigmm.InputError, match="'pheno1' is constant"):
         fit_components(Ks, np.ones(50))
+
+
+def test_a_singular_average_information_matrix_is_not_a_converged_fit(monkeypatch):
+    """An unconstrained fit can end where V is singular (a direction with no maximum, e.g. a
+    component driven negative until V loses rank): its steps stop, but the AI matrix cannot be
+    inverted and every SE is NaN. That point is reported as not converged."""
+    import bigmm.vcreml as vc
+
+    rng = np.random.default_rng(3)
+    n = 60
+    Ks = [x @ x.T / x.shape[1] for x in (rng.standard_normal((n, 40)), rng.standard_normal((n, 90)))]
+    y = rng.standard_normal(n)
+    assert vc.fit_components(Ks, y, lrt=False, ml=False).fits[0].converged
+    monkeypatch.setattr(vc, "_inverse_ai", lambda st: np.full((3, 3), np.nan))
+    f = vc.fit_components(Ks, y, lrt=False, ml=False).fits[0]
+    assert not f.converged and np.isnan(f.h2_se)
+    # singular to the fit's precision though invertible: condition number above 1e12 after scaling
+    # (whatever the scale of each parameter); a regular AI matrix is not
+    assert vc._ill_conditioned(np.array([[1.0, 1.0], [1.0, 1.0 + 1e-14]]) * [[1e6], [1.0]] * [1e6, 1.0])
+    assert not vc._ill_conditioned(np.array([[2.0, 1.0], [1.0, 3.0]]) * [[1e6], [1.0]] * [1e6, 1.0])
