@@ -81,6 +81,7 @@ COVAR_EFFECTS = (0.5, 0.3)  # age per 10 years, sex: as bigmm.simulate
 MAF_EDGES = {4: [0.0, 0.15, 0.25, 0.35, 0.5], 8: [0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5]}
 TOOLS = {"bolt": "BOLT-REML", "bigmm_exact": "bigmm exact (K_j + AI-REML)", "bigmm_mf": "bigmm matrix-free"}
 PHENO = "y"
+EXACT_MAX_N_REPORT = 10000  # the report expects exact runs up to this n
 BOLT_VERSION = re.compile(r"BOLT-LMM, (v\S+)")
 NUM = r"([-+0-9.eE]+|nan|-?inf)"
 
@@ -295,9 +296,10 @@ def child(spec_path: str, out_path: str) -> int:
             res = bigmm.fit_components_matrix_free(op, y, Z, seed=spec["seed"], **kw)
             times["fit"] = time.perf_counter() - t
             out["op_passes"] = int(op.passes)
+            out["fit_passes"] = getattr(res[PHENO], "passes", None)
             out["passes_over_X"] = 1 + int(op.passes)
     fit = res[PHENO]
-    out.update(h2=fit.h2, h2_se=fit.h2_se, h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
+    out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), h2=fit.h2, h2_se=fit.h2_se, h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
                iterations=getattr(fit, "iterations", None), converged=getattr(fit, "converged", None),
                reml_method=getattr(fit, "reml_method", None), stages_s=times,
                components={ce.name: {"h2": ce.h2, "h2_se": ce.h2_se, "h2_se_mc": getattr(ce, "h2_se_mc", None),
@@ -415,20 +417,23 @@ def row_report(row: dict) -> list[str]:
     lines = [f"**n = {n:,}, p = {p:,}, {m} components** (MAF bins; variants per component "
              + ", ".join(f"{a}: {b:,}" for a, b in zip(names, row["comp"]["n_variants"])) + "):", ""]
     head = ["tool"] + [f"ĥ²({nm}) ± SE" for nm in names] + [
-        "total ĥ² ± SE", "max z", "wall s", "CPU s", "CPU / BOLT", "peak RSS MiB", "passes over X",
+        "total ĥ² ± SE", "max z vs BOLT", "max z vs exact", "wall s", "CPU s", "CPU / BOLT", "peak RSS MiB", "passes over X",
         "load avg start–end"]
     table = [["simulated (sample h²_j)"] + [f"{h:.4f}" for h in row["comp"]["h2_sample"]]
-             + [f"{sum(row['comp']['h2_sample']):.4f}"] + [None] * 7]
+             + [f"{sum(row['comp']['h2_sample']):.4f}"] + [None] * 8]
     bolt_cpu = med(bolt, lambda r: r["cpu_s"])
-    bh = {nm: (med(bolt, lambda r: r["components"][nm]["h2"]), med(bolt, lambda r: r["components"][nm]["h2_se"]))
-          for nm in names} if bolt else {}
+    def estimates(rr):
+        return {nm: (med(rr, lambda r: r["components"][nm]["h2"]), med(rr, lambda r: r["components"][nm]["h2_se"]))
+                for nm in names} if rr else {}
+
+    bh, eh = estimates(bolt), estimates(runs.get("bigmm_exact"))
     for t, label in TOOLS.items():
         rr = runs.get(t)
         if not rr:
             if t in row.get("failed", {}):
                 table.append([label, f"failed: {row['failed'][t][:200]}"] + [None] * (len(head) - 2))
             continue
-        cells, zs = [], []
+        cells, zs, ze = [], [], []
         for nm in names:
             h, se = med(rr, lambda r: r["components"][nm]["h2"]), med(rr, lambda r: r["components"][nm]["h2_se"])
             cell = f"{h:.4f} ± {se:.4f}"
@@ -439,12 +444,15 @@ def row_report(row: dict) -> list[str]:
                 z = abs(h - bh[nm][0]) / math.hypot(se, bh[nm][1])
                 zs.append(z)
                 cell += f" [{z:.2f}]"
+            if t == "bigmm_mf" and nm in eh:
+                ze.append(abs(h - eh[nm][0]) / se)
             cells.append(cell)
         h, se = med(rr, lambda r: r["h2"]), med(rr, lambda r: r["h2_se"])
         cpu = med(rr, lambda r: r["cpu_s"])
         passes = rr[0].get("passes_over_X")
         loads = f"{rr[0]['loadavg_1min_start_end'][0]:.2f}–{rr[-1]['loadavg_1min_start_end'][1]:.2f}"
         table.append([label] + cells + [f"{h:.4f} ± {se:.4f}", fmt(max(zs), ".2f") if zs else None,
+                                        fmt(max(ze), ".3f") if ze else None,
                                         fmt(med(rr, lambda r: r["wall_s"]), ".1f"), fmt(cpu, ".1f"),
                                         fmt(cpu / bolt_cpu, ".3f") if bolt_cpu and t != "bolt" else None,
                                         fmt(med(rr, lambda r: r["peak_rss_mib"]), ",.0f"),
@@ -455,9 +463,20 @@ def row_report(row: dict) -> list[str]:
         ratio = med(mf, lambda r: r["cpu_s"]) / bolt_cpu
         lines.append(f"- Goal CPU(bigmm matrix-free) ≤ 0.2 × CPU(BOLT-REML): {ratio:.3f} — "
                      f"{'met' if ratio <= 0.2 else 'NOT met'}.")
+        z = max(abs(med(mf, lambda r: r["components"][nm]["h2"]) - bh[nm][0])
+                / math.hypot(med(mf, lambda r: r["components"][nm]["h2_se"]), bh[nm][1]) for nm in names)
+        lines.append(f"- Goal ĥ²_j of both within their SEs (every z ≤ 1): largest z {z:.2f} — "
+                     f"{'met' if z <= 1 else 'NOT met'}.")
     warn = sorted({w for r in bolt for w in r.get("warnings", [])})
     if warn:
         lines.append("- BOLT said: " + "; ".join(f"“{w}”" for w in warn) + ".")
+    src = {r.get("bigmm_source") for rr in runs.values() for r in rr} - {None, str(REPO / "bigmm")}
+    if src:
+        lines.append("- bigmm imported from " + ", ".join(sorted(src)) + " (not this checkout's bigmm/).")
+    pending = [TOOLS[t] for t in TOOLS if not runs.get(t) and t not in row.get("failed", {})
+               and not (t == "bigmm_exact" and n > EXACT_MAX_N_REPORT)]
+    if pending:
+        lines.append("- **Pending** (not yet run on this cohort): " + ", ".join(pending) + ".")
     reps = {t: len(rr) for t, rr in runs.items() if rr}
     lines.append("- Runs (median when several): " + ", ".join(f"{TOOLS[t]} {k}" for t, k in reps.items())
                  + "; started " + ", ".join(f"{TOOLS[t]} {rr[0]['started']}" for t, rr in runs.items() if rr) + ".")
@@ -482,20 +501,29 @@ def build_report(res: dict) -> str:
              f"one phenotype `{PHENO}` with total h² = {H2_TOTAL} split over MAF-bin components, h²_j ∝ m, m − 1, ..., 1 "
              "(low MAF carries more), covariates age (quantitative) and sex (categorical) + intercept for both tools. "
              f"BOLT-LMM {res.get('bolt_version', '?')} `--reml --numThreads {a['bolt_threads']}` with one "
-             "`--modelSnps` file per component (two columns: variant ID, component name), under `/usr/bin/time -v`. "
+             "`--modelSnps` file per component (two columns: variant ID, component name; BOLT names a component by "
+             "that second column: one-column files given as several `--modelSnps` are merged into a single "
+             "component), under `/usr/bin/time -v`. "
              f"bigmm through the library in a child process, standardization `{a['standardize']}` (BOLT's), on a "
              f"local Dask cluster of {a['workers']} workers × {a['threads']} thread ({a['memory_limit']} each): exact = "
              "`component_grms` + `fit_components` (AI-REML, no LRT/ML fits); matrix-free = `ComponentsOperator` + "
              "`fit_components_matrix_free`. CPU = user + sys of the whole process tree; peak RSS of bigmm = sampled "
              "peak of the sum over driver and workers, of BOLT its max RSS; [z] after a bigmm estimate = "
-             "|ĥ²_j(bigmm) − ĥ²_j(BOLT)| / sqrt(SE_bigmm² + SE_BOLT²), max z the largest over the components; "
+             "|ĥ²_j(bigmm) − ĥ²_j(BOLT)| / sqrt(SE_bigmm² + SE_BOLT²), max z vs BOLT the largest over the "
+             "components; max z vs exact = max_j |ĥ²_j(matrix-free) − ĥ²_j(exact)| / SE_j; "
              "simulated h²_j = var(g_j) / var(g + e) in the sample; load average = 1-minute load at the start of "
              "the first and the end of the last run (2 cores shared with other jobs: CPU time is less disturbed "
              "than wall time).", ""]
-    for k, row in sorted(res.get("rows", {}).items(), key=lambda kv: (kv[1]["m"], kv[1]["n"])):
+    rows = sorted(res.get("rows", {}).values(), key=lambda r: (r["m"], r["n"]))
+    for row in rows:
+        if row["n"] >= 100000:
+            row = {**row, "runs": {t: rr for t, rr in row["runs"].items() if t == "bigmm_mf"}}
         lines += row_report(row)
         if row["n"] >= 100000:
             lines += scale_lines(row)
+    if not any(r["n"] >= 100000 and r["runs"].get("bigmm_mf") for r in rows):
+        lines += [f"- **Pending**: the scale run (`--scale`: bigmm matrix-free alone at n = 100,000, p = 50,000, "
+                  "8 components; goals under 30 minutes and under 6 GiB).", ""]
     cmds = list(dict.fromkeys(r["command"] for row in res.get("rows", {}).values()
                               for rr in row["runs"].values() for r in rr))
     return "\n".join(lines + ["Regenerate:", "", "```"] + cmds + ["```"])
