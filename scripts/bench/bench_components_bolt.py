@@ -161,7 +161,8 @@ def prepare(args, n: int, p: int, m: int, plink: bool) -> dict:
     if list(iid) != list(store.sample_iid):
         raise RuntimeError(f"{c['paths']['covar']}: samples not in the store's order")
     d.mkdir(parents=True, exist_ok=True)
-    files["pheno"].write_text(f"FID\tIID\t{PHENO}\n" + "".join(f"{a}\t{b}\t{float(v)!r}\n" for a, b, v in zip(fid, iid, y)))
+    files["pheno"].write_text(f"FID\tIID\t{PHENO}\n"
+                              + "".join(f"{a}\t{b}\t{float(v)!r}\n" for a, b, v in zip(fid, iid, y)))
     counts = np.bincount(assign, minlength=m)
     with open(files["annotation"], "w") as fh:
         fh.write("# variant component\n")
@@ -170,7 +171,8 @@ def prepare(args, n: int, p: int, m: int, plink: bool) -> dict:
         # BOLT: a second column names the component (one column only: every file one component "modelSnps")
         path.write_text("".join(f"{v}\t{names[j]}\n" for v in vids[assign == j]))
     meta = {"m": m, "names": names, "maf_edges": edges.tolist(), "h2_true": h2.tolist(),
-            "h2_sample": (g.var(0) / (g.sum(1) + e).var()).tolist(), "n_variants": counts.tolist(), "pheno_seed": args.pheno_seed,
+            "h2_sample": (g.var(0) / (g.sum(1) + e).var()).tolist(), "n_variants": counts.tolist(),
+            "pheno_seed": args.pheno_seed,
             "sim_created": c["created"], "seconds": time.perf_counter() - t0}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     log(f"  {time.perf_counter() - t0:.1f} s; variants per component {counts.tolist()}")
@@ -299,7 +301,8 @@ def child(spec_path: str, out_path: str) -> int:
             out["fit_passes"] = getattr(res[PHENO], "passes", None)
             out["passes_over_X"] = 1 + int(op.passes)
     fit = res[PHENO]
-    out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), h2=fit.h2, h2_se=fit.h2_se, h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
+    out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), h2=fit.h2, h2_se=fit.h2_se,
+               h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
                iterations=getattr(fit, "iterations", None), converged=getattr(fit, "converged", None),
                reml_method=getattr(fit, "reml_method", None), stages_s=times,
                components={ce.name: {"h2": ce.h2, "h2_se": ce.h2_se, "h2_se_mc": getattr(ce, "h2_se_mc", None),
@@ -417,7 +420,8 @@ def row_report(row: dict) -> list[str]:
     lines = [f"**n = {n:,}, p = {p:,}, {m} components** (MAF bins; variants per component "
              + ", ".join(f"{a}: {b:,}" for a, b in zip(names, row["comp"]["n_variants"])) + "):", ""]
     head = ["tool"] + [f"ĥ²({nm}) ± SE" for nm in names] + [
-        "total ĥ² ± SE", "max z vs BOLT", "max z vs exact", "wall s", "CPU s", "CPU / BOLT", "peak RSS MiB", "passes over X",
+        "total ĥ² ± SE", "max z vs BOLT", "max z vs exact", "wall s", "CPU s", "CPU / BOLT", "peak RSS MiB",
+        "passes over X",
         "load avg start–end"]
     table = [["simulated (sample h²_j)"] + [f"{h:.4f}" for h in row["comp"]["h2_sample"]]
              + [f"{sum(row['comp']['h2_sample']):.4f}"] + [None] * 8]
@@ -498,14 +502,16 @@ def build_report(res: dict) -> str:
     a = res["args"]
     lines = [machine_line(res["machine"]) + ".", "",
              f"Setup: cohorts from `bigmm.simulate` (unrelated, MAF U(0.05, 0.5), no missing calls; seed {a['seed']}), "
-             f"one phenotype `{PHENO}` with total h² = {H2_TOTAL} split over MAF-bin components, h²_j ∝ m, m − 1, ..., 1 "
+             f"one phenotype `{PHENO}` with total h² = {H2_TOTAL} split over MAF-bin components, "
+             "h²_j ∝ m, m − 1, ..., 1 "
              "(low MAF carries more), covariates age (quantitative) and sex (categorical) + intercept for both tools. "
              f"BOLT-LMM {res.get('bolt_version', '?')} `--reml --numThreads {a['bolt_threads']}` with one "
              "`--modelSnps` file per component (two columns: variant ID, component name; BOLT names a component by "
              "that second column: one-column files given as several `--modelSnps` are merged into a single "
              "component), under `/usr/bin/time -v`. "
              f"bigmm through the library in a child process, standardization `{a['standardize']}` (BOLT's), on a "
-             f"local Dask cluster of {a['workers']} workers × {a['threads']} thread ({a['memory_limit']} each): exact = "
+             f"local Dask cluster of {a['workers']} workers × {a['threads']} thread ({a['memory_limit']} each): "
+             "exact = "
              "`component_grms` + `fit_components` (AI-REML, no LRT/ML fits); matrix-free = `ComponentsOperator` + "
              "`fit_components_matrix_free`. CPU = user + sys of the whole process tree; peak RSS of bigmm = sampled "
              "peak of the sum over driver and workers, of BOLT its max RSS; [z] after a bigmm estimate = "
