@@ -365,13 +365,14 @@ def key(n: int, p: int, m: int) -> str:
     return f"n{n}_p{p}_m{m}"
 
 
-def workload(args, res: dict, save, ns, p: int, m: int, tools: list[str], exe: str | None) -> None:
+def workload(args, res: dict, save, ns, p: int, m: int, tools: list[str], exe: str | None,
+             scale: bool = False) -> None:
     for n in ns:
         log(f"=== n={n}, p={p}, m={m}: {', '.join(tools)}")
         c = prepare(args, n, p, m, plink="bolt" in tools)
         row = res.setdefault("rows", {}).setdefault(key(n, p, m), {"n": n, "p": p, "m": m, "runs": {}, "failed": {}})
         row["cohort"] = {k: c.get(k) for k in ("tag", "paths", "created", "zarr_bytes", "plink_bed_bytes")}
-        row["comp"], row["files"] = c["comp"], c["files"]
+        row["comp"], row["files"], row["scale"] = c["comp"], c["files"], scale
         rdir = lambda t, rep: args.cache / "components_runs" / f"{t}_{key(n, p, m)}_r{rep + 1}"  # noqa: E731
         methods = {}
         for t in tools:
@@ -477,8 +478,8 @@ def row_report(row: dict) -> list[str]:
     src = {r.get("bigmm_source") for rr in runs.values() for r in rr} - {None, str(REPO / "bigmm")}
     if src:
         lines.append("- bigmm imported from " + ", ".join(sorted(src)) + " (not this checkout's bigmm/).")
-    pending = [TOOLS[t] for t in TOOLS if not runs.get(t) and t not in row.get("failed", {})
-               and not (t == "bigmm_exact" and n > EXACT_MAX_N_REPORT)]
+    expected = ["bigmm_mf"] if row.get("scale") else [t for t in TOOLS if t != "bigmm_exact" or n <= EXACT_MAX_N_REPORT]
+    pending = [TOOLS[t] for t in expected if not runs.get(t) and t not in row.get("failed", {})]
     if pending:
         lines.append("- **Pending** (not yet run on this cohort): " + ", ".join(pending) + ".")
     reps = {t: len(rr) for t, rr in runs.items() if rr}
@@ -501,6 +502,7 @@ def scale_lines(row: dict) -> list[str]:
 def build_report(res: dict) -> str:
     a = res["args"]
     lines = [machine_line(res["machine"]) + ".", "",
+             f"Latest invocation {res['date']}; each run's start is listed under its table. "
              f"Setup: cohorts from `bigmm.simulate` (unrelated, MAF U(0.05, 0.5), no missing calls; seed {a['seed']}), "
              f"one phenotype `{PHENO}` with total h² = {H2_TOTAL} split over MAF-bin components, "
              "h²_j ∝ m, m − 1, ..., 1 "
@@ -522,12 +524,10 @@ def build_report(res: dict) -> str:
              "than wall time).", ""]
     rows = sorted(res.get("rows", {}).values(), key=lambda r: (r["m"], r["n"]))
     for row in rows:
-        if row["n"] >= 100000:
-            row = {**row, "runs": {t: rr for t, rr in row["runs"].items() if t == "bigmm_mf"}}
         lines += row_report(row)
-        if row["n"] >= 100000:
+        if row.get("scale"):
             lines += scale_lines(row)
-    if not any(r["n"] >= 100000 and r["runs"].get("bigmm_mf") for r in rows):
+    if not any(r.get("scale") and r["n"] >= 100000 and r["runs"].get("bigmm_mf") for r in rows):
         lines += [f"- **Pending**: the scale run (`--scale`: bigmm matrix-free alone at n = 100,000, p = 50,000, "
                   "8 components; goals under 30 minutes and under 6 GiB).", ""]
     cmds = list(dict.fromkeys(r["command"] for row in res.get("rows", {}).values()
@@ -603,7 +603,7 @@ def main(argv=None) -> int:
                    args={k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                          for k, v in vars(args).items()})
         if args.scale:
-            workload(args, res, save, [args.scale_n], args.scale_p, args.scale_m, ["bigmm_mf"], None)
+            workload(args, res, save, [args.scale_n], args.scale_p, args.scale_m, ["bigmm_mf"], None, scale=True)
         else:
             exe = shutil.which(args.bolt) if "bolt" in args.tools else None
             if "bolt" in args.tools and exe is None:
