@@ -532,7 +532,10 @@ def build_report(res: dict) -> str:
                   "8 components; goals under 30 minutes and under 6 GiB).", ""]
     cmds = list(dict.fromkeys(r["command"] for row in res.get("rows", {}).values()
                               for rr in row["runs"].values() for r in rr))
-    return "\n".join(lines + ["Regenerate:", "", "```"] + cmds + ["```"])
+    return "\n".join(lines + ["The commands that made these rows:", "", "```"] + cmds + ["```", "",
+                               "The whole comparison in one invocation (every tool, alternating), and the scale run:",
+                               "", "```", "python scripts/bench/bench_components_bolt.py --n 10000 25000 --m 4",
+                               "python scripts/bench/bench_components_bolt.py --scale", "```"])
 
 
 # --------------------------------------------------------------------------- main
