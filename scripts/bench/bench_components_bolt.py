@@ -28,7 +28,8 @@ Side by side, in turn (``common.alternate``), --repeats times, each tool as a fr
                  SD), ``bigmm.component_grms`` (every K_j in one pass) and ``bigmm.fit_components``
                  (exact AI-REML; no LRT, no ML fit: BOLT computes neither), on a local Dask cluster
                  of --workers x --threads (bigmm.pipeline.cluster.dask_client).
-``bigmm_mf``     the same child with ``bigmm.ComponentsOperator`` over the Zarr store and
+``bigmm_mf``     the same child with ``bigmm.ComponentsOperator`` over the Zarr store (products in
+                 float32, a run's default ``reml.dtype``, accumulated in float64) and
                  ``bigmm.fit_components_matrix_free`` (passes over X: 1 for the statistics + ``op.passes``).
 
 For a bigmm run: wall of the child; CPU = user + sys of the reaped process tree (driver, nannies,
@@ -292,7 +293,11 @@ def child(spec_path: str, out_path: str) -> int:
             out["passes_over_X"] = "1 + one K_j build"
         else:
             t = time.perf_counter()
-            op = bigmm.ComponentsOperator(store.genotypes, std, comps.assignment, names=comps.names, memory=memory)
+            # the products in a run's precision (reml.dtype's default, float32; accumulated in float64)
+            from bigmm.genotypes import RUN_DTYPE
+
+            op = bigmm.ComponentsOperator(store.genotypes, std, comps.assignment, names=comps.names, memory=memory,
+                                          dtype=np.dtype(RUN_DTYPE))
             if spec.get("probes"):
                 kw["n_probes"] = spec["probes"]
             res = bigmm.fit_components_matrix_free(op, y, Z, seed=spec["seed"], **kw)
