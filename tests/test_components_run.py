@@ -119,6 +119,13 @@ def test_a_rerun_skips_every_stage(cohort, annotated, one_cluster):
     again = run(config(cohort, out, file=str(cohort["ann"])))
     assert again.stages_run == ()
     assert again.stages_skipped == ("ingest", "variant_stats", "component_grms", "reml", "report")
+    # bigmm status lists the stages a components model can need (ld_scores: not needed here); a
+    # spectral run's status does not list them (tests/test_faults.py)
+    from bigmm.pipeline.stages import status
+
+    rows = {r["stage"]: r for r in status(out)}
+    assert rows["component_grms"]["rerun"] == "no" and rows["reml"]["rerun"] == "no"
+    assert "ld_scores" in rows and rows["ld_scores"]["state"] == "not needed"
 
 
 def test_damaged_component_grms_are_computed_again(cohort, annotated, one_cluster):

@@ -171,8 +171,12 @@ def status(out: Path) -> list[dict]:
     except (BigmmError, OSError, KeyError) as exc:
         plan, problem = {}, str(exc)
     declared = {s.name: s for s in REGISTRY} | stages
-    rows = [_status_row(out, name, manifest.get("stages", {}).get(name), declared[name], plan, problem)
-            for name in STAGES]
+    recorded = manifest.get("stages", {})
+    # every stage, but those only other models need (the component GRMs of a spectral run) unless
+    # planned or recorded; every stage when the plan cannot be made
+    shown = [name for name in STAGES if not plan or name in plan or name in recorded
+             or not declared[name].for_models or f.model in declared[name].for_models]
+    rows = [_status_row(out, name, recorded.get(name), declared[name], plan, problem) for name in shown]
     if plan and _store_changed(cfg, manifest):
         first = next((s for s in stages.values() if s.reads_genotypes(f)), None)
         for row in rows:

@@ -106,6 +106,9 @@ class Stage:
     needed: Callable[[Facts], bool] = _always
     #: the REML model (``reml.method``) this declaration belongs to; None: every model
     model: str | None = None
+    #: a stage of every model (``model`` None) that only these models' plans can need (empty: any
+    #: model's); ``bigmm status`` does not list it for a run of another model
+    for_models: tuple = ()
     #: ``reads_genotypes(facts)``: whether it makes passes over X (a Dask cluster is started)
     reads_genotypes: Callable[[Facts], bool] = _never
     #: ``passes(facts, costs)``: passes over the genotypes (the time estimate scales by them)

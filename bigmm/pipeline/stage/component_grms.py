@@ -130,6 +130,7 @@ def declare(name: str, ingest: Stage, stats: Stage, ld_scores: Stage) -> Stage:
     # every model's stage, needed by the several-component model alone: the models are those of
     # the reml declarations (the registry's MODELS)
     return Stage(name=name, outputs=(OUTPUT,), body=body, inputs=inputs, needed=lambda f: f.model == MODEL,
+                 for_models=(MODEL,),
                  upstream=lambda f: () if f.cfg.components.mgrm is not None else
                  ((stats,) if f.cfg.components.ld_bins is None else (stats, ld_scores)),
                  reads_genotypes=lambda f: f.cfg.components.mgrm is None, passes=passes, flops=flops,

@@ -60,6 +60,7 @@ def declare(name: str, ingest: Stage, stats: Stage) -> Stage:
 
     return Stage(name=name, outputs=(OUTPUT,), body=body,
                  inputs=lambda f: {"window": list(f.cfg.components.ld_window()), "dtype": f.cfg.grm.dtype},
-                 upstream=lambda f: (stats,), needed=lambda f: f.model in MODELS and f.cfg.components.ld_bins is not None,
+                 upstream=lambda f: (stats,), for_models=MODELS,
+                 needed=lambda f: f.model in MODELS and f.cfg.components.ld_bins is not None,
                  reads_genotypes=lambda f: True, passes=lambda f, c: 1.0,
                  flops=lambda f, c, k: 2.0 * c.n * c.p * (2 * _reach(f) + 16), load=load)
