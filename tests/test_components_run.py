@@ -329,7 +329,9 @@ def mf_config(c, out, **components):
 #: iterations carry that into the estimates at well below 1e-7 (a wrong input — another
 #: phenotype, covariate or split — moves them by more than 1e-3)
 MF_TOL = 1e-7
-MF_SETTINGS = {"file": None, "tol": 1e-3, "cg_tol": 1e-4}
+#: three AI iterations (the fit stops unconverged: these 400 related mice need hundreds of CG
+#: steps to converge, and the comparison does not need a converged fit, only the same one)
+MF_SETTINGS = {"file": None, "tol": 1e-3, "cg_tol": 1e-4, "max_iter": 3}
 
 
 def assert_same_mf(reml_json: Path, direct) -> None:
@@ -350,7 +352,7 @@ def direct_mf(c):
     op = bigmm.ComponentsOperator(c["store"].genotypes, c["std"], read_components(c["ann"], c["ids"]))
     return bigmm.fit_components_matrix_free(op, d.Y, d.Z, phenotype_names=d.phenotype_names,
                                             covariate_names=d.covariate_names, n_probes=8, seed=0, tol=1e-3,
-                                            cg_tol=1e-4)
+                                            cg_tol=1e-4, max_iter=3)
 
 
 def test_a_matrix_free_run_equals_the_direct_fit_and_resumes_after_an_interruption(cohort, one_cluster, tmp_path,
