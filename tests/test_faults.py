@@ -436,7 +436,16 @@ def read_only(path: Path):
     if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode:
         pytest.skip("this machine does not allow bind mounts")
     try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True, capture_output=True)
+        # the remount failed once with mount's exit status 32 while the run wrote under the
+        # folder (a fresh-clone suite run; the same test passed alone just after): tried again
+        # for up to 5 s before failing
+        for _ in range(50):
+            done = subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"mount -o remount,ro,bind {path}: {done.stderr.strip()}")
         yield
     finally:
         subprocess.run(["umount", str(path)], check=True)
