@@ -26,17 +26,21 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import tempfile
 import threading
-import time
+
+from pathlib import Path
 
 import numpy as np
 
 import bigmm
 from bigmm.grm import default_block_size
 from bigmm.tasks import total_threads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import wall_cpu  # noqa: E402
 
 
 class Counting:
@@ -51,12 +55,6 @@ class Counting:
         with self._lock:
             self.reads += 1
         return self.arr[sel]
-
-
-def timed(fn):
-    w0, c0 = time.perf_counter(), sum(os.times()[:2])
-    out = fn()
-    return out, time.perf_counter() - w0, sum(os.times()[:2]) - c0
 
 
 def main(argv=None) -> int:
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
                 else:
                     fn = lambda: bigmm.component_grms(arr, std, split, block_size=block,  # noqa: E731
                                                       dtype=args.dtype, min_variants=1)
-                out, wall, cpu = timed(fn)
+                out, wall, cpu = wall_cpu(fn)
                 runs[name].append((wall, cpu))
                 reads[name] = arr.reads
                 last[name] = out

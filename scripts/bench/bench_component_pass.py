@@ -20,21 +20,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import tempfile
-import time
+
+from pathlib import Path
 
 import numpy as np
 
 import bigmm
 from bigmm.tasks import total_threads
 
-
-def timed(fn):
-    w0, c0 = time.perf_counter(), sum(os.times()[:2])
-    out = fn()
-    return out, time.perf_counter() - w0, sum(os.times()[:2]) - c0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import wall_cpu  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -66,7 +64,7 @@ def main(argv=None) -> int:
         last = {}
         for _ in range(args.repeats):
             for name, op in (("grm", grm), ("components", comp)):
-                out, wall, cpu = timed(lambda: op.apply(M)[0])
+                out, wall, cpu = wall_cpu(lambda: op.apply(M)[0])
                 runs[name].append((wall, cpu))
                 last[name] = out
         w = comp.n_variants / comp.n_variants.sum()

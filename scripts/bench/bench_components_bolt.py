@@ -73,7 +73,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ENV0, MIB, REPO, PeakRSS, add_docs_args, alternate, command_line,  # noqa: E402
-                    ensure_cohort, log, machine_info, machine_line, md_table, publish, run_peer)
+                    ensure_cohort, log, machine_info, machine_line, md_table, publish, run_peer, time_v)
 
 SECTION = "Several components: bigmm and BOLT-REML (scripts/bench/bench_components_bolt.py)"
 H2_COHORT = [0.5, 0.3]  # bench_reml.py's cohorts (their own traits are not used here)
@@ -208,15 +208,6 @@ def parse_bolt(text: str, names) -> dict:
         out["n"] = int(mt.group(1))
     out["warnings"] = sorted({ln.strip() for ln in text.splitlines() if ln.startswith(("WARNING", "NOTE"))})
     return out
-
-
-def time_v(path: Path) -> dict:
-    """User + sys CPU, wall and max RSS from ``/usr/bin/time -v``'s report (as bench_reml.py)."""
-    kv = dict(ln.strip().rsplit(": ", 1) for ln in path.read_text().splitlines() if ": " in ln)
-    *hm, s = kv["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
-    wall = float(s) + sum(float(x) * 60 ** (len(hm) - i) for i, x in enumerate(hm))
-    return {"time_v_wall_s": wall, "cpu_s": float(kv["User time (seconds)"]) + float(kv["System time (seconds)"]),
-            "peak_rss_mib": int(kv["Maximum resident set size (kbytes)"]) / 1024}
 
 
 def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
@@ -533,7 +524,7 @@ def build_report(res: dict) -> str:
         if row.get("scale"):
             lines += scale_lines(row)
     if not any(r.get("scale") and r["n"] >= 100000 and r["runs"].get("bigmm_mf") for r in rows):
-        lines += [f"- **Pending**: the scale run (`--scale`: bigmm matrix-free alone at n = 100,000, p = 50,000, "
+        lines += ["- **Pending**: the scale run (`--scale`: bigmm matrix-free alone at n = 100,000, p = 50,000, "
                   "8 components; goals under 30 minutes and under 6 GiB).", ""]
     cmds = list(dict.fromkeys(r["command"] for row in res.get("rows", {}).values()
                               for rr in row["runs"].values() for r in rr))

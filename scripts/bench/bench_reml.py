@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ENV0, MIB, REPO, PeakRSS, add_docs_args, alternate, cluster_section,  # noqa: E402
                     command_line, ensure_cohort, log, machine_info, machine_line, md_table, parse_run,
-                    publish, run_peer)
+                    publish, run_peer, time_v)
 
 SECTION = "Matrix-free REML (scripts/bench/bench_reml.py)"
 #: the simulated traits (as bench.py's cohorts, so unrelated cohorts are shared); trait1 is analysed
@@ -149,15 +149,6 @@ def run_bigmm(rdir: Path, cfg: dict, timeout: float) -> dict:
     return r
 
 
-def _time_v(path: Path) -> dict:
-    """User + sys CPU, wall and max RSS from ``/usr/bin/time -v``'s report."""
-    kv = dict(ln.strip().rsplit(": ", 1) for ln in path.read_text().splitlines() if ": " in ln)
-    *hm, s = kv["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
-    wall = float(s) + sum(float(x) * 60 ** (len(hm) - i) for i, x in enumerate(hm))
-    return {"time_v_wall_s": wall, "cpu_s": float(kv["User time (seconds)"]) + float(kv["System time (seconds)"]),
-            "peak_rss_mib": int(kv["Maximum resident set size (kbytes)"]) / 1024}
-
-
 def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
     """BOLT-REML under /usr/bin/time -v (common.run_peer: wall and exact peak RSS as well)."""
     rdir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +168,7 @@ def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
     r["ru_maxrss_mib"] = r["peak_rss_mib"] = r.pop("peak_rss") / MIB
     r["wall_s"] = r.pop("seconds")
     if timer:
-        r.update(_time_v(tv))
+        r.update(time_v(tv))
     text = (rdir / "bolt.log").read_text()
     found = BOLT_H2.findall(text)
     if not found:

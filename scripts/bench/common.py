@@ -194,6 +194,22 @@ def timed(fn, label: str) -> dict:
             "processes": mon.max_procs, "result": out}
 
 
+def time_v(path: Path) -> dict:
+    """User + sys CPU, wall and max RSS from ``/usr/bin/time -v``'s report (a peer run under it)."""
+    kv = dict(ln.strip().rsplit(": ", 1) for ln in path.read_text().splitlines() if ": " in ln)
+    *hm, s = kv["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
+    wall = float(s) + sum(float(x) * 60 ** (len(hm) - i) for i, x in enumerate(hm))
+    return {"time_v_wall_s": wall, "cpu_s": float(kv["User time (seconds)"]) + float(kv["System time (seconds)"]),
+            "peak_rss_mib": int(kv["Maximum resident set size (kbytes)"]) / 1024}
+
+
+def wall_cpu(fn):
+    """``(fn(), wall seconds, CPU seconds of this process)``: a step timed inside one process."""
+    w0, c0 = time.perf_counter(), sum(os.times()[:2])
+    out = fn()
+    return out, time.perf_counter() - w0, sum(os.times()[:2]) - c0
+
+
 def summarize(runs: list[dict], **extra) -> dict:
     """Median, min and max of the timed records ``runs``; ``extra`` is added as it is."""
     ts = [r["seconds"] for r in runs]
