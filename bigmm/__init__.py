@@ -24,6 +24,7 @@ Config-driven runs live in the run layer (:mod:`bigmm.pipeline`):
 """
 
 from ._version import __version__
+from .component_blup import ComponentsBlup, blup_components
 from .component_grm import ComponentGrms, component_grms
 from .components import (Components, chromosome_components, cross, greml_ldms, ld_quantile_bins, maf_bins,
                          read_components, read_variant_lists)
@@ -69,6 +70,7 @@ __all__ = [
     "Components", "read_components", "read_variant_lists", "maf_bins", "chromosome_components", "cross",
     "ld_quantile_bins", "greml_ldms", "ld_scores", "ComponentGrms", "component_grms",
     "fit_components", "ComponentEstimate", "ComponentsFit", "ComponentsResult",
-    "ComponentsOperator", "DenseComponentsOperator", "fit_components_matrix_free",
+    "ComponentsOperator", "DenseComponentsOperator", "fit_components_matrix_free", "blup_components",
+    "ComponentsBlup",
     *_RUN_LAYER,
 ]
