@@ -106,8 +106,8 @@ def _theta(fit, Y: np.ndarray, m: int) -> tuple[np.ndarray, list, list | None]:
     if fits is None:
         theta = np.atleast_2d(np.asarray(fit, dtype=np.float64))
         if theta.shape != (q, m + 1):
-            raise InputError(f"blup_components: theta must be (σ²_1..σ²_{m}, σ²_e) for each of the {q} phenotypes, "
-                             f"shape ({q}, {m + 1}); got {theta.shape}")
+            raise InputError(f"blup_components: theta must be (σ²_1..σ²_{m}, σ²_e) for each of the {q} "
+                             f"phenotypes, shape ({q}, {m + 1}); got {theta.shape}")
         return theta, [f"pheno{k + 1}" for k in range(q)], None
     if len(fits) != q:
         raise InputError(f"blup_components: the fit has {len(fits)} phenotypes, Y {q} columns: give the Y the fit "

@@ -397,3 +397,96 @@ def test_the_memory_rule_of_m_dense_grms():
     assert components_driver_bytes(3, 1000, 900, missing=True) == 8 * 3 * 1000**2 + 8 * 5 * 900**2
     with pytest.raises(InputError, match=r"components: 4 components on 20000 samples need about 17\.88 GiB"):
         check_components_memory(4, 20_000, 20_000, False, available=2**30)
+
+
+# --- precomputed GRMs with genotypes, BLUP, results.json, the auto model -----------------------
+
+@pytest.fixture(scope="module")
+def mgrm_bfile(cohort, tmp_path_factory):
+    """``bigmm reml --mgrm list --bfile cohort --blup`` on GCTA GRM files written here: the .fam
+    names the samples, nothing reads the genotypes (no PCs, no GCTA export). One phenotype."""
+    d = tmp_path_factory.mktemp("mgrmbfile")
+    split = read_components(cohort["ann"], cohort["ids"])
+    res = bigmm.component_grms(cohort["store"].genotypes, cohort["std"], split)
+    for name, K, p in zip(res.names, res.K, res.n_variants):
+        bigmm.write_gcta_grm(d / f"grm_{name}", K, cohort["store"].sample_ids(), n_variants=int(p))
+    (d / "mgrm.txt").write_text("".join(f"grm_{n}\n" for n in res.names))
+    out = d / "run"
+    rc = main(["reml", "--mgrm", str(d / "mgrm.txt"), "--bfile", str(DATA / "cohort"), "--pheno", str(PHENO),
+               "--mpheno", "1", "--covar", str(COVAR), "--covar-name", "sex", "--blup", "--out", str(out)])
+    assert rc == 0
+    return out, [K.astype(np.float32).astype(np.float64) for K in res.K], [f"grm_{n}" for n in res.names]
+
+
+def test_mgrm_with_genotypes_reads_no_genotypes(mgrm_bfile):
+    """--bfile beside --mgrm only names the samples: no ingest, no variant statistics."""
+    out, _, _ = mgrm_bfile
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert "ingest" not in stages and "variant_stats" not in stages, list(stages)
+    assert not (out / "genotypes.zarr").exists() and stages["blup"]["status"] == "complete"
+
+
+def test_the_blup_of_a_components_run_is_the_library_s(cohort, mgrm_bfile):
+    """blup.tsv: per phenotype the total ĝ (the single-component layout's column), each component's
+    û_j and the residual, = bigmm.blup_components on the same float32-rounded GRMs and the run's
+    fit (to the 8 digits blup.tsv keeps); NA for the samples the GRMs do not cover (not analysed)."""
+    out, K32, names = mgrm_bfile
+    d = build_design(cohort["store"].sample_ids(), PHENO, ["pheno1"], COVAR, ["sex"])  # the run's design
+    a = d.analysed
+    fit = bigmm.ComponentsResult.from_dict(json.loads((out / "reml.json").read_text()))
+    b = bigmm.blup_components([K[np.ix_(a, a)] for K in K32], d.Y[a], d.Z[a], fit)
+    header = (out / "blup.tsv").read_text().splitlines()[0].split("\t")
+    assert header == ["FID", "IID", "pheno1", *(f"pheno1_{n}" for n in names), "pheno1_residual"]
+    got = np.genfromtxt(out / "blup.tsv", skip_header=1, usecols=range(2, len(header)), missing_values="NA",
+                        filling_values=np.nan)
+    want = np.full(got.shape, np.nan)
+    want[a] = b.columns()[1]
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    assert np.isnan(got[~a]).all() and np.isfinite(got[a, :4]).all()
+    # the report read ĝ from blup.tsv: its accuracy is in results.json
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["phenotypes"][0]["blup_accuracy_in_sample"] > 0
+
+
+def test_results_json_names_the_components_model(mgrm_bfile):
+    """results.json's reml_method is the run's model, as run.json and reml.method name it; the
+    fit's own name of its algorithm is reml_algorithm."""
+    out, _, _ = mgrm_bfile
+    doc = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "run.json").read_text())["reml_method"] == "components"
+    assert doc["reml_method"] == "components" and doc["reml_algorithm"] == "ai_reml"
+    assert [(p["reml_method"], p["reml_algorithm"]) for p in doc["phenotypes"]] == [("components", "ai_reml")]
+
+
+def test_auto_picks_the_exact_path_only_where_the_dense_grms_fit(cohort, tmp_path, capsys):
+    """auto: exact when n ≤ spectrum.exact_max_n and the m dense GRMs with the fit's work arrays
+    (components_driver_bytes) fit the driver's available memory; matrix-free otherwise, and
+    ``bigmm check`` says which and why."""
+    from bigmm.pipeline.validate import check_file
+    from bigmm.pipeline.memory import components_driver_bytes
+    from bigmm.pipeline.plan import components_method
+
+    cfg = parse_config({"genotypes": {"plink": str(DATA / "cohort")}, "phenotypes": {"file": str(PHENO)},
+                        "components": {"file": str(cohort["ann"])}, "output": str(tmp_path / "run")})
+    need = components_driver_bytes(3, 400)
+    assert components_method(cfg, 400, (3, need, need))[0] == "components"
+    method, why = components_method(cfg, 400, (3, need, need - 1))
+    assert method == "components_matrix_free" and "more than the" in why and "available" in why
+    # bigmm check on a driver with too little memory for the dense GRMs (psutil's figure as seen
+    # by the validator): matrix-free, and no refusal of the exact path's memory
+    path = tmp_path / "c.yaml"
+    path.write_text(f"genotypes: {{plink: {DATA / 'cohort'}}}\nphenotypes: {{file: {PHENO}}}\n"
+                    f"components: {{file: {cohort['ann']}}}\noutput: {tmp_path / 'o'}\n")
+
+    class Small:
+        available = 2 ** 20
+
+    import psutil
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(psutil, "virtual_memory", lambda: Small)
+        problems, inputs = check_file(path, contact_cluster=False)
+    assert problems == [] and inputs.reml_method == "components_matrix_free"
+    assert "REML: components_matrix_free (auto: the 3 dense GRMs" in inputs.describe()
+    assert main(["check", str(path), "--no-cluster"]) == 0
+    assert "REML: components (auto: 400 samples <= spectrum.exact_max_n = 10,000 and the 3 dense GRMs need" \
+        in capsys.readouterr().out

@@ -568,7 +568,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _components_model(self):
         """A components section fits the components model (the default when it is given); the
-        model needs one, and has no BLUP yet."""
+        model needs one, and has no SNP effects."""
         c, r = self.components, self.reml
         if c is None:
             if r.method == "components":
@@ -581,9 +581,9 @@ class RunConfig(_Section):
         if r.method in ("spectral", "matrix_free"):
             raise ValueError(f"reml.method: {r.method} fits one genetic component; with a 'components' "
                              f"section use reml.method: components (or auto, or leave it out)")
-        if self.predict.blup:
-            raise ValueError("predict.blup / snp_effects are not available with several components yet; "
-                             "leave them out")
+        if self.predict.snp_effects:
+            raise ValueError("predict.snp_effects is not available with several components; predict.blup "
+                             "writes each component's genetic values (blup.tsv)")
         if c.mgrm is not None and r.method == "components_matrix_free":
             raise ValueError("reml.method: components_matrix_free makes passes over genotypes; precomputed "
                              "GRMs (components.mgrm) are fitted by reml.method: components")

@@ -41,21 +41,45 @@ def spectrum_method(cfg: RunConfig, n: int) -> str:
     return cfg.spectrum.method
 
 
-def reml_method(cfg: RunConfig, n: int) -> str:
+def reml_method(cfg: RunConfig, n: int, components_memory: tuple | None = None) -> str:
     """The REML that will run: ``auto`` is spectral up to ``spectrum.exact_max_n`` samples (on
     the exact spectrum), matrix-free above; spectral for a given GRM. With a ``components``
-    section, ``auto`` is the exact several-component REML up to ``spectrum.exact_max_n`` samples
-    (and always on precomputed GRMs), the matrix-free several-component REML above."""
+    section: :func:`components_method`."""
     if cfg.components is not None:
-        if cfg.reml.method == "auto":
-            exact = cfg.components.mgrm is not None or n <= cfg.spectrum.exact_max_n
-            return "components" if exact else "components_matrix_free"
-        return cfg.reml.method
+        return components_method(cfg, n, components_memory)[0]
     if cfg.genotypes.grm is not None and cfg.reml.method == "auto":
         return "spectral"
     if cfg.reml.method == "auto":
         return "spectral" if n <= cfg.spectrum.exact_max_n else "matrix_free"
     return cfg.reml.method
+
+
+def components_method(cfg: RunConfig, n: int, memory: tuple | None = None) -> tuple[str, str]:
+    """The several-component REML that will run, and why (for ``bigmm check`` and the log).
+
+    ``auto`` is the exact REML on m dense GRMs (always for precomputed GRMs, which have no
+    genotypes to pass over) when ``n ≤ spectrum.exact_max_n`` and, given ``memory`` = (m, bytes
+    needed, bytes available) of :func:`bigmm.pipeline.memory.components_driver_bytes` against the
+    memory available on the driver (the rule :func:`~bigmm.pipeline.memory.check_components_memory`
+    refuses by), those bytes fit; the matrix-free REML (no n x n matrix) otherwise."""
+    from dask.utils import format_bytes
+
+    if cfg.reml.method != "auto":
+        return cfg.reml.method, f"reml.method: {cfg.reml.method}"
+    if cfg.components.mgrm is not None:
+        return "components", "auto: precomputed GRMs (components.mgrm) are fitted on the dense GRMs"
+    limit = cfg.spectrum.exact_max_n
+    if n > limit:
+        return "components_matrix_free", f"auto: {n:,} samples > spectrum.exact_max_n = {limit:,}"
+    if memory is None:
+        return "components", f"auto: {n:,} samples <= spectrum.exact_max_n = {limit:,}"
+    m, need, avail = memory
+    if need > avail:
+        return "components_matrix_free", (f"auto: the {m} dense GRMs and the exact fit's n x n work arrays need "
+                                          f"{format_bytes(need)} on the driver, more than the {format_bytes(avail)} "
+                                          f"available")
+    return "components", (f"auto: {n:,} samples <= spectrum.exact_max_n = {limit:,} and the {m} dense GRMs need "
+                          f"{format_bytes(need)} on the driver, of {format_bytes(avail)} available")
 
 
 def choose(rmethod: str, registry: tuple = REGISTRY) -> tuple[Stage, ...]:

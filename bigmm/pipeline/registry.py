@@ -11,8 +11,8 @@ and its lines here.
 
 from __future__ import annotations
 
-from .stage import (component_grms, grm, ingest, ld_scores, reml_components, reml_components_mf, reml_matrix_free,
-                    reml_spectral, report, rotate, spectrum, variant_stats)
+from .stage import (component_grms, components_blup, grm, ingest, ld_scores, reml_components, reml_components_mf,
+                    reml_matrix_free, reml_spectral, report, rotate, spectrum, variant_stats)
 
 INGEST = ingest.declare("ingest")
 VARIANT_STATS = variant_stats.declare("variant_stats", INGEST)
@@ -26,7 +26,9 @@ REML = (reml_spectral.declare_reml("reml", ROTATE),
         reml_components.declare_reml("reml", COMPONENT_GRMS, SPECTRUM),
         reml_components_mf.declare_reml("reml", INGEST, VARIANT_STATS, LD_SCORES, SPECTRUM))
 BLUP = (reml_spectral.declare_blup("blup", REML[0], ROTATE, SPECTRUM, INGEST, VARIANT_STATS),
-        reml_matrix_free.declare_blup("blup", REML[1], INGEST, VARIANT_STATS))
+        reml_matrix_free.declare_blup("blup", REML[1], INGEST, VARIANT_STATS),
+        components_blup.declare_exact("blup", REML[2], COMPONENT_GRMS, SPECTRUM),
+        components_blup.declare_matrix_free("blup", REML[3], INGEST, VARIANT_STATS, LD_SCORES, SPECTRUM))
 REPORT = report.declare("report", VARIANT_STATS, GRM, SPECTRUM, REML, BLUP)
 
 #: every declaration, in the order the stages run

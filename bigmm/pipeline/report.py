@@ -31,10 +31,19 @@ def results_document(reml: dict, run_info: dict) -> dict:
     """The content of ``results.json``: the run's information and the fits (JSON-safe).
 
     A several-component fit has its own ``n_variants`` (a count per component): the run's count of
-    variants kept after the filters is then ``n_variants_kept``."""
+    variants kept after the filters is then ``n_variants_kept``; its ``reml_method``, there and in
+    each phenotype's fit, is the run's model (``components`` or ``components_matrix_free``, as
+    ``reml.method`` and run.json name it), and the fit's own name of its algorithm
+    (``ai_reml``, ``matrix_free_ai_reml``) is ``reml_algorithm``."""
     doc = dict(run_info)
-    if is_components(reml.get("phenotypes") or []) and "n_variants" in doc:
-        doc["n_variants_kept"] = doc.pop("n_variants")
+    fits = reml.get("phenotypes") or []
+    if is_components(fits):
+        if "n_variants" in doc:
+            doc["n_variants_kept"] = doc.pop("n_variants")
+        model = doc.get("reml_method")
+        if model is not None:
+            reml = dict(reml, reml_method=model, reml_algorithm=reml.get("reml_method"),
+                        phenotypes=[dict(p, reml_method=model, reml_algorithm=p.get("reml_method")) for p in fits])
     doc.update(reml)
     return _clean(doc)
 

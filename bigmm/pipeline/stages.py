@@ -81,6 +81,8 @@ def _log_inputs(cfg: RunConfig, inputs: Inputs) -> None:
     log.info("inputs: %d genotyped samples, %d analysed, %d phenotypes, %d fixed effects; spectrum %s%s",
              len(inputs.ids), int(inputs.design.analysed.sum()), len(inputs.design.phenotype_names),
              inputs.design.Z.shape[1], inputs.method, " (auto)" if cfg.spectrum.method == "auto" else "")
+    if inputs.reml_reason:  # several components: exact or matrix-free
+        log.info("REML: %s (%s)", inputs.reml_method, inputs.reml_reason)
 
 
 def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None = None,

@@ -30,9 +30,10 @@ from ..store import open_store, resolve_path
 from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .memory import check_components_memory, check_memory, cluster_threads, components_block_size, grm_block_size
-from .plan import (model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages, reml_method,
-                   spectrum_method, stage_flops, stage_passes)
+from .memory import (check_components_memory, check_memory, cluster_threads, components_block_size,
+                     components_driver_bytes, grm_block_size)
+from .plan import (components_method, model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages,
+                   reml_method, spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
 
 log = logging.getLogger("bigmm")
@@ -77,6 +78,8 @@ class Inputs:
     #: crossed; None without them), and what ``bigmm check`` prints of the components
     components: object = None
     components_text: str = ""
+    #: why the REML model was chosen (several components: exact or matrix-free), for a person
+    reml_reason: str = ""
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -111,7 +114,7 @@ class Inputs:
                                                    f"{gi['n_variants']['min']:g}, median "
                                                    f"{gi['n_variants']['median']:g}" if gi.get("n_variants") else ""),
                  "REML: spectral on the exact spectrum of the given K" if self.reml_method == "spectral"
-                 else f"REML: {self.reml_method}"]
+                 else f"REML: {self.reml_method}" + (f" ({self.reml_reason})" if self.reml_reason else "")]
         if mp.get("driver_bytes"):
             lines.append(f"driver memory: {format_bytes(mp['driver_bytes'])} (8·max(1.5·n_grm² + n², 4·n²) "
                          f"bytes)")
@@ -127,7 +130,7 @@ class Inputs:
                 + "".join(f", {c} dropped by {k}" for k, c in self.selection.get("variants", {}).items())
                 + (f"; kept: those passing {self.filters} (counted by the variant statistics, the run's "
                    f"first pass over X)" if self.filters else ""),
-                f"REML: {self.reml_method}; spectrum: "
+                f"REML: {self.reml_method}" + (f" ({self.reml_reason})" if self.reml_reason else "") + "; spectrum: "
                 + (self.method if self.spectrum_needed else "none (matrix-free REML without deflation or PCs)"
                    if self.reml_method == "matrix_free" else "none (not needed without PCs as covariates)")]
 
@@ -610,8 +613,11 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
     the PCs against the rank and the disk space; returns the spectrum and REML methods and the plan."""
     gf = got.get("grm")
     method = spectrum_method(cfg, len(ids))
-    rmethod = _attempt(problems, reml_method, cfg, len(ids))
-    if rmethod is None:  # refused (several components above the exact limit)
+    if cfg.components is not None:  # exact or matrix-free, and why (the dense GRMs' memory)
+        rmethod, got["reml_reason"] = components_method(cfg, len(ids), _components_memory(got))
+    else:
+        rmethod = _attempt(problems, reml_method, cfg, len(ids))
+    if rmethod is None:
         return method, rmethod, {}
     before = len(problems)
     memory_plan = _attempt(problems, lambda: check_memory(
@@ -620,6 +626,7 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
         n_grm_file=gf.n if gf is not None else None)) or {}
     if "components_plan" in got and "design" in got and len(problems) == before:
         memory_plan.update(got["components_plan"])
+    if rmethod == "components" and "components_plan" in got and "design" in got and len(problems) == before:
         # the component GRMs' driver memory, refused before any pass
         memory_plan["driver_bytes"] = max(memory_plan.get("driver_bytes", 0), _attempt(
             problems, check_components_memory, got["components_plan"]["components_m"],
@@ -638,6 +645,20 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
         _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod,
                  got.get("components_plan", {}).get("components_m"))
     return method, rmethod, memory_plan
+
+
+def _components_memory(got: dict) -> tuple | None:
+    """(m, bytes, bytes available) of the exact several-component REML on the driver
+    (:func:`components_driver_bytes` against the memory available now, as
+    :func:`check_components_memory` refuses by); None before the components and design are known."""
+    import psutil
+
+    cp, d = got.get("components_plan"), got.get("design")
+    if cp is None or d is None:
+        return None
+    need = components_driver_bytes(cp["components_m"], cp["components_n"], int(d.analysed.sum()),
+                                   bool(np.isnan(d.Y[d.analysed]).any()))
+    return cp["components_m"], need, psutil.virtual_memory().available
 
 
 def _check_prevalence(problems: list[str], cfg: RunConfig, got: dict) -> None:
@@ -674,7 +695,8 @@ def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, mem
                   grm_info=got.get("grm_info"), labels=labels,
                   stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
                   filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}",
-                  components=got.get("components"), components_text=got.get("components_text", ""))
+                  components=got.get("components"), components_text=got.get("components_text", ""),
+                  reml_reason=got.get("reml_reason", ""))
 
 
 def _check_components(cfg: RunConfig, got: dict, ids: list) -> None:

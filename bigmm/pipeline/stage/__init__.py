@@ -74,6 +74,15 @@ class Facts:
     def export_gcta(self) -> bool:
         return self.cfg.gcta_prefix() is not None
 
+    @property
+    def genotypes_unread(self) -> bool:
+        """Genotypes given beside precomputed GRMs (``components.mgrm``, GCTA's ``--mgrm`` with
+        ``--bfile``) that nothing planned reads: no PCs as covariates (a spectrum) and no GCTA
+        export. They then only name the samples (the validator reads the .fam or the store's IDs):
+        no ingest, no variant statistics."""
+        cc = self.cfg.components
+        return cc is not None and cc.mgrm is not None and not self.needs_spectrum and not self.export_gcta
+
 
 @dataclass(frozen=True)
 class Costs:

@@ -1,7 +1,8 @@
 """ingest: PLINK .bed/.bim/.fam into a cohort store (``genotypes.zarr``), the kept samples only.
 
 Reads the .bed once (one pass); with a cohort or VCF Zarr store as input there is no ingest (the
-stage is not planned) and its value is that store.
+stage is not planned) and its value is that store. Not planned either when nothing reads the
+genotypes (precomputed GRMs given with them, :attr:`Facts.genotypes_unread`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,6 @@ def load(ctx: Context) -> CohortStore:
 
 def declare(name: str) -> Stage:
     return Stage(name=name, outputs=("genotypes.zarr",), body=body, inputs=inputs, load=load,
-                 needed=lambda f: f.from_plink, reads_genotypes=lambda f: True,
+                 needed=lambda f: f.from_plink and not f.genotypes_unread, reads_genotypes=lambda f: True,
                  passes=lambda f, c: 1.0, stamped="genotypes.zarr",
                  not_planned="external store")

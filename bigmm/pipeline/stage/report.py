@@ -149,7 +149,9 @@ def _blup_accuracy(ctx: Context, data: ReportData, reml_result) -> None:
     if not blup.exists():
         return
     m = len(d.phenotype_names)
-    ghat = np.loadtxt(blup, skiprows=1, usecols=range(2, 2 + m), ndmin=2)
+    # NA: a sample the GRMs of components.mgrm do not cover (not analysed)
+    ghat = np.genfromtxt(blup, skip_header=1, usecols=range(2, 2 + m), ndmin=2, missing_values="NA",
+                         filling_values=np.nan)
     data.blup = {name: (ghat[:, j], d.Y[:, j]) for j, name in enumerate(d.phenotype_names)}
     loo = ctx.out / "blup_loo.tsv"  # spectral REML only
     pg = np.genfromtxt(loo, skip_header=1, usecols=range(2, 2 + 2 * m), ndmin=2, missing_values="NA",
@@ -198,7 +200,7 @@ def with_export(ctx: Context, std, reml_result, stats: Stage, grm: Stage) -> Rep
 
 def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, blups: tuple) -> Stage:
     def body(ctx: Context):
-        std = ctx.value(stats) if ctx.inp.grm is None else None
+        std = ctx.value(stats) if ctx.planned(stats) else None  # none for a given GRM or GRMs
         spec = ctx.value(spectrum) if ctx.inp.spectrum_needed else None
         reml_result = ctx.value(ctx.planned(*remls))
         reml = json_safe(reml_result.to_dict())

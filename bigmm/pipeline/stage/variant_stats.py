@@ -73,5 +73,5 @@ def declare(name: str, ingest: Stage) -> Stage:
 
     return Stage(name=name, outputs=("variants.zarr",), body=body, inputs=inputs,
                  upstream=lambda f: (ingest,) if f.from_plink else (),
-                 needed=lambda f: not f.given_grm, reads_genotypes=lambda f: True, passes=lambda f, c: 1.0,
+                 needed=lambda f: not f.given_grm and not f.genotypes_unread, reads_genotypes=lambda f: True, passes=lambda f, c: 1.0,
                  load=lambda ctx: load_variants(ctx.out / "variants.zarr"), stamped="variants.zarr")
