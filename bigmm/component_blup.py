@@ -34,8 +34,9 @@ from .mf_cg import CGSystem, IndefiniteError
 log = logging.getLogger("bigmm")
 
 #: CG stops a column at ‖b − V x‖ / ‖b‖ < CG_TOL: the predictions' relative error is of the
-#: order of CG_TOL times V's condition number on the residual's direction (measured on the tests'
-#: cohorts: 1e-10 gives the exact path's predictions to ~1e-9 relative)
+#: order of CG_TOL (measured on tests/test_component_blup.py's 60-sample, 3-component cohort:
+#: max |ĝ_mf − ĝ_exact| / max |ĝ_exact| = 6e-6, 1e-8, 9e-11 at cg_tol 1e-5, 1e-8, 1e-10, in 11,
+#: 16, 20 passes)
 CG_TOL = 1e-8
 #: CG steps (passes over the genotypes) at most; a solve that has not converged then is reported
 MAX_CG_STEPS = 1000
