@@ -27,9 +27,9 @@ from .rotate import with_pcs
 log = logging.getLogger("bigmm")
 
 #: passes over X of the matrix-free BLUP, for the plan's time estimate (not a bound): one CG
-#: solve from zero at the fit's estimates to components.cg_tol; measured 36 steps on the 400
-#: related mice of tests/data/gemma_vc with 3 components at cg_tol 1e-5, plus the pass for the
-#: samples without a value
+#: solve from zero at the fit's estimates to components.cg_tol, plus the pass for the samples
+#: without a value; measured (scripts/bench/bench_components_blup.py) on the 400 related mice of
+#: tests/data/gemma_vc with 3 components: 24 + 1 passes at cg_tol 1e-5, 36 + 1 at 1e-8
 TYPICAL_PASSES = 40
 
 
