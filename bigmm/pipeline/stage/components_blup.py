@@ -30,7 +30,7 @@ log = logging.getLogger("bigmm")
 #: solve from zero at the fit's estimates to components.cg_tol, plus the pass for the samples
 #: without a value; measured (scripts/bench/bench_components_blup.py) on the 400 related mice of
 #: tests/data/gemma_vc with 3 components: 24 + 1 passes at cg_tol 1e-5, 36 + 1 at 1e-8
-TYPICAL_PASSES = 40
+TYPICAL_PASSES = 30
 
 
 def _phenotypes(ctx: Context, rows: np.ndarray) -> np.ndarray:
