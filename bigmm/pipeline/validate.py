@@ -30,8 +30,8 @@ from ..store import open_store, resolve_path
 from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: merges stay simple
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
-from .memory import (check_components_memory, check_memory, cluster_threads, components_block_size,
-                     components_driver_bytes, grm_block_size)
+from .components import check_components, components_memory
+from .memory import check_components_memory, check_memory, cluster_threads, components_block_size, grm_block_size
 from .plan import (components_method, model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages,
                    reml_method, spectrum_method, stage_flops, stage_passes)
 from .rundir import check_output_dir
@@ -574,7 +574,7 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     method = rmethod = None
     memory_plan: dict = {}
     if cfg.components is not None and ids is not None:
-        _attempt(problems, _check_components, cfg, got, ids)
+        _attempt(problems, check_components, cfg, got, ids)
     if ids is not None:
         method, rmethod, memory_plan = _check_plan(problems, cfg, ids, got, grm_rows)
     _check_prevalence(problems, cfg, got)
@@ -614,7 +614,7 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
     gf = got.get("grm")
     method = spectrum_method(cfg, len(ids))
     if cfg.components is not None:  # exact or matrix-free, and why (the dense GRMs' memory)
-        rmethod, got["reml_reason"] = components_method(cfg, len(ids), _components_memory(got))
+        rmethod, got["reml_reason"] = components_method(cfg, len(ids), components_memory(got))
     else:
         rmethod = _attempt(problems, reml_method, cfg, len(ids))
     if rmethod is None:
@@ -645,20 +645,6 @@ def _check_plan(problems: list[str], cfg: RunConfig, ids: list, got: dict, grm_r
         _attempt(problems, _check_disk, cfg, len(ids), got.get("n_variants") or 0, method, rmethod,
                  got.get("components_plan", {}).get("components_m"))
     return method, rmethod, memory_plan
-
-
-def _components_memory(got: dict) -> tuple | None:
-    """(m, bytes, bytes available) of the exact several-component REML on the driver
-    (:func:`components_driver_bytes` against the memory available now, as
-    :func:`check_components_memory` refuses by); None before the components and design are known."""
-    import psutil
-
-    cp, d = got.get("components_plan"), got.get("design")
-    if cp is None or d is None:
-        return None
-    need = components_driver_bytes(cp["components_m"], cp["components_n"], int(d.analysed.sum()),
-                                   bool(np.isnan(d.Y[d.analysed]).any()))
-    return cp["components_m"], need, psutil.virtual_memory().available
 
 
 def _check_prevalence(problems: list[str], cfg: RunConfig, got: dict) -> None:
@@ -697,63 +683,6 @@ def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, mem
                   filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}",
                   components=got.get("components"), components_text=got.get("components_text", ""),
                   reml_reason=got.get("reml_reason", ""))
-
-
-def _check_components(cfg: RunConfig, got: dict, ids: list) -> None:
-    """The variance components known before any pass, read and checked once into ``got``: the
-    annotation file, variant lists and chromosomes against the genotype input's variant IDs (an
-    unknown ID, a variant in two groups, a duplicated line, an empty list: refused with the file
-    and line; an empty or tiny component, counted over the variants left by
-    variants.chr/extract/exclude, refused by name); or the GRMs of ``components.mgrm`` (their
-    samples against the analysed ones). Also the number of components, for the memory rule."""
-    from ..io.gcta import open_mgrm
-    from .components import given_split, mgrm_rows
-
-    cc = cfg.components
-    n = len(ids)
-    if cc.mgrm is not None:
-        grms = open_mgrm(cc.mgrm)
-        if "design" in got:
-            mgrm_rows(grms, ids, np.flatnonzero(got["design"].analysed))
-        got["components_plan"] = {"components_m": len(grms.names), "components_n": n}
-        got["components_text"] = (f"components: {len(grms.names)} GRMs of {cc.mgrm} (GCTA --mgrm): "
-                                  + ", ".join(grms.names))
-        return
-    vtable = got.get("variant_table")
-    if vtable is None:
-        raise InputError("components need the genotype input's variant table (genotypes.plink, zarr or vcf_zarr)")
-    given = given_split(cc, vtable["id"], vtable["chrom"])
-    drop = got.get("variant_drop") or {}
-    keep = ~np.logical_or.reduce(list(drop.values())) if drop else np.ones(len(vtable["id"]), dtype=bool)
-    lines = []
-    m = 1
-    if given is not None:
-        sel = " after variants.chr/extract/exclude" if drop else ""
-        lines.append(given.describe(keep).replace("variance components from",
-                                                  f"variance components (variants of the genotype input{sel}) from"))
-        given.check(keep, cc.min_variants)
-        got["components"] = given
-        m = given.m
-    later = []
-    if cc.maf_bins is not None:
-        m *= len(cc.maf_bins) - 1
-        later.append(f"MAF bins {', '.join(f'{e:g}' for e in cc.maf_bins)}")
-    if cc.ld_bins is not None:
-        m *= cc.ld_bins
-        kb, nv = cc.ld_window()
-        later.append(f"{cc.ld_bins} LD-score quantile bins within each (window "
-                     + " and ".join(x for x in (f"{kb:g} kb" if kb else "", f"{nv} variants" if nv else "") if x)
-                     + ")")
-    if later:
-        lines.append(("crossed with " if given is not None else "components: ") + " then ".join(later)
-                     + f": at most {m} components, counted after the variant statistics (the MAF filters "
-                       f"applied); a bin with fewer than {cc.min_variants} kept variants is refused then, "
-                       f"before the GRM pass")
-    if given is not None and not later:
-        lines.append(f"counts after the variant filters (MAF, missingness, monomorphic) are checked after the "
-                     f"variant statistics, before the GRM pass (fewest: {cc.min_variants})")
-    got["components_plan"] = {"components_m": m, "components_n": n}
-    got["components_text"] = "\n".join(lines)
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:
