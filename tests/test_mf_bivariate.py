@@ -1,0 +1,173 @@
+"""Bivariate REML from the univariate matrix-free build, against dense NumPy.
+
+Every check uses a K of rank r < n (n = 120, r = 40 variants), so the [Z, Y] block Lanczos
+exhausts its Krylov space (tol 1e-300 is never met: the fit runs until every recurrence is done),
+and deflation by all r eigenpairs with λ > 0 makes the log det exact (the projected operator is
+0). Tolerances and why:
+- quadratic forms [Z, y_a, y_b]ᵀ (hK + (1 − h)I)⁻ᵏ [Z, y_a, y_b] and the log det: the Gauss
+  rules are then exact, so they agree with dense solves / slogdet to the round-off of a Lanczos
+  process with full re-orthogonalisation (1e-8 relative, as in tests/test_mfreml.py);
+- the per-probe log det estimates: their mean is the log det estimate by construction (1e-10).
+"""
+
+import numpy as np
+import pytest
+from conftest import random_genotypes
+from reference import grm_reference
+
+from bigmm.errors import InputError
+from bigmm.mf_bivariate import CrossPatternError, pair_measure
+from bigmm.mfreml import fit_matrix_free
+
+
+class DenseOp:
+    """K in memory behind the operator interface; counts applications (passes over X)."""
+
+    def __init__(self, K):
+        self.K = np.asarray(K, dtype=np.float64)
+        self.calls = 0
+
+    @property
+    def n(self):
+        return self.K.shape[0]
+
+    def apply(self, M, want_diag=False):
+        self.calls += 1
+        return self.K @ M, (np.diag(self.K).copy() if want_diag else None)
+
+
+def bivariate_problem(seed, n=120, p=40, c=2, rg=0.6, h2=(0.4, 0.7), m=3):
+    """K of rank p < n; m phenotypes with Var = G₀ ⊗ K + E₀ ⊗ I for the first two (genetic
+    correlation rg), the third independent; covariates with effects and a large offset/scale
+    on one trait so that the OLS shift and the unit scale have something to undo."""
+    rng = np.random.default_rng(seed)
+    K = grm_reference(random_genotypes(rng, n, p, missing=0.0))
+    s, U = np.linalg.eigh(K)
+    Z = np.column_stack([np.ones(n)] + [rng.normal(size=n) for _ in range(c - 1)])
+    G0 = np.array([[h2[0], rg * np.sqrt(h2[0] * h2[1])], [rg * np.sqrt(h2[0] * h2[1]), h2[1]]])
+    E0 = np.array([[1 - h2[0], 0.2], [0.2, 1 - h2[1]]])
+    Kroot = U * np.sqrt(np.clip(s, 0, None))
+    g = Kroot @ rng.normal(size=(n, 2)) @ np.linalg.cholesky(G0).T
+    e = rng.normal(size=(n, 2)) @ np.linalg.cholesky(E0).T
+    Y = np.empty((n, m))
+    Y[:, :2] = Z @ rng.normal(size=(c, 2)) + g + e
+    Y[:, 0] = 50.0 + 30.0 * Y[:, 0]  # a unit scale and an offset far from 1 and 0
+    for j in range(2, m):
+        Y[:, j] = Z @ rng.normal(size=c) + Kroot @ rng.normal(size=n) * 0.6 + rng.normal(size=n)
+    keep = s > 1e-10 * s.max()
+    deflate = (U[:, keep][:, ::-1], s[keep][::-1])  # every eigenpair with λ > 0: exact log det
+    return K, Z, Y, deflate
+
+
+@pytest.fixture(scope="module")
+def exhausted():
+    """One exhausted, exactly deflated build of three phenotypes, 2 covariates."""
+    K, Z, Y, deflate = bivariate_problem(1)
+    op = DenseOp(K)
+    res = fit_matrix_free(op, Y, Z, deflate=deflate, max_steps=200, tol=1e-300, probes=4,
+                          phenotype_names=["a", "b", "c"])
+    assert res.notes["exhausted"]
+    return K, Z, Y, res, op.calls
+
+
+def dense_forms(K, B, h, k=0):
+    """Bᵀ (d/dh)ᵏ H⁻¹ B with H = hK + (1 − h)I, by dense solves."""
+    n = K.shape[0]
+    H = h * K + (1 - h) * np.eye(n)
+    Hi = np.linalg.inv(H)
+    D = K - np.eye(n)
+    F = (Hi, -Hi @ D @ Hi, 2 * Hi @ D @ Hi @ D @ Hi)[k]
+    return B.T @ F @ B
+
+
+def gauss(measure, h, k=0):
+    """G diag(f(nodes)) Gᵀ for f(λ) = 1/(hλ + 1 − h) (k = 0) or its h-derivatives."""
+    th = measure.nodes
+    d = h * th + 1 - h
+    f = (1 / d, -(th - 1) / d ** 2, 2 * (th - 1) ** 2 / d ** 3)[k]
+    return (measure.G * f) @ measure.G.T
+
+
+@pytest.mark.parametrize("pair", [("a", "b"), ("b", "a"), ("a", "c"), (1, 2)])
+def test_measure_gives_dense_quadratic_forms_of_the_raw_pair(exhausted, pair):
+    """G diag(f(θ)) Gᵀ = [Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b] for the solve and its two h-derivatives,
+    with the ORIGINAL y (the OLS shift and the unit scale of the fit undone)."""
+    K, Z, Y, res, _ = exhausted
+    m = pair_measure(res, *pair)
+    cols = [res.phenotype_names.index(x) if isinstance(x, str) else x for x in pair]
+    B = np.column_stack([Z, Y[:, cols]])
+    assert m.n == K.shape[0] and m.c == 2 and m.G.shape == (4, m.nodes.size)
+    assert np.all(m.nodes >= 0)
+    for h in (0.0, 0.3, 0.8, 0.99):
+        for k in range(3):
+            want = dense_forms(K, B, h, k)
+            np.testing.assert_allclose(gauss(m, h, k), want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
+
+
+def test_measure_logdet_equals_dense_slogdet(exhausted):
+    """logdet(h) = log det(hK + (1 − h)I) and its h-derivatives tr(H⁻¹(K − I)), −tr((H⁻¹(K − I))²);
+    each probe's own estimate (N x P) is it too (the probes see the projected operator, which is 0
+    here, so every probe's term vanishes)."""
+    K, Z, Y, res, _ = exhausted
+    m = pair_measure(res, "a", "b")
+    n = K.shape[0]
+    h = np.array([0.0, 0.2, 0.6, 0.95])
+    L, L1, L2 = m.logdet(h)
+    for i, hi in enumerate(h):
+        H = hi * K + (1 - hi) * np.eye(n)
+        D = np.linalg.solve(H, K - np.eye(n))
+        assert L[i] == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-8, abs=1e-9)
+        assert L1[i] == pytest.approx(np.trace(D), rel=1e-8, abs=1e-9)
+        assert L2[i] == pytest.approx(-np.trace(D @ D), rel=1e-8, abs=1e-9)
+    per = m.logdet_per_probe(h)
+    assert per.shape == (4, h.size)
+    np.testing.assert_allclose(per, np.broadcast_to(L, per.shape), rtol=1e-10, atol=1e-10)
+
+
+def test_per_probe_estimates_average_to_the_logdet_without_deflation():
+    """Without deflation the log det has Monte Carlo error: each probe's estimate is the whole
+    estimator on one probe, so their mean is the reported log det (to round-off, 1e-10), and the
+    univariate fit's own profile reports the same log det."""
+    K, Z, Y, _ = bivariate_problem(2)
+    res = fit_matrix_free(DenseOp(K), Y[:, :2], Z, max_steps=8, tol=1e-300, probes=6, seed=3)
+    m = pair_measure(res, 0, 1)
+    h = np.array([0.1, 0.5, 0.9])
+    per = m.logdet_per_probe(h)
+    assert per.shape == (6, 3)
+    L = m.logdet(h)[0]
+    np.testing.assert_allclose(per.mean(axis=0), L, rtol=1e-10)
+    assert per.std(axis=0).min() > 0  # the probes differ: there is Monte Carlo error to measure
+    np.testing.assert_allclose(res.loglik_profile(h, "pheno1")["logdet_H"], L, rtol=1e-12)
+
+
+def test_pairs_in_one_missing_pattern_use_their_observed_samples():
+    """Two phenotypes missing on the same samples: the measure is that of K_oo, Z_o, y_o."""
+    K, Z, Y, deflate = bivariate_problem(3)
+    miss = np.random.default_rng(30).random(K.shape[0]) < 0.2
+    Y[miss, 0] = np.nan
+    Y[miss, 1] = np.nan
+    res = fit_matrix_free(DenseOp(K), Y, Z, deflate=deflate, max_steps=200, tol=1e-300, probes=4)
+    m = pair_measure(res, 0, 1)
+    o = ~miss
+    Ko = K[np.ix_(o, o)]
+    assert m.n == o.sum()
+    B = np.column_stack([Z[o], Y[o][:, :2]])
+    for h in (0.2, 0.7):
+        want = dense_forms(Ko, B, h)
+        np.testing.assert_allclose(gauss(m, h), want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
+        # U's observed rows deflate K_oo exactly (they span range K_oo): the log det is exact
+        assert m.logdet(np.array([h]))[0][0] == pytest.approx(
+            np.linalg.slogdet(h * Ko + (1 - h) * np.eye(o.sum()))[1], rel=1e-8)
+
+
+def test_pair_across_missing_patterns_is_refused_with_what_to_do():
+    K, Z, Y, _ = bivariate_problem(4)
+    Y[:10, 0] = np.nan
+    res = fit_matrix_free(DenseOp(K), Y[:, :2], Z, max_steps=3, probes=2, phenotype_names=["ht", "bmi"])
+    with pytest.raises(CrossPatternError, match=r"'ht' \(110 samples\) and 'bmi' \(120 samples\).*110 samples "
+                                                r"observed in both.*common samples"):
+        pair_measure(res, "ht", "bmi")
+    with pytest.raises(InputError, match="'wt' is not in the matrix-free fit"):
+        pair_measure(res, "ht", "wt")
+    with pytest.raises(InputError, match="column 5 is out of range"):
+        pair_measure(res, 0, 5)
