@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bivariate import BivariateResult, PairMeasure, fit_pair, pair_score_ai
+from .bivariate import BivariateResult, PairMeasure, fit_pair
 from .errors import InputError
 
 
@@ -406,13 +406,39 @@ def _theta(fit) -> np.ndarray:
     return np.array([fit.sg_a, fit.sg_b, fit.cov_g, fit.ve_a, fit.ve_b, fit.cov_e], dtype=np.float64)
 
 
+#: ∂(G₀, E₀)/∂θ_i for θ in :data:`bigmm.bivariate.PARAMS` order: (genetic?, 2 x 2 pattern)
+_DTHETA = ((True, np.array([[1.0, 0.0], [0.0, 0.0]])), (True, np.array([[0.0, 0.0], [0.0, 1.0]])),
+           (True, np.array([[0.0, 1.0], [1.0, 0.0]])), (False, np.array([[1.0, 0.0], [0.0, 0.0]])),
+           (False, np.array([[0.0, 0.0], [0.0, 1.0]])), (False, np.array([[0.0, 1.0], [1.0, 0.0]])))
+
+
+def _delete_one_scores(G0: np.ndarray, E0: np.ndarray, slq) -> np.ndarray:
+    """``s_(j) − s`` at (G₀, E₀) for every probe j (N x 6): the change of the score when probe j
+    is left out of the log det.
+
+    Only the term ``−½ Σ_k log det(h_k K + (1 − h_k)I)`` of ℓ_R depends on the probes, with
+    ``h_k = d_k / (1 + d_k)`` and ``d_k`` the eigenvalues of ``W G₀ Wᵀ`` (``W E₀ Wᵀ = I``). So
+    ``∂/∂θ_i`` of its change is ``−½ Σ_k ΔL'_j(h_k) / (1 + d_k)² · ∂d_k/∂θ_i``, with
+    ``∂d_k/∂θ_i = w_kᵀ (∂G₀/∂θ_i − d_k ∂E₀/∂θ_i) w_k`` and ``ΔL'_j = −(y'_j − ȳ') / (N − 1)``
+    from the per-probe derivatives y' of the rule: one evaluation of the rule for all N probes.
+    """
+    Li = np.linalg.inv(np.linalg.cholesky(E0))
+    d, Q = np.linalg.eigh(Li @ G0 @ Li.T)
+    W = Q.T @ Li
+    y1 = slq.logdet(d / (1.0 + d), per_probe=True)[4]  # (2, N)
+    N = y1.shape[-1]
+    dL1 = -(y1 - y1.mean(axis=-1, keepdims=True)) / (N - 1)
+    dd = np.array([[W[k] @ (E if gen else -d[k] * E) @ W[k] for gen, E in _DTHETA] for k in range(2)])  # (2, 6)
+    return -0.5 * (dL1 / (1.0 + d[:, None]) ** 2).T @ dd
+
+
 def _jackknife(measure: PairMeasure, slq, fit, how: str, kw: dict) -> dict:
     """Delete-one-probe jackknife SD of each estimate of :data:`MC_FIELDS` (no pass over X).
 
     The delete-one likelihood ℓ_(j) differs from ℓ only in its log det (the mean over the other
     N − 1 probes, :class:`_Logdet`). "newton": ``θ̂_(j) = θ̂ + AI⁻¹ (s_(j) − s)`` with s, s_(j)
-    the scores of ℓ and ℓ_(j) at θ̂ and AI⁻¹ the fit's covariance (one AI-REML step; its error is
-    second order in the probe's share); "refit" (and a fit on the |r_g| = 1 boundary, where the
+    the scores of ℓ and ℓ_(j) at θ̂ (:func:`_delete_one_scores`) and AI⁻¹ the fit's covariance
+    (one AI-REML step; its error is second order in the probe's share); "refit" (and a fit on the |r_g| = 1 boundary, where the
     step would leave the constraint): fit_pair on each delete-one measure. 0 without probes (the
     log det is exact); NaN for a degenerate pair.
     """
@@ -426,10 +452,8 @@ def _jackknife(measure: PairMeasure, slq, fit, how: str, kw: dict) -> dict:
     newton = how == "newton" and not fit.boundary and np.all(np.isfinite(cov))
     rows = []
     if newton:
-        s0 = pair_score_ai(measure, fit.G0, fit.E0)[0]
-        for j in range(N):
-            sj = pair_score_ai(replace(measure, logdet=_Logdet(slq, drop=j)), fit.G0, fit.E0)[0]
-            rows.append(_derived(theta + cov @ (sj - s0)))
+        for ds in _delete_one_scores(fit.G0, fit.E0, slq):
+            rows.append(_derived(theta + cov @ ds))
     else:
         for j in range(N):
             fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, **kw)

@@ -321,3 +321,24 @@ def test_folded_logdet_equals_the_fits_logdet_rule(setting):
     h = np.array([0.0, 0.1, 0.5, 0.9, 0.999])
     for got, want in zip(m.logdet(h), slq.logdet(h)):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
+
+
+def test_delete_one_score_change_equals_the_score_of_the_delete_one_likelihood(probed):
+    """s_(j) − s from the log det term alone = the difference of fit_pair's scores
+    (bigmm.bivariate.pair_score_ai) of the delete-one and the full measure, at the estimate and
+    away from it (1e-7 relative to the largest: round-off of two scores of size O(n))."""
+    from dataclasses import replace
+
+    from bigmm.bivariate import pair_score_ai
+    from bigmm.mf_bivariate import _delete_one_scores, _Logdet
+
+    _, _, _, res = probed
+    m = pair_measure(res, "a", "b")
+    slq = res.models[0].slq
+    G0 = np.array([[0.4, 0.15], [0.15, 0.7]])
+    E0 = np.array([[0.6, -0.1], [-0.1, 0.3]])
+    got = _delete_one_scores(G0, E0, slq)
+    s0 = pair_score_ai(m, G0, E0)[0]
+    for j in (0, 3, 7):
+        want = pair_score_ai(replace(m, logdet=_Logdet(slq, drop=j)), G0, E0)[0] - s0
+        np.testing.assert_allclose(got[j], want, rtol=0, atol=1e-7 * np.abs(want).max())
