@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +49,8 @@ def _locate(result, which) -> tuple:
     else:
         name = str(which)
         if name not in names:
-            raise InputError(f"phenotype {name!r} is not in the matrix-free fit (it has {', '.join(map(repr, names))})")
+            raise InputError(f"phenotype {name!r} is not in the matrix-free fit (it has "
+                             f"{', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''})")
     col = names.index(name)
     scale = float(result.scales[col]) if result.scales else 1.0
     for mdl in _models(result):

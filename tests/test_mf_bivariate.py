@@ -342,3 +342,20 @@ def test_delete_one_score_change_equals_the_score_of_the_delete_one_likelihood(p
     for j in (0, 3, 7):
         want = pair_score_ai(replace(m, logdet=_Logdet(slq, drop=j)), G0, E0)[0] - s0
         np.testing.assert_allclose(got[j], want, rtol=0, atol=1e-7 * np.abs(want).max())
+
+
+def test_result_table_and_round_trip(probed):
+    """to_pandas has every estimate's Monte Carlo SD as ``<estimate>_se_mc`` and the build; to_dict
+    is JSON-able and from_dict gives the same fits, SDs and cost figures back."""
+    import json
+
+    from bigmm.mf_bivariate import MC_FIELDS, BivariateMatrixFreeResult
+
+    _, _, _, res = probed
+    r = fit_bivariate_matrix_free(res, [(1, 0)], lrt=False)
+    df = r.to_pandas()
+    assert list(df["trait_a"]) == ["b"] and df.loc[0, "rg_se_mc"] == r.mc_sd[0]["rg"] > 0
+    assert all(f"{k}_se_mc" in df for k in MC_FIELDS) and df.loc[0, "build"] == "univariate"
+    back = BivariateMatrixFreeResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.mc_sd == r.mc_sd and back.builds == r.builds and back.probes == 8
+    assert back.fits[0].rg == r.fits[0].rg and back.extra_passes == 0
