@@ -328,6 +328,7 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
         fits=tuple(fits), method="matrix-free", mc_sd=tuple(mcs), builds=tuple(builds), probes=int(result.probes),
         extra_passes=extra_passes, seconds=round(time.perf_counter() - t0, 3),
         notes={"patterns": len(models), "pairs_common_samples": len(cross), "jackknife": jackknife,
+               "univariate_converged": bool(result.converged),
                "constrained": constrain, "lanczos_steps": int(result.lanczos_steps),
                "logl_convention": "Harville REML of the 2n stacked observations without the log det(X'X) term, "
                                   "X = I2 (x) Z"})
