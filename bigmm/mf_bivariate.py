@@ -1,0 +1,466 @@
+"""Genetic correlations of every pair of phenotypes from the univariate matrix-free build.
+
+A :func:`bigmm.fit_matrix_free` run keeps, per missing-value pattern, the block Gauss rule of
+its ``[Z, Ỹ]`` block Lanczos (Ritz values θ of K and ``G = R₀ᵀE₁ᵀS``, so that
+``[Z, Ỹ]ᵀ f(K) [Z, Ỹ] ≈ G diag(f(θ)) Gᵀ`` for any f) and the probes' Gauss rules of
+``log det(hK + (1 − h)I)``. For two phenotypes a, b of the same pattern, ``[Z, y_a, y_b]`` is a
+fixed linear map of ``[Z, Ỹ]`` (``y = a (ỹ + Z shift)``, a the unit scale the fit used), so
+every quadratic form of the pair's bivariate REML comes from the same rule, and the log det
+from the same probes: :func:`pair_measure` builds the pair's
+:class:`bigmm.bivariate.PairMeasure` without a pass over X, and
+:func:`fit_bivariate_matrix_free` fits every pair with :func:`bigmm.bivariate.fit_pair` and a
+delete-one-probe jackknife of the Monte Carlo error.
+
+Pairs whose phenotypes have different missing values (different patterns) have no cross
+forms in the build (each pattern's Krylov space is of its own ``K_oo``): they need a build on
+the samples observed for both, which :func:`fit_bivariate_matrix_free` makes (one more set of
+passes shared by every such pair) when it is given the operator, and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .bivariate import BivariateResult, PairMeasure, fit_pair
+from .errors import InputError
+
+
+def _models(result) -> tuple:
+    """The quadrature models of a matrix-free result, or a clear refusal."""
+    models = getattr(result, "models", None)
+    if not models:
+        raise InputError("this matrix-free result holds no quadrature models (a result read back with "
+                         "from_dict keeps the fits only): rebuild it with bigmm.restore_matrix_free from "
+                         "the fit's saved state, or fit again with bigmm.fit_matrix_free")
+    return tuple(models)
+
+
+def _locate(result, which) -> tuple:
+    """(model, column j in the model, unit scale, name) of phenotype ``which`` (name or column)."""
+    names = list(result.phenotype_names)
+    if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
+        if not 0 <= int(which) < len(names):
+            raise InputError(f"phenotype column {which} is out of range: the fit has {len(names)} phenotypes")
+        name = names[int(which)]
+    else:
+        name = str(which)
+        if name not in names:
+            raise InputError(f"phenotype {name!r} is not in the matrix-free fit (it has "
+                             f"{', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''})")
+    col = names.index(name)
+    scale = float(result.scales[col]) if result.scales else 1.0
+    for mdl in _models(result):
+        if name in mdl.names:
+            return mdl, mdl.names.index(name), scale, name
+    raise InputError(f"phenotype {name!r} has no quadrature model in the matrix-free fit")  # unreachable
+
+
+class CrossPatternError(InputError):
+    """The two phenotypes of a pair have different missing values: the build has no cross forms."""
+
+
+def _cross_pattern_message(na: str, nb: str, ma, mb) -> str:
+    common = int(np.intersect1d(ma.idx, mb.idx).size)
+    return (f"phenotypes {na!r} ({ma.n_obs} samples) and {nb!r} ({mb.n_obs} samples) have different missing "
+            f"values ({common} samples observed in both): the univariate matrix-free build has no cross forms "
+            f"for them. Fit the pair on its common samples: pass the operator, Y and Z to "
+            f"fit_bivariate_matrix_free (one more build for all such pairs), or use the exact path "
+            f"(bigmm.fit_bivariate on a spectrum)")
+
+
+def pair_measure(result, a, b) -> PairMeasure:
+    """What K contributes to the bivariate REML of phenotypes ``a`` and ``b``, from the
+    univariate matrix-free build (no pass over X).
+
+    Parameters
+    ----------
+    result : MatrixFreeResult
+        A :func:`bigmm.fit_matrix_free` (or :func:`bigmm.restore_matrix_free`) result; it keeps
+        each missing-value pattern's quadrature model.
+    a, b : str or int
+        The two phenotypes, by name or column; they must share their missing values.
+
+    Returns
+    -------
+    PairMeasure
+        ``nodes``: the Ritz values θ of K from the pattern's ``[Z, Ỹ]`` block Lanczos (K as the
+        fit's operator applies it, unnormalised: h² is on the scale of the univariate fit's);
+        ``G`` ((c + 2) x dim T): ``[Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b] ≈ G diag(f(θ)) Gᵀ`` with the
+        original y (the OLS shift and the fit's unit scale undone); ``n``, ``c``: the pattern's
+        samples and covariates; ``logdet``: ``h ↦ (L, L', L'')`` of ``log det(hK + (1 − h)I)``
+        on those samples by the probes (control variates and deflation included, exactly as in
+        the univariate fit); ``logdet_per_probe``: ``h (P,) ↦ (N, P)``, each probe's own
+        estimate of the log det (their mean is ``L``).
+
+    Raises
+    ------
+    CrossPatternError
+        If a and b have different missing values (the message names the pair and what to do).
+
+    Notes
+    -----
+    With ``B = [Z, Ỹ]`` the fit's start block and ``y_j = s_j (ỹ_j + Z t_j)`` (``t_j`` the OLS
+    coefficients removed, ``s_j`` the unit scale), ``[Z, y_a, y_b] = B M`` for a fixed M, so
+    ``[Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b] = Mᵀ Bᵀ f(K) B M ≈ (Mᵀ G) diag(f(θ)) (Mᵀ G)ᵀ``: the rows
+    of G are mapped, exact once the Krylov space is exhausted, otherwise the block Gauss rule's
+    error (the one the univariate fit converged on). Cost O((c + 2) dim T).
+    """
+    ma, ja, sa, na = _locate(result, a)
+    mb, jb, sb, nb = _locate(result, b)
+    if ma is not mb:
+        raise CrossPatternError(_cross_pattern_message(na, nb, ma, mb))
+    return measure_from_model(ma, ja, jb, sa, sb)
+
+
+def measure_from_model(mdl, ja: int, jb: int, scale_a: float = 1.0, scale_b: float = 1.0) -> PairMeasure:
+    """The :class:`PairMeasure` of columns ``ja``, ``jb`` of one pattern's quadrature model
+    (:class:`bigmm.mf_likelihood.QuadratureModel`), y_j = scale_j (ỹ_j + Z shift_j)."""
+    GZ, GY, shift = mdl.rule.GZ, mdl.rule.GY, mdl.shift
+    rows = [scale_a * (GY[ja] + shift[:, ja] @ GZ), scale_b * (GY[jb] + shift[:, jb] @ GZ)]
+    G = np.vstack([GZ, *rows])
+    return PairMeasure(nodes=np.asarray(mdl.rule.theta, dtype=np.float64).copy(), G=G, n=int(mdl.n_obs),
+                       c=int(mdl.c), logdet=_Logdet(mdl.slq), logdet_per_probe=_LogdetPerProbe(mdl.slq))
+
+
+class _Logdet:
+    """``h ↦ (L, L', L'')`` of log det(hK + (1 − h)I) from a :class:`LogdetRule`, optionally with
+    probe ``drop`` left out (the delete-one-probe estimate of the jackknife).
+
+    The full estimate is folded once into one discrete measure (the rule's sum rearranged): with
+    the deflated Rayleigh values ``s`` (weight 1), every probe's Gauss nodes ``θ_jt`` (weight
+    ``τ²_jt / N``) and the Ritz control variate's nodes ``ϑ_r`` (weight ``−mean_j dev_jr``),
+
+        L(h) = Σ_i ω_i log(h ν_i + 1 − h) + a(h) α + b(h) β,
+
+    ``a + bλ`` the linear control variate, ``α = n_⊥ − Σ ω`` and ``β = tr K_⊥ − Σ ω ν`` over the
+    probe and Ritz nodes. It is the same number as :meth:`LogdetRule.logdet` (to round-off) at a
+    fraction of its cost, which matters because a pair's fit evaluates it a hundred times or more.
+    """
+
+    def __init__(self, slq, drop: int | None = None):
+        self.slq, self.drop = slq, drop
+        nodes, weights = [np.asarray(slq.sd, dtype=np.float64)], [np.ones(len(slq.sd))]
+        self.alpha = self.beta = 0.0
+        self.tail = slq.n_perp > 0 and slq.N > 0
+        if self.tail:
+            th, w = np.asarray(slq.nodes).ravel(), np.asarray(slq.weights).ravel() / slq.N
+            rt = np.asarray(slq.ritz_theta, dtype=np.float64)
+            rw = -np.asarray(slq.ritz_dev, dtype=np.float64).reshape(slq.N, rt.size).mean(axis=0)
+            nodes += [th, rt]
+            weights += [w, rw]
+            trp = slq.trK_perp if np.isfinite(slq.trK_perp) else 0.0
+            self.alpha = slq.n_perp - float(w.sum() + rw.sum())
+            self.beta = trp - float(w @ th + rw @ rt)
+        self.nu = np.concatenate(nodes)
+        self.omega = np.concatenate(weights)
+
+    def _full(self, h: np.ndarray):
+        d = h[..., None] * self.nu + (1.0 - h)[..., None]
+        t = (self.nu - 1.0) / d
+        L = np.log(d) @ self.omega
+        L1 = t @ self.omega
+        L2 = -(t * t) @ self.omega
+        if self.tail:
+            a, a1, a2, b, b1, b2 = self.slq._cv(h)
+            L, L1, L2 = L + a * self.alpha + b * self.beta, L1 + a1 * self.alpha + b1 * self.beta, \
+                L2 + a2 * self.alpha + b2 * self.beta
+        return L, L1, L2
+
+    def __call__(self, h):
+        h = np.asarray(h, dtype=np.float64)
+        if self.drop is None:
+            return self._full(h)
+        L, L1, L2, y0, y1, y2 = self.slq.logdet(h, per_probe=True)
+        N, j = y0.shape[-1], self.drop
+        # mean over the other N − 1 probes = mean − (y_j − mean) / (N − 1)
+        return tuple(v - (y[..., j] - y.mean(axis=-1)) / (N - 1) for v, y in ((L, y0), (L1, y1), (L2, y2)))
+
+
+class _LogdetPerProbe:
+    """``h (P,) ↦ (N, P)``: each probe's own estimate of the log det (the deterministic part,
+    the control variates' known means, plus that probe's term); their mean is ``logdet(h)[0]``."""
+
+    def __init__(self, slq):
+        self.slq = slq
+
+    def __call__(self, h):
+        h = np.asarray(h, dtype=np.float64)
+        L, _, _, y0, _, _ = self.slq.logdet(h, per_probe=True)
+        if y0.shape[-1] == 0:
+            return np.zeros((0,) + h.shape)
+        return np.moveaxis(L[..., None] - y0.mean(axis=-1, keepdims=True) + y0, -1, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Every pair: the fits and their Monte Carlo error
+# --------------------------------------------------------------------------------------
+
+#: the estimates whose Monte Carlo SD the jackknife reports (column ``<name>_se_mc``)
+MC_FIELDS = ("sg_a", "sg_b", "cov_g", "ve_a", "ve_b", "cov_e", "h2_a", "h2_b", "rg", "re", "rp")
+
+
+@dataclass(frozen=True, repr=False)
+class BivariateMatrixFreeResult(BivariateResult):
+    """Bivariate fits from a matrix-free build (:func:`fit_bivariate_matrix_free`).
+
+    ``fits`` as :class:`bigmm.bivariate.BivariateResult`, plus per pair (same order) ``mc_sd``:
+    the Monte Carlo SD of each estimate of :data:`MC_FIELDS` due to the log det probes
+    (delete-one-probe jackknife; 0 where the log det is exact, NaN where it cannot be formed),
+    and ``builds``: "univariate" (the pair's forms from the univariate build) or
+    "common_samples" (from the build on the samples observed for both). The cost beyond the
+    univariate build: ``extra_passes`` (passes over X of the common-samples build, 0 when every
+    pair shares its missing values) and ``seconds`` (driver time of all pairs, jackknife included).
+    """
+
+    mc_sd: tuple = ()
+    builds: tuple = ()
+    probes: int = 0
+    extra_passes: int = 0
+    seconds: float = float("nan")
+
+    def to_pandas(self):
+        """The table of :meth:`BivariateResult.to_pandas` with ``<estimate>_se_mc`` columns and
+        ``build``."""
+        df = super().to_pandas()
+        for k in MC_FIELDS:
+            df[f"{k}_se_mc"] = [mc.get(k, float("nan")) for mc in self.mc_sd]
+        df["build"] = list(self.builds)
+        return df
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update(mc_sd=[{k: (v if math.isfinite(v) else None) for k, v in mc.items()} for mc in self.mc_sd],
+                 builds=list(self.builds), probes=self.probes, extra_passes=self.extra_passes, seconds=self.seconds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BivariateMatrixFreeResult":
+        base = BivariateResult.from_dict(d)
+        mc = tuple({k: (float("nan") if v is None else float(v)) for k, v in m.items()} for m in d.get("mc_sd", ()))
+        return cls(fits=base.fits, method=base.method, notes=base.notes, mc_sd=mc, builds=tuple(d.get("builds", ())),
+                   probes=int(d.get("probes", 0)), extra_passes=int(d.get("extra_passes", 0)),
+                   seconds=float(d.get("seconds", float("nan"))))
+
+
+def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, deflate=None,
+                              jackknife: str | None = "newton", constrain: bool = True, lrt: bool = True,
+                              tol: float = 1e-10, max_iter: int = 100) -> BivariateMatrixFreeResult:
+    """Bivariate REML (genetic correlation) of every pair of phenotypes, or of ``pairs``, from a
+    univariate matrix-free build.
+
+    Parameters
+    ----------
+    result : MatrixFreeResult
+        The :func:`bigmm.fit_matrix_free` (or :func:`bigmm.restore_matrix_free`) fit of the
+        phenotypes; it keeps each missing-value pattern's quadrature model.
+    pairs : "all" or a sequence of (a, b)
+        Phenotype names or columns; "all": every pair a < b in the fit's column order.
+    op, Y, Z, deflate : optional
+        Only for pairs whose phenotypes have different missing values: the operator, phenotypes,
+        covariates and deflation of the univariate fit. Those pairs are fitted on the samples
+        observed for both from ONE more matrix-free build holding every such pair (the fit's
+        probes, seed, tolerance and step limit); without ``op`` and ``Y`` they are refused
+        (:class:`CrossPatternError`, naming the pair and what to do).
+    jackknife : {"newton", "refit", None}
+        Monte Carlo SD of the estimates by the delete-one-probe jackknife (no pass over X):
+        "newton" takes one AI-REML step from the estimate on each delete-one likelihood (a pair
+        estimated on the |r_g| = 1 boundary is refitted instead); "refit" refits each; None skips it.
+    constrain, lrt, tol, max_iter
+        As :func:`bigmm.bivariate.fit_pair`.
+
+    Returns
+    -------
+    BivariateMatrixFreeResult
+        One :class:`bigmm.bivariate.BivariateFit` per pair, in the order asked, with its Monte
+        Carlo SDs and the cost beyond the univariate build.
+
+    Notes
+    -----
+    For a pair of one missing-value pattern the pattern's block Gauss rule gives
+    ``[Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b]`` for every f and its probes ``log det(hK + (1 − h)I)``
+    at every h (:func:`pair_measure`), so the bivariate likelihood, its score, AI matrix and
+    maximiser need no pass over X. Cost per pair: O(M (c + 2)²) per AI iteration, M the dimension
+    of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)); the
+    "newton" jackknife adds N score evaluations (N the probes). The approximation is that of the
+    univariate fit: the block Gauss rule (exact once the Krylov space is exhausted, converged
+    where the univariate fits converged) and the probes' Monte Carlo error, which the jackknife
+    measures: ``SD = √((N − 1)/N Σ_j (θ̂_(j) − θ̄)²)`` over the estimates ``θ̂_(j)`` without probe j.
+    """
+    from .bivariate import _pairs
+
+    t0 = time.perf_counter()
+    if jackknife not in ("newton", "refit", None):
+        raise InputError(f"jackknife must be 'newton', 'refit' or None, not {jackknife!r}")
+    names = list(result.phenotype_names)
+    models = _models(result)
+    pairs = [(names[i], names[j]) for i, j in _pairs(names, pairs)]
+    where, cross = {}, []
+    for a, b in pairs:
+        ma, ja, sa, _ = _locate(result, a)
+        mb, jb, sb, _ = _locate(result, b)
+        if ma is mb:
+            where[(a, b)] = (ma, ja, jb, sa, sb, 0, "univariate")
+        else:
+            cross.append((a, b))
+    extra_passes = 0
+    if cross:
+        if op is None or Y is None:
+            a, b = cross[0]
+            more = f"{len(cross)} of the pairs asked for have different missing values, e.g.: " if len(cross) > 1 else ""
+            raise CrossPatternError(more + _cross_pattern_message(a, b, _locate(result, a)[0], _locate(result, b)[0]))
+        built, extra_passes = _common_sample_build(op, result, cross, Y, Z, deflate)
+        where.update(built)
+    kw = dict(covariate_names=tuple(result.covariate_names), constrain=constrain, tol=tol, max_iter=max_iter)
+    fits, mcs, builds = [], [], []
+    for a, b in pairs:
+        mdl, ja, jb, sa, sb, left, build = where[(a, b)]
+        measure, offset = _residual_measure(mdl, ja, jb, sa, sb)
+        fit = fit_pair(measure, names=(a, b), lrt=lrt, n_left_out=left, offset=offset, **kw)
+        mcs.append(_jackknife(measure, mdl.slq, fit, jackknife, dict(kw, names=(a, b), offset=offset))
+                   if jackknife else {})
+        fits.append(fit)
+        builds.append(build)
+    return BivariateMatrixFreeResult(
+        fits=tuple(fits), method="matrix-free", mc_sd=tuple(mcs), builds=tuple(builds), probes=int(result.probes),
+        extra_passes=extra_passes, seconds=round(time.perf_counter() - t0, 3),
+        notes={"patterns": len(models), "pairs_common_samples": len(cross), "jackknife": jackknife,
+               "univariate_converged": bool(result.converged),
+               "constrained": constrain, "lanczos_steps": int(result.lanczos_steps),
+               "logl_convention": "Harville REML of the 2n stacked observations without the log det(X'X) term, "
+                                  "X = I2 (x) Z"})
+
+
+def _residual_measure(mdl, ja: int, jb: int, sa: float, sb: float):
+    """The pair's measure with y_j replaced by its OLS residual on Z (``s_j ỹ_j``: REML does not
+    depend on it, and it keeps the quadratic forms free of cancellation when y is far from 0),
+    and the OLS coefficients ``s_j t_j`` (c x 2) that fit_pair adds back to the fixed effects."""
+    GZ, GY = mdl.rule.GZ, mdl.rule.GY
+    G = np.vstack([GZ, sa * GY[ja], sb * GY[jb]])
+    m = PairMeasure(nodes=np.asarray(mdl.rule.theta, dtype=np.float64).copy(), G=G, n=int(mdl.n_obs),
+                    c=int(mdl.c), logdet=_Logdet(mdl.slq), logdet_per_probe=_LogdetPerProbe(mdl.slq))
+    return m, np.column_stack([sa * mdl.shift[:, ja], sb * mdl.shift[:, jb]])
+
+
+def _common_sample_build(op, result, cross: list, Y, Z, deflate):
+    """One more matrix-free build holding, for every pair of ``cross``, both phenotypes on the
+    samples observed for both (pairs with the same common samples share a pattern, and all
+    patterns share each pass). Returns {pair: (model, ja, jb, scale_a, scale_b, n_left_out,
+    "common_samples")} and the passes it took."""
+    from .mfreml import fit_matrix_free
+
+    Y = np.asarray(Y, dtype=np.float64)
+    names = list(result.phenotype_names)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.shape != (result.n, len(names)):
+        raise InputError(f"Y has shape {Y.shape}; the matrix-free fit has {result.n} samples and {len(names)} "
+                         f"phenotypes: pass the Y of that fit")
+    obs = ~np.isnan(Y)
+    for j, nm in enumerate(names):
+        if not np.array_equal(np.flatnonzero(obs[:, j]), _locate(result, nm)[0].idx):
+            raise InputError(f"phenotype {nm!r}: Y's missing values are not those of the matrix-free fit; "
+                             f"pass the Y of that fit")
+    c = len(result.covariate_names)
+    cols, keys, col_names = [], {}, []
+    for a, b in cross:
+        ia, ib = names.index(a), names.index(b)
+        common = obs[:, ia] & obs[:, ib]
+        if common.sum() < c + 3:
+            raise InputError(f"phenotypes {a!r} and {b!r} are observed together on {int(common.sum())} samples: "
+                             f"too few for a bivariate fit with {c} covariates; leave the pair out")
+        for i, other in ((ia, b), (ib, a)):
+            key = (i, common.tobytes())
+            if key not in keys:
+                keys[key] = len(cols)
+                cols.append(np.where(common, Y[:, i], np.nan))
+                col_names.append(f"{names[i]} (with {other}) #{len(cols)}")
+    built = fit_matrix_free(op, np.column_stack(cols), Z, phenotype_names=col_names,
+                            covariate_names=result.covariate_names, probes=result.probes,
+                            max_steps=result.max_steps, tol=result.tol, deflate=deflate, seed=result.seed)
+    out = {}
+    for a, b in cross:
+        ia, ib = names.index(a), names.index(b)
+        common = obs[:, ia] & obs[:, ib]
+        ma, ja, sa, _ = _locate(built, keys[(ia, common.tobytes())])
+        mb, jb, sb, _ = _locate(built, keys[(ib, common.tobytes())])
+        assert ma is mb  # the same observed samples: one pattern
+        out[(a, b)] = (ma, ja, jb, sa, sb, int(np.sum(obs[:, ia] ^ obs[:, ib])), "common_samples")
+    return out, int(built.passes_over_X)
+
+
+def _derived(theta: np.ndarray) -> dict:
+    """The estimates of :data:`MC_FIELDS` from θ = (σ²_g,a, σ²_g,b, cov_g, σ²_e,a, σ²_e,b, cov_e)."""
+    ga, gb, gab, ea, eb, eab = (float(x) for x in theta)
+    nan = float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dict(zip(MC_FIELDS, (ga, gb, gab, ea, eb, eab, ga / (ga + ea), gb / (gb + eb),
+                                    gab / math.sqrt(ga * gb) if ga > 0 and gb > 0 else nan,
+                                    eab / math.sqrt(ea * eb) if ea > 0 and eb > 0 else nan,
+                                    (gab + eab) / math.sqrt((ga + ea) * (gb + eb)))))
+
+
+def _theta(fit) -> np.ndarray:
+    return np.array([fit.sg_a, fit.sg_b, fit.cov_g, fit.ve_a, fit.ve_b, fit.cov_e], dtype=np.float64)
+
+
+#: ∂(G₀, E₀)/∂θ_i for θ in :data:`bigmm.bivariate.PARAMS` order: (genetic?, 2 x 2 pattern)
+_DTHETA = ((True, np.array([[1.0, 0.0], [0.0, 0.0]])), (True, np.array([[0.0, 0.0], [0.0, 1.0]])),
+           (True, np.array([[0.0, 1.0], [1.0, 0.0]])), (False, np.array([[1.0, 0.0], [0.0, 0.0]])),
+           (False, np.array([[0.0, 0.0], [0.0, 1.0]])), (False, np.array([[0.0, 1.0], [1.0, 0.0]])))
+
+
+def _delete_one_scores(G0: np.ndarray, E0: np.ndarray, slq) -> np.ndarray:
+    """``s_(j) − s`` at (G₀, E₀) for every probe j (N x 6): the change of the score when probe j
+    is left out of the log det.
+
+    Only the term ``−½ Σ_k log det(h_k K + (1 − h_k)I)`` of ℓ_R depends on the probes, with
+    ``h_k = d_k / (1 + d_k)`` and ``d_k`` the eigenvalues of ``W G₀ Wᵀ`` (``W E₀ Wᵀ = I``). So
+    ``∂/∂θ_i`` of its change is ``−½ Σ_k ΔL'_j(h_k) / (1 + d_k)² · ∂d_k/∂θ_i``, with
+    ``∂d_k/∂θ_i = w_kᵀ (∂G₀/∂θ_i − d_k ∂E₀/∂θ_i) w_k`` and ``ΔL'_j = −(y'_j − ȳ') / (N − 1)``
+    from the per-probe derivatives y' of the rule: one evaluation of the rule for all N probes.
+    """
+    Li = np.linalg.inv(np.linalg.cholesky(E0))
+    d, Q = np.linalg.eigh(Li @ G0 @ Li.T)
+    W = Q.T @ Li
+    y1 = slq.logdet(d / (1.0 + d), per_probe=True)[4]  # (2, N)
+    N = y1.shape[-1]
+    dL1 = -(y1 - y1.mean(axis=-1, keepdims=True)) / (N - 1)
+    dd = np.array([[W[k] @ (E if gen else -d[k] * E) @ W[k] for gen, E in _DTHETA] for k in range(2)])  # (2, 6)
+    return -0.5 * (dL1 / (1.0 + d[:, None]) ** 2).T @ dd
+
+
+def _jackknife(measure: PairMeasure, slq, fit, how: str, kw: dict) -> dict:
+    """Delete-one-probe jackknife SD of each estimate of :data:`MC_FIELDS` (no pass over X).
+
+    The delete-one likelihood ℓ_(j) differs from ℓ only in its log det (the mean over the other
+    N − 1 probes, :class:`_Logdet`). "newton": ``θ̂_(j) = θ̂ + AI⁻¹ (s_(j) − s)`` with s, s_(j)
+    the scores of ℓ and ℓ_(j) at θ̂ (:func:`_delete_one_scores`) and AI⁻¹ the fit's covariance
+    (one AI-REML step; its error is second order in the probe's share); "refit" (and a fit on the |r_g| = 1 boundary, where the
+    step would leave the constraint): fit_pair on each delete-one measure. 0 without probes (the
+    log det is exact); NaN for a degenerate pair.
+    """
+    N = int(slq.N) if slq.n_perp > 0 else 0
+    if fit.boundary == "degenerate":
+        return {k: float("nan") for k in MC_FIELDS}
+    if N == 0:
+        return {k: 0.0 for k in MC_FIELDS}
+    theta = _theta(fit)
+    cov = np.array(fit.covariance, dtype=np.float64)
+    newton = how == "newton" and not fit.boundary and np.all(np.isfinite(cov))
+    rows = []
+    if newton:
+        for ds in _delete_one_scores(fit.G0, fit.E0, slq):
+            rows.append(_derived(theta + cov @ ds))
+    else:
+        for j in range(N):
+            fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, **kw)
+            rows.append(_derived(_theta(fj)))
+    out = {}
+    for k in MC_FIELDS:
+        v = np.array([r[k] for r in rows])
+        out[k] = float(math.sqrt((N - 1) / N * np.sum((v - v.mean()) ** 2)))
+    return out
