@@ -298,10 +298,27 @@ def _print_estimates(outcome) -> None:
             print(f"{f.name}\tcomponent {c.name}\tvariants={c.n_variants:.0f}\th2={c.h2:.4f}\tSE={c.h2_se:.4f}\t"
                   f"share of h2={c.share:.4f}\tSE={c.share_se:.4f}\tenrichment={c.enrichment:.3g}\t"
                   f"SE={c.enrichment_se:.3g}" + ("" if math.isnan(c.lrt_pvalue) else f"\tLRT p={c.lrt_pvalue:.3g}"))
-    for p in json.loads(outcome.results_json.read_text()).get("phenotypes", []):
+    doc = json.loads(outcome.results_json.read_text())
+    for p in doc.get("phenotypes", []):
         if p.get("h2_liability") is not None:
             print(f"{p['name']}\th2 liability scale={p['h2_liability']:.4f}\tSE={p['h2_liability_se']:.4f}\t"
                   f"(prevalence {p['prevalence']:g}, case fraction {p['case_fraction']:.4f})")
+    _print_rg((doc.get("rg") or {}).get("pairs") or [])
+
+
+def _print_rg(pairs: list, shown: int = 10) -> None:
+    """The genetic correlations: each pair when there are few, else their count and the largest |r_g|."""
+    def line(p):
+        def n(k, f="{:.4f}"):
+            return "NA" if p.get(k) is None else f.format(p[k])
+        return (f"rg {p['trait_a']} x {p['trait_b']}\tn={p['n']}\trg={n('rg')}\tSE={n('rg_se')}\t"
+                f"re={n('re')}\tp(rg=0)={n('p_rg0', '{:.3g}')}" + (f"\t{p['boundary']}" if p.get("boundary") else ""))
+    if len(pairs) <= shown:
+        for p in pairs:
+            print(line(p))
+    elif pairs:
+        top = max(pairs, key=lambda p: abs(p["rg"]) if p.get("rg") is not None else -1.0)
+        print(f"genetic correlations: {len(pairs)} pairs (rg.tsv); the largest |r_g|: " + line(top))
 
 
 def _init_command(args, argv) -> int:

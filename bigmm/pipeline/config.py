@@ -13,15 +13,16 @@ import json
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
 from .. import mf_components, mfreml
 from ..components import MIN_COMPONENT_VARIANTS
-from ..errors import ConfigError, missing_reason
+from ..errors import ConfigError
 from ..genotypes import RUN_DTYPE  # the rule for the precision of passes over X
 from ..store import resolve_path
+from .config_rg import RgConfig
+from .config_yaml import MAX_CONFIG_BYTES, MAX_CONFIG_NODES, read_yaml  # noqa: F401  (re-exported)
 
 #: an integer that YAML wrote as one: ``true`` or ``"12"`` is refused, not taken as 1 or 12
 Int = Annotated[int, Strict()]
@@ -557,6 +558,8 @@ class RunConfig(_Section):
     """the driver's own batch job (bigmm submit)"""
     report: ReportConfig = ReportConfig()
     """what report.html shows beyond the fit (labels for the PC plots)"""
+    rg: RgConfig = RgConfig()
+    """genetic correlations: bivariate REML of pairs of phenotypes (rg.tsv, rg/*.hsq)"""
 
     @model_validator(mode="after")
     def _fam_needs_plink(self):
@@ -654,10 +657,12 @@ class RunConfig(_Section):
 
     def fingerprint(self) -> str:
         """Hash of the configuration content (resolved paths included); a config without a
-        components section hashes as before that section existed."""
+        components section, or with the default rg section, hashes as before they existed."""
         dump = self.model_dump(mode="json")
         if dump.get("components") is None:
             dump.pop("components", None)
+        if dump.get("rg") == RgConfig().model_dump(mode="json"):  # likewise without an rg section
+            dump.pop("rg", None)
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -731,61 +736,6 @@ def parse_config(raw: dict, base: Path | None = None, source: Path | None = None
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, where)) from None
     return cfg.model_copy(update={"source": source})
-
-
-#: a config is a few kilobytes; these bound what a hostile or broken file can make us build
-MAX_CONFIG_BYTES = 1 << 20
-MAX_CONFIG_NODES = 100_000
-
-
-def _expanded_nodes(node, memo: dict, active: set) -> int:
-    """Nodes of the document once its aliases are expanded (aliases share nodes, so a 600-byte
-    file of nested aliases can stand for billions)."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if key in active:
-        raise ConfigError("the configuration refers to itself through a YAML alias")
-    active.add(key)
-    if isinstance(node, yaml.MappingNode):
-        total = 1 + sum(_expanded_nodes(k, memo, active) + _expanded_nodes(v, memo, active) for k, v in node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        total = 1 + sum(_expanded_nodes(v, memo, active) for v in node.value)
-    else:
-        total = 1
-    active.discard(key)
-    memo[key] = total
-    return total
-
-
-def read_yaml(path: Path):
-    """The YAML document of a config file, safely: no Python tags (SafeLoader), at most
-    :data:`MAX_CONFIG_BYTES` of text and :data:`MAX_CONFIG_NODES` nodes after alias expansion."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} {missing_reason(path)}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is {size} bytes; a bigmm config is a few kilobytes (at most "
-                              f"{MAX_CONFIG_BYTES} bytes): is this the right file?")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path} as text ({exc})") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        n = _expanded_nodes(node, {}, set())
-        if n > MAX_CONFIG_NODES:
-            raise ConfigError(f"{path}: its YAML aliases expand to {n} nodes (at most {MAX_CONFIG_NODES}); "
-                              f"a bigmm config needs no nested aliases: write the values out")
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    finally:
-        loader.dispose()
 
 
 def load_config(path: str | Path) -> RunConfig:

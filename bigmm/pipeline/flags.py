@@ -193,12 +193,29 @@ def _model_flags(r: argparse.ArgumentParser) -> None:
                    help="reml.method (with a component flag, --components, --mgrm, ..., auto is the default: "
                         "components up to spectrum.exact_max_n samples, components_matrix_free above)")
     m.add_argument("--blup", action="store_true", help="BLUP of the genetic values, blup.tsv (predict.blup)")
+    m.add_argument("--rg", type=parse_rg, metavar="all|none|auto|A:B,C:D",
+                   help="genetic correlations by bivariate REML (GCTA's --reml-bivar) of every pair of "
+                        "phenotypes (all), or of the pairs A:B,C:D named; rg.tsv and rg/*.hsq (rg.pairs)")
     _component_flags(m)
     m.add_argument("--reml", action="store_true",
                    help="accepted for GCTA compatibility; bigmm reml always fits REML")
     m.add_argument("--reml-no-lrt", action="store_true",
                    help="accepted for GCTA compatibility; the LRT of h2 = 0 costs nothing and is always "
                    "reported")
+
+
+def parse_rg(text: str):
+    """``--rg``: all, none, auto, or pairs of phenotype names A:B separated by commas."""
+    if text in ("all", "none", "auto"):
+        return text
+    pairs = []
+    for item in text.split(","):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b or ":" in b:
+            raise argparse.ArgumentTypeError(f"--rg {text}: {item!r} is not a pair A:B of phenotype names; give "
+                                             f"all, none, or pairs such as bmi:height,bmi:whr")
+        pairs.append([a, b])
+    return pairs
 
 
 def _maf_edges(text: str) -> list[float]:
@@ -347,6 +364,8 @@ def config_from_flags(args) -> dict:
         cfg["reml"] = {"method": args.method}
     if args.blup:
         cfg["predict"] = {"blup": True}
+    if args.rg is not None:
+        cfg["rg"] = {"pairs": args.rg}
     _add_components(cfg, args)
     cfg["output"] = _abs(str(args.out))
     cluster = {k: v for k, v in (("workers", args.workers), ("threads_per_worker", args.threads),

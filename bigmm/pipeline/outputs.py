@@ -236,3 +236,25 @@ class StepCheckpoint:
         arrays["meta"] = np.frombuffer(json.dumps(state["meta"]).encode(), dtype=np.uint8)
         with atomic_file(self.path, "wb") as fh:
             np.savez(fh, **arrays)
+
+
+def save_rg(out: Path, result, hsq_names: dict) -> None:
+    """The genetic correlations: ``rg/<a>.<b>.hsq`` per pair (GCTA's bivariate table, file names
+    ``hsq_names[(a, b)]``), ``rg.tsv`` (one row per pair, the result's ``to_pandas()`` columns, 15
+    significant digits) and ``rg.json`` (the result, read back by :func:`load_rg`), that last."""
+    out = Path(out)
+    for f in result.fits:
+        atomic_write_text(out / "rg" / hsq_names[(f.trait_a, f.trait_b)], f.hsq_text())
+    table = result.to_pandas()
+    atomic_write_text(out / "rg.tsv", table.to_csv(sep="\t", index=False, na_rep="NA", float_format="%.15g"))
+    atomic_write_text(out / "rg.json", json.dumps(json_safe(result.to_dict()), indent=2) + "\n")
+
+
+def load_rg(path: Path):
+    """The genetic correlations saved by :func:`save_rg` (a matrix-free result keeps its Monte
+    Carlo SDs and builds)."""
+    from ..bivariate import BivariateResult
+    from ..mf_bivariate import BivariateMatrixFreeResult
+
+    d = json.loads(Path(path).read_text())
+    return (BivariateMatrixFreeResult if "mc_sd" in d else BivariateResult).from_dict(d)

@@ -11,7 +11,7 @@ from .report_data import RELATEDNESS_CLASSES, UNLABELLED, ReportData, is_compone
 
 #: every figure the report can hold (``report/<name>.png``)
 FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals", "phenotypes", "relatedness",
-           "variant_qc", "components")
+           "variant_qc", "components", "rg")
 #: the variance-components figure shows at most this many phenotypes and components (the first ones)
 MAX_COMPONENT_PHENOTYPES = 6
 MAX_COMPONENTS_SHOWN = 40
@@ -42,6 +42,10 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
         figs["variant_qc"] = variant_qc_figure(data.maf, data.missing)
     if is_components(doc.get("phenotypes") or []):
         figs["components"] = components_figure(doc["phenotypes"])
+    if (doc.get("rg") or {}).get("pairs"):
+        from .report_rg import rg_figure
+
+        figs["rg"] = rg_figure(doc["rg"])
     return figs
 
 

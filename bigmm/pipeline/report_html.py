@@ -15,6 +15,7 @@ import numpy as np
 from ..store import atomic_file, atomic_write_text
 from .report_data import MAX_LABELS, ReportData, is_components, label_groups, vp_and_se
 from .report_figures import MAX_COMPONENT_PHENOTYPES, MAX_COMPONENTS_SHOWN, make_figures
+from .report_rg import rg_section
 
 #: escapes user text (names, paths, labels) on the page
 _e = html.escape
@@ -22,8 +23,9 @@ _e = html.escape
 #: the report's sections (``<section id=...>``), in order; a section with nothing to show is left out
 SECTIONS = ("summary", "estimates", "fixed-effects", "samples", "phenotypes", "matrix-free", "variants",
             "relatedness", "spectrum", "profiles", "blup", "stages")
-#: the sections of a several-component fit: SECTIONS and its "Variance components" after the estimates
-COMPONENTS_SECTIONS = SECTIONS[:2] + ("components",) + SECTIONS[2:]
+#: every section in page order: SECTIONS, a several-component fit's "Variance components" after the
+#: estimates and, when rg.pairs asks for them, the genetic correlations after that
+COMPONENTS_SECTIONS = SECTIONS[:2] + ("components", "rg") + SECTIONS[2:]
 
 
 def _num(v, f="{:.4f}"):
@@ -76,7 +78,7 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
     sp = doc.get("spectrum_info") or {}
     components = components_section(phen, figs)  # only on the page of a several-component fit
     page = _page([summary_section(doc), estimates_section(phen), *([components] if components else []),
-                  fixed_effects_section(phen),
+                  rg_section(doc, figs), fixed_effects_section(phen),
                   samples_section(doc.get("design") or {}, phen), phenotypes_section(figs),
                   matrix_free_section(phen), variants_section(doc, data, figs),
                   relatedness_section(data.relatedness, figs), spectrum_section(sp, data, figs),
@@ -447,7 +449,7 @@ def _page(sections: list[str]) -> str:
     page = _HEAD + "\n".join(sections) + "\n" + _TAIL
     present = [sid for sid in COMPONENTS_SECTIONS if f'<section id="{sid}">' in page]
     titles = {"fixed-effects": "fixed effects", "matrix-free": "matrix-free", "blup": "BLUP",
-              "components": "variance components"}
+              "components": "variance components", "rg": "genetic correlations"}
     page = page.replace("{nav}", "".join(f'<a href="#{sid}">{titles.get(sid, sid)}</a>' for sid in present))
     return page
 

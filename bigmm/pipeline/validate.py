@@ -31,6 +31,7 @@ from ..io.plink import check_unique_variant_ids  # noqa: I001 - its own line: me
 from .config import (ClusterConfig, CovariatesConfig, GenotypesConfig, PhenotypesConfig, RunConfig,
                      SamplesConfig, VariantsConfig, _resolve, parse_config, read_yaml)
 from .components import check_components, components_memory
+from .config_rg import check_rg
 from .memory import check_components_memory, check_memory, cluster_threads, components_block_size, grm_block_size
 from .plan import (components_method, model_memory, needs_grm, needs_spectrum, passes_at_most, planned_stages,
                    reml_method, spectrum_method, stage_flops, stage_passes)
@@ -80,6 +81,8 @@ class Inputs:
     components_text: str = ""
     #: why the REML model was chosen (several components: exact or matrix-free), for a person
     reml_reason: str = ""
+    #: the genetic correlations asked for (rg.pairs), for a person ("" when none)
+    rg_text: str = ""
 
     @property
     def genotype_provenance(self) -> dict | None:
@@ -95,9 +98,9 @@ class Inputs:
         over X, memory per task, worker and driver, and with ``flops_per_second`` (a rate
         measured on this machine, :func:`bigmm.pipeline.memory.matmul_rate`) a rough time estimate."""
         if self.grm is not None:
-            return "\n".join(self._describe_grm() + ([self.components_text] if self.components_text else []))
+            return "\n".join(self._describe_grm() + [t for t in (self.components_text, self.rg_text) if t])
         lines = self._describe_data() + ([self.components_text] if self.components_text else []) \
-            + self._describe_passes() + self._describe_memory()
+            + ([self.rg_text] if self.rg_text else []) + self._describe_passes() + self._describe_memory()
         if flops_per_second and self.stage_flops:
             lines.append(self._describe_time(flops_per_second))
         return "\n".join(lines)
@@ -577,6 +580,8 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
         _attempt(problems, check_components, cfg, got, ids)
     if ids is not None:
         method, rmethod, memory_plan = _check_plan(problems, cfg, ids, got, grm_rows)
+    if rmethod is not None and "design" in got:  # rg.pairs against the phenotypes, before any stage
+        got["rg_text"] = _attempt(problems, check_rg, cfg.rg, got["design"], rmethod) or ""
     _check_prevalence(problems, cfg, got)
     replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
     if contact_cluster:
@@ -682,7 +687,7 @@ def _inputs(cfg: RunConfig, got: dict, ids: list, method: str, rmethod: str, mem
                   stage_passes=passes, stage_flops=flops, workers=_workers_text(cfg.cluster),
                   filters=f"min_maf {cfg.variants.min_maf}, max_missing {cfg.variants.max_missing}",
                   components=got.get("components"), components_text=got.get("components_text", ""),
-                  reml_reason=got.get("reml_reason", ""))
+                  reml_reason=got.get("reml_reason", ""), rg_text=got.get("rg_text", ""))
 
 
 def validate(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = False) -> Inputs:

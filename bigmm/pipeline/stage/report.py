@@ -22,7 +22,10 @@ from ...tasks import fail_point
 from ..outputs import json_safe
 from ..report import (FIGURES, ReportData, hsq_file_names, relatedness_summary, write_hsq, write_plink_pca,
                       write_report, write_results, write_results_json)
+from ..report_rg import rg_document
 from . import Context, Facts, Stage
+from .rg import hsq_names as rg_hsq_names
+from .rg import pairs_of
 from .spectrum import n_pcs_written
 from .variant_stats import variant_filters
 
@@ -198,7 +201,7 @@ def with_export(ctx: Context, std, reml_result, stats: Stage, grm: Stage) -> Rep
         return report_data(ctx, reml_result, stats, grm, on_grm_rows=export)
 
 
-def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, blups: tuple) -> Stage:
+def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, blups: tuple, rgs: tuple = ()) -> Stage:
     def body(ctx: Context):
         std = ctx.value(stats) if ctx.planned(stats) else None  # none for a given GRM or GRMs
         spec = ctx.value(spectrum) if ctx.inp.spectrum_needed else None
@@ -210,6 +213,9 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
             if nm in fits:
                 fits[nm]["n_missing"] = int(np.isnan(d.Y[d.analysed, j]).sum())
         info = run_info(ctx, std, spec)
+        rg = ctx.planned(*rgs)
+        if rg is not None:  # the genetic correlations: results.json's rg block and the report's section
+            info["rg"] = rg_document(ctx.value(rg), rg_hsq_names(pairs_of(ctx)))
         add_liability_scale(ctx, reml["phenotypes"])
         data = with_export(ctx, std, reml_result, stats, grm)
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
@@ -233,7 +239,7 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
 
     def upstream(f: Facts) -> tuple:
         return f.pick(*remls) + (f.pick(*blups) if f.cfg.predict.blup else ()) \
-            + ((grm,) if f.export_gcta else ())
+            + ((grm,) if f.export_gcta else ()) + tuple(s for s in f.pick(*rgs) if s.needed(f))
 
     return Stage(name=name, outputs=("results.json", "results.tsv", "report.html"), body=body, inputs=inputs,
                  upstream=upstream, extra_files=extra_files, after_cluster=True,
