@@ -8,10 +8,13 @@ import math
 import numpy as np
 
 from .report_data import RELATEDNESS_CLASSES, UNLABELLED, ReportData, is_components, label_groups
+from .report_rg import rg_matrix
 
 #: every figure the report can hold (``report/<name>.png``)
 FIGURES = ("scree", "pc1_pc2", "pc3_pc4", "reml_profiles", "ritz_residuals", "phenotypes", "relatedness",
            "variant_qc", "components", "rg")
+#: the r_g heat map writes r_g and its SE in its cells up to this many phenotypes
+MAX_ANNOTATED = 12
 #: the variance-components figure shows at most this many phenotypes and components (the first ones)
 MAX_COMPONENT_PHENOTYPES = 6
 MAX_COMPONENTS_SHOWN = 40
@@ -43,8 +46,6 @@ def make_figures(doc: dict, s, U, ritz, data: ReportData | None = None) -> dict[
     if is_components(doc.get("phenotypes") or []):
         figs["components"] = components_figure(doc["phenotypes"])
     if (doc.get("rg") or {}).get("pairs"):
-        from .report_rg import rg_figure
-
         figs["rg"] = rg_figure(doc["rg"])
     return figs
 
@@ -239,6 +240,30 @@ def components_figure(fits: list) -> bytes:
         _literal(*leg.get_texts())
     fig.suptitle("Variance components (bars: estimate; lines: 95% interval, ±1.96 SE; "
                  "arrow: it goes beyond the panel)", fontsize=10)
+    return _figure_png(fig)
+
+
+def rg_figure(rg: dict) -> bytes:
+    """The r_g matrix as a heat map (blue −1 .. red +1), r_g and its SE in each cell when the
+    phenotypes are few."""
+    plt = _pyplot()
+    names, R, S = rg_matrix(rg["pairs"])
+    m = len(names)
+    size = min(12.0, 2.5 + 0.45 * m)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(np.ma.masked_invalid(R), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    ax.set_xticks(range(m))
+    ax.set_yticks(range(m))
+    _literal(*ax.set_xticklabels(names, rotation=90, fontsize=8), *ax.set_yticklabels(names, fontsize=8))
+    if m <= MAX_ANNOTATED:
+        for i in range(m):
+            for j in range(m):
+                if i != j and np.isfinite(R[i, j]):
+                    se = f"\n({S[i, j]:.2f})" if np.isfinite(S[i, j]) else ""
+                    ax.text(j, i, f"{R[i, j]:.2f}{se}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(R[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="genetic correlation $r_g$")
+    ax.set_title("Genetic correlations" + (" (SE in brackets)" if m <= MAX_ANNOTATED else ""))
     return _figure_png(fig)
 
 

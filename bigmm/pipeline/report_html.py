@@ -15,7 +15,7 @@ import numpy as np
 from ..store import atomic_file, atomic_write_text
 from .report_data import MAX_LABELS, ReportData, is_components, label_groups, vp_and_se
 from .report_figures import MAX_COMPONENT_PHENOTYPES, MAX_COMPONENTS_SHOWN, make_figures
-from .report_rg import rg_section
+from .report_rg import RG_CAPTION, rg_section
 
 #: escapes user text (names, paths, labels) on the page
 _e = html.escape
@@ -78,7 +78,7 @@ def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | No
     sp = doc.get("spectrum_info") or {}
     components = components_section(phen, figs)  # only on the page of a several-component fit
     page = _page([summary_section(doc), estimates_section(phen), *([components] if components else []),
-                  rg_section(doc, figs), fixed_effects_section(phen),
+                  rg_section(doc, _img(figs, "rg", RG_CAPTION)), fixed_effects_section(phen),
                   samples_section(doc.get("design") or {}, phen), phenotypes_section(figs),
                   matrix_free_section(phen), variants_section(doc, data, figs),
                   relatedness_section(data.relatedness, figs), spectrum_section(sp, data, figs),

@@ -1,5 +1,6 @@
 """The genetic correlations in ``results.json`` (its ``rg`` block) and on ``report.html`` (the
-r_g matrix as a heat map with the SEs written in its cells, and the pairs ordered by |r_g|)."""
+r_g matrix as a heat map with the SEs written in its cells, drawn by
+:func:`bigmm.pipeline.report_figures.rg_figure`, and the pairs ordered by |r_g|)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,17 @@ from .outputs import json_safe
 #: up to MAX_TABLE_PAIRS (rg.tsv has every pair)
 MAX_HEATMAP_PHENOTYPES = 40
 MAX_TABLE_PAIRS = 500
-#: cells are annotated with r_g and its SE up to this many phenotypes
-MAX_ANNOTATED = 12
 
 
-def rg_document(result, hsq_names: dict) -> dict:
-    """results.json's ``rg`` block: the result's ``to_dict()`` (method, notes, one entry per pair,
-    and on the matrix-free path the Monte Carlo SDs and builds), each pair with its ``hsq_file``,
-    and the table's name."""
+def rg_results(result, hsq_names: dict) -> dict:
+    """results.json's ``rg`` block, as ``{"rg": block}``: the result's ``to_dict()`` (method, notes,
+    one entry per pair, and on the matrix-free path the Monte Carlo SDs and builds), each pair with
+    its ``hsq_file``, the table's name and the number of pairs."""
     doc = json_safe(result.to_dict())
     for p in doc["pairs"]:
         p["hsq_file"] = f"rg/{hsq_names[(p['trait_a'], p['trait_b'])]}"
     doc.update(table="rg.tsv", n_pairs=len(doc["pairs"]))
-    return doc
+    return {"rg": doc}
 
 
 def rg_matrix(pairs: list) -> tuple[list, np.ndarray, np.ndarray]:
@@ -52,44 +51,20 @@ def rg_matrix(pairs: list) -> tuple[list, np.ndarray, np.ndarray]:
     return names, R, S
 
 
-def rg_figure(rg: dict) -> bytes:
-    """The r_g matrix as a heat map (blue −1 .. red +1), r_g and its SE in each cell when the
-    phenotypes are few."""
-    from .report_figures import _figure_png, _literal, _pyplot
-
-    plt = _pyplot()
-    names, R, S = rg_matrix(rg["pairs"])
-    m = len(names)
-    size = min(12.0, 2.5 + 0.45 * m)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    im = ax.imshow(np.ma.masked_invalid(R), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    ax.set_xticks(range(m))
-    ax.set_yticks(range(m))
-    _literal(*ax.set_xticklabels(names, rotation=90, fontsize=8), *ax.set_yticklabels(names, fontsize=8))
-    if m <= MAX_ANNOTATED:
-        for i in range(m):
-            for j in range(m):
-                if i != j and np.isfinite(R[i, j]):
-                    se = f"\n({S[i, j]:.2f})" if np.isfinite(S[i, j]) else ""
-                    ax.text(j, i, f"{R[i, j]:.2f}{se}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(R[i, j]) > 0.6 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="genetic correlation $r_g$")
-    ax.set_title("Genetic correlations" + (" (SE in brackets)" if m <= MAX_ANNOTATED else ""))
-    return _figure_png(fig)
-
-
 def _n(v, f="{:.4f}") -> str:
     return "NA" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
 
 
-def rg_section(doc: dict, figs: dict) -> str:
-    """Genetic correlations: the heat map, and the pairs ordered by |r_g| with SE, r_e, h² and the
-    LRT p-values ("" without an rg block)."""
+#: the heat map's caption
+RG_CAPTION = "Genetic correlations r_g of the pairs fitted (heat map; blank: not fitted)"
+
+
+def rg_section(doc: dict, image: str) -> str:
+    """Genetic correlations: the heat map (``image``, its HTML), and the pairs ordered by |r_g|
+    with SE, r_e, h² and the LRT p-values ("" without an rg block)."""
     rg = doc.get("rg")
     if not rg:
         return ""
-    from .report_html import _img
-
     pairs = sorted(rg["pairs"], key=lambda p: -abs(p["rg"]) if p["rg"] is not None else 0.0)
     mc = {(p["trait_a"], p["trait_b"]): m.get("rg") for p, m in zip(rg["pairs"], rg.get("mc_sd") or [])}
     head = ["phenotype a", "phenotype b", "n", "left out", "r_g", "SE", "r_e", "SE", "h² a", "SE", "h² b", "SE",
@@ -114,5 +89,5 @@ def rg_section(doc: dict, figs: dict) -> str:
     if not pairs:
         return '<section id="rg"><h2>Genetic correlations</h2><p>No pairs (fewer than two phenotypes).</p></section>'
     return ('<section id="rg"><h2>Genetic correlations</h2>'
-            + _img(figs, "rg", "Genetic correlations r_g of the pairs fitted (heat map; grey: not fitted)")
+            + image
             + f"<p>{how}</p><h3>Pairs by |r_g|</h3>" + table + more + "</section>")

@@ -22,7 +22,7 @@ from ...tasks import fail_point
 from ..outputs import json_safe
 from ..report import (FIGURES, ReportData, hsq_file_names, relatedness_summary, write_hsq, write_plink_pca,
                       write_report, write_results, write_results_json)
-from ..report_rg import rg_document
+from ..report_rg import rg_results
 from . import Context, Facts, Stage
 from .rg import hsq_names as rg_hsq_names
 from .rg import pairs_of
@@ -215,7 +215,7 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
         info = run_info(ctx, std, spec)
         rg = ctx.planned(*rgs)
         if rg is not None:  # the genetic correlations: results.json's rg block and the report's section
-            info["rg"] = rg_document(ctx.value(rg), rg_hsq_names(pairs_of(ctx)))
+            info.update(rg_results(ctx.value(rg), rg_hsq_names(pairs_of(ctx))))
         add_liability_scale(ctx, reml["phenotypes"])
         data = with_export(ctx, std, reml_result, stats, grm)
         for p in reml["phenotypes"]:  # BLUP accuracies (with predict.blup): in results.json
