@@ -28,7 +28,9 @@ from bigmm.pipeline.config import parse_config
 from bigmm.pipeline.config_rg import RgConfig, rg_pairs
 from bigmm.pipeline.flags import parse_rg
 from bigmm.pipeline.outputs import load_spectrum
+from bigmm.pipeline.cli import _print_rg
 from bigmm.pipeline.stages import run
+from bigmm.pipeline.validate import validate
 
 DATA = Path(__file__).parent / "data" / "gemma_vc"
 COVAR = DATA / "covar.tsv"
@@ -134,7 +136,7 @@ def test_rerun_skips_and_a_new_pair_list_reruns_rg_and_report(pheno, spectral):
     assert fewer.stages_run == ("rg", "report")
     got = pd.read_csv(out / "rg.tsv", sep="\t")
     assert got[["trait_a", "trait_b"]].values.tolist() == [["c", "a"]] and np.isnan(got["lrt_rg0"][0])
-    assert (out / "rg" / "c.a.hsq").exists()
+    assert (out / "rg" / "c.a.hsq").exists() and not (out / "rg" / "a.b.hsq").exists()  # the old pairs' tables go
 
 
 def test_matrix_free_run_equals_fit_bivariate_matrix_free(pheno, one_cluster, tmp_path):
@@ -157,6 +159,19 @@ def test_an_unknown_name_is_refused_before_any_stage(pheno, tmp_path):
                                          r"\(the run's phenotypes: a, b, c\)"):
         run(config(pheno, out, {"pairs": [["a", "bmi"]]}))
     assert not (out / "run.json").exists()
+    # bigmm check's line: the pairs and the driver time to expect
+    text = validate(config(pheno, out, {"pairs": "all"})).describe()
+    assert "genetic correlations: 3 pair(s) by bivariate REML on the univariate spectrum, no pass over X" in text
+    assert "2 pair(s) with different missing values fitted on their common samples" in text
+
+
+def test_the_cli_prints_few_pairs_or_their_count(capsys):
+    pairs = [{"trait_a": f"t{i}", "trait_b": "u", "n": 10, "rg": r, "rg_se": 0.1, "re": 0.0, "p_rg0": 0.5}
+             for i, r in enumerate([0.2, -0.9, None, 0.5])]
+    _print_rg(pairs[:2])
+    assert capsys.readouterr().out.splitlines()[1] == "rg t1 x u\tn=10\trg=-0.9000\tSE=0.1000\tre=0.0000\tp(rg=0)=0.5"
+    _print_rg(pairs, shown=3)
+    assert capsys.readouterr().out.startswith("genetic correlations: 4 pairs (rg.tsv); the largest |r_g|: rg t1 x u")
 
 
 def test_pairs_resolution_and_the_flag():
