@@ -7,7 +7,10 @@ Hutchinson probes and every solve by conjugate gradients; see
 :func:`fit_components_matrix_free`. The steps: :func:`_first_pass` (products of Z, Y, 1 and the
 probes; the Haseman–Elston start), :func:`_cg_pass` (one CG step of every phenotype's solves),
 :func:`_ai_update` (score, AI matrix and the constrained step of one phenotype),
-:func:`_result` (estimates, SEs and Monte Carlo SDs). The CG recurrences: :mod:`bigmm.mf_cg`.
+:func:`_launch` (at a fit's estimate: its log det solves; the ML fit and the fits without each
+component), :func:`_finish_logdets` (the Lanczos quadratures), :func:`_logls` and :func:`_result`
+(estimates, SEs, log-likelihoods, LRTs and Monte Carlo SDs). The CG and Lanczos recurrences:
+:mod:`bigmm.mf_cg`.
 """
 
 from __future__ import annotations
@@ -500,7 +503,7 @@ def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constra
         N = s.B.shape[1] - (c + 1) - (m + 1)
         # cold CG from 0 on [Z, y, probes] at the estimate: Lanczos on V from each probe
         fit.cg[f"L{k}"] = LanczosCG(s.B[:, :c + 1 + N], m, theta, np.arange(c + 1, c + 1 + N))
-        if kind == REML:
+        if kind == REML and fit.a[f"final{k}"][m + 1]:  # an unconverged fit gets ℓ_R only
             todo = [(ML, -1)] if ml else []
             if lrt and m > 1:
                 held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
@@ -651,8 +654,8 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
     lrt_all = (stat_all, _lrt_pvalue(stat_all, m, constrain), 0.0 if none else mc_sd(e0))
     tests = []
     for j in range(m):
-        if not lrt:
-            tests.append((nan, nan, nan, nan))
+        if not lrt or m > 1 and not held[j] and (WITHOUT, j) not in L["index"]:  # not asked for, or not
+            tests.append((nan, nan, nan, nan))                                   # converged: not fitted
         elif held[j]:  # the model without it is the same model at the same maximum: LRT 0
             tests.append((0.0, 1.0, ll0 if m == 1 else logl, 0.0))
         elif m == 1:
@@ -661,7 +664,7 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
             iw, lw, _ = L["index"][(WITHOUT, j)]
             st = max(0.0, 2.0 * (logl - lw))
             tests.append((st, _lrt_pvalue(st, 1, constrain), lw, mc_sd(e0 - np.eye(cov.shape[0])[iw])))
-    if ml:
+    if (ML, -1) in L["index"]:
         iml, logl_ml, kml = L["index"][(ML, -1)]
         th_ml = fit.a[f"final{kml}"][:m + 1]
         h2_ml, logl_ml_sd = float(th_ml[:-1].sum() / th_ml.sum()), 0.5 * mc_sd(np.eye(cov.shape[0])[iml])
@@ -693,7 +696,8 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
         pve_se=der["pve_total"][1], mean_diag_K=nan, sigma2_g=float(theta_o[:-1].sum()),
         sigma2_g_se=float(math.sqrt(max(gen @ cov_o @ gen, 0.0))), sigma2_e=float(theta_o[-1]),
         sigma2_e_se=float(se[-1]), logl_reml=logl, logl_reml_h2_0=ll0, logl_ml=logl_ml, h2_ml=h2_ml,
-        lrt_stat=lrt_all[0], lrt_pvalue=lrt_all[1], boundary="lower" if none else "", fixed_effects=fe, n_missing=int(prob.n - n_o),
+        lrt_stat=lrt_all[0], lrt_pvalue=lrt_all[1], boundary="lower" if none else "", fixed_effects=fe,
+        n_missing=int(prob.n - n_o),
         missing_method="subset" if n_o < prob.n else "none", sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]),
         components=comps, sigma2_cov=tuple(tuple(float(v) for v in r) for r in cov_o),
         reml_method="matrix_free_ai_reml", iterations=int(fit.a[f"iter{k}"][0]), converged=converged,
@@ -751,6 +755,14 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     control_variates : bool
         Subtract each probe's fitted share of ``z_iᵀK_jz_i − tr K_j`` (zero mean, tr K_j known
         from the diagonal) from its term of ``tr(P K_j)``.
+    ml : bool
+        Also maximise the ML likelihood (``logl_ml``, ``h2_ml``), as :func:`bigmm.fit_components`.
+    lrt : bool
+        Refit without each component (m > 1) for its likelihood-ratio test, as
+        :func:`bigmm.fit_components`.
+    slq_tol : float
+        A probe's Lanczos quadrature of ``zᵀ log(I + A) z`` stops when one step changes it by
+        less than this (or at ``cg_tol``); :data:`SLQ_TOL`.
 
     Returns
     -------
@@ -758,8 +770,10 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         ``reml_method = "matrix_free_ai_reml"``; per component σ²_j, h²_j, share, enrichment,
         pve with AI SEs, and the Monte Carlo SDs ``h2_se_mc``, ``sigma2_se_mc`` (NaN with exact
         traces); per phenotype the total h² with ``h2_se_mc``, ``passes`` and ``cg_iterations``.
-        ``logl_reml``, ``logl_ml``, every LRT and ``logl_reml_without`` are NaN: they need
-        ``log det V``, which CG does not give.
+        ``logl_reml``, ``logl_ml``, ``h2_ml``, the LRT of all components and of each with
+        ``logl_reml_without``, in :func:`bigmm.fit_components`' conventions, with the Monte
+        Carlo SDs ``logl_reml_se_mc``, ``logl_ml_se_mc``, ``lrt_stat_se_mc`` (fit and
+        component). A fit that did not converge has no ML fit or per-component tests (NaN).
 
     Notes
     -----
@@ -775,8 +789,19 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     ``Cov_MC(s)`` from the per-probe terms of the traces (delete-one-probe jackknife), carried to
     ratios by the same delta method.
 
-    Cost: 1 + Σ (CG steps per iteration) passes over the genotypes, each with
-    ``q (c + 2 + N + m)`` columns for q phenotypes; memory ``8 (m + 4) n_o (c + 2 + N + m)``
+    Log-likelihoods (docs/math.md §13): once a phenotype's REML fit converges, its ML fit and its
+    fits without each component (not held at 0) run the same iteration, warm-started from its
+    solves; at each fit's estimate ``log det V = n_o log σ²_e + tr log(I + A)``,
+    ``A = Σ_j (σ²_j/σ²_e) K_j``, with ``tr log(I + A)`` by stochastic Lanczos quadrature: cold CG
+    from 0 on the same probes (Lanczos on V), control variate ``z_iᵀAz_i − tr A``; the other terms
+    from the same cold solves of Z and y. SDs: the delete-one-probe jackknife of all the fits'
+    log dets jointly (common probes).
+
+    Cost: 1 + Σ (CG steps per iteration) passes over the genotypes for the REML fits, each with
+    ``q (c + 2 + N + m)`` columns for q phenotypes, then the log-likelihood passes, shared by
+    every ML fit, reduced fit and log det solve (+14 passes for the log det alone, +33 with the
+    ML and two reduced fits, on 47, at n = 2,000 with m = 2; up to ``1 + ml + m·lrt`` times the
+    columns); memory ``8 (m + 4) n_o (c + 2 + N + m)``
     bytes per phenotype for the solves and their K_j products, ``8 m n N`` per pattern for the
     probes' products, and ``8 m n b`` for a pass's output (b its columns).
     """

@@ -209,6 +209,21 @@ def test_exhausted_spaces_give_the_exact_ml_fit_and_component_lrts():
     assert mf.notes["passes_logl"] > 0 and mf.fits[0].passes == mf.notes["passes"]
 
 
+def test_an_unconverged_fit_gets_its_reml_logl_and_no_refits():
+    """A REML fit stopped by max_iter gets ℓ_R at its last θ (the dense value there, within 4 MC SDs)
+    and the LRT of all, but no ML fit and no fits without each component: NaN, not tests of a
+    point that is not the maximum."""
+    Ks, Y, Z = _problem(m=2, n=100)
+    res = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Ks), Y[:, 0], Z, n_probes=8, max_iter=1)
+    f = res.fits[0]
+    assert not f.converged and res.notes["not_converged"] == ["pheno1"]
+    theta = np.r_[[c.sigma2 for c in f.components], f.sigma2_e]
+    ll, _ = _dense_logl_reml(Ks, Y[:, 0], Z, theta)
+    assert abs(f.logl_reml - ll) < 4 * f.logl_reml_se_mc
+    assert np.isfinite(f.lrt_stat) and np.isnan(f.logl_ml) and np.isnan(f.h2_ml)
+    assert all(np.isnan(c.lrt_stat) and np.isnan(c.logl_reml_without) for c in f.components if not c.boundary)
+
+
 def test_one_component_equals_the_single_component_reml():
     """m = 1 with exact traces: the REML maximum of bigmm.fit_reml on the dense K (the spectral
     path) and of fit_components."""
