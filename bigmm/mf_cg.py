@@ -78,7 +78,8 @@ class CGSystem:
         alpha = self.rr[cols] / dVd
         self._last_alpha = alpha
         self.X[:, cols] += D * alpha
-        self.KX[:, :, cols] += KD * alpha
+        if self.KX.shape[2]:  # a LanczosCG keeps no K_j x
+            self.KX[:, :, cols] += KD * alpha
         R = self.R[:, cols] - VD * alpha
         rr = np.einsum("ij,ij->j", R, R)
         beta = rr / self.rr[cols]
@@ -110,7 +111,8 @@ class LanczosCG(CGSystem):
     f changes by less than ``quad_tol`` in one step (besides the residual rule of CG).
 
     State beyond :class:`CGSystem`'s: ``LA``, ``LB`` (steps x w, NaN after a column stopped),
-    ``quad`` (each column's last quadrature, NaN for others) and ``stopped``.
+    ``quad`` (each column's last quadrature, NaN for others) and ``stopped``; ``KX`` is empty
+    (a cold solve is never restarted, so ``K_j x`` is not kept).
     """
 
     KEYS = CGSystem.KEYS + ("LA", "LB", "quad", "stopped", "qcols")
@@ -125,6 +127,7 @@ class LanczosCG(CGSystem):
         self.qcols = np.zeros(w, dtype=bool)
         self.qcols[quadrature] = True
         self.theta = np.asarray(theta, dtype=np.float64).copy()
+        self.KX = np.zeros((m, self.B.shape[0], 0))  # never restarted: K_j x is not needed
 
     def _mark(self, tol: float) -> None:
         super()._mark(tol)

@@ -325,6 +325,15 @@ def _spec(fit: _Fit, k: int, q: int) -> tuple[int, int, int]:
 def _backtrack(fit: _Fit, k: int, cg_tol: float) -> None:
     s = fit.cg[k]
     prev = fit.a.get(f"prev{k}")
+    if prev is None and f"spec{k}" in fit.a:
+        # an ML or reduced fit whose start is not positive definite (unconstrained: a component
+        # below 0 that the dropped one made up for): its ℓ is NaN, the REML fit's results stand
+        log.warning("matrix-free components: V is not positive definite at the start of a fit without a "
+                    "component (unconstrained); its likelihood-ratio test is NaN")
+        fit.a[f"done{k}"][0] = True
+        fit.a[f"final{k}"] = np.r_[np.full(s.theta.size, np.nan), 0.0, np.nan, np.nan]
+        s.active[:] = False
+        return
     if prev is None:
         raise InputError("the covariance matrix V is not positive definite at the start values")
     theta = 0.5 * (prev + s.theta)
@@ -501,8 +510,12 @@ def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constra
         c = prob.patterns[_pattern_of(prob, ph)][2].shape[1]
         theta = fit.a[f"final{k}"][:m + 1]
         N = s.B.shape[1] - (c + 1) - (m + 1)
-        # cold CG from 0 on [Z, y, probes] at the estimate: Lanczos on V from each probe
-        fit.cg[f"L{k}"] = LanczosCG(s.B[:, :c + 1 + N], m, theta, np.arange(c + 1, c + 1 + N))
+        if np.all(np.isfinite(theta)):
+            # cold CG from 0 on [Z, y, probes] at the estimate: Lanczos on V from each probe
+            fit.cg[f"L{k}"] = LanczosCG(s.B[:, :c + 1 + N], m, theta, np.arange(c + 1, c + 1 + N))
+        else:  # a fit that failed (_backtrack): no log det
+            fit.a[f"slq{k}"] = np.full(4, np.nan)
+            fit.a[f"ldq{k}"] = fit.a[f"ldcv{k}"] = np.full(N, np.nan)
         if kind == REML and fit.a[f"final{k}"][m + 1]:  # an unconverged fit gets ℓ_R only
             todo = [(ML, -1)] if ml else []
             if lrt and m > 1:
@@ -645,11 +658,16 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
 
     def mc_sd(w):  # Monte Carlo SD of Σ_i w_i log det_i (w over the fits of this phenotype)
         w = np.asarray(w, float)
-        return float(math.sqrt(max(w @ cov @ w, 0.0))) if np.all(np.isfinite(cov)) else nan
+        on = w != 0
+        c2 = cov[np.ix_(on, on)]
+        return float(math.sqrt(max(w[on] @ c2 @ w[on], 0.0))) if np.all(np.isfinite(c2)) else nan
 
     e0 = np.eye(cov.shape[0])[i0]
     none = not np.any(theta[:-1])
-    stat_all = 0.0 if none else max(0.0, 2.0 * (logl - ll0))
+    def clip(d):  # an LRT statistic from 2Δℓ: at least 0; NaN stays NaN (a failed log det)
+        return max(0.0, d) if math.isfinite(d) else nan
+
+    stat_all = 0.0 if none else clip(2.0 * (logl - ll0))
     # LRT = 2(ℓ − ℓ0) = −log det V + exact terms: its SD is that of the log det estimate
     lrt_all = (stat_all, _lrt_pvalue(stat_all, m, constrain), 0.0 if none else mc_sd(e0))
     tests = []
@@ -662,7 +680,7 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
             tests.append((lrt_all[0], _lrt_pvalue(lrt_all[0], 1, constrain), ll0, lrt_all[2]))
         else:
             iw, lw, _ = L["index"][(WITHOUT, j)]
-            st = max(0.0, 2.0 * (logl - lw))
+            st = clip(2.0 * (logl - lw))
             tests.append((st, _lrt_pvalue(st, 1, constrain), lw, mc_sd(e0 - np.eye(cov.shape[0])[iw])))
     if (ML, -1) in L["index"]:
         iml, logl_ml, kml = L["index"][(ML, -1)]
