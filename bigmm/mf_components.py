@@ -162,7 +162,8 @@ class _Fit:
         extra = [k for k in self.cg if isinstance(k, str) or k >= q]
         for k in extra:
             del self.cg[k]
-        gone = [k for k in self.a if k.startswith(("spec", "launched", "slq", "ldq", "ldcv", "nfits", "passes_logl"))
+        gone = [k for k in self.a if k.startswith(("spec", "launched", "queue", "slq", "ldq", "ldcv", "nfits",
+                                                  "passes_logl"))
                 or (k.rstrip("0123456789") != k and int(k[len(k.rstrip("0123456789")):]) >= q)]
         for k in gone:
             del self.a[k]
@@ -497,10 +498,12 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
 # the log-likelihoods: the ML and reduced fits, log det V by stochastic Lanczos quadrature
 # --------------------------------------------------------------------------------------
 
-def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constrain: bool) -> None:
+def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constrain: bool, parallel: int) -> None:
     """For every AI fit that has converged (or stopped): start its log det solves at its
-    estimate; for a phenotype's REML fit, also its ML fit and its fits without each component
-    (warm-started from its CG solutions); then drop its CG systems."""
+    estimate; for a phenotype's converged REML fit, queue its ML fit and its fits without each
+    component, and start them (warm-started from its CG solutions) while fewer than
+    ``parallel`` of them (or their log det solves) are under way; drop CG systems no longer
+    needed."""
     q = prob.m
     for k in _ai_keys(fit):
         if not fit.a[f"done{k}"][0] or f"launched{k}" in fit.a:
@@ -516,15 +519,45 @@ def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constra
         else:  # a fit that failed (_backtrack): no log det
             fit.a[f"slq{k}"] = np.full(4, np.nan)
             fit.a[f"ldq{k}"] = fit.a[f"ldcv{k}"] = np.full(N, np.nan)
+        todo = []
         if kind == REML and fit.a[f"final{k}"][m + 1]:  # an unconverged fit gets ℓ_R only
             todo = [(ML, -1)] if ml else []
             if lrt and m > 1:
                 held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
                 todo += [(WITHOUT, j) for j in range(m) if not held[j]]  # at 0: ℓ without it is ℓ
-            for kind2, drop in todo:
-                _start_extra(prob, fit, k, s, theta, kind2, drop, m, cg_tol, constrain)
-        del fit.cg[k]
+        fit.a[f"queue{k}"] = np.array(todo, np.int64).reshape(-1, 2)
+        if not todo:
+            del fit.cg[k]
         fit.a[f"launched{k}"] = np.ones(1, bool)
+    for k in range(q):
+        queue = fit.a.get(f"queue{k}")
+        if queue is None or not queue.size:
+            continue
+        extras = [kk for kk in range(q, int(fit.a["nfits"][0])) if _spec(fit, kk, q)[0] == k]
+        busy = sum(kk in fit.cg or f"L{kk}" in fit.cg for kk in extras)
+        theta = fit.a[f"final{k}"][:m + 1]
+        while busy < parallel and queue.size:
+            _start_extra(prob, fit, k, fit.cg[k], theta, int(queue[0, 0]), int(queue[0, 1]), m, cg_tol, constrain)
+            queue, busy = queue[1:], busy + 1
+        fit.a[f"queue{k}"] = queue
+        if not queue.size:
+            del fit.cg[k]  # every refit has its warm start
+
+
+def _parallel_refits(op, width: int, n_refits: int) -> int:
+    """How many of a phenotype's ML and reduced fits run at once: all of them if a pass of
+    ``width · (1 + all)`` vectors (each phenotype's REML log det solves and its refits) fits the
+    operator's memory plan, else the most that do (at least 1: then the refits take turns, at
+    more passes)."""
+    if n_refits <= 1 or not hasattr(op, "plan"):
+        return max(n_refits, 1)
+    for k in range(n_refits, 0, -1):
+        try:
+            op.plan(width * (1 + k))
+            return k
+        except InputError:
+            continue
+    return 1
 
 
 def _start_extra(prob, fit: _Fit, k: int, s: CGSystem, theta: np.ndarray, kind: int, drop: int, m: int,
@@ -819,7 +852,7 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     ``q (c + 2 + N + m)`` columns for q phenotypes, then the log-likelihood passes, shared by
     every ML fit, reduced fit and log det solve (+14 passes for the log det alone, +33 with the
     ML and two reduced fits, on 47, at n = 2,000 with m = 2; up to ``1 + ml + m·lrt`` times the
-    columns); memory ``8 (m + 4) n_o (c + 2 + N + m)``
+    columns, fewer refits at once, in turns, where the operator's memory plan refuses that width); memory ``8 (m + 4) n_o (c + 2 + N + m)``
     bytes per phenotype for the solves and their K_j products, ``8 m n N`` per pattern for the
     probes' products, and ``8 m n b`` for a pass's output (b its columns).
     """
@@ -853,12 +886,12 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     else:
         fit = _Fit(fp)
         fit.reset_logl(q, logl_fp)
+    per = prob.c + 2 + m + (prob.n if exact else int(n_probes))  # a phenotype's AI solves
     if hasattr(op, "plan") and fit.a["stage"][0] == 0:
         width = sum(prob.patterns[g][2].shape[1] + len(prob.patterns[g][0]) + 1
                     + (int(prob.patterns[g][1].sum()) if exact else int(n_probes)) for g in range(len(prob.patterns)))
-        # with the log-likelihoods, a phenotype's ML and reduced fits (and the log det solves) share passes
-        per = prob.c + 2 + m + (prob.n if exact else int(n_probes))
-        op.plan(max(width, q * per * (1 + bool(ml) + (m if lrt and m > 1 else 0))))
+        op.plan(max(width, q * per))
+    parallel = _parallel_refits(op, q * per, bool(ml) + (m if lrt and m > 1 else 0))
 
     def report(msg):
         log.info(msg)
@@ -871,7 +904,7 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         report(f"matrix-free components pass 1: Haseman–Elston start, {q} phenotypes, {m} components")
     while True:
         _finish_logdets(prob, fit, m)
-        _launch(prob, fit, m, bool(ml), bool(lrt), float(cg_tol), bool(constrain))
+        _launch(prob, fit, m, bool(ml), bool(lrt), float(cg_tol), bool(constrain), parallel)
         todo = [k for k in _ai_keys(fit) if not fit.a[f"done{k}"][0]]
         need = [k for k in todo if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
         if todo and not need:
@@ -881,6 +914,7 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
             continue
         slq = [k for k in _slq_keys(fit) if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
         if not (need or slq):
+            fit.save(state)  # with the last log dets' quadratures
             break
         if need:
             k0 = need[0]

@@ -321,6 +321,42 @@ def test_resume_after_any_pass_equals_an_uninterrupted_fit(tmp_path, stop):
         bigmm.fit_components_matrix_free(op, Y, Z, n_probes=6, seed=3, state=path)
 
 
+class _Limited:
+    """A dense operator whose memory plan refuses passes of more than ``limit`` vectors."""
+
+    def __init__(self, op, limit):
+        self.op, self.limit, self.n, self.m, self.names, self.n_variants = op, limit, op.n, op.m, op.names, op.n_variants
+        self.widest = 0
+
+    def plan(self, n_cols):
+        if n_cols > self.limit:
+            raise InputError(f"memory limit: {n_cols} vectors")
+
+    def apply(self, M, want_diag=False, desc=""):
+        self.plan(M.shape[1])
+        self.widest = max(self.widest, M.shape[1])
+        return self.op.apply(M, want_diag=want_diag, desc=desc)
+
+
+def test_refits_take_turns_when_a_pass_of_all_would_not_fit_the_memory_plan():
+    """The ML fit and the two fits without a component of one phenotype run at once when the
+    operator's plan allows a pass that wide, else in turns within its limit: the same fits (each
+    column's CG steps are the same; the block's products differ by round-off), more passes."""
+    Ks, Y, Z = _problem(m=2, n=100)
+    y = Y[:, 0]
+    op = bigmm.DenseComponentsOperator(Ks)
+    wide = bigmm.fit_components_matrix_free(op, y, Z, n_probes=6, seed=2)
+    per = Z.shape[1] + 2 + 2 + 6  # a phenotype's AI solves: Z, y, the probes, the m + 1 AI vectors
+    narrow_op = _Limited(op, 2 * per)  # the REML fit's log det and one refit at a time
+    narrow = bigmm.fit_components_matrix_free(narrow_op, y, Z, n_probes=6, seed=2)
+    assert narrow_op.widest <= 2 * per
+    fw, fn = wide.fits[0], narrow.fits[0]
+    assert fn.passes > fw.passes
+    np.testing.assert_allclose([fn.logl_reml, fn.logl_ml, fn.lrt_stat] + [c.lrt_stat for c in fn.components],
+                               [fw.logl_reml, fw.logl_ml, fw.lrt_stat] + [c.lrt_stat for c in fw.components],
+                               rtol=1e-8)
+
+
 def test_bad_input_is_refused():
     Ks, Y, Z = _problem(m=2, n=60)
     op = bigmm.DenseComponentsOperator(Ks)
