@@ -1,7 +1,7 @@
 """Matrix-free log-likelihoods and LRTs with several components: passes and Monte Carlo error.
 
 A simulated cohort (independent normal "genotypes", n samples, two components of p_each variants,
-h² 0.35 and 0.15), one phenotype, intercept only. For each probe seed:
+h² 0.35 and 0.15, and with ``--null`` a third with no effect), one phenotype, intercept only. For each probe seed:
 bigmm.fit_components_matrix_free on a DenseComponentsOperator (passes counted as on the genotype
 store), with the ML fit and the per-component LRTs (``--no-lrt``: log det of the REML fit only).
 Printed per seed: passes in all and those only the log-likelihoods needed, the stochastic ℓ_R
@@ -10,6 +10,7 @@ of ℓ_R, ℓ_ML and the LRTs; then the RMS of those z-scores (≈ 1 for a calib
 ``--exact``, bigmm.fit_components' ℓ_R, ℓ_ML and LRTs on the same K_j.
 
     python scripts/studies/mf_components_logl.py [--n 2000] [--probes 30] [--seeds 4] [--no-lrt] [--exact]
+           [--null]
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import numpy as np
 import bigmm
 
 
-def cohort(n: int, p_each: int, seed: int = 11):
+def cohort(n: int, p_each: int, seed: int = 11, null: bool = False):
     rng = np.random.default_rng(seed)
-    h2 = np.array([0.35, 0.15])
+    h2 = np.array([0.35, 0.15] + ([0.0] if null else []))
     Ks, g = [], np.zeros(n)
-    for j in range(2):
+    for j in range(h2.size):
         X = rng.normal(size=(n, p_each))
         Ks.append(X @ X.T / p_each)
         g += X @ rng.normal(0, np.sqrt(h2[j] / p_each), p_each)
@@ -52,11 +53,12 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--no-lrt", action="store_true")
     ap.add_argument("--exact", action="store_true")
+    ap.add_argument("--null", action="store_true", help="a third component without effect")
     a = ap.parse_args(argv)
-    Ks, y = cohort(a.n, a.p_each)
+    Ks, y = cohort(a.n, a.p_each, null=a.null)
     op = bigmm.DenseComponentsOperator(Ks)
     kw = dict(ml=False, lrt=False) if a.no_lrt else {}
-    print(f"n = {a.n}, 2 components, N = {a.probes} probes" + (", no ML fit or per-component LRT" if a.no_lrt else ""))
+    print(f"n = {a.n}, {len(Ks)} components, N = {a.probes} probes" + (", no ML fit or per-component LRT" if a.no_lrt else ""))
     z = []
     for s in range(a.seeds):
         t = time.perf_counter()
