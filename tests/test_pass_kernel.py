@@ -25,13 +25,13 @@ def dense_x(G: np.ndarray, kind: str) -> np.ndarray:
     return np.where(varies, X, 0.0), int(varies.sum())
 
 
-@pytest.fixture
-def cohort(rng, tmp_path):
-    G = random_genotypes(rng, 90, 70, missing=0.06)
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    G = random_genotypes(np.random.default_rng(7), 90, 70, missing=0.06)
     G[:, 5] = 2  # monomorphic: dropped
     G[:, 9] = -1  # all missing: dropped
     G[:40, 11] = -1  # many missing calls in one variant
-    store = bigmm.create_store(tmp_path / "c.zarr", G, chunks=(32, 16))
+    store = bigmm.create_store(tmp_path_factory.mktemp("kernel") / "c.zarr", G, chunks=(32, 16))
     return G, store
 
 

@@ -285,7 +285,71 @@ def measure(args) -> dict:
     return out
 
 
+def measure_grm(args) -> dict:
+    """The grm stage's build (K and the per-pair counts N into a Zarr GRM store, common.compute_grm)
+    against the in-memory float32 SYRK of the standardized X (``X @ X.T``, all cores), alternated,
+    and one block task's profile (bench_grm.profile_block: read + decode, standardize, the products
+    and counts, the write of a block)."""
+    import bigmm
+    from bench_grm import profile_block
+    from bigmm.genotypes import standardize_block
+    from bigmm.pipeline.cluster import dask_client
+    from common import grm_block_size
+    from common import compute_grm
+
+    n = args.grm_n
+    c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
+                      chunks=args.chunks, sim_block=1024, need_plink=False)
+    store = bigmm.open_store(c["paths"]["zarr"])
+    p = store.genotypes.shape[1]
+    std = variant_filter(store, args.min_maf, args.max_missing)
+    cc = store.chunks[1]
+    X = np.empty((n, p), dtype=np.float32)
+    for a in range(0, p, cc):
+        b = min(p, a + cc)
+        X[:, a:b] = standardize_block(np.asarray(store.genotypes[:, a:b]), std.center[a:b], std.scale[a:b], np.float32)
+    path = args.cache / f"floor_grm_n{n}.zarr"
+    cfg = cluster_config(args)
+    with dask_client(cfg):
+        block = grm_block_size(store, cfg, np.float32)
+        runs = alternate(args.repeats, {
+            "syrk": lambda _r: timed(lambda: (X @ X.T).shape, f"in-memory float32 X Xᵀ n={n}"),
+            "grm stage": lambda _r: timed(lambda: compute_grm(store, std, path, block, np.float32),
+                                          f"grm stage build n={n}")})
+    X = None
+    prof = profile_block(store, std, block, ["float32"], args.cache, args.workers)
+    return {"n": n, "p": p, "block": block, "runs": {m: summarize(rr) for m, rr in runs.items()}, "profile": prof}
+
+
+def grm_report(g: dict) -> str:
+    r = g["runs"]
+    syrk, build = r["syrk"], r["grm stage"]
+    fl = g["n"] ** 2 * g["p"]
+    lines = ([g["run"], ""] if g.get("run") else []) + [
+             f"**GRM at n = {g['n']:,}** (p = {g['p']:,}, blocks of {g['block']}, float32 products): the grm "
+             f"stage's build (K and the per-pair counts N into a Zarr GRM store) {fmt_time(build, 2)}, CPU "
+             f"{build['cpu_s_median']:.1f} s; the in-memory float32 `X @ X.T` (SYRK, all cores) of the same "
+             f"standardized X {fmt_time(syrk, 2)} = {fl / syrk['median_s'] / 1e9:.0f} GFLOP/s, CPU "
+             f"{syrk['cpu_s_median']:.1f} s; build / SYRK = {build['median_s'] / syrk['median_s']:.2f} "
+             f"(CPU {build['cpu_s_median'] / syrk['cpu_s_median']:.2f}).", ""]
+    prof = g["profile"]["by_dtype"]["float32"]["cases"]
+    rows = [[k, f"{v['total_s']:.2f}", f"{v['read_s']:.2f}", f"{v['standardize_s']:.2f}", f"{v['blas_s']:.2f}",
+             f"{v['other_s']:.2f}"] for k, v in prof.items()]
+    lines += [f"One block task (bigmm.grm.grm_block with the counts N, {g['profile']['variant_chunks']} variant "
+              "chunks, cProfile, 1 BLAS thread), seconds:", "",
+              md_table(["block", "total", "read + decode", "standardize", "products + counts (grm_block's own)",
+                        "other"], rows), ""]
+    if "write_block_s" in g["profile"]:
+        lines += [f"Writing one finished off-diagonal block of K and N: {g['profile']['write_block_s']:.2f} s "
+                  f"({g['profile']['write_ns_per_entry']:.1f} ns per entry).", ""]
+    return "\n".join(lines)
+
+
 def report(res: dict) -> str:
+    if "runs" not in res:  # the GRM part alone
+        return "\n".join([f"Run {res['date']} · `{res['command']}` · repeats = {res['repeats']} (median; min–max) · "
+                          f"load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end.", "",
+                          machine_line(res["machine"]) + ".", "", grm_report(res["grm"])])
     r = res["runs"]
     n, p, chunks = res["n"], res["p"], res["chunks"]
     gib_dec = n * p / 2**30
@@ -342,10 +406,11 @@ def report(res: dict) -> str:
         for lay in res["layouts"]:
             dcpu = min(r[k]["cpu_s_median"] for k in (f"decode {lay} 1t", f"decode {lay} codec 1t") if k in r)
             rows.append([lay, f"{dcpu:.2f}", f"{scpu:.2f}", f"{bcpu:.2f}", f"{dcpu + bcpu:.2f}"]
-                        + [f"{v['cpu_s_median'] / (dcpu + bcpu):.2f}" for v in passes.values()])
+                        + [f"{v['cpu_s_median'] / (dcpu + bcpu):.2f}" if lay == "int8-zstd1" else None
+                           for v in passes.values()])
         lines += [f"The same in CPU seconds (l = {l}; work that two cores share, steadier than wall time on a loaded "
                   "machine): decode (1 thread, best of Zarr and codec), standardize (1 thread), BLAS, and the pass's "
-                  "CPU over the work that no kernel avoids, decode + BLAS:", "",
+                  "CPU (it reads the int8-zstd1 store) over the work that no kernel avoids, decode + BLAS:", "",
                   md_table(["layout", "decode CPU s", "standardize CPU s", "BLAS CPU s", "decode + BLAS"]
                            + [f"pass `{k}` CPU / (decode + BLAS)" for k in passes], rows), ""]
     err = res.get("error_vs_float64")
@@ -354,6 +419,8 @@ def report(res: dict) -> str:
                   f"{next(iter(err.values()))['l']}, same M): "
                   + "; ".join(f"`{k}` relative Frobenius error {e['rel_frobenius']:.1e}, max |Δ| {e['max_abs']:.1e}"
                               for k, e in err.items()) + ".", ""]
+    if res.get("grm"):
+        lines.append(grm_report(res["grm"]))
     return "\n".join(lines)
 
 
@@ -374,6 +441,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
     ap.add_argument("--memory-limit", default="5GiB", help="per worker")
+    ap.add_argument("--grm-n", type=int, default=None, help="also the GRM part at this n (e.g. 4000)")
+    ap.add_argument("--grm-only", action="store_true", help="only the GRM part (into --json, its own file)")
     ap.add_argument("--kernels", nargs="+", default=["standardize", "fold"], help="GrmOperator kernels to time")
     ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_floor.json)")
     add_docs_args(ap)
@@ -389,10 +458,15 @@ def main(argv=None) -> int:
 
     load0 = os.getloadavg()[0]
     m = machine_info()
-    res = measure(args)
+    res = {"grm": measure_grm(args)} if args.grm_only else measure(args)
+    if args.grm_n and not args.grm_only:
+        res["grm"] = measure_grm(args)
     res.update(machine=m, repeats=args.repeats, load=[load0, os.getloadavg()[0]],
                command=command_line(__file__, argv),
                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if res.get("grm"):
+        res["grm"]["run"] = (f"GRM part: run {res['date']} · `{res['command']}` · load average {res['load'][0]:.1f} "
+                             f"at the start, {res['load'][1]:.1f} at the end.")
     path = args.json or args.cache / "pass_floor.json"
     path.write_text(json.dumps(res, indent=1, default=float) + "\n")
     log(f"results in {path}")
