@@ -43,8 +43,8 @@ PIECE_BYTES = 256 * 2**20
 #: writes each standardized piece of X and multiplies it; ``fold`` multiplies the codes and folds
 #: the centring and scaling into the products (:func:`_fold_piece`); the results agree to
 #: round-off (tests/test_pass_kernel.py); ``fold`` is the default: measured with
-#: scripts/bench/bench_pass_floor.py, it takes 25-30% less CPU than ``standardize`` for a narrow
-#: block (l = 33, n = 10,000) and ~10% less for l = 250 (docs/performance.md)
+#: scripts/bench/bench_pass_floor.py (n = 10,000, two runs), a pass of a narrow block (l = 33) takes
+#: 10-12% less CPU than with ``standardize``, one of l = 250 the same or less (docs/performance.md)
 KERNELS = ("standardize", "fold")
 DEFAULT_KERNEL = "fold"
 
