@@ -374,7 +374,7 @@ def report(res: dict) -> str:
         row += [fmt_time(c1, 2), f"{c1['cpu_s_median']:.2f} s", fmt_time(c2, 2)] if c1 else ["—"] * 3
         rows.append(row)
     lines += ["**Read + decode** every chunk once into int8 codes, through Zarr (`arr[...]`) and through the "
-              "codec alone (the chunk file read, its CRC32C checked, numcodecs' decoder, the 2-bit look-up); "
+              "codec alone (the chunk file read, its CRC32C checked, numcodecs' decoder, the 2-bit unpacking); "
               "1 thread, and 2 threads over the chunks; wall time (CPU time of the process: on a loaded machine "
               "the steadier figure):", "",
               md_table(["layout", "bytes per pass", "bits / genotype", "Zarr, 1 thread", "CPU", "Zarr, 2 threads",
