@@ -43,8 +43,9 @@ PIECE_BYTES = 256 * 2**20
 #: writes each standardized piece of X and multiplies it; ``fold`` multiplies the codes and folds
 #: the centring and scaling into the products (:func:`_fold_piece`); the results agree to
 #: round-off (tests/test_pass_kernel.py); ``fold`` is the default: measured with
-#: scripts/bench/bench_pass_floor.py (n = 10,000, two runs), a pass of a narrow block (l = 33) takes
-#: 10-12% less CPU than with ``standardize``, one of l = 250 the same or less (docs/performance.md)
+#: scripts/bench/bench_pass_floor.py (n = 10,000), a pass of a narrow block (l = 33) takes
+#: 7-12% less CPU than with ``standardize`` in three runs; for l = 250 no consistent difference
+#: (docs/performance.md)
 KERNELS = ("standardize", "fold")
 DEFAULT_KERNEL = "fold"
 
