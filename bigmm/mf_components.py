@@ -276,7 +276,8 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool, ml: bool 
 
 def _step(theta, score, ai, held, constrain):
     """The AI step on the free parameters, cut at the first bound it meets (that σ²_j held at 0,
-    as :func:`bigmm.fit_components`; σ²_e stopped halfway to 0) and limited to MAX_STEP · Vp."""
+    as :func:`bigmm.fit_components`; σ²_e moved halfway to 0, the others by their AI step given
+    that move: :func:`_residual_step`) and limited to MAX_STEP · Vp."""
     free = ~held
     delta = np.zeros_like(theta)
     try:
@@ -296,7 +297,12 @@ def _step(theta, score, ai, held, constrain):
         k = int(np.argmin(r))
         alpha = float(r[k])
         if k == theta.size - 1:
-            new = theta + 0.5 * alpha * delta
+            new, j = _residual_step(theta, score, ai, held, constrain, vp)
+            if new is None:  # AI singular on the others: the whole step cut halfway to σ²_e = 0
+                new = theta + 0.5 * alpha * delta
+            elif j >= 0:  # a σ²_j met its bound first: held at 0, as above
+                new[j] = 0.0
+                held[j] = True
         else:
             new = theta + alpha * delta
             new[k] = 0.0
@@ -308,6 +314,35 @@ def _step(theta, score, ai, held, constrain):
     return new, held
 
 
+def _residual_step(theta, score, ai, held, constrain, vp):
+    """The step when the AI step would take σ²_e to 0 or below: σ²_e moves halfway to 0, and the
+    other free parameters take the maximiser of the AI quadratic model given that move,
+    ``Δ_f = AI_ff⁻¹ (s_f − AI_fe Δ_e)``, cut where a σ²_j (constrained) would go below 0 (with
+    σ²_e moving by the same fraction). Scaling the whole AI step to stop halfway instead moved
+    every σ²_j by the same small fraction at each halving, and where the maximum lies on σ²_e = 0
+    (small n, p_j > n) the fit stalled short of it, reporting convergence; this way σ²_e halves
+    at each iteration and the others follow their maximum given it. Returns (θ, the σ²_j that met
+    its bound or −1); θ None where AI_ff is singular."""
+    free = ~held
+    free[-1] = False
+    d = np.zeros_like(theta)
+    d[-1] = -0.5 * theta[-1]
+    try:
+        d[free] = np.linalg.solve(ai[np.ix_(free, free)], score[free] - ai[free, -1] * d[-1])
+    except np.linalg.LinAlgError:
+        return None, -1
+    big = float(np.max(np.abs(d)))
+    if big > MAX_STEP * vp:
+        d *= MAX_STEP * vp / big
+    out = (d < 0) & (theta + d <= 0.0)
+    out[-1] = False
+    if not constrain or not out.any():
+        return theta + d, -1
+    r = np.where(out, theta / np.where(out, -d, 1.0), np.inf)
+    j = int(np.argmin(r))
+    return theta + float(r[j]) * d, j
+
+
 def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter, control_variates) -> None:
     """Score and AI at θ, the step, the convergence test; a converged phenotype's final arrays."""
     s = fit.cg[k]
@@ -317,14 +352,17 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
     fixed = np.zeros(m + 1, bool)
     if kind == WITHOUT:
         fixed[drop] = True  # the model without component `drop`: σ²_drop = 0, never released
-    held = fit.a[f"held{k}"] | fixed
-    new, held = _step(theta, score, ai, held, constrain)
+    held0 = fit.a[f"held{k}"] | fixed
+    new, held = _step(theta, score, ai, held0, constrain)
     fit.a[f"iter{k}"][0] += 1
     vp0, vp1 = float(theta.sum()), float(new.sum())
     dh = float(np.max(np.abs(new[:-1] / vp1 - theta[:-1] / vp0)))
     dvp = abs(vp1 - vp0) / vp0
     ctol = float(fit.a[f"ctol{k}"][0])
-    converged = dh < tol and dvp < tol and ctol <= cg_tol
+    # a step that holds a component at its bound is no test of convergence: the others have not
+    # yet been fitted without it (testing it released the component it had just held, whose
+    # score is positive, in a loop that never moved the others)
+    converged = dh < tol and dvp < tol and ctol <= cg_tol and not (held & ~held0).any()
     if converged and held.any():
         release = held & ~fixed & (score / np.maximum(np.diag(ai), 1e-300) > tol * vp1)
         if release.any():
@@ -500,7 +538,8 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     all of them, warm-started from the previous solutions; ``K_j x`` is accumulated from the
     pass products. Score ``s_j = ½(yᵀPK_jPy − tr(PK_j))`` with ``tr(PK_j) ≈ mean_i (Pz_i)ᵀ(K_jz_i)``
     (``tr P ≈ mean z_iᵀPz_i``), exact at θ up to the probes; AI matrix ``½ u_jᵀPu_k`` with
-    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``.
+    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``, cut at
+    the first bound (:func:`_step`; σ²_e halfway to 0 with the others fitted given it).
     SEs: inverse AI at the estimate; Monte Carlo covariance ``AI⁻¹ Cov_MC(s) AI⁻¹`` with
     ``Cov_MC(s)`` from the per-probe terms of the traces (delete-one-probe jackknife), carried to
     ratios by the same delta method.
