@@ -6,28 +6,29 @@ those of :func:`bigmm.fit_components` (the same AI-REML maximum) with the traces
 Hutchinson probes and every solve by conjugate gradients; see
 :func:`fit_components_matrix_free`. The steps: :func:`_first_pass` (products of Z, Y, 1 and the
 probes; the Haseman–Elston start), :func:`_cg_pass` (one CG step of every phenotype's solves),
-:func:`_ai_update` (score, AI matrix and the constrained step of one phenotype),
-:func:`_launch` (at a fit's estimate: its log det solves; the ML fit and the fits without each
-component), :func:`_finish_logdets` (the Lanczos quadratures), :func:`_logls` and :func:`_result`
-(estimates, SEs, log-likelihoods, LRTs and Monte Carlo SDs). The CG and Lanczos recurrences:
-:mod:`bigmm.mf_cg`.
+:func:`_ai_update` (score, AI matrix and the constrained step of one phenotype) and
+:func:`_result` (estimates, SEs and Monte Carlo SDs). The log-likelihoods (the ML fit, the fits
+without each component, log det V by Lanczos quadrature, the LRTs):
+:mod:`bigmm.mf_components_logl`; the state a fit resumes from: :mod:`bigmm.mf_components_state`;
+the CG and Lanczos recurrences: :mod:`bigmm.mf_cg`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
-from .mf_cg import CGSystem, IndefiniteError, LanczosCG
+from .mf_cg import CGSystem, IndefiniteError
+from .mf_components_logl import _finish_logdets, _launch, _parallel_refits, _tests, _traces
+from .mf_components_state import (CG_TOL_FACTOR, LOOSE_CG_TOL, MAX_CG_STEPS, ML, REML, WITHOUT, _ai_keys, _Fit,
+                                  _fingerprint, _pattern_of, _slq_keys, _spec)
 from .mf_solver import check_inputs, check_operator
 from .results import FixedEffect
-from .vcreml import LOG2PI, ComponentEstimate, ComponentsFit, ComponentsResult, _lrt_pvalue, derived, null_fit
+from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, derived
 
 log = logging.getLogger("bigmm")
 
@@ -47,13 +48,6 @@ DEFAULT_TOL = 1e-4
 #: a decade of margin from failure
 DEFAULT_CG_TOL = 1e-5
 DEFAULT_MAX_ITER = 50
-#: the CG tolerance of an AI iteration: max(cg_tol, min(LOOSE_CG_TOL, CG_TOL_FACTOR · max|Δθ| / Vp of
-#: the step that led to it)); the first iteration uses LOOSE_CG_TOL. Far from the estimate the
-#: step is large and a loose solve gives it as well; convergence is only declared at cg_tol.
-LOOSE_CG_TOL = 1e-3
-CG_TOL_FACTOR = 1e-2
-#: CG steps (passes) per AI iteration at most
-MAX_CG_STEPS = 500
 #: an AI step moves no parameter by more than this fraction of Vp (no likelihood to test a step)
 MAX_STEP = 0.5
 #: the log det V quadrature of a probe stops when one more Lanczos step changes it by less than
@@ -61,17 +55,10 @@ MAX_STEP = 0.5
 #: converges monotonically and geometrically, so the truncation error of ℓ is a few times
 #: ½ SLQ_TOL, far below its Monte Carlo SD (≳ 0.05 at N = 30; docs/matrix_free.md)
 SLQ_TOL = 1e-4
-#: the kinds of fit in a state: the REML fit of each phenotype, its ML fit, its REML fit without
-#: one component (for that component's likelihood-ratio test)
-REML, ML, WITHOUT = 0, 1, 2
-#: the AI-iteration part of a state (the log-likelihood part is checked by its own ``logl_fp``,
-#: and redone, not refused, when it differs or is absent: states of bigmm versions before the
-#: log-likelihoods resume)
-STATE_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------
-# set-up: inputs, probes, fingerprint
+# set-up: inputs, probes
 # --------------------------------------------------------------------------------------
 
 def _check(op, Y, Z, phenotype_names, covariate_names, n_probes, tol, cg_tol, max_iter):
@@ -99,78 +86,6 @@ def _probes(gi: int, n_o: int, n_probes, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 2, gi]).choice(np.array([-1.0, 1.0]), size=(n_o, int(n_probes)))
 
 
-def _fingerprint(prob, m: int, n_probes, seed: int, constrain: bool, tol: float, cg_tol: float) -> str:
-    h = hashlib.sha256()
-    h.update(f"v{STATE_VERSION} n={prob.n} m={m} probes={n_probes} seed={seed} constrain={constrain} "
-             f"tol={tol!r} cg_tol={cg_tol!r}".encode())
-    h.update(np.ascontiguousarray(np.nan_to_num(prob.Y, nan=1.2345e300)).tobytes())
-    h.update(np.ascontiguousarray(prob.Z).tobytes())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# the state of a fit: plain arrays, written to an npz after every pass
-# --------------------------------------------------------------------------------------
-
-class _Fit:
-    """Every array of a fit in progress (``arrays``), the CG systems per phenotype, and the
-    pass-1 products per pattern; :meth:`save` / :meth:`load` write and read them atomically."""
-
-    def __init__(self, fp: str):
-        self.a: dict = {"fingerprint": np.array(fp), "passes": np.zeros(1, np.int64),
-                        "stage": np.zeros(1, np.int64)}  # stage 0: before pass 1, 1: iterating
-        self.cg: dict = {}
-
-    def save(self, path) -> None:
-        if path is None:
-            return
-        arrays = dict(self.a)
-        for k, s in self.cg.items():
-            arrays.update(s.export(f"sys{k}_"))
-        tmp = f"{path}.partial.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path, fp: str, q: int) -> "_Fit | None":
-        if path is None or not os.path.exists(path):
-            return None
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if str(arrays.get("fingerprint", "")) != fp:
-            raise InputError(f"{path}: this saved state is of other inputs (phenotypes, covariates, components, "
-                             f"probes, seed or tolerances); remove it or pass another state path to start afresh")
-        self = cls(fp)
-        self.a = {k: v for k, v in arrays.items() if not k.startswith("sys")}
-        names = sorted(k[3:-2] for k in arrays if k.startswith("sys") and k.endswith("_B"))
-        self.cg = {(int(n) if n.isdigit() else n): (CGSystem if n.isdigit() else LanczosCG).restore(arrays, f"sys{n}_")
-                   for n in names}
-        return self
-
-    def reset_logl(self, q: int, logl_fp: str) -> bool | None:
-        """Drop the log-likelihood part of the state (the ML and reduced fits, the log det solves
-        and their results) when it was made with other settings, or before it existed; the AI
-        iterations of the REML fits are kept. True when something was dropped; None when the
-        state cannot be kept (a REML fit whose solves were already dropped: start afresh)."""
-        if str(self.a.get("logl_fp", "")) == logl_fp:
-            return False
-        if any(f"launched{k}" in self.a for k in range(q)):
-            return None
-        extra = [k for k in self.cg if isinstance(k, str) or k >= q]
-        for k in extra:
-            del self.cg[k]
-        gone = [k for k in self.a if k.startswith(("spec", "launched", "queue", "slq", "ldq", "ldcv", "nfits",
-                                                  "passes_logl"))
-                or (k.rstrip("0123456789") != k and int(k[len(k.rstrip("0123456789")):]) >= q)]
-        for k in gone:
-            del self.a[k]
-        self.a["logl_fp"] = np.array(logl_fp)
-        self.a["nfits"] = np.array([q], np.int64)
-        self.a["passes_logl"] = np.zeros(1, np.int64)
-        return bool(extra or gone)
 
 
 # --------------------------------------------------------------------------------------
@@ -259,16 +174,6 @@ def _haseman_elston(Zo, y, KZ, Ky, KP, trK) -> np.ndarray:
 # one CG step of every solve in one pass
 # --------------------------------------------------------------------------------------
 
-def _ai_keys(fit: _Fit) -> list:
-    """The AI fits that hold CG systems, in order (the REML fits 0..q−1, then the extra fits)."""
-    return sorted(k for k in fit.cg if not isinstance(k, str))
-
-
-def _slq_keys(fit: _Fit) -> list:
-    """The log det solves in progress ("L<fit>"), in order of their fit."""
-    return sorted((k for k in fit.cg if isinstance(k, str)), key=lambda k: int(k[1:]))
-
-
 def _cg_pass(op, prob, fit: _Fit, desc: str, cg_tol: float, slq_tol: float) -> None:
     """One pass: a CG step of every AI fit's active solves and of every log det solve."""
     pieces, who = [], []
@@ -305,22 +210,6 @@ def _cg_pass(op, prob, fit: _Fit, desc: str, cg_tol: float, slq_tol: float) -> N
             fit.a[f"cgsteps{k}"][0] += 1
         c0 += w
     fit.a["passes"][0] += 1
-
-
-def _pattern_of(prob, k: int) -> int:
-    """The missing-value pattern of phenotype k."""
-    for gi, pat in enumerate(prob.patterns):
-        if k in pat[0]:
-            return gi
-    raise KeyError(k)
-
-
-def _spec(fit: _Fit, k: int, q: int) -> tuple[int, int, int]:
-    """(phenotype, kind, dropped component) of fit k: the REML fits are 0..q−1, (k, REML, −1)."""
-    if k < q:
-        return k, REML, -1
-    ph, kind, drop = (int(v) for v in fit.a[f"spec{k}"])
-    return ph, kind, drop
 
 
 def _backtrack(fit: _Fit, k: int, cg_tol: float) -> None:
@@ -385,44 +274,10 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool, ml: bool 
     return score, np.atleast_2d(cov_s), ai, u_new, omega, Ainv
 
 
-def _traces(t: np.ndarray, cv: np.ndarray | None):
-    """The trace estimates from the per-probe terms ``t`` ((m + 1) x N) and their Monte Carlo
-    covariance by the delete-one-probe jackknife.
-
-    With control variates ``cv`` (m x N, ``z_iᵀK_jz_i − tr K_j``, mean 0 exactly) the estimate of
-    trace j is ``mean(t_j) − β_j mean(cv_j)``, β_j the least-squares slope of t_j on cv_j; the
-    jackknife refits β_j without each probe, so the covariance includes the error of β_j (the
-    plain sample covariance / N of the adjusted terms left it out and fell ~1.5x short at N = 10).
-    """
-    N = t.shape[1]
-    loo = (t.sum(axis=1, keepdims=True) - t) / (N - 1) if N > 1 else t.copy()  # mean without probe i
-    est = t.mean(axis=1)
-    if cv is not None:
-        m = cv.shape[0]
-        est = est.copy()
-        loo = loo.copy()
-        for j in range(m):
-            tj, cj = t[j], cv[j]
-            tc = tj - tj.mean()
-            vc = float(cj @ cj)
-            if vc > 0:
-                est[j] -= float(tc @ cj) / vc * cj.mean()
-            if N > 2:
-                St, Sc, Stc, Scc = tj.sum(), cj.sum(), float(tj @ cj), vc
-                t_i, c_i = (St - tj) / (N - 1), (Sc - cj) / (N - 1)  # means without probe i
-                cov_i = (Stc - tj * cj) - (N - 1) * t_i * c_i
-                var_i = Scc - cj * cj
-                beta_i = np.where(var_i > 0, cov_i / np.where(var_i > 0, var_i, 1.0), 0.0)
-                loo[j] = t_i - beta_i * c_i
-    if N < 3:
-        return est, np.full((t.shape[0],) * 2, np.nan)
-    d = loo - loo.mean(axis=1, keepdims=True)
-    return est, (N - 1) / N * (d @ d.T)
-
-
 def _step(theta, score, ai, held, constrain):
     """The AI step on the free parameters, cut at the first bound it meets (that σ²_j held at 0,
-    as :func:`bigmm.fit_components`; σ²_e stopped halfway to 0) and limited to MAX_STEP · Vp."""
+    as :func:`bigmm.fit_components`; σ²_e moved halfway to 0, the others by their AI step given
+    that move: :func:`_residual_step`) and limited to MAX_STEP · Vp."""
     free = ~held
     delta = np.zeros_like(theta)
     try:
@@ -442,7 +297,12 @@ def _step(theta, score, ai, held, constrain):
         k = int(np.argmin(r))
         alpha = float(r[k])
         if k == theta.size - 1:
-            new = theta + 0.5 * alpha * delta
+            new, j = _residual_step(theta, score, ai, held, constrain, vp)
+            if new is None:  # AI singular on the others: the whole step cut halfway to σ²_e = 0
+                new = theta + 0.5 * alpha * delta
+            elif j >= 0:  # a σ²_j met its bound first: held at 0, as above
+                new[j] = 0.0
+                held[j] = True
         else:
             new = theta + alpha * delta
             new[k] = 0.0
@@ -454,6 +314,35 @@ def _step(theta, score, ai, held, constrain):
     return new, held
 
 
+def _residual_step(theta, score, ai, held, constrain, vp):
+    """The step when the AI step would take σ²_e to 0 or below: σ²_e moves halfway to 0, and the
+    other free parameters take the maximiser of the AI quadratic model given that move,
+    ``Δ_f = AI_ff⁻¹ (s_f − AI_fe Δ_e)``, cut where a σ²_j (constrained) would go below 0 (with
+    σ²_e moving by the same fraction). Scaling the whole AI step to stop halfway instead moved
+    every σ²_j by the same small fraction at each halving, and where the maximum lies on σ²_e = 0
+    (small n, p_j > n) the fit stalled short of it, reporting convergence; this way σ²_e halves
+    at each iteration and the others follow their maximum given it. Returns (θ, the σ²_j that met
+    its bound or −1); θ None where AI_ff is singular."""
+    free = ~held
+    free[-1] = False
+    d = np.zeros_like(theta)
+    d[-1] = -0.5 * theta[-1]
+    try:
+        d[free] = np.linalg.solve(ai[np.ix_(free, free)], score[free] - ai[free, -1] * d[-1])
+    except np.linalg.LinAlgError:
+        return None, -1
+    big = float(np.max(np.abs(d)))
+    if big > MAX_STEP * vp:
+        d *= MAX_STEP * vp / big
+    out = (d < 0) & (theta + d <= 0.0)
+    out[-1] = False
+    if not constrain or not out.any():
+        return theta + d, -1
+    r = np.where(out, theta / np.where(out, -d, 1.0), np.inf)
+    j = int(np.argmin(r))
+    return theta + float(r[j]) * d, j
+
+
 def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter, control_variates) -> None:
     """Score and AI at θ, the step, the convergence test; a converged phenotype's final arrays."""
     s = fit.cg[k]
@@ -463,14 +352,17 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
     fixed = np.zeros(m + 1, bool)
     if kind == WITHOUT:
         fixed[drop] = True  # the model without component `drop`: σ²_drop = 0, never released
-    held = fit.a[f"held{k}"] | fixed
-    new, held = _step(theta, score, ai, held, constrain)
+    held0 = fit.a[f"held{k}"] | fixed
+    new, held = _step(theta, score, ai, held0, constrain)
     fit.a[f"iter{k}"][0] += 1
     vp0, vp1 = float(theta.sum()), float(new.sum())
     dh = float(np.max(np.abs(new[:-1] / vp1 - theta[:-1] / vp0)))
     dvp = abs(vp1 - vp0) / vp0
     ctol = float(fit.a[f"ctol{k}"][0])
-    converged = dh < tol and dvp < tol and ctol <= cg_tol
+    # a step that holds a component at its bound is no test of convergence: the others have not
+    # yet been fitted without it (testing it released the component it had just held, whose
+    # score is positive, in a loop that never moved the others)
+    converged = dh < tol and dvp < tol and ctol <= cg_tol and not (held & ~held0).any()
     if converged and held.any():
         release = held & ~fixed & (score / np.maximum(np.diag(ai), 1e-300) > tol * vp1)
         if release.any():
@@ -495,179 +387,12 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
 
 
 # --------------------------------------------------------------------------------------
-# the log-likelihoods: the ML and reduced fits, log det V by stochastic Lanczos quadrature
-# --------------------------------------------------------------------------------------
-
-def _launch(prob, fit: _Fit, m: int, ml: bool, lrt: bool, cg_tol: float, constrain: bool, parallel: int) -> None:
-    """For every AI fit that has converged (or stopped): start its log det solves at its
-    estimate; for a phenotype's converged REML fit, queue its ML fit and its fits without each
-    component, and start them (warm-started from its CG solutions) while fewer than
-    ``parallel`` of them (or their log det solves) are under way; drop CG systems no longer
-    needed."""
-    q = prob.m
-    for k in _ai_keys(fit):
-        if not fit.a[f"done{k}"][0] or f"launched{k}" in fit.a:
-            continue
-        s = fit.cg[k]
-        ph, kind, _ = _spec(fit, k, q)
-        c = prob.patterns[_pattern_of(prob, ph)][2].shape[1]
-        theta = fit.a[f"final{k}"][:m + 1]
-        N = s.B.shape[1] - (c + 1) - (m + 1)
-        if np.all(np.isfinite(theta)):
-            # cold CG from 0 on [Z, y, probes] at the estimate: Lanczos on V from each probe
-            fit.cg[f"L{k}"] = LanczosCG(s.B[:, :c + 1 + N], m, theta, np.arange(c + 1, c + 1 + N))
-        else:  # a fit that failed (_backtrack): no log det
-            fit.a[f"slq{k}"] = np.full(4, np.nan)
-            fit.a[f"ldq{k}"] = fit.a[f"ldcv{k}"] = np.full(N, np.nan)
-        todo = []
-        if kind == REML and fit.a[f"final{k}"][m + 1]:  # an unconverged fit gets ℓ_R only
-            todo = [(ML, -1)] if ml else []
-            if lrt and m > 1:
-                held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
-                todo += [(WITHOUT, j) for j in range(m) if not held[j]]  # at 0: ℓ without it is ℓ
-        fit.a[f"queue{k}"] = np.array(todo, np.int64).reshape(-1, 2)
-        if not todo:
-            del fit.cg[k]
-        fit.a[f"launched{k}"] = np.ones(1, bool)
-    for k in range(q):
-        queue = fit.a.get(f"queue{k}")
-        if queue is None or not queue.size:
-            continue
-        extras = [kk for kk in range(q, int(fit.a["nfits"][0])) if _spec(fit, kk, q)[0] == k]
-        busy = sum(kk in fit.cg or f"L{kk}" in fit.cg for kk in extras)
-        theta = fit.a[f"final{k}"][:m + 1]
-        while busy < parallel and queue.size:
-            _start_extra(prob, fit, k, fit.cg[k], theta, int(queue[0, 0]), int(queue[0, 1]), m, cg_tol, constrain)
-            queue, busy = queue[1:], busy + 1
-        fit.a[f"queue{k}"] = queue
-        if not queue.size:
-            del fit.cg[k]  # every refit has its warm start
-
-
-def _parallel_refits(op, width: int, n_refits: int) -> int:
-    """How many of a phenotype's ML and reduced fits run at once: all of them if a pass of
-    ``width · (1 + all)`` vectors (each phenotype's REML log det solves and its refits) fits the
-    operator's memory plan, else the most that do (at least 1: then the refits take turns, at
-    more passes)."""
-    if n_refits <= 1 or not hasattr(op, "plan"):
-        return max(n_refits, 1)
-    for k in range(n_refits, 0, -1):
-        try:
-            op.plan(width * (1 + k))
-            return k
-        except InputError:
-            continue
-    return 1
-
-
-def _start_extra(prob, fit: _Fit, k: int, s: CGSystem, theta: np.ndarray, kind: int, drop: int, m: int,
-                 cg_tol: float, constrain: bool) -> None:
-    """A new AI fit of phenotype k's model (ML, or REML without component ``drop``), started as
-    :func:`bigmm.fit_components` starts it, from the REML estimate (the dropped component's
-    variance moved to σ²_e), its solves warm-started from the REML fit's."""
-    kk = int(fit.a["nfits"][0])
-    fit.a["nfits"][0] += 1
-    fit.a[f"spec{kk}"] = np.array([k, kind, drop], np.int64)
-    theta0 = theta.copy()
-    if kind == WITHOUT:
-        gi = _pattern_of(prob, k)
-        n_o = prob.patterns[gi][2].shape[0]
-        theta0[-1] += theta0[drop] * float(fit.a[f"p{gi}_trK"][drop]) / n_o
-        theta0[drop] = 0.0
-        keep = np.r_[np.arange(m) != drop, False]
-        if constrain:
-            theta0[keep] = np.maximum(theta0[keep], 1e-3 * theta0[-1])
-    tol0 = max(cg_tol, LOOSE_CG_TOL)
-    new = CGSystem.restore(s.export(""), "")
-    new.restart(theta0, None, tol0)
-    fit.cg[kk] = new
-    fit.a[f"ctol{kk}"] = np.array([tol0])
-    fit.a[f"theta{kk}"] = theta0
-    fit.a[f"held{kk}"] = np.zeros(m + 1, dtype=bool)
-    fit.a[f"iter{kk}"] = np.zeros(1, np.int64)
-    fit.a[f"done{kk}"] = np.zeros(1, bool)
-    fit.a[f"cgsteps{kk}"] = np.zeros(1, np.int64)
-
-
-def _finish_logdets(prob, fit: _Fit, m: int) -> None:
-    """For every log det solve that has stopped: each probe's quadrature ``z_iᵀ log(I + A) z_i``
-    (A = Σ_j (σ²_j/σ²_e) K_j), its control variate ``z_iᵀAz_i − tr A`` and the exact terms
-    ``[n_o log σ²_e, log det ZᵀV⁻¹Z, yᵀPy, Lanczos steps]``; the solve's arrays are then dropped."""
-    for key in _slq_keys(fit):
-        s = fit.cg[key]
-        if s.active.any() and s.steps[0] < MAX_CG_STEPS:
-            continue
-        k = int(key[1:])
-        ph = _spec(fit, k, prob.m)[0]
-        gi = _pattern_of(prob, ph)
-        cols, _, Zo, _, _ = prob.patterns[gi]
-        n_o, c = Zo.shape
-        theta = s.theta
-        te = float(theta[-1])
-        N = s.B.shape[1] - c - 1
-        probes = range(c + 1, c + 1 + N)
-        if np.any(s.quad == -np.inf):  # V was not positive definite
-            fit.a[f"slq{k}"] = np.full(4, np.nan)
-            fit.a[f"ldq{k}"] = fit.a[f"ldcv{k}"] = np.full(N, np.nan)
-        else:
-            X = s.X
-            A = Zo.T @ X[:, :c]
-            A = 0.5 * (A + A.T)
-            sign, logdet_A = np.linalg.slogdet(A)
-            y = s.B[:, c]
-            Zy = Zo.T @ X[:, c]
-            yPy = float(y @ X[:, c] - Zy @ np.linalg.solve(A, Zy))
-            fit.a[f"slq{k}"] = np.array([n_o * math.log(te), logdet_A if sign > 0 else np.nan, yPy,
-                                         float(s.steps[0])])
-            fit.a[f"ldq{k}"] = np.array([s.quadrature(i, lambda lam: np.log(lam / te)) for i in probes])
-            KB = fit.a[f"p{gi}_KB"]
-            qg = len(cols)
-            KP, P = KB[:, :, c + qg + 1:], s.B[:, c + 1:]
-            zKz = np.einsum("ni,jni->ji", P, KP)  # (m, N): z_iᵀ K_j z_i from pass 1
-            ratio = theta[:m] / te
-            fit.a[f"ldcv{k}"] = ratio @ (zKz - fit.a[f"p{gi}_trK"][:, None])
-        del fit.cg[key]
-
-
-def _logls(prob, fit: _Fit, k: int, m: int, exact: bool) -> dict:
-    """Phenotype k's log-likelihoods on y's scale from its fits' log det estimates: per fit
-    (REML, ML, without each component) ℓ and, jointly over the fits (common probes), the
-    delete-one-probe jackknife covariance of their log det estimates."""
-    q = prob.m
-    n_o, c = prob.patterns[_pattern_of(prob, k)][2].shape
-    la = math.log(float(prob.scales[k]))
-    fits = [(k, REML, -1)] + [(kk, kind, drop) for kk in range(q, int(fit.a["nfits"][0]))
-                              for ph, kind, drop in [_spec(fit, kk, q)] if ph == k]
-    t = np.vstack([fit.a[f"ldq{kk}"] for kk, _, _ in fits])
-    cv = np.vstack([fit.a[f"ldcv{kk}"] for kk, _, _ in fits])
-    est, cov = _traces(t, cv)
-    if exact:
-        cov = np.full(cov.shape, np.nan)
-    out = {"cov": cov, "index": {}}
-    for i, (kk, kind, drop) in enumerate(fits):
-        logdet_I, logdet_A, yPy, _ = fit.a[f"slq{kk}"]
-        if kind == ML:
-            ll = -0.5 * (n_o * LOG2PI + logdet_I + est[i] + yPy) - n_o * la
-        else:
-            ll = -0.5 * ((n_o - c) * LOG2PI + logdet_I + est[i] + logdet_A + yPy) - (n_o - c) * la
-        out["index"][(kind, drop)] = (i, float(ll), kk)
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------------------
 
-def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, lrt) -> ComponentsFit:
-    gi = _pattern_of(prob, k)
-    cols, obs, Zo, Yr, shift = prob.patterns[gi]
-    n_o, c = Zo.shape
-    a = float(prob.scales[k])
-    a2 = a * a
-    fin = fit.a[f"final{k}"]
-    theta, converged = fin[:m + 1], bool(fin[m + 1])
-    held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
-    ai, cov_s = fit.a[f"ai{k}"], fit.a[f"covs{k}"]
+def _covariances(ai: np.ndarray, cov_s: np.ndarray, held: np.ndarray, exact: bool):
+    """Cov(θ̂) = AI⁻¹ (NaN where AI is singular) and the Monte Carlo covariance
+    ``AI⁻¹ Cov_MC(s) AI⁻¹`` over the free parameters (0 for the held ones; NaN with exact traces)."""
     try:
         cov = np.linalg.inv(ai)
     except np.linalg.LinAlgError:
@@ -682,45 +407,23 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
             cov_mc[np.ix_(free, free)] = Fi @ cov_s[np.ix_(free, free)] @ Fi
         except np.linalg.LinAlgError:
             cov_mc[:] = np.nan
+    return cov, cov_mc
+
+
+def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, lrt) -> ComponentsFit:
+    gi = _pattern_of(prob, k)
+    cols, obs, Zo, Yr, shift = prob.patterns[gi]
+    n_o, c = Zo.shape
+    a = float(prob.scales[k])
+    a2 = a * a
+    fin = fit.a[f"final{k}"]
+    theta, converged = fin[:m + 1], bool(fin[m + 1])
+    held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
+    cov, cov_mc = _covariances(fit.a[f"ai{k}"], fit.a[f"covs{k}"], held, exact)
     theta_o, cov_o, cov_mc_o = theta * a2, cov * a2 * a2, cov_mc * a2 * a2
     nan = float("nan")
-    ll0 = null_fit(prob.Y[obs, k] * a, Zo)[0]
-    L = _logls(prob, fit, k, m, exact)
-    i0, logl, _ = L["index"][(REML, -1)]
-    cov = L["cov"]
-
-    def mc_sd(w):  # Monte Carlo SD of Σ_i w_i log det_i (w over the fits of this phenotype)
-        w = np.asarray(w, float)
-        on = w != 0
-        c2 = cov[np.ix_(on, on)]
-        return float(math.sqrt(max(w[on] @ c2 @ w[on], 0.0))) if np.all(np.isfinite(c2)) else nan
-
-    e0 = np.eye(cov.shape[0])[i0]
+    T = _tests(prob, fit, k, m, theta, held, constrain, exact, lrt)
     none = not np.any(theta[:-1])
-    def clip(d):  # an LRT statistic from 2Δℓ: at least 0; NaN stays NaN (a failed log det)
-        return max(0.0, d) if math.isfinite(d) else nan
-
-    stat_all = 0.0 if none else clip(2.0 * (logl - ll0))
-    # LRT = 2(ℓ − ℓ0) = −log det V + exact terms: its SD is that of the log det estimate
-    lrt_all = (stat_all, _lrt_pvalue(stat_all, m, constrain), 0.0 if none else mc_sd(e0))
-    tests = []
-    for j in range(m):
-        if not lrt or m > 1 and not held[j] and (WITHOUT, j) not in L["index"]:  # not asked for, or not
-            tests.append((nan, nan, nan, nan))                                   # converged: not fitted
-        elif held[j]:  # the model without it is the same model at the same maximum: LRT 0
-            tests.append((0.0, 1.0, ll0 if m == 1 else logl, 0.0))
-        elif m == 1:
-            tests.append((lrt_all[0], _lrt_pvalue(lrt_all[0], 1, constrain), ll0, lrt_all[2]))
-        else:
-            iw, lw, _ = L["index"][(WITHOUT, j)]
-            st = clip(2.0 * (logl - lw))
-            tests.append((st, _lrt_pvalue(st, 1, constrain), lw, mc_sd(e0 - np.eye(cov.shape[0])[iw])))
-    if (ML, -1) in L["index"]:
-        iml, logl_ml, kml = L["index"][(ML, -1)]
-        th_ml = fit.a[f"final{kml}"][:m + 1]
-        h2_ml, logl_ml_sd = float(th_ml[:-1].sum() / th_ml.sum()), 0.5 * mc_sd(np.eye(cov.shape[0])[iml])
-    else:
-        logl_ml = h2_ml = logl_ml_sd = nan
     KB = fit.a[f"p{gi}_KB"]
     qg = len(cols)
     K1 = KB[:, :, c + qg]
@@ -734,8 +437,8 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
         sigma2_se=float(se[j]), h2=der["h2"][j][0], h2_se=der["h2"][j][1], share=der["share"][j][0],
         share_se=der["share"][j][1], enrichment=der["enrichment"][j][0], enrichment_se=der["enrichment"][j][1],
         pve=der["pve"][j][0], pve_se=der["pve"][j][1], mean_diag_K=float(trK[j] / n_o), boundary=bool(held[j]),
-        lrt_stat=tests[j][0], lrt_pvalue=tests[j][1], logl_reml_without=tests[j][2], h2_se_mc=der_mc["h2"][j][1],
-        sigma2_se_mc=float(se_mc[j]), lrt_stat_se_mc=tests[j][3]) for j in range(m))
+        lrt_stat=T["tests"][j][0], lrt_pvalue=T["tests"][j][1], logl_reml_without=T["tests"][j][2],
+        h2_se_mc=der_mc["h2"][j][1], sigma2_se_mc=float(se_mc[j]), lrt_stat_se_mc=T["tests"][j][3]) for j in range(m))
     gen = np.r_[np.ones(m), 0.0]
     omega = a * (fit.a[f"omega{k}"] + shift[:, cols.index(k)])
     om_cov = fit.a[f"omegacov{k}"]
@@ -746,15 +449,15 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, l
         h2_se_method="average_information", h2_se_curvature=nan, pve=der["pve_total"][0],
         pve_se=der["pve_total"][1], mean_diag_K=nan, sigma2_g=float(theta_o[:-1].sum()),
         sigma2_g_se=float(math.sqrt(max(gen @ cov_o @ gen, 0.0))), sigma2_e=float(theta_o[-1]),
-        sigma2_e_se=float(se[-1]), logl_reml=logl, logl_reml_h2_0=ll0, logl_ml=logl_ml, h2_ml=h2_ml,
-        lrt_stat=lrt_all[0], lrt_pvalue=lrt_all[1], boundary="lower" if none else "", fixed_effects=fe,
-        n_missing=int(prob.n - n_o),
+        sigma2_e_se=float(se[-1]), logl_reml=T["logl"], logl_reml_h2_0=T["ll0"], logl_ml=T["logl_ml"],
+        h2_ml=T["h2_ml"], lrt_stat=T["lrt_all"][0], lrt_pvalue=T["lrt_all"][1], boundary="lower" if none else "",
+        fixed_effects=fe, n_missing=int(prob.n - n_o),
         missing_method="subset" if n_o < prob.n else "none", sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]),
         components=comps, sigma2_cov=tuple(tuple(float(v) for v in r) for r in cov_o),
         reml_method="matrix_free_ai_reml", iterations=int(fit.a[f"iter{k}"][0]), converged=converged,
         delta_logl=nan, delta_sigma2=float(fin[m + 2]), constrain=constrain, h2_se_mc=der_mc["h2_total"][1],
         passes=int(fit.a["passes"][0]), cg_iterations=int(fit.a[f"cgsteps{k}"][0]),
-        logl_reml_se_mc=0.5 * mc_sd(e0), logl_ml_se_mc=logl_ml_sd, lrt_stat_se_mc=lrt_all[2])
+        logl_reml_se_mc=T["logl_se_mc"], logl_ml_se_mc=T["logl_ml_se_mc"], lrt_stat_se_mc=T["lrt_all"][2])
 
 
 # --------------------------------------------------------------------------------------
@@ -835,7 +538,8 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     all of them, warm-started from the previous solutions; ``K_j x`` is accumulated from the
     pass products. Score ``s_j = ½(yᵀPK_jPy − tr(PK_j))`` with ``tr(PK_j) ≈ mean_i (Pz_i)ᵀ(K_jz_i)``
     (``tr P ≈ mean z_iᵀPz_i``), exact at θ up to the probes; AI matrix ``½ u_jᵀPu_k`` with
-    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``.
+    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``, cut at
+    the first bound (:func:`_step`; σ²_e halfway to 0 with the others fitted given it).
     SEs: inverse AI at the estimate; Monte Carlo covariance ``AI⁻¹ Cov_MC(s) AI⁻¹`` with
     ``Cov_MC(s)`` from the per-probe terms of the traces (delete-one-probe jackknife), carried to
     ratios by the same delta method.
@@ -863,29 +567,12 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     fp = _fingerprint(prob, m, nprobe_key, int(seed), bool(constrain), tol, float(cg_tol))
     if not (isinstance(slq_tol, (int, float)) and math.isfinite(slq_tol) and slq_tol > 0):
         raise InputError(f"slq_tol must be a positive number, got {slq_tol!r}")
-    fit = _Fit.load(state, fp, q)
-    logl_fp = f"ml={bool(ml)} lrt={bool(lrt)} slq_tol={float(slq_tol)!r}"
     notes = {"n_probes": nprobe_key, "seed": int(seed), "cg_tol": float(cg_tol), "tol": tol,
              "control_variates": bool(control_variates), "slq_tol": float(slq_tol),
              "logl": "log det V by stochastic Lanczos quadrature at each fit's estimate (cold CG on the same "
                      "probes; control variate z'Az - tr A), the other terms exact: logl_reml, logl_ml, the LRTs "
                      "and logl_reml_without are Monte Carlo estimates, their SDs in *_se_mc"}
-    if fit is not None:
-        notes["resumed_after_pass"] = int(fit.a["passes"][0])
-        log.info("matrix-free components: resuming after pass %d (%s)", int(fit.a["passes"][0]), state)
-        kept = fit.reset_logl(q, logl_fp)
-        if kept is None:
-            log.info("matrix-free components: the saved state's log-likelihood solves were made with other "
-                     "settings (ml, lrt, slq_tol); the fit starts afresh")
-            notes.pop("resumed_after_pass")
-            fit = _Fit(fp)
-            fit.reset_logl(q, logl_fp)
-        elif kept:
-            log.info("matrix-free components: the saved log-likelihood solves were made with other settings "
-                     "(or by an earlier version); they start again")
-    else:
-        fit = _Fit(fp)
-        fit.reset_logl(q, logl_fp)
+    fit = _open(state, fp, q, f"ml={bool(ml)} lrt={bool(lrt)} slq_tol={float(slq_tol)!r}", notes)
     per = prob.c + 2 + m + (prob.n if exact else int(n_probes))  # a phenotype's AI solves
     if hasattr(op, "plan") and fit.a["stage"][0] == 0:
         width = sum(prob.patterns[g][2].shape[1] + len(prob.patterns[g][0]) + 1
@@ -902,14 +589,63 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         _first_pass(op, prob, fit, m, nprobe_key, int(seed), float(cg_tol))
         fit.save(state)
         report(f"matrix-free components pass 1: Haseman–Elston start, {q} phenotypes, {m} components")
+    _iterate(op, prob, fit, m, state, report, ml=bool(ml), lrt=bool(lrt), constrain=bool(constrain), tol=tol,
+             cg_tol=float(cg_tol), slq_tol=float(slq_tol), max_iter=int(max_iter),
+             control_variates=control_variates, parallel=parallel)
+    cnames = list(op.names)
+    nv = np.asarray(op.n_variants, dtype=np.float64) if getattr(op, "n_variants", None) is not None else None
+    if nv is not None and not np.all(nv > 0):
+        nv = None
+    fits = tuple(_result(prob, fit, k, m, cnames, nv, constrain, exact, bool(ml), bool(lrt)) for k in range(q))
+    notes["passes"] = int(fit.a["passes"][0])
+    notes["passes_logl"] = int(fit.a["passes_logl"][0])
+    notes["not_converged"] = [f.name for f in fits if not f.converged]
+    if notes["not_converged"]:
+        log.warning("matrix-free components: %d of %d phenotypes did not converge in %d AI iterations",
+                    len(notes["not_converged"]), q, max_iter)
+    return ComponentsResult(fits=fits, component_names=tuple(cnames), covariate_names=tuple(prob.znames),
+                            n_variants=None if nv is None else tuple(float(v) for v in nv),
+                            constrain=bool(constrain), reml_method="matrix_free_ai_reml", notes=notes)
+
+
+def _open(state, fp: str, q: int, logl_fp: str, notes: dict) -> _Fit:
+    """The fit to continue: the saved ``state`` of the same inputs (refused if of other inputs;
+    its log-likelihood part redone if made with other settings, the whole fit if its REML solves
+    are gone), or a new one."""
+    fit = _Fit.load(state, fp, q)
+    if fit is not None:
+        notes["resumed_after_pass"] = int(fit.a["passes"][0])
+        log.info("matrix-free components: resuming after pass %d (%s)", int(fit.a["passes"][0]), state)
+        kept = fit.reset_logl(q, logl_fp)
+        if kept is None:
+            log.info("matrix-free components: the saved state's log-likelihood solves were made with other "
+                     "settings (ml, lrt, slq_tol); the fit starts afresh")
+            notes.pop("resumed_after_pass")
+            fit = _Fit(fp)
+            fit.reset_logl(q, logl_fp)
+        elif kept:
+            log.info("matrix-free components: the saved log-likelihood solves were made with other settings "
+                     "(or by an earlier version); they start again")
+    else:
+        fit = _Fit(fp)
+        fit.reset_logl(q, logl_fp)
+    return fit
+
+
+def _iterate(op, prob, fit: _Fit, m: int, state, report, *, ml: bool, lrt: bool, constrain: bool, tol: float,
+             cg_tol: float, slq_tol: float, max_iter: int, control_variates: bool, parallel: int) -> None:
+    """After pass 1, until every fit and log det is done: start what the finished fits call for
+    (:func:`_launch`), take the AI step of every fit whose solves are done (:func:`_ai_update`),
+    else make one pass (:func:`_cg_pass`); the state is saved after each."""
+    q = prob.m
     while True:
         _finish_logdets(prob, fit, m)
-        _launch(prob, fit, m, bool(ml), bool(lrt), float(cg_tol), bool(constrain), parallel)
+        _launch(prob, fit, m, ml, lrt, cg_tol, constrain, parallel)
         todo = [k for k in _ai_keys(fit) if not fit.a[f"done{k}"][0]]
         need = [k for k in todo if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
         if todo and not need:
             for k in todo:
-                _ai_update(prob, fit, k, m, constrain, tol, float(cg_tol), int(max_iter), control_variates)
+                _ai_update(prob, fit, k, m, constrain, tol, cg_tol, max_iter, control_variates)
             fit.save(state)
             continue
         slq = [k for k in _slq_keys(fit) if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
@@ -926,7 +662,7 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         else:
             step = int(fit.cg[slq[0]].steps[0]) + 1
             desc = f"components log det V, Lanczos step {step}"
-        _cg_pass(op, prob, fit, desc, float(cg_tol), float(slq_tol))
+        _cg_pass(op, prob, fit, desc, cg_tol, slq_tol)
         fit.save(state)
         if need:
             res = max(fit.cg[k].residual() for k in need)
@@ -938,17 +674,3 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         else:
             report(f"matrix-free components pass {int(fit.a['passes'][0])}: log det V of {len(slq)} fits, "
                    f"Lanczos step {step}")
-    cnames = list(op.names)
-    nv = np.asarray(op.n_variants, dtype=np.float64) if getattr(op, "n_variants", None) is not None else None
-    if nv is not None and not np.all(nv > 0):
-        nv = None
-    fits = tuple(_result(prob, fit, k, m, cnames, nv, constrain, exact, bool(ml), bool(lrt)) for k in range(q))
-    notes["passes"] = int(fit.a["passes"][0])
-    notes["passes_logl"] = int(fit.a["passes_logl"][0])
-    notes["not_converged"] = [f.name for f in fits if not f.converged]
-    if notes["not_converged"]:
-        log.warning("matrix-free components: %d of %d phenotypes did not converge in %d AI iterations",
-                    len(notes["not_converged"]), q, max_iter)
-    return ComponentsResult(fits=fits, component_names=tuple(cnames), covariate_names=tuple(prob.znames),
-                            n_variants=None if nv is None else tuple(float(v) for v in nv),
-                            constrain=bool(constrain), reml_method="matrix_free_ai_reml", notes=notes)

@@ -209,6 +209,57 @@ def test_exhausted_spaces_give_the_exact_ml_fit_and_component_lrts():
     assert mf.notes["passes_logl"] > 0 and mf.fits[0].passes == mf.notes["passes"]
 
 
+def _dense_reml_score(Ks, y, Z, theta):
+    """The REML score ½[yᵀPK_kPy − tr(PK_k)] for k = 1..m and K_{m+1} = I,
+    P = V⁻¹ − V⁻¹Z(ZᵀV⁻¹Z)⁻¹ZᵀV⁻¹, by dense NumPy, written independently of bigmm."""
+    n = Z.shape[0]
+    Vi = np.linalg.inv(sum(t * K for t, K in zip(theta[:-1], Ks)) + theta[-1] * np.eye(n))
+    ViZ = Vi @ Z
+    P = Vi - ViZ @ np.linalg.solve(Z.T @ ViZ, ViZ.T)
+    Py = P @ y
+    return np.array([0.5 * (Py @ K @ Py - np.vdot(P, K)) for K in list(Ks) + [np.eye(n)]])
+
+
+@pytest.mark.parametrize("m, seed, ph", [(2, 2, 0), (3, 5, 1)])
+def test_exhausted_spaces_reach_the_maximum_on_the_residual_boundary(m, seed, ph):
+    """Seeds (n = 80) where the REML maximum lies on the boundary σ²_e = 0 (V = Σ_j σ²_j K_j stays
+    positive definite: 200 variants per component), the second (pheno2, 20 missing) with K1 held
+    at 0 as well. The matrix-free fit must stop there, not where halving σ²_e towards 0 (with every
+    other parameter cut by the same fraction) stalls: that stall reported convergence 0.058 and
+    2.47 below the maximum in ℓ_R. Reference: ℓ_R over σ²_j ≥ 10⁻⁹ (V stays invertible) at
+    σ²_e = 0 by L-BFGS-B with the dense score, written here; at its optimum the score of every
+    σ²_j off its bound is 0, that of a σ²_j at its bound and that of σ²_e negative (the
+    Karush–Kuhn–Tucker conditions of the boundary maximum). Tolerance 1e-6: the fit stops at
+    |Δθ| < 1e-8 Vp with σ²_e ~ 1e-8 Vp (ℓ_R moves by |s_e| σ²_e ~ 1e-8), the reference at a
+    projected gradient below 1e-9 with a σ²_j at its bound off 0 by 1e-9: θ and ℓ_R agree to
+    ~1e-7."""
+    from scipy.optimize import minimize
+
+    Ks, Y, Z = _problem(m=m, seed=seed, n=80)
+    y = Y[:, ph]
+    # σ²_e halves at each iteration: ~25 iterations from ~0.1 Vp to below tol · Vp = 1e-8 Vp
+    mf = bigmm.fit_components_matrix_free(bigmm.DenseComponentsOperator(Ks), y, Z, n_probes="exact", tol=1e-8,
+                                          cg_tol=1e-10, slq_tol=1e-10, ml=False, lrt=False)
+    f = mf.fits[0]
+    obs = ~np.isnan(y)
+    Ko, yo, Zo = [K[np.ix_(obs, obs)] for K in Ks], y[obs], Z[obs]
+
+    def neg(g):
+        th = np.r_[g, 0.0]
+        return -_dense_logl_reml(Ko, yo, Zo, th)[0], -_dense_reml_score(Ko, yo, Zo, th)[:-1]
+
+    opt = minimize(neg, np.full(m, np.var(yo) / m), jac=True, method="L-BFGS-B", bounds=[(1e-9, None)] * m,
+                   options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+    ref = np.r_[opt.x, 0.0]
+    score = _dense_reml_score(Ko, yo, Zo, ref)
+    off = opt.x > 1e-8
+    assert np.max(np.abs(score[:-1][off])) < 1e-6 and np.all(score[:-1][~off] < 0) and score[-1] < -0.1
+    assert f.converged
+    np.testing.assert_allclose([c.sigma2 for c in f.components] + [f.sigma2_e], ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(f.logl_reml, -opt.fun, rtol=0, atol=1e-6)
+    assert [c.boundary for c in f.components] == list(~off)
+
+
 def test_an_unconverged_fit_gets_its_reml_logl_and_no_refits():
     """A REML fit stopped by max_iter gets ℓ_R at its last θ (the dense value there, within 4 MC SDs)
     and the LRT of all, but no ML fit and no fits without each component: NaN, not tests of a
