@@ -6,25 +6,29 @@ those of :func:`bigmm.fit_components` (the same AI-REML maximum) with the traces
 Hutchinson probes and every solve by conjugate gradients; see
 :func:`fit_components_matrix_free`. The steps: :func:`_first_pass` (products of Z, Y, 1 and the
 probes; the Haseman–Elston start), :func:`_cg_pass` (one CG step of every phenotype's solves),
-:func:`_ai_update` (score, AI matrix and the constrained step of one phenotype),
-:func:`_result` (estimates, SEs and Monte Carlo SDs). The CG recurrences: :mod:`bigmm.mf_cg`.
+:func:`_ai_update` (score, AI matrix and the constrained step of one phenotype) and
+:func:`_result` (estimates, SEs and Monte Carlo SDs). The log-likelihoods (the ML fit, the fits
+without each component, log det V by Lanczos quadrature, the LRTs):
+:mod:`bigmm.mf_components_logl`; the state a fit resumes from: :mod:`bigmm.mf_components_state`;
+the CG and Lanczos recurrences: :mod:`bigmm.mf_cg`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .mf_cg import CGSystem, IndefiniteError
+from .mf_components_logl import _finish_logdets, _launch, _parallel_refits, _tests, _traces
+from .mf_components_state import (CG_TOL_FACTOR, LOOSE_CG_TOL, MAX_CG_STEPS, ML, REML, WITHOUT, _ai_keys, _Fit,
+                                  _fingerprint, _pattern_of, _slq_keys, _spec)
 from .mf_solver import check_inputs, check_operator
 from .results import FixedEffect
-from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, derived, null_fit
+from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, derived
 
 log = logging.getLogger("bigmm")
 
@@ -44,20 +48,17 @@ DEFAULT_TOL = 1e-4
 #: a decade of margin from failure
 DEFAULT_CG_TOL = 1e-5
 DEFAULT_MAX_ITER = 50
-#: the CG tolerance of an AI iteration: max(cg_tol, min(LOOSE_CG_TOL, CG_TOL_FACTOR · max|Δθ| / Vp of
-#: the step that led to it)); the first iteration uses LOOSE_CG_TOL. Far from the estimate the
-#: step is large and a loose solve gives it as well; convergence is only declared at cg_tol.
-LOOSE_CG_TOL = 1e-3
-CG_TOL_FACTOR = 1e-2
-#: CG steps (passes) per AI iteration at most
-MAX_CG_STEPS = 500
 #: an AI step moves no parameter by more than this fraction of Vp (no likelihood to test a step)
 MAX_STEP = 0.5
-STATE_VERSION = 1
+#: the log det V quadrature of a probe stops when one more Lanczos step changes it by less than
+#: this (absolute, on zᵀ log(I + A) z; or at the CG residual cg_tol). The Gauss rule for log
+#: converges monotonically and geometrically, so the truncation error of ℓ is a few times
+#: ½ SLQ_TOL, far below its Monte Carlo SD (≳ 0.05 at N = 30; docs/matrix_free.md)
+SLQ_TOL = 1e-4
 
 
 # --------------------------------------------------------------------------------------
-# set-up: inputs, probes, fingerprint
+# set-up: inputs, probes
 # --------------------------------------------------------------------------------------
 
 def _check(op, Y, Z, phenotype_names, covariate_names, n_probes, tol, cg_tol, max_iter):
@@ -85,54 +86,6 @@ def _probes(gi: int, n_o: int, n_probes, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 2, gi]).choice(np.array([-1.0, 1.0]), size=(n_o, int(n_probes)))
 
 
-def _fingerprint(prob, m: int, n_probes, seed: int, constrain: bool, tol: float, cg_tol: float) -> str:
-    h = hashlib.sha256()
-    h.update(f"v{STATE_VERSION} n={prob.n} m={m} probes={n_probes} seed={seed} constrain={constrain} "
-             f"tol={tol!r} cg_tol={cg_tol!r}".encode())
-    h.update(np.ascontiguousarray(np.nan_to_num(prob.Y, nan=1.2345e300)).tobytes())
-    h.update(np.ascontiguousarray(prob.Z).tobytes())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# the state of a fit: plain arrays, written to an npz after every pass
-# --------------------------------------------------------------------------------------
-
-class _Fit:
-    """Every array of a fit in progress (``arrays``), the CG systems per phenotype, and the
-    pass-1 products per pattern; :meth:`save` / :meth:`load` write and read them atomically."""
-
-    def __init__(self, fp: str):
-        self.a: dict = {"fingerprint": np.array(fp), "passes": np.zeros(1, np.int64),
-                        "stage": np.zeros(1, np.int64)}  # stage 0: before pass 1, 1: iterating
-        self.cg: dict = {}
-
-    def save(self, path) -> None:
-        if path is None:
-            return
-        arrays = dict(self.a)
-        for k, s in self.cg.items():
-            arrays.update(s.export(f"sys{k}_"))
-        tmp = f"{path}.partial.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path, fp: str, q: int) -> "_Fit | None":
-        if path is None or not os.path.exists(path):
-            return None
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if str(arrays.get("fingerprint", "")) != fp:
-            raise InputError(f"{path}: this saved state is of other inputs (phenotypes, covariates, components, "
-                             f"probes, seed or tolerances); remove it or pass another state path to start afresh")
-        self = cls(fp)
-        self.a = {k: v for k, v in arrays.items() if not k.startswith("sys")}
-        self.cg = {k: CGSystem.restore(arrays, f"sys{k}_") for k in range(q) if f"sys{k}_B" in arrays}
-        return self
 
 
 # --------------------------------------------------------------------------------------
@@ -221,40 +174,56 @@ def _haseman_elston(Zo, y, KZ, Ky, KP, trK) -> np.ndarray:
 # one CG step of every solve in one pass
 # --------------------------------------------------------------------------------------
 
-def _cg_pass(op, prob, fit: _Fit, desc: str) -> None:
+def _cg_pass(op, prob, fit: _Fit, desc: str, cg_tol: float, slq_tol: float) -> None:
+    """One pass: a CG step of every AI fit's active solves and of every log det solve."""
     pieces, who = [], []
-    for k, s in sorted(fit.cg.items()):
-        if not fit.a[f"done{k}"][0] and s.active.any():
-            gi = _pattern_of(prob, k)
+    q = prob.m
+    for k in _ai_keys(fit) + _slq_keys(fit):
+        s = fit.cg[k]
+        if (isinstance(k, str) or not fit.a[f"done{k}"][0]) and s.active.any():
+            gi = _pattern_of(prob, _spec(fit, int(k[1:]) if isinstance(k, str) else k, q)[0])
             idx = np.flatnonzero(prob.patterns[gi][1])
             D = s.directions()
             pieces.append((idx, D))
             who.append((k, idx, D.shape[1]))
+    if not any(not isinstance(k, str) and k < q for k, _, _ in who):
+        fit.a["passes_logl"][0] += 1  # a pass that only the log-likelihoods need
     KM, _ = op.apply(_embed(prob.n, pieces), desc=desc)
     c0 = 0
     for k, idx, w in who:
         s = fit.cg[k]
-        ctol = float(fit.a[f"ctol{k}"][0])
-        try:
-            s.absorb(KM[:, idx, c0:c0 + w], ctol)
-        except IndefiniteError:
-            # V is not positive definite at this θ (an unconstrained step too far): back halfway
-            _backtrack(fit, k, ctol)
+        if isinstance(k, str):
+            te = float(s.theta[-1])
+            try:
+                s.absorb_quadrature(KM[:, idx, c0:c0 + w], cg_tol, lambda lam: np.log(lam / te), slq_tol)
+            except IndefiniteError:
+                s.stopped[:] = True  # V not positive definite at this fit's estimate: ℓ is NaN
+                s.active[:] = False
+                s.quad[:] = -np.inf
+        else:
+            ctol = float(fit.a[f"ctol{k}"][0])
+            try:
+                s.absorb(KM[:, idx, c0:c0 + w], ctol)
+            except IndefiniteError:
+                # V is not positive definite at this θ (an unconstrained step too far): back halfway
+                _backtrack(fit, k, ctol)
+            fit.a[f"cgsteps{k}"][0] += 1
         c0 += w
-        fit.a[f"cgsteps{k}"][0] += 1
     fit.a["passes"][0] += 1
-
-
-def _pattern_of(prob, k: int) -> int:
-    for gi, pat in enumerate(prob.patterns):
-        if k in pat[0]:
-            return gi
-    raise KeyError(k)
 
 
 def _backtrack(fit: _Fit, k: int, cg_tol: float) -> None:
     s = fit.cg[k]
     prev = fit.a.get(f"prev{k}")
+    if prev is None and f"spec{k}" in fit.a:
+        # an ML or reduced fit whose start is not positive definite (unconstrained: a component
+        # below 0 that the dropped one made up for): its ℓ is NaN, the REML fit's results stand
+        log.warning("matrix-free components: V is not positive definite at the start of a fit without a "
+                    "component (unconstrained); its likelihood-ratio test is NaN")
+        fit.a[f"done{k}"][0] = True
+        fit.a[f"final{k}"] = np.r_[np.full(s.theta.size, np.nan), 0.0, np.nan, np.nan]
+        s.active[:] = False
+        return
     if prev is None:
         raise InputError("the covariance matrix V is not positive definite at the start values")
     theta = 0.5 * (prev + s.theta)
@@ -266,10 +235,11 @@ def _backtrack(fit: _Fit, k: int, cg_tol: float) -> None:
 # the AI step of one phenotype
 # --------------------------------------------------------------------------------------
 
-def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool):
+def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool, ml: bool = False):
     """At the θ of the finished solves: the score, its per-probe terms, the AI matrix, the new
-    lagged vectors u = [K_j P y, P y] and the GLS fit (ω, (ZᵀV⁻¹Z)⁻¹)."""
-    gi = _pattern_of(prob, k)
+    lagged vectors u = [K_j P y, P y] and the GLS fit (ω, (ZᵀV⁻¹Z)⁻¹). ``ml``: the ML score, with
+    ``tr(V⁻¹K_j) ≈ mean_i (V⁻¹z_i)ᵀ(K_jz_i)`` in place of ``tr(PK_j)``."""
+    gi = _pattern_of(prob, _spec(fit, k, prob.m)[0])
     cols, obs, Zo, Yr, _ = prob.patterns[gi]
     c, qg = Zo.shape[1], len(cols)
     s = fit.cg[k]
@@ -289,7 +259,7 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool):
     Py, KPy = proj([c])
     Py, KPy = Py[:, 0], KPy[:, :, 0]
     q = np.r_[KPy @ Py, Py @ Py]
-    Pz, _ = proj(list(range(c + 1, c + 1 + N)))
+    Pz = X[:, c + 1:c + 1 + N] if ml else proj(list(range(c + 1, c + 1 + N)))[0]
     t = np.vstack([np.einsum("ni,jni->ji", Pz, KP), np.einsum("ni,ni->i", Pz, P)[None]])  # (m+1, N)
     cv = np.einsum("ni,jni->ji", P, KP) - fit.a[f"p{gi}_trK"][:, None] if control_variates else None
     tr, cov_tr = _traces(t, cv)
@@ -304,44 +274,10 @@ def _score_ai(prob, fit: _Fit, k: int, m: int, control_variates: bool):
     return score, np.atleast_2d(cov_s), ai, u_new, omega, Ainv
 
 
-def _traces(t: np.ndarray, cv: np.ndarray | None):
-    """The trace estimates from the per-probe terms ``t`` ((m + 1) x N) and their Monte Carlo
-    covariance by the delete-one-probe jackknife.
-
-    With control variates ``cv`` (m x N, ``z_iᵀK_jz_i − tr K_j``, mean 0 exactly) the estimate of
-    trace j is ``mean(t_j) − β_j mean(cv_j)``, β_j the least-squares slope of t_j on cv_j; the
-    jackknife refits β_j without each probe, so the covariance includes the error of β_j (the
-    plain sample covariance / N of the adjusted terms left it out and fell ~1.5x short at N = 10).
-    """
-    N = t.shape[1]
-    loo = (t.sum(axis=1, keepdims=True) - t) / (N - 1) if N > 1 else t.copy()  # mean without probe i
-    est = t.mean(axis=1)
-    if cv is not None:
-        m = cv.shape[0]
-        est = est.copy()
-        loo = loo.copy()
-        for j in range(m):
-            tj, cj = t[j], cv[j]
-            tc = tj - tj.mean()
-            vc = float(cj @ cj)
-            if vc > 0:
-                est[j] -= float(tc @ cj) / vc * cj.mean()
-            if N > 2:
-                St, Sc, Stc, Scc = tj.sum(), cj.sum(), float(tj @ cj), vc
-                t_i, c_i = (St - tj) / (N - 1), (Sc - cj) / (N - 1)  # means without probe i
-                cov_i = (Stc - tj * cj) - (N - 1) * t_i * c_i
-                var_i = Scc - cj * cj
-                beta_i = np.where(var_i > 0, cov_i / np.where(var_i > 0, var_i, 1.0), 0.0)
-                loo[j] = t_i - beta_i * c_i
-    if N < 3:
-        return est, np.full((t.shape[0],) * 2, np.nan)
-    d = loo - loo.mean(axis=1, keepdims=True)
-    return est, (N - 1) / N * (d @ d.T)
-
-
 def _step(theta, score, ai, held, constrain):
     """The AI step on the free parameters, cut at the first bound it meets (that σ²_j held at 0,
-    as :func:`bigmm.fit_components`; σ²_e stopped halfway to 0) and limited to MAX_STEP · Vp."""
+    as :func:`bigmm.fit_components`; σ²_e moved halfway to 0, the others by their AI step given
+    that move: :func:`_residual_step`) and limited to MAX_STEP · Vp."""
     free = ~held
     delta = np.zeros_like(theta)
     try:
@@ -361,7 +297,12 @@ def _step(theta, score, ai, held, constrain):
         k = int(np.argmin(r))
         alpha = float(r[k])
         if k == theta.size - 1:
-            new = theta + 0.5 * alpha * delta
+            new, j = _residual_step(theta, score, ai, held, constrain, vp)
+            if new is None:  # AI singular on the others: the whole step cut halfway to σ²_e = 0
+                new = theta + 0.5 * alpha * delta
+            elif j >= 0:  # a σ²_j met its bound first: held at 0, as above
+                new[j] = 0.0
+                held[j] = True
         else:
             new = theta + alpha * delta
             new[k] = 0.0
@@ -373,21 +314,57 @@ def _step(theta, score, ai, held, constrain):
     return new, held
 
 
+def _residual_step(theta, score, ai, held, constrain, vp):
+    """The step when the AI step would take σ²_e to 0 or below: σ²_e moves halfway to 0, and the
+    other free parameters take the maximiser of the AI quadratic model given that move,
+    ``Δ_f = AI_ff⁻¹ (s_f − AI_fe Δ_e)``, cut where a σ²_j (constrained) would go below 0 (with
+    σ²_e moving by the same fraction). Scaling the whole AI step to stop halfway instead moved
+    every σ²_j by the same small fraction at each halving, and where the maximum lies on σ²_e = 0
+    (small n, p_j > n) the fit stalled short of it, reporting convergence; this way σ²_e halves
+    at each iteration and the others follow their maximum given it. Returns (θ, the σ²_j that met
+    its bound or −1); θ None where AI_ff is singular."""
+    free = ~held
+    free[-1] = False
+    d = np.zeros_like(theta)
+    d[-1] = -0.5 * theta[-1]
+    try:
+        d[free] = np.linalg.solve(ai[np.ix_(free, free)], score[free] - ai[free, -1] * d[-1])
+    except np.linalg.LinAlgError:
+        return None, -1
+    big = float(np.max(np.abs(d)))
+    if big > MAX_STEP * vp:
+        d *= MAX_STEP * vp / big
+    out = (d < 0) & (theta + d <= 0.0)
+    out[-1] = False
+    if not constrain or not out.any():
+        return theta + d, -1
+    r = np.where(out, theta / np.where(out, -d, 1.0), np.inf)
+    j = int(np.argmin(r))
+    return theta + float(r[j]) * d, j
+
+
 def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter, control_variates) -> None:
     """Score and AI at θ, the step, the convergence test; a converged phenotype's final arrays."""
     s = fit.cg[k]
     theta = s.theta
-    score, cov_s, ai, u_new, omega, Ainv = _score_ai(prob, fit, k, m, control_variates)
-    held = fit.a[f"held{k}"]
-    new, held = _step(theta, score, ai, held, constrain)
+    _, kind, drop = _spec(fit, k, prob.m)
+    score, cov_s, ai, u_new, omega, Ainv = _score_ai(prob, fit, k, m, control_variates, ml=kind == ML)
+    fixed = np.zeros(m + 1, bool)
+    if kind == WITHOUT:
+        fixed[drop] = True  # the model without component `drop`: σ²_drop = 0, never released
+    held0 = fit.a[f"held{k}"] | fixed
+    new, held = _step(theta, score, ai, held0, constrain)
     fit.a[f"iter{k}"][0] += 1
     vp0, vp1 = float(theta.sum()), float(new.sum())
     dh = float(np.max(np.abs(new[:-1] / vp1 - theta[:-1] / vp0)))
     dvp = abs(vp1 - vp0) / vp0
     ctol = float(fit.a[f"ctol{k}"][0])
-    converged = dh < tol and dvp < tol and ctol <= cg_tol
+    # a step that holds a component at its bound is no test of convergence: the others have not
+    # yet been fitted without it (testing it released the component it had just held, whose
+    # score is positive, in a loop that never moved the others)
+    converged = dh < tol and dvp < tol and ctol <= cg_tol and not (held & ~held0).any()
     if converged and held.any():
-        release = held & (score / np.maximum(np.diag(ai), 1e-300) > tol * vp1)
+        release = held & ~fixed & (score / np.maximum(np.diag(ai), 1e-300) > tol * vp1)
         if release.any():
             held = held & ~release
             converged = False
@@ -413,16 +390,9 @@ def _ai_update(prob, fit: _Fit, k: int, m: int, constrain, tol, cg_tol, max_iter
 # results
 # --------------------------------------------------------------------------------------
 
-def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact) -> ComponentsFit:
-    gi = _pattern_of(prob, k)
-    cols, obs, Zo, Yr, shift = prob.patterns[gi]
-    n_o, c = Zo.shape
-    a = float(prob.scales[k])
-    a2 = a * a
-    fin = fit.a[f"final{k}"]
-    theta, converged = fin[:m + 1], bool(fin[m + 1])
-    held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
-    ai, cov_s = fit.a[f"ai{k}"], fit.a[f"covs{k}"]
+def _covariances(ai: np.ndarray, cov_s: np.ndarray, held: np.ndarray, exact: bool):
+    """Cov(θ̂) = AI⁻¹ (NaN where AI is singular) and the Monte Carlo covariance
+    ``AI⁻¹ Cov_MC(s) AI⁻¹`` over the free parameters (0 for the held ones; NaN with exact traces)."""
     try:
         cov = np.linalg.inv(ai)
     except np.linalg.LinAlgError:
@@ -437,7 +407,23 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact) -> Co
             cov_mc[np.ix_(free, free)] = Fi @ cov_s[np.ix_(free, free)] @ Fi
         except np.linalg.LinAlgError:
             cov_mc[:] = np.nan
+    return cov, cov_mc
+
+
+def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact, ml, lrt) -> ComponentsFit:
+    gi = _pattern_of(prob, k)
+    cols, obs, Zo, Yr, shift = prob.patterns[gi]
+    n_o, c = Zo.shape
+    a = float(prob.scales[k])
+    a2 = a * a
+    fin = fit.a[f"final{k}"]
+    theta, converged = fin[:m + 1], bool(fin[m + 1])
+    held = fit.a[f"held{k}"] | (theta == 0.0) & np.r_[np.ones(m, bool), False]
+    cov, cov_mc = _covariances(fit.a[f"ai{k}"], fit.a[f"covs{k}"], held, exact)
     theta_o, cov_o, cov_mc_o = theta * a2, cov * a2 * a2, cov_mc * a2 * a2
+    nan = float("nan")
+    T = _tests(prob, fit, k, m, theta, held, constrain, exact, lrt)
+    none = not np.any(theta[:-1])
     KB = fit.a[f"p{gi}_KB"]
     qg = len(cols)
     K1 = KB[:, :, c + qg]
@@ -446,33 +432,32 @@ def _result(prob, fit: _Fit, k: int, m: int, cnames, nv, constrain, exact) -> Co
     der, der_mc = derived(theta_o, cov_o, d, nv), derived(theta_o, cov_mc_o, d, nv)
     se = np.sqrt(np.maximum(np.diag(cov_o), 0.0))
     se_mc = np.sqrt(np.maximum(np.diag(cov_mc_o), 0.0)) if not exact else np.full(m + 1, np.nan)
-    nan = float("nan")
     comps = tuple(ComponentEstimate(
         name=cnames[j], n_variants=nan if nv is None else float(nv[j]), sigma2=float(theta_o[j]),
         sigma2_se=float(se[j]), h2=der["h2"][j][0], h2_se=der["h2"][j][1], share=der["share"][j][0],
         share_se=der["share"][j][1], enrichment=der["enrichment"][j][0], enrichment_se=der["enrichment"][j][1],
         pve=der["pve"][j][0], pve_se=der["pve"][j][1], mean_diag_K=float(trK[j] / n_o), boundary=bool(held[j]),
-        lrt_stat=nan, lrt_pvalue=nan, logl_reml_without=nan, h2_se_mc=der_mc["h2"][j][1],
-        sigma2_se_mc=float(se_mc[j])) for j in range(m))
+        lrt_stat=T["tests"][j][0], lrt_pvalue=T["tests"][j][1], logl_reml_without=T["tests"][j][2],
+        h2_se_mc=der_mc["h2"][j][1], sigma2_se_mc=float(se_mc[j]), lrt_stat_se_mc=T["tests"][j][3]) for j in range(m))
     gen = np.r_[np.ones(m), 0.0]
     omega = a * (fit.a[f"omega{k}"] + shift[:, cols.index(k)])
     om_cov = fit.a[f"omegacov{k}"]
     fe = tuple(FixedEffect(name=zn, estimate=float(omega[i]), se=float(a * math.sqrt(max(om_cov[i, i], 0.0))))
                for i, zn in enumerate(prob.znames))
-    ll0 = null_fit(prob.Y[obs, k] * a, Zo)[0]
-    none = not np.any(theta[:-1])
     return ComponentsFit(
         name=prob.names[k], n=n_o, h2=der["h2_total"][0], h2_se=der["h2_total"][1],
         h2_se_method="average_information", h2_se_curvature=nan, pve=der["pve_total"][0],
         pve_se=der["pve_total"][1], mean_diag_K=nan, sigma2_g=float(theta_o[:-1].sum()),
         sigma2_g_se=float(math.sqrt(max(gen @ cov_o @ gen, 0.0))), sigma2_e=float(theta_o[-1]),
-        sigma2_e_se=float(se[-1]), logl_reml=nan, logl_reml_h2_0=ll0, logl_ml=nan, h2_ml=nan, lrt_stat=nan,
-        lrt_pvalue=nan, boundary="lower" if none else "", fixed_effects=fe, n_missing=int(prob.n - n_o),
+        sigma2_e_se=float(se[-1]), logl_reml=T["logl"], logl_reml_h2_0=T["ll0"], logl_ml=T["logl_ml"],
+        h2_ml=T["h2_ml"], lrt_stat=T["lrt_all"][0], lrt_pvalue=T["lrt_all"][1], boundary="lower" if none else "",
+        fixed_effects=fe, n_missing=int(prob.n - n_o),
         missing_method="subset" if n_o < prob.n else "none", sigma2_g_sigma2_e_cov=float(gen @ cov_o[:, -1]),
         components=comps, sigma2_cov=tuple(tuple(float(v) for v in r) for r in cov_o),
         reml_method="matrix_free_ai_reml", iterations=int(fit.a[f"iter{k}"][0]), converged=converged,
         delta_logl=nan, delta_sigma2=float(fin[m + 2]), constrain=constrain, h2_se_mc=der_mc["h2_total"][1],
-        passes=int(fit.a["passes"][0]), cg_iterations=int(fit.a[f"cgsteps{k}"][0]))
+        passes=int(fit.a["passes"][0]), cg_iterations=int(fit.a[f"cgsteps{k}"][0]),
+        logl_reml_se_mc=T["logl_se_mc"], logl_ml_se_mc=T["logl_ml_se_mc"], lrt_stat_se_mc=T["lrt_all"][2])
 
 
 # --------------------------------------------------------------------------------------
@@ -483,7 +468,8 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
                                covariate_names: Sequence[str] | None = None, n_probes=DEFAULT_PROBES,
                                seed: int = 0, constrain: bool = True, tol: float = DEFAULT_TOL,
                                cg_tol: float = DEFAULT_CG_TOL, max_iter: int = DEFAULT_MAX_ITER,
-                               state=None, progress=None, control_variates: bool = True) -> ComponentsResult:
+                               state=None, progress=None, control_variates: bool = True, ml: bool = True,
+                               lrt: bool = True, slq_tol: float = SLQ_TOL) -> ComponentsResult:
     """REML estimates of ``V = Σ_j σ²_j K_j + σ²_e I`` without any n x n matrix.
 
     Parameters
@@ -523,6 +509,14 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     control_variates : bool
         Subtract each probe's fitted share of ``z_iᵀK_jz_i − tr K_j`` (zero mean, tr K_j known
         from the diagonal) from its term of ``tr(P K_j)``.
+    ml : bool
+        Also maximise the ML likelihood (``logl_ml``, ``h2_ml``), as :func:`bigmm.fit_components`.
+    lrt : bool
+        Refit without each component (m > 1) for its likelihood-ratio test, as
+        :func:`bigmm.fit_components`.
+    slq_tol : float
+        A probe's Lanczos quadrature of ``zᵀ log(I + A) z`` stops when one step changes it by
+        less than this (or at ``cg_tol``); :data:`SLQ_TOL`.
 
     Returns
     -------
@@ -530,8 +524,10 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         ``reml_method = "matrix_free_ai_reml"``; per component σ²_j, h²_j, share, enrichment,
         pve with AI SEs, and the Monte Carlo SDs ``h2_se_mc``, ``sigma2_se_mc`` (NaN with exact
         traces); per phenotype the total h² with ``h2_se_mc``, ``passes`` and ``cg_iterations``.
-        ``logl_reml``, ``logl_ml``, every LRT and ``logl_reml_without`` are NaN: they need
-        ``log det V``, which CG does not give.
+        ``logl_reml``, ``logl_ml``, ``h2_ml``, the LRT of all components and of each with
+        ``logl_reml_without``, in :func:`bigmm.fit_components`' conventions, with the Monte
+        Carlo SDs ``logl_reml_se_mc``, ``logl_ml_se_mc``, ``lrt_stat_se_mc`` (fit and
+        component). A fit that did not converge has no ML fit or per-component tests (NaN).
 
     Notes
     -----
@@ -542,13 +538,25 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     all of them, warm-started from the previous solutions; ``K_j x`` is accumulated from the
     pass products. Score ``s_j = ½(yᵀPK_jPy − tr(PK_j))`` with ``tr(PK_j) ≈ mean_i (Pz_i)ᵀ(K_jz_i)``
     (``tr P ≈ mean z_iᵀPz_i``), exact at θ up to the probes; AI matrix ``½ u_jᵀPu_k`` with
-    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``.
+    ``u = [K_jPy, Py]`` of the previous iterate (lagged by one step). Step ``θ += AI⁻¹s``, cut at
+    the first bound (:func:`_step`; σ²_e halfway to 0 with the others fitted given it).
     SEs: inverse AI at the estimate; Monte Carlo covariance ``AI⁻¹ Cov_MC(s) AI⁻¹`` with
     ``Cov_MC(s)`` from the per-probe terms of the traces (delete-one-probe jackknife), carried to
     ratios by the same delta method.
 
-    Cost: 1 + Σ (CG steps per iteration) passes over the genotypes, each with
-    ``q (c + 2 + N + m)`` columns for q phenotypes; memory ``8 (m + 4) n_o (c + 2 + N + m)``
+    Log-likelihoods (docs/math.md §13): once a phenotype's REML fit converges, its ML fit and its
+    fits without each component (not held at 0) run the same iteration, warm-started from its
+    solves; at each fit's estimate ``log det V = n_o log σ²_e + tr log(I + A)``,
+    ``A = Σ_j (σ²_j/σ²_e) K_j``, with ``tr log(I + A)`` by stochastic Lanczos quadrature: cold CG
+    from 0 on the same probes (Lanczos on V), control variate ``z_iᵀAz_i − tr A``; the other terms
+    from the same cold solves of Z and y. SDs: the delete-one-probe jackknife of all the fits'
+    log dets jointly (common probes).
+
+    Cost: 1 + Σ (CG steps per iteration) passes over the genotypes for the REML fits, each with
+    ``q (c + 2 + N + m)`` columns for q phenotypes, then the log-likelihood passes, shared by
+    every ML fit, reduced fit and log det solve (+14 passes for the log det alone, +33 with the
+    ML and two reduced fits, on 47, at n = 2,000 with m = 2; up to ``1 + ml + m·lrt`` times the
+    columns, fewer refits at once, in turns, where the operator's memory plan refuses that width); memory ``8 (m + 4) n_o (c + 2 + N + m)``
     bytes per phenotype for the solves and their K_j products, ``8 m n N`` per pattern for the
     probes' products, and ``8 m n b`` for a pass's output (b its columns).
     """
@@ -557,20 +565,20 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     q = prob.m
     nprobe_key = "exact" if exact else int(n_probes)
     fp = _fingerprint(prob, m, nprobe_key, int(seed), bool(constrain), tol, float(cg_tol))
-    fit = _Fit.load(state, fp, q)
+    if not (isinstance(slq_tol, (int, float)) and math.isfinite(slq_tol) and slq_tol > 0):
+        raise InputError(f"slq_tol must be a positive number, got {slq_tol!r}")
     notes = {"n_probes": nprobe_key, "seed": int(seed), "cg_tol": float(cg_tol), "tol": tol,
-             "control_variates": bool(control_variates),
-             "logl": "not computed: the REML log-likelihood needs log det V, which conjugate gradients do not "
-                     "give; logl and LRT fields are NaN"}
-    if fit is not None:
-        notes["resumed_after_pass"] = int(fit.a["passes"][0])
-        log.info("matrix-free components: resuming after pass %d (%s)", int(fit.a["passes"][0]), state)
-    else:
-        fit = _Fit(fp)
+             "control_variates": bool(control_variates), "slq_tol": float(slq_tol),
+             "logl": "log det V by stochastic Lanczos quadrature at each fit's estimate (cold CG on the same "
+                     "probes; control variate z'Az - tr A), the other terms exact: logl_reml, logl_ml, the LRTs "
+                     "and logl_reml_without are Monte Carlo estimates, their SDs in *_se_mc"}
+    fit = _open(state, fp, q, f"ml={bool(ml)} lrt={bool(lrt)} slq_tol={float(slq_tol)!r}", notes)
+    per = prob.c + 2 + m + (prob.n if exact else int(n_probes))  # a phenotype's AI solves
     if hasattr(op, "plan") and fit.a["stage"][0] == 0:
         width = sum(prob.patterns[g][2].shape[1] + len(prob.patterns[g][0]) + 1
                     + (int(prob.patterns[g][1].sum()) if exact else int(n_probes)) for g in range(len(prob.patterns)))
-        op.plan(max(width, q * (prob.c + 2 + m + (prob.n if exact else int(n_probes)))))
+        op.plan(max(width, q * per))
+    parallel = _parallel_refits(op, q * per, bool(ml) + (m if lrt and m > 1 else 0))
 
     def report(msg):
         log.info(msg)
@@ -581,31 +589,16 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
         _first_pass(op, prob, fit, m, nprobe_key, int(seed), float(cg_tol))
         fit.save(state)
         report(f"matrix-free components pass 1: Haseman–Elston start, {q} phenotypes, {m} components")
-    while True:
-        todo = [k for k in range(q) if not fit.a[f"done{k}"][0]]
-        if not todo:
-            break
-        need = [k for k in todo if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
-        if need:
-            it = int(fit.a[f"iter{need[0]}"][0]) + 1
-            step = int(fit.cg[need[0]].steps[0]) + 1
-            _cg_pass(op, prob, fit, f"components AI iteration {it}, CG step {step}")
-            fit.save(state)
-            res = max(fit.cg[k].residual() for k in todo)
-            th = fit.cg[todo[0]].theta
-            report(f"matrix-free components pass {int(fit.a['passes'][0])}: AI iteration {it}, CG step {step}, "
-                   f"max relative residual {res:.2e}, θ({prob.names[todo[0]]}) = "
-                   + ", ".join(f"{v:.4g}" for v in th * prob.scales[todo[0]] ** 2))
-            continue
-        for k in todo:
-            _ai_update(prob, fit, k, m, constrain, tol, float(cg_tol), int(max_iter), control_variates)
-        fit.save(state)
+    _iterate(op, prob, fit, m, state, report, ml=bool(ml), lrt=bool(lrt), constrain=bool(constrain), tol=tol,
+             cg_tol=float(cg_tol), slq_tol=float(slq_tol), max_iter=int(max_iter),
+             control_variates=control_variates, parallel=parallel)
     cnames = list(op.names)
     nv = np.asarray(op.n_variants, dtype=np.float64) if getattr(op, "n_variants", None) is not None else None
     if nv is not None and not np.all(nv > 0):
         nv = None
-    fits = tuple(_result(prob, fit, k, m, cnames, nv, constrain, exact) for k in range(q))
+    fits = tuple(_result(prob, fit, k, m, cnames, nv, constrain, exact, bool(ml), bool(lrt)) for k in range(q))
     notes["passes"] = int(fit.a["passes"][0])
+    notes["passes_logl"] = int(fit.a["passes_logl"][0])
     notes["not_converged"] = [f.name for f in fits if not f.converged]
     if notes["not_converged"]:
         log.warning("matrix-free components: %d of %d phenotypes did not converge in %d AI iterations",
@@ -613,3 +606,71 @@ def fit_components_matrix_free(op, Y, Z=None, *, phenotype_names: Sequence[str] 
     return ComponentsResult(fits=fits, component_names=tuple(cnames), covariate_names=tuple(prob.znames),
                             n_variants=None if nv is None else tuple(float(v) for v in nv),
                             constrain=bool(constrain), reml_method="matrix_free_ai_reml", notes=notes)
+
+
+def _open(state, fp: str, q: int, logl_fp: str, notes: dict) -> _Fit:
+    """The fit to continue: the saved ``state`` of the same inputs (refused if of other inputs;
+    its log-likelihood part redone if made with other settings, the whole fit if its REML solves
+    are gone), or a new one."""
+    fit = _Fit.load(state, fp, q)
+    if fit is not None:
+        notes["resumed_after_pass"] = int(fit.a["passes"][0])
+        log.info("matrix-free components: resuming after pass %d (%s)", int(fit.a["passes"][0]), state)
+        kept = fit.reset_logl(q, logl_fp)
+        if kept is None:
+            log.info("matrix-free components: the saved state's log-likelihood solves were made with other "
+                     "settings (ml, lrt, slq_tol); the fit starts afresh")
+            notes.pop("resumed_after_pass")
+            fit = _Fit(fp)
+            fit.reset_logl(q, logl_fp)
+        elif kept:
+            log.info("matrix-free components: the saved log-likelihood solves were made with other settings "
+                     "(or by an earlier version); they start again")
+    else:
+        fit = _Fit(fp)
+        fit.reset_logl(q, logl_fp)
+    return fit
+
+
+def _iterate(op, prob, fit: _Fit, m: int, state, report, *, ml: bool, lrt: bool, constrain: bool, tol: float,
+             cg_tol: float, slq_tol: float, max_iter: int, control_variates: bool, parallel: int) -> None:
+    """After pass 1, until every fit and log det is done: start what the finished fits call for
+    (:func:`_launch`), take the AI step of every fit whose solves are done (:func:`_ai_update`),
+    else make one pass (:func:`_cg_pass`); the state is saved after each."""
+    q = prob.m
+    while True:
+        _finish_logdets(prob, fit, m)
+        _launch(prob, fit, m, ml, lrt, cg_tol, constrain, parallel)
+        todo = [k for k in _ai_keys(fit) if not fit.a[f"done{k}"][0]]
+        need = [k for k in todo if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
+        if todo and not need:
+            for k in todo:
+                _ai_update(prob, fit, k, m, constrain, tol, cg_tol, max_iter, control_variates)
+            fit.save(state)
+            continue
+        slq = [k for k in _slq_keys(fit) if fit.cg[k].active.any() and fit.cg[k].steps[0] < MAX_CG_STEPS]
+        if not (need or slq):
+            fit.save(state)  # with the last log dets' quadratures
+            break
+        if need:
+            k0 = need[0]
+            ph, kind, drop = _spec(fit, k0, q)
+            it = int(fit.a[f"iter{k0}"][0]) + 1
+            step = int(fit.cg[k0].steps[0]) + 1
+            what = ("" if kind == REML else " ML" if kind == ML else f" without {op.names[drop]}")
+            desc = f"components{what} AI iteration {it}, CG step {step}"
+        else:
+            step = int(fit.cg[slq[0]].steps[0]) + 1
+            desc = f"components log det V, Lanczos step {step}"
+        _cg_pass(op, prob, fit, desc, cg_tol, slq_tol)
+        fit.save(state)
+        if need:
+            res = max(fit.cg[k].residual() for k in need)
+            th = fit.cg[k0].theta
+            report(f"matrix-free components pass {int(fit.a['passes'][0])}: {prob.names[ph]}{what} AI iteration "
+                   f"{it}, CG step {step}, max relative residual {res:.2e}, θ = "
+                   + ", ".join(f"{v:.4g}" for v in th * prob.scales[ph] ** 2)
+                   + (f"; log det V of {len(slq)} fits" if slq else ""))
+        else:
+            report(f"matrix-free components pass {int(fit.a['passes'][0])}: log det V of {len(slq)} fits, "
+                   f"Lanczos step {step}")

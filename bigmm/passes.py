@@ -2,7 +2,8 @@
 
 Every method that needs K but not K itself (the randomized spectrum, the SNP-effect pass, the
 matrix-free REML) takes a :class:`GrmOperator`. The operator streams the int8 genotypes once per
-call, standardizes each variant piece in the tasks (never materialising X), and runs its tasks on
+call, multiplies each variant piece in the tasks with its centring and scaling folded into the
+products (or standardized first: :data:`KERNELS`; never materialising X), and runs its tasks on
 whatever Dask scheduler is active: the default ``distributed`` client if there is one, else local
 threads. Its memory plan (:meth:`GrmOperator.plan`, :func:`plan_pass`) is checked before a pass
 starts, so a block of vectors too wide for the workers is refused with the numbers, not killed.
@@ -38,6 +39,15 @@ LOST_BLOCK_RETRIES = 2
 #: products, and so the results, do not depend on how the pieces are grouped into tasks.
 PIECE = 2048
 PIECE_BYTES = 256 * 2**20
+#: how a pass goes from genotype codes to its products (GrmOperator's ``kernel``): ``standardize``
+#: writes each standardized piece of X and multiplies it; ``fold`` multiplies the codes and folds
+#: the centring and scaling into the products (:func:`_fold_piece`); the results agree to
+#: round-off (tests/test_pass_kernel.py); ``fold`` is the default: measured with
+#: scripts/bench/bench_pass_floor.py (n = 10,000), a pass of a narrow block (l = 33) takes
+#: 7-12% less CPU than with ``standardize`` in three runs; for l = 250 no consistent difference
+#: (docs/performance.md)
+KERNELS = ("standardize", "fold")
+DEFAULT_KERNEL = "fold"
 
 
 def piece_width(n: int, itemsize: int) -> int:
@@ -166,13 +176,21 @@ def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: in
     return [g for g in groups if g]
 
 
-def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag):
-    """Σ over the variant chunks ``bounds`` of X_v (X_vᵀ M) / p, and Σ of squared entries per row."""
+def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag, kernel=DEFAULT_KERNEL):
+    """Σ over the variant chunks ``bounds`` of X_v (X_vᵀ M) / p, and Σ of squared entries per row.
+
+    ``kernel`` (:data:`KERNELS`): ``standardize`` writes each standardized piece X_v and multiplies
+    it; ``fold`` multiplies the genotype codes and folds the centring and scaling into the products
+    (:func:`_fold_piece`)."""
     n = M.shape[0]
     acc = np.zeros(M.shape, dtype=np.float64)
     diag = np.zeros(n) if want_diag else None
     Md = M.astype(dtype, copy=False)
     buf = np.empty(n * sub_width, dtype=dtype)
+    fold = kernel == "fold"
+    if fold:
+        colsum = Md.sum(axis=0, dtype=np.float64)
+        shift = np.zeros(M.shape[1])
     for a, b in bounds:
         if not scale[a:b].any():
             continue
@@ -184,14 +202,50 @@ def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, wan
             sc = scale[a + w0:a + w1]
             if not sc.any():
                 continue
+            if fold:
+                shift += _fold_piece(g[:, w0:w1], center[a + w0:a + w1], sc, Md, colsum, dtype, buf, acc, diag)
+                continue
             X = standardize_block(g[:, w0:w1], center[a + w0:a + w1], sc, dtype, out=buf)
             acc += X @ (X.T @ Md)
             if want_diag:
                 diag += np.einsum("ij,ij->i", X, X)
+    if fold:
+        acc -= shift
     acc /= p_kept
     if want_diag:
         diag /= p_kept
     return acc, diag
+
+
+def _fold_piece(g, center, scale, Md, colsum, dtype, buf, acc, diag):
+    """One piece of a ``fold`` pass: ``acc += F U`` and the returned row ``cᵀ U`` to subtract from
+    every row of ``acc`` (once, at the end of the task), where ``X = (F − 1cᵀ) S`` is the
+    standardized piece.
+
+    F is the genotype codes as floats with a missing call set to its variant's centre c (so that
+    its entry of X is 0, the mean imputation of :func:`bigmm.genotypes.standardize_block`), written
+    in one sweep instead of standardize_block's two. Then, with S = diag(scale),
+
+        Xᵀ M = S (Fᵀ M − c (1ᵀ M)),     X (Xᵀ M) = F U − 1 (cᵀ U),   U = S Xᵀ M,
+
+    the products in ``dtype`` as in the standardize kernel, the corrections (w x b and 1 x b) in
+    float64. ``diag`` (when wanted) gets Σ_j x_ij², from X made in place of F after the products.
+    """
+    F = buf[: g.size].reshape(g.shape)
+    np.copyto(F, g, casting="unsafe")
+    c = np.asarray(center, dtype=np.float64)
+    s = np.asarray(scale, dtype=np.float64)
+    if g.size and g.min() < 0:
+        np.copyto(F, np.broadcast_to(c.astype(F.dtype), g.shape), where=g < 0)
+    T = (F.T @ Md).astype(np.float64)
+    T -= np.outer(c, colsum)
+    T *= (s * s)[:, None]
+    acc += F @ T.astype(Md.dtype)
+    if diag is not None:
+        F -= c.astype(F.dtype)
+        F *= s.astype(F.dtype)
+        diag += np.einsum("ij,ij->i", F, F)
+    return c @ T
 
 
 def _xt_task(G, rows, center, scale, bounds, sub_width, W, dtype):
@@ -240,6 +294,12 @@ class GrmOperator:
     label : str, optional
         What the passes are for, in progress lines: pass j is called "``label`` j" unless
         :meth:`apply` is given its own description.
+    kernel : {"fold", "standardize"}
+        How :meth:`apply` goes from the genotype codes to the products (:data:`KERNELS`; default
+        :data:`DEFAULT_KERNEL`, ``fold``):
+        ``standardize`` writes each standardized piece of X, then multiplies it; ``fold``
+        multiplies the codes (as floats, one sweep) and folds the centring and scaling into the
+        products. Same results to round-off; ``fold`` writes half as much per piece.
 
     Examples
     --------
@@ -254,8 +314,12 @@ class GrmOperator:
     """
 
     def __init__(self, G, std, *, rows=None, dtype=LIBRARY_DTYPE, memory: int | None = None,
-                 n_tasks: int | None = None, label: str | None = None):
+                 n_tasks: int | None = None, label: str | None = None, kernel: str = DEFAULT_KERNEL):
         from .genotypes import genotype_matrix
+
+        if kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+        self.kernel = kernel
 
         G = genotype_matrix(G)
         if std is None or not hasattr(std, "scale"):
@@ -296,7 +360,7 @@ class GrmOperator:
         rows = np.asarray(rows, dtype=np.int64)
         base = rows if self.rows is None else self.rows[rows]
         return GrmOperator(self.G, self.std, rows=base, dtype=self.dtype, memory=self.memory,
-                           n_tasks=self.n_tasks, label=self.label)
+                           n_tasks=self.n_tasks, label=self.label, kernel=self.kernel)
 
     def plan(self, n_cols: int) -> PassPlan:
         """The memory plan of a pass with ``n_cols`` vectors (raises :class:`InputError` if it cannot fit)."""
@@ -325,7 +389,8 @@ class GrmOperator:
         M, plan, desc = self._prepare(M, desc)
         s = self.std
         return self._run_pass(_apply_task, M, desc, lambda Md: [
-            (self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept, want_diag)
+            (self.G, self.rows, s.center, s.scale, grp, plan.sub_width, Md, self.dtype, s.n_kept, want_diag,
+             self.kernel)
             for grp in plan.groups])
 
     def _run_pass(self, task_fn, M: np.ndarray, desc: str, task_args, combine=_sum_parts):

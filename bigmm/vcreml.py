@@ -61,8 +61,9 @@ PHENOTYPE_FIELDS = dict(zip(PHENOTYPE_COLUMNS, ("n", "h2", "h2_se", "sigma2_e", 
                                                 "logl_ml", "lrt_stat", "lrt_pvalue", "converged", "iterations")))
 #: the Monte Carlo SDs of a matrix-free fit (NaN on the exact path): the component's, after
 #: COMPONENT_COLUMNS, and the total h²'s (the fit's ``h2_se_mc``), after PHENOTYPE_COLUMNS
-COMPONENT_MC_COLUMNS = ("h2_se_mc", "sigma2_se_mc")
-PHENOTYPE_MC_FIELDS = {"h2_total_se_mc": "h2_se_mc"}
+COMPONENT_MC_COLUMNS = ("h2_se_mc", "sigma2_se_mc", "lrt_stat_se_mc")
+PHENOTYPE_MC_FIELDS = {"h2_total_se_mc": "h2_se_mc", "logl_reml_se_mc": "logl_reml_se_mc",
+                       "logl_ml_se_mc": "logl_ml_se_mc", "lrt_all_stat_se_mc": "lrt_stat_se_mc"}
 #: the columns of :class:`ComponentsFit` in the one-row-per-phenotype table, after TABLE_COLUMNS
 COMPONENTS_FIT_COLUMNS = ("n_components", "reml_method", "iterations", "converged", "delta_logl",
                           "delta_sigma2", "constrain")
@@ -106,6 +107,9 @@ class ComponentEstimate:
     #: path; left out of ==, so that exact fits read back from JSON, where NaN is a new object, compare equal)
     h2_se_mc: float = field(default=float("nan"), compare=False)
     sigma2_se_mc: float = field(default=float("nan"), compare=False)
+    #: the matrix-free fit's Monte Carlo SD of lrt_stat (of 2(ℓ_R − logl_reml_without), estimated
+    #: with the same probes); NaN on the exact path
+    lrt_stat_se_mc: float = field(default=float("nan"), compare=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ComponentEstimate":
@@ -140,6 +144,11 @@ class ComponentsFit(PhenotypeFit):
     h2_se_mc: float = field(default=float("nan"), compare=False)
     passes: int = 0
     cg_iterations: int = 0
+    #: the matrix-free fit's Monte Carlo SDs of logl_reml, logl_ml and lrt_stat (log det V by
+    #: stochastic Lanczos quadrature); NaN on the exact path
+    logl_reml_se_mc: float = field(default=float("nan"), compare=False)
+    logl_ml_se_mc: float = field(default=float("nan"), compare=False)
+    lrt_stat_se_mc: float = field(default=float("nan"), compare=False)
 
     @property
     def n_components(self) -> int:

@@ -324,6 +324,29 @@ def test_hsq_without_a_log_likelihood_says_na(cohort, tmp_path):
     assert "# bigmm: logL, LRT and Pval NA: this fit (matrix_free_ai_reml) does not evaluate the log-likelihood" in text
 
 
+def test_hsq_of_a_matrix_free_fit_gives_the_monte_carlo_sds_of_logl_and_lrt(cohort, tmp_path):
+    """A matrix-free fit's logL and LRT (stochastic log det V) come with their Monte Carlo SDs in a
+    comment, results.tsv with the columns logl_reml_se_mc, logl_ml_se_mc, lrt_all_stat_se_mc and,
+    per component, lrt_stat_se_mc; an exact fit has neither the comment nor numbers there."""
+    *_, res = cohort
+    reml = json_safe(res.to_dict())
+    exact_text = write_hsq(tmp_path, reml)[0].read_text()
+    assert "Monte Carlo" not in exact_text
+    for fit in reml["phenotypes"]:
+        fit.update(reml_method="matrix_free_ai_reml", logl_reml_se_mc=0.25, logl_ml_se_mc=0.3, lrt_stat_se_mc=0.5)
+        for c in fit["components"]:
+            c["lrt_stat_se_mc"] = 0.75
+    text = write_hsq(tmp_path, reml)[0].read_text()
+    rows = dict(ln.split("\t", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
+    assert math.isfinite(float(rows["logL"])) and math.isfinite(float(rows["LRT"]))
+    assert "# bigmm: logL and LRT are Monte Carlo estimates (log det V by stochastic Lanczos quadrature with " \
+           "random probes): SD 0.25 for logL, 0.5 for LRT; logL0 is exact" in text
+    tsv, _ = write_results(tmp_path, reml, {})
+    got = pd.read_csv(tsv, sep="\t", na_values=["."], keep_default_na=False)
+    assert (got["lrt_stat_se_mc"] == 0.75).all() and (got["logl_reml_se_mc"] == 0.25).all()
+    assert (got["logl_ml_se_mc"] == 0.3).all() and (got["lrt_all_stat_se_mc"] == 0.5).all()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (scripts/test.sh "
                                                              "installs it as root: apt-get install -y chromium)")
 def test_components_page_renders_in_chromium(cohort, tmp_path):

@@ -271,6 +271,10 @@ def write_components_hsq(outdir: Path, reml: dict) -> list[Path]:
         if fit.get("logl_reml") is None:
             text += (f"# bigmm: logL, LRT and Pval NA: this fit ({fit.get('reml_method')}) does not evaluate "
                      "the log-likelihood\n")
+        elif fit.get("logl_reml_se_mc") is not None:  # a matrix-free fit: log det V by stochastic Lanczos quadrature
+            text += (f"# bigmm: logL and LRT are Monte Carlo estimates (log det V by stochastic Lanczos quadrature "
+                     f"with random probes): SD {_fmt(fit['logl_reml_se_mc'])} for logL, "
+                     f"{num(fit.get('lrt_stat_se_mc'))} for LRT; logL0 is exact\n")
         text += ("# bigmm: logL and logL0 in GCTA's convention (results.json logl_reml + (n - c)/2 log(2 pi), "
                  f"c = {c} fixed effects); logL0 without any genetic component; Pval by "
                  + ("GCTA's rule, 1/2 P(chi2_df > LRT)" if fit.get("constrain", True) else

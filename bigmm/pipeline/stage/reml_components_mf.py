@@ -8,7 +8,9 @@ validated file, lists or chromosomes, crossed with the MAF bins and the LD-score
 here before the first pass when a component is empty or tiny. Passes over X: one for the
 Haseman–Elston start and the probes' products, then one per conjugate-gradient step of every AI
 iteration (every phenotype, probe and fixed effect in the same pass), typically 40-60; each ``4·n·p·w`` flops for w vectors. Resumable by pass
-(``reml.partial/state.npz``). A spectrum is planned only for PCs as covariates.
+(``reml.partial/state.npz``). A spectrum is planned only for PCs as covariates. Then the
+log-likelihoods (log det V by stochastic Lanczos quadrature, the ML fit, the fits without each
+component for their LRTs), all in shared passes: ~70% more passes (math.md §13).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from .rotate import with_pcs
 
 MODEL = "components_matrix_free"
 #: passes over X a fit typically makes (measured 39-55 at n = 3,000 with 3 components, from the
-#: Haseman-Elston start; docs/matrix_free.md): the plan's estimate, not a bound (the solver stops
-#: when converged, after at most components.max_iter AI iterations)
-TYPICAL_PASSES = 60
+#: Haseman-Elston start, then ~70% more for the log-likelihoods and LRTs: 80-81 in all at
+#: n = 2,000 with 2 components; docs/matrix_free.md): the plan's estimate, not a bound (the solver
+#: stops when converged, after at most components.max_iter AI iterations)
+TYPICAL_PASSES = 90
 
 
 def _operator(ctx: Context, ingest: Stage, stats: Stage, ld_scores: Stage) -> ComponentsOperator:
