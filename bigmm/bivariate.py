@@ -284,7 +284,8 @@ def _rank_one(phi):
     return t, J, H
 
 
-def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, max_iter: int):
+def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, max_iter: int,
+              step_tol: float = 1e-9):
     """AI-REML (Newton with the AI matrix as the negative Hessian in θ, the exact second
     derivatives of θ(φ) added) with step halving; bounded coordinates of φ are held at their bound
     while the score points outward (an active set). Returns (φ, evaluation, iterations, converged)."""
@@ -336,8 +337,11 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             converged = abs(decrement) < 1e-6 * max(1.0, abs(ev.loglik))
             break
         change = evn.loglik - ev.loglik
+        size = float(np.max(np.abs(scale * step))) / max(float(np.max(np.abs(phi))), 1e-300)
         phi, ev, J, H = phin, evn, Jn, Hn
-        if abs(change) < tol * max(1.0, abs(ev.loglik)) and abs(decrement) < 1e3 * tol * max(1.0, abs(ev.loglik)):
+        # AI-REML converges linearly (the AI matrix is not the Hessian): stop when ℓ has settled
+        # and the step is small against the parameters
+        if abs(change) < tol * max(1.0, abs(ev.loglik)) and size < step_tol:
             converged = True
             break
     return phi, ev, it, converged
@@ -619,7 +623,8 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     lrt : also fit r_g = 0 (cov_g = 0) and |r_g| = 1 (G₀ of rank one) for the likelihood-ratio tests
     constrain : keep G₀ positive semi-definite (GCTA's default); ``False`` allows |r_g| > 1 and
         negative genetic variances (E₀ and V stay positive definite)
-    tol : convergence when a full AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)``
+    tol : convergence when an AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)`` and moves
+        no parameter by more than 1e-9 of the largest
     max_iter : AI iterations per fit
     n_left_out : reported as it is (samples with a value of only one of the two phenotypes)
     offset : (c, 2) added to the fixed effects (the OLS fit removed before rotation)
