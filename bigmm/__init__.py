@@ -72,3 +72,5 @@ __all__ = [
     "ComponentsOperator", "DenseComponentsOperator", "fit_components_matrix_free",
     *_RUN_LAYER,
 ]
+from .bivariate import BivariateFit, BivariateResult, PairMeasure, fit_bivariate, fit_pair  # noqa: E402
+__all__ += ["BivariateFit", "BivariateResult", "PairMeasure", "fit_bivariate", "fit_pair"]

@@ -786,7 +786,7 @@ def _pairs(names: list[str], pairs) -> list[tuple[int, int]]:
 
 def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
                   covariate_names: Sequence[str] | None = None, pairs="all", constrain: bool = True,
-                  lrt: bool = True, missing: Literal["auto", "indicator", "subset"] = "auto",
+                  lrt: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
                   tol: float = 1e-10, max_iter: int = 100) -> BivariateResult:
     """Bivariate REML (genetic correlation) of pairs of phenotypes on one spectrum.
 
@@ -806,8 +806,12 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         Keep G₀ positive semi-definite (|r_g| ≤ 1, σ²_g ≥ 0), as GCTA does by default.
     lrt : bool
         Refit with r_g = 0 and with |r_g| = 1 for the likelihood-ratio tests.
-    missing : {"auto", "indicator", "subset"}
-        How samples without a value are left out (:func:`bigmm.fit_reml`); both are exact.
+    missing : {"subset", "indicator", "auto"}
+        How samples without a value are left out (both exact, see :func:`bigmm.fit_reml`):
+        "subset" (default) takes the spectrum of the observed samples (O(n_o³) for an exact
+        spectrum, O(n_o k²) for a reduced one); "indicator" adds one fixed-effect column per
+        missing sample, whose cost per AI iteration grows with the square of their number (the
+        bivariate fit makes many more evaluations than the univariate one that "auto" is tuned for).
 
     Returns
     -------
