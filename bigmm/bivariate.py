@@ -830,12 +830,13 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
     --------
     >>> import numpy as np, bigmm
     >>> rng = np.random.default_rng(1)
-    >>> G = rng.binomial(2, 0.3, size=(150, 400)).astype(np.int8)
-    >>> spec = bigmm.exact_spectrum(bigmm.grm(G, bigmm.standardization(bigmm.variant_stats(G))))
-    >>> Y = rng.normal(size=(150, 3))
-    >>> res = bigmm.fit_bivariate(spec, Y, phenotype_names=["a", "b", "c"])
-    >>> [(f.trait_a, f.trait_b) for f in res.fits]
-    [('a', 'b'), ('a', 'c'), ('b', 'c')]
+    >>> X = rng.normal(size=(100, 300))
+    >>> spec = bigmm.exact_spectrum(X @ X.T / 300)      # or a spectrum of bigmm.grm(...)
+    >>> Y = rng.normal(size=(100, 3))
+    >>> Y[:4, 2] = np.nan                                 # pairs with c: the 96 samples with both
+    >>> res = bigmm.fit_bivariate(spec, Y, phenotype_names=["a", "b", "c"], lrt=False)
+    >>> [(f.trait_a, f.trait_b, f.n, f.n_left_out) for f in res.fits]
+    [('a', 'b', 100, 0), ('a', 'c', 96, 4), ('b', 'c', 96, 4)]
     >>> bool(all(f.converged for f in res.fits))
     True
     """
