@@ -137,9 +137,15 @@ def _decouple(G0: np.ndarray, E0: np.ndarray):
 
 
 class _Evaluation:
-    """ℓ_R at one (G₀, E₀) and, on request, its score and AI matrix in θ = :data:`PARAMS`."""
+    """ℓ_R at one (G₀, E₀) and, on request, its score and AI matrix in θ = :data:`PARAMS`.
 
-    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool = True):
+    ``ml=True``: the ML log-likelihood ``−½ [2n log 2π + log det V + yᵀPy]`` instead (the fixed
+    effects profiled out: yᵀPy is the GLS residual sum), with its score ``−½ tr(V⁻¹ ∂V/∂θ_i) +
+    ½ yᵀP (∂V/∂θ_i) P y`` and the same AI matrix as the curvature of the iteration (measures
+    without indicator columns only).
+    """
+
+    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool = True, ml: bool = False):
         self.theta = theta = np.asarray(theta, dtype=np.float64)
         self.G0 = np.array([[theta[0], theta[2]], [theta[2], theta[1]]])
         self.E0 = np.array([[theta[3], theta[5]], [theta[5], theta[4]]])
@@ -165,7 +171,8 @@ class _Evaluation:
         wk[:, c:] = W
         q = wk @ m.G  # (2, M)
         Ainv, beta, resid, pi = [], [], [], []
-        ll = -0.5 * (n - c) * float(np.log(np.linalg.det(self.E0)))
+        nc = n if ml else n - c  # error contrasts (REML) or observations (ML) per transformed phenotype
+        ll = -0.5 * nc * float(np.log(np.linalg.det(self.E0)))
         for k in range(2):
             A = (Gz * f[k]) @ Gz.T
             try:
@@ -177,7 +184,7 @@ class _Evaluation:
             r = q[k] - Gz.T @ bk
             yPy = float(np.sum(f[k] * r * r))
             logdetV = n * math.log1p(d[k]) + float(L[k])
-            ll += -0.5 * ((n - c) * LOG2PI + logdetV + 2.0 * float(np.log(np.diag(C)).sum()) + yPy)
+            ll += -0.5 * (nc * LOG2PI + logdetV + (0.0 if ml else 2.0 * float(np.log(np.diag(C)).sum())) + yPy)
             Ai = np.linalg.inv(A)
             Ainv.append(0.5 * (Ai + Ai.T))
             beta.append(bk)
@@ -198,7 +205,8 @@ class _Evaluation:
         trP = {}
         for gen in (True, False):
             trP[gen] = np.array([(trK[k] if gen else trI[k])
-                                 - float(np.trace(Ainv[k] @ ((Gz * (f[k] ** 2 * D[gen])) @ Gz.T))) for k in range(2)])
+                                 - (0.0 if ml else float(np.trace(Ainv[k] @ ((Gz * (f[k] ** 2 * D[gen])) @ Gz.T))))
+                                 for k in range(2)])
         score = np.empty(6)
         u = []  # coordinates of (T V_i Tᵀ) P* y*, per block k: u[i][k] (M,)
         for i, (gen, Ei) in enumerate(_DERIV):
@@ -226,12 +234,15 @@ class _Evaluation:
         return B[:c_report], np.sqrt(var[:c_report])
 
 
-def pair_loglik(measure: PairMeasure, G0, E0) -> float:
+def pair_loglik(measure: PairMeasure, G0, E0, ml: bool = False) -> float:
     """The REML log-likelihood (Harville's form without log det(XᵀX), X = I₂ ⊗ Z) of the pair at
-    (G₀, E₀), from the measure (−inf where V is not positive definite)."""
+    (G₀, E₀), or with ``ml=True`` the ML log-likelihood with the fixed effects profiled out, from
+    the measure (−inf where V is not positive definite)."""
     G0, E0 = np.asarray(G0, float), np.asarray(E0, float)
+    if ml and measure.n_indicators:
+        raise ValueError("the ML log-likelihood needs a measure without indicator columns")
     theta = np.array([G0[0, 0], G0[1, 1], G0[0, 1], E0[0, 0], E0[1, 1], E0[0, 1]])
-    return _Evaluation(measure, theta, derivatives=False).loglik
+    return _Evaluation(measure, theta, derivatives=False, ml=ml).loglik
 
 
 def pair_score_ai(measure: PairMeasure, G0, E0) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +266,7 @@ class _Model:
     name: str
     theta: Callable
     lower: np.ndarray | None = None  # bounds on φ (None: free)
+    ml: bool = False  # maximise the ML instead of the REML log-likelihood
 
 
 def _linear(keep: Sequence[int]) -> Callable:
@@ -292,7 +304,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
     phi = np.asarray(phi0, dtype=np.float64).copy()
     lower = model.lower
     t, J, H = model.theta(phi)
-    ev = _Evaluation(m, t)
+    ev = _Evaluation(m, t, ml=model.ml)
     if not ev.ok:
         raise ValueError(f"{model.name}: the starting point is not a valid model")
     converged = False
@@ -328,7 +340,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, Hn = model.theta(phin)
-            evn = _Evaluation(m, tn)
+            evn = _Evaluation(m, tn, ml=model.ml)
             if evn.ok and evn.loglik >= ev.loglik - 1e-12 * max(1.0, abs(ev.loglik)):
                 accepted = True
                 break
@@ -401,7 +413,8 @@ class BivariateFit:
     table_columns = ("trait_a", "trait_b", "n", "n_left_out", "sg_a", "sg_a_se", "sg_b", "sg_b_se", "cov_g",
                      "cov_g_se", "ve_a", "ve_a_se", "ve_b", "ve_b_se", "cov_e", "cov_e_se", "h2_a", "h2_a_se",
                      "h2_b", "h2_b_se", "rg", "rg_se", "re", "re_se", "rp", "rp_se", "logL", "logL_rg0",
-                     "lrt_rg0", "p_rg0", "logL_rg1", "lrt_rg1", "p_rg1", "boundary", "converged", "iterations")
+                     "lrt_rg0", "p_rg0", "logL_rg1", "lrt_rg1", "p_rg1", "logL_ml", "boundary", "converged",
+                     "iterations")
 
     trait_a: str
     trait_b: str
@@ -433,6 +446,9 @@ class BivariateFit:
     lrt_rg1: float
     p_rg1: float
     boundary: str  # "", "rank-1 G0" (|r_g| = 1 or a zero genetic variance at the constraint)
+    #: the ML log-likelihood at its maximum (same constraint) and the ML estimates (PARAMS order)
+    logL_ml: float
+    ml_estimates: tuple
     converged: bool
     iterations: int
     constrained: bool
@@ -467,14 +483,16 @@ class BivariateFit:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["covariance"] = [[_json(v) for v in row] for row in self.covariance]
-        d["fixed_effects"] = [list(fe) for fe in self.fixed_effects]
+        d["fixed_effects"] = [[_json(v) for v in fe] for fe in self.fixed_effects]
+        d["ml_estimates"] = [_json(v) for v in self.ml_estimates]
         return {k: (_json(v) if isinstance(v, float) else v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BivariateFit":
         d = dict(d)
         d["covariance"] = tuple(tuple(float("nan") if v is None else v for v in row) for row in d["covariance"])
-        d["fixed_effects"] = tuple(tuple(fe) for fe in d["fixed_effects"])
+        d["fixed_effects"] = tuple(tuple(float("nan") if v is None else v for v in fe) for fe in d["fixed_effects"])
+        d["ml_estimates"] = tuple(float("nan") if v is None else v for v in d["ml_estimates"])
         return cls(**{k: (float("nan") if v is None else v) for k, v in d.items()})
 
     def row(self) -> list:
@@ -611,8 +629,8 @@ def _ratios(theta: np.ndarray, cov: np.ndarray) -> dict:
 
 
 def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covariate_names=None, lrt: bool = True,
-             constrain: bool = True, tol: float = 1e-10, max_iter: int = 100, n_left_out: int = 0,
-             offset: np.ndarray | None = None) -> BivariateFit:
+             constrain: bool = True, ml: bool = True, tol: float = 1e-10, max_iter: int = 100,
+             n_left_out: int = 0, offset: np.ndarray | None = None) -> BivariateFit:
     """Bivariate REML of one pair from its :class:`PairMeasure`.
 
     Parameters
@@ -623,6 +641,8 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     lrt : also fit r_g = 0 (cov_g = 0) and |r_g| = 1 (G₀ of rank one) for the likelihood-ratio tests
     constrain : keep G₀ positive semi-definite (GCTA's default); ``False`` allows |r_g| > 1 and
         negative genetic variances (E₀ and V stay positive definite)
+    ml : also maximise the ML log-likelihood (``logL_ml``, ``ml_estimates``; GEMMA prints both);
+        not for a measure with indicator columns (NaN there)
     tol : convergence when an AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)`` and moves
         no parameter by more than 1e-9 of the largest
     max_iter : AI iterations per fit
@@ -708,6 +728,18 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
                 ll1 = float("nan")
         lrt1 = max(0.0, 2.0 * (ll - ll1)) if np.isfinite(ll1) else float("nan")
         p1 = (1.0 if lrt1 <= 0 else 0.5 * float(chdtrc(1, lrt1))) if np.isfinite(lrt1) else float("nan")
+    ll_ml, th_ml = float("nan"), (float("nan"),) * 6
+    if ml and m.n_indicators == 0:
+        try:
+            phm, evm, _, cm = _maximise(m, _Model("ML", _linear(range(6)), ml=True), theta, tol=tol, max_iter=max_iter)
+            if constrain and not psd(phm):
+                phm1, evm, _, cm = _fit_rank_one(m, phm, 1.0 if phm[2] >= 0 else -1.0, tol, max_iter, ml=True)
+                phm = _rank_one(phm1)[0]
+            ll_ml, th_ml = float(evm.loglik), tuple(float(v) for v in phm)
+            if not cm:
+                note = "the ML fit did not converge within max_iter"
+        except ValueError:
+            pass
     if not conv:
         note = "AI-REML did not converge within max_iter"
     B, SE = ev.fixed_effects(c_report)
@@ -719,11 +751,12 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         sg_a=float(theta[0]), sg_b=float(theta[1]), cov_g=float(theta[2]), ve_a=float(theta[3]),
         ve_b=float(theta[4]), cov_e=float(theta[5]), covariance=tuple(tuple(float(v) for v in r) for r in cov),
         logL=float(ll), logL_rg0=float(ll0), lrt_rg0=float(lrt0), p_rg0=float(p0), logL_rg1=float(ll1),
-        lrt_rg1=float(lrt1), p_rg1=float(p1), boundary=boundary, converged=bool(conv), iterations=int(iters),
+        lrt_rg1=float(lrt1), p_rg1=float(p1), boundary=boundary, logL_ml=ll_ml, ml_estimates=th_ml,
+        converged=bool(conv), iterations=int(iters),
         constrained=bool(constrain), fixed_effects=fe, note=note, **rat)
 
 
-def _fit_rank_one(m: PairMeasure, theta: np.ndarray, sign: float, tol: float, max_iter: int):
+def _fit_rank_one(m: PairMeasure, theta: np.ndarray, sign: float, tol: float, max_iter: int, ml: bool = False):
     """The fit with G₀ = v vᵀ (|r_g| = 1, or a zero genetic variance), started from θ's variances."""
     scale = 1e-3 * (abs(theta[0]) + abs(theta[3]) + abs(theta[1]) + abs(theta[4]))
     u = math.sqrt(max(theta[0], scale))
@@ -731,7 +764,7 @@ def _fit_rank_one(m: PairMeasure, theta: np.ndarray, sign: float, tol: float, ma
     start = np.array([u, v, theta[3], theta[4], theta[5]])
     if not _Evaluation(m, _rank_one(start)[0], derivatives=False).ok:
         start[2:] = [abs(theta[3]) + scale, abs(theta[4]) + scale, 0.0]
-    return _maximise(m, _Model("|r_g| = 1", _rank_one), start, tol=tol, max_iter=max_iter)
+    return _maximise(m, _Model("|r_g| = 1", _rank_one, ml=ml), start, tol=tol, max_iter=max_iter)
 
 
 def _degenerate_fit(m, names, covariate_names, n_left_out, offset, r_res) -> BivariateFit:
@@ -750,7 +783,8 @@ def _degenerate_fit(m, names, covariate_names, n_left_out, offset, r_res) -> Biv
         sg_a=sg, sg_b=alpha * alpha * sg, cov_g=alpha * sg, ve_a=se, ve_b=alpha * alpha * se, cov_e=alpha * se,
         covariance=tuple(tuple(nan for _ in range(6)) for _ in range(6)), h2_a=h, h2_a_se=nan, h2_b=h, h2_b_se=nan,
         rg=s, rg_se=nan, re=s, re_se=nan, rp=s, rp_se=nan, logL=nan, logL_rg0=nan, lrt_rg0=nan, p_rg0=nan,
-        logL_rg1=nan, lrt_rg1=0.0, p_rg1=1.0, boundary="degenerate", converged=True, iterations=0,
+        logL_rg1=nan, lrt_rg1=0.0, p_rg1=1.0, boundary="degenerate", logL_ml=nan, ml_estimates=(nan,) * 6,
+        converged=True, iterations=0,
         constrained=True, fixed_effects=fe[:c_report],
         note=(f"the two phenotypes are collinear after the fixed effects (residual correlation {r_res:.12f}): "
               "the bivariate likelihood is unbounded; r_g = r_e = ±1 and h² from the univariate REML"))
@@ -786,7 +820,7 @@ def _pairs(names: list[str], pairs) -> list[tuple[int, int]]:
 
 def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
                   covariate_names: Sequence[str] | None = None, pairs="all", constrain: bool = True,
-                  lrt: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
+                  lrt: bool = True, ml: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
                   tol: float = 1e-10, max_iter: int = 100) -> BivariateResult:
     """Bivariate REML (genetic correlation) of pairs of phenotypes on one spectrum.
 
@@ -806,6 +840,8 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         Keep G₀ positive semi-definite (|r_g| ≤ 1, σ²_g ≥ 0), as GCTA does by default.
     lrt : bool
         Refit with r_g = 0 and with |r_g| = 1 for the likelihood-ratio tests.
+    ml : bool
+        Also fit by ML (``logL_ml`` and ``ml_estimates`` of each pair).
     missing : {"subset", "indicator", "auto"}
         How samples without a value are left out (both exact, see :func:`bigmm.fit_reml`):
         "subset" (default) takes the spectrum of the observed samples (O(n_o³) for an exact
@@ -880,7 +916,8 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         meas.G[-1] *= sc[1]
         offset = rot.shift[:, [ia, ib]] if rot.shift is not None else None
         fits.append(fit_pair(meas, names=(names[a], names[b]), covariate_names=design.covariate_names, lrt=lrt,
-                             constrain=constrain, tol=tol, max_iter=max_iter, n_left_out=left_out, offset=offset))
+                             constrain=constrain, ml=ml, tol=tol, max_iter=max_iter, n_left_out=left_out,
+                             offset=offset))
     methods = sorted({g.method for g in design.groups})
     return BivariateResult(fits=tuple(fits), method=f"spectrum {design.spectrum_method}",
                            notes={"missing_methods": methods, "pairs_rotated_again": rotated_again,

@@ -40,7 +40,8 @@ def dense_parts(G0, E0, Y, Z, K):
     return ll, P, y, K
 
 
-def dense_loglik(G0, E0, Y, Z, K):
+def dense_loglik(G0, E0, Y, Z, K, ml=False):
+    """ℓ_R (or the ML log-likelihood, fixed effects profiled out) of the stacked pair, densely."""
     o = ~np.isnan(Y).any(axis=1)
     Y, Z, K = Y[o], Z[o], K[np.ix_(o, o)]
     n, c = Z.shape
@@ -54,8 +55,10 @@ def dense_loglik(G0, E0, Y, Z, K):
     LX, Ly = np.linalg.solve(L, X), np.linalg.solve(L, y)
     A = LX.T @ LX
     b = LX.T @ Ly
-    return -0.5 * ((2 * n - 2 * c) * LOG2PI + 2 * np.log(np.diag(L)).sum() + np.linalg.slogdet(A)[1]
-                   + Ly @ Ly - b @ np.linalg.solve(A, b))
+    yPy = Ly @ Ly - b @ np.linalg.solve(A, b)
+    if ml:
+        return -0.5 * (2 * n * LOG2PI + 2 * np.log(np.diag(L)).sum() + yPy)
+    return -0.5 * ((2 * n - 2 * c) * LOG2PI + 2 * np.log(np.diag(L)).sum() + np.linalg.slogdet(A)[1] + yPy)
 
 
 DERIV = [(0, [[1, 0], [0, 0]]), (0, [[0, 0], [0, 1]]), (0, [[0, 1], [1, 0]]),
@@ -219,6 +222,9 @@ def test_decoupled_loglik_equals_dense(cohort, kind):
         ref = dense_loglik(G0, E0, Y, Z, Kref)
         assert np.isfinite(ref)
         assert abs(ours - ref) < 1e-10 * abs(ref), (kind, ours, ref)
+        if not m.n_indicators:  # ML: −½ [2n log 2π + log det V + yᵀPy], same tolerance
+            ref_ml = dense_loglik(G0, E0, Y, Z, Kref, ml=True)
+            assert abs(pair_loglik(m, G0, E0, ml=True) - ref_ml) < 1e-10 * abs(ref_ml)
 
 
 def test_score_and_ai_equal_dense(cohort):
@@ -453,14 +459,15 @@ def test_equals_gemma_mvlmm(gemma_pair):
     assert abs(f.logL + np.linalg.slogdet(Zo.T @ Zo)[1] - ref["remle_logl"]) < 5e-4 + 1e-6
 
 
-def test_gemma_ses_are_observed_information(gemma_pair):
+def test_gemma_ses_fixed_effects_and_ml(gemma_pair):
     """GEMMA's se(Vg), se(Ve) are the inverse observed information of the same likelihood: the
     negative Hessian of bigmm's ℓ_R (central differences of the measure's likelihood, steps 1e-4
     relative: O(1e-8) error) inverted at GEMMA's printed estimate gives GEMMA's SEs to 1e-4 relative
     (6 printed digits of the estimate move the Hessian by ~1e-5). bigmm reports SEs from the AI
     matrix (GCTA's choice), within 12% of these here; its fixed effects equal GEMMA's for the
     covariate (sex) and, with the kinship centred over the analysed mice as GEMMA centres it, for
-    the intercept too (1e-5 relative: the printed digits)."""
+    the intercept too (1e-5 relative: the printed digits); so do its ML estimates and ML
+    log-likelihood."""
     ref, K, Y, Z, both, _ = gemma_pair
     Yo, Zo, Ko = Y[both], Z[both], K[np.ix_(both, both)]
     spec = bigmm.exact_spectrum(Ko)
@@ -493,7 +500,14 @@ def test_gemma_ses_are_observed_information(gemma_pair):
     n = Ko.shape[0]
     P = np.eye(n) - 1.0 / n
     fc = fit_bivariate(bigmm.exact_spectrum(P @ Ko @ P), Yo, Zo, lrt=False).fits[0]
+    assert fc.converged and f.converged
     ours_B = np.array([[fe[1] for fe in fc.fixed_effects], [fe[3] for fe in fc.fixed_effects]])
     ours_SB = np.array([[fe[2] for fe in fc.fixed_effects], [fe[4] for fe in fc.fixed_effects]])
     np.testing.assert_allclose(ours_B, B, rtol=1e-5)
     np.testing.assert_allclose(ours_SB, SB, rtol=1e-5)
+    # GEMMA's ML fit (its "MLE estimate" of Vg, Ve and "MLE log-likelihood"): ML, unlike REML, sees the
+    # centring of the kinship; with GEMMA's centred kinship bigmm's ML maximum equals GEMMA's to its
+    # printed digits (the log-likelihood to its 3 decimals, no log det ZᵀZ term in ML)
+    np.testing.assert_allclose(fc.ml_estimates, vec(np.array(ref["ml_Vg"]), np.array(ref["ml_Ve"])), rtol=1e-5)
+    assert abs(fc.logL_ml - ref["mle_logl"]) < 5e-4 + 1e-6
+    assert f.logL == pytest.approx(fc.logL, rel=1e-12)  # REML does not see the centring
