@@ -234,6 +234,13 @@ class _Evaluation:
         return B[:c_report], np.sqrt(var[:c_report])
 
 
+def _evaluate(m, theta, derivatives: bool = True, ml: bool = False):
+    """ℓ_R (score, AI) at θ from a :class:`PairMeasure`, or from a dense :class:`_Stacked` pair."""
+    if isinstance(m, PairMeasure):
+        return _Evaluation(m, theta, derivatives=derivatives, ml=ml)
+    return m.evaluate(theta)
+
+
 def pair_loglik(measure: PairMeasure, G0, E0, ml: bool = False) -> float:
     """The REML log-likelihood (Harville's form without log det(XᵀX), X = I₂ ⊗ Z) of the pair at
     (G₀, E₀), or with ``ml=True`` the ML log-likelihood with the fixed effects profiled out, from
@@ -304,7 +311,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
     phi = np.asarray(phi0, dtype=np.float64).copy()
     lower = model.lower
     t, J, H = model.theta(phi)
-    ev = _Evaluation(m, t, ml=model.ml)
+    ev = _evaluate(m, t, ml=model.ml)
     if not ev.ok:
         raise ValueError(f"{model.name}: the starting point is not a valid model")
     converged = False
@@ -340,7 +347,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, Hn = model.theta(phin)
-            evn = _Evaluation(m, tn, ml=model.ml)
+            evn = _evaluate(m, tn, ml=model.ml)
             if evn.ok and evn.loglik >= ev.loglik - 1e-12 * max(1.0, abs(ev.loglik)):
                 accepted = True
                 break
@@ -679,11 +686,20 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     ea0, eb0 = max(ea, fl_a), max(eb, fl_b)
     rho = 0.5 * r_res
     theta0 = np.array([ga0, gb0, rho * math.sqrt(ga0 * gb0), ea0, eb0, rho * math.sqrt(ea0 * eb0)])
+    return _fit_from(m, theta0, (fl_a, fl_b), names=names, covariate_names=covariate_names, n_obs=n_obs, lrt=lrt,
+                     constrain=constrain, ml=ml, tol=tol, max_iter=max_iter, n_left_out=n_left_out, offset=offset)
+
+
+def _fit_from(m, theta0, floors, *, names, covariate_names, n_obs, lrt, constrain, ml, tol, max_iter, n_left_out,
+              offset, note="") -> BivariateFit:
+    """The fit, its LRTs, ML fit, SEs and fixed effects from the start θ₀, on a measure or a
+    dense :class:`_Stacked` pair (``m``)."""
+    fl_a, fl_b = floors
+    c_report = len(covariate_names)
     full = _Model("full model", _linear(range(6)))
     phi, ev, iters, conv = _maximise(m, full, theta0, tol=tol, max_iter=max_iter)
     theta = phi
     boundary = ""
-    note = ""
 
     def psd(t):
         return t[0] >= 0 and t[1] >= 0 and t[2] ** 2 <= t[0] * t[1]
@@ -695,7 +711,6 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         phi1, ev1, it1, conv1 = rank1
         theta, ev, iters, conv = _rank_one(phi1)[0], ev1, iters + it1, conv1
         boundary = "rank-1 G0"
-    cov = np.linalg.inv(ev.AI) if np.all(np.isfinite(ev.AI)) else np.full((6, 6), np.nan)
     try:
         cov = np.linalg.inv(ev.AI)
     except np.linalg.LinAlgError:
@@ -729,19 +744,22 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         lrt1 = max(0.0, 2.0 * (ll - ll1)) if np.isfinite(ll1) else float("nan")
         p1 = (1.0 if lrt1 <= 0 else 0.5 * float(chdtrc(1, lrt1))) if np.isfinite(lrt1) else float("nan")
     ll_ml, th_ml = float("nan"), (float("nan"),) * 6
-    if ml and m.n_indicators == 0:
+    if ml and isinstance(m, PairMeasure) and m.n_indicators == 0:
         try:
             phm, evm, _, cm = _maximise(m, _Model("ML", _linear(range(6)), ml=True), theta, tol=tol, max_iter=max_iter)
             if constrain and not psd(phm):
                 phm1, evm, _, cm = _fit_rank_one(m, phm, 1.0 if phm[2] >= 0 else -1.0, tol, max_iter, ml=True)
                 phm = _rank_one(phm1)[0]
-            ll_ml, th_ml = float(evm.loglik), tuple(float(v) for v in phm)
-            if not cm:
-                note = "the ML fit did not converge within max_iter"
+            if cm:
+                ll_ml, th_ml = float(evm.loglik), tuple(float(v) for v in phm)
+            else:  # e.g. a singular K with the intercept in its null space: ML grows without bound as a
+                # residual variance → 0 (as in the univariate fit); nothing to report
+                note = (note + "; " if note else "") + ("ML not reported: its iteration did not converge (the ML likelihood can grow without "
+                        "bound as a residual variance tends to 0 when K is singular)")
         except ValueError:
             pass
     if not conv:
-        note = "AI-REML did not converge within max_iter"
+        note = "AI-REML did not converge within max_iter" + (f"; {note}" if note else "")
     B, SE = ev.fixed_effects(c_report)
     B = B + offset
     fe = tuple((nm, float(B[i, 0]), float(SE[i, 0]), float(B[i, 1]), float(SE[i, 1]))
@@ -756,13 +774,13 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         constrained=bool(constrain), fixed_effects=fe, note=note, **rat)
 
 
-def _fit_rank_one(m: PairMeasure, theta: np.ndarray, sign: float, tol: float, max_iter: int, ml: bool = False):
+def _fit_rank_one(m, theta: np.ndarray, sign: float, tol: float, max_iter: int, ml: bool = False):
     """The fit with G₀ = v vᵀ (|r_g| = 1, or a zero genetic variance), started from θ's variances."""
     scale = 1e-3 * (abs(theta[0]) + abs(theta[3]) + abs(theta[1]) + abs(theta[4]))
     u = math.sqrt(max(theta[0], scale))
     v = sign * math.sqrt(max(theta[1], scale))
     start = np.array([u, v, theta[3], theta[4], theta[5]])
-    if not _Evaluation(m, _rank_one(start)[0], derivatives=False).ok:
+    if not _evaluate(m, _rank_one(start)[0], derivatives=False).ok:
         start[2:] = [abs(theta[3]) + scale, abs(theta[4]) + scale, 0.0]
     return _maximise(m, _Model("|r_g| = 1", _rank_one, ml=ml), start, tol=tol, max_iter=max_iter)
 
