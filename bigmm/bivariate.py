@@ -234,6 +234,102 @@ class _Evaluation:
         return B[:c_report], np.sqrt(var[:c_report])
 
 
+class _Stacked:
+    """A pair with all its n_a + n_b observations (``samples="union"``): dense bivariate REML.
+
+    y = [y_a over its observed samples; y_b over its], X = diag(Z_a, Z_b), and
+    ``V = [[σ²_g,a K_aa + σ²_e,a I, cov_g K_ab + cov_e I_ab], [·, σ²_g,b K_bb + σ²_e,b I]]`` with
+    ``I_ab`` the incidence of samples observed for both. Every evaluation factors the
+    (n_a + n_b)² matrix V: O((n_a + n_b)³) time and a few (n_a + n_b)² doubles of memory.
+    """
+
+    def __init__(self, K: np.ndarray, Y: np.ndarray, Z: np.ndarray):
+        oa, ob = ~np.isnan(Y[:, 0]), ~np.isnan(Y[:, 1])
+        ia, ib = np.flatnonzero(oa), np.flatnonzero(ob)
+        self.na, self.nb = na, nb = ia.size, ib.size
+        c = Z.shape[1]
+        self.y = np.concatenate([Y[ia, 0], Y[ib, 1]])
+        self.X = np.zeros((na + nb, 2 * c))
+        self.X[:na, :c], self.X[na:, c:] = Z[ia], Z[ib]
+        self.Kaa, self.Kbb, self.Kab = K[np.ix_(ia, ia)], K[np.ix_(ib, ib)], K[np.ix_(ia, ib)]
+        self.Iab = (ia[:, None] == ib[None, :]).astype(np.float64)
+        self.n, self.c = na + nb, 2 * c
+        self.n_indicators = 0
+
+    def _apply(self, i: int, v: np.ndarray) -> np.ndarray:
+        """(∂V/∂θ_i) v."""
+        na = self.na
+        va, vb = v[:na], v[na:]
+        z = np.zeros_like(v)
+        if i == 0:
+            z[:na] = self.Kaa @ va
+        elif i == 1:
+            z[na:] = self.Kbb @ vb
+        elif i == 2:
+            z[:na], z[na:] = self.Kab @ vb, self.Kab.T @ va
+        elif i == 3:
+            z[:na] = va
+        elif i == 4:
+            z[na:] = vb
+        else:
+            z[:na], z[na:] = self.Iab @ vb, self.Iab.T @ va
+        return z
+
+    def evaluate(self, theta):
+        from scipy.linalg import cho_factor, cho_solve
+
+        ga, gb, gab, ea, eb, eab = theta
+        na = self.na
+        V = np.empty((self.n, self.n))
+        V[:na, :na] = ga * self.Kaa
+        V[:na, :na][np.diag_indices(na)] += ea
+        V[na:, na:] = gb * self.Kbb
+        V[na:, na:][np.diag_indices(self.nb)] += eb
+        V[:na, na:] = gab * self.Kab + eab * self.Iab
+        V[na:, :na] = V[:na, na:].T
+        ev = _StackedEvaluation()
+        try:
+            cf = cho_factor(V, lower=True)
+        except np.linalg.LinAlgError:
+            return ev
+        Vi_X = cho_solve(cf, self.X)
+        A = self.X.T @ Vi_X
+        try:
+            CA = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return ev
+        Ai = np.linalg.inv(A)
+        Vi_y = cho_solve(cf, self.y)
+        beta = Ai @ (self.X.T @ Vi_y)
+        Py = Vi_y - Vi_X @ beta
+        logdetV = 2.0 * float(np.log(np.diag(cf[0])).sum())
+        ev.loglik = -0.5 * ((self.n - self.c) * LOG2PI + logdetV + 2.0 * float(np.log(np.diag(CA)).sum())
+                            + float(self.y @ Py))
+        ev.ok = bool(np.isfinite(ev.loglik))
+        P = cho_solve(cf, np.eye(self.n)) - Vi_X @ Ai @ Vi_X.T
+        Paa, Pbb, Pab = P[:na, :na], P[na:, na:], P[:na, na:]
+        tr = [float(np.sum(Paa * self.Kaa)), float(np.sum(Pbb * self.Kbb)), 2.0 * float(np.sum(Pab * self.Kab)),
+              float(np.trace(Paa)), float(np.trace(Pbb)), 2.0 * float(np.sum(Pab * self.Iab))]
+        u = [self._apply(i, Py) for i in range(6)]
+        ev.score = np.array([0.5 * (float(Py @ u[i]) - tr[i]) for i in range(6)])
+        Pu = [P @ ui for ui in u]
+        ev.AI = np.array([[0.5 * float(u[i] @ Pu[j]) for j in range(6)] for i in range(6)])
+        ev.AI = 0.5 * (ev.AI + ev.AI.T)
+        ev.beta, ev.Ainv = beta, Ai
+        return ev
+
+
+class _StackedEvaluation:
+    ok = False
+    loglik = -np.inf
+
+    def fixed_effects(self, c_report: int):
+        c = self.beta.size // 2
+        se = np.sqrt(np.diag(self.Ainv))
+        return (np.column_stack([self.beta[:c], self.beta[c:]])[:c_report],
+                np.column_stack([se[:c], se[c:]])[:c_report])
+
+
 def _evaluate(m, theta, derivatives: bool = True, ml: bool = False):
     """ℓ_R (score, AI) at θ from a :class:`PairMeasure`, or from a dense :class:`_Stacked` pair."""
     if isinstance(m, PairMeasure):
@@ -696,6 +792,7 @@ def _fit_from(m, theta0, floors, *, names, covariate_names, n_obs, lrt, constrai
     dense :class:`_Stacked` pair (``m``)."""
     fl_a, fl_b = floors
     c_report = len(covariate_names)
+    offset = np.zeros((c_report, 2)) if offset is None else np.asarray(offset, float)
     full = _Model("full model", _linear(range(6)))
     phi, ev, iters, conv = _maximise(m, full, theta0, tol=tol, max_iter=max_iter)
     theta = phi
@@ -839,7 +936,8 @@ def _pairs(names: list[str], pairs) -> list[tuple[int, int]]:
 def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
                   covariate_names: Sequence[str] | None = None, pairs="all", constrain: bool = True,
                   lrt: bool = True, ml: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
-                  tol: float = 1e-10, max_iter: int = 100) -> BivariateResult:
+                  samples: Literal["intersection", "union"] = "intersection", tol: float = 1e-10,
+                  max_iter: int = 100) -> BivariateResult:
     """Bivariate REML (genetic correlation) of pairs of phenotypes on one spectrum.
 
     Parameters
@@ -860,6 +958,14 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         Refit with r_g = 0 and with |r_g| = 1 for the likelihood-ratio tests.
     ml : bool
         Also fit by ML (``logL_ml`` and ``ml_estimates`` of each pair).
+    samples : {"intersection", "union"}
+        "intersection" (default): each pair on the samples observed for both. "union": a pair
+        whose phenotypes have different missing values is fitted on all n_a + n_b observations
+        (GCTA ``--reml-bivar``'s model: the residual covariance acts on the samples with both),
+        by dense REML of the stacked observations started from the intersection fit; needs an
+        exact spectrum (K over the pair's samples is rebuilt from it) and costs
+        O((n_a + n_b)³) time and ~10 (n_a + n_b)² doubles of memory per AI iteration: for n up to a
+        few thousand. ML is not fitted there (NaN).
     missing : {"subset", "indicator", "auto"}
         How samples without a value are left out (both exact, see :func:`bigmm.fit_reml`):
         "subset" (default) takes the spectrum of the observed samples (O(n_o³) for an exact
@@ -896,6 +1002,11 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
     """
     from .reml import rotate
 
+    if samples not in ("intersection", "union"):
+        raise InputError(f"samples must be 'intersection' or 'union', not {samples!r}")
+    if samples == "union" and spectrum.n_tail:
+        raise InputError("samples='union' needs an exact spectrum (all n eigenpairs); this one has "
+                         f"{spectrum.k} of {spectrum.n}: use samples='intersection'")
     design = rotate(spectrum, Y, Z, phenotype_names=phenotype_names, covariate_names=covariate_names,
                     missing=missing)
     names = design.phenotype_names
@@ -933,12 +1044,40 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         meas.G[-2] *= sc[0]
         meas.G[-1] *= sc[1]
         offset = rot.shift[:, [ia, ib]] if rot.shift is not None else None
-        fits.append(fit_pair(meas, names=(names[a], names[b]), covariate_names=design.covariate_names, lrt=lrt,
-                             constrain=constrain, ml=ml, tol=tol, max_iter=max_iter, n_left_out=left_out,
-                             offset=offset))
+        fit = fit_pair(meas, names=(names[a], names[b]), covariate_names=design.covariate_names,
+                       lrt=lrt and not (samples == "union" and left_out), constrain=constrain,
+                       ml=ml and not (samples == "union" and left_out), tol=tol, max_iter=max_iter,
+                       n_left_out=left_out, offset=offset)
+        if samples == "union" and left_out and fit.boundary != "degenerate":
+            fit = _fit_union(spectrum, Yarr[:, [a, b]], Zarr, fit, design.covariate_names, lrt=lrt,
+                             constrain=constrain, tol=tol, max_iter=max_iter)
+        fits.append(fit)
     methods = sorted({g.method for g in design.groups})
+    if samples == "union":
+        methods.append("union (dense stacked REML for pairs with different missing values)")
     return BivariateResult(fits=tuple(fits), method=f"spectrum {design.spectrum_method}",
                            notes={"missing_methods": methods, "pairs_rotated_again": rotated_again,
                                   "constrained": constrain,
                                   "logl_convention": "Harville REML of the 2n stacked observations without "
                                                      "the log det(X'X) term, X = I2 (x) Z"})
+
+
+def _fit_union(spectrum: Spectrum, Y2: np.ndarray, Z: np.ndarray | None, start: BivariateFit, covariate_names,
+               *, lrt: bool, constrain: bool, tol: float, max_iter: int) -> BivariateFit:
+    """The pair on all its observations (:class:`_Stacked`), started from its intersection fit."""
+    rows = ~np.isnan(Y2).all(axis=1)
+    U = spectrum.U[rows]
+    K = (U * spectrum.s) @ U.T
+    Zr = np.ones((int(rows.sum()), 1)) if Z is None else Z[rows]
+    st = _Stacked(K, Y2[rows], Zr)
+    theta0 = np.array([start.sg_a, start.sg_b, start.cov_g, start.ve_a, start.ve_b, start.cov_e])
+    fl = (1e-3 * (start.sg_a + start.ve_a), 1e-3 * (start.sg_b + start.ve_b))
+    theta0[0], theta0[1] = max(theta0[0], fl[0]), max(theta0[1], fl[1])
+    lim = 0.99 * math.sqrt(theta0[0] * theta0[1])
+    theta0[2] = min(max(theta0[2], -lim), lim)  # strictly inside the PSD cone
+    fit = _fit_from(st, theta0, fl, names=(start.trait_a, start.trait_b), covariate_names=covariate_names,
+                    n_obs=int(rows.sum()), lrt=lrt, constrain=constrain, ml=False, tol=tol, max_iter=max_iter,
+                    n_left_out=0, offset=None,
+                    note=f"samples=union: {st.na} + {st.nb} observations on {int(rows.sum())} samples "
+                         f"({start.n} with both), dense stacked REML")
+    return fit

@@ -311,8 +311,10 @@ def test_lrts_equal_dense(cohort):
     from scipy.stats import chi2
 
     spec, K, Y, Z = cohort
-    Y = Y[:, :2]
+    r = np.arange(100)  # the first 100 samples: the dense refits stay fast
+    spec, K, Y, Z = bigmm.exact_spectrum(K[np.ix_(r, r)]), K[np.ix_(r, r)], Y[r, :2], Z[r]
     f = fit_bivariate(spec, Y, Z).fits[0]
+    assert f.boundary == "" and f.converged
     Le = np.linalg.cholesky(f.E0)
     e = [Le[0, 0], Le[1, 0], Le[1, 1]]
     _, _, ll0 = dense_fit(Y, Z, K, np.array([math.sqrt(f.sg_a), math.sqrt(f.sg_b), *e]), "rg0")
@@ -511,3 +513,48 @@ def test_gemma_ses_fixed_effects_and_ml(gemma_pair):
     np.testing.assert_allclose(fc.ml_estimates, vec(np.array(ref["ml_Vg"]), np.array(ref["ml_Ve"])), rtol=1e-5)
     assert abs(fc.logL_ml - ref["mle_logl"]) < 5e-4 + 1e-6
     assert f.logL == pytest.approx(fc.logL, rel=1e-12)  # REML does not see the centring
+
+
+def dense_union_loglik(G0, E0, Y, Z, K):
+    """ℓ_R of all n_a + n_b observations: the 2n stacked model's rows and columns where observed."""
+    n, c = Z.shape
+    keep = ~np.isnan(Y.T.ravel())
+    V = (np.kron(G0, K) + np.kron(E0, np.eye(n)))[np.ix_(keep, keep)]
+    X = np.kron(np.eye(2), Z)[keep]
+    y = Y.T.ravel()[keep]
+    L = np.linalg.cholesky(V)
+    LX, Ly = np.linalg.solve(L, X), np.linalg.solve(L, y)
+    A = LX.T @ LX
+    b = LX.T @ Ly
+    return -0.5 * ((keep.sum() - 2 * c) * LOG2PI + 2 * np.log(np.diag(L)).sum() + np.linalg.slogdet(A)[1]
+                   + Ly @ Ly - b @ np.linalg.solve(A, b))
+
+
+def test_union_equals_dense(cohort):
+    """samples="union": a pair with 22 samples missing in b and 15 missing in a (2 in both) is fitted
+    on all 135 + 128 observations of 148 samples: bigmm's ℓ_R at its estimate equals the dense likelihood of the
+    observed rows of the stacked model (1e-10), the dense score there is ~0 (the maximum: below
+    1e-5 of its scale), and its ℓ_R is at least the intersection fit's likelihood evaluated on the
+    union (a maximum over the same parameters)."""
+    spec, K, Y, Z = cohort
+    Y = Y[:, :2].copy()
+    Y[::7, 1] = np.nan
+    Y[3::10, 0] = np.nan
+    inter = fit_bivariate(spec, Y, Z, lrt=False, ml=False).fits[0]
+    f = fit_bivariate(spec, Y, Z, samples="union").fits[0]
+    n_union = int((~np.isnan(Y).all(axis=1)).sum())  # 148: two samples miss both
+    assert f.converged and f.n == n_union and f.n_left_out == 0 and "samples=union" in f.note
+    ll = dense_union_loglik(f.G0, f.E0, Y, Z, K)
+    assert abs(f.logL - ll) < 1e-10 * abs(ll)
+    assert f.logL >= dense_union_loglik(inter.G0, inter.E0, Y, Z, K)
+    # the dense score of the union likelihood at bigmm's estimate, by central differences
+    th = vec(f.G0, f.E0)
+
+    def llv(t):
+        return dense_union_loglik(np.array([[t[0], t[2]], [t[2], t[1]]]), np.array([[t[3], t[5]], [t[5], t[4]]]),
+                                  Y, Z, K)
+    g = np.array([(llv(th + 1e-6 * e) - llv(th - 1e-6 * e)) / 2e-6 for e in np.eye(6)])
+    assert np.abs(g).max() < 1e-4
+    assert np.isfinite(f.lrt_rg0) and np.isfinite(f.lrt_rg1)
+    with pytest.raises(bigmm.InputError, match="exact spectrum"):
+        fit_bivariate(spec.top(20), Y, Z, samples="union")
