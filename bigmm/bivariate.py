@@ -23,7 +23,7 @@ step halving) in the six parameters of (G₀, E₀).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from typing import Callable, Literal, Sequence
 
@@ -557,6 +557,8 @@ class BivariateFit:
     constrained: bool
     fixed_effects: tuple  # ((name, beta_a, se_a, beta_b, se_b), ...)
     note: str = ""
+    #: stacked observations (GCTA's n): 2n on the common samples, n_a + n_b with samples="union"
+    n_observations: int = 0
 
     def _se(self, i: int) -> float:
         v = self.covariance[i][i]
@@ -610,7 +612,8 @@ class BivariateFit:
         fixed r_g ("one-tailed test"); here r_g = 0 is interior and its p-value is P(χ²₁ > LRT).
         """
         c = len(self.fixed_effects)
-        shift = 0.5 * (2 * self.n - 2 * c) * LOG2PI
+        n_obs = self.n_observations or 2 * self.n
+        shift = 0.5 * (n_obs - 2 * c) * LOG2PI
         vp_a, vp_b = self.sg_a + self.ve_a, self.sg_b + self.ve_b
         cov = np.array(self.covariance, dtype=float)
         se_vp_a = _delta_se(np.array([1, 0, 0, 1, 0, 0.0]), cov)
@@ -634,10 +637,11 @@ class BivariateFit:
                 continue
             rows += [("logL0", f"{ll0 + shift:.3f} (when rG fixed at {fixed})"), ("LRT", f"{lrt:.3f}"), ("df", "1"),
                      ("Pval", f"{p:.4e} ({tail})")]
-        rows.append(("n", str(2 * self.n)))
+        rows.append(("n", str(n_obs)))
         text = "\n".join("\t".join(r) for r in rows) + "\n"
-        return text + (f"# bigmm: {self.trait_a} (tr1) and {self.trait_b} (tr2) on their {self.n} common samples; "
-                       "logL in GCTA's convention (bigmm's logL + (2n - 2c)/2 log(2 pi)); n = 2 x samples\n")
+        return text + (f"# bigmm: {self.trait_a} (tr1) and {self.trait_b} (tr2) on {self.n} samples; "
+                       "logL in GCTA's convention (bigmm's logL + (N - 2c)/2 log(2 pi), N = n below, the "
+                       "stacked observations)\n")
 
 
 def _json(v):
@@ -1080,4 +1084,4 @@ def _fit_union(spectrum: Spectrum, Y2: np.ndarray, Z: np.ndarray | None, start: 
                     n_left_out=0, offset=None,
                     note=f"samples=union: {st.na} + {st.nb} observations on {int(rows.sum())} samples "
                          f"({start.n} with both), dense stacked REML")
-    return fit
+    return replace(fit, n_observations=int(st.n))

@@ -556,5 +556,9 @@ def test_union_equals_dense(cohort):
     g = np.array([(llv(th + 1e-6 * e) - llv(th - 1e-6 * e)) / 2e-6 for e in np.eye(6)])
     assert np.abs(g).max() < 1e-4
     assert np.isfinite(f.lrt_rg0) and np.isfinite(f.lrt_rg1)
+    # GCTA's .hsq: n = the 263 stacked observations, logL + (263 − 2c)/2 log 2π (GCTA leaves out the constant)
+    hsq = dict(ln.split("\t", 1) for ln in f.hsq_text().splitlines() if "\t" in ln and not ln.startswith("#"))
+    assert hsq["n"] == "263" and f.n_observations == 263
+    assert float(hsq["logL"]) == pytest.approx(f.logL + 0.5 * (263 - 6) * LOG2PI, abs=5e-4)
     with pytest.raises(bigmm.InputError, match="exact spectrum"):
         fit_bivariate(spec.top(20), Y, Z, samples="union")
