@@ -736,7 +736,7 @@ def _ratios(theta: np.ndarray, cov: np.ndarray) -> dict:
 
 
 def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covariate_names=None, lrt: bool = True,
-             constrain: bool = True, ml: bool = True, tol: float = 1e-10, max_iter: int = 100,
+             constrain: bool = True, ml: bool = True, tol: float = 1e-10, max_iter: int = 200,
              n_left_out: int = 0, offset: np.ndarray | None = None) -> BivariateFit:
     """Bivariate REML of one pair from its :class:`PairMeasure`.
 
@@ -752,7 +752,7 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         not for a measure with indicator columns (NaN there)
     tol : convergence when an AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)`` and moves
         no parameter by more than 1e-9 of the largest
-    max_iter : AI iterations per fit
+    max_iter : AI iterations per fit (a fit at the boundary G₀ → 0 converges linearly: up to ~100 seen)
     n_left_out : reported as it is (samples with a value of only one of the two phenotypes)
     offset : (c, 2) added to the fixed effects (the OLS fit removed before rotation)
 
@@ -860,7 +860,9 @@ def _fit_from(m, theta0, floors, *, names, covariate_names, n_obs, lrt, constrai
         except ValueError:
             pass
     if not conv:
-        note = "AI-REML did not converge within max_iter" + (f"; {note}" if note else "")
+        note = ("AI-REML stopped before converging (max_iter reached, or no step along the AI direction "
+                "increased ℓ_R: an estimate at the edge of the parameter space, e.g. |r_e| → 1 or a residual "
+                "variance → 0)") + (f"; {note}" if note else "")
     B, SE = ev.fixed_effects(c_report)
     B = B + offset
     fe = tuple((nm, float(B[i, 0]), float(SE[i, 0]), float(B[i, 1]), float(SE[i, 1]))
@@ -941,7 +943,7 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
                   covariate_names: Sequence[str] | None = None, pairs="all", constrain: bool = True,
                   lrt: bool = True, ml: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
                   samples: Literal["intersection", "union"] = "intersection", tol: float = 1e-10,
-                  max_iter: int = 100) -> BivariateResult:
+                  max_iter: int = 200) -> BivariateResult:
     """Bivariate REML (genetic correlation) of pairs of phenotypes on one spectrum.
 
     Parameters
