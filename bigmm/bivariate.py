@@ -452,11 +452,12 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             converged = abs(decrement) < 1e-6 * max(1.0, abs(ev.loglik))
             break
         change = evn.loglik - ev.loglik
-        size = float(np.max(np.abs(scale * step))) / max(float(np.max(np.abs(phi))), 1e-300)
+        # judged on the full AI step: a halved step is small without the iteration being near the maximum
+        size = float(np.max(np.abs(step))) / max(float(np.max(np.abs(phi))), 1e-300)
         phi, ev, J, H = phin, evn, Jn, Hn
         # AI-REML converges linearly (the AI matrix is not the Hessian): stop when ℓ has settled
         # and the step is small against the parameters
-        if abs(change) < tol * max(1.0, abs(ev.loglik)) and size < step_tol:
+        if scale == 1.0 and abs(change) < tol * max(1.0, abs(ev.loglik)) and size < step_tol:
             converged = True
             break
     return phi, ev, it, converged
