@@ -74,3 +74,5 @@ __all__ = [
     "ComponentsBlup",
     *_RUN_LAYER,
 ]
+from .bivariate import BivariateFit, BivariateResult, PairMeasure, fit_bivariate, fit_pair  # noqa: E402
+__all__ += ["BivariateFit", "BivariateResult", "PairMeasure", "fit_bivariate", "fit_pair"]

@@ -23,7 +23,7 @@ step halving) in the six parameters of (G₀, E₀).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from typing import Callable, Literal, Sequence
 
@@ -137,9 +137,15 @@ def _decouple(G0: np.ndarray, E0: np.ndarray):
 
 
 class _Evaluation:
-    """ℓ_R at one (G₀, E₀) and, on request, its score and AI matrix in θ = :data:`PARAMS`."""
+    """ℓ_R at one (G₀, E₀) and, on request, its score and AI matrix in θ = :data:`PARAMS`.
 
-    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool = True):
+    ``ml=True``: the ML log-likelihood ``−½ [2n log 2π + log det V + yᵀPy]`` instead (the fixed
+    effects profiled out: yᵀPy is the GLS residual sum), with its score ``−½ tr(V⁻¹ ∂V/∂θ_i) +
+    ½ yᵀP (∂V/∂θ_i) P y`` and the same AI matrix as the curvature of the iteration (measures
+    without indicator columns only).
+    """
+
+    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool = True, ml: bool = False):
         self.theta = theta = np.asarray(theta, dtype=np.float64)
         self.G0 = np.array([[theta[0], theta[2]], [theta[2], theta[1]]])
         self.E0 = np.array([[theta[3], theta[5]], [theta[5], theta[4]]])
@@ -165,7 +171,8 @@ class _Evaluation:
         wk[:, c:] = W
         q = wk @ m.G  # (2, M)
         Ainv, beta, resid, pi = [], [], [], []
-        ll = -0.5 * (n - c) * float(np.log(np.linalg.det(self.E0)))
+        nc = n if ml else n - c  # error contrasts (REML) or observations (ML) per transformed phenotype
+        ll = -0.5 * nc * float(np.log(np.linalg.det(self.E0)))
         for k in range(2):
             A = (Gz * f[k]) @ Gz.T
             try:
@@ -177,7 +184,7 @@ class _Evaluation:
             r = q[k] - Gz.T @ bk
             yPy = float(np.sum(f[k] * r * r))
             logdetV = n * math.log1p(d[k]) + float(L[k])
-            ll += -0.5 * ((n - c) * LOG2PI + logdetV + 2.0 * float(np.log(np.diag(C)).sum()) + yPy)
+            ll += -0.5 * (nc * LOG2PI + logdetV + (0.0 if ml else 2.0 * float(np.log(np.diag(C)).sum())) + yPy)
             Ai = np.linalg.inv(A)
             Ainv.append(0.5 * (Ai + Ai.T))
             beta.append(bk)
@@ -198,7 +205,8 @@ class _Evaluation:
         trP = {}
         for gen in (True, False):
             trP[gen] = np.array([(trK[k] if gen else trI[k])
-                                 - float(np.trace(Ainv[k] @ ((Gz * (f[k] ** 2 * D[gen])) @ Gz.T))) for k in range(2)])
+                                 - (0.0 if ml else float(np.trace(Ainv[k] @ ((Gz * (f[k] ** 2 * D[gen])) @ Gz.T))))
+                                 for k in range(2)])
         score = np.empty(6)
         u = []  # coordinates of (T V_i Tᵀ) P* y*, per block k: u[i][k] (M,)
         for i, (gen, Ei) in enumerate(_DERIV):
@@ -226,12 +234,118 @@ class _Evaluation:
         return B[:c_report], np.sqrt(var[:c_report])
 
 
-def pair_loglik(measure: PairMeasure, G0, E0) -> float:
+class _Stacked:
+    """A pair with all its n_a + n_b observations (``samples="union"``): dense bivariate REML.
+
+    y = [y_a over its observed samples; y_b over its], X = diag(Z_a, Z_b), and
+    ``V = [[σ²_g,a K_aa + σ²_e,a I, cov_g K_ab + cov_e I_ab], [·, σ²_g,b K_bb + σ²_e,b I]]`` with
+    ``I_ab`` the incidence of samples observed for both. Every evaluation factors the
+    (n_a + n_b)² matrix V: O((n_a + n_b)³) time and a few (n_a + n_b)² doubles of memory.
+    """
+
+    def __init__(self, K: np.ndarray, Y: np.ndarray, Z: np.ndarray):
+        oa, ob = ~np.isnan(Y[:, 0]), ~np.isnan(Y[:, 1])
+        ia, ib = np.flatnonzero(oa), np.flatnonzero(ob)
+        self.na, self.nb = na, nb = ia.size, ib.size
+        c = Z.shape[1]
+        self.y = np.concatenate([Y[ia, 0], Y[ib, 1]])
+        self.X = np.zeros((na + nb, 2 * c))
+        self.X[:na, :c], self.X[na:, c:] = Z[ia], Z[ib]
+        self.Kaa, self.Kbb, self.Kab = K[np.ix_(ia, ia)], K[np.ix_(ib, ib)], K[np.ix_(ia, ib)]
+        self.Iab = (ia[:, None] == ib[None, :]).astype(np.float64)
+        self.n, self.c = na + nb, 2 * c
+        self.n_indicators = 0
+
+    def _apply(self, i: int, v: np.ndarray) -> np.ndarray:
+        """(∂V/∂θ_i) v."""
+        na = self.na
+        va, vb = v[:na], v[na:]
+        z = np.zeros_like(v)
+        if i == 0:
+            z[:na] = self.Kaa @ va
+        elif i == 1:
+            z[na:] = self.Kbb @ vb
+        elif i == 2:
+            z[:na], z[na:] = self.Kab @ vb, self.Kab.T @ va
+        elif i == 3:
+            z[:na] = va
+        elif i == 4:
+            z[na:] = vb
+        else:
+            z[:na], z[na:] = self.Iab @ vb, self.Iab.T @ va
+        return z
+
+    def evaluate(self, theta):
+        from scipy.linalg import cho_factor, cho_solve
+
+        ga, gb, gab, ea, eb, eab = theta
+        na = self.na
+        V = np.empty((self.n, self.n))
+        V[:na, :na] = ga * self.Kaa
+        V[:na, :na][np.diag_indices(na)] += ea
+        V[na:, na:] = gb * self.Kbb
+        V[na:, na:][np.diag_indices(self.nb)] += eb
+        V[:na, na:] = gab * self.Kab + eab * self.Iab
+        V[na:, :na] = V[:na, na:].T
+        ev = _StackedEvaluation()
+        try:
+            cf = cho_factor(V, lower=True)
+        except np.linalg.LinAlgError:
+            return ev
+        Vi_X = cho_solve(cf, self.X)
+        A = self.X.T @ Vi_X
+        try:
+            CA = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return ev
+        Ai = np.linalg.inv(A)
+        Vi_y = cho_solve(cf, self.y)
+        beta = Ai @ (self.X.T @ Vi_y)
+        Py = Vi_y - Vi_X @ beta
+        logdetV = 2.0 * float(np.log(np.diag(cf[0])).sum())
+        ev.loglik = -0.5 * ((self.n - self.c) * LOG2PI + logdetV + 2.0 * float(np.log(np.diag(CA)).sum())
+                            + float(self.y @ Py))
+        ev.ok = bool(np.isfinite(ev.loglik))
+        P = cho_solve(cf, np.eye(self.n)) - Vi_X @ Ai @ Vi_X.T
+        Paa, Pbb, Pab = P[:na, :na], P[na:, na:], P[:na, na:]
+        tr = [float(np.sum(Paa * self.Kaa)), float(np.sum(Pbb * self.Kbb)), 2.0 * float(np.sum(Pab * self.Kab)),
+              float(np.trace(Paa)), float(np.trace(Pbb)), 2.0 * float(np.sum(Pab * self.Iab))]
+        u = [self._apply(i, Py) for i in range(6)]
+        ev.score = np.array([0.5 * (float(Py @ u[i]) - tr[i]) for i in range(6)])
+        Pu = [P @ ui for ui in u]
+        ev.AI = np.array([[0.5 * float(u[i] @ Pu[j]) for j in range(6)] for i in range(6)])
+        ev.AI = 0.5 * (ev.AI + ev.AI.T)
+        ev.beta, ev.Ainv = beta, Ai
+        return ev
+
+
+class _StackedEvaluation:
+    ok = False
+    loglik = -np.inf
+
+    def fixed_effects(self, c_report: int):
+        c = self.beta.size // 2
+        se = np.sqrt(np.diag(self.Ainv))
+        return (np.column_stack([self.beta[:c], self.beta[c:]])[:c_report],
+                np.column_stack([se[:c], se[c:]])[:c_report])
+
+
+def _evaluate(m, theta, derivatives: bool = True, ml: bool = False):
+    """ℓ_R (score, AI) at θ from a :class:`PairMeasure`, or from a dense :class:`_Stacked` pair."""
+    if isinstance(m, PairMeasure):
+        return _Evaluation(m, theta, derivatives=derivatives, ml=ml)
+    return m.evaluate(theta)
+
+
+def pair_loglik(measure: PairMeasure, G0, E0, ml: bool = False) -> float:
     """The REML log-likelihood (Harville's form without log det(XᵀX), X = I₂ ⊗ Z) of the pair at
-    (G₀, E₀), from the measure (−inf where V is not positive definite)."""
+    (G₀, E₀), or with ``ml=True`` the ML log-likelihood with the fixed effects profiled out, from
+    the measure (−inf where V is not positive definite)."""
     G0, E0 = np.asarray(G0, float), np.asarray(E0, float)
+    if ml and measure.n_indicators:
+        raise ValueError("the ML log-likelihood needs a measure without indicator columns")
     theta = np.array([G0[0, 0], G0[1, 1], G0[0, 1], E0[0, 0], E0[1, 1], E0[0, 1]])
-    return _Evaluation(measure, theta, derivatives=False).loglik
+    return _Evaluation(measure, theta, derivatives=False, ml=ml).loglik
 
 
 def pair_score_ai(measure: PairMeasure, G0, E0) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +369,7 @@ class _Model:
     name: str
     theta: Callable
     lower: np.ndarray | None = None  # bounds on φ (None: free)
+    ml: bool = False  # maximise the ML instead of the REML log-likelihood
 
 
 def _linear(keep: Sequence[int]) -> Callable:
@@ -284,14 +399,15 @@ def _rank_one(phi):
     return t, J, H
 
 
-def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, max_iter: int):
+def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, max_iter: int,
+              step_tol: float = 1e-9):
     """AI-REML (Newton with the AI matrix as the negative Hessian in θ, the exact second
     derivatives of θ(φ) added) with step halving; bounded coordinates of φ are held at their bound
     while the score points outward (an active set). Returns (φ, evaluation, iterations, converged)."""
     phi = np.asarray(phi0, dtype=np.float64).copy()
     lower = model.lower
     t, J, H = model.theta(phi)
-    ev = _Evaluation(m, t)
+    ev = _evaluate(m, t, ml=model.ml)
     if not ev.ok:
         raise ValueError(f"{model.name}: the starting point is not a valid model")
     converged = False
@@ -327,7 +443,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, Hn = model.theta(phin)
-            evn = _Evaluation(m, tn)
+            evn = _evaluate(m, tn, ml=model.ml)
             if evn.ok and evn.loglik >= ev.loglik - 1e-12 * max(1.0, abs(ev.loglik)):
                 accepted = True
                 break
@@ -336,8 +452,12 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             converged = abs(decrement) < 1e-6 * max(1.0, abs(ev.loglik))
             break
         change = evn.loglik - ev.loglik
+        # judged on the full AI step: a halved step is small without the iteration being near the maximum
+        size = float(np.max(np.abs(step))) / max(float(np.max(np.abs(phi))), 1e-300)
         phi, ev, J, H = phin, evn, Jn, Hn
-        if abs(change) < tol * max(1.0, abs(ev.loglik)) and abs(decrement) < 1e3 * tol * max(1.0, abs(ev.loglik)):
+        # AI-REML converges linearly (the AI matrix is not the Hessian): stop when ℓ has settled
+        # and the step is small against the parameters
+        if scale == 1.0 and abs(change) < tol * max(1.0, abs(ev.loglik)) and size < step_tol:
             converged = True
             break
     return phi, ev, it, converged
@@ -397,7 +517,8 @@ class BivariateFit:
     table_columns = ("trait_a", "trait_b", "n", "n_left_out", "sg_a", "sg_a_se", "sg_b", "sg_b_se", "cov_g",
                      "cov_g_se", "ve_a", "ve_a_se", "ve_b", "ve_b_se", "cov_e", "cov_e_se", "h2_a", "h2_a_se",
                      "h2_b", "h2_b_se", "rg", "rg_se", "re", "re_se", "rp", "rp_se", "logL", "logL_rg0",
-                     "lrt_rg0", "p_rg0", "logL_rg1", "lrt_rg1", "p_rg1", "boundary", "converged", "iterations")
+                     "lrt_rg0", "p_rg0", "logL_rg1", "lrt_rg1", "p_rg1", "logL_ml", "boundary", "converged",
+                     "iterations")
 
     trait_a: str
     trait_b: str
@@ -429,11 +550,16 @@ class BivariateFit:
     lrt_rg1: float
     p_rg1: float
     boundary: str  # "", "rank-1 G0" (|r_g| = 1 or a zero genetic variance at the constraint)
+    #: the ML log-likelihood at its maximum (same constraint) and the ML estimates (PARAMS order)
+    logL_ml: float
+    ml_estimates: tuple
     converged: bool
     iterations: int
     constrained: bool
     fixed_effects: tuple  # ((name, beta_a, se_a, beta_b, se_b), ...)
     note: str = ""
+    #: stacked observations (GCTA's n): 2n on the common samples, n_a + n_b with samples="union"
+    n_observations: int = 0
 
     def _se(self, i: int) -> float:
         v = self.covariance[i][i]
@@ -463,14 +589,16 @@ class BivariateFit:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["covariance"] = [[_json(v) for v in row] for row in self.covariance]
-        d["fixed_effects"] = [list(fe) for fe in self.fixed_effects]
+        d["fixed_effects"] = [[_json(v) for v in fe] for fe in self.fixed_effects]
+        d["ml_estimates"] = [_json(v) for v in self.ml_estimates]
         return {k: (_json(v) if isinstance(v, float) else v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BivariateFit":
         d = dict(d)
         d["covariance"] = tuple(tuple(float("nan") if v is None else v for v in row) for row in d["covariance"])
-        d["fixed_effects"] = tuple(tuple(fe) for fe in d["fixed_effects"])
+        d["fixed_effects"] = tuple(tuple(float("nan") if v is None else v for v in fe) for fe in d["fixed_effects"])
+        d["ml_estimates"] = tuple(float("nan") if v is None else v for v in d["ml_estimates"])
         return cls(**{k: (float("nan") if v is None else v) for k, v in d.items()})
 
     def row(self) -> list:
@@ -485,7 +613,8 @@ class BivariateFit:
         fixed r_g ("one-tailed test"); here r_g = 0 is interior and its p-value is P(χ²₁ > LRT).
         """
         c = len(self.fixed_effects)
-        shift = 0.5 * (2 * self.n - 2 * c) * LOG2PI
+        n_obs = self.n_observations or 2 * self.n
+        shift = 0.5 * (n_obs - 2 * c) * LOG2PI
         vp_a, vp_b = self.sg_a + self.ve_a, self.sg_b + self.ve_b
         cov = np.array(self.covariance, dtype=float)
         se_vp_a = _delta_se(np.array([1, 0, 0, 1, 0, 0.0]), cov)
@@ -509,10 +638,11 @@ class BivariateFit:
                 continue
             rows += [("logL0", f"{ll0 + shift:.3f} (when rG fixed at {fixed})"), ("LRT", f"{lrt:.3f}"), ("df", "1"),
                      ("Pval", f"{p:.4e} ({tail})")]
-        rows.append(("n", str(2 * self.n)))
+        rows.append(("n", str(n_obs)))
         text = "\n".join("\t".join(r) for r in rows) + "\n"
-        return text + (f"# bigmm: {self.trait_a} (tr1) and {self.trait_b} (tr2) on their {self.n} common samples; "
-                       "logL in GCTA's convention (bigmm's logL + (2n - 2c)/2 log(2 pi)); n = 2 x samples\n")
+        return text + (f"# bigmm: {self.trait_a} (tr1) and {self.trait_b} (tr2) on {self.n} samples; "
+                       "logL in GCTA's convention (bigmm's logL + (N - 2c)/2 log(2 pi), N = n below, the "
+                       "stacked observations)\n")
 
 
 def _json(v):
@@ -607,8 +737,8 @@ def _ratios(theta: np.ndarray, cov: np.ndarray) -> dict:
 
 
 def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covariate_names=None, lrt: bool = True,
-             constrain: bool = True, tol: float = 1e-10, max_iter: int = 100, n_left_out: int = 0,
-             offset: np.ndarray | None = None) -> BivariateFit:
+             constrain: bool = True, ml: bool = True, tol: float = 1e-10, max_iter: int = 200,
+             n_left_out: int = 0, offset: np.ndarray | None = None) -> BivariateFit:
     """Bivariate REML of one pair from its :class:`PairMeasure`.
 
     Parameters
@@ -619,8 +749,11 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     lrt : also fit r_g = 0 (cov_g = 0) and |r_g| = 1 (G₀ of rank one) for the likelihood-ratio tests
     constrain : keep G₀ positive semi-definite (GCTA's default); ``False`` allows |r_g| > 1 and
         negative genetic variances (E₀ and V stay positive definite)
-    tol : convergence when a full AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)``
-    max_iter : AI iterations per fit
+    ml : also maximise the ML log-likelihood (``logL_ml``, ``ml_estimates``; GEMMA prints both);
+        not for a measure with indicator columns (NaN there)
+    tol : convergence when an AI step changes ℓ_R by less than ``tol · max(1, |ℓ_R|)`` and moves
+        no parameter by more than 1e-9 of the largest
+    max_iter : AI iterations per fit (a fit at the boundary G₀ → 0 converges linearly: up to ~100 seen)
     n_left_out : reported as it is (samples with a value of only one of the two phenotypes)
     offset : (c, 2) added to the fixed effects (the OLS fit removed before rotation)
 
@@ -654,11 +787,21 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     ea0, eb0 = max(ea, fl_a), max(eb, fl_b)
     rho = 0.5 * r_res
     theta0 = np.array([ga0, gb0, rho * math.sqrt(ga0 * gb0), ea0, eb0, rho * math.sqrt(ea0 * eb0)])
+    return _fit_from(m, theta0, (fl_a, fl_b), names=names, covariate_names=covariate_names, n_obs=n_obs, lrt=lrt,
+                     constrain=constrain, ml=ml, tol=tol, max_iter=max_iter, n_left_out=n_left_out, offset=offset)
+
+
+def _fit_from(m, theta0, floors, *, names, covariate_names, n_obs, lrt, constrain, ml, tol, max_iter, n_left_out,
+              offset, note="") -> BivariateFit:
+    """The fit, its LRTs, ML fit, SEs and fixed effects from the start θ₀, on a measure or a
+    dense :class:`_Stacked` pair (``m``)."""
+    fl_a, fl_b = floors
+    c_report = len(covariate_names)
+    offset = np.zeros((c_report, 2)) if offset is None else np.asarray(offset, float)
     full = _Model("full model", _linear(range(6)))
     phi, ev, iters, conv = _maximise(m, full, theta0, tol=tol, max_iter=max_iter)
     theta = phi
     boundary = ""
-    note = ""
 
     def psd(t):
         return t[0] >= 0 and t[1] >= 0 and t[2] ** 2 <= t[0] * t[1]
@@ -670,7 +813,6 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         phi1, ev1, it1, conv1 = rank1
         theta, ev, iters, conv = _rank_one(phi1)[0], ev1, iters + it1, conv1
         boundary = "rank-1 G0"
-    cov = np.linalg.inv(ev.AI) if np.all(np.isfinite(ev.AI)) else np.full((6, 6), np.nan)
     try:
         cov = np.linalg.inv(ev.AI)
     except np.linalg.LinAlgError:
@@ -703,8 +845,25 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
                 ll1 = float("nan")
         lrt1 = max(0.0, 2.0 * (ll - ll1)) if np.isfinite(ll1) else float("nan")
         p1 = (1.0 if lrt1 <= 0 else 0.5 * float(chdtrc(1, lrt1))) if np.isfinite(lrt1) else float("nan")
+    ll_ml, th_ml = float("nan"), (float("nan"),) * 6
+    if ml and isinstance(m, PairMeasure) and m.n_indicators == 0:
+        try:
+            phm, evm, _, cm = _maximise(m, _Model("ML", _linear(range(6)), ml=True), theta, tol=tol, max_iter=max_iter)
+            if constrain and not psd(phm):
+                phm1, evm, _, cm = _fit_rank_one(m, phm, 1.0 if phm[2] >= 0 else -1.0, tol, max_iter, ml=True)
+                phm = _rank_one(phm1)[0]
+            if cm:
+                ll_ml, th_ml = float(evm.loglik), tuple(float(v) for v in phm)
+            else:  # e.g. a singular K with the intercept in its null space: ML grows without bound as a
+                # residual variance → 0 (as in the univariate fit); nothing to report
+                note = (note + "; " if note else "") + ("ML not reported: its iteration did not converge (the ML likelihood can grow without "
+                        "bound as a residual variance tends to 0 when K is singular)")
+        except ValueError:
+            pass
     if not conv:
-        note = "AI-REML did not converge within max_iter"
+        note = ("AI-REML stopped before converging (max_iter reached, or no step along the AI direction "
+                "increased ℓ_R: an estimate at the edge of the parameter space, e.g. |r_e| → 1 or a residual "
+                "variance → 0)") + (f"; {note}" if note else "")
     B, SE = ev.fixed_effects(c_report)
     B = B + offset
     fe = tuple((nm, float(B[i, 0]), float(SE[i, 0]), float(B[i, 1]), float(SE[i, 1]))
@@ -714,19 +873,20 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
         sg_a=float(theta[0]), sg_b=float(theta[1]), cov_g=float(theta[2]), ve_a=float(theta[3]),
         ve_b=float(theta[4]), cov_e=float(theta[5]), covariance=tuple(tuple(float(v) for v in r) for r in cov),
         logL=float(ll), logL_rg0=float(ll0), lrt_rg0=float(lrt0), p_rg0=float(p0), logL_rg1=float(ll1),
-        lrt_rg1=float(lrt1), p_rg1=float(p1), boundary=boundary, converged=bool(conv), iterations=int(iters),
+        lrt_rg1=float(lrt1), p_rg1=float(p1), boundary=boundary, logL_ml=ll_ml, ml_estimates=th_ml,
+        converged=bool(conv), iterations=int(iters),
         constrained=bool(constrain), fixed_effects=fe, note=note, **rat)
 
 
-def _fit_rank_one(m: PairMeasure, theta: np.ndarray, sign: float, tol: float, max_iter: int):
+def _fit_rank_one(m, theta: np.ndarray, sign: float, tol: float, max_iter: int, ml: bool = False):
     """The fit with G₀ = v vᵀ (|r_g| = 1, or a zero genetic variance), started from θ's variances."""
     scale = 1e-3 * (abs(theta[0]) + abs(theta[3]) + abs(theta[1]) + abs(theta[4]))
     u = math.sqrt(max(theta[0], scale))
     v = sign * math.sqrt(max(theta[1], scale))
     start = np.array([u, v, theta[3], theta[4], theta[5]])
-    if not _Evaluation(m, _rank_one(start)[0], derivatives=False).ok:
+    if not _evaluate(m, _rank_one(start)[0], derivatives=False).ok:
         start[2:] = [abs(theta[3]) + scale, abs(theta[4]) + scale, 0.0]
-    return _maximise(m, _Model("|r_g| = 1", _rank_one), start, tol=tol, max_iter=max_iter)
+    return _maximise(m, _Model("|r_g| = 1", _rank_one, ml=ml), start, tol=tol, max_iter=max_iter)
 
 
 def _degenerate_fit(m, names, covariate_names, n_left_out, offset, r_res) -> BivariateFit:
@@ -745,7 +905,8 @@ def _degenerate_fit(m, names, covariate_names, n_left_out, offset, r_res) -> Biv
         sg_a=sg, sg_b=alpha * alpha * sg, cov_g=alpha * sg, ve_a=se, ve_b=alpha * alpha * se, cov_e=alpha * se,
         covariance=tuple(tuple(nan for _ in range(6)) for _ in range(6)), h2_a=h, h2_a_se=nan, h2_b=h, h2_b_se=nan,
         rg=s, rg_se=nan, re=s, re_se=nan, rp=s, rp_se=nan, logL=nan, logL_rg0=nan, lrt_rg0=nan, p_rg0=nan,
-        logL_rg1=nan, lrt_rg1=0.0, p_rg1=1.0, boundary="degenerate", converged=True, iterations=0,
+        logL_rg1=nan, lrt_rg1=0.0, p_rg1=1.0, boundary="degenerate", logL_ml=nan, ml_estimates=(nan,) * 6,
+        converged=True, iterations=0,
         constrained=True, fixed_effects=fe[:c_report],
         note=(f"the two phenotypes are collinear after the fixed effects (residual correlation {r_res:.12f}): "
               "the bivariate likelihood is unbounded; r_g = r_e = ±1 and h² from the univariate REML"))
@@ -781,8 +942,9 @@ def _pairs(names: list[str], pairs) -> list[tuple[int, int]]:
 
 def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[str] | None = None,
                   covariate_names: Sequence[str] | None = None, pairs="all", constrain: bool = True,
-                  lrt: bool = True, missing: Literal["auto", "indicator", "subset"] = "auto",
-                  tol: float = 1e-10, max_iter: int = 100) -> BivariateResult:
+                  lrt: bool = True, ml: bool = True, missing: Literal["auto", "indicator", "subset"] = "subset",
+                  samples: Literal["intersection", "union"] = "intersection", tol: float = 1e-10,
+                  max_iter: int = 200) -> BivariateResult:
     """Bivariate REML (genetic correlation) of pairs of phenotypes on one spectrum.
 
     Parameters
@@ -801,8 +963,22 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         Keep G₀ positive semi-definite (|r_g| ≤ 1, σ²_g ≥ 0), as GCTA does by default.
     lrt : bool
         Refit with r_g = 0 and with |r_g| = 1 for the likelihood-ratio tests.
-    missing : {"auto", "indicator", "subset"}
-        How samples without a value are left out (:func:`bigmm.fit_reml`); both are exact.
+    ml : bool
+        Also fit by ML (``logL_ml`` and ``ml_estimates`` of each pair).
+    samples : {"intersection", "union"}
+        "intersection" (default): each pair on the samples observed for both. "union": a pair
+        whose phenotypes have different missing values is fitted on all n_a + n_b observations
+        (GCTA ``--reml-bivar``'s model: the residual covariance acts on the samples with both),
+        by dense REML of the stacked observations started from the intersection fit; needs an
+        exact spectrum (K over the pair's samples is rebuilt from it) and costs
+        O((n_a + n_b)³) time and ~10 (n_a + n_b)² doubles of memory per AI iteration: for n up to a
+        few thousand. ML is not fitted there (NaN).
+    missing : {"subset", "indicator", "auto"}
+        How samples without a value are left out (both exact, see :func:`bigmm.fit_reml`):
+        "subset" (default) takes the spectrum of the observed samples (O(n_o³) for an exact
+        spectrum, O(n_o k²) for a reduced one); "indicator" adds one fixed-effect column per
+        missing sample, whose cost per AI iteration grows with the square of their number (the
+        bivariate fit makes many more evaluations than the univariate one that "auto" is tuned for).
 
     Returns
     -------
@@ -821,17 +997,23 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
     --------
     >>> import numpy as np, bigmm
     >>> rng = np.random.default_rng(1)
-    >>> G = rng.binomial(2, 0.3, size=(150, 400)).astype(np.int8)
-    >>> spec = bigmm.exact_spectrum(bigmm.grm(G, bigmm.standardization(bigmm.variant_stats(G))))
-    >>> Y = rng.normal(size=(150, 3))
-    >>> res = bigmm.fit_bivariate(spec, Y, phenotype_names=["a", "b", "c"])
-    >>> [(f.trait_a, f.trait_b) for f in res.fits]
-    [('a', 'b'), ('a', 'c'), ('b', 'c')]
+    >>> X = rng.normal(size=(100, 300))
+    >>> spec = bigmm.exact_spectrum(X @ X.T / 300)      # or a spectrum of bigmm.grm(...)
+    >>> Y = rng.normal(size=(100, 3))
+    >>> Y[:4, 2] = np.nan                                 # pairs with c: the 96 samples with both
+    >>> res = bigmm.fit_bivariate(spec, Y, phenotype_names=["a", "b", "c"], lrt=False)
+    >>> [(f.trait_a, f.trait_b, f.n, f.n_left_out) for f in res.fits]
+    [('a', 'b', 100, 0), ('a', 'c', 96, 4), ('b', 'c', 96, 4)]
     >>> bool(all(f.converged for f in res.fits))
     True
     """
     from .reml import rotate
 
+    if samples not in ("intersection", "union"):
+        raise InputError(f"samples must be 'intersection' or 'union', not {samples!r}")
+    if samples == "union" and spectrum.n_tail:
+        raise InputError("samples='union' needs an exact spectrum (all n eigenpairs); this one has "
+                         f"{spectrum.k} of {spectrum.n}: use samples='intersection'")
     design = rotate(spectrum, Y, Z, phenotype_names=phenotype_names, covariate_names=covariate_names,
                     missing=missing)
     names = design.phenotype_names
@@ -869,11 +1051,40 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         meas.G[-2] *= sc[0]
         meas.G[-1] *= sc[1]
         offset = rot.shift[:, [ia, ib]] if rot.shift is not None else None
-        fits.append(fit_pair(meas, names=(names[a], names[b]), covariate_names=design.covariate_names, lrt=lrt,
-                             constrain=constrain, tol=tol, max_iter=max_iter, n_left_out=left_out, offset=offset))
+        fit = fit_pair(meas, names=(names[a], names[b]), covariate_names=design.covariate_names,
+                       lrt=lrt and not (samples == "union" and left_out), constrain=constrain,
+                       ml=ml and not (samples == "union" and left_out), tol=tol, max_iter=max_iter,
+                       n_left_out=left_out, offset=offset)
+        if samples == "union" and left_out and fit.boundary != "degenerate":
+            fit = _fit_union(spectrum, Yarr[:, [a, b]], Zarr, fit, design.covariate_names, lrt=lrt,
+                             constrain=constrain, tol=tol, max_iter=max_iter)
+        fits.append(fit)
     methods = sorted({g.method for g in design.groups})
+    if samples == "union":
+        methods.append("union (dense stacked REML for pairs with different missing values)")
     return BivariateResult(fits=tuple(fits), method=f"spectrum {design.spectrum_method}",
                            notes={"missing_methods": methods, "pairs_rotated_again": rotated_again,
                                   "constrained": constrain,
                                   "logl_convention": "Harville REML of the 2n stacked observations without "
                                                      "the log det(X'X) term, X = I2 (x) Z"})
+
+
+def _fit_union(spectrum: Spectrum, Y2: np.ndarray, Z: np.ndarray | None, start: BivariateFit, covariate_names,
+               *, lrt: bool, constrain: bool, tol: float, max_iter: int) -> BivariateFit:
+    """The pair on all its observations (:class:`_Stacked`), started from its intersection fit."""
+    rows = ~np.isnan(Y2).all(axis=1)
+    U = spectrum.U[rows]
+    K = (U * spectrum.s) @ U.T
+    Zr = np.ones((int(rows.sum()), 1)) if Z is None else Z[rows]
+    st = _Stacked(K, Y2[rows], Zr)
+    theta0 = np.array([start.sg_a, start.sg_b, start.cov_g, start.ve_a, start.ve_b, start.cov_e])
+    fl = (1e-3 * (start.sg_a + start.ve_a), 1e-3 * (start.sg_b + start.ve_b))
+    theta0[0], theta0[1] = max(theta0[0], fl[0]), max(theta0[1], fl[1])
+    lim = 0.99 * math.sqrt(theta0[0] * theta0[1])
+    theta0[2] = min(max(theta0[2], -lim), lim)  # strictly inside the PSD cone
+    fit = _fit_from(st, theta0, fl, names=(start.trait_a, start.trait_b), covariate_names=covariate_names,
+                    n_obs=int(rows.sum()), lrt=lrt, constrain=constrain, ml=False, tol=tol, max_iter=max_iter,
+                    n_left_out=0, offset=None,
+                    note=f"samples=union: {st.na} + {st.nb} observations on {int(rows.sum())} samples "
+                         f"({start.n} with both), dense stacked REML")
+    return replace(fit, n_observations=int(st.n))
