@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from bigmm.mf_bivariate import fit_bivariate_matrix_free
 from bigmm.errors import InputError
 from bigmm.io.tables import build_design
 from bigmm.pipeline.config import parse_config
-from bigmm.pipeline.config_rg import RgConfig, rg_pairs
+from bigmm.pipeline.config_rg import RgConfig, check_rg, rg_pairs
 from bigmm.pipeline.flags import parse_rg
 from bigmm.pipeline.outputs import load_spectrum
 from bigmm.pipeline.cli import _print_rg
@@ -129,11 +130,21 @@ def test_spectral_run_equals_fit_bivariate(pheno, spectral):
 
 
 def test_rerun_skips_and_a_new_pair_list_reruns_rg_and_report(pheno, spectral):
+    """Unchanged: nothing reruns. Other pairs (c with a, without LRTs): the rg stage and the report
+    only, equal to the library's fit."""
     out, _ = spectral
     again = run(config(pheno, out, {"pairs": "all"}))
     assert again.stages_run == ()
     fewer = run(config(pheno, out, {"pairs": [["c", "a"]], "lrt": False}))
     assert fewer.stages_run == ("rg", "report")
+    d = design(pheno)
+    a = d.analysed
+    spec = load_spectrum(out / "spectrum.zarr")
+    sub = spec if a.all() else spec.subset(np.flatnonzero(a))
+    want = fit_bivariate(sub, d.Y[a], d.Z[a], phenotype_names=d.phenotype_names, covariate_names=d.covariate_names,
+                         pairs=[("c", "a")], lrt=False)
+    assert want.fits[0].n_left_out == 40  # a's missing values: c's 40 extra observations are left out
+    assert_table(out / "rg.tsv", want)
     got = pd.read_csv(out / "rg.tsv", sep="\t")
     assert got[["trait_a", "trait_b"]].values.tolist() == [["c", "a"]] and np.isnan(got["lrt_rg0"][0])
     assert (out / "rg" / "c.a.hsq").exists() and not (out / "rg" / "a.b.hsq").exists()  # the old pairs' tables go
@@ -187,6 +198,12 @@ def test_pairs_resolution_and_the_flag():
     with pytest.raises(InputError, match="given twice"):
         rg_pairs(RgConfig(pairs=[["a", "b"], ["b", "a"]]), names, "spectral")
     assert RgConfig(pairs=[[1, 2]]).pairs == [("1", "2")]  # YAML numbers are names
+    # GCTA's union of samples: spectral REML on an exact spectrum only
+    d = SimpleNamespace(phenotype_names=names, Y=np.ones((4, 3)), analysed=np.ones(4, bool))
+    assert check_rg(RgConfig(pairs="all", samples="union"), d, "spectral", "exact").startswith("genetic correlations")
+    for model, method in (("matrix_free", "exact"), ("spectral", "randomized")):
+        with pytest.raises(InputError, match="rg.samples: union .* needs reml.method spectral on an exact spectrum"):
+            check_rg(RgConfig(pairs="all", samples="union"), d, model, method)
     assert parse_rg("all") == "all" and parse_rg("a:b,b:c") == [["a", "b"], ["b", "c"]]
     with pytest.raises(Exception, match="not a pair A:B"):
         parse_rg("a,b")

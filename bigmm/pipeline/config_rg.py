@@ -6,6 +6,7 @@ pairs it asks for, resolved against the run's phenotypes once, at validation, be
       constrain: true       # G0 positive semi-definite (GCTA's default)
       lrt: true             # likelihood-ratio tests of r_g = 0 and |r_g| = 1
       different_missing: fit  # matrix-free: pairs with different missing values (fit | refuse)
+      samples: intersection   # or union (GCTA's, spectral REML on an exact spectrum only)
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class RgConfig(BaseModel):
     #: common samples (no pass over X)
     different_missing: Literal["fit", "refuse"] = "fit"
     """matrix-free: pairs with different missing values: fit (one more build on the common samples) or refuse"""
+    #: a pair whose phenotypes have different missing values: "intersection", on the samples
+    #: observed for both; "union" (spectral REML on an exact spectrum only), on every sample with a
+    #: value of either, as GCTA --reml-bivar (dense REML of the stacked observations: O((n_a + n_b)³)
+    #: per AI iteration, for n up to a few thousand)
+    samples: Literal["intersection", "union"] = "intersection"
+    """pairs with different missing values: intersection (common samples) or union (GCTA's; exact spectrum only)"""
 
     @field_validator("pairs", mode="before")
     @classmethod
@@ -121,11 +128,17 @@ def describe_rg(rg: RgConfig, pairs: list, model: str, crossing: list) -> str:
     return line
 
 
-def check_rg(rg: RgConfig, design, model: str) -> str:
+def check_rg(rg: RgConfig, design, model: str, method: str | None = None) -> str:
     """The run's pairs checked against its phenotypes (``design``: the validated
-    :class:`bigmm.io.tables.Design`) before any stage; returns ``bigmm check``'s line."""
+    :class:`bigmm.io.tables.Design`) and the spectrum's ``method`` before any stage; returns
+    ``bigmm check``'s line."""
     names = list(design.phenotype_names)
     pairs = rg_pairs(rg, names, model)
+    if pairs and rg.samples == "union" and (model != "spectral" or method != "exact"):
+        raise InputError("rg.samples: union fits a pair on every sample with a value of either phenotype "
+                         "by dense REML over the exact spectrum: it needs reml.method spectral on an exact "
+                         f"spectrum (this run: {model}" + (f", spectrum {method}" if model == "spectral" else "")
+                         + "); use rg.samples: intersection (each pair on its common samples)")
     crossing = different_missing(design.Y[design.analysed], names, pairs)
     if crossing and model == "matrix_free" and rg.different_missing == "refuse":
         a, b = crossing[0]

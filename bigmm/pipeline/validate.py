@@ -581,7 +581,7 @@ def collect(cfg: RunConfig, *, force: bool = False, contact_cluster: bool = Fals
     if ids is not None:
         method, rmethod, memory_plan = _check_plan(problems, cfg, ids, got, grm_rows)
     if rmethod is not None and "design" in got:  # rg.pairs against the phenotypes, before any stage
-        got["rg_text"] = _attempt(problems, check_rg, cfg.rg, got["design"], rmethod) or ""
+        got["rg_text"] = _attempt(problems, check_rg, cfg.rg, got["design"], rmethod, method) or ""
     _check_prevalence(problems, cfg, got)
     replace = _attempt(problems, check_output_dir, Path(cfg.output), cfg, force)
     if contact_cluster:

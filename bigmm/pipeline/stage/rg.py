@@ -6,8 +6,9 @@ models (``rg.pairs`` given explicitly is refused at validation there, ``auto`` p
 
 - spectral: :func:`bigmm.fit_bivariate` on the analysed samples' spectrum the rotate stage used
   (made once in a run that rotates; when rotate was committed before, the exact spectrum is
-  restricted to the analysed samples again). The phenotypes and covariates are rotated again
-  for the pairs (O(n k (c + m)), no pass over X): the library takes a spectrum, not a rotation;
+  restricted to the analysed samples again), ``rg.samples`` (intersection, or GCTA's union on
+  an exact spectrum). The phenotypes and covariates are rotated again for the pairs
+  (O(n k (c + m)), no pass over X): the library takes a spectrum, not a rotation;
 - matrix_free: :func:`bigmm.fit_bivariate_matrix_free` on the committed REML fit (restored from
   ``reml_state.npz`` with each missing-value pattern's quadrature model): no pass over X for
   pairs that share their missing values. Pairs that do not are fitted on their common samples
@@ -98,7 +99,7 @@ def declare_spectral(name: str, reml: Stage, rotate: Stage, spectrum: Stage) -> 
         Z, znames = with_pcs(ctx.cfg, spec, d.Z, list(d.covariate_names))
         res = fit_bivariate(own, d.Y[d.analysed], Z[d.analysed], phenotype_names=d.phenotype_names,
                             covariate_names=znames, pairs=pairs, constrain=r.constrain, lrt=r.lrt,
-                            missing=ctx.cfg.phenotypes.missing)
+                            samples=r.samples)
         return _commit(ctx, res, pairs)
 
     return Stage(name=name, outputs=("rg.tsv", "rg.json"), body=body, model=spectral.MODEL, inputs=_inputs,
