@@ -27,9 +27,9 @@ from bigmm.errors import InputError
 from bigmm.io.tables import build_design
 from bigmm.pipeline.config import parse_config
 from bigmm.pipeline.config_rg import RgConfig, check_rg, rg_pairs
-from bigmm.pipeline.flags import parse_rg
+from bigmm.pipeline.flags import config_from_flags, parse_rg
 from bigmm.pipeline.outputs import load_spectrum
-from bigmm.pipeline.cli import _print_rg
+from bigmm.pipeline.cli import _print_rg, build_parser
 from bigmm.pipeline.stages import run
 from bigmm.pipeline.validate import validate
 
@@ -207,6 +207,10 @@ def test_pairs_resolution_and_the_flag():
     assert parse_rg("all") == "all" and parse_rg("a:b,b:c") == [["a", "b"], ["b", "c"]]
     with pytest.raises(Exception, match="not a pair A:B"):
         parse_rg("a,b")
+    flags = ["reml", "--bfile", "x", "--pheno-fam", "1", "--out", "o"]
+    assert config_from_flags(build_parser().parse_args(flags + ["--rg", "a:b,a:c"]))["rg"] == \
+        {"pairs": [["a", "b"], ["a", "c"]]}
+    assert "rg" not in config_from_flags(build_parser().parse_args(flags))  # no flag: the section's default
     # a config without an rg section hashes as before the section existed (old run folders resume)
     base = {"genotypes": {"zarr": "x.zarr"}, "phenotypes": {"file": "p.tsv"}, "output": "o"}
     assert parse_config(base).fingerprint() == parse_config({**base, "rg": {"pairs": "none"}}).fingerprint()

@@ -71,7 +71,8 @@ def rg_section(doc: dict, image: str) -> str:
             "p (r_g = 0)", "p (|r_g| = 1)", "note"] + (["MC SD of r_g"] if mc else [])
     rows = []
     for p in pairs[:MAX_TABLE_PAIRS]:
-        note = "; ".join(x for x in (p.get("boundary"), "" if p.get("converged", True) else "not converged") if x)
+        note = "; ".join(x for x in (p.get("boundary"), "" if p.get("converged", True) else "not converged",
+                                     p.get("note")) if x)
         rows.append([p["trait_a"], p["trait_b"], p["n"], p["n_left_out"], _n(p["rg"]), _n(p["rg_se"]), _n(p["re"]),
                      _n(p["re_se"]), _n(p["h2_a"]), _n(p["h2_a_se"]), _n(p["h2_b"]), _n(p["h2_b_se"]),
                      _n(p["p_rg0"], "{:.3g}"), _n(p["p_rg1"], "{:.3g}"), note]
@@ -80,12 +81,14 @@ def rg_section(doc: dict, image: str) -> str:
              + "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
              + "</table>")
     more = (f"<p>{len(pairs) - MAX_TABLE_PAIRS} more pairs in rg.tsv.</p>" if len(pairs) > MAX_TABLE_PAIRS else "")
-    how = ("Bivariate REML of each pair on the samples observed for both, "
+    constrained = (rg.get("notes") or {}).get("constrained")
+    how = ("Bivariate REML of each pair (n: its samples; left out: those with a value of only one of the two, "
+           "unless the note says they were fitted, rg.samples union), "
            + ("from the univariate matrix-free build (Monte Carlo SD of the probes by a delete-one-probe "
               "jackknife)" if rg.get("method") == "matrix-free" else f"on the {html.escape(str(rg.get('method')))}")
-           + ("; G0 kept positive semi-definite (|r_g| ≤ 1, GCTA's default)" if (rg.get("notes") or {}).get("constrained")
-              else "; G0 unconstrained") + ". p (r_g = 0): χ²₁; p (|r_g| = 1): ½χ²₀ + ½χ²₁. "
-           "Every pair in rg.tsv, GCTA's table per pair in rg/.")
+           + ("; G0 kept positive semi-definite (|r_g| ≤ 1, GCTA's default)" if constrained else "; G0 unconstrained")
+           + ". p (r_g = 0): χ²₁; p (|r_g| = 1): ½χ²₀ + ½χ²₁. Every pair in rg.tsv, GCTA's table per pair "
+           "in rg/.")
     if not pairs:
         return '<section id="rg"><h2>Genetic correlations</h2><p>No pairs (fewer than two phenotypes).</p></section>'
     return ('<section id="rg"><h2>Genetic correlations</h2>'
