@@ -856,8 +856,9 @@ def test_one_run_per_directory_stale_lock_and_status(cohort, tmp_path):
 
     rows, text = status_rows(out)
     assert text.splitlines()[0] == f"{out}: run complete"
-    assert list(rows) == ["ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "blup", "report"]
+    assert list(rows) == ["ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "blup", "rg", "report"]
     assert rows.pop("blup")["state"] == "not needed"  # predict.blup is off in this config
+    assert rows.pop("rg")["state"] == "not needed"  # and rg.pairs is none (the default)
     for stage, row in rows.items():
         assert row["state"] == "complete" and row["seconds"] != "-" and row["rerun"] == "no", (stage, row)
 
@@ -865,5 +866,5 @@ def test_one_run_per_directory_stale_lock_and_status(cohort, tmp_path):
     rows, text = status_rows(out)
     rerun = {s: r["rerun"].split(" (")[0] for s, r in rows.items()}
     assert rerun == {"ingest": "no", "variant_stats": "no", "grm": "no", "spectrum": "no",
-                     "rotate": "yes", "reml": "yes", "blup": "no", "report": "yes"}, text
+                     "rotate": "yes", "reml": "yes", "blup": "no", "rg": "no", "report": "yes"}, text
     assert rows["rotate"]["rerun"] == "yes (inputs or config changed)"
