@@ -85,6 +85,10 @@ def _needed(f) -> bool:
     return f.cfg.rg.pairs != "none"
 
 
+#: bigmm status lists rg (planned, or "not needed") for the single-component models only
+MODELS = (spectral.MODEL, mf.MODEL)
+
+
 def declare_spectral(name: str, reml: Stage, rotate: Stage, spectrum: Stage) -> Stage:
     def body(ctx: Context):
         """Every pair on the spectrum of the analysed samples (no pass over X)."""
@@ -104,7 +108,7 @@ def declare_spectral(name: str, reml: Stage, rotate: Stage, spectrum: Stage) -> 
 
     return Stage(name=name, outputs=("rg.tsv", "rg.json"), body=body, model=spectral.MODEL, inputs=_inputs,
                  upstream=lambda f: (reml,), needed=_needed, load=_load, extra_files=_extra_files,
-                 needs_spectrum=lambda cfg: True)
+                 needs_spectrum=lambda cfg: True, for_models=MODELS)
 
 
 def declare_matrix_free(name: str, reml: Stage, ingest: Stage, stats: Stage, spectrum: Stage) -> Stage:
@@ -128,4 +132,4 @@ def declare_matrix_free(name: str, reml: Stage, ingest: Stage, stats: Stage, spe
 
     return Stage(name=name, outputs=("rg.tsv", "rg.json"), body=body, model=mf.MODEL, inputs=_inputs,
                  upstream=lambda f: (reml,), needed=_needed, load=_load, extra_files=_extra_files,
-                 needs_spectrum=mf.needs_spectrum)
+                 needs_spectrum=mf.needs_spectrum, for_models=MODELS)
