@@ -21,10 +21,11 @@ from ..errors import InputError
 
 #: the models with several variance components: no bivariate REML (rg is single-component)
 COMPONENTS_MODELS = ("components", "components_matrix_free")
-#: driver seconds per pair measured by scripts/bench/bench_rg_pairs.py (matrix-free, n = 1,000, 30
-#: phenotypes, jackknife included: 35-59 ms; the spectral path's AI iterations cost the same order
-#: on a spectrum of rank k ~ the build's dimension): the range ``bigmm check`` quotes
-SECONDS_PER_PAIR = (0.015, 0.060)
+#: driver CPU seconds per pair on the matrix-free path, measured by scripts/bench/bench_rg_pairs.py
+#: (docs/matrix_free.md: n = 1,000, 30 phenotypes in 9 steps, 35 ms without and 59 ms with the
+#: jackknife; more for a larger build): the range ``bigmm check`` quotes. The spectral path has no
+#: measured figure: its cost per pair grows with the spectrum's rank (n on an exact spectrum)
+SECONDS_PER_PAIR = (0.035, 0.060)
 
 
 class RgConfig(BaseModel):
@@ -116,9 +117,11 @@ def describe_rg(rg: RgConfig, pairs: list, model: str, crossing: list) -> str:
             "genetic correlations (rg.pairs auto): none, the run has fewer than two phenotypes"
     lo, hi = (len(pairs) * s for s in SECONDS_PER_PAIR)
     line = (f"genetic correlations: {len(pairs)} pair(s) by bivariate REML on the univariate "
-            f"{'spectrum' if model == 'spectral' else 'matrix-free build'}, no pass over X; driver about "
-            f"{lo:.2g}-{hi:.2g} s ({SECONDS_PER_PAIR[0] * 1e3:.0f}-{SECONDS_PER_PAIR[1] * 1e3:.0f} ms per pair, "
-            f"measured by scripts/bench/bench_rg_pairs.py at n = 1,000)")
+            f"{'spectrum' if model == 'spectral' else 'matrix-free build'}, no pass over X; driver "
+            + (f"about {lo:.2g}-{hi:.2g} CPU s ({SECONDS_PER_PAIR[0] * 1e3:.0f}-{SECONDS_PER_PAIR[1] * 1e3:.0f} ms "
+               f"per pair measured by scripts/bench/bench_rg_pairs.py at n = 1,000 with 30 phenotypes; more "
+               f"with more phenotypes)" if model == "matrix_free" else
+               "work per pair grows with the spectrum's rank (all n eigenvalues on an exact spectrum)"))
     if crossing and model == "matrix_free":
         line += (f"; {len(crossing)} pair(s) have different missing values: "
                  + ("fitted on their common samples from one more matrix-free build (at most reml.max_steps "
