@@ -38,7 +38,7 @@ the end cover replicates 0..R−1 of what the records hold.
 
 Usage::
 
-    nice python scripts/studies/rg_study.py --replicates 100 --out results/rg_study.json
+    nice python scripts/studies/rg_study.py --replicates 200 --out results/rg_study.json  # docs/rg_study.md
     python scripts/studies/rg_study.py --replicates 2 --n 400 --p 800 --out /tmp/rg.json   # smoke run
 """
 
@@ -347,7 +347,8 @@ def _summarise(recs: list[dict], replicates: int, B: int, seed: int) -> dict:
                         "mean_mc_sd": float(np.nanmean(mc)), "mean_se": float(np.nanmean(se)),
                         "mc_sd_over_se": float(np.nanmean(mc) / np.nanmean(se)),
                         "max_mc_sd_over_se": float(np.nanmax(mc / se)),
-                        "diff_sd": float(np.std(d, ddof=1)), "diff_sd_over_se": float(np.std(d, ddof=1) / np.nanmean(se)),
+                        "diff_sd": float(np.std(d, ddof=1)),
+                        "diff_sd_over_se": float(np.std(d, ddof=1) / np.nanmean(se)),
                         "diff_sd_over_mc": float(np.std(d, ddof=1) / np.nanmean(mc)),
                         "max_abs_diff": float(np.max(np.abs(d))),
                         "mean_passes": float(np.mean([mf[i]["passes"] for i in ids]))})
@@ -365,7 +366,8 @@ def criteria(summary: dict, fit: str = "unc") -> str:
     """The issue's three criteria for r_g per (cohort, pair): efficiency of the matrix-free fit
     against the exact one (≥ 0.95), its mean Monte Carlo SD over the mean SE (≤ ¼), and the SE
     calibration SE / SD of both (within 10% of 1)."""
-    cal = {(r["cohort"], r["row"], r["method"]): r for r in summary["rows"] if r["fit"] == fit and r["quantity"] == "rg"}
+    cal = {(r["cohort"], r["row"], r["method"]): r for r in summary["rows"]
+           if r["fit"] == fit and r["quantity"] == "rg"}
     L = ["| cohort | pair | efficiency [95% CI] | MC SD / SE | SE / SD exact [95% CI] | SE / SD mf [95% CI] | "
          "coverage exact / mf | R |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in summary["mf_vs_exact"]:
@@ -373,7 +375,8 @@ def criteria(summary: dict, fit: str = "unc") -> str:
             continue
         ex, mf = cal.get((r["cohort"], r["row"], "exact")), cal.get((r["cohort"], r["row"], "mf"))
         lo, hi = r["efficiency_ci"]
-        L.append(f"| {r['cohort']} | {r['row']} | {r['efficiency']:.3f} [{lo:.3f}, {hi:.3f}] | {r['mc_sd_over_se']:.4f} | "
+        L.append(f"| {r['cohort']} | {r['row']} | {r['efficiency']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                 f"{r['mc_sd_over_se']:.4f} | "
                  f"{ex['se_ratio']:.2f} [{ex['se_ratio_ci'][0]:.2f}, {ex['se_ratio_ci'][1]:.2f}] | "
                  f"{mf['se_ratio']:.2f} [{mf['se_ratio_ci'][0]:.2f}, {mf['se_ratio_ci'][1]:.2f}] | "
                  f"{ex['coverage']:.2f} / {mf['coverage']:.2f} | {r['R']} |")
