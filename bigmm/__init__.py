@@ -76,3 +76,5 @@ __all__ = [
 ]
 from .bivariate import BivariateFit, BivariateResult, PairMeasure, fit_bivariate, fit_pair  # noqa: E402
 __all__ += ["BivariateFit", "BivariateResult", "PairMeasure", "fit_bivariate", "fit_pair"]
+from .mf_bivariate import fit_bivariate_matrix_free  # noqa: E402
+__all__ += ["fit_bivariate_matrix_free"]
