@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""One pass over X on 1, 2 and 4 Dask workers of one machine (threads and processes), and a large pass beside its floor.
+
+Part 1, scaling: the same pass (``bigmm.GrmOperator.apply``, float32 products, float64
+accumulation, the default kernel) on one simulated cohort store (common.ensure_cohort, as
+bench_pass_floor.py makes it, cached in --cache), for each width l (--width: 33, the matrix-free
+REML's block of one phenotype, covariates and 30 probes; 250, the randomized spectrum's) on these
+local clusters of ``bigmm.pipeline.cluster.dask_client`` (127.0.0.1, worker processes):
+
+``1x1``               1 worker process x 1 thread (the baseline);
+``threads k``         1 worker process x k threads (k = 2, 4);
+``processes k``       k worker processes x 1 thread (k = 2, 4);
+``1x1, BLAS = cores`` 1 worker process x 1 thread with as many BLAS threads as cores (the
+                      pipeline's rule for 1 worker: threads x BLAS threads <= cores).
+
+Every other configuration runs 1 BLAS thread per Dask thread (set in each worker with
+threadpoolctl, checked), so the Dask threads are the only parallelism and "speed-up" means what
+the workers add. All clusters are started first and stay up; each repeat runs every
+configuration in turn (on a shared machine neighbours then see similar load). k x 1 BLAS
+threads above the cores is oversubscribed (4 on a 2-core machine): it is reported anyway, it
+shows the overhead. Per configuration: wall time, CPU time (driver and every worker process,
+idle workers of the other clusters included), passes per second, speed-up against 1x1 and
+parallel efficiency (speed-up / Dask threads); medians of --repeats, the 1-minute load average
+before and after each pass.
+
+Part 2, a large pass beside its floor (--large-n, default 100,000 samples, p = --p): the
+matrix-free-width pass (--large-width, 33) on the pipeline's default local cluster (2 x 1),
+against, in the same run and alternated with it, its floor's components:
+
+- read + decode every genotype chunk (the chunk file read, CRC32C checked, zstd decoded:
+  bench_pass_floor.codec_reader; 2 threads over the chunks);
+- standardize into float32 and the BLAS of the two products of width l, measured on the first
+  --large-chunks variant chunks (all samples) and scaled to p by the columns: both are linear in
+  the columns, and holding all of X's codes (n p bytes, 5 GB at n = 10^5) is what the pass avoids.
+
+Usage::
+
+    python scripts/bench/bench_pass_scaling.py                        # n = 10,000, p = 50,000; + n = 100,000
+    python scripts/bench/bench_pass_scaling.py --n 2000 --p 8000 --repeats 1 --no-large   # smoke run
+    python scripts/bench/bench_pass_scaling.py --report cache/bench/pass_scaling.json --write-docs --docs docs/performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (MIB, REPO, add_docs_args, alternate, command_line, du, ensure_cohort,  # noqa: E402
+                    fmt_time, log, machine_info, machine_line, md_table, publish, summarize, timed,
+                    variant_filter)
+
+SECTION = "Scaling on one machine (scripts/bench/bench_pass_scaling.py)"
+
+
+def configs(ks, cores: int) -> dict:
+    """name -> (workers, threads per worker, BLAS threads per Dask thread)."""
+    out = {"1x1": (1, 1, 1)}
+    for k in ks:
+        if k > 1:
+            out[f"threads {k}"] = (1, k, 1)
+    for k in ks:
+        if k > 1:
+            out[f"processes {k}"] = (k, 1, 1)
+    if cores > 1:
+        out[f"1x1, BLAS {cores}"] = (1, 1, cores)
+    return out
+
+
+def blas_threads_of(client) -> list[int]:
+    """The BLAS thread counts threadpoolctl reports in each worker (checked after the plugins)."""
+    def probe():
+        from threadpoolctl import threadpool_info
+
+        return max(d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas")
+    return sorted(client.run(probe).values())
+
+
+def timed_load(fn, label: str) -> dict:
+    """:func:`common.timed` with the 1-minute load average before and after."""
+    l0 = os.getloadavg()[0]
+    r = timed(fn, label)
+    r["load"] = [l0, os.getloadavg()[0]]
+    return r
+
+
+def summarize_load(rr: list[dict]) -> dict:
+    return summarize(rr, load_before=[r["load"][0] for r in rr], load_after=[r["load"][1] for r in rr])
+
+
+# --------------------------------------------------------------------------- part 1
+
+def measure_scaling(args) -> dict:
+    import bigmm
+    from bigmm.pipeline.cluster import BlasThreads, dask_client
+    from bigmm.pipeline.config import ClusterConfig
+    from bigmm.pipeline.memory import task_memory
+
+    c = ensure_cohort(args.cache, args.n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
+                      chunks=args.chunks, sim_block=1024, need_plink=False)
+    store = bigmm.open_store(c["paths"]["zarr"])
+    n, p = store.genotypes.shape
+    std = variant_filter(store, args.min_maf, args.max_missing)
+    cores = os.cpu_count() or 1
+    cfgs = configs(args.workers, cores)
+    rng = np.random.default_rng(0)
+    Ms = {l: rng.standard_normal((n, l)) for l in args.width}
+    out = {"n": n, "p": p, "p_kept": std.n_kept, "chunks": list(store.chunks), "tag": c["tag"], "cores": cores,
+           "widths": list(args.width), "memory_limit": args.memory_limit, "configs": {}}
+    methods = {}
+    with contextlib.ExitStack() as stack:
+        for name, (w, t, b) in cfgs.items():
+            cc = ClusterConfig(workers=w, threads_per_worker=t, memory_limit=args.memory_limit)
+            client = stack.enter_context(dask_client(cc))
+            client.register_plugin(BlasThreads(b), name=f"bench-blas-{b}")  # after the pipeline's rule
+            blas = blas_threads_of(client)
+            if set(blas) != {b}:
+                raise SystemExit(f"{name}: workers report BLAS threads {blas}, wanted {b}")
+            with client.as_current():
+                op = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(cc))
+                op.apply(Ms[args.width[0]][:, :1])  # warm-up: the workers import bigmm and open the store
+                plans = {l: op.plan(l) for l in args.width}
+            out["configs"][name] = {"workers": w, "threads": t, "blas": b, "tasks": len(plans[args.width[0]].groups),
+                                    "sub_width": {l: pl.sub_width for l, pl in plans.items()}}
+            log(f"{name}: {w} worker(s) x {t} thread(s), BLAS {blas}, {plans[args.width[0]].describe()}")
+            for l in args.width:
+                def run(_r, client=client, op=op, l=l, name=name):
+                    with client.as_current():
+                        return timed_load(lambda: op.apply(Ms[l])[0].shape, f"{name} l={l}")
+                methods[f"{name} l={l}"] = run
+        runs = alternate(args.repeats, methods)
+    out["runs"] = {m: summarize_load(rr) for m, rr in runs.items()}
+    return out
+
+
+# --------------------------------------------------------------------------- part 2
+
+def measure_large(args) -> dict:
+    import bigmm
+    from bench_pass_floor import codec_reader, read_all
+    from bigmm.genotypes import standardize_block
+    from bigmm.pipeline.cluster import dask_client
+    from bigmm.pipeline.config import ClusterConfig
+    from bigmm.pipeline.memory import task_memory
+    from threadpoolctl import threadpool_limits
+
+    n = args.large_n
+    c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=1, fst=0.0, h2=[0.5, 0.3],
+                      chunks=args.chunks, sim_block=1024, need_plink=False)
+    store = bigmm.open_store(c["paths"]["zarr"])
+    n, p = store.genotypes.shape
+    rc, cc = store.chunks
+    l = args.large_width
+    std = variant_filter(store, args.min_maf, args.max_missing)
+    gpath = Path(c["paths"]["zarr"]) / "genotypes"
+    read = codec_reader("int8-zstd1", gpath, n, (rc, cc), p)
+    bounds = [(a, min(p, a + cc)) for a in range(0, p, cc)]
+    jobs = [(i0, a, b) for a, b in bounds for i0 in range(0, n, rc)]
+    if not np.array_equal(read(*jobs[0]), np.asarray(store.genotypes[:rc, :cc])):
+        raise SystemExit("the codec reader does not decode to the store's genotypes")
+
+    ccfg = ClusterConfig(workers=2, threads_per_worker=1, memory_limit=args.memory_limit)
+    sub = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg), n_tasks=2).plan(l).sub_width
+    k = min(args.large_chunks, len(bounds))
+    sample_cols = [np.asarray(store.genotypes[:, a:b]) for a, b in bounds[:k]]
+    cols_sampled = sum(g.shape[1] for g in sample_cols)
+    scale_to_p = p / cols_sampled
+    pieces = [(j, w0, min(g.shape[1], w0 + sub)) for j, g in enumerate(sample_cols) for w0 in range(0, g.shape[1], sub)]
+    M32 = np.random.default_rng(0).standard_normal((n, l)).astype(np.float32)
+
+    def std_pieces(threads):
+        def work(share):
+            buf = np.empty(n * sub, dtype=np.float32)
+            for j, w0, w1 in share:
+                a = bounds[j][0]
+                standardize_block(sample_cols[j][:, w0:w1], std.center[a + w0:a + w1], std.scale[a + w0:a + w1],
+                                  np.float32, out=buf)
+        with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+            list(ex.map(work, [pieces[t::threads] for t in range(threads)]))
+
+    X = standardize_block(sample_cols[0][:, :sub], std.center[:sub], std.scale[:sub], np.float32)
+    widths = [w1 - w0 for _j, w0, w1 in pieces]
+
+    def blas(threads):
+        def work(ws):
+            for w in ws:
+                Xc = X[:, :w]
+                Xc @ (Xc.T @ M32)
+        with threadpool_limits(1, user_api="blas"):
+            with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+                list(ex.map(work, [widths[t::threads] for t in range(threads)]))
+
+    methods = {
+        "decode 2t": lambda _r: timed_load(lambda: read_all(read, jobs, 2), "read+decode, 2 threads"),
+        "standardize 2t (sample)": lambda _r: timed_load(lambda: std_pieces(2), f"standardize {cols_sampled} columns, 2 threads"),
+        "blas 2t (sample)": lambda _r: timed_load(lambda: blas(2), f"BLAS l={l} on {cols_sampled} columns, 2 threads"),
+    }
+    Mf = M32.astype(np.float64)
+    with dask_client(ccfg) as client:
+        op = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg))
+        log(f"large pass n={n}: {op.plan(l).describe()}")
+        op.apply(Mf[:, :1])  # warm-up
+        methods["pass"] = lambda _r: timed_load(lambda: op.apply(Mf)[0].shape, f"bigmm pass n={n} l={l}")
+        runs = alternate(args.repeats, methods)
+        kernel = op.kernel
+    return {"n": n, "p": p, "p_kept": std.n_kept, "chunks": [rc, cc], "l": l, "sub_width": sub, "kernel": kernel,
+            "store_bytes": du(gpath), "cols_sampled": cols_sampled, "scale_to_p": scale_to_p,
+            "cluster": {"workers": 2, "threads": 1, "memory_limit": args.memory_limit},
+            "runs": {m: summarize_load(rr) for m, rr in runs.items()}}
+
+
+# --------------------------------------------------------------------------- report
+
+def _load(s: dict) -> str:
+    return f"{statistics.median(s['load_before']):.1f} → {statistics.median(s['load_after']):.1f}"
+
+
+def scaling_report(res: dict) -> list[str]:
+    s = res["scaling"]
+    r = s["runs"]
+    lines = [f"n = {s['n']:,} samples × p = {s['p']:,} variants ({s['p_kept']:,} kept; simulated, 10 populations) · "
+             f"store chunks {s['chunks'][0]} × {s['chunks'][1]} (int8, zstd-1) · {s['cores']} cores · "
+             f"`GrmOperator.apply`, float32 products, float64 accumulation, kernel `fold` · local clusters of "
+             f"`bigmm.pipeline.cluster.dask_client` on 127.0.0.1, {s['memory_limit']} per worker, all started "
+             f"first and run in turn within each repeat.", ""]
+    for l in s["widths"]:
+        base = r.get(f"1x1 l={l}")
+        flops = 4.0 * s["n"] * s["p_kept"] * l
+        rows = []
+        for name, cf in s["configs"].items():
+            x = r.get(f"{name} l={l}")
+            if not x:
+                continue
+            k = cf["workers"] * cf["threads"]
+            sp = base["median_s"] / x["median_s"]
+            spc = base["cpu_s_median"] / x["cpu_s_median"]
+            rows.append([name, f"{cf['workers']} × {cf['threads']}", str(cf["blas"]),
+                         "yes" if k * cf["blas"] > s["cores"] else "no", fmt_time(x, 2), f"{x['cpu_s_median']:.1f} s",
+                         f"{1 / x['median_s']:.3f}", f"{flops / x['median_s'] / 1e9:.0f}", f"{sp:.2f}",
+                         f"{sp / (k * cf['blas']):.2f}", f"{spc:.2f}", _load(x)])
+        lines += [f"**Width l = {l}** ({flops / 1e9:,.0f} Gflop per pass):", "",
+                  md_table(["configuration", "workers × threads", "BLAS threads each", "over the cores",
+                            "wall (median; min–max)", "CPU", "passes/s", "GFLOP/s", "speed-up vs 1x1",
+                            "efficiency (speed-up / threads in use)", "CPU ratio 1x1 / this", "load before → after"],
+                           rows), ""]
+    return lines
+
+
+def large_report(g: dict) -> list[str]:
+    r = g["runs"]
+    n, p, l, f = g["n"], g["p"], g["l"], g["scale_to_p"]
+    ps = r["pass"]
+    dec2 = r["decode 2t"]
+    st = r["standardize 2t (sample)"]
+    bl = r["blas 2t (sample)"]
+    st_p, bl_p = st["median_s"] * f, bl["median_s"] * f
+    floor = max(dec2["median_s"], bl_p)
+    flops = 4.0 * n * p * l
+    rows = [
+        ["read + decode (int8 zstd-1, codec, 2 threads)", fmt_time(dec2, 2), f"{dec2['cpu_s_median']:.1f} s",
+         "measured", _load(dec2)],
+        [f"standardize into float32 (2 threads, pieces of {g['sub_width']})", f"{st_p:.2f} s",
+         f"{st['cpu_s_median'] * f:.1f} s", f"{g['cols_sampled']:,} columns × {f:.2f}", _load(st)],
+        [f"BLAS, the two float32 products of width {l} (2 threads × 1 BLAS thread)", f"{bl_p:.2f} s",
+         f"{bl['cpu_s_median'] * f:.1f} s", f"{g['cols_sampled']:,} columns × {f:.2f}", _load(bl)],
+        [f"**the pass** (`GrmOperator.apply`, kernel `{g['kernel']}`, 2 workers × 1 thread)", fmt_time(ps, 2),
+         f"{ps['cpu_s_median']:.1f} s", "measured", _load(ps)],
+    ]
+    return [f"**A matrix-free pass at n = {n:,}**, p = {p:,} ({g['p_kept']:,} kept; simulated, one population), "
+            f"l = {l}, store {g['store_bytes'] / MIB:,.0f} MiB (int8 zstd-1, chunks {g['chunks'][0]} × "
+            f"{g['chunks'][1]}), {flops / 1e9:,.0f} Gflop; the floor's components alternated with the pass:", "",
+            md_table(["work", "wall", "CPU", "how", "load before → after"], rows), "",
+            f"Floor = max(read + decode on 2 threads, BLAS) = {floor:.2f} s; the pass is "
+            f"{ps['median_s'] / floor:.2f}× the floor, {ps['median_s'] / (dec2['median_s'] + st_p + bl_p):.2f}× "
+            f"decode + standardize + BLAS done one after the other ({dec2['median_s'] + st_p + bl_p:.2f} s); in CPU "
+            f"seconds the pass is {ps['cpu_s_median'] / (dec2['cpu_s_median'] + bl['cpu_s_median'] * f):.2f}× decode "
+            f"+ BLAS.", ""]
+
+
+def run_line(res: dict) -> str:
+    return (f"Run {res['date']} · `{res['command']}` · repeats = {res['repeats']} (median; min–max) · load average "
+            f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end.")
+
+
+def report(res: dict) -> str:
+    lines = [run_line(res), "", machine_line(res["machine"]) + ".", ""]
+    for key, part in (("scaling", scaling_report), ("large", large_report)):
+        if res.get(key):
+            lines += ([res[key]["run"], ""] if res[key].get("run") else []) + part(res if key == "scaling" else res[key])
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--p", type=int, default=50000)
+    ap.add_argument("--width", type=int, nargs="+", default=[33, 250], help="columns l of the block M")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="k: 1 x k threads and k x 1 processes")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--chunks", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8192, 2048),
+                    help="samples,variants per store chunk (default 8192,2048, as bench.py)")
+    ap.add_argument("--min-maf", type=float, default=0.01)
+    ap.add_argument("--max-missing", type=float, default=0.05)
+    ap.add_argument("--memory-limit", default="5GiB", help="per worker")
+    ap.add_argument("--no-scaling", action="store_true", help="only the large pass")
+    ap.add_argument("--no-large", action="store_true", help="only the scaling")
+    ap.add_argument("--large-n", type=int, default=100000)
+    ap.add_argument("--large-width", type=int, default=33)
+    ap.add_argument("--large-chunks", type=int, default=4, help="variant chunks standardized and multiplied")
+    ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_scaling.json)")
+    add_docs_args(ap)
+    ap.add_argument("--report", type=Path, nargs="+", default=None,
+                    help="only write the report of these results files (parts of separate runs merged)")
+    args = ap.parse_args(argv)
+    if args.report is not None:
+        parts = [json.loads(f.read_text()) for f in args.report]
+        res = parts[0]
+        for part in parts[1:]:  # the first file's run line; the others' parts, each with its own run line
+            for key in ("scaling", "large"):
+                if part.get(key):
+                    res[key] = {**part[key], "run": run_line(part)}
+        publish(SECTION, report(res), args.docs if args.write_docs else None)
+        return 0
+    args.cache.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()[0]
+    res = {"machine": machine_info()}
+    if not args.no_scaling:
+        res["scaling"] = measure_scaling(args)
+    if not args.no_large:
+        res["large"] = measure_large(args)
+    res.update(repeats=args.repeats, load=[load0, os.getloadavg()[0]], command=command_line(__file__, argv),
+               date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    path = args.json or args.cache / "pass_scaling.json"
+    path.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    log(f"results in {path}")
+    publish(SECTION, report(res), args.docs if args.write_docs else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
