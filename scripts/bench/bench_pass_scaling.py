@@ -61,6 +61,7 @@ from common import (MIB, REPO, add_docs_args, alternate, command_line, du, ensur
                     variant_filter)
 
 SECTION = "Scaling on one machine (scripts/bench/bench_pass_scaling.py)"
+MODEL_SECTION = "Biobank scale on paper: the figures (scripts/bench/bench_pass_scaling.py --model)"
 
 
 def configs(ks, cores: int) -> dict:
@@ -219,6 +220,143 @@ def measure_large(args) -> dict:
             "runs": {m: summarize_load(rr) for m, rr in runs.items()}}
 
 
+# --------------------------------------------------------------------------- model
+
+#: passes over X per estimate, measured (docs/benchmarks.md, docs/matrix_free.md, docs/stages.md), and the
+#: columns l of their blocks: (estimate, passes, l of the passes, where the count comes from)
+ESTIMATES = [
+    ("matrix-free REML, 1 phenotype (c = 3, 30 probes)", 15, [33],
+     "14 at n = 100,000 (1 + 13 Lanczos steps; 10, 13 at n = 10,000, 25,000), rounded up"),
+    ("randomized spectrum, k = 200 (block Krylov, q = 3)", 5, [250],
+     "1 variant statistics + q + 1 = 4 at l = 250"),
+    ("several components, m = 8, with the log-likelihoods", 90, [43, 430],
+     "44 for the REML fit at n = 100,000 (l = c + 2 + N + m = 43), ~70% more for the ML and reduced fits "
+     "and the log dets (up to 10 × the columns): the plan's estimate, 90; half modelled at l = 43, half at 430"),
+]
+
+
+def per_genotype(floor: dict) -> dict:
+    """CPU nanoseconds per genotype (one core) of each floor component, from a bench_pass_floor results file."""
+    r = floor["runs"]
+    g = floor["n"] * floor["p"]
+    best = lambda lay: min(r[k]["cpu_s_median"] for k in (f"decode {lay} 1t", f"decode {lay} codec 1t") if k in r)  # noqa: E731
+    out = {"genotypes": g, "decode int8-zstd1": best("int8-zstd1"), "decode 2bit-zstd1": best("2bit-zstd1"),
+           "standardize": r["standardize 1t"]["cpu_s_median"],
+           "bits int8-zstd1": floor["layouts"]["int8-zstd1"]["bytes"] * 8 / g,
+           "bits 2bit-zstd1": floor["layouts"]["2bit-zstd1"]["bytes"] * 8 / g}
+    for l in floor["widths"]:
+        out[f"blas {l}"] = r[f"blas l={l}"]["cpu_s_median"]
+        out[f"pass {l}"] = r[f"pass fold l={l}"]["cpu_s_median"]
+    return {k: (v / g * 1e9 if k.split()[0] in ("decode", "standardize", "blas", "pass") else v) for k, v in out.items()}
+
+
+def ns_at(rates: dict, kind: str, l: int) -> float:
+    """ns per genotype of ``kind`` (blas, pass) at width l: linear in l through the two measured widths."""
+    ws = sorted(int(k.split()[1]) for k in rates if k.startswith(kind + " "))
+    a, b = ws[0], ws[-1]
+    ya, yb = rates[f"{kind} {a}"], rates[f"{kind} {b}"]
+    return ya + (yb - ya) * (l - a) / (b - a)
+
+
+def model(floor: dict, ns: list[int], p: int, threads: int) -> dict:
+    """The biobank model: bytes, core-seconds per pass, passes, cores for a one-hour fit, memory."""
+    from bigmm.passes import piece_width, task_bytes
+    from bigmm.pipeline.memory import TASK_SHARE, WORKER_BASELINE_BYTES
+    from bigmm.spectrum import driver_bytes
+
+    rates = per_genotype(floor)
+    out = {"rates": rates, "floor": {k: floor[k] for k in ("n", "p", "date", "command") if k in floor}, "p": p,
+           "by_n": {}}
+    for n in ns:
+        g = n * p
+        row = {"genotypes": g, "bytes": {"int8": g, "int8-zstd1": g * rates["bits int8-zstd1"] / 8,
+                                         "2bit": g / 4, "2bit-zstd1": g * rates["bits 2bit-zstd1"] / 8},
+               "core_s": {}, "estimates": [], "memory": {}}
+        for l in (33, 43, 250, 430):
+            row["core_s"][l] = {"decode int8-zstd1": rates["decode int8-zstd1"] * g / 1e9,
+                                "decode 2bit-zstd1": rates["decode 2bit-zstd1"] * g / 1e9,
+                                "standardize": rates["standardize"] * g / 1e9,
+                                "blas": ns_at(rates, "blas", l) * g / 1e9, "pass": ns_at(rates, "pass", l) * g / 1e9}
+        for name, passes, ls, why in ESTIMATES:
+            core_s = sum(row["core_s"][l]["pass"] for l in ls) / len(ls) * passes
+            floor_s = sum(row["core_s"][l]["decode int8-zstd1"] + row["core_s"][l]["blas"] for l in ls) / len(ls) * passes
+            row["estimates"].append({"estimate": name, "passes": passes, "l": ls, "why": why,
+                                     "core_h": core_s / 3600, "floor_core_h": floor_s / 3600,
+                                     "cores_1h": core_s / 3600, "bytes_read": passes * row["bytes"]["int8-zstd1"]})
+        for what, cols, blocks in (("matrix-free REML pass", 33, 1), ("components pass, m = 8", 43, 8),
+                                   ("spectrum's widest pass (l + 1 + 30 probes)", 281, 1)):
+            w = piece_width(n, 4)
+            tb = task_bytes(n, cols, 2048, w, 4, out_blocks=blocks)
+            row["memory"][f"{what}: {cols} columns"] = {
+                "task_bytes": tb, "sub_width": w,
+                "worker_limit": (tb * threads + WORKER_BASELINE_BYTES) / TASK_SHARE}
+        row["memory"]["driver of the randomized spectrum (Krylov basis)"] = driver_bytes(n, 250, 3, "krylov")
+        # fit_components_matrix_free's driver, its docstring's rule: 8 (m + 4) n (c + 2 + N + m) per phenotype
+        # plus 8 m n N for one pattern's probes' products
+        row["memory"]["driver of the components fit (per phenotype)"] = 8 * 12 * n * 43 + 8 * 8 * n * 30
+        out["by_n"][n] = row
+    return out
+
+
+def model_report(mdl: dict) -> str:
+    r = mdl["rates"]
+    f = mdl["floor"]
+    gib = 2**30
+    lines = [f"Rates: CPU nanoseconds per genotype on one core, from the floor table's run ({f.get('date', '?')}, "
+             f"n = {f['n']:,} × p = {f['p']:,} = {f['n'] * f['p']:.1e} genotypes; CPU seconds ÷ genotypes): "
+             f"read + decode int8 zstd-1 {r['decode int8-zstd1']:.2f} ns, 2-bit zstd-1 {r['decode 2bit-zstd1']:.2f} ns; "
+             f"standardize {r['standardize']:.2f} ns; BLAS of the two products "
+             + ", ".join(f"l = {k.split()[1]} {v:.2f} ns" for k, v in r.items() if k.startswith("blas "))
+             + "; the whole pass (kernel `fold`, driver and workers) "
+             + ", ".join(f"l = {k.split()[1]} {v:.2f} ns" for k, v in r.items() if k.startswith("pass "))
+             + f". Stored bits per genotype: int8 zstd-1 {r['bits int8-zstd1']:.2f}, 2-bit zstd-1 "
+             f"{r['bits 2bit-zstd1']:.2f}. Other widths: linear in l through the two measured ones.", ""]
+    rows = []
+    for n, row in mdl["by_n"].items():
+        b = row["bytes"]
+        rows.append([f"{n:,}", f"{row['genotypes']:.2e}", f"{b['int8'] / 1e9:,.0f} GB", f"{b['int8-zstd1'] / 1e9:,.0f} GB",
+                     f"{b['2bit'] / 1e9:,.0f} GB", f"{b['2bit-zstd1'] / 1e9:,.0f} GB"])
+    lines += [f"**Bytes per pass** (p = {mdl['p']:,}):", "",
+              md_table(["n", "genotypes", "int8", "int8 zstd-1", "2-bit", "2-bit zstd-1"], rows), ""]
+    rows = []
+    for n, row in mdl["by_n"].items():
+        for l in (33, 250):
+            c = row["core_s"][l]
+            rows.append([f"{n:,}", str(l), f"{c['decode int8-zstd1']:,.0f}", f"{c['decode 2bit-zstd1']:,.0f}",
+                         f"{c['standardize']:,.0f}", f"{c['blas']:,.0f}",
+                         f"{c['decode int8-zstd1'] + c['blas']:,.0f}", f"{c['pass']:,.0f}",
+                         f"{c['pass'] / 3600:.2f}"])
+    lines += ["**Core-seconds per pass** (one core's work; w workers of one thread each take about this ÷ w "
+              "seconds of wall time if nothing else limits them):", "",
+              md_table(["n", "l", "decode int8 zstd-1", "decode 2-bit zstd-1", "standardize", "BLAS",
+                        "decode + BLAS (floor's work)", "pass (measured rate)", "pass, core-hours"], rows), ""]
+    rows = []
+    for n, row in mdl["by_n"].items():
+        for e in row["estimates"]:
+            rows.append([f"{n:,}", e["estimate"], str(e["passes"]), ", ".join(map(str, e["l"])),
+                         f"{e['core_h']:,.1f}", f"{e['floor_core_h']:,.1f}", f"{e['cores_1h']:,.0f}",
+                         f"{e['bytes_read'] / 1e12:,.1f} TB"])
+    lines += ["**Passes per estimate and the cores for a one-hour fit** (core-hours at the pass's measured rate; at "
+              "the floor's, decode + BLAS; cores = core-hours ÷ 1 hour, the passes alone):", "",
+              md_table(["n", "estimate", "passes", "l", "core-hours", "core-hours at the floor", "cores for 1 hour",
+                        "read in all (int8 zstd-1)"], rows), ""]
+    rows = []
+    for n, row in mdl["by_n"].items():
+        m = row["memory"]
+        for k, v in m.items():
+            if isinstance(v, dict):
+                rows.append([f"{n:,}", f"task of a {k} (pieces of {v['sub_width']})", f"{v['task_bytes'] / gib:.1f} GiB",
+                             f"{v['worker_limit'] / gib:.1f} GiB"])
+            else:
+                rows.append([f"{n:,}", k, f"{v / gib:.1f} GiB", "—"])
+    lines += ["**Memory** (the library's rules: `bigmm.passes.task_bytes` with `piece_width`, float32 pieces, "
+              "variant chunks of 2048; a worker's `memory_limit` from the pipeline's rule inverted: "
+              "(task × threads + worker baseline) ÷ task share, 1 thread; `bigmm.spectrum.driver_bytes`; "
+              "`fit_components_matrix_free`'s documented driver memory):", "",
+              md_table(["n", "what", "bytes", "worker memory_limit (1 thread)"], rows), ""]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- report
 
 def _load(s: dict) -> str:
@@ -321,10 +459,18 @@ def main(argv=None) -> int:
     ap.add_argument("--large-width", type=int, default=33)
     ap.add_argument("--large-chunks", type=int, default=4, help="variant chunks standardized and multiplied")
     ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_scaling.json)")
+    ap.add_argument("--model", type=Path, default=None, metavar="FLOOR_JSON",
+                    help="only print the biobank model from a bench_pass_floor.py results file")
+    ap.add_argument("--model-n", type=int, nargs="+", default=[500000, 1000000])
+    ap.add_argument("--model-p", type=int, default=500000)
     add_docs_args(ap)
     ap.add_argument("--report", type=Path, nargs="+", default=None,
                     help="only write the report of these results files (parts of separate runs merged)")
     args = ap.parse_args(argv)
+    if args.model is not None:
+        mdl = model(json.loads(args.model.read_text()), args.model_n, args.model_p, 1)
+        publish(MODEL_SECTION, model_report(mdl), args.docs if args.write_docs else None)
+        return 0
     if args.report is not None:
         parts = [json.loads(f.read_text()) for f in args.report]
         res = parts[0]
