@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -101,7 +100,7 @@ def summarize_load(rr: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- part 1
 
-def measure_scaling(args) -> dict:
+def measure_scaling(args, save=None) -> dict:
     import bigmm
     from bigmm.pipeline.cluster import BlasThreads, dask_client
     from bigmm.pipeline.config import ClusterConfig
@@ -118,28 +117,27 @@ def measure_scaling(args) -> dict:
     Ms = {l: rng.standard_normal((n, l)) for l in args.width}
     out = {"n": n, "p": p, "p_kept": std.n_kept, "chunks": list(store.chunks), "tag": c["tag"], "cores": cores,
            "widths": list(args.width), "memory_limit": args.memory_limit, "configs": {}}
-    methods = {}
-    with contextlib.ExitStack() as stack:
-        for name, (w, t, b) in cfgs.items():
-            cc = ClusterConfig(workers=w, threads_per_worker=t, memory_limit=args.memory_limit)
-            client = stack.enter_context(dask_client(cc))
+    runs = {}
+    out["order"] = list(args.configs)
+    for name in args.configs:  # in the order asked
+        w, t, b = cfgs[name]
+        cc = ClusterConfig(workers=w, threads_per_worker=t, memory_limit=args.memory_limit)
+        with dask_client(cc) as client:
             client.register_plugin(BlasThreads(b), name=f"bench-blas-{b}")  # after the pipeline's rule
             blas = blas_threads_of(client)
             if set(blas) != {b}:
                 raise SystemExit(f"{name}: workers report BLAS threads {blas}, wanted {b}")
-            with client.as_current():
-                op = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(cc))
-                op.apply(Ms[args.width[0]][:, :1])  # warm-up: the workers import bigmm and open the store
-                plans = {l: op.plan(l) for l in args.width}
+            op = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(cc))
+            op.apply(Ms[args.width[0]][:, :1])  # warm-up: the workers import bigmm and open the store
+            plans = {l: op.plan(l) for l in args.width}
             out["configs"][name] = {"workers": w, "threads": t, "blas": b, "tasks": len(plans[args.width[0]].groups),
                                     "sub_width": {l: pl.sub_width for l, pl in plans.items()}}
             log(f"{name}: {w} worker(s) x {t} thread(s), BLAS {blas}, {plans[args.width[0]].describe()}")
-            for l in args.width:
-                def run(_r, client=client, op=op, l=l, name=name):
-                    with client.as_current():
-                        return timed_load(lambda: op.apply(Ms[l])[0].shape, f"{name} l={l}")
-                methods[f"{name} l={l}"] = run
-        runs = alternate(args.repeats, methods)
+            methods = {f"{name} l={l}": (lambda l, name: lambda _r: timed_load(
+                lambda: op.apply(Ms[l])[0].shape, f"{name} l={l}"))(l, name) for l in args.width}
+            runs.update(alternate(args.repeats, methods))
+        if save is not None:  # after each configuration: a run cut short keeps what it measured
+            save({**out, "runs": {m: summarize_load(rr) for m, rr in runs.items()}})
     out["runs"] = {m: summarize_load(rr) for m, rr in runs.items()}
     return out
 
@@ -369,13 +367,14 @@ def scaling_report(res: dict) -> list[str]:
     lines = [f"n = {s['n']:,} samples × p = {s['p']:,} variants ({s['p_kept']:,} kept; simulated, 10 populations) · "
              f"store chunks {s['chunks'][0]} × {s['chunks'][1]} (int8, zstd-1) · {s['cores']} cores · "
              f"`GrmOperator.apply`, float32 products, float64 accumulation, kernel `fold` · local clusters of "
-             f"`bigmm.pipeline.cluster.dask_client` on 127.0.0.1, {s['memory_limit']} per worker, all started "
-             f"first and run in turn within each repeat.", ""]
+             f"`bigmm.pipeline.cluster.dask_client` on 127.0.0.1, {s['memory_limit']} per worker, one at a "
+             f"time, in the order {', '.join(s.get('order', s['configs']))} (the widths in turn within each repeat).", ""]
     for l in s["widths"]:
         base = r.get(f"1x1 l={l}")
         flops = 4.0 * s["n"] * s["p_kept"] * l
         rows = []
-        for name, cf in s["configs"].items():
+        for name, cf in sorted(s["configs"].items(), key=lambda kv: (kv[1]["blas"] > 1, kv[1]["workers"] > 1,
+                                                                      kv[1]["threads"] * kv[1]["workers"])):
             x = r.get(f"{name} l={l}")
             if not x:
                 continue
@@ -446,6 +445,8 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, nargs="+", default=[33, 250], help="columns l of the block M")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="k: 1 x k threads and k x 1 processes")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="configurations to run (default all: 1x1, threads k, processes k, 1x1 BLAS cores)")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--chunks", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8192, 2048),
@@ -480,16 +481,25 @@ def main(argv=None) -> int:
                     res[key] = {**part[key], "run": run_line(part)}
         publish(SECTION, report(res), args.docs if args.write_docs else None)
         return 0
+    if args.configs is None:
+        args.configs = list(configs(args.workers, os.cpu_count() or 1))
     args.cache.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
     res = {"machine": machine_info()}
+    path = args.json or args.cache / "pass_scaling.json"
+
+    def save(part: dict) -> None:
+        res.update(scaling=part, repeats=args.repeats, load=[load0, os.getloadavg()[0]],
+                   command=command_line(__file__, argv),
+                   date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        path.write_text(json.dumps(res, indent=1, default=float) + "\n")
+
     if not args.no_scaling:
-        res["scaling"] = measure_scaling(args)
+        res["scaling"] = measure_scaling(args, save)
     if not args.no_large:
         res["large"] = measure_large(args)
     res.update(repeats=args.repeats, load=[load0, os.getloadavg()[0]], command=command_line(__file__, argv),
                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    path = args.json or args.cache / "pass_scaling.json"
     path.write_text(json.dumps(res, indent=1, default=float) + "\n")
     log(f"results in {path}")
     publish(SECTION, report(res), args.docs if args.write_docs else None)
