@@ -15,11 +15,13 @@ local clusters of ``bigmm.pipeline.cluster.dask_client`` (127.0.0.1, worker proc
 
 Every other configuration runs 1 BLAS thread per Dask thread (set in each worker with
 threadpoolctl, checked), so the Dask threads are the only parallelism and "speed-up" means what
-the workers add. All clusters are started first and stay up; each repeat runs every
-configuration in turn (on a shared machine neighbours then see similar load). k x 1 BLAS
-threads above the cores is oversubscribed (4 on a 2-core machine): it is reported anyway, it
-shows the overhead. Per configuration: wall time, CPU time (driver and every worker process,
-idle workers of the other clusters included), passes per second, speed-up against 1x1 and
+the workers add. One cluster at a time (--configs, in the order given): it starts, makes a
+narrow warm-up pass, runs --repeats repeats of every width in turn, and closes; the results file
+is written after each configuration. (Clusters kept up side by side, to alternate them within
+each repeat, cost too much: on a loaded 2-core machine their idle workers and nannies took much
+of the CPU.) k x 1 BLAS threads above the cores is oversubscribed (4 on a 2-core machine): it is
+reported anyway, it shows the overhead. Per configuration: wall time, CPU time (driver, workers
+and nannies), passes per second, speed-up against 1x1 and
 parallel efficiency (speed-up / Dask threads); medians of --repeats, the 1-minute load average
 before and after each pass.
 
