@@ -384,7 +384,7 @@ def _step(Ks, y, Z, theta, st, held, constrain, ml):
     its bound is set to exactly 0 and held there (:func:`maximise` releases it later if its score
     says so). Where that bound is σ²_e = 0, σ²_e moves halfway to 0 and the others take the AI
     model's best step given that move (:func:`_residual_direction`; cut in turn where a σ²_j meets
-    0, held there). The step α Δ, α = α_max, α_max / 2, ... (at most ``MAX_HALVINGS`` halvings), is
+    0, held there); with ``ml`` the whole step is cut halfway to σ²_e = 0 instead. The step α Δ, α = α_max, α_max / 2, ... (at most ``MAX_HALVINGS`` halvings), is
     taken at the first α where ℓ does not fall; if none, or AI is singular, an EM step
     (:func:`em_step`).
 
@@ -400,8 +400,11 @@ def _step(Ks, y, Z, theta, st, held, constrain, ml):
             k = int(np.argmin(ratio))
             alpha = float(ratio[k])
             if k == theta.size - 1:  # σ²_e must stay positive: halfway to 0, the others fitted given it
-                res = _residual_direction(theta, st, held, constrain)
-                if res is None:  # AI singular on the others: the whole step cut halfway to σ²_e = 0
+                # (ML: not there. Where a fixed effect lies in the null space of every K_j, as the
+                # intercept does with centred GRMs, ℓ_ML grows without bound as σ²_e → 0: the ML fit
+                # keeps the whole step cut halfway, as it always has)
+                res = None if ml else _residual_direction(theta, st, held, constrain)
+                if res is None:  # ML, or AI singular on the others: the whole step cut halfway to σ²_e = 0
                     alpha, k = 0.5 * alpha, -1
                 else:
                     delta, alpha, k = res
@@ -767,7 +770,8 @@ def fit_components(Ks: Sequence[np.ndarray], Y, Z=None, *, component_names: Sequ
     information. A step that leaves the parameter space goes to the first bound it meets (that σ²_j
     held at 0) if that raises ℓ; otherwise an EM step is taken; a step that lowers ℓ is halved.
     Where the bound met first is σ²_e = 0, σ²_e moves halfway to 0 and the σ²_j take the AI step
-    given that move (so a maximum on σ²_e = 0, possible at small n, is reached).
+    given that move (so a REML maximum on σ²_e = 0, possible at small n, is reached; the ML fit
+    cuts the whole step halfway there).
     SEs: the inverse AI matrix at the estimate, over every component (as GCTA and GEMMA report),
     carried to ratios by the delta method. LRT of component j: 2(ℓ_R − ℓ_R without j), p from
     ½χ²₀ + ½χ²₁ (constrained; χ²₁ unconstrained); of all components: 2(ℓ_R − ℓ_R(no K)), p by
