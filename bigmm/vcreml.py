@@ -382,9 +382,11 @@ def _step(Ks, y, Z, theta, st, held, constrain, ml):
     Where θ + Δ would leave the parameter space (a σ²_j < 0 under the constraint, or σ²_e ≤ 0) the
     step is cut at the first bound it meets, α_max = min θ_k / −Δ_k: a genetic component reaching
     its bound is set to exactly 0 and held there (:func:`maximise` releases it later if its score
-    says so); a residual variance reaching 0 is stopped halfway. The step α Δ, α = α_max, α_max / 2,
-    ... (at most ``MAX_HALVINGS`` halvings), is taken at the first α where ℓ does not fall; if none,
-    or AI is singular, an EM step (:func:`em_step`).
+    says so). Where that bound is σ²_e = 0, σ²_e moves halfway to 0 and the others take the AI
+    model's best step given that move (:func:`_residual_direction`; cut in turn where a σ²_j meets
+    0, held there); with ``ml`` the whole step is cut halfway to σ²_e = 0 instead. The step α Δ, α = α_max, α_max / 2, ... (at most ``MAX_HALVINGS`` halvings), is
+    taken at the first α where ℓ does not fall; if none, or AI is singular, an EM step
+    (:func:`em_step`).
 
     Returns (θ, state, held, kind), kind one of "ai", "ai_to_bound", "held", "em"."""
     delta = _ai_direction(st, ~held)
@@ -397,9 +399,16 @@ def _step(Ks, y, Z, theta, st, held, constrain, ml):
             ratio = np.where(out, theta / np.where(out, -delta, 1.0), np.inf)
             k = int(np.argmin(ratio))
             alpha = float(ratio[k])
-            if k == theta.size - 1:  # σ²_e must stay positive: stop halfway to 0
-                alpha, k = 0.5 * alpha, -1
-            elif alpha == 0.0:  # already at 0 and the step points outwards: hold it
+            if k == theta.size - 1:  # σ²_e must stay positive: halfway to 0, the others fitted given it
+                # (ML: not there. Where a fixed effect lies in the null space of every K_j, as the
+                # intercept does with centred GRMs, ℓ_ML grows without bound as σ²_e → 0: the ML fit
+                # keeps the whole step cut halfway, as it always has)
+                res = None if ml else _residual_direction(theta, st, held, constrain)
+                if res is None:  # ML, or AI singular on the others: the whole step cut halfway to σ²_e = 0
+                    alpha, k = 0.5 * alpha, -1
+                else:
+                    delta, alpha, k = res
+            if k >= 0 and alpha == 0.0:  # already at 0 and the step points outwards: hold it
                 held = held.copy()
                 held[k] = True
                 return theta, st, held, "held"
@@ -425,6 +434,37 @@ def _step(Ks, y, Z, theta, st, held, constrain, ml):
     return new, ns, held, "em"
 
 
+def _residual_direction(theta: np.ndarray, st: State, held: np.ndarray, constrain: bool):
+    """The step where the AI step would take σ²_e to 0 or below: σ²_e moves halfway to 0,
+    ``Δ_e = −θ_e / 2``, and the other free parameters take the maximiser of the AI quadratic model
+    given that move, ``Δ_f = AI_ff⁻¹ (s_f − AI_fe Δ_e)``.
+
+    Cutting the whole AI step halfway instead moves every σ²_j by the same fraction as σ²_e at
+    each halving: where the REML maximum lies on σ²_e = 0 (small n, V = Σ σ²_j K_j still positive
+    definite) the fit stalled short of it, at a point set by the path, and reported convergence.
+    This way σ²_e halves at each iteration and the others follow their maximum given it.
+
+    Returns (Δ, α, k): under the constraint α = min θ_j / −Δ_j ≤ 1 over the σ²_j that Δ would take
+    to 0 or below, k that σ²_j (α = 1, k = −1 if none); None where AI_ff is singular."""
+    free = ~held
+    free[-1] = False
+    delta = np.zeros_like(theta)
+    delta[-1] = -0.5 * theta[-1]
+    try:
+        delta[free] = np.linalg.solve(st.ai[np.ix_(free, free)], st.score[free] - st.ai[free, -1] * delta[-1])
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(delta)):
+        return None
+    out = (delta < 0) & (theta + delta <= 0.0)
+    out[-1] = False
+    if not constrain or not out.any():
+        return delta, 1.0, -1
+    ratio = np.where(out, theta / np.where(out, -delta, 1.0), np.inf)
+    k = int(np.argmin(ratio))
+    return delta, float(ratio[k]), k
+
+
 def maximise(Ks: Sequence[np.ndarray], y: np.ndarray, Z: np.ndarray, theta0: np.ndarray, *,
              constrain: bool = True, ml: bool = False, tol: float = TOL, tol_logl: float = TOL_LOGL,
              max_iter: int = MAX_ITER, first_em: bool = True) -> Maximum:
@@ -435,7 +475,8 @@ def maximise(Ks: Sequence[np.ndarray], y: np.ndarray, Z: np.ndarray, theta0: np.
     would take below 0 is held at exactly 0 and the others are fitted; when the fit of the free
     ones has converged, a held component whose score is positive is released (the Karush–Kuhn–
     Tucker condition of the constrained maximum: score ≤ 0 at a bound). Converged: |Δℓ| <
-    ``tol_logl`` and max |Δθ| < ``tol`` · Vp between two iterations, with no component to release.
+    ``tol_logl`` and max |Δθ| < ``tol`` · Vp between two iterations, the step held no component at
+    0, and there is no component to release.
     """
     theta = np.asarray(theta0, dtype=np.float64).copy()
     st = evaluate(Ks, y, Z, theta, ml)
@@ -451,12 +492,15 @@ def maximise(Ks: Sequence[np.ndarray], y: np.ndarray, Z: np.ndarray, theta0: np.
             ns = evaluate(Ks, y, Z, new, ml)
             if ns is None:
                 new, ns = theta, st
+            kind = "em"
         else:
-            new, ns, held, _ = _step(Ks, y, Z, theta, st, held, constrain, ml)
+            new, ns, held, kind = _step(Ks, y, Z, theta, st, held, constrain, ml)
         dl, dt = abs(ns.logl - st.logl), float(np.max(np.abs(new - theta)))
         vp = float(np.sum(np.abs(new)))
         theta, st = new, ns
-        if it > 1 and dl < tol_logl and dt < tol * vp:
+        # a step that holds a component at 0 is no test of convergence: the others have not yet
+        # been fitted without it (testing there released the component just held, in a loop)
+        if it > 1 and kind not in ("held", "ai_to_bound") and dl < tol_logl and dt < tol * vp:
             # a held component whose AI step from 0 would be upwards and beyond the tolerance
             release = held & (st.score / np.maximum(np.diag(st.ai), 1e-300) > tol * vp)
             if not release.any():
@@ -725,6 +769,9 @@ def fit_components(Ks: Sequence[np.ndarray], Y, Z=None, *, component_names: Sequ
     ``AI_kl = ½ yᵀP K_k P K_l P y`` (K_{m+1} = I), the mean of the observed and expected
     information. A step that leaves the parameter space goes to the first bound it meets (that σ²_j
     held at 0) if that raises ℓ; otherwise an EM step is taken; a step that lowers ℓ is halved.
+    Where the bound met first is σ²_e = 0, σ²_e moves halfway to 0 and the σ²_j take the AI step
+    given that move (so a REML maximum on σ²_e = 0, possible at small n, is reached; the ML fit
+    cuts the whole step halfway there).
     SEs: the inverse AI matrix at the estimate, over every component (as GCTA and GEMMA report),
     carried to ratios by the delta method. LRT of component j: 2(ℓ_R − ℓ_R without j), p from
     ½χ²₀ + ½χ²₁ (constrained; χ²₁ unconstrained); of all components: 2(ℓ_R − ℓ_R(no K)), p by

@@ -219,6 +219,57 @@ def test_boundary_component_is_held_at_zero():
     assert con.components[1].lrt_stat == pytest.approx(0.0, abs=1e-6) and con.components[1].lrt_pvalue == 1.0
 
 
+def ref_reml_score(theta, Ks, y, Z):
+    """The REML score ∂ℓ_R/∂θ_k = ½[yᵀPK_kPy − tr(PK_k)] for k = 1..m and K_{m+1} = I, by dense NumPy."""
+    n = Z.shape[0]
+    Vi = np.linalg.inv(theta[-1] * np.eye(n) + sum(t * K for t, K in zip(theta[:-1], Ks)))
+    P = Vi - Vi @ Z @ np.linalg.solve(Z.T @ Vi @ Z, Z.T @ Vi)
+    Py = P @ y
+    return np.array([0.5 * (Py @ K @ Py - np.vdot(P, K)) for K in list(Ks) + [np.eye(n)]])
+
+
+@pytest.mark.parametrize("m, seed, missing", [(2, 2, False), (3, 5, True)])
+def test_the_maximum_on_the_residual_boundary_is_reached(m, seed, missing):
+    """Small n (80) with 200 independent normal 'genotypes' per component, so V = Σ_j σ²_j K_j stays
+    positive definite at σ²_e = 0, and seeds where the REML maximum lies on that boundary (the
+    second with 20 missing values and σ²_1 at 0 as well). The fit must stop at the maximum: cutting
+    the whole AI step halfway to σ²_e = 0 moved every σ²_j by the same fraction and stalled,
+    reporting convergence 0.014 and 0.81 below the maximum in ℓ_R. Reference: ℓ_R over σ²_j ≥ 1e-9
+    (V stays invertible) at σ²_e = 0 by L-BFGS-B with the dense score; at its optimum the score of
+    each σ²_j off its bound is 0 and that of a σ²_j at its bound and of σ²_e negative (the
+    Karush–Kuhn–Tucker conditions of the boundary maximum). Tolerance 1e-6: the fit stops at
+    |Δθ| < 1e-8 Vp with σ²_e ~ 1e-8 Vp (ℓ_R off by |s_e| σ²_e ~ 1e-8), the reference at a projected
+    gradient below 1e-10 with a σ²_j at its bound off 0 by 1e-9."""
+    n, p = 80, 200
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, m * p))
+    Ks = [X[:, p * j:p * (j + 1)] @ X[:, p * j:p * (j + 1)].T / p for j in range(m)]
+    sd = np.sqrt(np.r_[0.4, 0.2, np.zeros(m - 2)] / p)
+    b = np.concatenate([rng.normal(0, s, p) for s in sd])
+    Z = np.column_stack([np.ones(n), rng.normal(size=n)])
+    Y = np.column_stack([X @ b + rng.normal(0, np.sqrt(0.4), n) + Z[:, 1], X @ b[::-1] + rng.normal(size=n)])
+    Y[rng.choice(n, 20, replace=False), 1] = np.nan
+    y = Y[:, 1] if missing else Y[:, 0]
+    f = fit_components(Ks, y, Z, lrt=False, ml=False).fits[0]
+    obs = ~np.isnan(y)
+    Ko, yo, Zo = [K[np.ix_(obs, obs)] for K in Ks], y[obs], Z[obs]
+
+    def neg(g):
+        th = np.r_[g, 0.0]
+        return -ref_reml_theta(th, Ko, yo, Zo), -ref_reml_score(th, Ko, yo, Zo)[:-1]
+
+    opt = minimize(neg, np.full(m, np.var(yo) / m), jac=True, method="L-BFGS-B", bounds=[(1e-9, None)] * m,
+                   options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+    ref = np.r_[opt.x, 0.0]
+    score = ref_reml_score(ref, Ko, yo, Zo)
+    off = opt.x > 1e-8
+    assert np.max(np.abs(score[:-1][off])) < 1e-6 and np.all(score[:-1][~off] < 0) and score[-1] < -0.1
+    assert f.converged
+    np.testing.assert_allclose([c.sigma2 for c in f.components] + [f.sigma2_e], ref, rtol=0, atol=1e-6)
+    assert f.logl_reml == pytest.approx(-opt.fun, abs=1e-6)
+    assert [c.boundary for c in f.components] == list(~off)
+
+
 def test_one_component_reproduces_fit_reml():
     """m = 1: the same model as bigmm.fit_reml on the exact spectrum of K (with covariates and a
     missing value): h², σ², logl_reml, logl_ml, the LRT and the fixed effects agree to 1e-6."""
