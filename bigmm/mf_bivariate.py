@@ -250,7 +250,8 @@ class BivariateMatrixFreeResult(BivariateResult):
 
 def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, deflate=None,
                               jackknife: str | None = "newton", constrain: bool = True, lrt: bool = True,
-                              tol: float = 1e-10, max_iter: int = 100, workers: int | None = 1) -> BivariateMatrixFreeResult:
+                              tol: float = 1e-10, max_iter: int = 100,
+                              workers: int | None = 1) -> BivariateMatrixFreeResult:
     """Bivariate REML (genetic correlation) of every pair of phenotypes, or of ``pairs``, from a
     univariate matrix-free build.
 
