@@ -140,7 +140,7 @@ def _maximise(m: PairMeasure, model: _Model, phi0: np.ndarray, *, tol: float, ma
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, Hn = model.theta(phin)
-            evn = _evaluate(m, tn, ml=model.ml)
+            evn = _evaluate(m, tn, derivatives=None, ml=model.ml)  # score and AI only if accepted
             if evn.ok and evn.loglik >= ev.loglik - 1e-12 * max(1.0, abs(ev.loglik)):
                 accepted = True
                 break
@@ -169,21 +169,25 @@ def _univariate(m: PairMeasure, j: int) -> tuple[float, float, float]:
     hmax = 1.0 if lmin > 1e-10 * max(float(lam.max()), 1e-300) else 1.0 - 1e-6
 
     def negll(h):
-        f = 1.0 / (h * lam + 1.0 - h)
-        A = (Gz * f) @ Gz.T
-        bk = np.linalg.solve(A, Gz @ (f * y))
-        r = y - Gz.T @ bk
-        R = float(np.sum(f * r * r))
-        L = float(m.logdet(np.array([h]))[0][0])
-        return 0.5 * ((m.n - c) * math.log(R / (m.n - c)) + L + np.linalg.slogdet(A)[1]), R / (m.n - c)
+        # h (P,): every point of a grid in one set of array operations
+        f = 1.0 / (h[:, None] * lam + (1.0 - h)[:, None])  # (P, M)
+        A = np.einsum("cm,pm,dm->pcd", Gz, f, Gz)
+        bk = np.linalg.solve(A, ((f * y) @ Gz.T)[:, :, None])[:, :, 0]
+        r = y - bk @ Gz
+        R = np.sum(f * r * r, axis=1)
+        L = m.logdet(h)[0]
+        return 0.5 * ((m.n - c) * np.log(R / (m.n - c)) + L + np.linalg.slogdet(A)[1]), R / (m.n - c)
+
+    def negll1(h):
+        return float(negll(np.array([h]))[0][0])
 
     grid = np.linspace(0.0, hmax, 41)
-    vals = np.array([negll(h)[0] for h in grid])
+    vals = negll(grid)[0]
     i = int(np.argmin(vals))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-    res = minimize_scalar(lambda h: negll(h)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-13})
+    res = minimize_scalar(negll1, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13})
     h = float(res.x) if res.fun <= vals[i] else float(grid[i])
-    s2 = negll(h)[1]
+    s2 = float(negll(np.array([h]))[1][0])
     return h, h * s2, (1.0 - h) * s2
 
 
@@ -201,7 +205,7 @@ def _residual_gram(m: PairMeasure) -> np.ndarray:
 
 def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covariate_names=None, lrt: bool = True,
              constrain: bool = True, ml: bool = True, tol: float = 1e-10, max_iter: int = 200,
-             n_left_out: int = 0, offset: np.ndarray | None = None) -> BivariateFit:
+             n_left_out: int = 0, offset: np.ndarray | None = None, univariate=None) -> BivariateFit:
     """Bivariate REML of one pair from its :class:`PairMeasure`.
 
     Parameters
@@ -219,6 +223,9 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     max_iter : AI iterations per fit (a fit at the boundary G₀ → 0 converges linearly: up to ~100 seen)
     n_left_out : reported as it is (samples with a value of only one of the two phenotypes)
     offset : (c, 2) added to the fixed effects (the OLS fit removed before rotation)
+    univariate : optional ((h², σ²_g, σ²_e) of a, the same of b), each phenotype's univariate REML
+        on this measure when the caller has it already (fits of many pairs share them); default:
+        computed here
 
     Notes
     -----
@@ -243,8 +250,7 @@ def fit_pair(measure: PairMeasure, *, names: tuple[str, str] = ("a", "b"), covar
     r_res = R[0, 1] / math.sqrt(R[0, 0] * R[1, 1])
     if abs(r_res) >= DEGENERATE_R:
         return _degenerate_fit(m, names, covariate_names, n_left_out, offset, r_res)
-    ha, ga, ea = _univariate(m, 0)
-    hb, gb, eb = _univariate(m, 1)
+    (ha, ga, ea), (hb, gb, eb) = univariate if univariate is not None else (_univariate(m, 0), _univariate(m, 1))
     fl_a, fl_b = 1e-3 * (ga + ea), 1e-3 * (gb + eb)
     ga0, gb0 = max(ga, fl_a), max(gb, fl_b)
     ea0, eb0 = max(ea, fl_a), max(eb, fl_b)

@@ -24,6 +24,9 @@ PARAMS = ("sg_a", "sg_b", "cov_g", "ve_a", "ve_b", "cov_e")
 _DERIV = [(True, np.array([[1.0, 0.0], [0.0, 0.0]])), (True, np.array([[0.0, 0.0], [0.0, 1.0]])),
           (True, np.array([[0.0, 1.0], [1.0, 0.0]])), (False, np.array([[1.0, 0.0], [0.0, 0.0]])),
           (False, np.array([[0.0, 0.0], [0.0, 1.0]])), (False, np.array([[0.0, 1.0], [1.0, 0.0]]))]
+#: the same, stacked: kind of each parameter (0 genetic, 1 residual) and its pattern (6, 2, 2)
+_KIND = np.array([0 if g else 1 for g, _ in _DERIV])
+_PATTERN = np.stack([e for _, e in _DERIV])
 
 
 @dataclass
@@ -105,14 +108,30 @@ def spectral_measure(rot, ja: int, jb: int) -> PairMeasure:
 
 
 def _decouple(G0: np.ndarray, E0: np.ndarray):
-    """(W, d): ``W E₀ Wᵀ = I``, ``W G₀ Wᵀ = diag(d)``; None if E₀ is not positive definite."""
-    try:
-        L = np.linalg.cholesky(E0)
-    except np.linalg.LinAlgError:
+    """(W, d): ``W E₀ Wᵀ = I``, ``W G₀ Wᵀ = diag(d)``; None if E₀ is not positive definite.
+
+    Closed forms for 2 x 2 matrices (Cholesky ``E₀ = L Lᵀ``, then the Jacobi rotation that
+    diagonalises ``L⁻¹ G₀ L⁻ᵀ``): a LAPACK call per factor costs more than the arithmetic here,
+    and this runs once per likelihood evaluation.
+    """
+    e11, e21, e22 = float(E0[0, 0]), float(E0[1, 0]), float(E0[1, 1])
+    if not e11 > 0.0:
         return None
-    Li = np.linalg.inv(L)
+    l11 = math.sqrt(e11)
+    l21 = e21 / l11
+    s22 = e22 - l21 * l21
+    if not s22 > 0.0 or not math.isfinite(s22):
+        return None
+    l22 = math.sqrt(s22)
+    Li = np.array([[1.0 / l11, 0.0], [-l21 / (l11 * l22), 1.0 / l22]])
     S = Li @ G0 @ Li.T
-    d, Q = np.linalg.eigh(0.5 * (S + S.T))
+    a, b, c = float(S[0, 0]), 0.5 * float(S[0, 1] + S[1, 0]), float(S[1, 1])
+    # eigenvalues in ascending order, as numpy.linalg.eigh returns them, and their unit eigenvectors
+    phi = 0.5 * math.atan2(2.0 * b, a - c)  # rotation to the larger eigenvalue's eigenvector
+    cs, sn = math.cos(phi), math.sin(phi)
+    mid, rad = 0.5 * (a + c), math.hypot(0.5 * (a - c), b)
+    d = np.array([mid - rad, mid + rad])
+    Q = np.array([[-sn, cs], [cs, sn]])  # columns: eigenvectors of d[0], d[1]
     return Q.T @ Li, d
 
 
@@ -123,14 +142,20 @@ class _Evaluation:
     effects profiled out: yᵀPy is the GLS residual sum), with its score ``−½ tr(V⁻¹ ∂V/∂θ_i) +
     ½ yᵀP (∂V/∂θ_i) P y`` and the same AI matrix as the curvature of the iteration (measures
     without indicator columns only).
+
+    Both decoupled problems k = 1, 2 and all six parameters are evaluated together, as stacked
+    arrays over the measure's nodes (a few array operations of size 2 x 6 x M per evaluation).
+    ``derivatives=None`` defers the score and AI matrix until :attr:`score` or :attr:`AI` is
+    first read (the line search of the maximisation reads them only for the step it accepts).
     """
 
-    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool = True, ml: bool = False):
+    def __init__(self, m: PairMeasure, theta: np.ndarray, derivatives: bool | None = True, ml: bool = False):
         self.theta = theta = np.asarray(theta, dtype=np.float64)
         self.G0 = np.array([[theta[0], theta[2]], [theta[2], theta[1]]])
         self.E0 = np.array([[theta[3], theta[5]], [theta[5], theta[4]]])
         self.ok = False
         self.loglik = -np.inf
+        self._m, self._ml, self._derived = m, ml, False
         dec = _decouple(self.G0, self.E0)
         if dec is None:
             return
@@ -147,63 +172,78 @@ class _Evaluation:
             return
         f = 1.0 / (1.0 + d[:, None] * lam[None, :])  # (2, M)
         # coordinates of y*_k = B w_k in the measure: q_k = Gᵀ w_k
-        wk = np.zeros((2, c + 2))
-        wk[:, c:] = W
-        q = wk @ m.G  # (2, M)
-        Ainv, beta, resid, pi = [], [], [], []
+        q = W @ m.G[c:]  # (2, M)
+        A = np.einsum("cm,km,dm->kcd", Gz, f, Gz)  # (2, c, c)
+        try:
+            C = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return
+        fq = f * q
+        b = fq @ Gz.T  # (2, c)
+        Ai = np.linalg.inv(A)
+        Ai = 0.5 * (Ai + np.swapaxes(Ai, 1, 2))
+        bk = np.linalg.solve(A, b[:, :, None])[:, :, 0]  # (2, c)
+        r = q - bk @ Gz  # (2, M)
+        pi = f * r  # coordinates of P_k y*_k
+        yPy = np.sum(pi * r, axis=1)
         nc = n if ml else n - c  # error contrasts (REML) or observations (ML) per transformed phenotype
-        ll = -0.5 * nc * float(np.log(np.linalg.det(self.E0)))
-        for k in range(2):
-            A = (Gz * f[k]) @ Gz.T
-            try:
-                C = np.linalg.cholesky(A)
-            except np.linalg.LinAlgError:
-                return
-            b = Gz @ (f[k] * q[k])
-            bk = np.linalg.solve(A, b)
-            r = q[k] - Gz.T @ bk
-            yPy = float(np.sum(f[k] * r * r))
-            logdetV = n * math.log1p(d[k]) + float(L[k])
-            ll += -0.5 * (nc * LOG2PI + logdetV + (0.0 if ml else 2.0 * float(np.log(np.diag(C)).sum())) + yPy)
-            Ai = np.linalg.inv(A)
-            Ainv.append(0.5 * (Ai + Ai.T))
-            beta.append(bk)
-            resid.append(r)
-            pi.append(f[k] * r)  # coordinates of P_k y*_k
+        logdetV = n * np.log1p(d) + L
+        logdetA = 0.0 if ml else 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(axis=1)
+        ll = -0.5 * nc * float(np.log(np.linalg.det(self.E0))) \
+            - 0.5 * float(np.sum(nc * LOG2PI + logdetV + logdetA + yPy))
         if not np.isfinite(ll):
             return
         self.ok = True
         self.loglik = ll
-        self.W, self.d, self.f, self.Ainv, self.beta = W, d, f, Ainv, beta
+        self.W, self.d, self.f, self.Ainv, self.beta = W, d, f, list(Ai), list(bk)
         self.yPy = None
-        if not derivatives:
-            return
+        self._L1, self._pi = L1, pi
+        if derivatives:
+            self._derivatives()
+
+    @property
+    def score(self) -> np.ndarray:
+        """∂ℓ/∂θ (6,), computed on first use."""
+        if not self._derived:
+            self._derivatives()
+        return self._score
+
+    @property
+    def AI(self) -> np.ndarray:
+        """The average-information matrix (6, 6), computed on first use."""
+        if not self._derived:
+            self._derivatives()
+        return self._AI
+
+    def _derivatives(self):
+        if not self.ok:
+            raise AttributeError("no score or AI matrix: V is not positive definite at this θ")
+        m, ml = self._m, self._ml
+        n, c = m.n, m.c
+        lam, Gz = m.nodes, m.G[:c]
+        W, d, f, pi = self.W, self.d, self.f, self._pi
+        Ai = np.stack(self.Ainv)
         # traces tr(V_k⁻¹ K) = n/(1 + d) + L1(h)/(1 + d)², tr(V_k⁻¹) = n − d tr(V_k⁻¹ K)
-        trK = n / (1.0 + d) + L1 / (1.0 + d) ** 2
+        trK = n / (1.0 + d) + self._L1 / (1.0 + d) ** 2
         trI = n - d * trK
-        D = {True: lam, False: np.ones_like(lam)}
-        trP = {}
-        for gen in (True, False):
-            trP[gen] = np.array([(trK[k] if gen else trI[k])
-                                 - (0.0 if ml else float(np.trace(Ainv[k] @ ((Gz * (f[k] ** 2 * D[gen])) @ Gz.T))))
-                                 for k in range(2)])
-        score = np.empty(6)
-        u = []  # coordinates of (T V_i Tᵀ) P* y*, per block k: u[i][k] (M,)
-        for i, (gen, Ei) in enumerate(_DERIV):
-            Mi = W @ Ei @ W.T
-            quad = sum(Mi[k, l] * float(np.sum(pi[k] * pi[l] * D[gen])) for k in range(2) for l in range(2))
-            score[i] = -0.5 * float(Mi[0, 0] * trP[gen][0] + Mi[1, 1] * trP[gen][1]) + 0.5 * quad
-            u.append([D[gen] * (Mi[k, 0] * pi[0] + Mi[k, 1] * pi[1]) for k in range(2)])
-        AI = np.empty((6, 6))
-        for i in range(6):
-            for j in range(i, 6):
-                v = 0.0
-                for k in range(2):
-                    zi = Gz @ (f[k] * u[i][k])
-                    zj = Gz @ (f[k] * u[j][k])
-                    v += float(np.sum(f[k] * u[i][k] * u[j][k])) - float(zi @ Ainv[k] @ zj)
-                AI[i, j] = AI[j, i] = 0.5 * v
-        self.score, self.AI = score, AI
+        D = np.stack([lam, np.ones_like(lam)])  # (genetic, residual) weights of the nodes
+        if ml:
+            trP = np.stack([trK, trI])  # (2 kinds, 2 blocks)
+        else:
+            S = np.einsum("cm,gkm,dm->gkcd", Gz, (f * f)[None] * D[:, None], Gz)  # (2, 2, c, c)
+            trP = np.stack([trK, trI]) - np.einsum("kcd,gkcd->gk", Ai, S)
+        gen = _KIND
+        Mi = np.einsum("ka,iab,lb->ikl", W, _PATTERN, W)  # W E_i Wᵀ, (6, 2, 2)
+        Pg = np.einsum("km,gm,lm->gkl", pi, D, pi)  # Σ pi_k pi_l D_gen, (2, 2, 2)
+        score = -0.5 * (Mi[:, 0, 0] * trP[gen, 0] + Mi[:, 1, 1] * trP[gen, 1]) \
+            + 0.5 * np.einsum("ikl,ikl->i", Mi, Pg[gen])
+        # coordinates of (T V_i Tᵀ) P* y*, per block k: U[i, k] (M,)
+        U = D[gen][:, None, :] * np.einsum("ikl,lm->ikm", Mi, pi)  # (6, 2, M)
+        fU = f[None] * U
+        Zk = np.einsum("ikm,cm->kic", fU, Gz)  # (2, 6, c)
+        AI = 0.5 * (np.einsum("ikm,jkm->ij", fU, U) - np.einsum("kic,kcd,kjd->ij", Zk, Ai, Zk))
+        self._score, self._AI = score, 0.5 * (AI + AI.T)
+        self._derived = True
 
     def fixed_effects(self, c_report: int):
         """(B (c_report, 2), SE (c_report, 2)) of the fixed effects of y_a and y_b."""

@@ -20,12 +20,14 @@ passes shared by every such pair) when it is given the operator, and refuses oth
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .bivariate import BivariateResult, PairMeasure, fit_pair
+from .bivariate import BivariateResult, PairMeasure, _univariate, fit_pair
 from .errors import InputError
 
 
@@ -248,7 +250,8 @@ class BivariateMatrixFreeResult(BivariateResult):
 
 def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, deflate=None,
                               jackknife: str | None = "newton", constrain: bool = True, lrt: bool = True,
-                              tol: float = 1e-10, max_iter: int = 100) -> BivariateMatrixFreeResult:
+                              tol: float = 1e-10, max_iter: int = 100,
+                              workers: int | None = 1) -> BivariateMatrixFreeResult:
     """Bivariate REML (genetic correlation) of every pair of phenotypes, or of ``pairs``, from a
     univariate matrix-free build.
 
@@ -271,6 +274,10 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
         estimated on the |r_g| = 1 boundary is refitted instead); "refit" refits each; None skips it.
     constrain, lrt, tol, max_iter
         As :func:`bigmm.bivariate.fit_pair`.
+    workers : int or None
+        Processes that fit the pairs (``concurrent.futures.ProcessPoolExecutor``, contiguous
+        chunks of the pairs, BLAS to one thread in each); None: one per CPU core. 1 (default):
+        in this process. The results do not depend on it.
 
     Returns
     -------
@@ -315,23 +322,60 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
         built, extra_passes = _common_sample_build(op, result, cross, Y, Z, deflate)
         where.update(built)
     kw = dict(covariate_names=tuple(result.covariate_names), constrain=constrain, tol=tol, max_iter=max_iter)
-    fits, mcs, builds = [], [], []
-    for a, b in pairs:
-        mdl, ja, jb, sa, sb, left, build = where[(a, b)]
-        measure, offset = _residual_measure(mdl, ja, jb, sa, sb)
-        fit = fit_pair(measure, names=(a, b), lrt=lrt, n_left_out=left, offset=offset, **kw)
-        mcs.append(_jackknife(measure, mdl.slq, fit, jackknife, dict(kw, names=(a, b), offset=offset))
-                   if jackknife else {})
-        fits.append(fit)
-        builds.append(build)
+    tasks = [((a, b),) + where[(a, b)] for a, b in pairs]
+    builds = [t[-1] for t in tasks]
+    workers = _n_workers(workers, len(tasks))
+    if workers == 1:
+        done = _fit_pairs(tasks, lrt, jackknife, kw)
+    else:
+        # contiguous chunks, one per process: each model is sent to a process once with its chunk
+        bounds = np.linspace(0, len(tasks), workers + 1).round().astype(int)
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            parts = [ex.submit(_fit_pairs, tasks[lo:hi], lrt, jackknife, kw, True)
+                     for lo, hi in zip(bounds[:-1], bounds[1:])]
+            done = [x for part in parts for x in part.result()]
+    fits = [f for f, _ in done]
+    mcs = [mc for _, mc in done]
     return BivariateMatrixFreeResult(
         fits=tuple(fits), method="matrix-free", mc_sd=tuple(mcs), builds=tuple(builds), probes=int(result.probes),
         extra_passes=extra_passes, seconds=round(time.perf_counter() - t0, 3),
         notes={"patterns": len(models), "pairs_common_samples": len(cross), "jackknife": jackknife,
                "univariate_converged": bool(result.converged),
-               "constrained": constrain, "lanczos_steps": int(result.lanczos_steps),
+               "constrained": constrain, "lanczos_steps": int(result.lanczos_steps), "workers": workers,
                "logl_convention": "Harville REML of the 2n stacked observations without the log det(X'X) term, "
                                   "X = I2 (x) Z"})
+
+
+def _n_workers(workers, n_tasks: int) -> int:
+    """The number of processes: ``workers`` (None: one per CPU core), at most one per pair."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be a positive number of processes (or None: one per CPU core), not {workers!r}")
+    return max(1, min(int(workers), n_tasks))
+
+
+def _fit_pairs(tasks: list, lrt: bool, jackknife, kw: dict, one_thread: bool = False) -> list:
+    """[(fit, Monte Carlo SDs)] of each task ``((a, b), model, ja, jb, scale_a, scale_b, n_left_out, build)``,
+    in order. Each phenotype's univariate REML on its pattern's measure is computed once and
+    starts all its pairs. ``one_thread``: in a worker process, BLAS to one thread (the arrays are
+    small; the processes are the parallelism)."""
+    if one_thread:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    out = []
+    uni = {}
+    for (a, b), mdl, ja, jb, sa, sb, left, _build in tasks:
+        measure, offset = _residual_measure(mdl, ja, jb, sa, sb)
+        for i, j in enumerate((ja, jb)):
+            if (id(mdl), j) not in uni:
+                uni[(id(mdl), j)] = _univariate(measure, i)
+        starts = (uni[(id(mdl), ja)], uni[(id(mdl), jb)])
+        fit = fit_pair(measure, names=(a, b), lrt=lrt, n_left_out=left, offset=offset, univariate=starts, **kw)
+        mc = (_jackknife(measure, mdl.slq, fit, jackknife, dict(kw, names=(a, b), offset=offset, univariate=starts))
+              if jackknife else {})
+        out.append((fit, mc))
+    return out
 
 
 def _residual_measure(mdl, ja: int, jb: int, sa: float, sb: float):
@@ -457,7 +501,9 @@ def _jackknife(measure: PairMeasure, slq, fit, how: str, kw: dict) -> dict:
             rows.append(_derived(theta + cov @ ds))
     else:
         for j in range(N):
-            fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, **kw)
+            # only θ̂_(j) is used: no LRT or ML refits; started, as the full fit, from the univariate fits
+            fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, ml=False,
+                          **kw)
             rows.append(_derived(_theta(fj)))
     out = {}
     for k in MC_FIELDS:

@@ -372,6 +372,39 @@ def test_phenotype_with_itself(cohort, reduced):
         assert f.sg_a == pytest.approx(uni.fits[0].sigma2_g, rel=1e-6)
 
 
+def test_given_univariate_starts_give_the_same_fit(cohort):
+    """fit_pair started from univariate fits the caller computed once (as the matrix-free path does
+    for all pairs of a phenotype) is the fit that computes them itself: the same start, the same
+    iterations, the same numbers; a start elsewhere (h² of a at 0.9) ends at the same maximum within
+    the AI-REML tolerance (ℓ_R to 1e-8 relative, r_g to 1e-6)."""
+    from bigmm.bivariate import _univariate, fit_pair
+
+    spec, _, Y, Z = cohort
+    m, _ = measure_of(spec, Y[:, :2], Z)
+    starts = (_univariate(m, 0), _univariate(m, 1))
+    a, b = fit_pair(m), fit_pair(m, univariate=starts)
+    assert (a.rg, a.h2_a, a.logL, a.logL_rg0, a.logL_rg1, a.iterations) == \
+        (b.rg, b.h2_a, b.logL, b.logL_rg0, b.logL_rg1, b.iterations)
+    (h, sg, se), other = starts
+    far = fit_pair(m, univariate=((0.9, 0.9 * (sg + se), 0.1 * (sg + se)), other), lrt=False)
+    assert far.converged and far.logL == pytest.approx(a.logL, rel=1e-8) and far.rg == pytest.approx(a.rg, abs=1e-6)
+
+
+def test_decoupling_diagonalises_both_covariances():
+    """W E₀ Wᵀ = I and W G₀ Wᵀ = diag(d), d ascending, to round-off (1e-12 relative), for a PSD, an
+    indefinite, a proportional (equal d) and a zero G₀; None when E₀ is not positive definite."""
+    from bigmm.bivariate_likelihood import _decouple
+
+    E0 = np.array([[0.9, -0.4], [-0.4, 1.3]])
+    for G0 in (np.array([[0.7, 0.25], [0.25, 0.4]]), np.array([[0.3, 0.5], [0.5, 0.2]]), 0.4 * E0, np.zeros((2, 2))):
+        W, d = _decouple(G0, E0)
+        np.testing.assert_allclose(W @ E0 @ W.T, np.eye(2), atol=1e-12)
+        np.testing.assert_allclose(W @ G0 @ W.T, np.diag(d), atol=1e-12 * max(1.0, np.abs(d).max()))
+        assert d[0] <= d[1]
+    assert _decouple(G0, np.array([[1.0, 1.0], [1.0, 1.0]])) is None
+    assert _decouple(G0, np.array([[-1.0, 0.0], [0.0, 1.0]])) is None
+
+
 def test_uncorrelated_equals_two_univariate_fits(cohort):
     """At G₀ = diag(σ²_g,a, σ²_g,b), E₀ = diag(σ²_e,a, σ²_e,b) from fit_reml's univariate estimates the
     bivariate ℓ_R is the sum of fit_reml's two ℓ_R: reduced spectrum and samples missing in a (same

@@ -11,7 +11,9 @@ scheduler with a :class:`bigmm.GrmOperator` (its passes counted):
 1. ``bigmm.fit_matrix_free`` of the P phenotypes (``--probes`` probes): wall and CPU time, passes;
 2. ``bigmm.mf_bivariate.fit_bivariate_matrix_free`` of all P(P − 1)/2 pairs from that build:
    without the Monte Carlo jackknife and with it (one AI-REML step per probe), wall and CPU time,
-   per pair, and against the time of one pass; it must take no pass over X.
+   per pair, and against the time of one pass; it must take no pass over X. ``--workers k`` spreads
+   the pairs over k processes (the CPU time printed is this process's: with k > 1 it leaves out
+   the workers', so compare wall times then).
 
 Prints the figures; ``--exact-pairs k`` also fits the first k pairs by ``bigmm.fit_bivariate`` on
 the exact spectrum (GRM and eigendecomposition: small n only) and prints the largest
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probes", type=int, default=30)
     ap.add_argument("--dtype", default="float32", choices=["float64", "float32"])
     ap.add_argument("--exact-pairs", type=int, default=0, help="check the first k pairs against the exact path")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes that fit the pairs (fit_bivariate_matrix_free's workers=)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     op = CountingOperator(bigmm.GrmOperator(G, std, dtype=args.dtype))
     npairs = args.traits * (args.traits - 1) // 2
     print(f"n = {args.n}, p = {args.p} ({std.n_kept} kept), P = {args.traits} phenotypes ({npairs} pairs), "
-          f"{args.probes} probes, pass dtype {args.dtype}, {os.cpu_count()} CPUs, load average "
+          f"{args.probes} probes, pass dtype {args.dtype}, {args.workers} worker process(es) for the pairs, "
+          f"{os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     res, w_uni, c_uni = wall_cpu(lambda: bigmm.fit_matrix_free(op, Y, Z, phenotype_names=names,
                                                               probes=args.probes, seed=args.seed))
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     out = {}
     for how in (None, "newton"):
         before = op.calls
-        r, w, c = wall_cpu(lambda: fit_bivariate_matrix_free(res, "all", jackknife=how))
+        r, w, c = wall_cpu(lambda: fit_bivariate_matrix_free(res, "all", jackknife=how, workers=args.workers))
         assert op.calls == before, "the pairs took a pass over X"
         out[how] = r
         print(f"all pairs, jackknife {how or 'off'}: {w:.2f} s wall, {c:.2f} s CPU ({1e3 * w / npairs:.1f} ms per "
