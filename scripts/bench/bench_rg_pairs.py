@@ -161,12 +161,18 @@ def run(args, memory) -> int:
     passes = op.calls
     pass_s = sum(res.notes["pass_seconds"]) / max(len(res.notes["pass_seconds"]), 1) \
         if res.notes.get("pass_seconds") else w_uni / passes
+    def save():  # after every stage: a run stopped early keeps what it measured
+        if args.results:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+
     rec["univariate"] = {"wall_s": w_uni, "cpu_s_driver": c_uni, "cpu_s_tree": mon.cpu, "peak_rss_mib": mon.peak / MIB,
                          "passes_over_X": passes, "pass_s_mean": pass_s, "converged": bool(res.converged),
                          "pass_seconds": res.notes.get("pass_seconds"), "loadavg_end": os.getloadavg()}
     print(f"univariate fit: {w_uni:.2f} s wall, {c_uni:.2f} s CPU (driver; {mon.cpu:.1f} s process tree), "
           f"{passes} passes over X ({pass_s:.3f} s per pass), converged {res.converged}, peak RSS "
           f"{mon.peak / MIB:,.0f} MiB", flush=True)
+    save()
     out = {}
     for how in (None, "newton"):
         before = op.calls
@@ -183,9 +189,7 @@ def run(args, memory) -> int:
               f"{sum(not f.converged for f in r.fits)} pairs not converged, "
               f"{sum(bool(f.boundary) for f in r.fits)} on a boundary; peak RSS {mon.peak / MIB:,.0f} MiB",
               flush=True)
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        save()
     r = out["newton"]
     rg_se = np.array([f.rg_se for f in r.fits])
     rg_mc = np.array([m["rg"] for m in r.mc_sd])
@@ -208,7 +212,7 @@ def run(args, memory) -> int:
             rec["exact_check"] = {"pairs": k, "max_abs_rg": float(d.max())}
     if args.results:
         rec["rg_mc_over_se_quantiles"] = [float(x) for x in q] if ok.any() else None
-        args.results.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        save()
         log(f"wrote {args.results}")
     return 0
 
