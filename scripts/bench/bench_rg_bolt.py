@@ -471,8 +471,8 @@ def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
             f"so allow ~30% more): the univariate build ≈ {cpu:.0f}–{1.3 * cpu:.0f} CPU-minutes, i.e. "
             f"≈ {cpu / 2:.0f}–{1.3 * cpu / 2:.0f} min of wall on 2 otherwise idle cores; the driver keeps the "
             f"Krylov basis, n × passes × (phenotypes + covariates) doubles ≈ {basis_gib:.1f}–"
-            f"{1.3 * basis_gib:.1f} GiB at n = {n_to:,} ({u['peak_rss_mib'] / 1024:.2f} GiB in all at n = {a['n']:,}); all pairs "
-            f"with the jackknife ≈ {p1['cpu_s_driver'] / 60:.0f} CPU-minutes of driver work whatever n (it "
+            f"{1.3 * basis_gib:.1f} GiB at n = {n_to:,} ({u['peak_rss_mib'] / 1024:.2f} GiB in all at "
+            f"n = {a['n']:,}); all pairs with the jackknife ≈ {p1['cpu_s_driver'] / 60:.0f} CPU-minutes of driver work whatever n (it "
             f"depends on the Krylov dimension, passes × (phenotypes + covariates), and the probes only).", ""]
 
 
