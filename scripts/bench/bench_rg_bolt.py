@@ -473,7 +473,8 @@ def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
             f"Krylov basis, n × passes × (phenotypes + covariates) doubles ≈ {basis_gib:.1f}–"
             f"{1.3 * basis_gib:.1f} GiB at n = {n_to:,} ({u['peak_rss_mib'] / 1024:.2f} GiB in all at "
             f"n = {a['n']:,}); all pairs with the jackknife ≈ {p1['cpu_s_driver'] / 60:.0f} CPU-minutes of "
-            f"driver work whatever n (it depends on the Krylov dimension, passes × (phenotypes + covariates), and the probes only).", ""]
+            f"driver work whatever n (it depends on the Krylov dimension, passes × (phenotypes + covariates), "
+            f"and the probes only).", ""]
 
 
 def pairs_command(r: dict) -> str:
