@@ -349,7 +349,7 @@ def row_report(row: dict) -> list[str]:
         rr = runs.get(t)
         if not rr:
             if t in row.get("failed", {}):
-                table.append([label, f"failed: {row['failed'][t][:200]}"] + [None] * (len(head) - 2))
+                table.append([label, f"failed: {row['failed'][t][:400]}"] + [None] * (len(head) - 2))
             continue
         cells, zs = [], []
         for k in keys:
@@ -451,7 +451,10 @@ def pairs_report() -> list[str]:
             "driver; 0 passes over X for the pairs (asserted); peak RSS = sampled peak of the sum over driver and "
             "workers; the pairs' peak is below the build's):", "", md_table(head, rows), "",
             "Commands: " + "; ".join(f"`{pairs_command(r)}` ({r['date']})" for r in recs) + ".", ""] \
-        + extrapolation(recs)
+        + [f"- n = {r['args']['n']:,}: Monte Carlo SD of r̂_g / its statistical SE over the pairs: median "
+           f"{q[0]:.3f}, 90% {q[1]:.3f}, max {q[2]:.3f}; pairs not converged "
+           f"{r['pairs_jackknife_newton']['not_converged']}, on a boundary {r['pairs_jackknife_newton']['boundary']}."
+           for r in recs if (q := r.get("rg_mc_over_se_quantiles"))] + extrapolation(recs)
 
 
 def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
