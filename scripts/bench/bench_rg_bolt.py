@@ -19,10 +19,10 @@ Side by side, in turn (``common.alternate``), --repeats times, each tool as a fr
                  matrix_free``: ``bigmm.variant_stats`` (one pass), ``bigmm.standardization`` (BOLT's
                  sample-SD scaling by default), ``bigmm.GrmOperator`` over the store (float32 products,
                  a run's default), ``bigmm.fit_matrix_free`` of both phenotypes (one block Krylov
-                 build), then ``bigmm.fit_bivariate_matrix_free`` of the pair from that build (no pass
+                 build), then ``bigmm.mf_bivariate.fit_bivariate_matrix_free`` of the pair from that build (no pass
                  over X; Monte Carlo SD by the delete-one-probe jackknife).
 ``bigmm_exact``  (n ≤ --exact-max-n) the same child with the GRM (``bigmm.grm``), its eigendecomposition
-                 (``bigmm.exact_spectrum``) and ``bigmm.fit_bivariate`` (exact bivariate AI-REML).
+                 (``bigmm.exact_spectrum``) and ``bigmm.bivariate.fit_bivariate`` (exact bivariate AI-REML).
 
 Both bigmm children run on a local Dask cluster of --workers x 1 thread
 (bigmm.pipeline.cluster.dask_client). CPU = user + sys of the reaped process tree; peak RSS of
@@ -219,6 +219,7 @@ def child(spec_path: str, out_path: str) -> int:
     logging.getLogger("distributed").setLevel(logging.ERROR)
     import bigmm
     from bigmm.genotypes import RUN_DTYPE
+    from bigmm.bivariate import fit_bivariate
     from bigmm.mf_bivariate import fit_bivariate_matrix_free
     from bigmm.pipeline.cluster import dask_client
     from bigmm.pipeline.config import ClusterConfig
@@ -252,7 +253,7 @@ def child(spec_path: str, out_path: str) -> int:
             del K
             times["eigh"] = time.perf_counter() - t
             t = time.perf_counter()
-            biv = bigmm.fit_bivariate(spectrum, Y, Z, **kw)
+            biv = fit_bivariate(spectrum, Y, Z, **kw)
             times["bivariate"] = time.perf_counter() - t
             out["passes_over_X"] = "1 + GRM"
         else:
