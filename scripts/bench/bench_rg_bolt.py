@@ -455,17 +455,21 @@ def pairs_report() -> list[str]:
         + [f"- n = {r['args']['n']:,}: Monte Carlo SD of r̂_g / its statistical SE over the pairs: median "
            f"{q[0]:.3f}, 90% {q[1]:.3f}, max {q[2]:.3f}; pairs not converged "
            f"{r['pairs_jackknife_newton']['not_converged']}, on a boundary {r['pairs_jackknife_newton']['boundary']}."
-           for r in recs if (q := r.get("rg_mc_over_se_quantiles"))] + extrapolation(recs)
+           for r in recs if (q := r.get("rg_mc_over_se_quantiles"))] \
+        + [f"- n = {r['args']['n']:,}: figures read from the run's printed lines (it started before the script "
+           "saved its JSON after every stage)." for r in recs if r.get("from_log")] + extrapolation(recs)
 
 
 def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
     """Where no run at ``n_to`` finished: the build's cost scaled from the largest n measured (a
     pass is O(n p width) and its driver work O(n); the pairs' driver work does not depend on n)."""
-    done = [r for r in recs if r.get("pairs_jackknife_newton")]
+    done = [r for r in recs if r.get("pairs_jackknife_newton") or r.get("pairs_jackknife_off")]
     if not done or any(r["args"]["n"] >= n_to and r.get("pairs_jackknife_newton") for r in recs):
         return []
     r = done[-1]
-    a, u, p1 = r["args"], r["univariate"], r["pairs_jackknife_newton"]
+    a, u = r["args"], r["univariate"]
+    p1 = r.get("pairs_jackknife_newton") or r["pairs_jackknife_off"]
+    how = "with" if r.get("pairs_jackknife_newton") else "without"
     f = n_to / a["n"]
     cpu = f * u["cpu_s_tree"] / 60
     basis_gib = n_to * u["passes_over_X"] * (a["traits"] + 2) * 8 / 2**30
@@ -476,7 +480,7 @@ def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
             f"≈ {cpu / 2:.0f}–{1.3 * cpu / 2:.0f} min of wall on 2 otherwise idle cores; the driver keeps the "
             f"Krylov basis, n × passes × (phenotypes + covariates) doubles ≈ {basis_gib:.1f}–"
             f"{1.3 * basis_gib:.1f} GiB at n = {n_to:,} ({u['peak_rss_mib'] / 1024:.2f} GiB in all at "
-            f"n = {a['n']:,}); all pairs with the jackknife ≈ {p1['cpu_s_driver'] / 60:.0f} CPU-minutes of "
+            f"n = {a['n']:,}); all pairs {how} the jackknife ≈ {p1['cpu_s_driver'] / 60:.0f} CPU-minutes of "
             f"driver work whatever n (it depends on the Krylov dimension, passes × (phenotypes + covariates), "
             f"and the probes only).", ""]
 
