@@ -145,7 +145,7 @@ def parse_bolt(text: str) -> dict:
     the genetic correlation (gen corr (1,2)), with their SEs."""
     out = {}
     for key, pat in {"h2_a": r"h2g \(1,1\): ", "h2_b": r"h2g \(2,2\): ", "rg": r"gen corr \(1,2\): ",
-                     "re": r"env corr \(1,2\): "}.items():
+                     "re": r"resid corr \(1,2\): "}.items():
         found = re.findall(pat + NUM + r" \(" + NUM + r"\)", text)
         if not found:
             if key == "re":
@@ -492,7 +492,8 @@ def pairs_report() -> list[str]:
            f"{r['pairs_jackknife_newton']['not_converged']}, on a boundary {r['pairs_jackknife_newton']['boundary']}."
            for r in recs if (q := r.get("rg_mc_over_se_quantiles"))] \
         + [f"- n = {r['args']['n']:,}: figures read from the run's printed lines (it started before the script "
-           "saved its JSON after every stage)." for r in recs if r.get("from_log")] + extrapolation(recs)
+           "saved its JSON after every stage)." for r in recs if r.get("from_log")] \
+        + [f"- n = {r['args']['n']:,}: {r['note']}" for r in recs if r.get("note")] + extrapolation(recs)
 
 
 def extrapolation(recs: list[dict], n_to: int = 100000) -> list[str]:
