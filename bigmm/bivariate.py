@@ -459,7 +459,8 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
     Y and Z are rotated once (:func:`bigmm.reml.rotate`, O(n k (c + m))); a pair whose two
     phenotypes have the same missing values uses that rotation; other pairs are fitted on the
     samples observed for both (``n_left_out`` says how many samples with a value of only one of
-    the two were left out), rotated again for those two columns. Each pair's fit then costs
+    the two were left out), rotated again for those two columns on the spectrum of those samples
+    (one spectrum for each set of common samples, shared by the pairs that have it). Each pair's fit then costs
     O(k c²) per AI iteration, independent of n for a reduced spectrum.
 
     Examples
@@ -494,26 +495,8 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
     if Yarr.ndim == 1:
         Yarr = Yarr[:, None]
     Zarr = None if Z is None else np.asarray(Z, dtype=np.float64)
-    fits = []
-    rotated_again = 0
-    for a, b in _pairs(names, pairs):
-        (ga, ja), (gb, jb) = where[a], where[b]
-        obs_a, obs_b = ~np.isnan(Yarr[:, a]), ~np.isnan(Yarr[:, b])
-        left_out = int(np.sum(obs_a ^ obs_b))
-        if ga == gb:
-            rot, ia, ib = design.groups[ga], ja, jb
-        else:
-            both = obs_a & obs_b
-            Yp = Yarr[:, [a, b]].copy()
-            Yp[~both] = np.nan
-            try:
-                sub = rotate(spectrum, Yp, Zarr, phenotype_names=[names[a], names[b]],
-                             covariate_names=design.covariate_names, missing=missing)
-            except InputError as e:
-                raise InputError(f"pair {names[a]!r} x {names[b]!r} on the {int(both.sum())} samples observed for "
-                                 f"both: {e}") from None
-            rot, ia, ib = sub.groups[0], 0, 1
-            rotated_again += 1
+    def fit_one(rot, ia, ib, a, b):
+        left_out = int(np.sum(np.isnan(Yarr[:, a]) ^ np.isnan(Yarr[:, b])))
         meas = spectral_measure(rot, ia, ib)
         # back to the phenotypes' units: the rotation divided each by its residual SD
         sc = rot.scale[[ia, ib]] if rot.scale is not None else np.ones(2)
@@ -527,12 +510,43 @@ def fit_bivariate(spectrum: Spectrum, Y, Z=None, *, phenotype_names: Sequence[st
         if samples == "union" and left_out and fit.boundary != "degenerate":
             fit = _fit_union(spectrum, Yarr[:, [a, b]], Zarr, fit, design.covariate_names, lrt=lrt,
                              constrain=constrain, tol=tol, max_iter=max_iter)
-        fits.append(fit)
+        return fit
+
+    todo = _pairs(names, pairs)
+    fits = [None] * len(todo)
+    by_samples = {}  # the pairs across missing-value groups, by the samples observed for both
+    for i, (a, b) in enumerate(todo):
+        (ga, ja), (gb, jb) = where[a], where[b]
+        if ga == gb:
+            fits[i] = fit_one(design.groups[ga], ja, jb, a, b)
+        else:
+            both = ~np.isnan(Yarr[:, a]) & ~np.isnan(Yarr[:, b])
+            by_samples.setdefault(both.tobytes(), (both, []))[1].append(i)
+    # one spectrum of each set of common samples (O(n_o³) for an exact spectrum), shared by its pairs
+    for both, idx in by_samples.values():
+        sub = spectrum.subset(both) if missing == "subset" else None
+        for i in idx:
+            a, b = todo[i]
+            Yp = Yarr[:, [a, b]].copy()
+            Yp[~both] = np.nan
+            try:
+                if sub is None:
+                    d2 = rotate(spectrum, Yp, Zarr, phenotype_names=[names[a], names[b]],
+                                covariate_names=design.covariate_names, missing=missing)
+                else:
+                    d2 = rotate(sub, Yp[both], None if Zarr is None else Zarr[both],
+                                phenotype_names=[names[a], names[b]], covariate_names=design.covariate_names)
+            except InputError as e:
+                raise InputError(f"pair {names[a]!r} x {names[b]!r} on the {int(both.sum())} samples observed for "
+                                 f"both: {e}") from None
+            fits[i] = fit_one(d2.groups[0], 0, 1, a, b)
+    rotated_again = sum(len(idx) for _, idx in by_samples.values())
     methods = sorted({g.method for g in design.groups})
     if samples == "union":
         methods.append("union (dense stacked REML for pairs with different missing values)")
     return BivariateResult(fits=tuple(fits), method=f"spectrum {design.spectrum_method}",
                            notes={"missing_methods": methods, "pairs_rotated_again": rotated_again,
+                                  "common_sample_spectra": len(by_samples),
                                   "constrained": constrain,
                                   "logl_convention": "Harville REML of the 2n stacked observations without "
                                                      "the log det(X'X) term, X = I2 (x) Z"})
