@@ -41,6 +41,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench", help="--store: cached cohorts")
     ap.add_argument("--results", type=Path, default=None,
                     help="JSON of the figures (--store default: results/bench_rg_pairs_nN_pP_tT.json)")
+    ap.add_argument("--keep-build", type=Path, default=None,
+                    help="pickle the univariate build (and its figures) to this file after step 1")
+    ap.add_argument("--from-build", type=Path, default=None,
+                    help="skip the cohort and step 1: fit the pairs of a build kept by --keep-build (its figures "
+                         "are carried into this run's record, marked as such)")
     args = ap.parse_args(argv)
+    if args.from_build:
+        return pairs_only(args)
     if args.store:
         from bigmm.pipeline.cluster import dask_client
         from bigmm.pipeline.config import ClusterConfig
@@ -174,19 +182,50 @@ def run(args, memory) -> int:
     rec["univariate"] = {"wall_s": w_uni, "cpu_s_driver": c_uni, "cpu_s_tree": mon.cpu, "peak_rss_mib": mon.peak / MIB,
                          "passes_over_X": passes, "pass_s_mean": pass_s, "converged": bool(res.converged),
                          "pass_seconds": res.notes.get("pass_seconds"), "loadavg_end": os.getloadavg()}
+    if args.keep_build:
+        args.keep_build.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.keep_build, "wb") as fh:
+            pickle.dump({"result": res, "univariate": rec["univariate"], "rec": dict(rec), "npairs": npairs,
+                         "pass_s": pass_s, "w_uni": w_uni}, fh)
     print(f"univariate fit: {w_uni:.2f} s wall, {c_uni:.2f} s CPU (driver; {mon.cpu:.1f} s process tree), "
           f"{passes} passes over X ({pass_s:.3f} s per pass), converged {res.converged}, peak RSS "
           f"{mon.peak / MIB:,.0f} MiB", flush=True)
     save()
+    return fit_pairs(args, rec, res, npairs, pass_s, w_uni, save, op, (G, std, Y, Z, names))
+
+
+def pairs_only(args) -> int:
+    """--from-build: the pairs of a kept build, in this process (no cohort, no cluster)."""
+    with open(args.from_build, "rb") as fh:
+        kept = pickle.load(fh)
+    rec = {**kept["rec"], "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "command": command_line(__file__, None), "machine": machine_info(), "loadavg_start": os.getloadavg(),
+           "from_build": str(args.from_build), "univariate": {**kept["univariate"], "from_build": True}}
+    res = kept["result"]
+    print(f"pairs of the build kept in {args.from_build} ({len(res.phenotype_names)} phenotypes; build "
+          f"{kept['w_uni']:.1f} s wall, {kept['univariate']['passes_over_X']} passes, "
+          f"{kept['pass_s']:.2f} s per pass), load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+          flush=True)
+
+    def save():
+        if args.results:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+
+    return fit_pairs(args, rec, res, kept["npairs"], kept["pass_s"], kept["w_uni"], save, None)
+
+
+def fit_pairs(args, rec, res, npairs, pass_s, w_uni, save, op, data=None) -> int:
+    """Step 2 (and the exact check): all pairs from the build, without and with the jackknife."""
     out = {}
     for how in (None, "newton"):
-        before = op.calls
+        before = op.calls if op is not None else 0
         with PeakRSS() as mon:
             r, w, c = wall_cpu(lambda: fit_bivariate_matrix_free(res, "all", jackknife=how, workers=args.pair_workers))
-        assert op.calls == before, "the pairs took a pass over X"
+        assert op is None or op.calls == before, "the pairs took a pass over X"
         out[how] = r
         rec[f"pairs_jackknife_{how or 'off'}"] = {
-            "wall_s": w, "cpu_s_driver": c, "peak_rss_mib": mon.peak / MIB, "passes_over_X": op.calls - before,
+            "wall_s": w, "cpu_s_driver": c, "peak_rss_mib": mon.peak / MIB, "passes_over_X": (op.calls - before) if op is not None else 0,
             "not_converged": sum(not f.converged for f in r.fits), "boundary": sum(bool(f.boundary) for f in r.fits),
             "loadavg_end": os.getloadavg()}
         print(f"all pairs, jackknife {how or 'off'}: {w:.2f} s wall, {c:.2f} s CPU ({1e3 * w / npairs:.1f} ms per "
@@ -203,7 +242,10 @@ def run(args, memory) -> int:
         q = np.quantile(rg_mc[ok] / rg_se[ok], [0.5, 0.9, 1.0])
         print(f"r_g Monte Carlo SD / statistical SE over {int(ok.sum())} pairs: median {q[0]:.3f}, 90% {q[1]:.3f}, "
               f"max {q[2]:.3f}")
-    if args.exact_pairs:
+    if args.exact_pairs and data is None:
+        print("--exact-pairs needs the cohort: not with --from-build")
+    elif args.exact_pairs:
+        G, std, Y, Z, names = data
         k = min(args.exact_pairs, npairs)
         K = bigmm.grm(G, std)
         spec, w_ex, _ = wall_cpu(lambda: bigmm.exact_spectrum(np.asarray(K)))
