@@ -251,7 +251,7 @@ class BivariateMatrixFreeResult(BivariateResult):
 def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, deflate=None,
                               jackknife: str | None = "newton", constrain: bool = True, lrt: bool = True,
                               tol: float = 1e-10, max_iter: int = 100,
-                              workers: int | None = 1) -> BivariateMatrixFreeResult:
+                              workers: int | None = 1, checkpoint=None) -> BivariateMatrixFreeResult:
     """Bivariate REML (genetic correlation) of every pair of phenotypes, or of ``pairs``, from a
     univariate matrix-free build.
 
@@ -278,6 +278,10 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
         Processes that fit the pairs (``concurrent.futures.ProcessPoolExecutor``, contiguous
         chunks of the pairs, BLAS to one thread in each); None: one per CPU core. 1 (default):
         in this process. The results do not depend on it.
+    checkpoint : object, optional
+        For the common-samples build only (passed to :func:`bigmm.fit_matrix_free`, which saves
+        its state after every Lanczos step and resumes from a state of the same inputs): an
+        interrupted build is resumed after its last saved step instead of starting again.
 
     Returns
     -------
@@ -319,7 +323,7 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
             a, b = cross[0]
             more = f"{len(cross)} of the pairs asked for have different missing values, e.g.: " if len(cross) > 1 else ""
             raise CrossPatternError(more + _cross_pattern_message(a, b, _locate(result, a)[0], _locate(result, b)[0]))
-        built, extra_passes = _common_sample_build(op, result, cross, Y, Z, deflate)
+        built, extra_passes = _common_sample_build(op, result, cross, Y, Z, deflate, checkpoint)
         where.update(built)
     kw = dict(covariate_names=tuple(result.covariate_names), constrain=constrain, tol=tol, max_iter=max_iter)
     tasks = [((a, b),) + where[(a, b)] for a, b in pairs]
@@ -389,7 +393,7 @@ def _residual_measure(mdl, ja: int, jb: int, sa: float, sb: float):
     return m, np.column_stack([sa * mdl.shift[:, ja], sb * mdl.shift[:, jb]])
 
 
-def _common_sample_build(op, result, cross: list, Y, Z, deflate):
+def _common_sample_build(op, result, cross: list, Y, Z, deflate, checkpoint=None):
     """One more matrix-free build holding, for every pair of ``cross``, both phenotypes on the
     samples observed for both (pairs with the same common samples share a pattern, and all
     patterns share each pass). Returns {pair: (model, ja, jb, scale_a, scale_b, n_left_out,
@@ -424,7 +428,8 @@ def _common_sample_build(op, result, cross: list, Y, Z, deflate):
                 col_names.append(f"{names[i]} (with {other}) #{len(cols)}")
     built = fit_matrix_free(op, np.column_stack(cols), Z, phenotype_names=col_names,
                             covariate_names=result.covariate_names, probes=result.probes,
-                            max_steps=result.max_steps, tol=result.tol, deflate=deflate, seed=result.seed)
+                            max_steps=result.max_steps, tol=result.tol, deflate=deflate, seed=result.seed,
+                            checkpoint=checkpoint)
     out = {}
     for a, b in cross:
         ia, ib = names.index(a), names.index(b)
@@ -433,7 +438,7 @@ def _common_sample_build(op, result, cross: list, Y, Z, deflate):
         mb, jb, sb, _ = _locate(built, keys[(ib, common.tobytes())])
         assert ma is mb  # the same observed samples: one pattern
         out[(a, b)] = (ma, ja, jb, sa, sb, int(np.sum(obs[:, ia] ^ obs[:, ib])), "common_samples")
-    return out, int(built.passes_over_X)
+    return out, int(built.notes.get("passes_this_run", built.passes_over_X))
 
 
 def _derived(theta: np.ndarray) -> dict:

@@ -258,6 +258,55 @@ def test_pairs_across_missing_patterns_from_one_common_samples_build():
         fit_bivariate_matrix_free(res, op=op, Y=np.where(np.isnan(Y), 0.0, Y), Z=Z)
 
 
+class StopAfter(DenseOp):
+    """Raises (as a killed run stops) once it has made ``passes`` passes."""
+
+    def __init__(self, K, passes):
+        super().__init__(K)
+        self.passes = passes
+
+    def apply(self, M, want_diag=False):
+        if self.calls == self.passes:
+            raise KeyboardInterrupt("stopped")
+        return super().apply(M, want_diag)
+
+
+class MemoryCheckpoint:
+    """The last saved state, copied as the run layer's file would keep it."""
+
+    def __init__(self):
+        self.state = None
+
+    def save(self, state):
+        self.state = {"meta": dict(state["meta"]), "arrays": {k: np.array(v) for k, v in state["arrays"].items()}}
+
+    def load(self):
+        return self.state
+
+
+def test_common_samples_build_resumes_from_its_checkpoint():
+    """The common-samples build stopped after 3 passes resumes from its checkpoint: the second call
+    makes only the remaining passes (its ``extra_passes``: this call's), and the pairs equal an
+    uninterrupted fit's to round-off (the same steps from the saved state: 1e-10)."""
+    K, Z, Y, deflate = bivariate_problem(5, n=80, p=30, m=3)
+    rng = np.random.default_rng(50)
+    Y[rng.random(K.shape[0]) < 0.15, 2] = np.nan
+    res = fit_matrix_free(DenseOp(K), Y, Z, max_steps=200, tol=1e-300, probes=4, phenotype_names=["a", "b", "c"])
+    pairs = [("a", "c"), ("b", "c")]
+    ref = fit_bivariate_matrix_free(res, pairs, op=DenseOp(K), Y=Y, Z=Z, jackknife=None)
+    assert ref.extra_passes > 4
+    ck = MemoryCheckpoint()
+    with pytest.raises(KeyboardInterrupt):
+        fit_bivariate_matrix_free(res, pairs, op=StopAfter(K, 3), Y=Y, Z=Z, jackknife=None, checkpoint=ck)
+    assert ck.state is not None
+    op = DenseOp(K)
+    back = fit_bivariate_matrix_free(res, pairs, op=op, Y=Y, Z=Z, jackknife=None, checkpoint=ck)
+    assert back.extra_passes == op.calls == ref.extra_passes - 3
+    for a, b in zip(back.fits, ref.fits):
+        for k in PARAMS + ("rg", "rg_se", "logL"):
+            assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-10, abs=1e-12), k
+
+
 @pytest.fixture(scope="module")
 def probed():
     """A build whose log det has Monte Carlo error (no deflation, 8 probes)."""

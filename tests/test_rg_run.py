@@ -164,6 +164,22 @@ def test_matrix_free_run_equals_fit_bivariate_matrix_free(pheno, one_cluster, tm
     assert doc["rg"]["method"] == "matrix-free" and doc["rg"]["pairs"][0]["hsq_file"] == "rg/b.c.hsq"
 
 
+def test_matrix_free_pair_across_missing_values_builds_once_and_leaves_no_checkpoint(pheno, one_cluster, tmp_path):
+    """A pair with different missing values on the matrix-free path: one more build on the common
+    samples (its passes recorded), its per-step state in rg.partial/ while it runs (resumption:
+    tests/test_mf_bivariate.py), removed once rg.tsv is written; the pair is fitted on the samples
+    observed for both."""
+    out = tmp_path / "run"
+    outcome = run(config(pheno, out, {"pairs": [["a", "c"]]}, reml={"method": "matrix_free", "dtype": "float64"}))
+    rec = json.loads((out / "run.json").read_text())["stages"]["rg"]
+    assert rec["passes_over_X"] > 0 and rec["pairs"] == 1
+    assert not (out / "rg.partial").exists() and (out / "rg.tsv").exists()
+    got = pd.read_csv(out / "rg.tsv", sep="\t")
+    assert got["n_left_out"][0] == 40
+    d = design(pheno)
+    assert got["n"][0] == int((~np.isnan(d.Y[:, 0]) & ~np.isnan(d.Y[:, 2])).sum())
+
+
 def test_an_unknown_name_is_refused_before_any_stage(pheno, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(InputError, match=r"rg.pairs: no phenotype named 'bmi' in the pair \[a, bmi\] "

@@ -13,7 +13,8 @@ models (``rg.pairs`` given explicitly is refused at validation there, ``auto`` p
   ``reml_state.npz`` with each missing-value pattern's quadrature model): no pass over X for
   pairs that share their missing values. Pairs that do not are fitted on their common samples
   from one more matrix-free build shared by all of them (at most ``reml.max_steps`` passes over
-  X, on the run's cluster when it is up, else on the driver's threads), or refused at
+  X, on the run's cluster when it is up, else on the driver's threads; its state is saved after
+  every Lanczos step in ``rg.partial/`` and an interrupted run resumes it), or refused at
   validation with ``rg.different_missing: refuse``.
 
 The fingerprint covers the rg section and the REML fit upstream: changing ``rg`` reruns this
@@ -29,7 +30,8 @@ import numpy as np
 from ...bivariate import BivariateResult, fit_bivariate
 from ...mf_bivariate import BivariateMatrixFreeResult, fit_bivariate_matrix_free
 from ..config_rg import different_missing, rg_pairs
-from ..outputs import load_rg, save_rg
+from ...store import remove_path
+from ..outputs import StepCheckpoint, load_rg, save_rg
 from ..report import hsq_file_names
 from . import Context, Stage
 from . import reml_matrix_free as mf
@@ -37,6 +39,9 @@ from . import reml_spectral as spectral
 from .rotate import with_pcs
 
 log = logging.getLogger("bigmm")
+
+#: the common-samples build's state after each Lanczos step (resumed by a rerun of the same inputs)
+PARTIAL = "rg.partial"
 
 #: the CLI and the log list the pairs one per line up to this many; above, the count and the largest |r_g|
 SHOWN_PAIRS = 10
@@ -126,10 +131,13 @@ def declare_matrix_free(name: str, reml: Stage, ingest: Stage, stats: Stage, spe
                      "on their common samples (passes over X)", len(crossing), *crossing[0])
             args, Z = mf._model(ctx, spectrum)
             op = ctx.operator(ctx.value(ingest), ctx.value(stats), ctx.cfg.reml.dtype, "rg common-samples pass")
-            extra = dict(op=op, Y=d.Y, Z=Z, deflate=args["deflate"])
+            extra = dict(op=op, Y=d.Y, Z=Z, deflate=args["deflate"],
+                         checkpoint=StepCheckpoint(ctx.out / PARTIAL / "state.npz"))
         res = fit_bivariate_matrix_free(ctx.value(reml), pairs, constrain=r.constrain, lrt=r.lrt, **extra)
-        return _commit(ctx, res, pairs)
+        done = _commit(ctx, res, pairs)
+        remove_path(ctx.out / PARTIAL)
+        return done
 
     return Stage(name=name, outputs=("rg.tsv", "rg.json"), body=body, model=mf.MODEL, inputs=_inputs,
                  upstream=lambda f: (reml,), needed=_needed, load=_load, extra_files=_extra_files,
-                 needs_spectrum=mf.needs_spectrum, for_models=MODELS)
+                 needs_spectrum=mf.needs_spectrum, for_models=MODELS, checkpoint=PARTIAL)
