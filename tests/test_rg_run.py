@@ -170,7 +170,7 @@ def test_matrix_free_pair_across_missing_values_builds_once_and_leaves_no_checkp
     tests/test_mf_bivariate.py), removed once rg.tsv is written; the pair is fitted on the samples
     observed for both."""
     out = tmp_path / "run"
-    outcome = run(config(pheno, out, {"pairs": [["a", "c"]]}, reml={"method": "matrix_free", "dtype": "float64"}))
+    run(config(pheno, out, {"pairs": [["a", "c"]]}, reml={"method": "matrix_free", "dtype": "float64"}))
     rec = json.loads((out / "run.json").read_text())["stages"]["rg"]
     assert rec["passes_over_X"] > 0 and rec["pairs"] == 1
     assert not (out / "rg.partial").exists() and (out / "rg.tsv").exists()
