@@ -209,3 +209,25 @@ def test_ingest_and_simulate_write_the_layout_asked(tmp_path):
     with pytest.raises(bigmm.InputError, match="store layout 'bed' is not one of 2bit, int8"):
         bigmm.ingest_plink(tmp_path / "c", tmp_path / "x.zarr", layout="bed")
     assert c is not None
+
+
+def test_cli_convert_config_and_status_name_the_layout(both, tmp_path, capsys):
+    from bigmm.pipeline.cli import main
+    from bigmm.pipeline.config import parse_config
+    from bigmm.pipeline.stages import genotype_store_line
+
+    G, stores = both
+    out = tmp_path / "int8.zarr"
+    assert main(["convert", str(stores["2bit"].path), "--out", str(out), "--layout", "int8"]) == 0
+    assert "layout int8 (from 2bit" in capsys.readouterr().out
+    np.testing.assert_array_equal(open_store(out).genotypes[...], G)
+    assert main(["convert", str(stores["2bit"].path), "--out", str(out), "--layout", "2bit"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    cfg = {"genotypes": {"zarr": str(out)}, "phenotypes": {"file": "p.tsv"}, "output": str(tmp_path / "run")}
+    line = genotype_store_line(tmp_path / "run", {"config": cfg})
+    assert line.startswith(f"{out}: 91 samples x 50 variants, chunks 30 x 16, layout int8: one byte per genotype")
+    ingest = {**cfg, "genotypes": {"plink": str(tmp_path / "c")}}
+    assert "genotypes.zarr: not made yet" in genotype_store_line(tmp_path / "run", {"config": ingest})
+    assert parse_config({**ingest, "genotypes": {"plink": "c", "layout": "int8"}}).genotypes.layout == "int8"
+    with pytest.raises(bigmm.ConfigError, match="layout is for the store that ingest makes from PLINK"):
+        parse_config({**cfg, "genotypes": {"zarr": str(out), "layout": "int8"}})
