@@ -56,8 +56,8 @@ STORE_FORMAT = "bigmm-cohort"
 STORE_FORMAT_VERSION = 1
 #: the layouts of a store's genotype array: each is read back as int8 codes (0, 1, 2; -1 missing)
 LAYOUTS = ("2bit", "int8")
-#: the layout of new stores: 2-bit codes decode 3-4x faster than int8 and take about 2/3 of its
-#: bytes after zstd-1 (docs/performance.md, "Store layout")
+#: the layout of new stores: after zstd-1, 2-bit codes take about 2/3 of the bytes of int8 and
+#: decode through Zarr with about 1/1.6 of its CPU time (docs/performance.md, "Store layout")
 DEFAULT_LAYOUT = "2bit"
 #: the store format version written per layout: a 2-bit store is version 2, so a bigmm that
 #: predates the layout refuses it by its version instead of failing on the unknown codec

@@ -223,6 +223,9 @@ def test_cli_convert_config_and_status_name_the_layout(both, tmp_path, capsys):
     np.testing.assert_array_equal(open_store(out).genotypes[...], G)
     assert main(["convert", str(stores["2bit"].path), "--out", str(out), "--layout", "2bit"]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["simulate", "--n", "8", "--p", "5", "--out", str(tmp_path / "s"), "--layout", "int8"]) == 2
+    assert "--layout is how a cohort store holds the genotypes: give it with --zarr" in capsys.readouterr().err
+    assert not list(tmp_path.glob("s.*"))
     cfg = {"genotypes": {"zarr": str(out)}, "phenotypes": {"file": "p.tsv"}, "output": str(tmp_path / "run")}
     line = genotype_store_line(tmp_path / "run", {"config": cfg})
     assert line.startswith(f"{out}: 91 samples x 50 variants, chunks 30 x 16, layout int8: one byte per genotype")

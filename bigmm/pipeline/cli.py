@@ -377,13 +377,13 @@ def _status_command(args, argv) -> int:
         state = "incomplete (run.json says complete, but results.json is missing: run the same command again)"
     print(f"{args.run_dir}: run {state}"
           + (f", resume from {m['resume_from']}" if m.get("resume_from") else ""))
-    store = genotype_store_line(args.run_dir, m)
-    if store:
-        print(f"genotype store {store}")
     print(f"{'stage':<14} {'state':<24} {'seconds':>9}  would rerun")
     for r in rows:
         sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
         print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
+    store = genotype_store_line(args.run_dir, m)
+    if store:
+        print(f"genotype store {store}")
     return 0
 
 
@@ -425,6 +425,9 @@ def _convert_command(args, argv) -> int:
 def _simulate_command(args, argv) -> int:
     """``bigmm simulate``: a cohort with known heritability, its phenotype and covariate tables."""
     prefix = args.out
+    if args.layout != DEFAULT_LAYOUT and not args.zarr:
+        raise InputError("--layout is how a cohort store holds the genotypes: give it with --zarr "
+                         "(a PLINK fileset has its own layout)")
     check_simulate_outputs(prefix, args.zarr, args.force)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
