@@ -44,7 +44,7 @@ from .passes import DenseOperator, GrmOperator
 from .reml import PhenotypeFit, RemlResult, fit_reml
 from .simulate import simulate, write_tables
 from .spectrum import Spectrum, exact_spectrum, randomized_spectrum
-from .store import CohortStore, create_store, open_store
+from .store import CohortStore, convert_store, create_store, open_store
 from .vcreml import ComponentEstimate, ComponentsFit, ComponentsResult, fit_components
 
 #: names of the run layer offered here for convenience, imported on first use (the library
@@ -66,7 +66,7 @@ __all__ = [
     "standardization", "standardized", "variant_stats", "grm", "read_gcta_grm", "write_gcta_grm",
     "ingest_plink", "build_design", "read_table", "GrmOperator", "DenseOperator", "PhenotypeFit",
     "RemlResult", "fit_reml", "Blup", "genetic_values", "predict", "snp_effects", "LeaveOneOut", "leave_one_out", "from_xarray", "open_vcf_zarr", "simulate", "write_tables",
-    "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "create_store", "open_store",
+    "Spectrum", "exact_spectrum", "randomized_spectrum", "CohortStore", "convert_store", "create_store", "open_store",
     "Components", "read_components", "read_variant_lists", "maf_bins", "chromosome_components", "cross",
     "ld_quantile_bins", "greml_ldms", "ld_scores", "ComponentGrms", "component_grms",
     "fit_components", "ComponentEstimate", "ComponentsFit", "ComponentsResult",

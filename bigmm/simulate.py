@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .store import DEFAULT_CHUNKS, atomic_dir, check_replaceable_store, atomic_file, atomic_write_text, finish_store, new_array, write_store_tables
+from .store import DEFAULT_CHUNKS, DEFAULT_LAYOUT, atomic_dir, check_layout, check_replaceable_store, atomic_file, atomic_write_text, finish_store, new_genotypes, write_store_tables
 
 
 @dataclass
@@ -66,7 +66,8 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
              maf=(0.05, 0.5), genotype_missing: float = 0.0, n_pops: int = 1, fst: float = 0.0,
              causal_fraction: float = 1.0, phenotype_missing: float = 0.0,
              covariate_effects=(0.5, 0.3), out_plink: str | Path | None = None,
-             out_zarr: str | Path | None = None, chunks=None, block: int = 4096) -> SimulatedCohort:
+             out_zarr: str | Path | None = None, chunks=None, block: int = 4096,
+             layout: str = DEFAULT_LAYOUT) -> SimulatedCohort:
     """Simulate genotypes and phenotypes with known heritability.
 
     Parameters
@@ -91,6 +92,8 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
         Where to write the genotypes: a PLINK fileset prefix and/or a cohort
         store (written through :func:`bigmm.store.create_store`-compatible
         layout, streamed).
+    layout : {"2bit", "int8"}
+        How ``out_zarr`` stores the genotypes (:data:`bigmm.store.LAYOUTS`).
 
     Examples
     --------
@@ -119,7 +122,7 @@ def simulate(n: int, p: int, *, h2=0.5, n_traits: int | None = None, seed: int =
     if out_plink is not None:
         writers.append(_PlinkWriter(Path(out_plink), fid, iid, p))
     if out_zarr is not None:
-        writers.append(_ZarrWriter(Path(out_zarr), fid, iid, p, chunks))
+        writers.append(_ZarrWriter(Path(out_zarr), fid, iid, p, chunks, check_layout(layout)))
     try:
         for v0, G, pop in _genotype_blocks(n, p, rng, maf, genotype_missing, n_pops, fst, block):
             for w in writers:
@@ -223,7 +226,7 @@ class _PlinkWriter:
 class _ZarrWriter:
     """Stream variant blocks into a new cohort store (committed on close)."""
 
-    def __init__(self, path: Path, fid, iid, p, chunks):
+    def __init__(self, path: Path, fid, iid, p, chunks, layout: str = DEFAULT_LAYOUT):
         import zarr
 
 
@@ -234,8 +237,7 @@ class _ZarrWriter:
         self.ctx = atomic_dir(path, overwrite=True)
         self.tmp = self.ctx.__enter__()
         self.group = zarr.open_group(self.tmp, mode="w")
-        self.arr = new_array(self.group, "genotypes", shape=(n, p), dtype="int8",
-                             chunks=(min(cs, n), min(cv, p)), fill_value=-1)
+        self.arr = new_genotypes(self.group, (n, p), (min(cs, n), min(cv, p)), layout)
         self.buf = []
         self.buf_start = 0
         self.cv = min(cv, p)

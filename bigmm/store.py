@@ -6,7 +6,10 @@ Layout of a cohort store (a Zarr v3 group)::
       zarr.json            attributes: format, format_version, bigmm_version,
                            n_samples, n_variants, provenance, complete=True
       genotypes            int8 (n_samples, n_variants), allele count of
-                           ``variant_allele1``, -1 for missing
+                           ``variant_allele1``, -1 for missing; stored in one of
+                           :data:`LAYOUTS` (``2bit``: four genotypes per byte, the
+                           codec :class:`bigmm.codecs.TwoBitCodec`; ``int8``: a byte
+                           each), read back as int8 codes either way
       sample_fid, sample_iid
       variant_chrom, variant_id, variant_pos, variant_allele1, variant_allele2
       bigmm_chunk_digests  an empty group whose attributes record each chunk file's
@@ -46,10 +49,22 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ._version import __version__
+from .codecs import TWO_BIT, TwoBitCodec
 from .errors import InputError, missing_reason
 
 STORE_FORMAT = "bigmm-cohort"
 STORE_FORMAT_VERSION = 1
+#: the layouts of a store's genotype array: each is read back as int8 codes (0, 1, 2; -1 missing)
+LAYOUTS = ("2bit", "int8")
+#: the layout of new stores: after zstd-1, 2-bit codes take about 2/3 of the bytes of int8 and
+#: decode through Zarr with about 1/1.6 of its CPU time (docs/performance.md, "Store layout")
+DEFAULT_LAYOUT = "2bit"
+#: the store format version written per layout: a 2-bit store is version 2, so a bigmm that
+#: predates the layout refuses it by its version instead of failing on the unknown codec
+FORMAT_VERSIONS = {"int8": 1, "2bit": 2}
+#: what each layout is, for a person (``bigmm status``, results.json)
+LAYOUT_TEXT = {"int8": "int8: one byte per genotype, zstd level 1, CRC32C",
+               "2bit": f"2bit: four genotypes per byte ({TWO_BIT} codec), zstd level 1, CRC32C"}
 DEFAULT_CHUNKS = (2048, 8192)  # samples x variants: 16 MiB of int8 per chunk
 #: the arrays of a cohort store
 STORE_ARRAYS = ("genotypes", "sample_fid", "sample_iid", "variant_chrom", "variant_id", "variant_pos",
@@ -61,8 +76,9 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 def new_array(group: zarr.Group, name: str, *, shape, dtype, chunks=None, data=None,
-              fill_value=None, attributes=None) -> zarr.Array:
-    """Create a checksummed array in ``group`` (and fill it from ``data``)."""
+              fill_value=None, attributes=None, serializer="auto") -> zarr.Array:
+    """Create a checksummed array in ``group`` (and fill it from ``data``); ``serializer``: Zarr's
+    array-to-bytes codec (default: its own for the dtype)."""
     if data is not None:
         data = np.asarray(data)
         shape = data.shape
@@ -71,12 +87,73 @@ def new_array(group: zarr.Group, name: str, *, shape, dtype, chunks=None, data=N
     if chunks is None:
         chunks = shape if all(s > 0 for s in shape) else tuple(max(1, s) for s in shape)
     arr = group.create_array(
-        name, shape=shape, dtype=dtype, chunks=chunks, compressors=CODECS,
+        name, shape=shape, dtype=dtype, chunks=chunks, compressors=CODECS, serializer=serializer,
         fill_value=fill_value, config=ARRAY_CONFIG, attributes=attributes or {},
     )
     if data is not None and data.size:
         arr[...] = data
     return arr
+
+
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a clear error."""
+    if layout not in LAYOUTS:
+        raise InputError(f"store layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def new_genotypes(group: zarr.Group, shape: tuple[int, int], chunks: tuple[int, int],
+                  layout: str = DEFAULT_LAYOUT) -> zarr.Array:
+    """The genotype array of a new cohort store: int8 codes, -1 (missing) as fill value, stored in
+    ``layout`` (:data:`LAYOUTS`): ``2bit`` through :class:`bigmm.codecs.TwoBitCodec`, ``int8`` a
+    byte each; zstd level 1 and a CRC32C checksum after either."""
+    serializer = TwoBitCodec() if check_layout(layout) == "2bit" else "auto"
+    return new_array(group, "genotypes", shape=shape, dtype="int8", chunks=chunks, fill_value=-1,
+                     serializer=serializer)
+
+
+def genotype_layout(arr) -> str:
+    """The layout (:data:`LAYOUTS`) of a cohort store's genotype array, from its codecs."""
+    codecs = getattr(getattr(arr, "metadata", None), "codecs", None) or ()
+    return "2bit" if any(isinstance(c, TwoBitCodec) for c in codecs) else "int8"
+
+
+def describe_store(path: str | os.PathLike) -> str:
+    """One line on the cohort store ``path`` for a person (``bigmm status``): its shape, chunks and
+    genotype layout (:data:`LAYOUT_TEXT`), read from its metadata only (no chunk is read)."""
+    path = Path(path)
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        meta = json.loads((path / "genotypes" / "zarr.json").read_text())
+        names = [c.get("name") for c in meta["codecs"]]
+        shape, chunks = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        return f"{path}: not readable as a cohort store ({exc})"
+    if attrs.get("format") != STORE_FORMAT:
+        return f"{path}: not a bigmm cohort store"
+    layout = "2bit" if TWO_BIT in names else "int8" if names and names[0] == "bytes" else None
+    what = LAYOUT_TEXT[layout] if layout else f"codecs {', '.join(map(str, names))} (not a layout this bigmm writes)"
+    return (f"{path}: {shape[0]} samples x {shape[1]} variants, chunks {chunks[0]} x {chunks[1]}, layout {what}")
+
+
+def _check_codecs(path: Path) -> None:
+    """Name a codec of the genotype array of store ``path`` that Zarr cannot decode here (a store
+    written by a later bigmm), before Zarr fails on it with a bare ``Unknown codec``."""
+    from zarr.registry import get_codec_class
+
+    try:
+        meta = json.loads((path / "genotypes" / "zarr.json").read_text())
+        names = [c["name"] if isinstance(c, dict) else c for c in meta.get("codecs", [])]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return  # not readable as Zarr v3 metadata: the checks that follow say what is wrong
+    for name in names:
+        try:
+            get_codec_class(name)
+        except KeyError:
+            raise InputError(f"{path}: its genotypes are stored with the codec {name!r}, which bigmm "
+                             f"{__version__} cannot decode (it reads the layouts {', '.join(LAYOUTS)}); "
+                             f"the store was written by another version of bigmm: open it with that "
+                             f"version, or re-create it") from None
 
 
 def writable(arr: zarr.Array) -> zarr.Array:
@@ -537,7 +614,13 @@ class CohortStore:
     group: zarr.Group
 
     def __repr__(self) -> str:
-        return f"CohortStore('{self.path}', {self.n_samples} samples x {self.n_variants} variants, chunks {self.chunks})"
+        return (f"CohortStore('{self.path}', {self.n_samples} samples x {self.n_variants} variants, "
+                f"chunks {self.chunks}, layout {self.layout})")
+
+    @property
+    def layout(self) -> str:
+        """How the genotypes are stored (:data:`LAYOUTS`); they read back as int8 codes either way."""
+        return genotype_layout(self.group["genotypes"])
 
     @property
     def attrs(self) -> dict:
@@ -633,11 +716,12 @@ def open_store(path: str | os.PathLike, verify: bool = True) -> CohortStore:
     attrs = dict(group.attrs)
     if attrs.get("format") != STORE_FORMAT:
         raise InputError(f"{path} is not a bigmm cohort store (no format={STORE_FORMAT!r} attribute)")
-    if attrs.get("format_version") != STORE_FORMAT_VERSION:
+    if attrs.get("format_version") not in FORMAT_VERSIONS.values():
         raise InputError(f"{path} has store format version {attrs.get('format_version')}, "
-                         f"this bigmm reads version {STORE_FORMAT_VERSION}; re-ingest the genotypes")
+                         f"this bigmm reads versions {sorted(set(FORMAT_VERSIONS.values()))}; re-ingest the genotypes")
     if not attrs.get("complete"):
         raise InputError(f"{path} is incomplete (an interrupted write); re-create it")
+    _check_codecs(path)
     missing = [n for n in STORE_ARRAYS if n not in group]
     if missing:
         raise InputError(f"{path} lacks arrays {missing}; re-create it")
@@ -668,11 +752,11 @@ def write_store_tables(group: zarr.Group, fid, iid, variants: dict) -> None:
 
 def finish_store(group: zarr.Group, n: int, p: int, provenance: dict) -> None:
     """Mark a written cohort store complete, with the digest of every chunk it holds
-    (:func:`record_chunk_digests`)."""
+    (:func:`record_chunk_digests`) and the format version of its genotypes' layout."""
     record_chunk_digests(group.store.root)
     group.attrs.update({
         "format": STORE_FORMAT,
-        "format_version": STORE_FORMAT_VERSION,
+        "format_version": FORMAT_VERSIONS[genotype_layout(group["genotypes"])],
         "bigmm_version": __version__,
         "n_samples": int(n),
         "n_variants": int(p),
@@ -684,7 +768,8 @@ def finish_store(group: zarr.Group, n: int, p: int, provenance: dict) -> None:
 
 def create_store(path: str | os.PathLike, genotypes: np.ndarray, *, fid=None, iid=None,
                  variants: dict | None = None, chunks: tuple[int, int] = DEFAULT_CHUNKS,
-                 overwrite: bool = False, provenance: dict | None = None) -> CohortStore:
+                 overwrite: bool = False, provenance: dict | None = None,
+                 layout: str = DEFAULT_LAYOUT) -> CohortStore:
     """Create a cohort store from an in-memory genotype matrix.
 
     Parameters
@@ -696,6 +781,8 @@ def create_store(path: str | os.PathLike, genotypes: np.ndarray, *, fid=None, ii
     variants : dict, optional
         Keys ``chrom, id, pos, allele1, allele2`` (``allele1`` is the counted
         allele); defaults to chromosome 1, IDs ``v1..vp``, alleles A/G.
+    layout : {"2bit", "int8"}
+        How the genotypes are stored (:data:`LAYOUTS`; they read back as int8 either way).
 
     Examples
     --------
@@ -723,11 +810,57 @@ def create_store(path: str | os.PathLike, genotypes: np.ndarray, *, fid=None, ii
         if key not in variants or len(variants[key]) != p:
             raise InputError(f"variants[{key!r}] must have {p} entries")
     chunks = (min(chunks[0], max(n, 1)), min(chunks[1], max(p, 1)))
+    check_layout(layout)
     with atomic_dir(Path(path), overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
-        arr = new_array(group, "genotypes", shape=(n, p), dtype="int8", chunks=chunks, fill_value=-1)
+        arr = new_genotypes(group, (n, p), chunks, layout)
         Gi = np.where(G < 0, -1, G).astype(np.int8)
         arr[...] = Gi
         write_store_tables(group, fid, iid, variants)
         finish_store(group, n, p, provenance or {"source": "numpy"})
     return open_store(path)
+
+
+def convert_store(source: str | os.PathLike, out: str | os.PathLike, layout: str) -> CohortStore:
+    """A copy of cohort store ``source`` at ``out`` with its genotypes in ``layout`` (:data:`LAYOUTS`).
+
+    The source is opened (and its chunks verified) as any store, copied chunk by chunk (one chunk of
+    int8 in memory at a time) with the same chunks, sample and variant tables, and each chunk read
+    back from the new store is compared with the source's before the new store is committed
+    (:func:`atomic_dir`): a failed conversion leaves nothing at ``out``. ``out`` must not exist (a
+    conversion never replaces a store, nor writes into its source). The provenance of the new store
+    is the source's, with a record of the conversion.
+    """
+    src = open_store(source)
+    out = Path(out)
+    check_layout(layout)
+    if out.exists() or out.is_symlink():
+        raise InputError(f"{out} already exists: a conversion writes a new store and never replaces one; "
+                         f"choose another output path (or remove {out} if it is an old copy)")
+    if resolve_path(src.path) in resolve_path(out).parents:
+        raise InputError(f"{out} lies inside the store it converts ({src.path}); choose a path outside it")
+    n, p = src.n_samples, src.n_variants
+    rc, cc = src.chunks
+    G = src.genotypes
+    with atomic_dir(out) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        arr = new_genotypes(group, (n, p), (rc, cc), layout)
+        regions = [(slice(i, min(n, i + rc)), slice(j, min(p, j + cc)))
+                   for i in range(0, n, rc) for j in range(0, p, cc)]
+        back = zarr.open_array(tmp / "genotypes", mode="r")
+        for region in regions:
+            g = np.asarray(G[region])
+            arr[region] = g
+            if not np.array_equal(back[region], g):
+                raise StoreIntegrityError(f"converting {src.path} to {layout}: the chunk at samples "
+                                          f"{region[0].start}-{region[0].stop - 1}, variants "
+                                          f"{region[1].start}-{region[1].stop - 1} reads back different "
+                                          f"genotypes; nothing was written to {out}")
+        variants = src.variant_table()
+        write_store_tables(group, src.sample_fid, src.sample_iid, variants)
+        provenance = dict(src.attrs.get("provenance") or {})
+        provenance["converted"] = {"from": str(resolve_path(src.path)), "layout_from": src.layout,
+                                   "layout": layout, "source_created": src.attrs.get("created"),
+                                   "converted": now_utc()}
+        finish_store(group, n, p, provenance)
+    return open_store(out)

@@ -810,6 +810,8 @@ def status_rows(out: Path) -> dict:
     assert res.returncode == 0, res.stderr
     rows = {}
     for line in res.stdout.splitlines()[2:]:
+        if line.startswith("genotype store "):  # the store the run reads, after the stages
+            continue
         m = re.match(r"^(\w+)\s+(.+?)\s+(\d+\.\d|-)\s\s(.+)$", line)
         assert m, line
         rows[m[1]] = {"state": m[2], "seconds": m[3], "rerun": m[4]}
@@ -856,6 +858,8 @@ def test_one_run_per_directory_stale_lock_and_status(cohort, tmp_path):
 
     rows, text = status_rows(out)
     assert text.splitlines()[0] == f"{out}: run complete"
+    assert text.splitlines()[-1].startswith(f"genotype store {out / 'genotypes.zarr'}: ")
+    assert text.splitlines()[-1].endswith("layout 2bit: four genotypes per byte (bigmm.2bit codec), zstd level 1, CRC32C")
     assert list(rows) == ["ingest", "variant_stats", "grm", "spectrum", "rotate", "reml", "blup", "rg", "report"]
     assert rows.pop("blup")["state"] == "not needed"  # predict.blup is off in this config
     assert rows.pop("rg")["state"] == "not needed"  # and rg.pairs is none (the default)

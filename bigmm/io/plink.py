@@ -18,8 +18,9 @@ import numpy as np
 import zarr
 
 from ..errors import InputError, missing_reason
-from ..store import (DEFAULT_CHUNKS, CohortStore, atomic_dir, check_replaceable_store, file_fingerprint, finish_store,
-                     new_array, now_utc, open_store, resolve_path, write_store_tables)
+from ..store import (DEFAULT_CHUNKS, DEFAULT_LAYOUT, CohortStore, atomic_dir, check_layout, check_replaceable_store,
+                     file_fingerprint, finish_store, new_genotypes, now_utc, open_store, resolve_path,
+                     write_store_tables)
 from ..tasks import Progress
 
 log = logging.getLogger("bigmm")
@@ -246,7 +247,7 @@ def read_plink(prefix: str | os.PathLike) -> PlinkFileset:
 def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLike, *,
                  chunks: tuple[int, int] = DEFAULT_CHUNKS, overwrite: bool = False,
                  max_block_bytes: int = 256 << 20, num_threads: int | None = None,
-                 samples: np.ndarray | None = None) -> CohortStore:
+                 samples: np.ndarray | None = None, layout: str = DEFAULT_LAYOUT) -> CohortStore:
     """Convert a PLINK .bed/.bim/.fam fileset into a chunked cohort store.
 
     Streams the .bed in blocks of whole Zarr chunks (at most ``max_block_bytes``
@@ -263,6 +264,9 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
         The new store (a directory, conventionally ending in ``.zarr``).
     chunks : (int, int)
         Chunk shape, samples x variants.
+    layout : {"2bit", "int8"}
+        How the store holds the genotypes (:data:`bigmm.store.LAYOUTS`): four per byte (the default)
+        or a byte each; they read back as int8 codes either way.
     samples : int array, optional
         The .fam rows to keep (increasing; PLINK's --keep/--remove): the store holds only these
         samples, as if the fileset had only them. Default: all.
@@ -297,11 +301,12 @@ def ingest_plink(prefix: str | os.PathLike | PlinkFileset, out: str | os.PathLik
     bytes_per_variant = (n_fam + 3) // 4
     t0 = time.perf_counter()
     bed_hash = hashlib.blake2b(digest_size=16)
+    check_layout(layout)
     if overwrite:  # only a store bigmm made, and never one that holds the fileset read here
         check_replaceable_store(out, inputs=[p for p in paths.values() if p is not None])
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
-        arr = new_array(group, "genotypes", shape=(n, p), dtype="int8", chunks=(cs, cv), fill_value=-1)
+        arr = new_genotypes(group, (n, p), (cs, cv), layout)
         with open_bed(paths["bed"], iid_count=n_fam, sid_count=p, num_threads=num_threads) as bed, \
                 open(paths["bed"], "rb") as raw:
             bed_hash.update(raw.read(3))

@@ -15,7 +15,7 @@ from .._version import __version__
 from ..errors import BigmmError, InputError
 from ..io.plink import ingest_plink
 from ..simulate import simulate, write_tables
-from ..store import atomic_write_text, check_replaceable_store
+from ..store import DEFAULT_LAYOUT, LAYOUTS, atomic_write_text, check_replaceable_store, convert_store
 from ..tasks import TerminalHandler
 from .config import load_config
 from .flags import add_flags, check_config_file, check_flags, flag_config, write_config_file
@@ -23,7 +23,7 @@ from .memory import matmul_rate
 from .registry import STAGES
 from .rundir import RunInterrupted, lock_holder, read_manifest
 from .scoring import score_run
-from .stages import run, status
+from .stages import genotype_store_line, run, status
 from .template import render_template
 from .submit import write_job_script
 from .validate import check_file
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_reml, _add_init, _add_check, _add_status, _add_submit, _add_score, _add_ingest,
-                _add_simulate):
+                _add_convert, _add_simulate):
         add(sub)
     return p
 
@@ -172,7 +172,23 @@ def _add_ingest(sub) -> None:
     i.add_argument("--bfile", required=True, help="PLINK fileset prefix")
     i.add_argument("--out", required=True, type=Path, help="store to create (e.g. cohort.zarr)")
     i.add_argument("--chunks", type=_chunks, default=(2048, 8192), help="SAMPLES,VARIANTS per chunk")
+    i.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="how the store holds the genotypes: 2bit (four per byte, the default) or int8 (a byte "
+                        "each); both read back the same")
     i.add_argument("--force", action="store_true", help="replace an existing store")
+
+
+def _add_convert(sub) -> None:
+    """``bigmm convert``."""
+    c = sub.add_parser("convert", help="copy a cohort store into a new one with another genotype layout",
+                       description="Copy a cohort store into a new store whose genotypes are stored in "
+                       "--layout (2bit: four genotypes per byte; int8: a byte each), with the same chunks, "
+                       "samples and variants. Every chunk is read back and compared with the source before "
+                       "the new store appears; the source is never changed, and --out must not exist.")
+    c.add_argument("store", type=Path, help="the cohort store to convert")
+    c.add_argument("--out", required=True, type=Path, help="the new store (must not exist)")
+    c.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT, help="layout of the new store "
+                   "(default %(default)s)")
 
 
 def _add_simulate(sub) -> None:
@@ -193,6 +209,8 @@ def _add_simulate(sub) -> None:
     s.add_argument("--out", required=True, help="output prefix: PREFIX.bed/.bim/.fam, "
                    "PREFIX.pheno.tsv, PREFIX.covar.tsv, PREFIX.truth.json")
     s.add_argument("--zarr", action="store_true", help="write a cohort store PREFIX.zarr instead of PLINK")
+    s.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="with --zarr: how the store holds the genotypes (2bit or int8)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="replace existing files of PREFIX (never files in a "
                    "bigmm run folder, and a PREFIX.zarr only if it is a store bigmm made)")
@@ -363,6 +381,9 @@ def _status_command(args, argv) -> int:
     for r in rows:
         sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
         print(f"{r['stage']:<14} {r['state']:<24} {sec:>9}  {r['rerun']}")
+    store = genotype_store_line(args.run_dir, m)
+    if store:
+        print(f"genotype store {store}")
     return 0
 
 
@@ -385,21 +406,35 @@ def _ingest_command(args, argv) -> int:
     """``bigmm ingest``: a PLINK fileset into a Zarr cohort store."""
     if args.out.exists() and not args.force:
         raise InputError(f"{args.out} already exists; remove it, or add --force to replace it")
-    store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force)
-    print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}")
+    store = ingest_plink(args.bfile, args.out, chunks=args.chunks, overwrite=args.force, layout=args.layout)
+    print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}, "
+          f"layout {store.layout}")
+    return 0
+
+
+def _convert_command(args, argv) -> int:
+    """``bigmm convert``: a cohort store copied into a new one with another genotype layout."""
+    store = convert_store(args.store, args.out, args.layout)
+    conv = store.attrs["provenance"]["converted"]
+    print(f"{store.path}: {store.n_samples} samples x {store.n_variants} variants, chunks {store.chunks}, "
+          f"layout {store.layout} (from {conv['layout_from']}, {args.store}); every chunk checked against "
+          f"the source")
     return 0
 
 
 def _simulate_command(args, argv) -> int:
     """``bigmm simulate``: a cohort with known heritability, its phenotype and covariate tables."""
     prefix = args.out
+    if args.layout != DEFAULT_LAYOUT and not args.zarr:
+        raise InputError("--layout is how a cohort store holds the genotypes: give it with --zarr "
+                         "(a PLINK fileset has its own layout)")
     check_simulate_outputs(prefix, args.zarr, args.force)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     cohort = simulate(args.n, args.p, h2=args.h2, seed=args.seed, maf=tuple(args.maf),
                       genotype_missing=args.genotype_missing, n_pops=args.pops, fst=args.fst,
                       phenotype_missing=args.phenotype_missing,
                       out_plink=None if args.zarr else prefix,
-                      out_zarr=prefix + ".zarr" if args.zarr else None)
+                      out_zarr=prefix + ".zarr" if args.zarr else None, layout=args.layout)
     write_tables(cohort, prefix + ".pheno.tsv", prefix + ".covar.tsv", prefix + ".truth.json")
     print(f"simulated {args.n} samples x {args.p} variants: {prefix}"
           + (".zarr" if args.zarr else ".bed/.bim/.fam") + f", {prefix}.pheno.tsv, {prefix}.covar.tsv")
@@ -409,7 +444,7 @@ def _simulate_command(args, argv) -> int:
 #: each command's handler: ``handler(args, argv)`` returns the exit code
 _COMMANDS = {"run": _run_command, "reml": _run_command, "init": _init_command, "check": _check_command,
              "status": _status_command, "submit": _submit_command, "score": _score_command,
-             "ingest": _ingest_command, "simulate": _simulate_command}
+             "ingest": _ingest_command, "convert": _convert_command, "simulate": _simulate_command}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,6 +52,8 @@ class GenotypesConfig(_Section):
     """VCF sample names as FID = IID ("id"), or FID_IID names split at the first underscore ("iid")"""
     chunks: tuple[int, int] = (2048, 8192)
     """[samples, variants] per chunk of the store that ingest makes from PLINK"""
+    layout: Literal["2bit", "int8"] = "2bit"
+    """how the store that ingest makes from PLINK holds the genotypes: 2bit (four per byte) or int8"""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -63,6 +65,9 @@ class GenotypesConfig(_Section):
             raise ValueError("chunks is for genotype input (ingest); a GRM is read as it is")
         if min(self.chunks) < 1:
             raise ValueError("chunks must be positive")
+        if self.plink is None and self.layout != GenotypesConfig.model_fields["layout"].default:
+            raise ValueError("layout is for the store that ingest makes from PLINK; a given store is read "
+                             "as it is (convert one with `bigmm convert`)")
         if self.vcf_sample_ids != "id" and self.vcf_zarr is None:
             raise ValueError("vcf_sample_ids is for vcf_zarr input")
         return self

@@ -43,7 +43,7 @@ from .._version import __version__
 from ..errors import BigmmError, InputError
 from ..io.vcfzarr import open_vcf_zarr
 from ..reml import RemlResult
-from ..store import open_store
+from ..store import describe_store, open_store
 from .cluster import dask_client
 from .config import RunConfig, parse_config
 from .engine import Runner, begin, execute, unwritable as _unwritable, why_rerun  # noqa: F401 (Runner, _unwritable: their old home)
@@ -125,6 +125,24 @@ def run(cfg: RunConfig, force: bool = False, client=None, from_stage: str | None
         result = runner.outcome()
     return RunOutcome(output=out, result=result, results_json=out / "results.json",
                       stages_run=tuple(runner.ran), stages_skipped=tuple(runner.skipped))
+
+
+def genotype_store_line(out: Path, manifest: dict) -> str | None:
+    """The cohort store a run reads, its shape, chunks and genotype layout
+    (:func:`bigmm.store.describe_store`): the store ingest made in the run folder, or the given one;
+    a VCF Zarr store by its path; None for a given GRM or a config that cannot be read."""
+    try:
+        g = parse_config(manifest["config"], base=out).genotypes
+    except (BigmmError, OSError, KeyError, TypeError):
+        return None
+    if g.plink is not None:
+        made = Path(out) / "genotypes.zarr"
+        return describe_store(made) if made.exists() else f"{made}: not made yet (ingest from {g.plink})"
+    if g.zarr is not None:
+        return describe_store(g.zarr)
+    if g.vcf_zarr is not None:
+        return f"{g.vcf_zarr}: a VCF Zarr store (call_genotype, read as its writer stored it)"
+    return None
 
 
 def _store_changed(cfg: RunConfig, manifest: dict) -> bool:

@@ -21,7 +21,7 @@ def grm_fingerprint(path) -> dict:
 
 def genotype_inputs(f: Facts) -> dict:
     """The genotype input: a given GRM's files and the samples kept; the PLINK files (the .bed
-    sampled), chunks and sample selection; or a given store's path and creation record
+    sampled), chunks, store layout and sample selection; or a given store's path and creation record
     (``f.provenance``, read by the validator)."""
     cfg = f.cfg
     g = cfg.genotypes
@@ -33,7 +33,7 @@ def genotype_inputs(f: Facts) -> dict:
         prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
         return {"plink": {"bed": file_fingerprint(prefix + ".bed", content="sampled"),
                           "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
-                "chunks": list(g.chunks), "samples": cfg.section_fingerprint("samples"),
+                "chunks": list(g.chunks), "layout": g.layout, "samples": cfg.section_fingerprint("samples"),
                 "keep": file_fingerprint(cfg.samples.keep), "remove": file_fingerprint(cfg.samples.remove)}
     return {"store": str(g.zarr or g.vcf_zarr), **(f.provenance or {})}
 

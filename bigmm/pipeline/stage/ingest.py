@@ -21,7 +21,7 @@ def inputs(f: Facts) -> dict:
 
 def body(ctx: Context):
     store = ingest_plink(ctx.inp.plink, ctx.out / "genotypes.zarr", chunks=ctx.cfg.genotypes.chunks,
-                         overwrite=True, samples=ctx.inp.sample_rows)
+                         overwrite=True, samples=ctx.inp.sample_rows, layout=ctx.cfg.genotypes.layout)
     return store, {"n_samples": store.n_samples, "n_variants": store.n_variants, "passes_over_X": 1}
 
 
