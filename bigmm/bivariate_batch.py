@@ -1,0 +1,447 @@
+"""Bivariate REML of many pairs of one missing-value pattern at once (the matrix-free driver).
+
+Pairs of phenotypes with the same missing values share their pattern's quadrature nodes, the
+covariates' rows of the rule and the probes' log det; only the two phenotype rows of the rule
+and the six parameters differ. :func:`fit_pairs_batched` runs what :func:`bigmm.bivariate._fit_from`
+does for one pair (the AI-REML fit, the |r_g| = 1 fit at the boundary or for its LRT, the
+r_g = 0 fit, the ML fit) for a stack of P pairs, with arrays of shape (P, ...) and the 2 x 2
+algebra in closed form: the same iteration (AI step, the same step halving, the same stopping
+rule, per pair), so the same estimates to the tolerance of the maximisation. A pair whose fit
+does anything else (a start that is not a valid model, an iteration that stops without
+converging, a singular AI matrix, a degenerate pair) is reported as not done, and the caller
+fits it with :func:`bigmm.bivariate.fit_pair`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import chdtrc
+
+from .bivariate_likelihood import _KIND, _PATTERN, LOG2PI
+from .bivariate_results import BivariateFit, _ratios
+
+#: pairs evaluated together: P = CHUNK_ELEMENTS / (12 M) bounds each (P, 6, 2, M) array to 32 MB
+CHUNK_ELEMENTS = 1 << 22
+
+
+class _Shared:
+    """What the pairs of one pattern share: nodes λ (M,), the covariates' rows Gz (c, M) of the
+    rule, n, c and ``logdet(h) -> (L, L', L'')`` (any shape of h)."""
+
+    def __init__(self, nodes, Gz, n: int, c: int, logdet):
+        self.lam = np.asarray(nodes, dtype=np.float64)
+        self.Gz = np.asarray(Gz, dtype=np.float64)
+        self.n, self.c, self.logdet = int(n), int(c), logdet
+        self.lmax = float(self.lam.max()) if self.lam.size else 0.0
+        self.D = np.stack([self.lam, np.ones_like(self.lam)])  # (genetic, residual) weights of the nodes
+
+
+def decouple(theta: np.ndarray):
+    """(ok, W (P, 2, 2), d (P, 2)) of each row of θ (P, 6): the closed forms of
+    :func:`bigmm.bivariate_likelihood._decouple` (``W E₀ Wᵀ = I``, ``W G₀ Wᵀ = diag(d)``, d
+    ascending); ok is False where E₀ is not positive definite."""
+    ga, gb, gab, ea, eb, eab = theta.T
+    with np.errstate(all="ignore"):
+        l11 = np.sqrt(ea)
+        l21 = eab / l11
+        s22 = eb - l21 * l21
+        l22 = np.sqrt(s22)
+        p, r, s = 1.0 / l11, -l21 / (l11 * l22), 1.0 / l22  # L⁻¹ = [[p, 0], [r, s]]
+        a = p * p * ga
+        b = p * (r * ga + s * gab)
+        c = (r * ga + s * gab) * r + (r * gab + s * gb) * s
+        phi = 0.5 * np.arctan2(2.0 * b, a - c)
+        cs, sn = np.cos(phi), np.sin(phi)
+        mid, rad = 0.5 * (a + c), np.hypot(0.5 * (a - c), b)
+        d = np.stack([mid - rad, mid + rad], axis=1)
+        W = np.empty((theta.shape[0], 2, 2))
+        W[:, 0, 0], W[:, 0, 1] = -sn * p + cs * r, cs * s
+        W[:, 1, 0], W[:, 1, 1] = cs * p + sn * r, sn * s
+        ok = (ea > 0) & (s22 > 0) & np.isfinite(s22) & np.isfinite(d).all(axis=1) & np.isfinite(W).all(axis=(1, 2))
+    return ok, W, d
+
+
+def _cholesky_rows(A: np.ndarray):
+    """(ok (P,), C): the Cholesky factors of a stack, ok False (and C the identity) where one fails."""
+    try:
+        return np.ones(A.shape[0], bool), np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        ok = np.ones(A.shape[0], bool)
+        C = np.empty_like(A)
+        for i in range(A.shape[0]):
+            try:
+                C[i] = np.linalg.cholesky(A[i])
+            except np.linalg.LinAlgError:
+                ok[i], C[i] = False, np.eye(A.shape[-1])
+        return ok, C
+
+
+class _Evals:
+    """ℓ_R (or the ML log-likelihood) of rows of pairs at θ (P, 6), as :class:`_Evaluation` for
+    each; :meth:`derivatives` gives the score and AI matrix of chosen rows."""
+
+    def __init__(self, sh: _Shared, Gy: np.ndarray, theta: np.ndarray, ml: bool):
+        P = theta.shape[0]
+        self.sh, self.ml = sh, ml
+        self.loglik = np.full(P, -np.inf)
+        ok, W, d = decouple(theta)
+        with np.errstate(all="ignore"):
+            ok &= np.all(1.0 + d > 0.0, axis=1) & np.all(1.0 + d * sh.lmax > 0.0, axis=1)
+        self.ok = ok
+        idx = np.flatnonzero(ok)
+        self.pos = np.full(P, -1)  # row -> its place in the arrays below
+        self.pos[idx] = np.arange(idx.size)
+        if idx.size == 0:
+            return
+        W, d = W[idx], d[idx]
+        n, c, lam, Gz = sh.n, sh.c, sh.lam, sh.Gz
+        h = d / (1.0 + d)
+        L, L1, _ = sh.logdet(h)
+        f = 1.0 / (1.0 + d[:, :, None] * lam)  # (P, 2, M)
+        q = W @ Gy[idx]  # (P, 2, M)
+        A = (f[:, :, None, :] * Gz) @ Gz.T  # (P, 2, c, c)
+        okc, C = _cholesky_rows(A.reshape(-1, c, c))
+        okc = okc.reshape(-1, 2).all(axis=1)
+        if not okc.all():
+            A = A.copy()
+            A[~okc] = np.eye(c)
+            C = C.reshape(-1, c, c)
+            C[np.repeat(~okc, 2)] = np.eye(c)
+        C = C.reshape(-1, 2, c, c)
+        fq = f * q
+        b = fq @ Gz.T  # (P, 2, c)
+        Ai = np.linalg.inv(A)
+        Ai = 0.5 * (Ai + np.swapaxes(Ai, -1, -2))
+        bk = np.linalg.solve(A, b[..., None])[..., 0]
+        r = q - bk @ Gz
+        pi = f * r
+        yPy = np.sum(pi * r, axis=-1)
+        nc = n if ml else n - c
+        logdetV = n * np.log1p(d) + L
+        logdetA = 0.0 if ml else 2.0 * np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(axis=-1)
+        t = theta[idx]
+        detE = t[:, 3] * t[:, 4] - t[:, 5] * t[:, 5]
+        with np.errstate(all="ignore"):
+            ll = -0.5 * nc * np.log(detE) - 0.5 * np.sum(nc * LOG2PI + logdetV + logdetA + yPy, axis=1)
+        good = okc & np.isfinite(ll) & np.all(np.isfinite(L), axis=1)
+        self.ok[idx[~good]] = False
+        self.loglik[idx[good]] = ll[good]
+        self.W, self.d, self.f, self.Ai, self.bk, self.L1, self.pi = W, d, f, Ai, bk, L1, pi
+
+    def derivatives(self, rows: np.ndarray):
+        """(score (R, 6), AI (R, 6, 6)) at the rows ``rows`` (all ok)."""
+        sh, ml = self.sh, self.ml
+        j = self.pos[rows]
+        W, d, f, pi, Ai = self.W[j], self.d[j], self.f[j], self.pi[j], self.Ai[j]
+        n, Gz, D = sh.n, sh.Gz, sh.D
+        trK = n / (1.0 + d) + self.L1[j] / (1.0 + d) ** 2  # (R, 2)
+        trI = n - d * trK
+        trP = np.stack([trK, trI], axis=1)  # (R, 2 kinds, 2 blocks)
+        if not ml:
+            # tr(A_k⁻¹ Zᵀ f_k D_g f_k Z) for kind g and block k
+            S = ((f * f)[:, None, :, None, :] * D[None, :, None, None, :] * Gz) @ Gz.T  # (R, 2, 2, c, c)
+            trP = trP - np.einsum("rkcd,rgkcd->rgk", Ai, S)
+        gen = _KIND
+        Mi = np.einsum("rka,iab,rlb->rikl", W, _PATTERN, W)  # (R, 6, 2, 2)
+        Pg = (pi[:, None] * D[None, :, None, :]) @ np.swapaxes(pi, 1, 2)[:, None]  # (R, 2, 2, 2)
+        score = -0.5 * (Mi[:, :, 0, 0] * trP[:, gen, 0] + Mi[:, :, 1, 1] * trP[:, gen, 1]) \
+            + 0.5 * np.einsum("rikl,rikl->ri", Mi, Pg[:, gen])
+        U = D[gen][None, :, None, :] * (Mi @ pi[:, None])  # (R, 6, 2, M)
+        fU = f[:, None] * U
+        R, M = U.shape[0], U.shape[-1]
+        AI = fU.reshape(R, 6, 2 * M) @ U.reshape(R, 6, 2 * M).transpose(0, 2, 1)
+        Zk = fU @ Gz.T  # (R, 6, 2, c)
+        AI = AI - np.einsum("rikc,rkcd,rjkd->rij", Zk, Ai, Zk)
+        AI = 0.5 * AI
+        return score, 0.5 * (AI + np.swapaxes(AI, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# parametrisations θ(φ) of a stack: (θ (P, 6), Jacobian (P, 6, q), second derivatives (6, q, q) or None)
+
+
+def _linear(keep):
+    keep = list(keep)
+    J1 = np.zeros((6, len(keep)))
+    J1[keep, np.arange(len(keep))] = 1.0
+
+    def theta(phi):
+        t = np.zeros((phi.shape[0], 6))
+        t[:, keep] = phi
+        return t, np.broadcast_to(J1, (phi.shape[0], 6, len(keep))), None
+    return theta
+
+
+_H1 = np.zeros((6, 5, 5))
+_H1[0, 0, 0] = _H1[1, 1, 1] = 2.0
+_H1[2, 0, 1] = _H1[2, 1, 0] = 1.0
+
+
+def _rank_one(phi):
+    """G₀ = v vᵀ, v = (φ₀, φ₁); E₀ free (as :func:`bigmm.bivariate._rank_one`)."""
+    u, v = phi[:, 0], phi[:, 1]
+    t = np.column_stack([u * u, v * v, u * v, phi[:, 2], phi[:, 3], phi[:, 4]])
+    J = np.zeros((phi.shape[0], 6, 5))
+    J[:, 0, 0], J[:, 1, 1], J[:, 2, 0], J[:, 2, 1] = 2 * u, 2 * v, v, u
+    J[:, 3, 2] = J[:, 4, 3] = J[:, 5, 4] = 1.0
+    return t, J, _H1
+
+
+class _State:
+    """The current point of each row of a maximisation: φ, θ, J, ℓ, score, AI and what the fixed
+    effects need (W, A_k⁻¹, β*)."""
+
+    def __init__(self, P: int, q: int, c: int):
+        self.phi = np.zeros((P, q))
+        self.theta = np.zeros((P, 6))
+        self.J = np.zeros((P, 6, q))
+        self.ll = np.full(P, -np.inf)
+        self.score = np.zeros((P, 6))
+        self.AI = np.zeros((P, 6, 6))
+        self.W = np.zeros((P, 2, 2))
+        self.Ai = np.zeros((P, 2, c, c))
+        self.bk = np.zeros((P, 2, c))
+
+    def set(self, rows, ev: _Evals, evrows, phi, theta, J, derive):
+        """Rows ``rows`` from rows ``evrows`` of ``ev``; the score and AI matrix where ``derive``."""
+        j = ev.pos[evrows]
+        self.phi[rows], self.theta[rows], self.J[rows], self.ll[rows] = phi, theta, J, ev.loglik[evrows]
+        self.W[rows], self.Ai[rows], self.bk[rows] = ev.W[j], ev.Ai[j], ev.bk[j]
+        dr = np.flatnonzero(derive)
+        if dr.size:
+            self.score[rows[dr]], self.AI[rows[dr]] = ev.derivatives(evrows[dr])
+
+
+def _solve_rows(Hs, JAJ, g, free):
+    """The AI steps of a stack as :func:`bigmm.bivariate._maximise` takes each: Newton on the free
+    coordinates with the exact Hessian of θ(φ) if it is positive definite, else its AI part;
+    a gradient step where the system is singular."""
+    P, q = g.shape
+    both = free[:, :, None] & free[:, None, :]
+    eye = np.broadcast_to(np.eye(q), (P, q, q))
+    Hf = np.where(both, Hs, eye)
+    ok, _ = _cholesky_rows(Hf)
+    if not ok.all():
+        Hf[~ok] = np.where(both[~ok], JAJ[~ok], eye[~ok])
+    gf = np.where(free, g, 0.0)
+    try:
+        return np.linalg.solve(Hf, gf[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        step = np.zeros_like(g)
+        for i in range(P):
+            try:
+                step[i] = np.linalg.solve(Hf[i], gf[i])
+            except np.linalg.LinAlgError:
+                fr = free[i]
+                step[i, fr] = g[i, fr] / max(float(np.abs(np.diag(Hf[i])[fr]).max()), 1e-300)
+        return step
+
+
+def maximise(sh: _Shared, Gy, model, phi0, *, lower=None, ml=False, tol: float, max_iter: int,
+             step_tol: float = 1e-9, need_derivatives: bool = True):
+    """:func:`bigmm.bivariate._maximise` for every row of φ₀ (P, q), each row on its own pair
+    ``Gy[i]`` (the two phenotype rows of the rule, (2, M)). Returns (state, iterations (P,),
+    converged (P,), valid (P,): False where the start is not a valid model)."""
+    P, q = phi0.shape
+    need = np.broadcast_to(np.asarray(need_derivatives, bool), (P,))
+    st = _State(P, q, sh.c)
+    t, J, _ = model(phi0)
+    ev = _Evals(sh, Gy, t, ml)
+    valid = ev.ok.copy()
+    rows = np.flatnonzero(valid)
+    if rows.size:
+        st.set(rows, ev, rows, phi0[rows], t[rows], J[rows], np.ones(rows.size, bool))
+    iters = np.zeros(P, int)
+    conv = np.zeros(P, bool)
+    active = valid.copy()
+    for it in range(1, max_iter + 1):
+        a = np.flatnonzero(active)
+        if a.size == 0:
+            break
+        iters[a] = it
+        phi, Ja, sc, AI = st.phi[a], st.J[a], st.score[a], st.AI[a]
+        JT = np.swapaxes(Ja, 1, 2)
+        g = (JT @ sc[:, :, None])[:, :, 0]
+        JAJ = JT @ AI @ Ja
+        _, _, H = model(phi)
+        Hs = JAJ - np.einsum("pi,ijk->pjk", sc, H) if H is not None else JAJ
+        free = np.ones(phi.shape, bool)
+        if lower is not None:
+            free &= ~((phi <= lower) & (g <= 0.0))
+        step = _solve_rows(Hs, JAJ, g, free)
+        decrement = np.sum(g * step, axis=1)
+        if lower is not None:
+            below = (phi + step < lower) & (step < 0)
+            has = below.any(axis=1)
+            if has.any():
+                with np.errstate(all="ignore"):
+                    ratio = np.where(below, (lower - phi) / np.where(below, step, 1.0), np.inf)
+                frac = ratio.min(axis=1)
+                step[has] *= np.maximum(frac[has], 0.0)[:, None]
+                zero = has & (frac <= 0)
+                step[zero] = np.where(below[zero], 0.0, step[zero])
+        scale = np.ones(a.size)
+        searching = np.ones(a.size, bool)
+        ll_old = st.ll[a].copy()
+        for _ in range(40):
+            s = np.flatnonzero(searching)
+            if s.size == 0:
+                break
+            phin = phi[s] + scale[s, None] * step[s]
+            if lower is not None:
+                phin = np.maximum(phin, lower)
+            tn, Jn, _ = model(phin)
+            evn = _Evals(sh, Gy[a[s]], tn, ml)
+            acc = evn.ok & (evn.loglik >= ll_old[s] - 1e-12 * np.maximum(1.0, np.abs(ll_old[s])))
+            if acc.any():
+                k = s[acc]
+                rows = a[k]
+                change = evn.loglik[acc] - ll_old[k]
+                size = np.max(np.abs(step[k]), axis=1) / np.maximum(np.max(np.abs(phi[k]), axis=1), 1e-300)
+                done = (scale[k] == 1.0) & (np.abs(change) < tol * np.maximum(1.0, np.abs(evn.loglik[acc]))) \
+                    & (size < step_tol)
+                st.set(rows, evn, np.flatnonzero(acc), phin[acc], tn[acc], Jn[acc], need[rows] | ~done)
+                conv[rows[done]] = True
+                active[rows[done]] = False
+                searching[k] = False
+            scale[searching] *= 0.5
+        fail = np.flatnonzero(searching)
+        if fail.size:
+            rows = a[fail]
+            conv[rows] = np.abs(decrement[fail]) < 1e-6 * np.maximum(1.0, np.abs(ll_old[fail]))
+            active[rows] = False
+    return st, iters, conv, valid
+
+
+def _rank_one_fit(sh, Gy, theta, sign, *, tol, max_iter, ml=False, need_derivatives=True):
+    """:func:`bigmm.bivariate._fit_rank_one` of every row: G₀ = v vᵀ started from θ's variances."""
+    scale = 1e-3 * (np.abs(theta[:, 0]) + np.abs(theta[:, 3]) + np.abs(theta[:, 1]) + np.abs(theta[:, 4]))
+    u = np.sqrt(np.maximum(theta[:, 0], scale))
+    v = sign * np.sqrt(np.maximum(theta[:, 1], scale))
+    start = np.column_stack([u, v, theta[:, 3], theta[:, 4], theta[:, 5]])
+    bad = ~_Evals(sh, Gy, _rank_one(start)[0], ml=False).ok
+    if bad.any():
+        start[bad, 2:] = np.column_stack([np.abs(theta[bad, 3]) + scale[bad], np.abs(theta[bad, 4]) + scale[bad],
+                                          np.zeros(int(bad.sum()))])
+    return maximise(sh, Gy, _rank_one, start, ml=ml, tol=tol, max_iter=max_iter, need_derivatives=need_derivatives)
+
+
+def _psd(t):
+    return (t[:, 0] >= 0) & (t[:, 1] >= 0) & (t[:, 2] ** 2 <= t[:, 0] * t[:, 1])
+
+
+def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: np.ndarray, *, names, covariate_names,
+                      n_obs: int, n_left_out, offsets, lrt: bool, constrain: bool, ml: bool, tol: float,
+                      max_iter: int) -> list:
+    """:func:`bigmm.bivariate._fit_from` of P pairs of one pattern: ``Gy`` (P, 2, M) their rows of
+    the rule, ``theta0`` (P, 6) their starts, ``floors`` (P, 2) those of ``fit_pair``, ``names``,
+    ``n_left_out``, ``offsets`` (P, c, 2) per pair. Returns a :class:`BivariateFit` per pair, or None
+    for a pair whose fit does something the batch does not (see the module): fit it by ``fit_pair``."""
+    P = theta0.shape[0]
+    nan = np.full(P, np.nan)
+    st, iters, conv, valid = maximise(sh, Gy, _linear(range(6)), theta0, tol=tol, max_iter=max_iter)
+    ok = valid & conv
+    theta, ll, AI = st.theta.copy(), st.ll.copy(), st.AI.copy()
+    W, Ai, bk = st.W.copy(), st.Ai.copy(), st.bk.copy()
+    boundary = (constrain & ~_psd(theta)) & ok
+    ll0, ll1 = nan.copy(), nan.copy()
+    need1 = ok & (boundary | lrt)
+    if need1.any():
+        r = np.flatnonzero(need1)
+        sign = np.where(theta[r, 2] >= 0, 1.0, -1.0)
+        s1, it1, c1, v1 = _rank_one_fit(sh, Gy[r], theta[r], sign, tol=tol, max_iter=max_iter,
+                                        need_derivatives=boundary[r])
+        b = boundary[r]
+        # an LRT refit that stops unconverged gives its ℓ, as fit_pair's; the estimate must converge
+        ok[r[~v1 | (b & ~c1)]] = False
+        rb = r[b]
+        theta[rb], ll[rb], AI[rb], W[rb], Ai[rb], bk[rb] = s1.theta[b], s1.ll[b], s1.AI[b], s1.W[b], s1.Ai[b], s1.bk[b]
+        iters[rb] += it1[b]
+        if lrt:
+            ll1[r] = np.where(b, ll[r], s1.ll)
+    if lrt:
+        r = np.flatnonzero(ok)
+        keep = [0, 1, 3, 4, 5]
+        start = theta[r][:, keep]
+        lower = None
+        if constrain:
+            start[:, :2] = np.maximum(start[:, :2], floors[r])
+            lower = np.array([0.0, 0.0, -np.inf, -np.inf, -np.inf])
+        s0, _, c0, v0 = maximise(sh, Gy[r], _linear(keep), start, lower=lower, tol=tol, max_iter=max_iter,
+                                 need_derivatives=False)
+        ok[r[~v0]] = False
+        ll0[r] = s0.ll
+    ll_ml, th_ml = nan.copy(), np.full((P, 6), np.nan)
+    if ml:
+        r = np.flatnonzero(ok)
+        sm, _, cm, vm = maximise(sh, Gy[r], _linear(range(6)), theta[r], ml=True, tol=tol, max_iter=max_iter,
+                                 need_derivatives=False)
+        okm = vm & cm
+        phm, llm = sm.theta.copy(), sm.ll.copy()
+        out_psd = okm & constrain & ~_psd(phm)
+        if out_psd.any():
+            k = np.flatnonzero(out_psd)
+            sign = np.where(phm[k, 2] >= 0, 1.0, -1.0)
+            sk, _, ck, vk = _rank_one_fit(sh, Gy[r[k]], phm[k], sign, tol=tol, max_iter=max_iter, ml=True,
+                                          need_derivatives=False)
+            okm[k] &= vk & ck
+            phm[k], llm[k] = sk.theta, sk.ll
+        ok[r[~okm]] = False
+        ll_ml[r], th_ml[r] = llm, phm
+    return _assemble(ok, theta, ll, AI, W, Ai, bk, ll0, ll1, ll_ml, th_ml, boundary, iters, names=names,
+                     covariate_names=covariate_names, n_obs=n_obs, n_left_out=n_left_out, offsets=offsets, lrt=lrt,
+                     constrain=constrain)
+
+
+def _inv_rows(A):
+    """Inverses of a stack, NaN where one is singular (as ``fit_pair`` reports the covariance)."""
+    try:
+        return np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        out = np.full_like(A, np.nan)
+        for i in range(A.shape[0]):
+            try:
+                out[i] = np.linalg.inv(A[i])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def _assemble(ok, theta, ll, AI, W, Ai, bk, ll0, ll1, ll_ml, th_ml, boundary, iters, *, names, covariate_names,
+              n_obs, n_left_out, offsets, lrt, constrain) -> list:
+    """The :class:`BivariateFit` of each row that ``ok`` marks (None for the others)."""
+    P = theta.shape[0]
+    out = [None] * P
+    r = np.flatnonzero(ok)
+    if r.size == 0:
+        return out
+    cov = _inv_rows(AI[r])
+    with np.errstate(invalid="ignore"):
+        lrt0 = np.maximum(0.0, 2.0 * (ll[r] - ll0[r]))
+        lrt1 = np.maximum(0.0, 2.0 * (ll[r] - ll1[r]))
+    p0 = chdtrc(1, lrt0)
+    p1 = np.where(lrt1 <= 0, 1.0, 0.5 * chdtrc(1, lrt1))
+    if not lrt:
+        lrt0 = p0 = lrt1 = p1 = np.full(r.size, np.nan)
+    # fixed effects: β_a = Σ_k Winv[a, k] β*_k, var = Σ_k Winv[a, k]² diag(A_k⁻¹)
+    Winv = np.linalg.inv(W[r])
+    c_report = len(covariate_names)
+    B = (np.swapaxes(bk[r], 1, 2) @ np.swapaxes(Winv, 1, 2))[:, :c_report] + offsets[r]
+    var = np.einsum("pak,pkc->pca", Winv ** 2, np.diagonal(Ai[r], axis1=-2, axis2=-1))[:, :c_report]
+    SE = np.sqrt(var)
+    for i, p in enumerate(r):
+        t = theta[p]
+        fe = tuple((nm, float(B[i, j, 0]), float(SE[i, j, 0]), float(B[i, j, 1]), float(SE[i, j, 1]))
+                   for j, nm in enumerate(covariate_names))
+        out[p] = BivariateFit(
+            trait_a=str(names[p][0]), trait_b=str(names[p][1]), n=int(n_obs), n_left_out=int(n_left_out[p]),
+            sg_a=float(t[0]), sg_b=float(t[1]), cov_g=float(t[2]), ve_a=float(t[3]), ve_b=float(t[4]),
+            cov_e=float(t[5]), covariance=tuple(tuple(float(v) for v in row) for row in cov[i]),
+            logL=float(ll[p]), logL_rg0=float(ll0[p]), lrt_rg0=float(lrt0[i]), p_rg0=float(p0[i]),
+            logL_rg1=float(ll1[p]), lrt_rg1=float(lrt1[i]), p_rg1=float(p1[i]),
+            boundary="rank-1 G0" if boundary[p] else "", logL_ml=float(ll_ml[p]),
+            ml_estimates=tuple(float(v) for v in th_ml[p]), converged=True, iterations=int(iters[p]),
+            constrained=bool(constrain), fixed_effects=fe, note="", **_ratios(t, cov[i]))
+    return out
