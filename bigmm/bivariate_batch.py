@@ -22,7 +22,7 @@ from scipy.special import chdtrc
 from .bivariate_likelihood import _KIND, _PATTERN, LOG2PI
 from .bivariate_results import BivariateFit, _ratios
 
-#: pairs evaluated together: P = CHUNK_ELEMENTS / (12 M) bounds each (P, 6, 2, M) array to 32 MB
+#: pairs evaluated together: P = CHUNK_ELEMENTS / (20 M) bounds the (P, 18, M) weights of the AI matrix to ~32 MB
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -36,6 +36,10 @@ class _Shared:
         self.n, self.c, self.logdet = int(n), int(c), logdet
         self.lmax = float(self.lam.max()) if self.lam.size else 0.0
         self.D = np.stack([self.lam, np.ones_like(self.lam)])  # (genetic, residual) weights of the nodes
+        c_ = self.Gz.shape[0]
+        self.GG = (self.Gz[:, None, :] * self.Gz[None, :, :]).reshape(c_ * c_, -1).T.copy()  # (M, c²)
+        # the slot (kind g, block l) of each parameter's W E_i Wᵀ row in the AI matrix's 4 x 4 forms
+        self.onehot = np.eye(2)[_KIND][None, :, None, :, None]  # (1, 6, 1, 2 kinds, 1)
 
 
 def decouple(theta: np.ndarray):
@@ -68,21 +72,63 @@ def _cholesky_rows(A: np.ndarray):
     try:
         return np.ones(A.shape[0], bool), np.linalg.cholesky(A)
     except np.linalg.LinAlgError:
-        ok = np.ones(A.shape[0], bool)
-        C = np.empty_like(A)
-        for i in range(A.shape[0]):
+        pass
+    with np.errstate(all="ignore"):
+        ok = np.all(np.isfinite(A), axis=(1, 2))
+        ok[ok] = np.linalg.eigvalsh(A[ok])[:, 0] > 0.0
+    C = np.broadcast_to(np.eye(A.shape[-1]), A.shape).copy()
+    try:
+        C[ok] = np.linalg.cholesky(A[ok])
+    except np.linalg.LinAlgError:  # at the margin: as each one's own Cholesky decides
+        for i in np.flatnonzero(ok):
             try:
                 C[i] = np.linalg.cholesky(A[i])
             except np.linalg.LinAlgError:
                 ok[i], C[i] = False, np.eye(A.shape[-1])
-        return ok, C
+    return ok, C
+
+
+def pair_products(Gz: np.ndarray, Gy: np.ndarray) -> np.ndarray:
+    """(P, M, 2c + 3): per node the products ``y_a z``, ``y_b z``, ``y_a²``, ``y_a y_b``, ``y_b²`` of
+    each pair's rows ``Gy`` (P, 2, M) of the rule with its covariates' rows ``Gz`` (c, M): with the
+    shared ``z zᵀ``, every form ``Σ_m w_m g_m g_mᵀ`` of ``g = [z, y_a, y_b]`` is one product by them."""
+    ya, yb = Gy[:, 0], Gy[:, 1]
+    return np.concatenate([ya[:, :, None] * Gz.T, yb[:, :, None] * Gz.T,
+                           np.stack([ya * ya, ya * yb, yb * yb], axis=-1)], axis=-1)
+
+
+def _forms(sh: _Shared, YB: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Σ_m w_jm g_m g_mᵀ`` (R, J, c + 2, c + 2) for weights w (R, J, M), g = [z, y_a, y_b]."""
+    R, J, M = w.shape
+    c = sh.c
+    zz = (w.reshape(R * J, M) @ sh.GG).reshape(R, J, c, c)
+    y = w @ YB  # (R, J, 2c + 3)
+    F = np.empty((R, J, c + 2, c + 2))
+    F[..., :c, :c] = zz
+    F[..., c, :c] = F[..., :c, c] = y[..., :c]
+    F[..., c + 1, :c] = F[..., :c, c + 1] = y[..., c:2 * c]
+    F[..., c, c] = y[..., 2 * c]
+    F[..., c, c + 1] = F[..., c + 1, c] = y[..., 2 * c + 1]
+    F[..., c + 1, c + 1] = y[..., 2 * c + 2]
+    return F
+
+
+# index grids of the derivatives' forms: weights f_k f_l D_g (degree n = k + l in f_1, D_g = λ^e(g),
+# e = 1 genetic, 0 residual) and f_k f_l f_l' D_g D_g'
+_EG = np.array([1, 0])
+_K3, _G3, _L3 = np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")  # (k, g, l)
+_K5, _G5, _L5, _H5, _M5 = np.meshgrid([0, 1], [0, 1], [0, 1], [0, 1], [0, 1], indexing="ij")  # (k, g, l, g', l')
+_Gs, _Ks = np.meshgrid([0, 1], [0, 1], indexing="ij")  # (g, k)
 
 
 class _Evals:
     """ℓ_R (or the ML log-likelihood) of rows of pairs at θ (P, 6), as :class:`_Evaluation` for
-    each; :meth:`derivatives` gives the score and AI matrix of chosen rows."""
+    each; :meth:`derivatives` gives the score and AI matrix of chosen rows. ``YB``: the rows'
+    :func:`pair_products`. Every quadratic form over the nodes is ``αᵀ (Σ_m w_m g_m g_mᵀ) β``
+    with α, β coefficients of g = [z, y_a, y_b] (the decoupled y*_k = W_k y and its residual
+    r_k = y*_k − Zβ*_k), so an evaluation costs one product of its weights by ``[z zᵀ, YB]``."""
 
-    def __init__(self, sh: _Shared, Gy: np.ndarray, theta: np.ndarray, ml: bool):
+    def __init__(self, sh: _Shared, YB: np.ndarray, theta: np.ndarray, ml: bool):
         P = theta.shape[0]
         self.sh, self.ml = sh, ml
         self.loglik = np.full(P, -np.inf)
@@ -96,28 +142,28 @@ class _Evals:
         if idx.size == 0:
             return
         W, d = W[idx], d[idx]
-        n, c, lam, Gz = sh.n, sh.c, sh.lam, sh.Gz
+        n, c, lam = sh.n, sh.c, sh.lam
+        YB = YB[idx] if idx.size < P else YB
         h = d / (1.0 + d)
         L, L1, _ = sh.logdet(h)
         f = 1.0 / (1.0 + d[:, :, None] * lam)  # (P, 2, M)
-        q = W @ Gy[idx]  # (P, 2, M)
-        A = (f[:, :, None, :] * Gz) @ Gz.T  # (P, 2, c, c)
+        F = _forms(sh, YB, f)  # (P, 2, c + 2, c + 2)
+        A = F[..., :c, :c]  # Zᵀ f_k(K) Z
         okc, C = _cholesky_rows(A.reshape(-1, c, c))
         okc = okc.reshape(-1, 2).all(axis=1)
         if not okc.all():
             A = A.copy()
             A[~okc] = np.eye(c)
-            C = C.reshape(-1, c, c)
-            C[np.repeat(~okc, 2)] = np.eye(c)
         C = C.reshape(-1, 2, c, c)
-        fq = f * q
-        b = fq @ Gz.T  # (P, 2, c)
+        u = np.zeros((idx.size, 2, c + 2))
+        u[..., c:] = W  # y*_k = W_k y
+        b = np.einsum("rkca,rka->rkc", F[..., :c, :], u)  # Zᵀ f_k y*_k
         Ai = np.linalg.inv(A)
         Ai = 0.5 * (Ai + np.swapaxes(Ai, -1, -2))
         bk = np.linalg.solve(A, b[..., None])[..., 0]
-        r = q - bk @ Gz
-        pi = f * r
-        yPy = np.sum(pi * r, axis=-1)
+        alpha = u
+        alpha[..., :c] -= bk  # r_k = y*_k − Z β*_k
+        yPy = np.einsum("rka,rkab,rkb->rk", alpha, F, alpha)
         nc = n if ml else n - c
         logdetV = n * np.log1p(d) + L
         logdetA = 0.0 if ml else 2.0 * np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(axis=-1)
@@ -128,32 +174,53 @@ class _Evals:
         good = okc & np.isfinite(ll) & np.all(np.isfinite(L), axis=1)
         self.ok[idx[~good]] = False
         self.loglik[idx[good]] = ll[good]
-        self.W, self.d, self.f, self.Ai, self.bk, self.L1, self.pi = W, d, f, Ai, bk, L1, pi
+        self.W, self.d, self.f, self.Ai, self.bk, self.L1, self.alpha = W, d, f, Ai, bk, L1, alpha
+        self.YB = YB
 
     def derivatives(self, rows: np.ndarray):
         """(score (R, 6), AI (R, 6, 6)) at the rows ``rows`` (all ok)."""
         sh, ml = self.sh, self.ml
         j = self.pos[rows]
-        W, d, f, pi, Ai = self.W[j], self.d[j], self.f[j], self.pi[j], self.Ai[j]
-        n, Gz, D = sh.n, sh.Gz, sh.D
+        W, d, f, al, Ai = self.W[j], self.d[j], self.f[j], self.alpha[j], self.Ai[j]
+        YB = self.YB[j] if j.size < self.YB.shape[0] else self.YB
+        n, c, lam = sh.n, sh.c, sh.lam
+        R, M = f.shape[0], f.shape[-1]
         trK = n / (1.0 + d) + self.L1[j] / (1.0 + d) ** 2  # (R, 2)
         trI = n - d * trK
         trP = np.stack([trK, trI], axis=1)  # (R, 2 kinds, 2 blocks)
+        # the weights: f_0^(2-n) f_1^n λ^e (n ≤ 2, e ≤ 1) and f_0^(3-n) f_1^n λ^e (n ≤ 3, e ≤ 2)
+        w = np.empty((R, 18, M))
+        f0, f1 = f[:, 0], f[:, 1]
+        np.multiply(f0, f0, out=w[:, 0])
+        np.multiply(f0, f1, out=w[:, 1])
+        np.multiply(f1, f1, out=w[:, 2])
+        np.multiply(w[:, 0:3], lam, out=w[:, 3:6])
+        np.multiply(w[:, 0], f0, out=w[:, 6])
+        np.multiply(w[:, 0:3], f1[:, None], out=w[:, 7:10])
+        np.multiply(w[:, 6:10], lam, out=w[:, 10:14])
+        np.multiply(w[:, 10:14], lam, out=w[:, 14:18])
+        F = _forms(sh, YB, w)
+        F1 = F[:, :6].reshape(R, 2, 3, c + 2, c + 2).swapaxes(1, 2)  # [n, e]
+        F2 = F[:, 6:].reshape(R, 3, 4, c + 2, c + 2).swapaxes(1, 2)  # [n, e]
         if not ml:
             # tr(A_k⁻¹ Zᵀ f_k D_g f_k Z) for kind g and block k
-            S = ((f * f)[:, None, :, None, :] * D[None, :, None, None, :] * Gz) @ Gz.T  # (R, 2, 2, c, c)
+            S = F1[:, 2 * _Ks, _EG[_Gs], :c, :c]  # (R, 2 g, 2 k, c, c)
             trP = trP - np.einsum("rkcd,rgkcd->rgk", Ai, S)
         gen = _KIND
-        Mi = np.einsum("rka,iab,rlb->rikl", W, _PATTERN, W)  # (R, 6, 2, 2)
-        Pg = (pi[:, None] * D[None, :, None, :]) @ np.swapaxes(pi, 1, 2)[:, None]  # (R, 2, 2, 2)
+        Mi = np.einsum("rka,iab,rlb->rikl", W, _PATTERN, W)  # W E_i Wᵀ, (R, 6, 2, 2)
+        B1 = np.einsum("rla,rneab,rmb->rnelm", al, F1, al)  # (R, 3, 2, 2, 2)
+        Pg = B1[:, _K3 + _L3, _EG[_G3], _K3, _L3].swapaxes(1, 2)  # Σ_m pi_k D_g pi_l, [g, k, l]
         score = -0.5 * (Mi[:, :, 0, 0] * trP[:, gen, 0] + Mi[:, :, 1, 1] * trP[:, gen, 1]) \
             + 0.5 * np.einsum("rikl,rikl->ri", Mi, Pg[:, gen])
-        U = D[gen][None, :, None, :] * (Mi @ pi[:, None])  # (R, 6, 2, M)
-        fU = f[:, None] * U
-        R, M = U.shape[0], U.shape[-1]
-        AI = fU.reshape(R, 6, 2 * M) @ U.reshape(R, 6, 2 * M).transpose(0, 2, 1)
-        Zk = fU @ Gz.T  # (R, 6, 2, c)
-        AI = AI - np.einsum("rikc,rkcd,rjkd->rij", Zk, Ai, Zk)
+        # (T V_i Tᵀ) P* y* in block k is Σ_l (W E_i Wᵀ)_kl D_g(i) pi_l: the AI matrix from the
+        # 4 x 4 forms T_k = Σ_m f_k E Eᵀ of the slots (g, l), E_(g, l) = D_g pi_l, and Zᵀ f_k E
+        B2 = np.einsum("rla,rneab,rmb->rnelm", al, F2, al)  # (R, 4, 3, 2, 2)
+        T = B2[:, _K5 + _L5 + _M5, _EG[_G5] + _EG[_H5], _L5, _M5].reshape(R, 2, 4, 4)
+        C1 = np.einsum("rneca,rla->rnelc", F1[..., :c, :], al)  # (R, 3, 2, 2, c)
+        V = C1[:, _K3 + _L3, _EG[_G3], _L3].reshape(R, 2, 4, c)
+        Ak = np.swapaxes((Mi[:, :, :, None, :] * sh.onehot).reshape(R, 6, 2, 4), 1, 2)  # (R, 2, 6, 4)
+        Zk = Ak @ V  # (R, 2, 6, c)
+        AI = (Ak @ T @ np.swapaxes(Ak, -1, -2)).sum(axis=1) - (Zk @ Ai @ np.swapaxes(Zk, -1, -2)).sum(axis=1)
         AI = 0.5 * AI
         return score, 0.5 * (AI + np.swapaxes(AI, 1, 2))
 
@@ -239,16 +306,16 @@ def _solve_rows(Hs, JAJ, g, free):
         return step
 
 
-def maximise(sh: _Shared, Gy, model, phi0, *, lower=None, ml=False, tol: float, max_iter: int,
+def maximise(sh: _Shared, YB, model, phi0, *, lower=None, ml=False, tol: float, max_iter: int,
              step_tol: float = 1e-9, need_derivatives: bool = True):
     """:func:`bigmm.bivariate._maximise` for every row of φ₀ (P, q), each row on its own pair
-    ``Gy[i]`` (the two phenotype rows of the rule, (2, M)). Returns (state, iterations (P,),
+    ``YB[i]`` (its :func:`pair_products`). Returns (state, iterations (P,),
     converged (P,), valid (P,): False where the start is not a valid model)."""
     P, q = phi0.shape
     need = np.broadcast_to(np.asarray(need_derivatives, bool), (P,))
     st = _State(P, q, sh.c)
     t, J, _ = model(phi0)
-    ev = _Evals(sh, Gy, t, ml)
+    ev = _Evals(sh, YB, t, ml)
     valid = ev.ok.copy()
     rows = np.flatnonzero(valid)
     if rows.size:
@@ -293,7 +360,7 @@ def maximise(sh: _Shared, Gy, model, phi0, *, lower=None, ml=False, tol: float, 
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, _ = model(phin)
-            evn = _Evals(sh, Gy[a[s]], tn, ml)
+            evn = _Evals(sh, YB[a[s]], tn, ml)
             acc = evn.ok & (evn.loglik >= ll_old[s] - 1e-12 * np.maximum(1.0, np.abs(ll_old[s])))
             if acc.any():
                 k = s[acc]
@@ -315,17 +382,17 @@ def maximise(sh: _Shared, Gy, model, phi0, *, lower=None, ml=False, tol: float, 
     return st, iters, conv, valid
 
 
-def _rank_one_fit(sh, Gy, theta, sign, *, tol, max_iter, ml=False, need_derivatives=True):
+def _rank_one_fit(sh, YB, theta, sign, *, tol, max_iter, ml=False, need_derivatives=True):
     """:func:`bigmm.bivariate._fit_rank_one` of every row: G₀ = v vᵀ started from θ's variances."""
     scale = 1e-3 * (np.abs(theta[:, 0]) + np.abs(theta[:, 3]) + np.abs(theta[:, 1]) + np.abs(theta[:, 4]))
     u = np.sqrt(np.maximum(theta[:, 0], scale))
     v = sign * np.sqrt(np.maximum(theta[:, 1], scale))
     start = np.column_stack([u, v, theta[:, 3], theta[:, 4], theta[:, 5]])
-    bad = ~_Evals(sh, Gy, _rank_one(start)[0], ml=False).ok
+    bad = ~_Evals(sh, YB, _rank_one(start)[0], ml=False).ok
     if bad.any():
         start[bad, 2:] = np.column_stack([np.abs(theta[bad, 3]) + scale[bad], np.abs(theta[bad, 4]) + scale[bad],
                                           np.zeros(int(bad.sum()))])
-    return maximise(sh, Gy, _rank_one, start, ml=ml, tol=tol, max_iter=max_iter, need_derivatives=need_derivatives)
+    return maximise(sh, YB, _rank_one, start, ml=ml, tol=tol, max_iter=max_iter, need_derivatives=need_derivatives)
 
 
 def _psd(t):
@@ -341,7 +408,8 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
     for a pair whose fit does something the batch does not (see the module): fit it by ``fit_pair``."""
     P = theta0.shape[0]
     nan = np.full(P, np.nan)
-    st, iters, conv, valid = maximise(sh, Gy, _linear(range(6)), theta0, tol=tol, max_iter=max_iter)
+    YB = pair_products(sh.Gz, Gy)
+    st, iters, conv, valid = maximise(sh, YB, _linear(range(6)), theta0, tol=tol, max_iter=max_iter)
     ok = valid & conv
     theta, ll, AI = st.theta.copy(), st.ll.copy(), st.AI.copy()
     W, Ai, bk = st.W.copy(), st.Ai.copy(), st.bk.copy()
@@ -351,7 +419,7 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
     if need1.any():
         r = np.flatnonzero(need1)
         sign = np.where(theta[r, 2] >= 0, 1.0, -1.0)
-        s1, it1, c1, v1 = _rank_one_fit(sh, Gy[r], theta[r], sign, tol=tol, max_iter=max_iter,
+        s1, it1, c1, v1 = _rank_one_fit(sh, YB[r], theta[r], sign, tol=tol, max_iter=max_iter,
                                         need_derivatives=boundary[r])
         b = boundary[r]
         # an LRT refit that stops unconverged gives its ℓ, as fit_pair's; the estimate must converge
@@ -369,14 +437,14 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
         if constrain:
             start[:, :2] = np.maximum(start[:, :2], floors[r])
             lower = np.array([0.0, 0.0, -np.inf, -np.inf, -np.inf])
-        s0, _, c0, v0 = maximise(sh, Gy[r], _linear(keep), start, lower=lower, tol=tol, max_iter=max_iter,
+        s0, _, c0, v0 = maximise(sh, YB[r], _linear(keep), start, lower=lower, tol=tol, max_iter=max_iter,
                                  need_derivatives=False)
         ok[r[~v0]] = False
         ll0[r] = s0.ll
     ll_ml, th_ml = nan.copy(), np.full((P, 6), np.nan)
     if ml:
         r = np.flatnonzero(ok)
-        sm, _, cm, vm = maximise(sh, Gy[r], _linear(range(6)), theta[r], ml=True, tol=tol, max_iter=max_iter,
+        sm, _, cm, vm = maximise(sh, YB[r], _linear(range(6)), theta[r], ml=True, tol=tol, max_iter=max_iter,
                                  need_derivatives=False)
         okm = vm & cm
         phm, llm = sm.theta.copy(), sm.ll.copy()
@@ -384,7 +452,7 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
         if out_psd.any():
             k = np.flatnonzero(out_psd)
             sign = np.where(phm[k, 2] >= 0, 1.0, -1.0)
-            sk, _, ck, vk = _rank_one_fit(sh, Gy[r[k]], phm[k], sign, tol=tol, max_iter=max_iter, ml=True,
+            sk, _, ck, vk = _rank_one_fit(sh, YB[r[k]], phm[k], sign, tol=tol, max_iter=max_iter, ml=True,
                                           need_derivatives=False)
             okm[k] &= vk & ck
             phm[k], llm[k] = sk.theta, sk.ll

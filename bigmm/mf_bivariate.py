@@ -407,7 +407,7 @@ def _fit_batched(tasks: list, lrt: bool, jackknife, kw: dict, uni: dict) -> list
         GZ, GY, c, n = mdl.rule.GZ, mdl.rule.GY, int(mdl.c), int(mdl.n_obs)
         sh = _Shared(mdl.rule.theta, GZ, n, c, _Logdet(mdl.slq))
         M = sh.lam.size
-        chunk = max(8, CHUNK_ELEMENTS // max(12 * M, 1))
+        chunk = max(8, CHUNK_ELEMENTS // max(20 * M, 1))
         # each phenotype's residual after OLS on Z (the Gram matrix of its pairs, f ≡ 1)
         Szz = GZ @ GZ.T
         for lo in range(0, len(idx), chunk):
