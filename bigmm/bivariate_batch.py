@@ -22,8 +22,8 @@ from scipy.special import chdtrc
 from .bivariate_likelihood import _KIND, _PATTERN, LOG2PI
 from .bivariate_results import BivariateFit, _ratios
 
-#: pairs evaluated together: P = CHUNK_ELEMENTS / (20 M) bounds the (P, 18, M) weights of the AI matrix to ~32 MB
-CHUNK_ELEMENTS = 1 << 22
+#: pairs evaluated together: P = CHUNK_ELEMENTS / (20 M), so that their node products (P, M, 28) take ~90 MB
+CHUNK_ELEMENTS = 1 << 23
 
 
 class _Shared:
@@ -38,6 +38,8 @@ class _Shared:
         self.D = np.stack([self.lam, np.ones_like(self.lam)])  # (genetic, residual) weights of the nodes
         c_ = self.Gz.shape[0]
         self.GG = (self.Gz[:, None, :] * self.Gz[None, :, :]).reshape(c_ * c_, -1).T.copy()  # (M, c²)
+        lam_ = self.lam[:, None]
+        self.GGE = np.hstack([self.GG, lam_ * self.GG, lam_ * lam_ * self.GG])  # z zᵀ λ^e, e = 0, 1, 2
         # the slot (kind g, block l) of each parameter's W E_i Wᵀ row in the AI matrix's 4 x 4 forms
         self.onehot = np.eye(2)[_KIND][None, :, None, :, None]  # (1, 6, 1, 2 kinds, 1)
 
@@ -88,22 +90,21 @@ def _cholesky_rows(A: np.ndarray):
     return ok, C
 
 
-def pair_products(Gz: np.ndarray, Gy: np.ndarray) -> np.ndarray:
-    """(P, M, 2c + 3): per node the products ``y_a z``, ``y_b z``, ``y_a²``, ``y_a y_b``, ``y_b²`` of
-    each pair's rows ``Gy`` (P, 2, M) of the rule with its covariates' rows ``Gz`` (c, M): with the
-    shared ``z zᵀ``, every form ``Σ_m w_m g_m g_mᵀ`` of ``g = [z, y_a, y_b]`` is one product by them."""
+def pair_products(Gz: np.ndarray, Gy: np.ndarray, lam: np.ndarray):
+    """(YB (P, M, 2c + 3), XE (P, M, 3 (2c + 3))): per node the products ``y_a z``, ``y_b z``,
+    ``y_a²``, ``y_a y_b``, ``y_b²`` of each pair's rows ``Gy`` (P, 2, M) of the rule with its
+    covariates' rows ``Gz`` (c, M), and the same times λ⁰, λ¹, λ²: with the shared ``z zᵀ``, every
+    form ``Σ_m w_m g_m g_mᵀ`` of ``g = [z, y_a, y_b]`` is one product of the weights by them."""
     ya, yb = Gy[:, 0], Gy[:, 1]
-    return np.concatenate([ya[:, :, None] * Gz.T, yb[:, :, None] * Gz.T,
-                           np.stack([ya * ya, ya * yb, yb * yb], axis=-1)], axis=-1)
+    YB = np.concatenate([ya[:, :, None] * Gz.T, yb[:, :, None] * Gz.T,
+                         np.stack([ya * ya, ya * yb, yb * yb], axis=-1)], axis=-1)
+    lam = lam[:, None]
+    return YB, np.concatenate([YB, lam * YB, lam * lam * YB], axis=-1)
 
 
-def _forms(sh: _Shared, YB: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``Σ_m w_jm g_m g_mᵀ`` (R, J, c + 2, c + 2) for weights w (R, J, M), g = [z, y_a, y_b]."""
-    R, J, M = w.shape
-    c = sh.c
-    zz = (w.reshape(R * J, M) @ sh.GG).reshape(R, J, c, c)
-    y = w @ YB  # (R, J, 2c + 3)
-    F = np.empty((R, J, c + 2, c + 2))
+def _assemble_forms(c: int, zz: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The symmetric (..., c + 2, c + 2) forms from their z zᵀ (..., c, c) and y parts (..., 2c + 3)."""
+    F = np.empty(zz.shape[:-2] + (c + 2, c + 2))
     F[..., :c, :c] = zz
     F[..., c, :c] = F[..., :c, c] = y[..., :c]
     F[..., c + 1, :c] = F[..., :c, c + 1] = y[..., c:2 * c]
@@ -111,6 +112,28 @@ def _forms(sh: _Shared, YB: np.ndarray, w: np.ndarray) -> np.ndarray:
     F[..., c, c + 1] = F[..., c + 1, c] = y[..., 2 * c + 1]
     F[..., c + 1, c + 1] = y[..., 2 * c + 2]
     return F
+
+
+def _forms(sh: _Shared, YB: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Σ_m w_jm g_m g_mᵀ`` (R, J, c + 2, c + 2) for weights w (R, J, M), g = [z, y_a, y_b]."""
+    R, J, M = w.shape
+    c = sh.c
+    return _assemble_forms(c, (w.reshape(R * J, M) @ sh.GG).reshape(R, J, c, c), w @ YB)
+
+
+def _forms_e(sh: _Shared, XE: np.ndarray, rows, w: np.ndarray) -> np.ndarray:
+    """``Σ_m w_jm λ_m^e g_m g_mᵀ`` (R, J, 3, c + 2, c + 2) for e = 0, 1, 2, with the products
+    ``XE[rows]`` (a slice: one batched product; else one product per row, not copying XE)."""
+    R, J, M = w.shape
+    c = sh.c
+    zz = (w.reshape(R * J, M) @ sh.GGE).reshape(R, J, 3, c, c)
+    if isinstance(rows, slice):
+        y = w @ XE[rows]
+    else:
+        y = np.empty((R, J, XE.shape[-1]))
+        for i, r in enumerate(rows):
+            np.matmul(w[i], XE[r], out=y[i])
+    return _assemble_forms(c, zz, y.reshape(R, J, 3, -1))
 
 
 # index grids of the derivatives' forms: weights f_k f_l D_g (degree n = k + l in f_1, D_g = λ^e(g),
@@ -128,7 +151,7 @@ class _Evals:
     with α, β coefficients of g = [z, y_a, y_b] (the decoupled y*_k = W_k y and its residual
     r_k = y*_k − Zβ*_k), so an evaluation costs one product of its weights by ``[z zᵀ, YB]``."""
 
-    def __init__(self, sh: _Shared, YB: np.ndarray, theta: np.ndarray, ml: bool):
+    def __init__(self, sh: _Shared, stack: "_Stack", theta: np.ndarray, ml: bool):
         P = theta.shape[0]
         self.sh, self.ml = sh, ml
         self.loglik = np.full(P, -np.inf)
@@ -143,7 +166,8 @@ class _Evals:
             return
         W, d = W[idx], d[idx]
         n, c, lam = sh.n, sh.c, sh.lam
-        YB = YB[idx] if idx.size < P else YB
+        self.XE, self.prow = stack.XE, stack.rows[idx]  # the rows' products, for the derivatives
+        YB = stack.YB[_rows_or_slice(self.prow)]
         h = d / (1.0 + d)
         L, L1, _ = sh.logdet(h)
         f = 1.0 / (1.0 + d[:, :, None] * lam)  # (P, 2, M)
@@ -175,33 +199,34 @@ class _Evals:
         self.ok[idx[~good]] = False
         self.loglik[idx[good]] = ll[good]
         self.W, self.d, self.f, self.Ai, self.bk, self.L1, self.alpha = W, d, f, Ai, bk, L1, alpha
-        self.YB = YB
 
-    def derivatives(self, rows: np.ndarray):
-        """(score (R, 6), AI (R, 6, 6)) at the rows ``rows`` (all ok)."""
+    def derivatives(self, rows: np.ndarray, block: int = 16):
+        """(score (R, 6), AI (R, 6, 6)) at the rows ``rows`` (all ok), ``block`` rows at a time
+        (their (block, 7, M) weights stay in cache)."""
+        if rows.size <= block:
+            return self._derivatives(rows)
+        parts = [self._derivatives(rows[i:i + block]) for i in range(0, rows.size, block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _derivatives(self, rows: np.ndarray):
         sh, ml = self.sh, self.ml
         j = self.pos[rows]
         W, d, f, al, Ai = self.W[j], self.d[j], self.f[j], self.alpha[j], self.Ai[j]
-        YB = self.YB[j] if j.size < self.YB.shape[0] else self.YB
-        n, c, lam = sh.n, sh.c, sh.lam
+        n, c = sh.n, sh.c
         R, M = f.shape[0], f.shape[-1]
         trK = n / (1.0 + d) + self.L1[j] / (1.0 + d) ** 2  # (R, 2)
         trI = n - d * trK
         trP = np.stack([trK, trI], axis=1)  # (R, 2 kinds, 2 blocks)
-        # the weights: f_0^(2-n) f_1^n λ^e (n ≤ 2, e ≤ 1) and f_0^(3-n) f_1^n λ^e (n ≤ 3, e ≤ 2)
-        w = np.empty((R, 18, M))
+        # the weights f_0^(2-n) f_1^n (n ≤ 2) and f_0^(3-n) f_1^n (n ≤ 3), each with λ^e (e ≤ 2) by XE
+        w = np.empty((R, 7, M))
         f0, f1 = f[:, 0], f[:, 1]
         np.multiply(f0, f0, out=w[:, 0])
         np.multiply(f0, f1, out=w[:, 1])
         np.multiply(f1, f1, out=w[:, 2])
-        np.multiply(w[:, 0:3], lam, out=w[:, 3:6])
-        np.multiply(w[:, 0], f0, out=w[:, 6])
-        np.multiply(w[:, 0:3], f1[:, None], out=w[:, 7:10])
-        np.multiply(w[:, 6:10], lam, out=w[:, 10:14])
-        np.multiply(w[:, 10:14], lam, out=w[:, 14:18])
-        F = _forms(sh, YB, w)
-        F1 = F[:, :6].reshape(R, 2, 3, c + 2, c + 2).swapaxes(1, 2)  # [n, e]
-        F2 = F[:, 6:].reshape(R, 3, 4, c + 2, c + 2).swapaxes(1, 2)  # [n, e]
+        np.multiply(w[:, 0], f0, out=w[:, 3])
+        np.multiply(w[:, 0:3], f1[:, None], out=w[:, 4:7])
+        F = _forms_e(sh, self.XE, _rows_or_slice(self.prow[j]), w)  # (R, 7, 3, c + 2, c + 2)
+        F1, F2 = F[:, :3, :2], F[:, 3:]  # [n, e]
         if not ml:
             # tr(A_k⁻¹ Zᵀ f_k D_g f_k Z) for kind g and block k
             S = F1[:, 2 * _Ks, _EG[_Gs], :c, :c]  # (R, 2 g, 2 k, c, c)
@@ -306,6 +331,25 @@ def _solve_rows(Hs, JAJ, g, free):
         return step
 
 
+class _Stack:
+    """Rows ``rows`` of the :func:`pair_products` (YB, XE) of a stack of pairs (not copied)."""
+
+    def __init__(self, YB, XE, rows=None):
+        self.YB, self.XE = YB, XE
+        self.rows = np.arange(YB.shape[0]) if rows is None else rows
+
+
+def _take(stack: _Stack, rows) -> _Stack:
+    return _Stack(stack.YB, stack.XE, stack.rows[rows])
+
+
+def _rows_or_slice(r: np.ndarray):
+    """A slice for consecutive row numbers (a view instead of a copy), else the rows."""
+    if r.size and r[-1] - r[0] == r.size - 1 and np.all(np.diff(r) == 1):
+        return slice(int(r[0]), int(r[-1]) + 1)
+    return r
+
+
 def maximise(sh: _Shared, YB, model, phi0, *, lower=None, ml=False, tol: float, max_iter: int,
              step_tol: float = 1e-9, need_derivatives: bool = True):
     """:func:`bigmm.bivariate._maximise` for every row of φ₀ (P, q), each row on its own pair
@@ -360,7 +404,7 @@ def maximise(sh: _Shared, YB, model, phi0, *, lower=None, ml=False, tol: float, 
             if lower is not None:
                 phin = np.maximum(phin, lower)
             tn, Jn, _ = model(phin)
-            evn = _Evals(sh, YB[a[s]], tn, ml)
+            evn = _Evals(sh, _take(YB, a[s]), tn, ml)
             acc = evn.ok & (evn.loglik >= ll_old[s] - 1e-12 * np.maximum(1.0, np.abs(ll_old[s])))
             if acc.any():
                 k = s[acc]
@@ -408,7 +452,7 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
     for a pair whose fit does something the batch does not (see the module): fit it by ``fit_pair``."""
     P = theta0.shape[0]
     nan = np.full(P, np.nan)
-    YB = pair_products(sh.Gz, Gy)
+    YB = _Stack(*pair_products(sh.Gz, Gy, sh.lam))
     st, iters, conv, valid = maximise(sh, YB, _linear(range(6)), theta0, tol=tol, max_iter=max_iter)
     ok = valid & conv
     theta, ll, AI = st.theta.copy(), st.ll.copy(), st.AI.copy()
@@ -419,7 +463,7 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
     if need1.any():
         r = np.flatnonzero(need1)
         sign = np.where(theta[r, 2] >= 0, 1.0, -1.0)
-        s1, it1, c1, v1 = _rank_one_fit(sh, YB[r], theta[r], sign, tol=tol, max_iter=max_iter,
+        s1, it1, c1, v1 = _rank_one_fit(sh, _take(YB, r), theta[r], sign, tol=tol, max_iter=max_iter,
                                         need_derivatives=boundary[r])
         b = boundary[r]
         # an LRT refit that stops unconverged gives its ℓ, as fit_pair's; the estimate must converge
@@ -437,14 +481,14 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
         if constrain:
             start[:, :2] = np.maximum(start[:, :2], floors[r])
             lower = np.array([0.0, 0.0, -np.inf, -np.inf, -np.inf])
-        s0, _, c0, v0 = maximise(sh, YB[r], _linear(keep), start, lower=lower, tol=tol, max_iter=max_iter,
+        s0, _, c0, v0 = maximise(sh, _take(YB, r), _linear(keep), start, lower=lower, tol=tol, max_iter=max_iter,
                                  need_derivatives=False)
         ok[r[~v0]] = False
         ll0[r] = s0.ll
     ll_ml, th_ml = nan.copy(), np.full((P, 6), np.nan)
     if ml:
         r = np.flatnonzero(ok)
-        sm, _, cm, vm = maximise(sh, YB[r], _linear(range(6)), theta[r], ml=True, tol=tol, max_iter=max_iter,
+        sm, _, cm, vm = maximise(sh, _take(YB, r), _linear(range(6)), theta[r], ml=True, tol=tol, max_iter=max_iter,
                                  need_derivatives=False)
         okm = vm & cm
         phm, llm = sm.theta.copy(), sm.ll.copy()
@@ -452,7 +496,7 @@ def fit_pairs_batched(sh: _Shared, Gy: np.ndarray, theta0: np.ndarray, floors: n
         if out_psd.any():
             k = np.flatnonzero(out_psd)
             sign = np.where(phm[k, 2] >= 0, 1.0, -1.0)
-            sk, _, ck, vk = _rank_one_fit(sh, YB[r[k]], phm[k], sign, tol=tol, max_iter=max_iter, ml=True,
+            sk, _, ck, vk = _rank_one_fit(sh, _take(YB, r[k]), phm[k], sign, tol=tol, max_iter=max_iter, ml=True,
                                           need_derivatives=False)
             okm[k] &= vk & ck
             phm[k], llm[k] = sk.theta, sk.ll

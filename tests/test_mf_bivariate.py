@@ -402,14 +402,14 @@ def test_batched_evaluator_equals_dense_and_the_pair_evaluator(exhausted):
     log-likelihood = the dense formula (exhausted, exactly deflated build: 1e-8 relative, the
     Lanczos round-off), score and AI = the one-pair _Evaluation's (the same sums in another
     order: 1e-10 relative to the largest entry); a θ with E₀ not positive definite is not valid."""
-    from bigmm.bivariate_batch import _Evals, _Shared, pair_products
+    from bigmm.bivariate_batch import _Evals, _Shared, _Stack, pair_products
     from bigmm.bivariate_likelihood import _Evaluation
 
     K, Z, Y, res, _ = exhausted
     ms = [pair_measure(res, a, b) for a, b in (("a", "b"), ("a", "c"), ("b", "c"))]
     m0 = ms[0]
     sh = _Shared(m0.nodes, m0.G[:2], m0.n, m0.c, m0.logdet)
-    YB = pair_products(m0.G[:2], np.stack([m.G[2:] for m in ms]))
+    YB = _Stack(*pair_products(m0.G[:2], np.stack([m.G[2:] for m in ms]), m0.nodes))
     theta = np.array([[0.5, 0.3, 0.1, 0.7, 0.4, 0.2], [0.2, 0.9, -0.3, 1.1, 0.5, -0.1],
                       [0.3, 0.3, 0.05, 0.5, 0.6, 0.9]])  # the last: E₀ not positive definite
     cols = [(0, 1), (0, 2), (1, 2)]
