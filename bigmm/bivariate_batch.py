@@ -28,9 +28,11 @@ CHUNK_ELEMENTS = 1 << 23
 
 class _Shared:
     """What the pairs of one pattern share: nodes λ (M,), the covariates' rows Gz (c, M) of the
-    rule, n, c and ``logdet(h) -> (L, L', L'')`` (any shape of h)."""
+    rule, n, c and ``logdet(h) -> (L, L', L'')`` (any shape of h), or ``logdet_rows(h, rows)`` where
+    the rows of a stack have log dets of their own (the delete-one-probe fits of the jackknife)."""
 
-    def __init__(self, nodes, Gz, n: int, c: int, logdet):
+    def __init__(self, nodes, Gz, n: int, c: int, logdet, logdet_rows=None):
+        self.logdet_rows = logdet_rows
         self.lam = np.asarray(nodes, dtype=np.float64)
         self.Gz = np.asarray(Gz, dtype=np.float64)
         self.n, self.c, self.logdet = int(n), int(c), logdet
@@ -169,7 +171,7 @@ class _Evals:
         self.XE, self.prow = stack.XE, stack.rows[idx]  # the rows' products, for the derivatives
         YB = stack.YB[_rows_or_slice(self.prow)]
         h = d / (1.0 + d)
-        L, L1, _ = sh.logdet(h)
+        L, L1, _ = sh.logdet(h) if sh.logdet_rows is None else sh.logdet_rows(h, self.prow)
         f = 1.0 / (1.0 + d[:, :, None] * lam)  # (P, 2, M)
         F = _forms(sh, YB, f)  # (P, 2, c + 2, c + 2)
         A = F[..., :c, :c]  # Zᵀ f_k(K) Z

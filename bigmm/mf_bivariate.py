@@ -437,7 +437,8 @@ def _fit_batched(tasks: list, lrt: bool, jackknife, kw: dict, uni: dict) -> list
                 floors.append([fl_a, fl_b])
             offsets = np.stack([np.column_stack([tasks[i][4] * mdl.shift[:, tasks[i][2]],
                                                  tasks[i][5] * mdl.shift[:, tasks[i][3]]]) for i in part])
-            fits = fit_pairs_batched(sh, Gy, np.array(theta0), np.array(floors), names=[tasks[i][0] for i in part],
+            theta0, floors = np.array(theta0), np.array(floors)
+            fits = fit_pairs_batched(sh, Gy, theta0, floors, names=[tasks[i][0] for i in part],
                                      covariate_names=kw["covariate_names"], n_obs=n,
                                      n_left_out=[tasks[i][6] for i in part], offsets=offsets, lrt=lrt,
                                      constrain=kw["constrain"], ml=True, tol=kw["tol"], max_iter=kw["max_iter"])
@@ -447,13 +448,57 @@ def _fit_batched(tasks: list, lrt: bool, jackknife, kw: dict, uni: dict) -> list
                     continue
                 if not jackknife:
                     mc = {}
-                elif mc is None:  # "refit", or a fit on the boundary: each delete-one fit by fit_pair
-                    (a, b), _, ja_, jb_, sa_, sb_, _, _ = tasks[i]
-                    measure, offset = _residual_measure(mdl, ja_, jb_, sa_, sb_)
-                    starts = (_start(uni, mdl, ja_, sa_), _start(uni, mdl, jb_, sb_))
-                    mc = _jackknife(measure, mdl.slq, fit, jackknife,
-                                    dict(kw, names=(a, b), offset=offset, univariate=starts))
+                elif mc is None:  # "refit", or a fit on the boundary: the N delete-one fits together
+                    k = part.index(i)
+                    mc = _jackknife_refits(mdl, sh, tasks[i], uni, Gy[k], theta0[k], floors[k], offsets[k], kw)
                 out[i] = (fit, mc)
+    return out
+
+
+class _LogdetDrop:
+    """``(h, rows) ↦ (L, L', L'')`` of the log det without probe ``drops[row]`` for each row
+    (:class:`_Logdet` with ``drop``, one probe per row of a stack)."""
+
+    def __init__(self, slq, drops: np.ndarray):
+        self.slq, self.drops = slq, drops
+
+    def __call__(self, h, rows):
+        L, L1, L2, y0, y1, y2 = self.slq.logdet(np.asarray(h, dtype=np.float64), per_probe=True)
+        N = y0.shape[-1]
+        j = self.drops[rows][:, None, None]  # h is (rows, 2)
+        return tuple(v - (np.take_along_axis(y, j, axis=-1)[..., 0] - y.mean(axis=-1)) / (N - 1)
+                     for v, y in ((L, y0), (L1, y1), (L2, y2)))
+
+
+def _jackknife_refits(mdl, sh, task, uni: dict, Gy, theta0, floors, offset, kw: dict) -> dict:
+    """The jackknife of :func:`_jackknife` by refitting (``"refit"``, or a fit on the boundary):
+    the N delete-one fits of the pair as one stack (:func:`bigmm.bivariate_batch.fit_pairs_batched`,
+    started as fit_pair starts them), any it does not finish by fit_pair."""
+    from .bivariate_batch import _Shared, fit_pairs_batched
+
+    slq = mdl.slq
+    N = int(slq.N) if slq.n_perp > 0 else 0
+    if N == 0:
+        return {k: 0.0 for k in MC_FIELDS}
+    (a, b), _, ja, jb, sa, sb, left, _ = task
+    shj = _Shared(sh.lam, sh.Gz, sh.n, sh.c, None, logdet_rows=_LogdetDrop(slq, np.arange(N)))
+    rep = lambda x: np.repeat(np.asarray(x)[None], N, axis=0)  # noqa: E731
+    fits = fit_pairs_batched(shj, rep(Gy), rep(theta0), rep(floors), names=[(a, b)] * N,
+                             covariate_names=kw["covariate_names"], n_obs=sh.n, n_left_out=[left] * N,
+                             offsets=rep(offset), lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"],
+                             max_iter=kw["max_iter"])
+    rows = []
+    for j, fj in enumerate(fits):
+        if fj is None:
+            measure, off = _residual_measure(mdl, ja, jb, sa, sb)
+            starts = (_start(uni, mdl, ja, sa), _start(uni, mdl, jb, sb))
+            fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, ml=False,
+                          **dict(kw, names=(a, b), offset=off, univariate=starts))
+        rows.append(_derived(_theta(fj)))
+    out = {}
+    for k in MC_FIELDS:
+        v = np.array([r[k] for r in rows])
+        out[k] = float(math.sqrt((N - 1) / N * np.sum((v - v.mean()) ** 2)))
     return out
 
 
