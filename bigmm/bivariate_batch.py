@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import chdtrc
 
 from .bivariate_likelihood import _KIND, _PATTERN, LOG2PI
-from .bivariate_results import BivariateFit, _ratios
+from .bivariate_results import BivariateFit
 
 #: pairs evaluated together: P = CHUNK_ELEMENTS / (20 M), so that their node products (P, M, 28) take ~90 MB
 CHUNK_ELEMENTS = 1 << 23
@@ -523,6 +523,41 @@ def _inv_rows(A):
         return out
 
 
+def _ratios_rows(theta: np.ndarray, cov: np.ndarray) -> list:
+    """:func:`bigmm.bivariate_results._ratios` of each row of θ (P, 6) and its covariance (P, 6, 6)."""
+    ga, gb, gab, ea, eb, eab = theta.T
+    P = theta.shape[0]
+    out, grads = {}, {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for key, g, e, ig, ie in (("a", ga, ea, 0, 3), ("b", gb, eb, 1, 4)):
+            vp = g + e
+            grad = np.zeros((P, 6))
+            grad[:, ig], grad[:, ie] = e / vp ** 2, -g / vp ** 2
+            out[f"h2_{key}"], grads[f"h2_{key}_se"] = g / vp, grad
+        for key, x, y, xy, ix, iy, ixy in (("rg", ga, gb, gab, 0, 1, 2), ("re", ea, eb, eab, 3, 4, 5)):
+            pos = (x > 0) & (y > 0)
+            sq = np.sqrt(np.where(pos, x * y, 1.0))
+            r = xy / sq
+            grad = np.zeros((P, 6))
+            grad[:, ixy], grad[:, ix], grad[:, iy] = 1.0 / sq, -0.5 * r / x, -0.5 * r / y
+            out[key] = np.where(pos, r, np.nan)
+            grads[f"{key}_se"] = np.where(pos[:, None], grad, np.nan)
+        va, vb = ga + ea, gb + eb
+        okp = (va > 0) & (vb > 0)
+        sq = np.sqrt(np.where(okp, va * vb, 1.0))
+        rp = np.where(okp, (gab + eab) / sq, np.nan)
+        grad = np.zeros((P, 6))
+        grad[:, 2] = grad[:, 5] = 1.0 / sq
+        grad[:, 0] = grad[:, 3] = -0.5 * rp / va
+        grad[:, 1] = grad[:, 4] = -0.5 * rp / vb
+        out["rp"], grads["rp_se"] = rp, np.where(np.isfinite(rp)[:, None], grad, np.nan)
+        for k, grad in grads.items():
+            v = np.einsum("pi,pij,pj->p", grad, cov, grad)
+            out[k] = np.where(np.isfinite(v) & (v >= 0), np.sqrt(np.abs(v)), np.nan)
+    keys = list(out)
+    return [{k: float(out[k][i]) for k in keys} for i in range(P)]
+
+
 def _assemble(ok, theta, ll, AI, W, Ai, bk, ll0, ll1, ll_ml, th_ml, boundary, iters, *, names, covariate_names,
               n_obs, n_left_out, offsets, lrt, constrain) -> list:
     """The :class:`BivariateFit` of each row that ``ok`` marks (None for the others)."""
@@ -545,6 +580,7 @@ def _assemble(ok, theta, ll, AI, W, Ai, bk, ll0, ll1, ll_ml, th_ml, boundary, it
     B = (np.swapaxes(bk[r], 1, 2) @ np.swapaxes(Winv, 1, 2))[:, :c_report] + offsets[r]
     var = np.einsum("pak,pkc->pca", Winv ** 2, np.diagonal(Ai[r], axis1=-2, axis2=-1))[:, :c_report]
     SE = np.sqrt(var)
+    ratios = _ratios_rows(theta[r], cov)
     for i, p in enumerate(r):
         t = theta[p]
         fe = tuple((nm, float(B[i, j, 0]), float(SE[i, j, 0]), float(B[i, j, 1]), float(SE[i, j, 1]))
@@ -557,5 +593,5 @@ def _assemble(ok, theta, ll, AI, W, Ai, bk, ll0, ll1, ll_ml, th_ml, boundary, it
             logL_rg1=float(ll1[p]), lrt_rg1=float(lrt1[i]), p_rg1=float(p1[i]),
             boundary="rank-1 G0" if boundary[p] else "", logL_ml=float(ll_ml[p]),
             ml_estimates=tuple(float(v) for v in th_ml[p]), converged=True, iterations=int(iters[p]),
-            constrained=bool(constrain), fixed_effects=fe, note="", **_ratios(t, cov[i]))
+            constrained=bool(constrain), fixed_effects=fe, note="", **ratios[i])
     return out
