@@ -291,8 +291,13 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
     ``[Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b]`` for every f and its probes ``log det(hK + (1 − h)I)``
     at every h (:func:`pair_measure`), so the bivariate likelihood, its score, AI matrix and
     maximiser need no pass over X. Cost per pair: O(M (c + 2)²) per AI iteration, M the dimension
-    of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)); the
-    "newton" jackknife adds N score evaluations (N the probes). The approximation is that of the
+    of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)),
+    independent of n; the pairs of a pattern are fitted together (:mod:`bigmm.bivariate_batch`:
+    one array operation per step for a stack of pairs, the same iterations as
+    :func:`bigmm.bivariate.fit_pair`, which fits any pair the stack does not finish), about 2 ms
+    of CPU per pair without the LRTs and 5 ms with them at M ≈ 800 (docs/benchmarks.md); the
+    "newton" jackknife adds N score evaluations (N the probes), a pair on the |r_g| = 1 boundary
+    N refits (as one stack). The approximation is that of the
     univariate fit: the block Gauss rule (exact once the Krylov space is exhausted, converged
     where the univariate fits converged) and the probes' Monte Carlo error, which the jackknife
     measures: ``SD = √((N − 1)/N Σ_j (θ̂_(j) − θ̄)²)`` over the estimates ``θ̂_(j)`` without probe j.

@@ -11,7 +11,8 @@ with BLAS on one thread, as CPU seconds per pair:
   first ``--reference-pairs`` pairs (its cost per pair does not depend on how many);
 
 each with the LRTs (r_g = 0, |r_g| = 1) and the ML fit (the default), without the LRTs, and with the
-LRTs and the "newton" jackknife; and the largest difference between the two on the common pairs.
+LRTs and the "newton" jackknife (after an untimed warm-up of both on 5 pairs); and the largest
+difference between the two on the common pairs.
 
 Usage::
 
@@ -58,6 +59,9 @@ def main() -> int:
     print(f"n = {n}, p = {p}, {T} phenotypes ({T * (T - 1) // 2} pairs), {args.probes} probes: univariate build "
           f"{time.process_time() - t:.1f} s CPU, {res.lanczos_steps} Lanczos steps, {M} quadrature nodes", flush=True)
     every = [(i, j) for i in range(T) for j in range(i + 1, T)]
+    for batched in (True, False):  # warm-up (first calls, allocations), not timed
+        mfb._BATCHED = batched
+        mfb.fit_bivariate_matrix_free(res, every[:5], jackknife="newton")
     for label, kw in (("LRTs + ML", dict(jackknife=None)), ("no LRT, ML", dict(jackknife=None, lrt=False)),
                       ("LRTs + ML + newton jackknife", dict(jackknife="newton"))):
         out = {}
