@@ -277,7 +277,8 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
     workers : int or None
         Processes that fit the pairs (``concurrent.futures.ProcessPoolExecutor``, contiguous
         chunks of the pairs, BLAS to one thread in each); None: one per CPU core. 1 (default):
-        in this process. The results do not depend on it.
+        in this process. The results do not depend on it (but for round-off: each process fits
+        its pairs as one stack).
 
     Returns
     -------
@@ -448,15 +449,14 @@ def _fit_batched(tasks: list, lrt: bool, jackknife, kw: dict, uni: dict) -> list
                                      n_left_out=[tasks[i][6] for i in part], offsets=offsets, lrt=lrt,
                                      constrain=kw["constrain"], ml=True, tol=kw["tol"], max_iter=kw["max_iter"])
             mcs = _jackknife_batched(fits, mdl.slq) if jackknife == "newton" else [None] * len(fits)
+            if jackknife:  # "refit", or a fit on the boundary: the N delete-one fits of all such pairs together
+                k = [q for q, (fit, mc) in enumerate(zip(fits, mcs)) if fit is not None and mc is None]
+                for q, mc in zip(k, _jackknife_refits(mdl, sh, [tasks[part[q]] for q in k], uni, Gy[k], theta0[k],
+                                                      floors[k], offsets[k], kw)):
+                    mcs[q] = mc
             for i, fit, mc in zip(part, fits, mcs):
-                if fit is None:
-                    continue
-                if not jackknife:
-                    mc = {}
-                elif mc is None:  # "refit", or a fit on the boundary: the N delete-one fits together
-                    k = part.index(i)
-                    mc = _jackknife_refits(mdl, sh, tasks[i], uni, Gy[k], theta0[k], floors[k], offsets[k], kw)
-                out[i] = (fit, mc)
+                if fit is not None:
+                    out[i] = (fit, mc if jackknife else {})
     return out
 
 
@@ -475,35 +475,46 @@ class _LogdetDrop:
                      for v, y in ((L, y0), (L1, y1), (L2, y2)))
 
 
-def _jackknife_refits(mdl, sh, task, uni: dict, Gy, theta0, floors, offset, kw: dict) -> dict:
-    """The jackknife of :func:`_jackknife` by refitting (``"refit"``, or a fit on the boundary):
-    the N delete-one fits of the pair as one stack (:func:`bigmm.bivariate_batch.fit_pairs_batched`,
-    started as fit_pair starts them), any it does not finish by fit_pair."""
-    from .bivariate_batch import _Shared, fit_pairs_batched
+def _jackknife_refits(mdl, sh, tasks: list, uni: dict, Gy, theta0, floors, offsets, kw: dict) -> list:
+    """The jackknife of :func:`_jackknife` by refitting (``"refit"``, or a fit on the boundary) of
+    each pair of ``tasks``: the N delete-one fits of all of them as one stack
+    (:func:`bigmm.bivariate_batch.fit_pairs_batched`, started as fit_pair starts them), any it
+    does not finish by fit_pair. ``Gy``, ``theta0``, ``floors``, ``offsets``: the pairs' rows."""
+    from .bivariate_batch import CHUNK_ELEMENTS, _Shared, fit_pairs_batched
 
     slq = mdl.slq
     N = int(slq.N) if slq.n_perp > 0 else 0
-    if N == 0:
-        return {k: 0.0 for k in MC_FIELDS}
-    (a, b), _, ja, jb, sa, sb, left, _ = task
-    shj = _Shared(sh.lam, sh.Gz, sh.n, sh.c, None, logdet_rows=_LogdetDrop(slq, np.arange(N)))
-    rep = lambda x: np.repeat(np.asarray(x)[None], N, axis=0)  # noqa: E731
-    fits = fit_pairs_batched(shj, rep(Gy), rep(theta0), rep(floors), names=[(a, b)] * N,
-                             covariate_names=kw["covariate_names"], n_obs=sh.n, n_left_out=[left] * N,
-                             offsets=rep(offset), lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"],
-                             max_iter=kw["max_iter"])
-    rows = []
-    for j, fj in enumerate(fits):
-        if fj is None:
-            measure, off = _residual_measure(mdl, ja, jb, sa, sb)
-            starts = (_start(uni, mdl, ja, sa), _start(uni, mdl, jb, sb))
-            fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False, ml=False,
-                          **dict(kw, names=(a, b), offset=off, univariate=starts))
-        rows.append(_derived(_theta(fj)))
-    out = {}
-    for k in MC_FIELDS:
-        v = np.array([r[k] for r in rows])
-        out[k] = float(math.sqrt((N - 1) / N * np.sum((v - v.mean()) ** 2)))
+    if N == 0 or not tasks:
+        return [{k: 0.0 for k in MC_FIELDS} for _ in tasks]
+    Q = len(tasks)
+    fits = []
+    per = max(1, CHUNK_ELEMENTS // max(20 * sh.lam.size * N, 1))  # pairs per stack of Q x N rows
+    for lo in range(0, Q, per):
+        sel = np.arange(lo, min(Q, lo + per))
+        rep = lambda x: np.repeat(np.asarray(x)[sel], N, axis=0)  # noqa: E731
+        drops = _LogdetDrop(slq, np.tile(np.arange(N), sel.size))
+        shj = _Shared(sh.lam, sh.Gz, sh.n, sh.c, None, logdet_rows=drops)
+        fits += fit_pairs_batched(shj, rep(Gy), rep(theta0), rep(floors),
+                                  names=[tasks[q][0] for q in sel for _ in range(N)],
+                                  covariate_names=kw["covariate_names"], n_obs=sh.n,
+                                  n_left_out=[tasks[q][6] for q in sel for _ in range(N)], offsets=rep(offsets),
+                                  lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"], max_iter=kw["max_iter"])
+    out = []
+    for q, ((a, b), _, ja, jb, sa, sb, _, _) in enumerate(tasks):
+        rows = []
+        for j in range(N):
+            fj = fits[q * N + j]
+            if fj is None:
+                measure, off = _residual_measure(mdl, ja, jb, sa, sb)
+                starts = (_start(uni, mdl, ja, sa), _start(uni, mdl, jb, sb))
+                fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False,
+                              ml=False, **dict(kw, names=(a, b), offset=off, univariate=starts))
+            rows.append(_derived(_theta(fj)))
+        mc = {}
+        for k in MC_FIELDS:
+            v = np.array([r[k] for r in rows])
+            mc[k] = float(math.sqrt((N - 1) / N * np.sum((v - v.mean()) ** 2)))
+        out.append(mc)
     return out
 
 
