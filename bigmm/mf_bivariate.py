@@ -295,8 +295,8 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
     of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)),
     independent of n; the pairs of a pattern are fitted together (:mod:`bigmm.bivariate_batch`:
     one array operation per step for a stack of pairs, the same iterations as
-    :func:`bigmm.bivariate.fit_pair`, which fits any pair the stack does not finish), about 2 ms
-    of CPU per pair without the LRTs and 5 ms with them at M ≈ 800 (docs/benchmarks.md); the
+    :func:`bigmm.bivariate.fit_pair`, which fits any pair the stack does not finish), about 2–2.5 ms
+    of CPU per pair without the LRTs and 5.5–6 ms with them at M ≈ 800 (docs/benchmarks.md); the
     "newton" jackknife adds N score evaluations (N the probes), a pair on the |r_g| = 1 boundary
     N refits (as one stack). The approximation is that of the
     univariate fit: the block Gauss rule (exact once the Krylov space is exhausted, converged
