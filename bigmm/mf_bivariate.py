@@ -498,7 +498,8 @@ def _jackknife_refits(mdl, sh, tasks: list, uni: dict, Gy, theta0, floors, offse
                                   names=[tasks[q][0] for q in sel for _ in range(N)],
                                   covariate_names=kw["covariate_names"], n_obs=sh.n,
                                   n_left_out=[tasks[q][6] for q in sel for _ in range(N)], offsets=rep(offsets),
-                                  lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"], max_iter=kw["max_iter"])
+                                  lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"],
+                                  max_iter=kw["max_iter"])
     out = []
     for q, ((a, b), _, ja, jb, sa, sb, _, _) in enumerate(tasks):
         rows = []
