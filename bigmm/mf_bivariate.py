@@ -277,7 +277,8 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
     workers : int or None
         Processes that fit the pairs (``concurrent.futures.ProcessPoolExecutor``, contiguous
         chunks of the pairs, BLAS to one thread in each); None: one per CPU core. 1 (default):
-        in this process. The results do not depend on it.
+        in this process. The results do not depend on it (but for round-off: each process fits
+        its pairs as one stack).
     checkpoint : object, optional
         For the common-samples build only (passed to :func:`bigmm.fit_matrix_free`, which saves
         its state after every Lanczos step and resumes from a state of the same inputs): an
@@ -295,8 +296,13 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
     ``[Z, y_a, y_b]ᵀ f(K) [Z, y_a, y_b]`` for every f and its probes ``log det(hK + (1 − h)I)``
     at every h (:func:`pair_measure`), so the bivariate likelihood, its score, AI matrix and
     maximiser need no pass over X. Cost per pair: O(M (c + 2)²) per AI iteration, M the dimension
-    of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)); the
-    "newton" jackknife adds N score evaluations (N the probes). The approximation is that of the
+    of the pattern's block tridiagonal matrix (steps x (c + phenotypes of the pattern)),
+    independent of n; the pairs of a pattern are fitted together (:mod:`bigmm.bivariate_batch`:
+    one array operation per step for a stack of pairs, the same iterations as
+    :func:`bigmm.bivariate.fit_pair`, which fits any pair the stack does not finish), about 2–2.5 ms
+    of CPU per pair without the LRTs and 5.5–6 ms with them at M ≈ 800 (docs/benchmarks.md); the
+    "newton" jackknife adds N score evaluations (N the probes), a pair on the |r_g| = 1 boundary
+    N refits (as one stack). The approximation is that of the
     univariate fit: the block Gauss rule (exact once the Krylov space is exhausted, converged
     where the univariate fits converged) and the probes' Monte Carlo error, which the jackknife
     measures: ``SD = √((N − 1)/N Σ_j (θ̂_(j) − θ̄)²)`` over the estimates ``θ̂_(j)`` without probe j.
@@ -359,26 +365,161 @@ def _n_workers(workers, n_tasks: int) -> int:
     return max(1, min(int(workers), n_tasks))
 
 
+#: fit the pairs of a pattern together (:mod:`bigmm.bivariate_batch`); False: one by one by
+#: :func:`bigmm.bivariate.fit_pair` (the reference, and what a pair the batch cannot finish gets)
+_BATCHED = True
+
+
 def _fit_pairs(tasks: list, lrt: bool, jackknife, kw: dict, one_thread: bool = False) -> list:
     """[(fit, Monte Carlo SDs)] of each task ``((a, b), model, ja, jb, scale_a, scale_b, n_left_out, build)``,
     in order. Each phenotype's univariate REML on its pattern's measure is computed once and
-    starts all its pairs. ``one_thread``: in a worker process, BLAS to one thread (the arrays are
-    small; the processes are the parallelism)."""
+    starts all its pairs. The pairs of one pattern are fitted together (:func:`_fit_batched`),
+    any pair the batch does not finish by :func:`bigmm.bivariate.fit_pair`. ``one_thread``: in a
+    worker process, BLAS to one thread (the arrays are small; the processes are the parallelism)."""
     if one_thread:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
-    out = []
     uni = {}
-    for (a, b), mdl, ja, jb, sa, sb, left, _build in tasks:
+    out = _fit_batched(tasks, lrt, jackknife, kw, uni) if _BATCHED else [None] * len(tasks)
+    for i, ((a, b), mdl, ja, jb, sa, sb, left, _build) in enumerate(tasks):
+        if out[i] is not None:
+            continue
         measure, offset = _residual_measure(mdl, ja, jb, sa, sb)
-        for i, j in enumerate((ja, jb)):
-            if (id(mdl), j) not in uni:
-                uni[(id(mdl), j)] = _univariate(measure, i)
-        starts = (uni[(id(mdl), ja)], uni[(id(mdl), jb)])
+        starts = tuple(_start(uni, mdl, j, s) for j, s in ((ja, sa), (jb, sb)))
         fit = fit_pair(measure, names=(a, b), lrt=lrt, n_left_out=left, offset=offset, univariate=starts, **kw)
         mc = (_jackknife(measure, mdl.slq, fit, jackknife, dict(kw, names=(a, b), offset=offset, univariate=starts))
               if jackknife else {})
-        out.append((fit, mc))
+        out[i] = (fit, mc)
+    return out
+
+
+def _start(uni: dict, mdl, j: int, s: float):
+    """The univariate REML (h², σ²_g, σ²_e) of column j of a pattern (unit scale s), computed once."""
+    if (id(mdl), j) not in uni:
+        uni[(id(mdl), j)] = _univariate(_residual_measure(mdl, j, j, s, s)[0], 0)
+    return uni[(id(mdl), j)]
+
+
+def _fit_batched(tasks: list, lrt: bool, jackknife, kw: dict, uni: dict) -> list:
+    """[(fit, Monte Carlo SDs) or None] of each task: the pairs of each pattern fitted together by
+    :func:`bigmm.bivariate_batch.fit_pairs_batched`, started as :func:`bigmm.bivariate.fit_pair`
+    starts each, with the "newton" jackknife of the whole stack (:func:`_jackknife_batched`).
+    None: a degenerate pair, or one the batch did not finish (fit_pair fits it)."""
+    from .bivariate import DEGENERATE_R
+    from .bivariate_batch import CHUNK_ELEMENTS, _Shared, fit_pairs_batched
+
+    out = [None] * len(tasks)
+    groups = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(id(t[1]), []).append(i)
+    for idx in groups.values():
+        mdl = tasks[idx[0]][1]
+        GZ, GY, c, n = mdl.rule.GZ, mdl.rule.GY, int(mdl.c), int(mdl.n_obs)
+        sh = _Shared(mdl.rule.theta, GZ, n, c, _Logdet(mdl.slq))
+        M = sh.lam.size
+        chunk = max(8, CHUNK_ELEMENTS // max(20 * M, 1))
+        # each phenotype's residual after OLS on Z (the Gram matrix of its pairs, f ≡ 1)
+        Szz = GZ @ GZ.T
+        for lo in range(0, len(idx), chunk):
+            part = idx[lo:lo + chunk]
+            ja = np.array([tasks[i][2] for i in part])
+            jb = np.array([tasks[i][3] for i in part])
+            sa = np.array([tasks[i][4] for i in part])
+            sb = np.array([tasks[i][5] for i in part])
+            Gy = np.stack([sa[:, None] * GY[ja], sb[:, None] * GY[jb]], axis=1)  # (P, 2, M)
+            Szy = Gy @ GZ.T  # (P, 2, c)
+            R = Gy @ np.swapaxes(Gy, 1, 2) - Szy @ np.linalg.solve(Szz, np.swapaxes(Szy, 1, 2))
+            R = R / (n - c)
+            r_res = R[:, 0, 1] / np.sqrt(R[:, 0, 0] * R[:, 1, 1])
+            good = np.abs(r_res) < DEGENERATE_R
+            if not good.any():
+                continue
+            part = [i for i, g in zip(part, good) if g]
+            Gy, r_res = Gy[good], r_res[good]
+            theta0, floors = [], []
+            for i, r in zip(part, r_res):
+                (_, ga, ea), (_, gb, eb) = (_start(uni, mdl, tasks[i][2], tasks[i][4]),
+                                            _start(uni, mdl, tasks[i][3], tasks[i][5]))
+                fl_a, fl_b = 1e-3 * (ga + ea), 1e-3 * (gb + eb)
+                ga0, gb0, ea0, eb0 = max(ga, fl_a), max(gb, fl_b), max(ea, fl_a), max(eb, fl_b)
+                rho = 0.5 * float(r)
+                theta0.append([ga0, gb0, rho * math.sqrt(ga0 * gb0), ea0, eb0, rho * math.sqrt(ea0 * eb0)])
+                floors.append([fl_a, fl_b])
+            offsets = np.stack([np.column_stack([tasks[i][4] * mdl.shift[:, tasks[i][2]],
+                                                 tasks[i][5] * mdl.shift[:, tasks[i][3]]]) for i in part])
+            theta0, floors = np.array(theta0), np.array(floors)
+            fits = fit_pairs_batched(sh, Gy, theta0, floors, names=[tasks[i][0] for i in part],
+                                     covariate_names=kw["covariate_names"], n_obs=n,
+                                     n_left_out=[tasks[i][6] for i in part], offsets=offsets, lrt=lrt,
+                                     constrain=kw["constrain"], ml=True, tol=kw["tol"], max_iter=kw["max_iter"])
+            mcs = _jackknife_batched(fits, mdl.slq) if jackknife == "newton" else [None] * len(fits)
+            if jackknife:  # "refit", or a fit on the boundary: the N delete-one fits of all such pairs together
+                k = [q for q, (fit, mc) in enumerate(zip(fits, mcs)) if fit is not None and mc is None]
+                for q, mc in zip(k, _jackknife_refits(mdl, sh, [tasks[part[q]] for q in k], uni, Gy[k], theta0[k],
+                                                      floors[k], offsets[k], kw)):
+                    mcs[q] = mc
+            for i, fit, mc in zip(part, fits, mcs):
+                if fit is not None:
+                    out[i] = (fit, mc if jackknife else {})
+    return out
+
+
+class _LogdetDrop:
+    """``(h, rows) ↦ (L, L', L'')`` of the log det without probe ``drops[row]`` for each row
+    (:class:`_Logdet` with ``drop``, one probe per row of a stack)."""
+
+    def __init__(self, slq, drops: np.ndarray):
+        self.slq, self.drops = slq, drops
+
+    def __call__(self, h, rows):
+        L, L1, L2, y0, y1, y2 = self.slq.logdet(np.asarray(h, dtype=np.float64), per_probe=True)
+        N = y0.shape[-1]
+        j = self.drops[rows][:, None, None]  # h is (rows, 2)
+        return tuple(v - (np.take_along_axis(y, j, axis=-1)[..., 0] - y.mean(axis=-1)) / (N - 1)
+                     for v, y in ((L, y0), (L1, y1), (L2, y2)))
+
+
+def _jackknife_refits(mdl, sh, tasks: list, uni: dict, Gy, theta0, floors, offsets, kw: dict) -> list:
+    """The jackknife of :func:`_jackknife` by refitting (``"refit"``, or a fit on the boundary) of
+    each pair of ``tasks``: the N delete-one fits of all of them as one stack
+    (:func:`bigmm.bivariate_batch.fit_pairs_batched`, started as fit_pair starts them), any it
+    does not finish by fit_pair. ``Gy``, ``theta0``, ``floors``, ``offsets``: the pairs' rows."""
+    from .bivariate_batch import CHUNK_ELEMENTS, _Shared, fit_pairs_batched
+
+    slq = mdl.slq
+    N = int(slq.N) if slq.n_perp > 0 else 0
+    if N == 0 or not tasks:
+        return [{k: 0.0 for k in MC_FIELDS} for _ in tasks]
+    Q = len(tasks)
+    fits = []
+    per = max(1, CHUNK_ELEMENTS // max(20 * sh.lam.size * N, 1))  # pairs per stack of Q x N rows
+    for lo in range(0, Q, per):
+        sel = np.arange(lo, min(Q, lo + per))
+        rep = lambda x: np.repeat(np.asarray(x)[sel], N, axis=0)  # noqa: E731
+        drops = _LogdetDrop(slq, np.tile(np.arange(N), sel.size))
+        shj = _Shared(sh.lam, sh.Gz, sh.n, sh.c, None, logdet_rows=drops)
+        fits += fit_pairs_batched(shj, rep(Gy), rep(theta0), rep(floors),
+                                  names=[tasks[q][0] for q in sel for _ in range(N)],
+                                  covariate_names=kw["covariate_names"], n_obs=sh.n,
+                                  n_left_out=[tasks[q][6] for q in sel for _ in range(N)], offsets=rep(offsets),
+                                  lrt=False, constrain=kw["constrain"], ml=False, tol=kw["tol"],
+                                  max_iter=kw["max_iter"])
+    out = []
+    for q, ((a, b), _, ja, jb, sa, sb, _, _) in enumerate(tasks):
+        rows = []
+        for j in range(N):
+            fj = fits[q * N + j]
+            if fj is None:
+                measure, off = _residual_measure(mdl, ja, jb, sa, sb)
+                starts = (_start(uni, mdl, ja, sa), _start(uni, mdl, jb, sb))
+                fj = fit_pair(replace(measure, logdet=_Logdet(slq, drop=j), logdet_per_probe=None), lrt=False,
+                              ml=False, **dict(kw, names=(a, b), offset=off, univariate=starts))
+            rows.append(_derived(_theta(fj)))
+        mc = {}
+        for k in MC_FIELDS:
+            v = np.array([r[k] for r in rows])
+            mc[k] = float(math.sqrt((N - 1) / N * np.sum((v - v.mean()) ** 2)))
+        out.append(mc)
     return out
 
 
@@ -480,6 +621,48 @@ def _delete_one_scores(G0: np.ndarray, E0: np.ndarray, slq) -> np.ndarray:
     dL1 = -(y1 - y1.mean(axis=-1, keepdims=True)) / (N - 1)
     dd = np.array([[W[k] @ (E if gen else -d[k] * E) @ W[k] for gen, E in _DTHETA] for k in range(2)])  # (2, 6)
     return -0.5 * (dL1 / (1.0 + d[:, None]) ** 2).T @ dd
+
+
+def _derived_rows(t: np.ndarray) -> np.ndarray:
+    """:func:`_derived` of a stack of θ (..., 6): the estimates of :data:`MC_FIELDS` (..., 11)."""
+    ga, gb, gab, ea, eb, eab = np.moveaxis(t, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rg = np.where((ga > 0) & (gb > 0), gab / np.sqrt(np.abs(ga * gb)), np.nan)
+        re = np.where((ea > 0) & (eb > 0), eab / np.sqrt(np.abs(ea * eb)), np.nan)
+        rp = (gab + eab) / np.sqrt((ga + ea) * (gb + eb))
+        return np.stack([ga, gb, gab, ea, eb, eab, ga / (ga + ea), gb / (gb + eb), rg, re, rp], axis=-1)
+
+
+def _jackknife_batched(fits: list, slq) -> list:
+    """The "newton" :func:`_jackknife` of every fit of one pattern at once (None for a fit that is
+    None, on the boundary or without a finite covariance: :func:`_jackknife` does those)."""
+    from .bivariate_batch import decouple
+    from .bivariate_likelihood import _KIND, _PATTERN
+
+    N = int(slq.N) if slq.n_perp > 0 else 0
+    out = [None] * len(fits)
+    rows = [i for i, f in enumerate(fits) if f is not None and not f.boundary
+            and np.all(np.isfinite(np.array(f.covariance, dtype=np.float64)))]
+    if not rows:
+        return out
+    if N == 0:
+        for i in rows:
+            out[i] = {k: 0.0 for k in MC_FIELDS}
+        return out
+    theta = np.array([_theta(fits[i]) for i in rows])
+    cov = np.array([fits[i].covariance for i in rows], dtype=np.float64)
+    ok, W, d = decouple(theta)
+    y1 = slq.logdet(d / (1.0 + d), per_probe=True)[4]  # (P, 2, N)
+    dL1 = -(y1 - y1.mean(axis=-1, keepdims=True)) / (N - 1)
+    # ∂d_k/∂θ_i = w_kᵀ (∂G₀/∂θ_i − d_k ∂E₀/∂θ_i) w_k, as in _delete_one_scores
+    dd = np.einsum("pka,iab,pkb->pki", W, _PATTERN, W) * np.where(_KIND == 0, 1.0, -d[:, :, None])
+    ds = -0.5 * np.einsum("pkn,pki->pni", dL1 / (1.0 + d[:, :, None]) ** 2, dd)  # (P, N, 6)
+    v = _derived_rows(theta[:, None, :] + ds @ np.swapaxes(cov, 1, 2))  # (P, N, 11)
+    sd = np.sqrt((N - 1) / N * np.sum((v - v.mean(axis=1, keepdims=True)) ** 2, axis=1))
+    for k, i in enumerate(rows):
+        if ok[k]:
+            out[i] = {name: float(x) for name, x in zip(MC_FIELDS, sd[k])}
+    return out
 
 
 def _jackknife(measure: PairMeasure, slq, fit, how: str, kw: dict) -> dict:
