@@ -345,12 +345,21 @@ def profile_grm_task(store, std, block: int, n_chunks: int, cache: Path) -> dict
     return out
 
 
+def one_thread(fn):
+    """``fn()`` with one BLAS thread: its CPU seconds are the work alone, without the CPU that idle
+    BLAS threads burn spinning on a loaded machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return fn()
+
+
 def measure_grm(args) -> dict:
     """The GRM from the cohort store, as a run makes it: the variant statistics (bigmm.variant_stats
     and the standardization, common.variant_filter) and the grm stage's build (K and the per-pair
     counts N into a Zarr GRM store, common.compute_grm), each on the pipeline's default local
-    cluster, against the in-memory float32 SYRK of the standardized X (``X @ X.T``, all cores),
-    the three alternated; and the parts of the block tasks (:func:`profile_grm_task`)."""
+    cluster, against the in-memory float32 SYRK of the standardized X (``X @ X.T``, all cores; and
+    on one BLAS thread, whose CPU seconds are the SYRK's work), alternated; and the parts of the block tasks (:func:`profile_grm_task`)."""
     import bigmm
     from bigmm.genotypes import standardize_block
     from bigmm.pipeline.cluster import dask_client
@@ -373,6 +382,8 @@ def measure_grm(args) -> dict:
         block = grm_block_size(store, cfg, np.float32)
         runs = alternate(args.repeats, {
             "syrk": lambda _r: timed(lambda: (X @ X.T).shape, f"in-memory float32 X Xᵀ n={n}"),
+            "syrk 1 thread": lambda _r: timed(lambda: one_thread(lambda: (X @ X.T).shape),
+                                              f"in-memory float32 X Xᵀ n={n}, 1 BLAS thread"),
             "variant stats": lambda _r: timed(lambda: variant_filter(store, args.min_maf, args.max_missing).n_kept,
                                               f"variant statistics n={n}"),
             "grm stage": lambda _r: timed(lambda: compute_grm(store, std, path, block, np.float32),
@@ -406,6 +417,12 @@ def grm_report(g: dict) -> str:
                       + ([["**variant statistics + grm stage** (sums of the medians)", f"{both:.2f} s",
                            f"{both_cpu:.1f} s", f"**{both / syrk['median_s']:.2f}**",
                            f"**{both_cpu / syrk['cpu_s_median']:.2f}**"]] if vs else [])), ""]
+    one = r.get("syrk 1 thread")
+    if one:
+        lines += [f"The same SYRK on one BLAS thread: {fmt_time(one, 2)}, CPU {one['cpu_s_median']:.1f} s (the "
+                  f"SYRK's work: on this loaded machine the two-thread SYRK's idle BLAS thread spins, so its CPU "
+                  f"overstates the work); variant statistics + grm stage CPU / one-thread SYRK CPU = "
+                  f"**{both_cpu / one['cpu_s_median']:.2f}**.", ""]
     prof = g["profile"]
     if "cases" in prof and "counts_s" in next(iter(prof["cases"].values())):
         rows = [[k, f"{v['cpu_s']:.2f}", f"{v['read_s']:.2f}", f"{v['standardize_s']:.2f}", f"{v['products_s']:.2f}",
