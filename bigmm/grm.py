@@ -9,7 +9,9 @@ and p are (:func:`block_bytes`; ``8 b²`` more with per-pair call counts).
 Blocks on the diagonal use the symmetric kernel (``X @ X.T``).
 
 Cost: n² p multiply-adds over all blocks (half of a full GEMM); each genotype
-chunk is read ``n / b`` times.
+chunk is read ``n / b`` times (a task whose two sample ranges share a store chunk
+reads their span once, :func:`_read_pair`). A variant chunk without missing calls
+costs the per-pair counts one reduction over its codes.
 """
 
 from __future__ import annotations
