@@ -40,6 +40,8 @@ Usage::
     python scripts/bench/bench_pass_floor.py                          # n = 10,000, p = 50,000, l = 33 and 250
     python scripts/bench/bench_pass_floor.py --n 2000 --p 8000 --repeats 1   # smoke run
     python scripts/bench/bench_pass_floor.py --write-docs --docs docs/performance.md
+    python scripts/bench/bench_pass_floor.py --grm-only --grm-n 4000   # the GRM part alone: variant
+        # statistics + grm stage against the in-memory float32 SYRK of the standardized X
 """
 
 from __future__ import annotations
