@@ -29,10 +29,15 @@ def _counts_reference(G, keep):
     return C @ C.T
 
 
-@pytest.mark.parametrize("missing", [0.0, 0.05])
+@pytest.mark.parametrize("missing", [0.0, 0.05, "first chunk only"])
 def test_blocks_within_store_chunks_equal_dense_k_and_counts(tmp_path, rng, missing):
-    # 90 samples in chunks of 64: blocks of 30 share chunk 0 (blocks 0, 1) or straddle both (block 2)
-    G = random_genotypes(rng, 90, 130, missing=missing)
+    # 90 samples in chunks of 64: blocks of 30 share chunk 0 (blocks 0, 1) or straddle both (block 2);
+    # variant chunks of 50: with "first chunk only", the second and third have no missing call, nor
+    # has block 0 (rows 0-29) in the first, so its off-diagonal blocks have missing calls on one side
+    G = random_genotypes(rng, 90, 130, missing=0.05 if missing else 0.0)
+    if missing == "first chunk only":
+        G[:, 50:] = np.abs(G[:, 50:])
+        G[:30] = np.abs(G[:30])
     arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=G.shape, dtype="int8", chunks=(64, 50))
     arr[...] = G
     std = bigmm.standardization(bigmm.variant_stats(G), "gcta")
@@ -40,10 +45,10 @@ def test_blocks_within_store_chunks_equal_dense_k_and_counts(tmp_path, rng, miss
     # float64 products over 3 variant chunks: round-off ~1e-15 relative; 1e-10 is ample
     np.testing.assert_allclose(K, grm_reference(G, "gcta"), rtol=0, atol=1e-10)
     np.testing.assert_array_equal(N, _counts_reference(G, std.keep))
-    if missing == 0.0:
-        assert np.all(N == std.n_kept)
-    else:
+    if missing:
         assert N.min() < std.n_kept
+    else:
+        assert np.all(N == std.n_kept)
 
 
 @pytest.mark.parametrize("rows_j", [slice(30, 60), slice(60, 90)])
