@@ -40,6 +40,8 @@ Usage::
     python scripts/bench/bench_pass_floor.py                          # n = 10,000, p = 50,000, l = 33 and 250
     python scripts/bench/bench_pass_floor.py --n 2000 --p 8000 --repeats 1   # smoke run
     python scripts/bench/bench_pass_floor.py --write-docs --docs docs/performance.md
+    python scripts/bench/bench_pass_floor.py --grm-only --grm-n 4000   # the GRM part alone: variant
+        # statistics + grm stage against the in-memory float32 SYRK of the standardized X
 """
 
 from __future__ import annotations
@@ -289,17 +291,81 @@ def measure(args) -> dict:
     return out
 
 
+def profile_grm_task(store, std, block: int, n_chunks: int, cache: Path) -> dict:
+    """CPU seconds of the parts of the grm stage's block tasks: bigmm.grm.grm_block with the per-pair
+    counts, as a task calls it, under cProfile (CPU time) with one BLAS thread, over the first ``n_chunks``
+    variant chunks, for the diagonal block (0, 0) and the off-diagonal block (0, 1). Parts: read +
+    decode (the store's ``__getitem__``), ``standardize_block``, the per-pair counts
+    (``_count_missing``, where bigmm has it) and grm_block's own lines (its products and the float64
+    accumulation: BLAS). Also the time to write one finished off-diagonal block of K and N."""
+    import cProfile
+    import importlib
+    import pstats
+    import shutil
+
+    from threadpoolctl import threadpool_limits
+
+    from common import Columns
+
+    gm = importlib.import_module("bigmm.grm")  # (bigmm.grm the attribute is the function)
+
+    G = store.genotypes
+    n, p = G.shape
+    step = gm._variant_chunk(G)
+    pv = min(p, n_chunks * step)
+    blocks = gm._blocks(n, block)
+    cases = [("diagonal", blocks[0], blocks[0])] + ([("off-diagonal", blocks[0], blocks[1])] if len(blocks) > 1 else [])
+    read_file = Columns.__getitem__.__code__.co_filename
+    out: dict = {"variant_chunks": -(-pv // step), "cases": {}}
+    for kind, ri, rj in cases:
+        pr = cProfile.Profile(time.process_time)  # CPU seconds: steadier than wall time on a loaded machine
+        with threadpool_limits(limits=1, user_api="blas"):
+            pr.enable()
+            gm.grm_block(Columns(G, pv), std.center, std.scale, ri, rj, step, std.n_kept, np.float32, counts=True)
+            pr.disable()
+        t = {"read_s": 0.0, "standardize_s": 0.0, "counts_s": 0.0, "products_s": 0.0}
+        for (file, _line, name), (_cc, _nc, tt, ct, _callers) in pstats.Stats(pr).stats.items():
+            if name == "__getitem__" and file == read_file:
+                t["read_s"] += ct
+            elif name == "standardize_block":
+                t["standardize_s"] += ct
+            elif name in ("_count_missing", "_missing_product"):
+                t["counts_s"] += tt if name == "_missing_product" else ct
+            elif name == "grm_block":
+                t["products_s"] += tt
+        total = pstats.Stats(pr).total_tt
+        out["cases"][kind] = {"cpu_s": total, **t, "other_s": total - sum(t.values())}
+    if len(blocks) > 1:  # writing one finished block of K and N (and their transposes), as a block task does
+        wpath = cache / "profile_grm_write.zarr"
+        shutil.rmtree(wpath, ignore_errors=True)
+        gm.create_grm_store(wpath, n, block, {}, counts=True)
+        acc = np.full((blocks[0].stop - blocks[0].start, blocks[1].stop - blocks[1].start), 0.5)
+        t0, c0 = time.perf_counter(), time.process_time()
+        gm._write_block(str(wpath), 0, 1, blocks[0], blocks[1], {"K": acc, "N": np.full(acc.shape, p, np.int32)})
+        out["write_block_s"], out["write_block_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        shutil.rmtree(wpath, ignore_errors=True)
+    return out
+
+
+def one_thread(fn):
+    """``fn()`` with one BLAS thread: its CPU seconds are the work alone, without the CPU that idle
+    BLAS threads burn spinning on a loaded machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return fn()
+
+
 def measure_grm(args) -> dict:
-    """The grm stage's build (K and the per-pair counts N into a Zarr GRM store, common.compute_grm)
-    against the in-memory float32 SYRK of the standardized X (``X @ X.T``, all cores), alternated,
-    and one block task's profile (bench_grm.profile_block: read + decode, standardize, the products
-    and counts, the write of a block)."""
+    """The GRM from the cohort store, as a run makes it: the variant statistics (bigmm.variant_stats
+    and the standardization, common.variant_filter) and the grm stage's build (K and the per-pair
+    counts N into a Zarr GRM store, common.compute_grm), each on the pipeline's default local
+    cluster, against the in-memory float32 SYRK of the standardized X (``X @ X.T``, all cores; and
+    on one BLAS thread, whose CPU seconds are the SYRK's work), alternated; and the parts of the block tasks (:func:`profile_grm_task`)."""
     import bigmm
-    from bench_grm import profile_block
     from bigmm.genotypes import standardize_block
     from bigmm.pipeline.cluster import dask_client
-    from common import grm_block_size
-    from common import compute_grm
+    from common import compute_grm, grm_block_size
 
     n = args.grm_n
     c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
@@ -318,34 +384,66 @@ def measure_grm(args) -> dict:
         block = grm_block_size(store, cfg, np.float32)
         runs = alternate(args.repeats, {
             "syrk": lambda _r: timed(lambda: (X @ X.T).shape, f"in-memory float32 X Xᵀ n={n}"),
+            "syrk 1 thread": lambda _r: timed(lambda: one_thread(lambda: (X @ X.T).shape),
+                                              f"in-memory float32 X Xᵀ n={n}, 1 BLAS thread"),
+            "variant stats": lambda _r: timed(lambda: variant_filter(store, args.min_maf, args.max_missing).n_kept,
+                                              f"variant statistics n={n}"),
             "grm stage": lambda _r: timed(lambda: compute_grm(store, std, path, block, np.float32),
                                           f"grm stage build n={n}")})
     X = None
-    prof = profile_block(store, std, block, ["float32"], args.cache, args.workers)
-    return {"n": n, "p": p, "block": block, "runs": {m: summarize(rr) for m, rr in runs.items()}, "profile": prof}
+    prof = profile_grm_task(store, std, block, args.grm_profile_chunks, args.cache)
+    return {"n": n, "p": p, "p_kept": std.n_kept, "block": block, "sample_chunk": store.chunks[0],
+            "variant_chunk": cc, "runs": {m: summarize(rr) for m, rr in runs.items()}, "profile": prof}
 
 
 def grm_report(g: dict) -> str:
     r = g["runs"]
-    syrk, build = r["syrk"], r["grm stage"]
+    syrk, build, vs = r["syrk"], r["grm stage"], r.get("variant stats")
     fl = g["n"] ** 2 * g["p"]
+    both = build["median_s"] + (vs["median_s"] if vs else 0.0)
+    both_cpu = build["cpu_s_median"] + (vs["cpu_s_median"] if vs else 0.0)
     lines = ([g["run"], ""] if g.get("run") else []) + [
-             f"**GRM at n = {g['n']:,}** (p = {g['p']:,}, blocks of {g['block']}, float32 products): the grm "
-             f"stage's build (K and the per-pair counts N into a Zarr GRM store) {fmt_time(build, 2)}, CPU "
-             f"{build['cpu_s_median']:.1f} s; the in-memory float32 `X @ X.T` (SYRK, all cores) of the same "
-             f"standardized X {fmt_time(syrk, 2)} = {fl / syrk['median_s'] / 1e9:.0f} GFLOP/s, CPU "
-             f"{syrk['cpu_s_median']:.1f} s; build / SYRK = {build['median_s'] / syrk['median_s']:.2f} "
-             f"(CPU {build['cpu_s_median'] / syrk['cpu_s_median']:.2f}).", ""]
-    prof = g["profile"]["by_dtype"]["float32"]["cases"]
-    rows = [[k, f"{v['total_s']:.2f}", f"{v['read_s']:.2f}", f"{v['standardize_s']:.2f}", f"{v['blas_s']:.2f}",
-             f"{v['other_s']:.2f}"] for k, v in prof.items()]
-    lines += [f"One block task (bigmm.grm.grm_block with the counts N, {g['profile']['variant_chunks']} variant "
-              "chunks, cProfile, 1 BLAS thread), seconds:", "",
-              md_table(["block", "total", "read + decode", "standardize", "products + counts (grm_block's own)",
-                        "other"], rows), ""]
+             f"**GRM at n = {g['n']:,}** (p = {g['p']:,}, blocks of {g['block']}, store chunks "
+             f"{g.get('sample_chunk', '?')} × {g.get('variant_chunk', '?')}, float32 products; medians of "
+             f"{syrk['repeats']} repeats, min–max; CPU of the driver and the workers):", "",
+             md_table(["step", "wall", "CPU", "wall / SYRK", "CPU / SYRK"],
+                      [["in-memory float32 `X @ X.T` (SYRK, all cores) of the standardized X",
+                        f"{fmt_time(syrk, 2)} = {fl / syrk['median_s'] / 1e9:.0f} GFLOP/s",
+                        f"{syrk['cpu_s_median']:.1f} s", "1", "1"]]
+                      + ([["variant statistics (one pass: counts, filters, standardization)", fmt_time(vs, 2),
+                           f"{vs['cpu_s_median']:.1f} s", f"{vs['median_s'] / syrk['median_s']:.2f}",
+                           f"{vs['cpu_s_median'] / syrk['cpu_s_median']:.2f}"]] if vs else [])
+                      + [["grm stage (K and the per-pair counts N into a Zarr GRM store)", fmt_time(build, 2),
+                          f"{build['cpu_s_median']:.1f} s", f"{build['median_s'] / syrk['median_s']:.2f}",
+                          f"{build['cpu_s_median'] / syrk['cpu_s_median']:.2f}"]]
+                      + ([["**variant statistics + grm stage** (sums of the medians)", f"{both:.2f} s",
+                           f"{both_cpu:.1f} s", f"**{both / syrk['median_s']:.2f}**",
+                           f"**{both_cpu / syrk['cpu_s_median']:.2f}**"]] if vs else [])), ""]
+    one = r.get("syrk 1 thread")
+    if one:
+        lines += [f"The same SYRK on one BLAS thread: {fmt_time(one, 2)}, CPU {one['cpu_s_median']:.1f} s (the "
+                  f"SYRK's work: on this loaded machine the two-thread SYRK's idle BLAS thread spins, so its CPU "
+                  f"overstates the work); variant statistics + grm stage CPU / one-thread SYRK CPU = "
+                  f"**{both_cpu / one['cpu_s_median']:.2f}**.", ""]
+    prof = g["profile"]
+    if "cases" in prof and "counts_s" in next(iter(prof["cases"].values())):
+        rows = [[k, f"{v['cpu_s']:.2f}", f"{v['read_s']:.2f}", f"{v['standardize_s']:.2f}", f"{v['products_s']:.2f}",
+                 f"{v['counts_s']:.2f}", f"{v['other_s']:.2f}"] for k, v in prof["cases"].items()]
+        lines += [f"One block task's parts (bigmm.grm.grm_block with the counts N over {prof['variant_chunks']} "
+                  "variant chunks, cProfile with 1 BLAS thread), CPU seconds:",
+                  "", md_table(["block", "CPU", "read + decode", "standardize", "products + float64 accumulation",
+                                "per-pair counts", "other"], rows), ""]
+    else:  # results of the earlier version of this script (bench_grm.profile_block)
+        prof = prof["by_dtype"]["float32"]["cases"]
+        rows = [[k, f"{v['total_s']:.2f}", f"{v['read_s']:.2f}", f"{v['standardize_s']:.2f}", f"{v['blas_s']:.2f}",
+                 f"{v['other_s']:.2f}"] for k, v in prof.items()]
+        lines += [f"One block task (bigmm.grm.grm_block with the counts N, {g['profile']['variant_chunks']} variant "
+                  "chunks, cProfile, 1 BLAS thread), seconds:", "",
+                  md_table(["block", "total", "read + decode", "standardize", "products + counts (grm_block's own)",
+                            "other"], rows), ""]
     if "write_block_s" in g["profile"]:
-        lines += [f"Writing one finished off-diagonal block of K and N: {g['profile']['write_block_s']:.2f} s "
-                  f"({g['profile']['write_ns_per_entry']:.1f} ns per entry).", ""]
+        lines += [f"Writing one finished off-diagonal block of K and N (and their transposes): "
+                  f"{g['profile']['write_block_s']:.2f} s.", ""]
     return "\n".join(lines)
 
 
@@ -447,6 +545,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-limit", default="5GiB", help="per worker")
     ap.add_argument("--grm-n", type=int, default=None, help="also the GRM part at this n (e.g. 4000)")
     ap.add_argument("--grm-only", action="store_true", help="only the GRM part (into --json, its own file)")
+    ap.add_argument("--grm-profile-chunks", type=int, default=4,
+                    help="variant chunks of the GRM block tasks' profile (default 4)")
     ap.add_argument("--kernels", nargs="+", default=["standardize", "fold"], help="GrmOperator kernels to time")
     ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_floor.json)")
     add_docs_args(ap)
