@@ -462,7 +462,7 @@ def report(res: dict) -> str:
              f"{res['cluster']['threads']} thread ({res['cluster']['memory_limit']} each), float32 products, "
              f"float64 accumulation · load average {res['load'][0]:.1f} at the start, "
              f"{res['load'][1]:.1f} at the end.", "", machine_line(res["machine"]) + ".", ""]
-    std1, std2 = r["standardize 1t"]["median_s"], r["standardize 2t"]["median_s"]
+    std2 = r["standardize 2t"]["median_s"]
     rows = []
     for lay, d in res["layouts"].items():
         d1, d2 = r[f"decode {lay} 1t"], r[f"decode {lay} 2t"]

@@ -609,13 +609,16 @@ def du(path: Path) -> int:
 
 
 def ensure_cohort(cache: Path, n: int, *, p: int, seed: int, pops: int, fst: float, h2: list, chunks: tuple,
-                  sim_block: int, need_plink: bool) -> dict:
-    """Simulate (or reuse) a cohort of n samples with ``bigmm.simulate`` into a Zarr store (and a
-    PLINK fileset when ``need_plink``), phenotypes and covariates with ``bigmm.write_tables``.
-    Returns its record: parameters, paths and the simulation's time when it was made."""
+                  sim_block: int, need_plink: bool, layout: str = "int8") -> dict:
+    """Simulate (or reuse) a cohort of n samples with ``bigmm.simulate`` into a Zarr store of
+    genotype ``layout`` (int8 unless asked: the benchmarks' cached cohorts and their figures are
+    of int8 stores; a 2-bit cohort is cached under its own name) and a PLINK fileset when
+    ``need_plink``, phenotypes and covariates with ``bigmm.write_tables``. Returns its record:
+    parameters, paths and the simulation's time when it was made."""
     import bigmm
 
-    tag = f"n{n}_p{p}_seed{seed}" + (f"_pops{pops}_fst{fst:g}" if pops > 1 else "")
+    tag = (f"n{n}_p{p}_seed{seed}" + (f"_pops{pops}_fst{fst:g}" if pops > 1 else "")
+           + ("" if layout == "int8" else f"_{layout}"))
     base = cache / f"sim_{tag}"
     paths = {"zarr": Path(f"{base}.zarr"), "plink": base, "pheno": Path(f"{base}.pheno.tsv"),
              "covar": Path(f"{base}.covar.tsv"), "truth": Path(f"{base}.truth.json"), "meta": Path(f"{base}.sim.json")}
@@ -629,7 +632,8 @@ def ensure_cohort(cache: Path, n: int, *, p: int, seed: int, pops: int, fst: flo
     if ok:
         try:
             st = bigmm.open_store(paths["zarr"])
-            ok = st.genotypes.shape == (n, p) and list(st.chunks) == [min(chunks[0], n), min(chunks[1], p)]
+            ok = (st.genotypes.shape == (n, p) and list(st.chunks) == [min(chunks[0], n), min(chunks[1], p)]
+                  and st.layout == layout)
         except Exception as exc:  # noqa: BLE001 - a damaged cache is simulated again
             log(f"simulate: cached store unusable ({exc})")
             ok = False
@@ -641,7 +645,8 @@ def ensure_cohort(cache: Path, n: int, *, p: int, seed: int, pops: int, fst: flo
         f"{'+ PLINK ' if need_plink else ''}-> {paths['zarr']}")
     paths["meta"].unlink(missing_ok=True)
     r = timed(lambda: bigmm.simulate(n, p, h2=list(h2), seed=seed, n_pops=pops, fst=fst, out_zarr=paths["zarr"],
-                                     out_plink=base if need_plink else None, chunks=tuple(chunks), block=sim_block),
+                                     out_plink=base if need_plink else None, chunks=tuple(chunks), block=sim_block,
+                                     layout=layout),
               f"simulate n={n}")
     t0 = time.perf_counter()
     bigmm.write_tables(r["result"], paths["pheno"], paths["covar"], paths["truth"])
