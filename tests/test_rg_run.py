@@ -191,7 +191,7 @@ def test_an_unknown_name_is_refused_before_any_stage(pheno, tmp_path):
     assert "genetic correlations: 3 pair(s) by bivariate REML on the univariate spectrum, no pass over X" in text
     assert "2 pair(s) with different missing values fitted on their common samples" in text
     text = validate(config(pheno, out, {"pairs": "all"}, reml={"method": "matrix_free"})).describe()
-    assert "about 0.11-0.18 CPU s (35-60 ms per pair measured by scripts/bench/bench_rg_pairs.py" in text
+    assert "about 0.015-0.036 CPU s (5-12 ms per pair measured by scripts/bench/bench_rg_driver.py" in text
     assert ("2 pair(s) have different missing values: fitted on their common samples from one more matrix-free "
             "build (at most reml.max_steps passes over X)") in text
 

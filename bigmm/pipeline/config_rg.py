@@ -21,11 +21,11 @@ from ..errors import InputError
 
 #: the models with several variance components: no bivariate REML (rg is single-component)
 COMPONENTS_MODELS = ("components", "components_matrix_free")
-#: driver CPU seconds per pair on the matrix-free path, measured by scripts/bench/bench_rg_pairs.py
-#: (docs/matrix_free.md: n = 1,000, 30 phenotypes in 9 steps, 35 ms without and 59 ms with the
-#: jackknife; more for a larger build): the range ``bigmm check`` quotes. The spectral path has no
-#: measured figure: its cost per pair grows with the spectrum's rank (n on an exact spectrum)
-SECONDS_PER_PAIR = (0.035, 0.060)
+#: driver CPU seconds per pair on the matrix-free path with the LRTs, measured by
+#: scripts/bench/bench_rg_driver.py (docs/benchmarks.md: 30 phenotypes 5-6 ms, 100 phenotypes 6 ms,
+#: 12 ms with the jackknife; more for a longer build): the range ``bigmm check`` quotes. The
+#: spectral path has no measured figure: its cost per pair grows with the spectrum's rank
+SECONDS_PER_PAIR = (0.005, 0.012)
 
 
 class RgConfig(BaseModel):
@@ -119,8 +119,8 @@ def describe_rg(rg: RgConfig, pairs: list, model: str, crossing: list) -> str:
     line = (f"genetic correlations: {len(pairs)} pair(s) by bivariate REML on the univariate "
             f"{'spectrum' if model == 'spectral' else 'matrix-free build'}, no pass over X; driver "
             + (f"about {lo:.2g}-{hi:.2g} CPU s ({SECONDS_PER_PAIR[0] * 1e3:.0f}-{SECONDS_PER_PAIR[1] * 1e3:.0f} ms "
-               f"per pair measured by scripts/bench/bench_rg_pairs.py at n = 1,000 with 30 phenotypes; more "
-               f"with more phenotypes)" if model == "matrix_free" else
+               f"per pair measured by scripts/bench/bench_rg_driver.py with 30-100 phenotypes; more "
+               f"for a longer build)" if model == "matrix_free" else
                "work per pair grows with the spectrum's rank (all n eigenvalues on an exact spectrum)"))
     if crossing and model == "matrix_free":
         line += (f"; {len(crossing)} pair(s) have different missing values: "
