@@ -374,11 +374,20 @@ def _fit_pairs(tasks: list, lrt: bool, jackknife, kw: dict, one_thread: bool = F
     """[(fit, Monte Carlo SDs)] of each task ``((a, b), model, ja, jb, scale_a, scale_b, n_left_out, build)``,
     in order. Each phenotype's univariate REML on its pattern's measure is computed once and
     starts all its pairs. The pairs of one pattern are fitted together (:func:`_fit_batched`),
-    any pair the batch does not finish by :func:`bigmm.bivariate.fit_pair`. ``one_thread``: in a
-    worker process, BLAS to one thread (the arrays are small; the processes are the parallelism)."""
+    any pair the batch does not finish by :func:`bigmm.bivariate.fit_pair`. BLAS runs on one
+    thread (in this process only for the call; a worker process, ``one_thread``, for good): the
+    arrays are small, and a second BLAS thread doubled the CPU time of all pairs of 100 phenotypes
+    for 15% less wall time (docs/benchmarks.md); processes (``workers``) are the parallelism."""
+    from threadpoolctl import threadpool_limits
+
     if one_thread:
-        from threadpoolctl import threadpool_limits
         threadpool_limits(1)
+        return _fit_tasks(tasks, lrt, jackknife, kw)
+    with threadpool_limits(1):
+        return _fit_tasks(tasks, lrt, jackknife, kw)
+
+
+def _fit_tasks(tasks: list, lrt: bool, jackknife, kw: dict) -> list:
     uni = {}
     out = _fit_batched(tasks, lrt, jackknife, kw, uni) if _BATCHED else [None] * len(tasks)
     for i, ((a, b), mdl, ja, jb, sa, sb, left, _build) in enumerate(tasks):
