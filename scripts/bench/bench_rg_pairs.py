@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probes", type=int, default=30)
     ap.add_argument("--dtype", default="float32", choices=["float64", "float32"])
     ap.add_argument("--exact-pairs", type=int, default=0, help="check the first k pairs against the exact path")
+    ap.add_argument("--no-lrt", action="store_true",
+                    help="the pairs without their likelihood-ratio tests (lrt=False: no r_g = 0 and |r_g| = 1 refits)")
     ap.add_argument("--pair-workers", type=int, default=1,
                     help="processes that fit the pairs (fit_bivariate_matrix_free's workers=)")
     ap.add_argument("--seed", type=int, default=1)
@@ -200,7 +202,8 @@ def pairs_only(args) -> int:
         kept = pickle.load(fh)
     rec = {**kept["rec"], "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "command": command_line(__file__, None), "machine": machine_info(), "loadavg_start": os.getloadavg(),
-           "from_build": str(args.from_build), "univariate": {**kept["univariate"], "from_build": True}}
+           "from_build": str(args.from_build), "univariate": {**kept["univariate"], "from_build": True},
+           "pairs_args": {"no_lrt": args.no_lrt, "pair_workers": args.pair_workers}}
     res = kept["result"]
     print(f"pairs of the build kept in {args.from_build} ({len(res.phenotype_names)} phenotypes; build "
           f"{kept['w_uni']:.1f} s wall, {kept['univariate']['passes_over_X']} passes, "
@@ -221,7 +224,8 @@ def fit_pairs(args, rec, res, npairs, pass_s, w_uni, save, op, data=None) -> int
     for how in (None, "newton"):
         before = op.calls if op is not None else 0
         with PeakRSS() as mon:
-            r, w, c = wall_cpu(lambda: fit_bivariate_matrix_free(res, "all", jackknife=how, workers=args.pair_workers))
+            r, w, c = wall_cpu(lambda: fit_bivariate_matrix_free(res, "all", jackknife=how, workers=args.pair_workers,
+                                                                  lrt=not args.no_lrt))
         assert op is None or op.calls == before, "the pairs took a pass over X"
         out[how] = r
         rec[f"pairs_jackknife_{how or 'off'}"] = {
