@@ -54,17 +54,10 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
 import math
 import os
 import re
-import resource
-import shlex
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,8 +65,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ENV0, MIB, REPO, PeakRSS, add_docs_args, alternate, command_line,  # noqa: E402
-                    ensure_cohort, log, machine_info, machine_line, md_table, publish, run_peer, time_v)
+from common import (REPO, alternate_into, bigmm_child, bolt_exe, bolt_log_facts, bolt_said,  # noqa: E402
+                    comparison_parser, ensure_cohort, fmt, invocation, log, machine_line, md_table, med, merge_results,
+                    parse_comparison_args, read_covariates, report_results, run_bolt, run_child, runs_line,
+                    tool_runs)
 
 SECTION = "Several components: bigmm and BOLT-REML (scripts/bench/bench_components_bolt.py)"
 H2_COHORT = [0.5, 0.3]  # bench_reml.py's cohorts (their own traits are not used here)
@@ -83,7 +78,6 @@ MAF_EDGES = {4: [0.0, 0.15, 0.25, 0.35, 0.5], 8: [0.0, 0.1, 0.15, 0.2, 0.25, 0.3
 TOOLS = {"bolt": "BOLT-REML", "bigmm_exact": "bigmm exact (K_j + AI-REML)", "bigmm_mf": "bigmm matrix-free"}
 PHENO = "y"
 EXACT_MAX_N_REPORT = 10000  # the report expects exact runs up to this n
-BOLT_VERSION = re.compile(r"BOLT-LMM, (v\S+)")
 NUM = r"([-+0-9.eE]+|nan|-?inf)"
 
 
@@ -156,8 +150,7 @@ def prepare(args, n: int, p: int, m: int, plink: bool) -> dict:
     g *= np.sqrt(h2) / g.std(0)
     e = rng.normal(size=n)
     e = (e - e.mean()) / e.std() * math.sqrt(1.0 - H2_TOTAL)
-    iid, age, sex = read_covariates(c["paths"]["covar"])
-    fid = [line.split()[0] for line in open(c["paths"]["covar"])][1:]
+    fid, iid, age, sex = read_covariates(c["paths"]["covar"])
     y = 1.0 + COVAR_EFFECTS[0] * (age - 50) / 10 + COVAR_EFFECTS[1] * (sex == "M") + g.sum(1) + e
     if list(iid) != list(store.sample_iid):
         raise RuntimeError(f"{c['paths']['covar']}: samples not in the store's order")
@@ -181,11 +174,6 @@ def prepare(args, n: int, p: int, m: int, plink: bool) -> dict:
                                          for k, v in files.items()}}
 
 
-def read_covariates(path):
-    rows = [line.split() for line in open(path)][1:]
-    return np.array([r[1] for r in rows]), np.array([float(r[2]) for r in rows]), np.array([r[3] for r in rows])
-
-
 # --------------------------------------------------------------------------- BOLT
 
 def parse_bolt(text: str, names) -> dict:
@@ -201,37 +189,19 @@ def parse_bolt(text: str, names) -> dict:
     if not mm:
         raise RuntimeError("no h2e line in BOLT's log")
     out["h2"], out["h2_se"] = 1.0 - float(mm.group(1)), float(mm.group(2))  # total h²: 1 − h²_e
-    out["iterations"] = len(re.findall(r"Start ITER \d+: computing AI matrix", text))
-    if mt := re.search(r"Total elapsed time for analysis = (\S+) sec", text):
-        out["bolt_reported_s"] = float(mt.group(1))
-    if mt := re.search(r"Nused = (\d+)", text):
-        out["n"] = int(mt.group(1))
-    out["warnings"] = sorted({ln.strip() for ln in text.splitlines() if ln.startswith(("WARNING", "NOTE"))})
-    return out
+    return {**out, **bolt_log_facts(text)}
 
 
-def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
+def bolt_components(args, exe: str, c: dict, rdir: Path) -> dict:
     rdir.mkdir(parents=True, exist_ok=True)
-    p, fl, tv = c["paths"], c["files"], rdir / "time_v.txt"
+    p, fl = c["paths"], c["files"]
     cmd = [exe, "--bfile", p["plink"], "--phenoFile", fl["pheno"], "--phenoCol", PHENO,
            "--covarFile", p["covar"], "--qCovarCol", "age", "--covarCol", "sex"]
     for f in fl["model_snps"]:
         cmd += ["--modelSnps", f]
     cmd += ["--reml", "--numThreads", str(args.bolt_threads)]
-    timer = ["/usr/bin/time", "-v", "-o", str(tv)] if os.access("/usr/bin/time", os.X_OK) else []
-    load0, started = os.getloadavg()[0], time.time()
-    try:
-        r = run_peer(timer + cmd, rdir / "bolt.log", f"BOLT-REML n={c['n']} m={c['comp']['m']}")
-    except RuntimeError:
-        tail = [ln.strip() for ln in (rdir / "bolt.log").read_text().splitlines() if ln.strip()][-3:]
-        raise RuntimeError(f"{' / '.join(tail) or 'non-zero exit, no output'} (log: {rdir / 'bolt.log'})") from None
-    r["wall_s"] = r.pop("seconds")
-    r["peak_rss_mib"] = r.pop("peak_rss") / MIB
-    if timer:
-        r.update(time_v(tv))  # BOLT's own max RSS (ru_maxrss includes the forked Python's)
-    r.update(parse_bolt((rdir / "bolt.log").read_text(), c["comp"]["names"]))
-    r.update(started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-             loadavg_1min_start_end=[load0, os.getloadavg()[0]], log=str(rdir / "bolt.log"))
+    r = run_bolt(cmd, rdir, f"BOLT-REML n={c['n']} m={c['comp']['m']}",
+                 lambda text: parse_bolt(text, c["comp"]["names"]))
     log(f"  BOLT total h2 {r['h2']:.4f} ({r['h2_se']:.4f}); " + ", ".join(
         f"{k} {v['h2']:.4f} ({v['h2_se']:.4f})" for k, v in r["components"].items())
         + f"; CPU {r['cpu_s']:.1f} s, max RSS {r['peak_rss_mib']:.0f} MiB")
@@ -240,38 +210,20 @@ def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
 
 # --------------------------------------------------------------------------- bigmm (a child process)
 
+def read_annotation(spec: dict, store):
+    import bigmm
+
+    return bigmm.read_components(spec["annotation"], store.variant_table()["id"])
+
+
 def child(spec_path: str, out_path: str) -> int:
     """The bigmm side in its own process: statistics, components, the fit; stage times to JSON."""
-    spec = json.loads(Path(spec_path).read_text())
-    import logging
+    with bigmm_child(spec_path, out_path, inputs=read_annotation) as run:
+        import bigmm
 
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    import bigmm
-    from bigmm.pipeline.cluster import dask_client
-    from bigmm.pipeline.config import ClusterConfig
-    from bigmm.pipeline.memory import task_memory
-
-    cc = ClusterConfig(**spec["cluster"])
-    times, out = {}, {}
-    t = time.perf_counter()
-    with dask_client(cc):
-        times["cluster"] = time.perf_counter() - t
-        t = time.perf_counter()
-        store = bigmm.open_store(spec["zarr"])
-        comps = bigmm.read_components(spec["annotation"], store.variant_table()["id"])
-        iid, age, sex = read_covariates(spec["covar"])
-        rows = [line.split() for line in open(spec["pheno"])][1:]
-        if list(iid) != list(store.sample_iid) or [r[1] for r in rows] != list(store.sample_iid):
-            raise RuntimeError("phenotype/covariate rows not in the store's sample order")
-        y = np.array([float(r[2]) for r in rows])
-        Z = np.column_stack([np.ones_like(y), age, (sex == "M").astype(float)])
-        times["inputs"] = time.perf_counter() - t
-        t = time.perf_counter()
-        stats = bigmm.variant_stats(store.to_dask())
-        std = bigmm.standardization(stats, spec["standardize"])
-        comps = comps.check(std.keep)
-        times["variant_stats"] = time.perf_counter() - t
-        memory = task_memory(cc)
+        spec, store, std, memory, times, out = run.spec, run.store, run.std, run.memory, run.times, run.out
+        comps = run.extra.check(std.keep)
+        y, Z = np.ascontiguousarray(run.Y[:, 0]), run.Z
         kw = dict(phenotype_names=[PHENO], covariate_names=["intercept", "age", "sex"])
         if spec["method"] == "bigmm_exact":
             t = time.perf_counter()
@@ -296,54 +248,26 @@ def child(spec_path: str, out_path: str) -> int:
             out["op_passes"] = int(op.passes)
             out["fit_passes"] = getattr(res[PHENO], "passes", None)
             out["passes_over_X"] = 1 + int(op.passes)
-    fit = res[PHENO]
-    out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), h2=fit.h2, h2_se=fit.h2_se,
-               h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
-               iterations=getattr(fit, "iterations", None), converged=getattr(fit, "converged", None),
-               reml_method=getattr(fit, "reml_method", None), stages_s=times,
-               components={ce.name: {"h2": ce.h2, "h2_se": ce.h2_se, "h2_se_mc": getattr(ce, "h2_se_mc", None),
-                                     "n_variants": ce.n_variants, "boundary": ce.boundary}
-                           for ce in fit.components})
-    Path(out_path).write_text(json.dumps(out, indent=1, default=float) + "\n")
+        fit = res[PHENO]
+        out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), h2=fit.h2, h2_se=fit.h2_se,
+                   h2_se_mc=getattr(fit, "h2_se_mc", None), n=fit.n,
+                   iterations=getattr(fit, "iterations", None), converged=getattr(fit, "converged", None),
+                   reml_method=getattr(fit, "reml_method", None), stages_s=times,
+                   components={ce.name: {"h2": ce.h2, "h2_se": ce.h2_se, "h2_se_mc": getattr(ce, "h2_se_mc", None),
+                                         "n_variants": ce.n_variants, "boundary": ce.boundary}
+                               for ce in fit.components})
     return 0
 
 
 def run_bigmm(args, c: dict, method: str, rdir: Path, rep: int) -> dict:
     """The child of ``method`` on the cohort, measured from here: wall, CPU of the reaped process
     tree, peak RSS summed over it (sampled; sum of per-process peaks as an upper bound)."""
-    shutil.rmtree(rdir, ignore_errors=True)
-    rdir.mkdir(parents=True)
     spec = {"method": method, "zarr": c["paths"]["zarr"], "covar": c["paths"]["covar"], "pheno": c["files"]["pheno"],
             "annotation": c["files"]["annotation"], "standardize": args.standardize, "seed": rep,
             "probes": args.probes,
             "cluster": {"workers": args.workers, "threads_per_worker": args.threads, "memory_limit": args.memory_limit}}
-    (rdir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", str(rdir / "spec.json"), str(rdir / "out.json")]
-    log(f"  {method} n={c['n']} m={c['comp']['m']}: {shlex.join(cmd)}")
-    load0, started = os.getloadavg()[0], time.time()
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(rdir / "stdout.log", "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV0, cwd=REPO, start_new_session=True)
-        with PeakRSS(pid=proc.pid, track_hwm=True) as mon:
-            try:
-                rc = proc.wait(timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                rc = f"killed after {args.timeout:.0f} s"
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if rc != 0:
-        tail = [ln.strip() for ln in (rdir / "stdout.log").read_text().splitlines() if ln.strip()][-3:]
-        raise RuntimeError(f"{method} failed ({rc}): {' / '.join(tail)} (log: {rdir / 'stdout.log'})")
-    r = json.loads((rdir / "out.json").read_text())
-    r.update(wall_s=wall, cpu_s=(ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-             peak_rss_mib=mon.max_sum / MIB, sum_of_process_peaks_mib=mon.sum_of_peaks / MIB,
-             max_processes=mon.max_procs, run_dir=str(rdir),
-             started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-             loadavg_1min_start_end=[load0, os.getloadavg()[0]])
-    log(f"  {method}: wall {wall:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, total h2 "
+    r = run_child(__file__, spec, rdir, f"{method} n={c['n']} m={c['comp']['m']}", args.timeout)
+    log(f"  {method}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, total h2 "
         f"{r['h2']:.4f} ({r['h2_se']:.4f}); " + ", ".join(f"{k} {v['h2']:.4f} ({v['h2_se']:.4f})"
                                                           for k, v in r["components"].items()))
     return r
@@ -374,41 +298,18 @@ def workload(args, res: dict, save, ns, p: int, m: int, tools: list[str], exe: s
         for t in tools:
             if t == "bolt":
                 if exe:
-                    methods[t] = lambda rep: run_bolt(args, exe, c, rdir("bolt", rep))
+                    methods[t] = lambda rep: bolt_components(args, exe, c, rdir("bolt", rep))
             elif t == "bigmm_exact" and n > args.exact_max_n:
                 log(f"  bigmm_exact skipped at n = {n} > --exact-max-n {args.exact_max_n}")
             elif t == "bigmm_mf" and not matrix_free_available():
                 log("  bigmm_mf skipped: this bigmm has no ComponentsOperator / fit_components_matrix_free")
             else:
                 methods[t] = (lambda t: lambda rep: run_bigmm(args, c, t, rdir(t, rep), rep))(t)
-        for t in methods:  # this invocation's tools replace earlier runs of the same tools
-            row["runs"][t] = []
-            row["failed"].pop(t, None)
-
-        def saving(name, fn):
-            def run(rep):
-                r = fn(rep)
-                r["command"] = res["command"]
-                row["runs"][name].append(r)
-                save()
-                return dict(r)
-            return run
-
-        alternate(args.repeats, {t: saving(t, fn) for t, fn in methods.items()}, row["failed"])
+        alternate_into(row, methods, args.repeats, res["command"], save)
         save()
 
 
 # --------------------------------------------------------------------------- report
-
-def med(runs: list[dict], get):
-    vals = [get(r) for r in runs]
-    vals = [v for v in vals if v is not None]
-    return float(np.median(vals)) if vals else None
-
-
-def fmt(v, spec: str) -> str | None:
-    return None if v is None else f"{v:{spec}}"
-
 
 def row_report(row: dict) -> list[str]:
     n, p, m, names = row["n"], row["p"], row["m"], row["comp"]["names"]
@@ -428,12 +329,7 @@ def row_report(row: dict) -> list[str]:
                 for nm in names} if rr else {}
 
     bh, eh = estimates(bolt), estimates(runs.get("bigmm_exact"))
-    for t, label in TOOLS.items():
-        rr = runs.get(t)
-        if not rr:
-            if t in row.get("failed", {}):
-                table.append([label, f"failed: {row['failed'][t][:200]}"] + [None] * (len(head) - 2))
-            continue
+    for t, label, rr in tool_runs(TOOLS, row, table, len(head), 200):
         cells, zs, ze = [], [], []
         for nm in names:
             h, se = med(rr, lambda r: r["components"][nm]["h2"]), med(rr, lambda r: r["components"][nm]["h2_se"])
@@ -468,9 +364,7 @@ def row_report(row: dict) -> list[str]:
                 / math.hypot(med(mf, lambda r: r["components"][nm]["h2_se"]), bh[nm][1]) for nm in names)
         lines.append(f"- Goal ĥ²_j of both within their SEs (every z ≤ 1): largest z {z:.2f} — "
                      f"{'met' if z <= 1 else 'NOT met'}.")
-    warn = sorted({w for r in bolt for w in r.get("warnings", [])})
-    if warn:
-        lines.append("- BOLT said: " + "; ".join(f"“{w}”" for w in warn) + ".")
+    lines += bolt_said(bolt)
     src = {r.get("bigmm_source") for rr in runs.values() for r in rr} - {None, str(REPO / "bigmm")}
     if src:
         lines.append("- bigmm imported from " + ", ".join(sorted(src)) + " (not this checkout's bigmm/).")
@@ -478,9 +372,7 @@ def row_report(row: dict) -> list[str]:
     pending = [TOOLS[t] for t in expected if not runs.get(t) and t not in row.get("failed", {})]
     if pending:
         lines.append("- **Pending** (not yet run on this cohort): " + ", ".join(pending) + ".")
-    reps = {t: len(rr) for t, rr in runs.items() if rr}
-    lines.append("- Runs (median when several): " + ", ".join(f"{TOOLS[t]} {k}" for t, k in reps.items())
-                 + "; started " + ", ".join(f"{TOOLS[t]} {rr[0]['started']}" for t, rr in runs.items() if rr) + ".")
+    lines.append(runs_line(runs, TOOLS))
     return lines + [""]
 
 
@@ -540,9 +432,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["_child"]:
         return child(*argv[1:3])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", nargs="?", default="run", choices=("run", "report"))
+    ap = comparison_parser(__doc__, ("run", "report"))
     ap.add_argument("--n", type=int, nargs="+", default=[10000, 25000], help="cohort sizes (default 10000 25000)")
     ap.add_argument("--p", type=int, default=20000, help="variants (default 20000, as bench_reml.py)")
     ap.add_argument("--m", type=int, default=4, help="components (MAF bins; default 4)")
@@ -565,60 +455,20 @@ def main(argv=None) -> int:
     ap.add_argument("--sim-block", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
-    ap.add_argument("--memory-limit", default="4GiB", help="per worker")
-    ap.add_argument("--timeout", type=float, default=7200, help="seconds before a bigmm run is killed")
-    ap.add_argument("--bolt", default="bolt", help="BOLT-LMM executable")
-    ap.add_argument("--bolt-threads", type=int, default=2)
-    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench", help="cohorts and run directories")
-    ap.add_argument("--results", type=Path, default=REPO / "results" / "bench_components_bolt.json")
-    add_docs_args(ap)
-    args = ap.parse_args(argv)
-    args.cache = args.cache.resolve()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args = parse_comparison_args(ap, argv, "bench_components_bolt.json")
     res: dict = {}  # this invocation's rows only (save merges them into the file)
-
-    def save():
-        # merged into the file as it is now: another invocation (e.g. BOLT at a larger n in the
-        # background) may have saved its rows since this one started; this one's tools win
-        disk = json.loads(args.results.read_text()) if args.results.exists() else {}
-        for k, row in res.get("rows", {}).items():
-            old = disk.setdefault("rows", {}).setdefault(k, {**row, "runs": {}, "failed": {}})
-            old.update({f: v for f, v in row.items() if f not in ("runs", "failed")})
-            old["runs"].update(row["runs"])
-            old["failed"] = {t: v for t, v in old["failed"].items() if t not in row["runs"]}
-            old["failed"].update(row["failed"])
-        disk.update({k: v for k, v in res.items() if k != "rows"})
-        tmp = args.results.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(disk, indent=1, default=str) + "\n")
-        os.replace(tmp, args.results)
+    save = lambda: merge_results(args.results, res)  # noqa: E731
 
     if args.action == "run":
-        import logging
-
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-        res.update(date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(),
-                   command=command_line(__file__, argv),
-                   args={k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                         for k, v in vars(args).items()})
+        res.update(invocation(__file__, argv, args))
         if args.scale:
             workload(args, res, save, [args.scale_n], args.scale_p, args.scale_m, ["bigmm_mf"], None, scale=True)
         else:
-            exe = shutil.which(args.bolt) if "bolt" in args.tools else None
-            if "bolt" in args.tools and exe is None:
-                log(f"BOLT-LMM not found ({args.bolt}; Debian: apt-get install -y bolt-lmm): its runs are skipped")
-            if exe:
-                head = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
-                res["bolt_version"] = m.group(1) if (m := BOLT_VERSION.search(head)) else "?"
+            exe = bolt_exe(args.bolt, res) if "bolt" in args.tools else None
             workload(args, res, save, args.n, args.p, args.m, args.tools, exe)
         res["loadavg_end"] = os.getloadavg()
         save()
-    res = json.loads(args.results.read_text()) if args.results.exists() else {}
-    if not res.get("rows"):
-        log(f"no results in {args.results}: run first")
-        return 1
-    publish(SECTION, build_report(res), args.docs if args.write_docs else None)
-    return 0
+    return report_results(args.results, SECTION, build_report, args.docs if args.write_docs else None)
 
 
 if __name__ == "__main__":

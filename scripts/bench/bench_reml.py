@@ -49,10 +49,8 @@ import datetime as _dt
 import json
 import os
 import re
-import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -60,9 +58,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ENV0, MIB, REPO, PeakRSS, add_docs_args, alternate, cluster_section,  # noqa: E402
+from common import (MIB, REPO, add_docs_args, alternate, cluster_section,  # noqa: E402
                     command_line, ensure_cohort, log, machine_info, machine_line, md_table, parse_run,
-                    publish, run_peer, time_v)
+                    publish, run_measured, run_peer, time_v)
 
 SECTION = "Matrix-free REML (scripts/bench/bench_reml.py)"
 #: the simulated traits (as bench.py's cohorts, so unrelated cohorts are shared); trait1 is analysed
@@ -113,34 +111,17 @@ def run_bigmm(rdir: Path, cfg: dict, timeout: float) -> dict:
     (rdir / "cfg.yaml").write_text(yaml.safe_dump({**cfg, "output": str(out)}, sort_keys=False))
     cmd = [sys.executable, "-m", "bigmm.pipeline.cli", "run", str(rdir / "cfg.yaml")]
     log(f"  {shlex.join(cmd)}")
-    started, load0 = time.time(), os.getloadavg()[0]
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(rdir / "stdout.log", "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV0, cwd=REPO,
-                                start_new_session=True)
-        with PeakRSS(pid=proc.pid, track_hwm=True) as mon:
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                rc = f"killed after {timeout:.0f} s"
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rc, measured = run_measured(cmd, rdir, timeout)
     if rc != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({rc}); see {rdir / 'stdout.log'}")
+    wall = measured["wall_s"]
     info = parse_run(out)
     fit = json.loads((out / "results.json").read_text())["phenotypes"][0]
     pass_s = [float(m.group(1)) for m in MF_PASS.finditer((out / "run.log").read_text())]
     stages = {k: v["seconds"] for k, v in info["stages"].items()}
-    r = {"run_dir": str(rdir),
-         "started": _dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-         "loadavg_1min_start_end": [load0, os.getloadavg()[0]], "wall_s": wall,
-         # the reaped process tree: driver, Dask nannies and workers
-         "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-         "peak_rss_mib": mon.max_sum / MIB, "sum_of_process_peaks_mib": mon.sum_of_peaks / MIB,
-         "max_processes": mon.max_procs, "stages_s": stages, "outside_stages_s": wall - sum(stages.values()),
+    r = {**{k: measured[k] for k in ("run_dir", "started", "loadavg_1min_start_end", "wall_s", "cpu_s", "peak_rss_mib",
+                                     "sum_of_process_peaks_mib", "max_processes")},
+         "stages_s": stages, "outside_stages_s": wall - sum(stages.values()),
          "passes_over_X": sum(v["passes_over_X"] for v in info["stages"].values()),
          "pass_s": pass_s, "pass_s_mean": statistics.mean(pass_s) if pass_s else None}
     r.update({k: fit.get(k) for k in ("n", "h2", "h2_se", "h2_se_mc", "h2_he", "lanczos_steps", "converged")})

@@ -44,17 +44,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
 import os
 import re
-import resource
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,25 +57,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ENV0, MIB, REPO, PeakRSS, add_docs_args, alternate, command_line,  # noqa: E402
-                    ensure_cohort, log, machine_info, machine_line, md_table, publish, run_peer, time_v)
+from common import (REPO, CountingOperator, alternate_into, bigmm_child, bolt_exe, bolt_log_facts,  # noqa: E402
+                    bolt_said, command_line, comparison_parser, ensure_cohort, fmt, invocation, log, machine_line,
+                    md_table, med, merge_results, parse_comparison_args, read_covariates, report_results, run_bolt,
+                    run_child, runs_line, time_v, tool_runs)
 
 SECTION = "Genetic correlations (scripts/bench/bench_rg_bolt.py, scripts/bench/bench_rg_pairs.py)"
 H2_COHORT = [0.5, 0.3]  # bench_reml.py's cohorts (their own traits are not used here)
 COVAR_EFFECTS = (0.5, 0.3)  # age per 10 years, sex: as bigmm.simulate
 TOOLS = {"bolt": "BOLT-REML", "bigmm_mf": "bigmm matrix-free", "bigmm_exact": "bigmm exact (GRM + eigh)"}
 PHENOS = ("ya", "yb")
-BOLT_VERSION = re.compile(r"BOLT-LMM, (v\S+)")
 NUM = r"([-+0-9.eE]+|nan|-?inf)"
 
 
 # --------------------------------------------------------------------------- the pair of phenotypes
-
-def read_covariates(path):
-    rows = [line.split() for line in open(path)][1:]
-    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([float(r[2]) for r in rows]),
-            np.array([r[3] for r in rows]))
-
 
 def prepare(args) -> dict:
     """The cohort (simulated or cached) and on it the pair's phenotype file (cached next to it,
@@ -153,13 +143,7 @@ def parse_bolt(text: str) -> dict:
             raise RuntimeError(f"no {pat!r} line in BOLT's log")
         v, se = found[-1]  # the final estimates (after the refinement, when BOLT refines)
         out[key], out[f"{key}_se"] = float(v), float(se)
-    out["iterations"] = len(re.findall(r"Start ITER \d+: computing AI matrix", text))
-    if mt := re.search(r"Total elapsed time for analysis = (\S+) sec", text):
-        out["bolt_reported_s"] = float(mt.group(1))
-    if mt := re.search(r"Nused = (\d+)", text):
-        out["n"] = int(mt.group(1))
-    out["warnings"] = sorted({ln.strip() for ln in text.splitlines() if ln.startswith(("WARNING", "NOTE"))})
-    return out
+    return {**out, **bolt_log_facts(text)}
 
 
 VEGS = re.compile(r"optVegs\[(\d)\]\[2,2\]\(\(" + NUM + "," + NUM + r"\),\(" + NUM + "," + NUM + r"\)\)")
@@ -188,30 +172,15 @@ def bolt_partial(rdir: Path) -> dict:
     return r
 
 
-def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
+def bolt_bivariate(args, exe: str, c: dict, rdir: Path) -> dict:
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir(parents=True)
-    tv = rdir / "time_v.txt"
     cmd = [exe, "--bfile", c["paths"]["plink"], "--phenoFile", c["pheno"]]
     for ph in PHENOS:
         cmd += ["--phenoCol", ph]
     cmd += ["--covarFile", c["paths"]["covar"], "--qCovarCol", "age", "--covarCol", "sex", "--reml",
             "--numThreads", str(args.bolt_threads)]
-    timer = ["/usr/bin/time", "-v", "-o", str(tv)] if os.access("/usr/bin/time", os.X_OK) else []
-    load0, started = os.getloadavg()[0], time.time()
-    try:
-        r = run_peer(timer + cmd, rdir / "bolt.log", f"BOLT-REML bivariate n={c['n']}")
-    except RuntimeError:
-        tail = [ln.strip() for ln in (rdir / "bolt.log").read_text().splitlines() if ln.strip()][-3:]
-        raise RuntimeError(f"{' / '.join(tail) or 'non-zero exit, no output'} (log: {rdir / 'bolt.log'})") from None
-    r["wall_s"] = r.pop("seconds")
-    r["peak_rss_mib"] = r.pop("peak_rss") / MIB
-    if timer:
-        r.update(time_v(tv))  # BOLT's own max RSS (ru_maxrss includes the forked Python's)
-    r.update(parse_bolt((rdir / "bolt.log").read_text()))
-    r.update(started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-             loadavg_1min_start_end=[load0, os.getloadavg()[0]], log=str(rdir / "bolt.log"),
-             passes_over_X="—")
+    r = run_bolt(cmd, rdir, f"BOLT-REML bivariate n={c['n']}", parse_bolt, passes_over_X="—")
     log(f"  BOLT h2 {r['h2_a']:.4f} ({r['h2_a_se']:.4f}), {r['h2_b']:.4f} ({r['h2_b_se']:.4f}), r_g {r['rg']:.4f} "
         f"({r['rg_se']:.4f}); CPU {r['cpu_s']:.1f} s, max RSS {r['peak_rss_mib']:.0f} MiB")
     return r
@@ -219,57 +188,17 @@ def run_bolt(args, exe: str, c: dict, rdir: Path) -> dict:
 
 # --------------------------------------------------------------------------- bigmm (a child process)
 
-class CountingOperator:
-    """An operator counting its applications (passes over X)."""
-
-    def __init__(self, op):
-        self.op, self.calls = op, 0
-
-    @property
-    def n(self):
-        return self.op.n
-
-    def plan(self, n_cols):
-        return self.op.plan(n_cols)
-
-    def apply(self, M, want_diag=False, **kw):
-        self.calls += 1
-        return self.op.apply(M, want_diag=want_diag, **kw)
-
-
 def child(spec_path: str, out_path: str) -> int:
     """The bigmm side in its own process: statistics, the univariate build or the spectrum, the pair."""
-    spec = json.loads(Path(spec_path).read_text())
-    import logging
+    with bigmm_child(spec_path, out_path) as run:
+        import bigmm
+        from bigmm.genotypes import RUN_DTYPE
+        from bigmm.bivariate import fit_bivariate
+        from bigmm.mf_bivariate import fit_bivariate_matrix_free
 
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    import bigmm
-    from bigmm.genotypes import RUN_DTYPE
-    from bigmm.bivariate import fit_bivariate
-    from bigmm.mf_bivariate import fit_bivariate_matrix_free
-    from bigmm.pipeline.cluster import dask_client
-    from bigmm.pipeline.config import ClusterConfig
-    from bigmm.pipeline.memory import task_memory
-
-    cc = ClusterConfig(**spec["cluster"])
-    times, out = {}, {}
-    t = time.perf_counter()
-    with dask_client(cc):
-        times["cluster"] = time.perf_counter() - t
-        t = time.perf_counter()
-        store = bigmm.open_store(spec["zarr"])
-        _fid, iid, age, sex = read_covariates(spec["covar"])
-        rows = [line.split() for line in open(spec["pheno"])][1:]
-        if list(iid) != list(store.sample_iid) or [r[1] for r in rows] != list(store.sample_iid):
-            raise RuntimeError("phenotype/covariate rows not in the store's sample order")
-        Y = np.array([[float(r[2]), float(r[3])] for r in rows])
-        Z = np.column_stack([np.ones(len(Y)), age, (sex == "M").astype(float)])
+        spec, store, std, Y, Z, memory, times, out = (run.spec, run.store, run.std, run.Y, run.Z, run.memory,
+                                                      run.times, run.out)
         kw = dict(phenotype_names=list(PHENOS), covariate_names=["intercept", "age", "sex"])
-        times["inputs"] = time.perf_counter() - t
-        t = time.perf_counter()
-        std = bigmm.standardization(bigmm.variant_stats(store.to_dask()), spec["standardize"])
-        times["variant_stats"] = time.perf_counter() - t
-        memory = task_memory(cc)
         if spec["method"] == "bigmm_exact":
             t = time.perf_counter()
             K = bigmm.grm(store.genotypes, std)
@@ -297,67 +226,29 @@ def child(spec_path: str, out_path: str) -> int:
             out["univariate_converged"] = bool(uni.converged)
             out["univariate_h2"] = {f.name: [f.h2, f.h2_se] for f in uni.fits}
             out["mc_sd"] = {k: biv.mc_sd[0].get(k) for k in ("h2_a", "h2_b", "rg")}
-    f = biv.fits[0]
-    out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), stages_s=times, n=f.n,
-               converged=bool(f.converged), iterations=f.iterations, boundary=f.boundary,
-               **{k: float(getattr(f, k)) for k in ("h2_a", "h2_a_se", "h2_b", "h2_b_se", "rg", "rg_se", "re",
-                                                     "re_se", "sg_a", "sg_b", "cov_g", "ve_a", "ve_b", "cov_e",
-                                                     "logL")})
-    Path(out_path).write_text(json.dumps(out, indent=1, default=float) + "\n")
+        f = biv.fits[0]
+        out.update(bigmm_source=str(Path(bigmm.__file__).resolve().parent), stages_s=times, n=f.n,
+                   converged=bool(f.converged), iterations=f.iterations, boundary=f.boundary,
+                   **{k: float(getattr(f, k)) for k in ("h2_a", "h2_a_se", "h2_b", "h2_b_se", "rg", "rg_se", "re",
+                                                         "re_se", "sg_a", "sg_b", "cov_g", "ve_a", "ve_b", "cov_e",
+                                                         "logL")})
     return 0
 
 
 def run_bigmm(args, c: dict, method: str, rdir: Path, rep: int) -> dict:
     """The child of ``method``, measured from here: wall, CPU of the reaped process tree, peak
     RSS summed over it (sampled; the sum of per-process peaks as an upper bound)."""
-    shutil.rmtree(rdir, ignore_errors=True)
-    rdir.mkdir(parents=True)
     spec = {"method": method, "zarr": c["paths"]["zarr"], "covar": c["paths"]["covar"], "pheno": c["pheno"],
             "standardize": args.standardize, "seed": rep, "probes": args.probes,
             "cluster": {"workers": args.workers, "threads_per_worker": 1, "memory_limit": args.memory_limit}}
-    (rdir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", str(rdir / "spec.json"), str(rdir / "out.json")]
-    log(f"  {method} n={c['n']}: {shlex.join(cmd)}")
-    load0, started = os.getloadavg()[0], time.time()
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(rdir / "stdout.log", "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV0, cwd=REPO, start_new_session=True)
-        with PeakRSS(pid=proc.pid, track_hwm=True) as mon:
-            try:
-                rc = proc.wait(timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                rc = f"killed after {args.timeout:.0f} s"
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if rc != 0:
-        tail = [ln.strip() for ln in (rdir / "stdout.log").read_text().splitlines() if ln.strip()][-3:]
-        raise RuntimeError(f"{method} failed ({rc}): {' / '.join(tail)} (log: {rdir / 'stdout.log'})")
-    r = json.loads((rdir / "out.json").read_text())
-    r.update(wall_s=wall, cpu_s=(ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-             peak_rss_mib=mon.max_sum / MIB, sum_of_process_peaks_mib=mon.sum_of_peaks / MIB,
-             max_processes=mon.max_procs, run_dir=str(rdir),
-             started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-             loadavg_1min_start_end=[load0, os.getloadavg()[0]])
-    log(f"  {method}: wall {wall:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB; h2 "
+    r = run_child(__file__, spec, rdir, f"{method} n={c['n']}", args.timeout)
+    log(f"  {method}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB; h2 "
         f"{r['h2_a']:.4f} ({r['h2_a_se']:.4f}), {r['h2_b']:.4f} ({r['h2_b_se']:.4f}), r_g {r['rg']:.4f} "
         f"({r['rg_se']:.4f}); passes {r['passes_over_X']}")
     return r
 
 
 # --------------------------------------------------------------------------- report
-
-def med(runs: list[dict], get):
-    vals = [get(r) for r in runs]
-    vals = [v for v in vals if v is not None]
-    return float(np.median(vals)) if vals else None
-
-
-def fmt(v, spec: str) -> str | None:
-    return None if v is None else f"{v:{spec}}"
-
 
 def row_report(row: dict) -> list[str]:
     runs, pair = row["runs"], row["pair"]
@@ -375,12 +266,7 @@ def row_report(row: dict) -> list[str]:
     # a BOLT run stopped before its end: estimates of its last finished stage without SEs, its CPU a lower bound
     partial = any(r.get("partial") for r in bolt)
     lo, hi = ("≥ ", "≤ ") if partial else ("", "")
-    for t, label in TOOLS.items():
-        rr = runs.get(t)
-        if not rr:
-            if t in row.get("failed", {}):
-                table.append([label, f"failed: {row['failed'][t][:400]}"] + [None] * (len(head) - 2))
-            continue
+    for t, label, rr in tool_runs(TOOLS, row, table, len(head), 400):
         cells, zs = [], []
         for k in keys:
             v, se = med(rr, lambda r: r[k]), med(rr, lambda r: r[f"{k}_se"])
@@ -441,12 +327,8 @@ def row_report(row: dict) -> list[str]:
     if overlap:
         lines.append("- Runs of " + ", ".join(overlap) + " overlapped in time (separate invocations of this "
                      "script, to fit the time available): each slowed the other; CPU time is the compared figure.")
-    warn = sorted({w for r in bolt for w in r.get("warnings", [])})
-    if warn:
-        lines.append("- BOLT said: " + "; ".join(f"“{w}”" for w in warn) + ".")
-    reps = {t: len(rr) for t, rr in runs.items() if rr}
-    lines.append("- Runs (median when several): " + ", ".join(f"{TOOLS[t]} {k}" for t, k in reps.items())
-                 + "; started " + ", ".join(f"{TOOLS[t]} {rr[0]['started']}" for t, rr in runs.items() if rr) + ".")
+    lines += bolt_said(bolt)
+    lines.append(runs_line(runs, TOOLS))
     return lines + [""]
 
 
@@ -561,11 +443,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["_child"]:
         return child(*argv[1:3])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", nargs="?", default="run", choices=("run", "report", "bolt-partial"),
-                    help="run; report; bolt-partial: record the BOLT run of --n/--p that was stopped before its "
-                         "end (its last variance parameters, no SEs; its CPU so far)")
+    ap = comparison_parser(__doc__, ("run", "report", "bolt-partial"),
+                           "run; report; bolt-partial: record the BOLT run of --n/--p that was stopped before its "
+                           "end (its last variance parameters, no SEs; its CPU so far)")
     ap.add_argument("--n", type=int, default=10000, help="samples (default 10000)")
     ap.add_argument("--p", type=int, default=20000, help="variants (default 20000, as bench_components_bolt.py)")
     ap.add_argument("--h2", type=float, nargs=2, default=[0.3, 0.5], help="h² of ya and yb (default 0.3 0.5)")
@@ -584,48 +464,13 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8192, 2048),
                     help="Zarr chunks SAMPLES,VARIANTS of a new cohort (default 8192,2048)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--memory-limit", default="4GiB", help="per worker")
-    ap.add_argument("--timeout", type=float, default=7200, help="seconds before a bigmm run is killed")
-    ap.add_argument("--bolt", default="bolt", help="BOLT-LMM executable")
-    ap.add_argument("--bolt-threads", type=int, default=2)
-    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench", help="cohorts and run directories")
-    ap.add_argument("--results", type=Path, default=REPO / "results" / "bench_rg_bolt.json")
-    add_docs_args(ap)
-    args = ap.parse_args(argv)
-    args.cache = args.cache.resolve()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args = parse_comparison_args(ap, argv, "bench_rg_bolt.json")
     res: dict = {}  # this invocation's rows only (save merges them into the file)
-
-    def save():
-        # merged into the file as it is now: another invocation (e.g. BOLT alone in the background)
-        # may have saved its runs since this one started; this one's tools win
-        disk = json.loads(args.results.read_text()) if args.results.exists() else {}
-        for k, row in res.get("rows", {}).items():
-            old = disk.setdefault("rows", {}).setdefault(k, {**row, "runs": {}, "failed": {}})
-            old.update({f: v for f, v in row.items() if f not in ("runs", "failed")})
-            old["runs"].update(row["runs"])
-            old["failed"] = {t: v for t, v in old["failed"].items() if t not in row["runs"]}
-            old["failed"].update(row["failed"])
-        disk.update({k: v for k, v in res.items() if k != "rows"})
-        tmp = args.results.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(disk, indent=1, default=str) + "\n")
-        os.replace(tmp, args.results)
+    save = lambda: merge_results(args.results, res)  # noqa: E731
 
     if args.action == "run":
-        import logging
-
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-        res.update(date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(),
-                   command=command_line(__file__, argv),
-                   args={k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                         for k, v in vars(args).items()})
-        exe = shutil.which(args.bolt) if "bolt" in args.tools else None
-        if "bolt" in args.tools and exe is None:
-            log(f"BOLT-LMM not found ({args.bolt}; Debian: apt-get install -y bolt-lmm): its runs are skipped")
-        if exe:
-            head = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
-            res["bolt_version"] = m.group(1) if (m := BOLT_VERSION.search(head)) else "?"
+        res.update(invocation(__file__, argv, args))
+        exe = bolt_exe(args.bolt, res) if "bolt" in args.tools else None
         c = prepare(args)
         key = f"n{args.n}_p{args.p}"
         row = res.setdefault("rows", {}).setdefault(key, {"n": args.n, "p": args.p, "runs": {}, "failed": {}})
@@ -636,25 +481,12 @@ def main(argv=None) -> int:
         for t in args.tools:
             if t == "bolt":
                 if exe:
-                    methods[t] = lambda rep: run_bolt(args, exe, c, rdir("bolt", rep))
+                    methods[t] = lambda rep: bolt_bivariate(args, exe, c, rdir("bolt", rep))
             elif t == "bigmm_exact" and args.n > args.exact_max_n:
                 log(f"  bigmm_exact skipped at n = {args.n} > --exact-max-n {args.exact_max_n}")
             else:
                 methods[t] = (lambda t: lambda rep: run_bigmm(args, c, t, rdir(t, rep), rep))(t)
-        for t in methods:  # this invocation's tools replace earlier runs of the same tools
-            row["runs"][t] = []
-            row["failed"].pop(t, None)
-
-        def saving(name, fn):
-            def run(rep):
-                r = fn(rep)
-                r["command"] = res["command"]
-                row["runs"][name].append(r)
-                save()
-                return dict(r)
-            return run
-
-        alternate(args.repeats, {t: saving(t, fn) for t, fn in methods.items()}, row["failed"])
+        alternate_into(row, methods, args.repeats, res["command"], save)
         res["loadavg_end"] = os.getloadavg()
         save()
     if args.action == "bolt-partial":
@@ -669,12 +501,7 @@ def main(argv=None) -> int:
         save()
         log(f"recorded the stopped BOLT run of {key}: h2 {r['h2_a']:.4f}, {r['h2_b']:.4f}, r_g {r['rg']:.4f} "
             f"({r['partial_note']}); CPU so far {r['cpu_s']:.1f} s")
-    res = json.loads(args.results.read_text()) if args.results.exists() else {}
-    if not res.get("rows"):
-        log(f"no results in {args.results}: run first")
-        return 1
-    publish(SECTION, build_report(res), args.docs if args.write_docs else None)
-    return 0
+    return report_results(args.results, SECTION, build_report, args.docs if args.write_docs else None)
 
 
 if __name__ == "__main__":

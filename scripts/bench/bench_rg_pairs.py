@@ -52,25 +52,8 @@ import bigmm
 from bigmm.mf_bivariate import fit_bivariate_matrix_free
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MIB, REPO, PeakRSS, command_line, ensure_cohort, log, machine_info, wall_cpu  # noqa: E402
-
-
-class CountingOperator:
-    """The operator interface over another operator, counting its applications (passes)."""
-
-    def __init__(self, op):
-        self.op, self.calls = op, 0
-
-    @property
-    def n(self):
-        return self.op.n
-
-    def plan(self, n_cols):
-        return self.op.plan(n_cols)
-
-    def apply(self, M, want_diag=False, **kw):
-        self.calls += 1
-        return self.op.apply(M, want_diag=want_diag, **kw)
+from common import (MIB, REPO, CountingOperator, PeakRSS, command_line, ensure_cohort, log,  # noqa: E402
+                    machine_info, wall_cpu)
 
 
 def simulate_traits(G, std, P: int, F: int, rng) -> np.ndarray:

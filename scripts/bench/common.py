@@ -12,16 +12,26 @@ nanny leaks ``OPENBLAS_NUM_THREADS=1`` into ``os.environ``, which a peer must no
   :func:`alternate`: several methods run in turn, repeat after repeat.
 - :func:`machine_info`, :func:`machine_line`: CPU, memory, BLAS, versions, git state of ``bigmm/``.
 - :func:`md_table`, :func:`write_docs`: a Markdown table; one ``## section`` of a docs page.
+- Peer comparisons with a child process per bigmm run (bench_components_bolt.py, bench_rg_bolt.py):
+  :func:`comparison_parser`, :func:`parse_comparison_args` and :func:`invocation` (their options
+  and record), :func:`bolt_exe`, :func:`run_bolt` (BOLT-LMM under ``/usr/bin/time -v``),
+  :func:`bigmm_child` and :func:`run_child` (the child's side and the parent's; :func:`run_measured`
+  times any such process), :func:`alternate_into` and :func:`merge_results` (runs saved as they
+  end), :func:`report_results`, :func:`tool_runs`, :func:`med`, :func:`fmt`, :func:`bolt_said`,
+  :func:`runs_line` (the report); :class:`CountingOperator` counts an operator's passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -428,6 +438,311 @@ def plink2_pca(exe: str, bfile: str, out: Path, k: int, threads: int, memory_mib
     r["s"] = np.loadtxt(f"{out}.eigenval", ndmin=1)
     r["passes"] = f"{k + 2} (+1 freq.)"  # k + 1 Krylov passes, one to recover the PCs
     return r
+
+
+# --------------------------------------------------------------------------- peer comparisons
+
+def comparison_parser(doc: str, actions: tuple, action_help: str | None = None):
+    """The argument parser of a comparison script: described by the first paragraph of its ``doc``
+    (the whole under ``--help``), its first argument the action (one of ``actions``, default the first)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", nargs="?", default=actions[0], choices=actions, help=action_help)
+    return ap
+
+
+def parse_comparison_args(ap, argv, results: str):
+    """``ap``'s arguments after the options every peer comparison shares, added after its own:
+    --memory-limit, --timeout, --bolt, --bolt-threads, --cache (made, absolute), --results
+    (default results/``results``; its folder made), --write-docs, --docs."""
+    ap.add_argument("--memory-limit", default="4GiB", help="per worker")
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds before a bigmm run is killed")
+    ap.add_argument("--bolt", default="bolt", help="BOLT-LMM executable")
+    ap.add_argument("--bolt-threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "bench", help="cohorts and run directories")
+    ap.add_argument("--results", type=Path, default=REPO / "results" / results)
+    add_docs_args(ap)
+    args = ap.parse_args(argv)
+    args.cache = args.cache.resolve()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def invocation(script: str, argv, args) -> dict:
+    """This invocation's record: date, machine, command line and arguments (as JSON values).
+    Quiets distributed's logging (the runs' clusters start and stop many times)."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    return dict(date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(),
+                command=command_line(script, argv),
+                args={k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                      for k, v in vars(args).items()})
+
+
+BOLT_VERSION = re.compile(r"BOLT-LMM, (v\S+)")
+
+
+def bolt_exe(name: str, res: dict) -> str | None:
+    """BOLT-LMM's executable (its version into ``res["bolt_version"]``), or None and a plain
+    message (its runs are skipped, the rest runs)."""
+    exe = shutil.which(name)
+    if exe is None:
+        log(f"BOLT-LMM not found ({name}; Debian: apt-get install -y bolt-lmm): its runs are skipped")
+        return None
+    head = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+    res["bolt_version"] = m.group(1) if (m := BOLT_VERSION.search(head)) else "?"
+    return exe
+
+
+def bolt_log_facts(text: str) -> dict:
+    """What every BOLT-REML log says besides its estimates: AI iterations, its own elapsed time,
+    the samples used, its warnings and notes."""
+    out = {"iterations": len(re.findall(r"Start ITER \d+: computing AI matrix", text))}
+    if mt := re.search(r"Total elapsed time for analysis = (\S+) sec", text):
+        out["bolt_reported_s"] = float(mt.group(1))
+    if mt := re.search(r"Nused = (\d+)", text):
+        out["n"] = int(mt.group(1))
+    out["warnings"] = sorted({ln.strip() for ln in text.splitlines() if ln.startswith(("WARNING", "NOTE"))})
+    return out
+
+
+def run_bolt(cmd: list[str], rdir: Path, label: str, parse, **extra) -> dict:
+    """The BOLT-LMM command ``cmd`` (a :func:`run_peer`) under ``/usr/bin/time -v`` where it exists,
+    its output in ``rdir/bolt.log``: wall, CPU and BOLT's own max RSS, then ``parse(log text)``,
+    the start time, the 1-minute load average at the start and end, ``extra``. A failed run
+    raises with the last three lines of its log."""
+    tv = rdir / "time_v.txt"
+    timer = ["/usr/bin/time", "-v", "-o", str(tv)] if os.access("/usr/bin/time", os.X_OK) else []
+    load0, started = os.getloadavg()[0], time.time()
+    try:
+        r = run_peer(timer + cmd, rdir / "bolt.log", label)
+    except RuntimeError:
+        tail = [ln.strip() for ln in (rdir / "bolt.log").read_text().splitlines() if ln.strip()][-3:]
+        raise RuntimeError(f"{' / '.join(tail) or 'non-zero exit, no output'} (log: {rdir / 'bolt.log'})") from None
+    r["wall_s"] = r.pop("seconds")
+    r["peak_rss_mib"] = r.pop("peak_rss") / MIB
+    if timer:
+        r.update(time_v(tv))  # BOLT's own max RSS (ru_maxrss includes the forked Python's)
+    r.update(parse((rdir / "bolt.log").read_text()))
+    r.update(started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+             loadavg_1min_start_end=[load0, os.getloadavg()[0]], log=str(rdir / "bolt.log"), **extra)
+    return r
+
+
+def read_covariates(path) -> tuple:
+    """FID, IID, age (float) and sex of a covariate table as :func:`ensure_cohort` writes it."""
+    rows = [line.split() for line in open(path)][1:]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([float(r[2]) for r in rows]),
+            np.array([r[3] for r in rows]))
+
+
+@dataclasses.dataclass
+class ChildRun:
+    """What :func:`bigmm_child` gives the fit: the spec, the store, the standardization, the
+    phenotypes ``Y`` (n x the columns of the phenotype file), ``Z`` (intercept, age, sex), the
+    task memory of the cluster, ``times`` (seconds per stage) and ``out`` (the record) to add to,
+    and what its ``inputs`` read (``extra``)."""
+
+    spec: dict
+    store: object
+    std: object
+    Y: np.ndarray
+    Z: np.ndarray
+    memory: int | None
+    times: dict
+    out: dict
+    extra: object = None
+
+
+@contextlib.contextmanager
+def bigmm_child(spec_path: str, out_path: str, inputs=None):
+    """The bigmm side of a comparison in its own process (started by :func:`run_child`), up to the
+    fit: a local Dask cluster of ``spec["cluster"]``, the store ``spec["zarr"]``, the covariates
+    and phenotypes (``spec["covar"]``, ``spec["pheno"]``, checked to be in the store's sample
+    order) and ``inputs(spec, store)`` when given (more inputs, read with these: before the pass),
+    the variant statistics and the standardization ``spec["standardize"]`` (one pass), each timed.
+    Yields a :class:`ChildRun`; its ``out`` is written to ``out_path`` as JSON when the block ends
+    without an error."""
+    spec = json.loads(Path(spec_path).read_text())
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    import bigmm
+    from bigmm.pipeline.cluster import dask_client
+    from bigmm.pipeline.config import ClusterConfig
+    from bigmm.pipeline.memory import task_memory as tm
+
+    cc = ClusterConfig(**spec["cluster"])
+    times, out = {}, {}
+    t = time.perf_counter()
+    with dask_client(cc):
+        times["cluster"] = time.perf_counter() - t
+        t = time.perf_counter()
+        store = bigmm.open_store(spec["zarr"])
+        extra = inputs(spec, store) if inputs is not None else None
+        _fid, iid, age, sex = read_covariates(spec["covar"])
+        rows = [line.split() for line in open(spec["pheno"])][1:]
+        if list(iid) != list(store.sample_iid) or [r[1] for r in rows] != list(store.sample_iid):
+            raise RuntimeError("phenotype/covariate rows not in the store's sample order")
+        Y = np.array([[float(v) for v in r[2:]] for r in rows])
+        Z = np.column_stack([np.ones(len(Y)), age, (sex == "M").astype(float)])
+        times["inputs"] = time.perf_counter() - t
+        t = time.perf_counter()
+        std = bigmm.standardization(bigmm.variant_stats(store.to_dask()), spec["standardize"])
+        times["variant_stats"] = time.perf_counter() - t
+        yield ChildRun(spec=spec, store=store, std=std, Y=Y, Z=Z, memory=tm(cc), times=times, out=out,
+                       extra=extra)
+    Path(out_path).write_text(json.dumps(out, indent=1, default=float) + "\n")
+
+
+def run_measured(cmd: list[str], rdir: Path, timeout: float) -> tuple:
+    """``cmd`` as a process in its own session (environment :data:`ENV0`, in :data:`REPO`, output
+    to ``rdir/stdout.log``), killed with its process group after ``timeout`` seconds. Returns its
+    exit status (``"killed after N s"`` when killed) and its measures: wall, CPU of the reaped
+    process tree (driver, Dask nannies and workers), peak RSS summed over the tree (sampled; the
+    sum of per-process peaks as an upper bound), the processes, ``rdir``, the start time and the
+    1-minute load average at the start and end."""
+    load0, started = os.getloadavg()[0], time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(rdir / "stdout.log", "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV0, cwd=REPO, start_new_session=True)
+        with PeakRSS(pid=proc.pid, track_hwm=True) as mon:
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = f"killed after {timeout:.0f} s"
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return rc, dict(wall_s=wall, cpu_s=(ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+                    peak_rss_mib=mon.max_sum / MIB, sum_of_process_peaks_mib=mon.sum_of_peaks / MIB,
+                    max_processes=mon.max_procs, run_dir=str(rdir),
+                    started=_dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+                    loadavg_1min_start_end=[load0, os.getloadavg()[0]])
+
+
+def run_child(script: str, spec: dict, rdir: Path, label: str, timeout: float) -> dict:
+    """``python script _child SPEC OUT`` (a :func:`bigmm_child`) of ``spec`` in the fresh run
+    directory ``rdir``, measured from here (:func:`run_measured`): its record and the measures.
+    A failure raises with the last three lines of its output."""
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir(parents=True)
+    (rdir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+    cmd = [sys.executable, str(Path(script).resolve()), "_child", str(rdir / "spec.json"), str(rdir / "out.json")]
+    log(f"  {label}: {shlex.join(cmd)}")
+    rc, measures = run_measured(cmd, rdir, timeout)
+    if rc != 0:
+        tail = [ln.strip() for ln in (rdir / "stdout.log").read_text().splitlines() if ln.strip()][-3:]
+        raise RuntimeError(f"{spec['method']} failed ({rc}): {' / '.join(tail)} (log: {rdir / 'stdout.log'})")
+    return {**json.loads((rdir / "out.json").read_text()), **measures}
+
+
+def alternate_into(row: dict, methods: dict, repeats: int, command: str, save) -> None:
+    """:func:`alternate` of ``methods`` into ``row["runs"]`` (a peer's failure into
+    ``row["failed"]``), each record saved (``save()``) as soon as it is made, with ``command``;
+    the tools run here replace the row's earlier runs of them."""
+    for t in methods:
+        row["runs"][t] = []
+        row["failed"].pop(t, None)
+
+    def saving(name, fn):
+        def run(rep):
+            r = fn(rep)
+            r["command"] = command
+            row["runs"][name].append(r)
+            save()
+            return dict(r)
+        return run
+
+    alternate(repeats, {t: saving(t, fn) for t, fn in methods.items()}, row["failed"])
+
+
+def merge_results(path: Path, res: dict) -> None:
+    """Merge this invocation's ``res`` into the results file ``path`` as it is now (another
+    invocation, e.g. BOLT alone in the background, may have saved its runs since this one
+    started): row by row, this invocation's tools win; written atomically."""
+    disk = json.loads(path.read_text()) if path.exists() else {}
+    for k, row in res.get("rows", {}).items():
+        old = disk.setdefault("rows", {}).setdefault(k, {**row, "runs": {}, "failed": {}})
+        old.update({f: v for f, v in row.items() if f not in ("runs", "failed")})
+        old["runs"].update(row["runs"])
+        old["failed"] = {t: v for t, v in old["failed"].items() if t not in row["runs"]}
+        old["failed"].update(row["failed"])
+    disk.update({k: v for k, v in res.items() if k != "rows"})
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(disk, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def report_results(path: Path, section: str, build_report, docs: Path | None) -> int:
+    """Print the report ``build_report(results)`` of the results file ``path`` under ``section``
+    (and write it to ``docs``); 1 and a message when it has no rows yet."""
+    res = json.loads(path.read_text()) if path.exists() else {}
+    if not res.get("rows"):
+        log(f"no results in {path}: run first")
+        return 1
+    publish(section, build_report(res), docs)
+    return 0
+
+
+def med(runs: list[dict], get):
+    """The median of ``get(run)`` over the runs where it is not None (None if none)."""
+    vals = [get(r) for r in runs]
+    vals = [v for v in vals if v is not None]
+    return float(np.median(vals)) if vals else None
+
+
+def fmt(v, spec: str) -> str | None:
+    """``v`` formatted by ``spec``; None (a table's "—") for None."""
+    return None if v is None else f"{v:{spec}}"
+
+
+def tool_runs(tools: dict, row: dict, table: list, width: int, cut: int):
+    """``(tool, label, runs)`` of each of ``tools`` (tool -> label) that has runs in ``row``, in
+    order; for a tool that failed instead, its row is added to ``table`` (``width`` cells: the
+    label, the message cut at ``cut`` characters, then empty cells)."""
+    for t, label in tools.items():
+        rr = row["runs"].get(t)
+        if rr:
+            yield t, label, rr
+        elif t in row.get("failed", {}):
+            table.append([label, f"failed: {row['failed'][t][:cut]}"] + [None] * (width - 2))
+
+
+def bolt_said(bolt_runs: list[dict]) -> list[str]:
+    """A report line of BOLT's warnings and notes over its runs (none if it gave none)."""
+    warn = sorted({w for r in bolt_runs for w in r.get("warnings", [])})
+    return ["- BOLT said: " + "; ".join(f"“{w}”" for w in warn) + "."] if warn else []
+
+
+def runs_line(runs: dict, tools: dict) -> str:
+    """A report line: how many runs of each tool (tool -> label ``tools``) a row has, and when its first started."""
+    reps = {t: len(rr) for t, rr in runs.items() if rr}
+    return ("- Runs (median when several): " + ", ".join(f"{tools[t]} {k}" for t, k in reps.items())
+            + "; started " + ", ".join(f"{tools[t]} {rr[0]['started']}" for t, rr in runs.items() if rr) + ".")
+
+
+class CountingOperator:
+    """The operator interface over another operator, counting its applications (passes over X)."""
+
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+
+    @property
+    def n(self):
+        return self.op.n
+
+    def plan(self, n_cols):
+        return self.op.plan(n_cols)
+
+    def apply(self, M, want_diag=False, **kw):
+        self.calls += 1
+        return self.op.apply(M, want_diag=want_diag, **kw)
 
 
 # --------------------------------------------------------------------------- bigmm's settings and calls
