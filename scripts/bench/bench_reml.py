@@ -75,14 +75,14 @@ MF_PASS = re.compile(r"INFO matrix-free REML pass \d+: \d+/\d+ \(100%\), ([\d.]+
 SAME = {"bolt": ("bolt_p", "seed", "chunks", "no_covariates", "workers", "threads", "memory_limit",
                  "bolt_threads", "repeats", "exact_max_n"),
         "scale": ("scale_p", "seed", "chunks", "no_covariates", "workers", "threads", "memory_limit",
-                  "scale_repeats")}
+                  "scale_repeats", "layout")}
 
 
 # --------------------------------------------------------------------------- runs
 
 def cohort(args, n: int, p: int, plink: bool) -> dict:
     c = ensure_cohort(args.cache, n, p=p, seed=args.seed, pops=1, fst=0.0, h2=H2, chunks=args.chunks,
-                      sim_block=args.sim_block, need_plink=plink)
+                      sim_block=args.sim_block, need_plink=plink, layout=getattr(args, "layout", "int8"))
     keep = ("n", "p", "tag", "paths", "simulate_s", "created", "zarr_bytes", "plink_bed_bytes", "reused")
     return {k: c.get(k) for k in keep}
 
@@ -338,7 +338,7 @@ def scale_report(wl: dict) -> list[str]:
     rss, ub = (max(r[k] for r in rb) / 1024 for k in ("peak_rss_mib", "sum_of_process_peaks_mib"))
     cov = "intercept only" if a["no_covariates"] else "age + sex"
     return [f"**End to end at scale** (run {wl['date']}; `bigmm run`, matrix-free REML at its defaults, the Zarr store "
-            f"given: no ingest; p = {a['scale_p']:,}; one phenotype, {cov}; cluster {a['workers']} workers × "
+            f"given: no ingest, genotype layout {a.get('layout', 'int8')}; p = {a['scale_p']:,}; one phenotype, {cov}; cluster {a['workers']} workers × "
             f"{a['threads']} thread, memory_limit {a['memory_limit']}; {a['scale_repeats']} run(s) per n, median; "
             "peak RSS: sampled peak of the sum over all processes (sum of per-process peaks, an upper bound); "
             "passes over X: variant statistics + Lanczos steps; pass s: a Lanczos pass alone (run.log), "
@@ -390,6 +390,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8192, 2048),
                     help="Zarr chunks SAMPLES,VARIANTS (default 8192,2048, as bench.py)")
     ap.add_argument("--sim-block", type=int, default=1024, help="variants per simulation block (memory)")
+    ap.add_argument("--layout", default="int8", choices=("int8", "2bit"),
+                    help="genotype layout of the simulated stores (default int8: the cached cohorts' layout)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
     ap.add_argument("--memory-limit", default="4GiB", help="per worker")
