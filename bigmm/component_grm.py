@@ -59,12 +59,9 @@ def component_block_bytes(block: int, variant_chunk: int, m: int, itemsize: int 
     return 8 * m * block * block + 2 * itemsize * block * variant_chunk + 2 * block * variant_chunk
 
 
-def _grouped_slab(G, rows: slice, cols: slice, order: np.ndarray, inorder: bool) -> np.ndarray:
-    """The int8 genotypes of ``rows`` x ``cols`` with the chunk's columns in component order
-    (``order``, chunk-relative; a plain slice when the components are already contiguous)."""
-    from .grm import _row_block
-
-    g = _row_block(G, rows, cols)
+def _grouped(g: np.ndarray, order: np.ndarray, inorder: bool) -> np.ndarray:
+    """The int8 slab ``g`` with the chunk's columns in component order (``order``, chunk-relative;
+    a plain slice when the components are already contiguous)."""
     # np.take: 4x faster than fancy indexing g[:, order] on an int8 slab
     return g[:, int(order[0]):int(order[-1]) + 1] if inorder else np.take(g, order, axis=1)
 
@@ -78,6 +75,8 @@ def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice,
     columns are sorted by component so that every component is a contiguous slice of the
     standardized slab.
     """
+    from .grm import _read_pair
+
     ni, nj = rows_i.stop - rows_i.start, rows_j.stop - rows_j.start
     acc = np.zeros((m, ni, nj), dtype=np.float64)
     same = rows_i == rows_j
@@ -95,9 +94,9 @@ def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice,
         c, s = center[cols][order], scale[cols][order]
         # variants already grouped by component (e.g. by chromosome) need no reordering
         inorder = bool(np.all(np.diff(order) == 1))
-        xi = standardize_block(_grouped_slab(G, rows_i, cols, order, inorder), c, s, dtype, out=buf_i)
-        xj = xi if same else standardize_block(_grouped_slab(G, rows_j, cols, order, inorder), c, s, dtype,
-                                               out=buf_j)
+        gi, gj = _read_pair(G, rows_i, rows_j, cols)  # one read of a store chunk both ranges share
+        xi = standardize_block(_grouped(gi, order, inorder), c, s, dtype, out=buf_i)
+        xj = xi if same else standardize_block(_grouped(gj, order, inorder), c, s, dtype, out=buf_j)
         for j in range(m):
             a, b = int(bounds[j]), int(bounds[j + 1])
             if b > a:

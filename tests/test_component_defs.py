@@ -371,9 +371,10 @@ def test_all_component_grms_read_the_genotypes_as_one_grm_pass():
     one, several = CountingGenotypes(G, 64), CountingGenotypes(G, 64)
     bigmm.grm(one, std, block_size=40)
     bigmm.component_grms(several, std, comp, block_size=40, min_variants=10)
-    # 3 sample blocks → 6 block pairs; each reads its 4 variant chunks for both ranges (1 on the
-    # diagonal): 4 · (3 · 1 + 3 · 2) = 36 slabs, the same for m = 4 components as for one GRM
-    assert len(several.reads) == len(one.reads) == 36
+    # 3 sample blocks → 6 block pairs; the store has one sample chunk (100 rows), so every pair's two
+    # ranges share it and are read as one span: 6 · 4 variant chunks = 24 slabs, the same for m = 4
+    # components as for one GRM
+    assert len(several.reads) == len(one.reads) == 24
     assert sorted(map(repr, several.reads)) == sorted(map(repr, one.reads))
 
 
