@@ -2,6 +2,7 @@
 
     python examples/api_walkthrough.py            # n = 1,000 samples, p = 5,000 variants
     python examples/api_walkthrough.py --small    # n = 200, p = 1,000 (what the tests run)
+    python examples/api_walkthrough.py --keep     # keep the files it writes (a temporary folder)
 
 Simulate a cohort, ingest it, compute variant statistics, the GRM and its spectrum on your own
 Dask cluster (a LocalCluster on 127.0.0.1), fit REML, look at the results as pandas tables and
@@ -9,6 +10,7 @@ predict genetic values (BLUP) and SNP effects.
 """
 
 # %%
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,9 +23,10 @@ import bigmm
 
 small = "--small" in sys.argv
 n, p = (200, 1000) if small else (1000, 5000)
-work = Path(tempfile.mkdtemp(prefix="bigmm-walkthrough-"))
 
 if __name__ == "__main__":  # worker processes import this file: the work runs in the parent only
+    # the files go to a temporary folder, removed at the end unless --keep
+    work = Path(tempfile.mkdtemp(prefix="bigmm-walkthrough-"))
     # %% A cluster of your own (bigmm uses the default client while one is active)
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, memory_limit="1GiB")
@@ -82,3 +85,7 @@ if __name__ == "__main__":  # worker processes import this file: the work runs i
 
     client.close()
     cluster.close()
+    if "--keep" in sys.argv:
+        print(f"the files are kept in {work}")
+    else:
+        shutil.rmtree(work)

@@ -197,11 +197,14 @@ def test_overwrite_is_named_and_precision_rule_is_one(tmp_path):
         assert inspect.signature(fn).parameters["dtype"].default == LIBRARY_DTYPE
 
 
-def test_api_walkthrough_example_runs():
-    """examples/api_walkthrough.py end to end (own LocalCluster, small sizes)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def test_api_walkthrough_example_runs(tmp_path):
+    """examples/api_walkthrough.py end to end (own LocalCluster, small sizes); it leaves nothing in
+    the temporary folder (its worker processes import the file too: none makes a folder)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TMPDIR=str(tmp_path))
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "api_walkthrough.py"), "--small"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for fact in ("RemlResult(", "Spectrum(", "fixed effects", "BLUP", "accuracy"):
         assert fact in proc.stdout, fact
+    assert not list(tmp_path.glob("bigmm-walkthrough-*"))
