@@ -8,7 +8,7 @@ the bigmm version (:func:`bigmm.pipeline.plan.stage_plan`).
 from __future__ import annotations
 
 from ...io.gcta import grm_paths
-from ...store import file_fingerprint
+from ...store import DEFAULT_LAYOUT, file_fingerprint
 from . import Facts
 
 
@@ -21,7 +21,7 @@ def grm_fingerprint(path) -> dict:
 
 def genotype_inputs(f: Facts) -> dict:
     """The genotype input: a given GRM's files and the samples kept; the PLINK files (the .bed
-    sampled), chunks, store layout and sample selection; or a given store's path and creation record
+    sampled), chunks, store layout (when not the default) and sample selection; or a given store's path and creation record
     (``f.provenance``, read by the validator)."""
     cfg = f.cfg
     g = cfg.genotypes
@@ -33,8 +33,11 @@ def genotype_inputs(f: Facts) -> dict:
         prefix = str(g.plink)[:-4] if str(g.plink).endswith(".bed") else str(g.plink)
         return {"plink": {"bed": file_fingerprint(prefix + ".bed", content="sampled"),
                           "bim": file_fingerprint(prefix + ".bim"), "fam": file_fingerprint(prefix + ".fam")},
-                "chunks": list(g.chunks), "layout": g.layout, "samples": cfg.section_fingerprint("samples"),
-                "keep": file_fingerprint(cfg.samples.keep), "remove": file_fingerprint(cfg.samples.remove)}
+                "chunks": list(g.chunks), "samples": cfg.section_fingerprint("samples"),
+                "keep": file_fingerprint(cfg.samples.keep), "remove": file_fingerprint(cfg.samples.remove),
+                # the layout only when it is not the default: either layout gives the same codes, so
+                # a store ingested before layouts existed (int8) stays current under the default
+                **({"layout": g.layout} if g.layout != DEFAULT_LAYOUT else {})}
     return {"store": str(g.zarr or g.vcf_zarr), **(f.provenance or {})}
 
 
