@@ -341,7 +341,7 @@ def fit_bivariate_matrix_free(result, pairs="all", *, op=None, Y=None, Z=None, d
         # contiguous chunks, one per process: each model is sent to a process once with its chunk
         bounds = np.linspace(0, len(tasks), workers + 1).round().astype(int)
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            parts = [ex.submit(_fit_pairs, tasks[lo:hi], lrt, jackknife, kw, True)
+            parts = [ex.submit(_fit_pairs, tasks[lo:hi], lrt, jackknife, kw)
                      for lo, hi in zip(bounds[:-1], bounds[1:])]
             done = [x for part in parts for x in part.result()]
     fits = [f for f, _ in done]
@@ -370,19 +370,16 @@ def _n_workers(workers, n_tasks: int) -> int:
 _BATCHED = True
 
 
-def _fit_pairs(tasks: list, lrt: bool, jackknife, kw: dict, one_thread: bool = False) -> list:
+def _fit_pairs(tasks: list, lrt: bool, jackknife, kw: dict) -> list:
     """[(fit, Monte Carlo SDs)] of each task ``((a, b), model, ja, jb, scale_a, scale_b, n_left_out, build)``,
     in order. Each phenotype's univariate REML on its pattern's measure is computed once and
     starts all its pairs. The pairs of one pattern are fitted together (:func:`_fit_batched`),
     any pair the batch does not finish by :func:`bigmm.bivariate.fit_pair`. BLAS runs on one
-    thread (in this process only for the call; a worker process, ``one_thread``, for good): the
-    arrays are small, and a second BLAS thread doubled the CPU time of all pairs of 100 phenotypes
-    for 15% less wall time (docs/benchmarks.md); processes (``workers``) are the parallelism."""
+    thread for the call (in this process or a worker process): the arrays are small, and a second
+    BLAS thread doubled the CPU time of all pairs of 100 phenotypes for 15% less wall time
+    (docs/benchmarks.md); processes (``workers``) are the parallelism."""
     from threadpoolctl import threadpool_limits
 
-    if one_thread:
-        threadpool_limits(1)
-        return _fit_tasks(tasks, lrt, jackknife, kw)
     with threadpool_limits(1):
         return _fit_tasks(tasks, lrt, jackknife, kw)
 

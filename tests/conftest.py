@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -5,6 +6,20 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+class MemoryCheckpoint:
+    """Keeps the last state as the run layer's file does (JSON metadata, NumPy arrays)."""
+
+    def __init__(self):
+        self.state = None
+
+    def save(self, state):
+        self.state = {"meta": json.loads(json.dumps(state["meta"])),
+                      "arrays": {k: np.array(v) for k, v in state["arrays"].items()}}
+
+    def load(self):
+        return self.state
 
 
 def random_genotypes(rng, n, p, missing=0.02, maf=(0.05, 0.5)):

@@ -12,7 +12,7 @@ and deflation by all r eigenpairs with λ > 0 makes the log det exact (the proje
 
 import numpy as np
 import pytest
-from conftest import random_genotypes
+from conftest import MemoryCheckpoint, random_genotypes
 from reference import grm_reference
 
 import bigmm
@@ -269,19 +269,6 @@ class StopAfter(DenseOp):
         if self.calls == self.passes:
             raise KeyboardInterrupt("stopped")
         return super().apply(M, want_diag)
-
-
-class MemoryCheckpoint:
-    """The last saved state, copied as the run layer's file would keep it."""
-
-    def __init__(self):
-        self.state = None
-
-    def save(self, state):
-        self.state = {"meta": dict(state["meta"]), "arrays": {k: np.array(v) for k, v in state["arrays"].items()}}
-
-    def load(self):
-        return self.state
 
 
 def test_common_samples_build_resumes_from_its_checkpoint():

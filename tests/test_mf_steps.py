@@ -14,12 +14,11 @@ Tolerances and why:
 """
 
 import dataclasses
-import json
 import math
 
 import numpy as np
 import pytest
-from conftest import random_genotypes
+from conftest import MemoryCheckpoint, random_genotypes
 from reference import grm_reference, reml_reference
 
 import bigmm
@@ -187,20 +186,6 @@ class DenseOp:
             raise AssertionError("the operator was applied")
         self.calls += 1
         return self.K @ M, (np.diag(self.K).copy() if want_diag else None)
-
-
-class MemoryCheckpoint:
-    """Keeps the last state as the run layer's file does (JSON metadata, NumPy arrays)."""
-
-    def __init__(self):
-        self.state = None
-
-    def save(self, state):
-        self.state = {"meta": json.loads(json.dumps(state["meta"])),
-                      "arrays": {k: np.array(v) for k, v in state["arrays"].items()}}
-
-    def load(self):
-        return self.state
 
 
 @pytest.fixture(scope="module")
