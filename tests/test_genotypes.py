@@ -57,3 +57,22 @@ def test_standardized_view_and_trace(kind, rng):
     K = grm_reference(G, kind)
     assert std.trace_K == pytest.approx(np.trace(K), rel=1e-12)
     assert std.n_kept == len(kept)
+
+
+def test_chunk_sums_equal_counts_over_several_row_blocks():
+    # the per-column sums are taken over blocks of SUM_ROWS rows in int16: a chunk of more than
+    # one block, with -1 and other negative missing codes, and a column of 2s (its sum of squares,
+    # 4 · SUM_ROWS per block, is the largest an int16 block holds), against counts written out;
+    # integers, so exactly equal
+    from bigmm.genotypes import SUM_ROWS, _chunk_sums
+
+    rng = np.random.default_rng(11)
+    n = 2 * SUM_ROWS + 37
+    g = rng.integers(0, 3, size=(n, 5)).astype(np.int8)
+    g[rng.random(g.shape) < 0.05] = -1
+    g[::97, 1] = -9
+    g[:, 2] = 2
+    called = g >= 0
+    want = np.stack([called.sum(0), np.where(called, g, 0).sum(0), np.where(called, g.astype(int) ** 2, 0).sum(0)])
+    np.testing.assert_array_equal(_chunk_sums(g)[0], want)
+    np.testing.assert_array_equal(_chunk_sums(g[:, 2:3])[0, :, 0], [n, 2 * n, 4 * n])

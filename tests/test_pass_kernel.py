@@ -83,5 +83,25 @@ def test_pass_equals_dense_product_float32_pieces(cohort, rng, kernel):
 def test_unknown_kernel_refused(cohort):
     G, store = cohort
     std = bigmm.standardization(bigmm.variant_stats(store), "gcta")
-    with pytest.raises(bigmm.InputError, match="kernel must be one of standardize, fold, not 'bed'"):
+    with pytest.raises(bigmm.InputError, match="kernel must be one of standardize, fold, tile, not 'bed'"):
         bigmm.GrmOperator(store, std, kernel="bed")
+
+
+def test_tile_kernel_blocks_of_rows_and_columns(cohort, rng, monkeypatch):
+    # the tile kernel cut finely: pieces of 4 variants (TILE_COLUMNS) and blocks of 7 rows
+    # (TILE_BYTES: 7 · 4 float32 values), so that n = 90 is 13 blocks, the last one short, and
+    # the 16-column chunks split into 4 pieces; the products are the same sums taken in another
+    # order: float64 throughout, the same 1e-10 as above
+    import bigmm.passes as passes
+
+    monkeypatch.setattr(passes, "TILE_COLUMNS", 4)
+    monkeypatch.setattr(passes, "TILE_BYTES", 7 * 4 * 8)
+    G, store = cohort
+    std = bigmm.standardization(bigmm.variant_stats(store), "gcta")
+    X, p = dense_x(G, "gcta")
+    M = block(rng, G.shape[0])
+    acc, diag = _apply_task(store.genotypes, None, std.center, std.scale, [(0, 16), (16, 32), (32, G.shape[1])],
+                            16, M, np.float64, std.n_kept, True, "tile")
+    K = X @ X.T / p
+    np.testing.assert_allclose(acc, K @ M, rtol=0, atol=1e-10 * np.abs(K @ M).max())
+    np.testing.assert_allclose(diag, np.diag(K), rtol=1e-10)

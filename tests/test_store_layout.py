@@ -32,12 +32,27 @@ def test_packed_byte_layout():
     assert pack_2bit(g).tolist() == [[1 | 0 << 2 | 1 << 4 | 2 << 6], [3 | 2 << 2 | 2 << 4 | 2 << 6]]
 
 
+@pytest.mark.parametrize("cols", [11, 16])  # 16: decoded 8 genotypes to a 64-bit word; 11: plane by plane
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 13, 30])
-def test_pack_unpack_round_trip(rng, rows):
-    g = rng.integers(-1, 3, size=(rows, 11)).astype(np.int8)
+def test_pack_unpack_round_trip(rng, rows, cols):
+    g = rng.integers(-1, 3, size=(rows, cols)).astype(np.int8)
     packed = pack_2bit(g)
-    assert packed.shape == (-(-rows // 4), 11) and packed.dtype == np.uint8
+    assert packed.shape == (-(-rows // 4), cols) and packed.dtype == np.uint8
     np.testing.assert_array_equal(unpack_2bit(packed, rows), g)
+
+
+def test_unpack_by_words_over_several_row_blocks(rng, monkeypatch):
+    # the 64-bit path in blocks of 3 packed rows (UNPACK_ROWS), 10 packed rows: 4 blocks, the last short;
+    # every byte value in every column position of a word, and against the plane-by-plane path
+    from bigmm import codecs
+
+    monkeypatch.setattr(codecs, "UNPACK_ROWS", 3)
+    g = rng.integers(-1, 3, size=(40, 24)).astype(np.int8)
+    np.testing.assert_array_equal(unpack_2bit(pack_2bit(g), 40), g)
+    every = np.arange(256, dtype=np.uint8).reshape(32, 8)
+    by_words = unpack_2bit(np.ascontiguousarray(every), 128)
+    by_planes = unpack_2bit(np.asfortranarray(every), 128)  # not C-contiguous: the other path
+    np.testing.assert_array_equal(by_words, by_planes)
 
 
 def test_pack_refuses_what_2_bits_cannot_hold():
