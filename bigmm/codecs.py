@@ -86,9 +86,10 @@ _ONES = np.uint64(0x0101010101010101)
 _TOP6 = np.uint64(0xFC)
 
 
-def unpack_2bit(packed: np.ndarray, rows: int) -> np.ndarray:
+def unpack_2bit(packed: np.ndarray, rows: int, out: np.ndarray | None = None) -> np.ndarray:
     """The int8 codes (``rows x C``) of a packed block (:func:`pack_2bit`), -1 for missing: each
-    field read as a signed 2-bit number, plus 1.
+    field read as a signed 2-bit number, plus 1. ``out``: a C-contiguous int8 ``4q x C`` block to
+    decode into (``rows`` = 4q), instead of a new array.
 
     When C is a multiple of 8 (every chunk width a store is made with), eight genotypes are
     decoded at a time in 64-bit words, with no carry between the bytes of a word: the field
@@ -101,7 +102,12 @@ def unpack_2bit(packed: np.ndarray, rows: int) -> np.ndarray:
     q, c = packed.shape
     if q != packed_rows(rows):
         raise ValueError(f"a packed block of {q} rows holds {4 * q - 3}-{4 * q} rows, not {rows}")
-    out = np.empty((4 * q, c), dtype=np.uint8)
+    if out is None:
+        out = np.empty((4 * q, c), dtype=np.uint8)
+    else:
+        if out.shape != (4 * q, c) or out.dtype != np.int8 or not out.flags.c_contiguous:
+            raise ValueError(f"unpack_2bit: out must be a C-contiguous int8 array of shape {(4 * q, c)}")
+        out = out.view(np.uint8)
     if c % 8 == 0 and packed.flags.c_contiguous and q:
         words = packed.view(np.uint64)
         dst = out.view(np.uint64)

@@ -395,8 +395,12 @@ class CheckedArray:
     """
 
     def __init__(self, arr: zarr.Array, label: str):
+        from .chunk_files import ChunkFiles
+
         self.arr = arr
         self.label = label
+        #: decodes the chunk files itself where bigmm wrote them (:mod:`bigmm.chunk_files`)
+        self.files = ChunkFiles.of(arr)
 
     shape = property(lambda self: self.arr.shape)
     chunks = property(lambda self: self.arr.chunks)
@@ -409,6 +413,9 @@ class CheckedArray:
 
     def __getitem__(self, sel):
         try:
+            if (self.files is not None and isinstance(sel, tuple) and len(sel) == 2
+                    and all(isinstance(x, slice) and x.step in (None, 1) for x in sel)):
+                return self.files.read(*sel)
             return self.arr[sel]
         except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
             raise self._locate(sel, exc) from exc

@@ -369,7 +369,7 @@ def measure_grm(args) -> dict:
 
     n = args.grm_n
     c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
-                      chunks=args.chunks, sim_block=1024, need_plink=False)
+                      chunks=args.chunks, sim_block=1024, need_plink=False, layout=args.grm_layout)
     store = bigmm.open_store(c["paths"]["zarr"])
     p = store.genotypes.shape[1]
     std = variant_filter(store, args.min_maf, args.max_missing)
@@ -392,7 +392,7 @@ def measure_grm(args) -> dict:
                                           f"grm stage build n={n}")})
     X = None
     prof = profile_grm_task(store, std, block, args.grm_profile_chunks, args.cache)
-    return {"n": n, "p": p, "p_kept": std.n_kept, "block": block, "sample_chunk": store.chunks[0],
+    return {"n": n, "p": p, "p_kept": std.n_kept, "block": block, "sample_chunk": store.chunks[0], "layout": store.layout,
             "variant_chunk": cc, "runs": {m: summarize(rr) for m, rr in runs.items()}, "profile": prof}
 
 
@@ -404,7 +404,8 @@ def grm_report(g: dict) -> str:
     both_cpu = build["cpu_s_median"] + (vs["cpu_s_median"] if vs else 0.0)
     lines = ([g["run"], ""] if g.get("run") else []) + [
              f"**GRM at n = {g['n']:,}** (p = {g['p']:,}, blocks of {g['block']}, store chunks "
-             f"{g.get('sample_chunk', '?')} × {g.get('variant_chunk', '?')}, float32 products; medians of "
+             f"{g.get('sample_chunk', '?')} × {g.get('variant_chunk', '?')} ({g.get('layout', 'int8')} layout), "
+             f"float32 products; medians of "
              f"{syrk['repeats']} repeats, min–max; CPU of the driver and the workers):", "",
              md_table(["step", "wall", "CPU", "wall / SYRK", "CPU / SYRK"],
                       [["in-memory float32 `X @ X.T` (SYRK, all cores) of the standardized X",
@@ -545,9 +546,11 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-limit", default="5GiB", help="per worker")
     ap.add_argument("--grm-n", type=int, default=None, help="also the GRM part at this n (e.g. 4000)")
     ap.add_argument("--grm-only", action="store_true", help="only the GRM part (into --json, its own file)")
+    ap.add_argument("--grm-layout", default="2bit", choices=["2bit", "int8"],
+                    help="store layout of the GRM part's cohort (default 2bit, bigmm's default)")
     ap.add_argument("--grm-profile-chunks", type=int, default=4,
                     help="variant chunks of the GRM block tasks' profile (default 4)")
-    ap.add_argument("--kernels", nargs="+", default=["standardize", "fold"], help="GrmOperator kernels to time")
+    ap.add_argument("--kernels", nargs="+", default=["fold", "tile"], help="GrmOperator kernels to time")
     ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_floor.json)")
     add_docs_args(ap)
     ap.add_argument("--report", type=Path, default=None, help="only write the report of this results file")

@@ -25,15 +25,20 @@ and nannies), passes per second, speed-up against 1x1 and
 parallel efficiency (speed-up / Dask threads); medians of --repeats, the 1-minute load average
 before and after each pass.
 
-Part 2, a large pass beside its floor (--large-n, default 100,000 samples, p = --p): the
-matrix-free-width pass (--large-width, 33) on the pipeline's default local cluster (2 x 1),
-against, in the same run and alternated with it, its floor's components:
+Part 2, a large pass beside its floor (--large-n, default 100,000 samples, p = --p; the store in
+--large-layout, default 2bit, bigmm's default): the matrix-free-width pass (33) and the randomized
+spectrum's (250) (--large-width) with each kernel of --large-kernels (tile, the default, and fold)
+on the pipeline's default local cluster (2 x 1), against, in the same run and alternated with
+them, their floor's components:
 
-- read + decode every genotype chunk (the chunk file read, CRC32C checked, zstd decoded:
-  bench_pass_floor.codec_reader; 2 threads over the chunks);
+- read + decode every genotype chunk, with the store's own codecs (the chunk file read, CRC32C
+  checked, zstd, the 2-bit unpacking: store_reader) and through Zarr as a pass reads; 2 threads
+  over the chunks;
 - standardize into float32 and the BLAS of the two products of width l, measured on the first
   --large-chunks variant chunks (all samples) and scaled to p by the columns: both are linear in
   the columns, and holding all of X's codes (n p bytes, 5 GB at n = 10^5) is what the pass avoids.
+
+The floor of a pass is the larger of decode and BLAS (2 threads each).
 
 Usage::
 
@@ -145,9 +150,34 @@ def measure_scaling(args, save=None) -> dict:
 
 # --------------------------------------------------------------------------- part 2
 
+def store_reader(gpath: Path, layout: str, n: int, chunks):
+    """``read(i0, a, b)``: one chunk of a cohort store decoded as its own codecs do, bypassing Zarr
+    (the chunk file read, CRC32C checked, zstd, and for the ``2bit`` layout
+    ``bigmm.codecs.unpack_2bit``)."""
+    import numcodecs
+    from bench_pass_floor import codec_reader
+    from bigmm.codecs import packed_rows, unpack_2bit
+
+    if layout == "int8":
+        return codec_reader("int8-zstd1", gpath, n, chunks, None)
+    crc, zstd = numcodecs.CRC32C(), numcodecs.Zstd()
+    rc, cc = chunks
+
+    def read(i0, a, b):
+        with open(gpath / "c" / str(i0 // rc) / str(a // cc), "rb") as fh:
+            raw = zstd.decode(crc.decode(fh.read()))
+        codes = unpack_2bit(np.frombuffer(raw, dtype=np.uint8).reshape(packed_rows(rc), cc), rc)
+        return codes[:min(rc, n - i0), :b - a]
+    return read
+
+
 def measure_large(args) -> dict:
+    """The large pass at each width, every kernel of --large-kernels, alternated with its floor's
+    components: read + decode (the store's codecs; and through Zarr, as the pass reads), and,
+    on the first --large-chunks variant chunks scaled to p, standardizing and the BLAS of the two
+    products."""
     import bigmm
-    from bench_pass_floor import codec_reader, read_all
+    from bench_pass_floor import read_all
     from bigmm.genotypes import standardize_block
     from bigmm.pipeline.cluster import dask_client
     from bigmm.pipeline.config import ClusterConfig
@@ -156,27 +186,31 @@ def measure_large(args) -> dict:
 
     n = args.large_n
     c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=1, fst=0.0, h2=[0.5, 0.3],
-                      chunks=args.chunks, sim_block=1024, need_plink=False)
+                      chunks=args.chunks, sim_block=1024, need_plink=False, layout=args.large_layout)
     store = bigmm.open_store(c["paths"]["zarr"])
     n, p = store.genotypes.shape
     rc, cc = store.chunks
-    l = args.large_width
+    widths = list(args.large_width)
     std = variant_filter(store, args.min_maf, args.max_missing)
     gpath = Path(c["paths"]["zarr"]) / "genotypes"
-    read = codec_reader("int8-zstd1", gpath, n, (rc, cc), p)
+    read = store_reader(gpath, args.large_layout, n, (rc, cc))
     bounds = [(a, min(p, a + cc)) for a in range(0, p, cc)]
     jobs = [(i0, a, b) for a, b in bounds for i0 in range(0, n, rc)]
-    if not np.array_equal(read(*jobs[0]), np.asarray(store.genotypes[:rc, :cc])):
-        raise SystemExit("the codec reader does not decode to the store's genotypes")
+    if not np.array_equal(read(*jobs[-1]), np.asarray(store.genotypes[jobs[-1][0]:, jobs[-1][1]:jobs[-1][2]])):
+        raise SystemExit("the chunk reader does not decode to the store's genotypes")
+
+    def zarr_read(i0, a, b):
+        return np.asarray(store.genotypes[i0:i0 + rc, a:b])
 
     ccfg = ClusterConfig(workers=2, threads_per_worker=1, memory_limit=args.memory_limit)
-    sub = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg), n_tasks=2).plan(l).sub_width
+    sub = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg),
+                            n_tasks=2).plan(max(widths)).sub_width
     k = min(args.large_chunks, len(bounds))
     sample_cols = [np.asarray(store.genotypes[:, a:b]) for a, b in bounds[:k]]
     cols_sampled = sum(g.shape[1] for g in sample_cols)
     scale_to_p = p / cols_sampled
     pieces = [(j, w0, min(g.shape[1], w0 + sub)) for j, g in enumerate(sample_cols) for w0 in range(0, g.shape[1], sub)]
-    M32 = np.random.default_rng(0).standard_normal((n, l)).astype(np.float32)
+    M32 = np.random.default_rng(0).standard_normal((n, max(widths))).astype(np.float32)
 
     def std_pieces(threads):
         def work(share):
@@ -189,31 +223,41 @@ def measure_large(args) -> dict:
             list(ex.map(work, [pieces[t::threads] for t in range(threads)]))
 
     X = standardize_block(sample_cols[0][:, :sub], std.center[:sub], std.scale[:sub], np.float32)
-    widths = [w1 - w0 for _j, w0, w1 in pieces]
+    piece_widths = [w1 - w0 for _j, w0, w1 in pieces]
 
-    def blas(threads):
+    def blas(threads, l):
+        Ml = np.ascontiguousarray(M32[:, :l])
+
         def work(ws):
             for w in ws:
                 Xc = X[:, :w]
-                Xc @ (Xc.T @ M32)
+                Xc @ (Xc.T @ Ml)
         with threadpool_limits(1, user_api="blas"):
             with concurrent.futures.ThreadPoolExecutor(threads) as ex:
-                list(ex.map(work, [widths[t::threads] for t in range(threads)]))
+                list(ex.map(work, [piece_widths[t::threads] for t in range(threads)]))
 
     methods = {
-        "decode 2t": lambda _r: timed_load(lambda: read_all(read, jobs, 2), "read+decode, 2 threads"),
+        "decode 2t": lambda _r: timed_load(lambda: read_all(read, jobs, 2), "read+decode (codecs), 2 threads"),
+        "zarr 2t": lambda _r: timed_load(lambda: read_all(zarr_read, jobs, 2), "read+decode (Zarr), 2 threads"),
         "standardize 2t (sample)": lambda _r: timed_load(lambda: std_pieces(2), f"standardize {cols_sampled} columns, 2 threads"),
-        "blas 2t (sample)": lambda _r: timed_load(lambda: blas(2), f"BLAS l={l} on {cols_sampled} columns, 2 threads"),
     }
+    for l in widths:
+        methods[f"blas 2t (sample) l={l}"] = (
+            lambda _r, l=l: timed_load(lambda: blas(2, l), f"BLAS l={l} on {cols_sampled} columns, 2 threads"))
     Mf = M32.astype(np.float64)
     with dask_client(ccfg) as client:
-        op = bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg))
-        log(f"large pass n={n}: {op.plan(l).describe()}")
-        op.apply(Mf[:, :1])  # warm-up
-        methods["pass"] = lambda _r: timed_load(lambda: op.apply(Mf)[0].shape, f"bigmm pass n={n} l={l}")
+        ops = {kern: bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg), kernel=kern)
+               for kern in args.large_kernels}
+        log(f"large pass n={n}: {ops[args.large_kernels[0]].plan(max(widths)).describe()}")
+        for op in ops.values():
+            op.apply(Mf[:, :1])  # warm-up
+        for l in widths:
+            for kern, op in ops.items():
+                methods[f"pass {kern} l={l}"] = (lambda _r, op=op, l=l, kern=kern: timed_load(
+                    lambda: op.apply(Mf[:, :l])[0].shape, f"bigmm pass n={n} l={l} kernel {kern}"))
         runs = alternate(args.repeats, methods)
-        kernel = op.kernel
-    return {"n": n, "p": p, "p_kept": std.n_kept, "chunks": [rc, cc], "l": l, "sub_width": sub, "kernel": kernel,
+    return {"n": n, "p": p, "p_kept": std.n_kept, "chunks": [rc, cc], "widths": widths, "sub_width": sub,
+            "kernels": list(args.large_kernels), "layout": args.large_layout,
             "store_bytes": du(gpath), "cols_sampled": cols_sampled, "scale_to_p": scale_to_p,
             "cluster": {"workers": 2, "threads": 1, "memory_limit": args.memory_limit},
             "runs": {m: summarize_load(rr) for m, rr in runs.items()}}
@@ -395,34 +439,48 @@ def scaling_report(res: dict) -> list[str]:
 
 
 def large_report(g: dict) -> list[str]:
+    """The large pass beside its floor, one table per width. (Older results files: one width
+    ``l``, the int8 store, one kernel.)"""
     r = g["runs"]
-    n, p, l, f = g["n"], g["p"], g["l"], g["scale_to_p"]
-    ps = r["pass"]
+    n, p, f = g["n"], g["p"], g["scale_to_p"]
+    widths = g.get("widths", [g.get("l")])
+    kernels = g.get("kernels", [g.get("kernel")])
+    layout = g.get("layout", "int8")
     dec2 = r["decode 2t"]
     st = r["standardize 2t (sample)"]
-    bl = r["blas 2t (sample)"]
-    st_p, bl_p = st["median_s"] * f, bl["median_s"] * f
-    floor = max(dec2["median_s"], bl_p)
-    flops = 4.0 * n * p * l
-    rows = [
-        ["read + decode (int8 zstd-1, codec, 2 threads)", fmt_time(dec2, 2), f"{dec2['cpu_s_median']:.1f} s",
-         "measured", _load(dec2)],
-        [f"standardize into float32 (2 threads, pieces of {g['sub_width']})", f"{st_p:.2f} s",
-         f"{st['cpu_s_median'] * f:.1f} s", f"{g['cols_sampled']:,} columns × {f:.2f}", _load(st)],
-        [f"BLAS, the two float32 products of width {l} (2 threads × 1 BLAS thread)", f"{bl_p:.2f} s",
-         f"{bl['cpu_s_median'] * f:.1f} s", f"{g['cols_sampled']:,} columns × {f:.2f}", _load(bl)],
-        [f"**the pass** (`GrmOperator.apply`, kernel `{g['kernel']}`, 2 workers × 1 thread)", fmt_time(ps, 2),
-         f"{ps['cpu_s_median']:.1f} s", "measured", _load(ps)],
-    ]
-    return [f"**A matrix-free pass at n = {n:,}**, p = {p:,} ({g['p_kept']:,} kept; simulated, one population), "
-            f"l = {l}, store {g['store_bytes'] / MIB:,.0f} MiB (int8 zstd-1, chunks {g['chunks'][0]} × "
-            f"{g['chunks'][1]}), {flops / 1e9:,.0f} Gflop; the floor's components alternated with the pass:", "",
-            md_table(["work", "wall", "CPU", "how", "load before → after"], rows), "",
-            f"Floor = max(read + decode on 2 threads, BLAS) = {floor:.2f} s; the pass is "
-            f"{ps['median_s'] / floor:.2f}× the floor, {ps['median_s'] / (dec2['median_s'] + st_p + bl_p):.2f}× "
-            f"decode + standardize + BLAS done one after the other ({dec2['median_s'] + st_p + bl_p:.2f} s); in CPU "
-            f"seconds the pass is {ps['cpu_s_median'] / (dec2['cpu_s_median'] + bl['cpu_s_median'] * f):.2f}× decode "
-            f"+ BLAS.", ""]
+    st_p = st["median_s"] * f
+    out = [f"**A pass at n = {n:,}** beside its floor, p = {p:,} ({g['p_kept']:,} kept; simulated, one population), "
+           f"store {g['store_bytes'] / MIB:,.0f} MiB ({layout} layout, zstd-1, chunks {g['chunks'][0]} × "
+           f"{g['chunks'][1]}); 2 workers × 1 thread; the floor's components alternated with the passes "
+           f"(standardize and BLAS measured on {g['cols_sampled']:,} columns and scaled × {f:.2f}):", ""]
+    for l in widths:
+        bl = r.get(f"blas 2t (sample) l={l}", r.get("blas 2t (sample)"))
+        bl_p = bl["median_s"] * f
+        floor = max(dec2["median_s"], bl_p)
+        flops = 4.0 * n * p * l
+        rows = [[f"read + decode ({layout}, the store's codecs, 2 threads)", fmt_time(dec2, 2),
+                 f"{dec2['cpu_s_median']:.1f} s", "measured", _load(dec2)]]
+        if "zarr 2t" in r:
+            z = r["zarr 2t"]
+            rows.append([f"read + decode through Zarr (2 threads; what a pass calls)", fmt_time(z, 2),
+                         f"{z['cpu_s_median']:.1f} s", "measured", _load(z)])
+        rows += [[f"standardize into float32 (2 threads, pieces of {g['sub_width']})", f"{st_p:.2f} s",
+                  f"{st['cpu_s_median'] * f:.1f} s", "sampled", _load(st)],
+                 [f"BLAS, the two float32 products of width {l} (2 threads × 1 BLAS thread)", f"{bl_p:.2f} s",
+                  f"{bl['cpu_s_median'] * f:.1f} s", "sampled", _load(bl)]]
+        ratios = []
+        for kern in kernels:
+            ps = r.get(f"pass {kern} l={l}", r.get("pass"))
+            rows.append([f"**the pass** (`GrmOperator.apply`, kernel `{kern}`)", fmt_time(ps, 2),
+                         f"{ps['cpu_s_median']:.1f} s", "measured", _load(ps)])
+            ratios.append(f"kernel `{kern}` {ps['median_s'] / floor:.2f}× the floor (wall), "
+                          f"{ps['cpu_s_median'] / (dec2['cpu_s_median'] + bl['cpu_s_median'] * f):.2f}× decode + BLAS "
+                          f"in CPU seconds")
+        out += [f"*Width l = {l}* ({flops / 1e9:,.0f} Gflop per pass):", "",
+                md_table(["work", "wall", "CPU", "how", "load before → after"], rows), "",
+                f"Floor = max(read + decode on 2 threads, BLAS) = {floor:.2f} s "
+                f"({'BLAS' if bl_p >= dec2['median_s'] else 'decode'}-bound); the pass: " + "; ".join(ratios) + ".", ""]
+    return out
 
 
 def run_line(res: dict) -> str:
@@ -458,7 +516,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-scaling", action="store_true", help="only the large pass")
     ap.add_argument("--no-large", action="store_true", help="only the scaling")
     ap.add_argument("--large-n", type=int, default=100000)
-    ap.add_argument("--large-width", type=int, default=33)
+    ap.add_argument("--large-width", type=int, nargs="+", default=[33, 250])
+    ap.add_argument("--large-layout", default="2bit", choices=["2bit", "int8"], help="the large cohort's store layout")
+    ap.add_argument("--large-kernels", nargs="+", default=["tile", "fold"], help="pass kernels timed (bigmm.passes.KERNELS)")
     ap.add_argument("--large-chunks", type=int, default=4, help="variant chunks standardized and multiplied")
     ap.add_argument("--json", type=Path, default=None, help="results file (default --cache/pass_scaling.json)")
     ap.add_argument("--model", type=Path, default=None, metavar="FLOOR_JSON",
