@@ -271,13 +271,20 @@ def _fold_piece(g, center, scale, Md, colsum, dtype, buf, acc, diag):
     return c @ T
 
 
+def _gemm(dtype):
+    """The BLAS GEMM (``scipy.linalg.blas``) of a float dtype."""
+    from scipy.linalg import blas
+
+    return blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+
+
 def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
     """One piece of a ``tile`` pass: the products of :func:`_fold_piece` (``acc += F U``, and the
     row ``cᵀ U`` returned), computed one block of rows at a time.
 
     The first sweep expands each block of rows of the codes into floats in ``buf`` (rows x w,
-    about :data:`TILE_BYTES`: it stays in cache) and adds its ``F_rᵀ M_r`` to ``Fᵀ M`` (summed in
-    float64 across blocks); the second expands each block again and writes ``F_r U`` into ``out``.
+    about :data:`TILE_BYTES`: it stays in cache) and adds its ``F_rᵀ M_r`` to ``Fᵀ M`` (the GEMM
+    accumulating in place, in the products' precision); the second expands each block again and writes ``F_r U`` into ``out``.
     Writing the codes as floats twice into cache costs less than writing them once to memory
     and reading them back twice (the fold kernel), which is what bounds a narrow pass.
     """
@@ -296,9 +303,15 @@ def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
             np.copyto(F, cd, where=gb < 0)
         return F
 
-    T = np.zeros((w, Md.shape[1]))
+    # Fᵀ M summed over the row blocks in place by the BLAS (C := Fᵣᵀ Mᵣ + C, in the products'
+    # precision, as one GEMM over all rows would sum them): adding a new w x l product to a
+    # float64 sum per block cost 2 operations per genotype at l = 250
+    gemm = _gemm(dtype)
+    Tb = np.zeros((w, Md.shape[1]), dtype=dtype, order="F")
     for r0 in range(0, n, rb):
-        T += expand(r0).T @ Md[r0:r0 + rb]
+        Mr = Md[r0:r0 + rb]
+        Tb = gemm(1.0, expand(r0).T, Mr.T, beta=1.0, c=Tb, trans_b=1, overwrite_c=1)
+    T = Tb.astype(np.float64)
     T -= np.outer(c, colsum)
     T *= (s * s)[:, None]
     U = T.astype(dtype)

@@ -31,7 +31,7 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, rng, layout, chunks):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_damaged_chunk_refused_naming_it(tmp_path, rng, layout):
     G = random_genotypes(rng, 24, 16, missing=0.05)
-    store = bigmm.create_store(tmp_path / "c.zarr", G, chunks=(12, 8), layout=layout)
+    bigmm.create_store(tmp_path / "c.zarr", G, chunks=(12, 8), layout=layout)
     f = tmp_path / "c.zarr" / "genotypes" / "c" / "1" / "0"
     raw = bytearray(f.read_bytes())
     raw[len(raw) // 2] ^= 0x40

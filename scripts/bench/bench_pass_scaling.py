@@ -32,8 +32,8 @@ on the pipeline's default local cluster (2 x 1), against, in the same run and al
 them, their floor's components:
 
 - read + decode every genotype chunk, with the store's own codecs (the chunk file read, CRC32C
-  checked, zstd, the 2-bit unpacking: store_reader) and through Zarr as a pass reads; 2 threads
-  over the chunks;
+  checked, zstd, the 2-bit unpacking: store_reader) and as a pass reads (``store.genotypes[...]``,
+  which decodes a bigmm store's chunk files itself: bigmm.chunk_files); 2 threads over the chunks;
 - standardize into float32 and the BLAS of the two products of width l, measured on the first
   --large-chunks variant chunks (all samples) and scaled to p by the columns: both are linear in
   the columns, and holding all of X's codes (n p bytes, 5 GB at n = 10^5) is what the pass avoids.
@@ -238,14 +238,14 @@ def measure_large(args) -> dict:
 
     methods = {
         "decode 2t": lambda _r: timed_load(lambda: read_all(read, jobs, 2), "read+decode (codecs), 2 threads"),
-        "zarr 2t": lambda _r: timed_load(lambda: read_all(zarr_read, jobs, 2), "read+decode (Zarr), 2 threads"),
+        "zarr 2t": lambda _r: timed_load(lambda: read_all(zarr_read, jobs, 2), "read+decode (store.genotypes), 2 threads"),
         "standardize 2t (sample)": lambda _r: timed_load(lambda: std_pieces(2), f"standardize {cols_sampled} columns, 2 threads"),
     }
     for l in widths:
         methods[f"blas 2t (sample) l={l}"] = (
             lambda _r, l=l: timed_load(lambda: blas(2, l), f"BLAS l={l} on {cols_sampled} columns, 2 threads"))
     Mf = M32.astype(np.float64)
-    with dask_client(ccfg) as client:
+    with dask_client(ccfg):
         ops = {kern: bigmm.GrmOperator(store.genotypes, std, dtype=np.float32, memory=task_memory(ccfg), kernel=kern)
                for kern in args.large_kernels}
         log(f"large pass n={n}: {ops[args.large_kernels[0]].plan(max(widths)).describe()}")
@@ -462,7 +462,7 @@ def large_report(g: dict) -> list[str]:
                  f"{dec2['cpu_s_median']:.1f} s", "measured", _load(dec2)]]
         if "zarr 2t" in r:
             z = r["zarr 2t"]
-            rows.append([f"read + decode through Zarr (2 threads; what a pass calls)", fmt_time(z, 2),
+            rows.append(["read + decode as a pass reads (`store.genotypes[...]`: bigmm.chunk_files; 2 threads)", fmt_time(z, 2),
                          f"{z['cpu_s_median']:.1f} s", "measured", _load(z)])
         rows += [[f"standardize into float32 (2 threads, pieces of {g['sub_width']})", f"{st_p:.2f} s",
                   f"{st['cpu_s_median'] * f:.1f} s", "sampled", _load(st)],
