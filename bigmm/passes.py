@@ -43,10 +43,10 @@ PIECE_BYTES = 256 * 2**20
 #: writes each standardized piece of X and multiplies it; ``fold`` multiplies the codes and folds
 #: the centring and scaling into the products (:func:`_fold_piece`); ``tile`` does what ``fold``
 #: does one cache-sized block of rows at a time (:func:`_tile_piece`). The results agree to
-#: round-off (tests/test_pass_kernel.py). ``tile`` is the default: at n = 100,000 (p = 50,000,
-#: l = 33, 1% missing calls) one task's products took 3.5 against fold's 4.4 ns per genotype
-#: (medians of 5, alternated), and a pass on 2 workers 14.1-16.7 s against 15.7-16.5 s, where two
-#: processes share the memory bus (docs/performance.md); fold took 7-12% less CPU than
+#: round-off (tests/test_pass_kernel.py). ``tile`` is the default: at n = 100,000, p = 50,000 on
+#: 2 workers (scripts/bench/bench_pass_scaling.py, docs/performance.md) a pass of l = 33 took
+#: 12.5 s against fold's 15.1 s (1.35x its floor), and of l = 250 36.9 s against 37.3 s; one
+#: task's products at l = 34, 2.7 against 4.2 ns per genotype; fold took 7-12% less CPU than
 #: standardize in a narrow pass at n = 10,000
 KERNELS = ("standardize", "fold", "tile")
 DEFAULT_KERNEL = "tile"
@@ -461,8 +461,8 @@ class GrmOperator:
         """``(K M, diag K or None)`` in one pass over the genotypes.
 
         Tasks take contiguous, equally wide groups of variant columns (:func:`plan_pass`); each
-        reads every chunk of its group once, standardizes it piece by piece and accumulates
-        ``X_v (X_vᵀ M)`` in float64; the partial products are summed as they arrive. Cost:
+        reads every chunk of its group once, multiplies it with the operator's ``kernel`` and
+        accumulates ``X_v (X_vᵀ M)`` in float64; the partial products are summed as they arrive. Cost:
         ``2 n p b`` multiply-adds for b columns, one read of every genotype.
         """
         M, plan, desc = self._prepare(M, desc)
