@@ -47,7 +47,9 @@ PIECE_BYTES = 256 * 2**20
 #: 2 workers (scripts/bench/bench_pass_scaling.py, docs/performance.md) a pass of l = 33 took
 #: 12.5 s against fold's 15.1 s (1.35x its floor), and of l = 250 36.9 s against 37.3 s; one
 #: task's products at l = 34, 2.7 against 4.2 ns per genotype; fold took 7-12% less CPU than
-#: standardize in a narrow pass at n = 10,000
+#: standardize in a narrow pass at n = 10,000. Unlike the other two, tile's float32 sums over a
+#: chunk split between two tasks depend on where it is split (its row blocks follow the slab's
+#: width), so passes on clusters of different sizes agree to float32 round-off, not bit for bit
 KERNELS = ("standardize", "fold", "tile")
 DEFAULT_KERNEL = "tile"
 #: the ``tile`` kernel's unit of work: a slab of at most TILE_COLUMNS variants (a whole store chunk

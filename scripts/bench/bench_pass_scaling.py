@@ -113,7 +113,7 @@ def measure_scaling(args, save=None) -> dict:
     from bigmm.pipeline.memory import task_memory
 
     c = ensure_cohort(args.cache, args.n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
-                      chunks=args.chunks, sim_block=1024, need_plink=False)
+                      chunks=args.chunks, sim_block=1024, need_plink=False, layout=args.layout)
     store = bigmm.open_store(c["paths"]["zarr"])
     n, p = store.genotypes.shape
     std = variant_filter(store, args.min_maf, args.max_missing)
@@ -122,6 +122,7 @@ def measure_scaling(args, save=None) -> dict:
     rng = np.random.default_rng(0)
     Ms = {l: rng.standard_normal((n, l)) for l in args.width}
     out = {"n": n, "p": p, "p_kept": std.n_kept, "chunks": list(store.chunks), "tag": c["tag"], "cores": cores,
+           "layout": store.layout, "kernel": bigmm.passes.DEFAULT_KERNEL,
            "widths": list(args.width), "memory_limit": args.memory_limit, "configs": {}}
     runs = {}
     out["order"] = list(args.configs)
@@ -410,8 +411,8 @@ def scaling_report(res: dict) -> list[str]:
     s = res["scaling"]
     r = s["runs"]
     lines = [f"n = {s['n']:,} samples × p = {s['p']:,} variants ({s['p_kept']:,} kept; simulated, 10 populations) · "
-             f"store chunks {s['chunks'][0]} × {s['chunks'][1]} (int8, zstd-1) · {s['cores']} cores · "
-             f"`GrmOperator.apply`, float32 products, float64 accumulation, kernel `fold` · local clusters of "
+             f"store chunks {s['chunks'][0]} × {s['chunks'][1]} ({s.get('layout', 'int8')}, zstd-1) · {s['cores']} cores · "
+             f"`GrmOperator.apply`, float32 products, float64 accumulation, kernel `{s.get('kernel', 'fold')}` · local clusters of "
              f"`bigmm.pipeline.cluster.dask_client` on 127.0.0.1, {s['memory_limit']} per worker, one at a "
              f"time, in the order {', '.join(s.get('order', s['configs']))} (the widths in turn within each repeat).", ""]
     for l in s["widths"]:
@@ -517,6 +518,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-large", action="store_true", help="only the scaling")
     ap.add_argument("--large-n", type=int, default=100000)
     ap.add_argument("--large-width", type=int, nargs="+", default=[33, 250])
+    ap.add_argument("--layout", default="2bit", choices=["2bit", "int8"], help="the scaling cohort's store layout")
     ap.add_argument("--large-layout", default="2bit", choices=["2bit", "int8"], help="the large cohort's store layout")
     ap.add_argument("--large-kernels", nargs="+", default=["tile", "fold"], help="pass kernels timed (bigmm.passes.KERNELS)")
     ap.add_argument("--large-chunks", type=int, default=4, help="variant chunks standardized and multiplied")
