@@ -28,12 +28,12 @@ class ChunkFiles:
     Picklable (it holds paths and numbers), so Dask tasks can carry it.
     """
 
-    def __init__(self, root: Path, chunks: tuple[int, int], shape: tuple[int, int], two_bit: bool, keys):
+    def __init__(self, root: Path, chunks: tuple[int, int], shape: tuple[int, int], two_bit: bool, key_encoding):
         self.root = root
         self.chunks = chunks
         self.shape = shape
         self.two_bit = two_bit
-        self._keys = keys
+        self._keys = key_encoding  # the array's chunk key encoding: chunk (i, j) -> its file's path
 
     @classmethod
     def of(cls, arr) -> "ChunkFiles | None":
@@ -53,21 +53,19 @@ class ChunkFiles:
                 return None
             chunks = tuple(int(c) for c in arr.chunks)
             root = Path(arr.store.root) / arr.path
-            nr = -(-arr.shape[0] // chunks[0])
-            nc = -(-arr.shape[1] // chunks[1])
-            keys = [[meta.encode_chunk_key((i, j)) for j in range(nc)] for i in range(nr)]
-            return cls(root, chunks, tuple(int(s) for s in arr.shape), isinstance(codecs[0], TwoBitCodec), keys)
+            return cls(root, chunks, tuple(int(s) for s in arr.shape), isinstance(codecs[0], TwoBitCodec),
+                       meta.chunk_key_encoding)
         except Exception:  # noqa: BLE001 - anything unexpected: Zarr reads it
             return None
 
-    def _chunk(self, i: int, j: int, out: np.ndarray | None = None) -> np.ndarray:
+    def chunk(self, i: int, j: int, out: np.ndarray | None = None) -> np.ndarray:
         """The int8 codes of chunk (i, j) at the chunk's full shape (an edge chunk padded);
         decoded into ``out`` when given (the 2-bit layout, a block of the chunk's full shape)."""
         import google_crc32c
         import numcodecs
 
         rc, cc = self.chunks
-        data = (self.root / self._keys[i][j]).read_bytes()
+        data = (self.root / self._keys.encode_chunk_key((i, j))).read_bytes()
         body = np.frombuffer(data, dtype=np.uint8)[:-4]
         if np.uint32(google_crc32c.value(body)).tobytes() != data[-4:]:
             raise ValueError(f"chunk ({i}, {j}): stored and computed CRC32C checksums do not match")
@@ -92,7 +90,7 @@ class ChunkFiles:
                 whole = (self.two_bit and a == i * rc and b - a == rc and u == j * cc and v - u == cc
                          and dst.flags.c_contiguous and rc % 4 == 0)
                 if whole:
-                    self._chunk(i, j, out=dst)
+                    self.chunk(i, j, out=dst)
                 else:
-                    dst[...] = self._chunk(i, j)[a - i * rc:b - i * rc, u - j * cc:v - j * cc]
+                    dst[...] = self.chunk(i, j)[a - i * rc:b - i * rc, u - j * cc:v - j * cc]
         return out

@@ -256,21 +256,38 @@ def _fold_piece(g, center, scale, Md, colsum, dtype, buf, acc, diag):
     the products in ``dtype`` as in the standardize kernel, the corrections (w x b and 1 x b) in
     float64. ``diag`` (when wanted) gets Σ_j x_ij², from X made in place of F after the products.
     """
-    F = buf[: g.size].reshape(g.shape)
-    np.copyto(F, g, casting="unsafe")
     c = np.asarray(center, dtype=np.float64)
     s = np.asarray(scale, dtype=np.float64)
-    if g.size and g.min() < 0:
-        np.copyto(F, np.broadcast_to(c.astype(F.dtype), g.shape), where=g < 0)
-    T = (F.T @ Md).astype(np.float64)
-    T -= np.outer(c, colsum)
-    T *= (s * s)[:, None]
+    F = _codes_as_floats(g, buf[: g.size].reshape(g.shape), c.astype(dtype))
+    T = _folded(F.T @ Md, c, s, colsum)
     acc += F @ T.astype(Md.dtype)
     if diag is not None:
-        F -= c.astype(F.dtype)
-        F *= s.astype(F.dtype)
-        diag += np.einsum("ij,ij->i", F, F)
+        _add_diag(F, c, s, diag)
     return c @ T
+
+
+def _codes_as_floats(g, F, c):
+    """``F`` := the codes ``g`` as floats, a missing call set to its variant's centre ``c`` (so
+    that its entry of X is 0: mean imputation), in one sweep (a second only where calls are missing)."""
+    np.copyto(F, g, casting="unsafe")
+    if g.size and g.min() < 0:
+        np.copyto(F, c, where=g < 0)
+    return F
+
+
+def _folded(FtM, c, s, colsum):
+    """``S Xᵀ M`` (float64) from ``Fᵀ M``: ``S² (Fᵀ M − c (1ᵀ M))``, ``colsum`` = 1ᵀ M."""
+    T = np.asarray(FtM, dtype=np.float64)
+    T = T - np.outer(c, colsum)
+    T *= (s * s)[:, None]
+    return T
+
+
+def _add_diag(F, c, s, diag):
+    """``diag += Σ_j x_ij²`` over the rows of F, with X = (F − 1cᵀ) S made in place of F."""
+    F -= c.astype(F.dtype)
+    F *= s.astype(F.dtype)
+    diag += np.einsum("ij,ij->i", F, F)
 
 
 def _gemm(dtype):
@@ -286,7 +303,8 @@ def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
 
     The first sweep expands each block of rows of the codes into floats in ``buf`` (rows x w,
     about :data:`TILE_BYTES`: it stays in cache) and adds its ``F_rᵀ M_r`` to ``Fᵀ M`` (the GEMM
-    accumulating in place, in the products' precision); the second expands each block again and writes ``F_r U`` into ``out``.
+    accumulating in place, in the products' precision); the second expands each block again and
+    writes ``F_r U`` into ``out``.
     Writing the codes as floats twice into cache costs less than writing them once to memory
     and reading them back twice (the fold kernel), which is what bounds a narrow pass.
     """
@@ -299,11 +317,7 @@ def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
 
     def expand(r0):
         gb = g[r0:r0 + rb]
-        F = buf[: gb.size].reshape(gb.shape)
-        np.copyto(F, gb, casting="unsafe")
-        if gb.size and gb.min() < 0:
-            np.copyto(F, cd, where=gb < 0)
-        return F
+        return _codes_as_floats(gb, buf[: gb.size].reshape(gb.shape), cd)
 
     # Fᵀ M summed over the row blocks in place by the BLAS (C := Fᵣᵀ Mᵣ + C, in the products'
     # precision, as one GEMM over all rows would sum them): adding a new w x l product to a
@@ -313,17 +327,13 @@ def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
     for r0 in range(0, n, rb):
         Mr = Md[r0:r0 + rb]
         Tb = gemm(1.0, expand(r0).T, Mr.T, beta=1.0, c=Tb, trans_b=1, overwrite_c=1)
-    T = Tb.astype(np.float64)
-    T -= np.outer(c, colsum)
-    T *= (s * s)[:, None]
+    T = _folded(Tb, c, s, colsum)
     U = T.astype(dtype)
     for r0 in range(0, n, rb):
         F = expand(r0)
         np.matmul(F, U, out=out[r0:r0 + rb])
         if diag is not None:
-            F -= cd
-            F *= s.astype(dtype)
-            diag[r0:r0 + rb] += np.einsum("ij,ij->i", F, F)
+            _add_diag(F, c, s, diag[r0:r0 + rb])
     acc += out
     return c @ T
 

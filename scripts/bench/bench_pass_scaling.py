@@ -32,7 +32,7 @@ on the pipeline's default local cluster (2 x 1), against, in the same run and al
 them, their floor's components:
 
 - read + decode every genotype chunk, with the store's own codecs (the chunk file read, CRC32C
-  checked, zstd, the 2-bit unpacking: store_reader) and as a pass reads (``store.genotypes[...]``,
+  checked, zstd, the 2-bit unpacking: bigmm.chunk_files, chunk by chunk) and as a pass reads (``store.genotypes[...]``,
   which decodes a bigmm store's chunk files itself: bigmm.chunk_files); 2 threads over the chunks;
 - standardize into float32 and the BLAS of the two products of width l, measured on the first
   --large-chunks variant chunks (all samples) and scaled to p by the columns: both are linear in
@@ -151,25 +151,17 @@ def measure_scaling(args, save=None) -> dict:
 
 # --------------------------------------------------------------------------- part 2
 
-def store_reader(gpath: Path, layout: str, n: int, chunks):
-    """``read(i0, a, b)``: one chunk of a cohort store decoded as its own codecs do, bypassing Zarr
-    (the chunk file read, CRC32C checked, zstd, and for the ``2bit`` layout
-    ``bigmm.codecs.unpack_2bit``)."""
-    import numcodecs
-    from bench_pass_floor import codec_reader
-    from bigmm.codecs import packed_rows, unpack_2bit
+def store_reader(store):
+    """``read(i0, a, b)``: the chunk at sample ``i0``, variant ``a`` of a cohort store decoded as
+    its own codecs do (the chunk file read, CRC32C checked, zstd, and for the ``2bit`` layout the
+    unpacking: ``bigmm.chunk_files.ChunkFiles.chunk``), at the chunk's full shape."""
+    from bigmm.chunk_files import ChunkFiles
 
-    if layout == "int8":
-        return codec_reader("int8-zstd1", gpath, n, chunks, None)
-    crc, zstd = numcodecs.CRC32C(), numcodecs.Zstd()
-    rc, cc = chunks
-
-    def read(i0, a, b):
-        with open(gpath / "c" / str(i0 // rc) / str(a // cc), "rb") as fh:
-            raw = zstd.decode(crc.decode(fh.read()))
-        codes = unpack_2bit(np.frombuffer(raw, dtype=np.uint8).reshape(packed_rows(rc), cc), rc)
-        return codes[:min(rc, n - i0), :b - a]
-    return read
+    files = ChunkFiles.of(store.genotypes.arr)
+    if files is None:
+        raise SystemExit(f"{store.path}: not a store whose chunk files bigmm decodes itself")
+    rc, cc = files.chunks
+    return lambda i0, a, b: files.chunk(i0 // rc, a // cc)
 
 
 def measure_large(args) -> dict:
@@ -194,10 +186,11 @@ def measure_large(args) -> dict:
     widths = list(args.large_width)
     std = variant_filter(store, args.min_maf, args.max_missing)
     gpath = Path(c["paths"]["zarr"]) / "genotypes"
-    read = store_reader(gpath, args.large_layout, n, (rc, cc))
+    read = store_reader(store)
     bounds = [(a, min(p, a + cc)) for a in range(0, p, cc)]
     jobs = [(i0, a, b) for a, b in bounds for i0 in range(0, n, rc)]
-    if not np.array_equal(read(*jobs[-1]), np.asarray(store.genotypes[jobs[-1][0]:, jobs[-1][1]:jobs[-1][2]])):
+    i0, a, b = jobs[-1]
+    if not np.array_equal(read(i0, a, b)[:n - i0, :b - a], np.asarray(store.genotypes.arr[i0:, a:b])):
         raise SystemExit("the chunk reader does not decode to the store's genotypes")
 
     def zarr_read(i0, a, b):
