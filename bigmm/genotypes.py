@@ -104,6 +104,15 @@ def _chunk_sums(g: np.ndarray) -> np.ndarray:
     return np.stack([n - m, s + m, q - m])[None]
 
 
+def _column_sums(G, a: int, b: int, rows: int) -> np.ndarray:
+    """:func:`_chunk_sums` of the columns ``a:b`` of G over all its rows, read ``rows`` at a time."""
+    n = G.shape[0]
+    out = np.zeros((3, b - a), np.int64)
+    for r in range(0, n, rows):
+        out += _chunk_sums(np.asarray(G[r:min(n, r + rows), a:b]))[0]
+    return out
+
+
 def genotype_matrix(genotypes):
     """The samples x variants int8 genotype matrix of what a user holds.
 
@@ -134,7 +143,9 @@ def variant_stats(genotypes) -> VariantStats:
         chunk with whatever scheduler is active (a distributed client if one
         is set as default); memory is bounded by one chunk per thread. A cohort
         store or an xarray Dataset in the VCF Zarr layout is taken too
-        (:func:`genotype_matrix`).
+        (:func:`genotype_matrix`); a chunked array (a store's, Zarr) is read by one
+        task per column of chunks, a chunk of rows at a time. Cost: one read of
+        every genotype.
 
     Examples
     --------
@@ -144,17 +155,28 @@ def variant_stats(genotypes) -> VariantStats:
     >>> st.n_called.tolist(), st.freq.tolist()
     ([3, 2, 3], [0.5, 0.5, 1.0])
     """
+    import dask
     import dask.array as da
 
     genotypes = genotype_matrix(genotypes)
-    G = genotypes if isinstance(genotypes, da.Array) else da.from_array(genotypes)
-    # one task per column of chunks (exact integer sums, in any order), run with progress
-    edges = np.cumsum((0,) + tuple(G.chunks[1]))
-    tasks = [G[:, a:b].map_blocks(_chunk_sums, dtype=np.int64, new_axis=1,
-                                  chunks=((1,) * G.numblocks[0], (3,), (b - a,))).sum(axis=0)
-             for a, b in zip(edges[:-1], edges[1:])]
+    chunks = getattr(genotypes, "chunks", None)
+    if not isinstance(genotypes, da.Array) and chunks is not None and len(chunks) == 2:
+        # a chunked array read by the tasks themselves (a store's): one task per column of
+        # chunks, reading it a chunk of rows at a time (25 tasks at p = 50,000, where a Dask array
+        # of the same chunks makes 3 tasks per chunk and moves the decoded chunks between them)
+        rc, cc = (int(c) for c in chunks)
+        p = genotypes.shape[1]
+        task = dask.delayed(_column_sums, pure=False)
+        tasks = [task(genotypes, a, min(p, a + cc), rc) for a in range(0, p, cc)]
+    else:
+        G = genotypes if isinstance(genotypes, da.Array) else da.from_array(genotypes)
+        # one task per column of chunks (exact integer sums, in any order), run with progress
+        edges = np.cumsum((0,) + tuple(G.chunks[1]))
+        tasks = [G[:, a:b].map_blocks(_chunk_sums, dtype=np.int64, new_axis=1,
+                                      chunks=((1,) * G.numblocks[0], (3,), (b - a,))).sum(axis=0)
+                 for a, b in zip(edges[:-1], edges[1:])]
     totals = np.concatenate(run_tasks(tasks, "variant statistics"), axis=1) if tasks else np.zeros((3, 0), np.int64)
-    return VariantStats(n_samples=int(G.shape[0]), n_called=totals[0], allele_sum=totals[1],
+    return VariantStats(n_samples=int(genotypes.shape[0]), n_called=totals[0], allele_sum=totals[1],
                         allele_sq_sum=totals[2])
 
 

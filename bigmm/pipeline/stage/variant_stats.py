@@ -61,7 +61,7 @@ def declare(name: str, ingest: Stage) -> Stage:
         store = ctx.value(ingest)
         if store.sample_ids() != ctx.inp.ids:
             raise InputError(f"the samples of {store.path} differ from the genotype input")
-        stats = variant_stats(store.to_dask())
+        stats = variant_stats(store.genotypes)
         v = ctx.cfg.variants
         std = standardization(stats, v.standardize, min_maf=v.min_maf, max_missing=v.max_missing,
                               drop=ctx.inp.variant_drop)
