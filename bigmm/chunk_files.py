@@ -74,14 +74,19 @@ class ChunkFiles:
             return unpack_2bit(np.frombuffer(raw, dtype=np.uint8).reshape(packed_rows(rc), cc), rc, out=out)
         return np.frombuffer(raw, dtype=np.int8).reshape(rc, cc)
 
-    def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """``arr[rows, cols]`` (slices with step 1) as a new int8 array."""
+    def read(self, rows: slice, cols: slice, out: np.ndarray | None = None) -> np.ndarray:
+        """``arr[rows, cols]`` (slices with step 1) as a new int8 array, or written into ``out``
+        (an int8 array of that shape) and returned."""
         r0, r1, rs = rows.indices(self.shape[0])
         c0, c1, cs = cols.indices(self.shape[1])
         if rs != 1 or cs != 1:
             raise ValueError("ChunkFiles reads slices with step 1")
         rc, cc = self.chunks
-        out = np.empty((max(0, r1 - r0), max(0, c1 - c0)), dtype=np.int8)
+        shape = (max(0, r1 - r0), max(0, c1 - c0))
+        if out is None:
+            out = np.empty(shape, dtype=np.int8)
+        elif out.shape != shape or out.dtype != np.int8:
+            raise ValueError(f"out must be int8 of shape {shape}, not {out.dtype} {out.shape}")
         for i in range(r0 // rc, -(-r1 // rc)) if r1 > r0 else ():
             a, b = max(r0, i * rc), min(r1, (i + 1) * rc)
             for j in range(c0 // cc, -(-c1 // cc)) if c1 > c0 else ():

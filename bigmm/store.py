@@ -420,6 +420,16 @@ class CheckedArray:
         except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
             raise self._locate(sel, exc) from exc
 
+    def read_into(self, rows: slice, cols: slice, out: np.ndarray) -> np.ndarray:
+        """``self[rows, cols]``, decoded into ``out`` (int8, that shape) where the chunk files are
+        read directly (:class:`~bigmm.chunk_files.ChunkFiles`); else a new array from Zarr."""
+        if self.files is None or rows.step not in (None, 1) or cols.step not in (None, 1):
+            return self[rows, cols]
+        try:
+            return self.files.read(rows, cols, out=out)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
+            raise self._locate((rows, cols), exc) from exc
+
     def get_orthogonal_selection(self, sel):
         try:
             return self.arr.get_orthogonal_selection(sel)

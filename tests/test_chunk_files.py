@@ -10,6 +10,7 @@ from conftest import random_genotypes
 
 import bigmm
 from bigmm.chunk_files import ChunkFiles
+from bigmm.passes import ColumnReader
 from bigmm.store import LAYOUTS, StoreIntegrityError
 
 
@@ -26,6 +27,15 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, rng, layout, chunks):
         np.testing.assert_array_equal(arr[r0:r1, c0:c1], arr.arr[r0:r1, c0:c1])
     np.testing.assert_array_equal(arr[:, :], G)
     np.testing.assert_array_equal(store.to_dask().compute(), G)
+    # a pass task's reads of whole columns into one reused buffer (filled with junk first: every
+    # byte of each read must be written), widths in turn wider and narrower than before
+    read = ColumnReader(arr)
+    read.buf = np.full(53 * 30, 77, dtype=np.int8)
+    for c0, c1 in [(0, 8), (8, 30), (3, 4), (16, 24), (0, 30)]:
+        np.testing.assert_array_equal(read(c0, c1), G[:, c0:c1])
+    np.testing.assert_array_equal(ColumnReader(G)(3, 9), G[:, 3:9])  # no read_into: a plain slice
+    with pytest.raises(ValueError, match="out must be int8 of shape"):
+        arr.files.read(slice(0, 53), slice(0, 8), out=np.empty((53, 7), np.int8))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -43,6 +53,8 @@ def test_damaged_chunk_refused_naming_it(tmp_path, rng, layout):
         arr[:, :]
     with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\)"):
         arr[13:14, 2:3]
+    with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\)"):
+        ColumnReader(arr)(0, 8)  # a pass's read into its buffer names the chunk too
 
 
 def test_other_codecs_are_read_by_zarr(tmp_path, rng):
