@@ -108,8 +108,14 @@ def _column_sums(G, a: int, b: int, rows: int) -> np.ndarray:
     """:func:`_chunk_sums` of the columns ``a:b`` of G over all its rows, read ``rows`` at a time."""
     n = G.shape[0]
     out = np.zeros((3, b - a), np.int64)
+    buf = np.empty(min(n, rows) * (b - a), dtype=np.int8)  # every read into the same memory
     for r in range(0, n, rows):
-        out += _chunk_sums(np.asarray(G[r:min(n, r + rows), a:b]))[0]
+        r1 = min(n, r + rows)
+        if hasattr(G, "read_into"):
+            g = G.read_into(slice(r, r1), slice(a, b), buf[: (r1 - r) * (b - a)].reshape(r1 - r, b - a))
+        else:
+            g = np.asarray(G[r:r1, a:b])
+        out += _chunk_sums(g)[0]
     return out
 
 
