@@ -53,7 +53,7 @@ def test_cli_run_matches_dense_reference(cohort, tmp_path):
     assert "h2=" in proc.stdout and "results:" in proc.stdout
     # stderr is a pipe here (a batch job, a log): plain lines, every progress line, no bar
     assert "\r" not in proc.stderr and "%|" not in proc.stderr
-    assert "GRM 300x300, 2 variant groups: 2/2 (100%)" in proc.stderr and "run: stage 1 of 7 (ingest)" in proc.stderr
+    assert "GRM 300x300 blocks: 3/3 (100%)" in proc.stderr and "run: stage 1 of 7 (ingest)" in proc.stderr
     out = tmp_path / "out"
     doc = json.loads((out / "results.json").read_text())
     for key in ("n_samples", "n_variants", "variants_dropped", "standardize", "spectrum_info",

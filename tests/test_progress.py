@@ -54,16 +54,15 @@ def test_run_on_a_terminal_shows_bars_and_the_whole_run_line(tmp_path):
 
     # live bars, redrawn in place, with the ETA, for each task list
     assert "\r" in term
-    for desc in ("ingest c.bed", "variant statistics", "GRM 120x120, 2 variant groups"):
+    for desc in ("ingest c.bed", "variant statistics", "GRM 120x120 blocks"):
         assert re.search(BAR.format(desc=re.escape(desc)), term), (desc, term)
     # the per-task progress lines are left to the bar on the terminal (no duplicates) ...
-    assert not re.search(r"GRM 120x120, 2 variant groups: 2/2 \(100%\)", term)
+    assert not re.search(r"GRM 120x120 blocks: 3/3 \(100%\)", term)
     # ... the whole-run line: stage i of N, elapsed, then time left once a pass over X is timed
     n_stages = len(re.findall(r"run: stage \d+ of 7 \(\w+\), \d+ s elapsed", term))
     assert n_stages == 7, term
     assert "run: stage 1 of 7 (ingest)" in term and "time left estimated once the first is timed" in term
-    # the GRM of 120 samples is one block split by variants: one pass over X
-    left = re.search(r"run: stage 3 of 7 \(grm\), \d+ s elapsed; about (\d+) s left for 1 more pass over X "
+    left = re.search(r"run: stage 3 of 7 \(grm\), \d+ s elapsed; about (\d+) s left for 2 more passes over X "
                      r"\(([\d.]+) s per pass so far", term)
     assert left and float(left.group(2)) > 0, term
     assert re.search(r"run complete in \d+ s", term)
@@ -71,7 +70,7 @@ def test_run_on_a_terminal_shows_bars_and_the_whole_run_line(tmp_path):
     # run.log (a file) has plain lines: every progress line, no bar, no carriage return
     log = (tmp_path / "out" / "run.log").read_text()
     assert "\r" not in log and "%|" not in log
-    assert re.search(r"GRM 120x120, 2 variant groups: 2/2 \(100%\), [\d.]+ s elapsed, ETA 0 s", log)
+    assert re.search(r"GRM 120x120 blocks: 3/3 \(100%\), [\d.]+ s elapsed, ETA 0 s", log)
     assert re.search(r"ingest c\.bed: 3/3 variant blocks \(100%\)", log)
     assert "run: stage 3 of 7 (grm)" in log
 
@@ -110,9 +109,8 @@ def test_check_prints_the_plan_with_a_time_estimate(tmp_path):
     assert "variants: 800 in the genotype input; kept: those passing min_maf 0.01, max_missing 0.05" in out
     assert "REML: spectral; spectrum: exact" in out
     # 150 samples on 2 threads: GRM blocks of 75, 2 block rows
-    # the GRM of 150 samples on 2 workers is one block split by variants: one pass over X
-    assert ("stages: ingest, variant_stats, grm, spectrum, rotate, reml, report; passes over X: 3 in all "
-            "(ingest 1, variant_stats 1, grm 1)") in out, out
+    assert ("stages: ingest, variant_stats, grm, spectrum, rotate, reml, report; passes over X: 4 in all "
+            "(ingest 1, variant_stats 1, grm 2)") in out, out
     # 60% of 1 GiB less a worker process's own memory, per thread
     from dask.utils import format_bytes
     from bigmm.pipeline.memory import WORKER_BASELINE_BYTES

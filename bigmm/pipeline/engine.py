@@ -371,8 +371,7 @@ class Runner(Ledger):
         else:
             per = self.pass_seconds / self.passes_timed
             bound = " at most" if any(self.stages[s].passes_at_most for s in self.todo[i - 1:]) else ""
-            what = "pass" if round(left) == 1 else "passes"
-            eta = (f"about {duration(left * per)} left for{bound} {left:.0f} more {what} over X "
+            eta = (f"about {duration(left * per)} left for{bound} {left:.0f} more passes over X "
                    f"({per:.1f} s per pass so far; other work not counted)")
         log.info("run: stage %d of %d (%s), %s elapsed; %s", i, n, name, duration(time.perf_counter() - self.t0), eta)
 
