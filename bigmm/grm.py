@@ -12,11 +12,6 @@ Cost: n² p multiply-adds over all blocks (half of a full GEMM); each genotype
 chunk is read ``n / b`` times (a task whose two sample ranges share a store chunk
 reads their span once, :func:`_read_pair`). A variant chunk without missing calls
 costs the per-pair counts one reduction over its codes.
-
-A small cohort on few threads is one block (:func:`default_block_size` with
-``split_variants``, :data:`SPLIT_MAX_N`) whose work is split by variants instead: each
-task computes the whole n x n block over its own range of variant chunks, the partial
-K and N are added as they arrive, and every genotype is read once.
 """
 
 from __future__ import annotations
@@ -111,9 +106,8 @@ def _count_missing(gi: np.ndarray, gj: np.ndarray, kept: np.ndarray, same: bool,
 
 
 def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int, p_kept: int,
-              dtype=np.float64, counts: bool = False, variants: slice | None = None):
-    """``X_I X_Jᵀ / p`` for sample ranges I and J, streamed over variant chunks (those of the
-    columns ``variants`` only, when given: that range's part of the sum, still divided by p).
+              dtype=np.float64, counts: bool = False):
+    """``X_I X_Jᵀ / p`` for sample ranges I and J, streamed over variant chunks.
 
     Each chunk's product is computed in ``dtype`` (float32 doubles the BLAS
     rate) and accumulated across chunks in float64; the standardized slabs
@@ -130,14 +124,14 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
         both_missing = np.zeros((ni, nj), dtype=np.int32)
         miss_i = np.zeros(ni, dtype=np.int64)
         miss_j = np.zeros(nj, dtype=np.int64)
-    v_lo, p, _ = (variants or slice(None)).indices(G.shape[1])
+    p = G.shape[1]
     same = rows_i == rows_j
-    buf_i = np.empty(ni * min(variant_step, p - v_lo), dtype=dtype)
-    buf_j = None if same else np.empty(nj * min(variant_step, p - v_lo), dtype=dtype)
+    buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
+    buf_j = None if same else np.empty(nj * min(variant_step, p), dtype=dtype)
     # each chunk's product into one buffer: a fresh b x b array per chunk costs its page faults
     # (measured ~10% of an off-diagonal task's CPU at b = 5000)
     prod = np.empty((ni, nj), dtype=dtype)
-    for v0 in range(v_lo, p, variant_step):
+    for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         sc = scale[cols]
         if not sc.any():
@@ -158,8 +152,7 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
             f"entries: the variant standardization has a non-finite centre or scale; recompute the "
             f"variant statistics")
     if counts:
-        kept = p_kept if variants is None else int(np.count_nonzero(scale[v_lo:p]))
-        N = kept - miss_i[:, None] - miss_j[None, :] + both_missing
+        N = p_kept - miss_i[:, None] - miss_j[None, :] + both_missing
         return acc, N.astype(np.int32)
     return acc
 
@@ -174,34 +167,15 @@ def block_bytes(block: int, variant_chunk: int, itemsize: int = 8, counts: bool 
     return (16 if counts else 8) * block * block + 2 * itemsize * block * variant_chunk
 
 
-#: the GRM of at most this many samples on at most SPLIT_MAX_THREADS threads is one block whose
-#: work :func:`grm` splits by variants, one group of variant chunks per thread (each task one
-#: SYRK of all samples, its partial K and N sent back and added): at n = 4,000 on 2 workers
-#: 7.1-8.0 s against 7.4-10.7 s for 2 x 2 blocks (which read every genotype twice, in products
-#: of half the size). A task's partial is 12 n² bytes (K float64, N int32; 432 MB at 6,000), one
-#: per thread, so beyond these the blocks cost less than sending and adding the partials.
-SPLIT_MAX_N = 6000
-SPLIT_MAX_THREADS = 4
-
-
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
-                       memory: int | None = None, itemsize: int = 4, counts: bool = False,
-                       split_variants: bool = False) -> int:
+                       memory: int | None = None, itemsize: int = 4, counts: bool = False) -> int:
     """Samples per GRM block: few blocks (each genotype is decoded once per block row and
     column), enough tasks to keep ``threads`` busy, within ``memory`` bytes per task.
 
     With nb blocks per side there are nb(nb+1)/2 tasks; the diagonal ones cost half
     (symmetric kernel), so nb = ⌈√(2·threads)⌉ balances the work (2 threads: 2 x 2
-    blocks, tasks of cost ½, 1, ½). With ``split_variants`` (what :func:`grm` does with a
-    single block), all n samples in one block when n ≤ :data:`SPLIT_MAX_N`, threads ≤
-    :data:`SPLIT_MAX_THREADS` and its task fits ``memory``.
-
-    >>> default_block_size(4000, 2), default_block_size(4000, 2, split_variants=True)
-    (2000, 4000)
+    blocks, tasks of cost ½, 1, ½).
     """
-    if (split_variants and n <= SPLIT_MAX_N and threads <= SPLIT_MAX_THREADS
-            and not (memory and block_bytes(n, variant_chunk, itemsize, counts) > memory)):
-        return max(1, n)
     nb = max(1, int(np.ceil(np.sqrt(2 * max(threads, 1)))))
     b = -(-n // nb)
     if memory:
@@ -232,43 +206,6 @@ def _block_task(G, center, scale, I, J, rows_i, rows_j, step, p_kept, dtype, out
 
 def _blocks(n: int, b: int) -> list[slice]:
     return [slice(s, min(n, s + b)) for s in range(0, n, b)]
-
-
-def _variant_groups(p: int, step: int, threads: int) -> list[slice]:
-    """Up to ``threads`` ranges of whole variant chunks (of ``step`` columns), nearly equal."""
-    starts = list(range(0, p, step))
-    parts = [part for part in np.array_split(np.asarray(starts), max(1, min(threads, len(starts)))) if part.size]
-    return [slice(int(part[0]), min(p, int(part[-1]) + step)) for part in parts]
-
-
-def _add_partials(state, part):
-    if state is None:
-        return part
-    if isinstance(state, tuple):
-        state[0][...] += part[0]
-        state[1][...] += part[1]
-        return state
-    state += part
-    return state
-
-
-def _split_grm(G, std: Standardization, groups: list[slice], step: int, dtype, counts: bool, out_path):
-    """The single-block GRM (all n samples) with its work split by variants: one task per range
-    of ``groups`` (:func:`grm_block` over those variants), the partial K (and N) added on arrival,
-    then returned or written as block (0, 0) of the store at ``out_path``. Cost: one read of every
-    genotype; n² p multiply-adds."""
-    import dask
-
-    n = G.shape[0]
-    rows = slice(0, n)
-    task = dask.delayed(grm_block, pure=False)
-    total = run_tasks([task(G, std.center, std.scale, rows, rows, step, std.n_kept, dtype, counts, v)
-                       for v in groups], f"GRM {n}x{n}, {len(groups)} variant groups", combine=_add_partials)
-    if out_path is None:
-        return total
-    _write_block(out_path, 0, 0, rows, rows, dict(zip(("K", "N"), total if counts else (total,))))
-    group = zarr.open_group(out_path, mode="r")
-    return (group["K"], group["N"]) if counts else group["K"]
 
 
 def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Path | None = None,
@@ -331,10 +268,8 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
     if block_size is None:
         chunks = getattr(G, "chunks", None)
         sc = int(chunks[0]) if chunks is not None and isinstance(chunks[0], (int, np.integer)) else None
-        block_size = default_block_size(n, total_threads(), sc, step, itemsize=np.dtype(dtype).itemsize,
-                                        split_variants=True)
+        block_size = default_block_size(n, total_threads(), sc, step, itemsize=np.dtype(dtype).itemsize)
     blocks = _blocks(n, block_size)
-    groups = _variant_groups(p, step, total_threads()) if len(blocks) == 1 else []
     out_path = None
     done = np.zeros((len(blocks), len(blocks)), dtype=bool)
     if out is not None:
@@ -344,8 +279,6 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
             raise ValueError("GRM store block size differs from block_size")
         done = np.asarray(group["done"][...]).astype(bool)
         counts = "N" in group
-    if len(groups) > 1 and not done[0, 0]:
-        return _split_grm(G, std, groups, step, dtype, counts, out_path)
     task = dask.delayed(_block_task, pure=False)
     todo = []
     for I, ri in enumerate(blocks):

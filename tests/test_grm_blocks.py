@@ -1,8 +1,6 @@
 """GRM block tasks: K and the per-pair call counts N equal a dense reference with and without
 missing calls, and a block task decodes each store chunk of samples once per variant chunk."""
 
-import importlib
-
 import numpy as np
 import pytest
 import zarr
@@ -71,47 +69,3 @@ def test_an_off_diagonal_block_decodes_each_sample_chunk_once(tmp_path, rng, row
     ref = grm_reference(G, "gcta")
     np.testing.assert_allclose(K, ref[rows_i, rows_j], rtol=0, atol=1e-10)
     np.testing.assert_array_equal(N, _counts_reference(G, std.keep)[rows_i, rows_j])
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-def test_one_block_split_by_variants_equals_dense_k_and_counts(tmp_path, rng, threads, monkeypatch):
-    # 70 samples, 7 variant chunks of 20 (the last of 10) with missing calls and a dropped variant:
-    # the GRM of one block is split into `threads` groups of whole chunks (3, 4 / 3, 2, 2 chunks),
-    # whose partial K and N are added; a stored GRM gets them as its single block
-    grm_mod = importlib.import_module("bigmm.grm")  # the module (bigmm.grm is also the function)
-
-    G = random_genotypes(rng, 70, 130, missing=0.05)
-    G[:, 7] = 1  # all heterozygous: dropped, so a group's kept count is not its width
-    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=G.shape, dtype="int8", chunks=(32, 20))
-    arr[...] = G
-    std = bigmm.standardization(bigmm.variant_stats(G), "gcta")
-    assert std.n_kept == 129
-    monkeypatch.setattr(grm_mod, "total_threads", lambda: threads)
-    assert grm_mod.default_block_size(70, threads, split_variants=True) == 70
-    groups = grm_mod._variant_groups(130, 20, threads)
-    assert len(groups) == threads and groups[0].start == 0 and groups[-1].stop == 130
-    calls = []
-    real = grm_mod._split_grm
-    monkeypatch.setattr(grm_mod, "_split_grm", lambda *a: calls.append(a[2]) or real(*a))
-    K, N = bigmm.grm(arr, std, counts=True)
-    assert calls == [groups]
-    # float64 products, partial sums over 2-4 chunks added: round-off ~1e-15; 1e-10 is ample
-    np.testing.assert_allclose(K, grm_reference(G, "gcta"), rtol=0, atol=1e-10)
-    np.testing.assert_array_equal(N, _counts_reference(G, std.keep))
-    out = tmp_path / "grm.zarr"
-    grm_mod.create_grm_store(out, 70, 70, {}, counts=True)
-    Ks, Ns = bigmm.grm(arr, std, block_size=70, out=out, counts=True)
-    np.testing.assert_array_equal(np.asarray(Ks), K)
-    np.testing.assert_array_equal(np.asarray(Ns), N)
-    assert grm_mod.grm_complete(zarr.open_group(str(out), mode="r"))
-    assert len(calls) == 2
-
-
-def test_the_split_is_only_for_small_cohorts_on_few_threads():
-    from bigmm.grm import SPLIT_MAX_N, SPLIT_MAX_THREADS, block_bytes, default_block_size
-
-    assert default_block_size(SPLIT_MAX_N, SPLIT_MAX_THREADS, split_variants=True) == SPLIT_MAX_N
-    assert default_block_size(SPLIT_MAX_N + 1, 2, split_variants=True) < SPLIT_MAX_N + 1
-    assert default_block_size(1000, SPLIT_MAX_THREADS + 1, split_variants=True) < 1000
-    # a task that would not fit the workers' memory: blocks
-    assert default_block_size(4000, 2, memory=block_bytes(4000, 8192, 4) - 1, split_variants=True) < 4000

@@ -142,7 +142,7 @@ def grm_block_size(cfg: RunConfig, n: int, threads: int, sample_chunk: int, vari
     if cfg.grm.block_size:
         return cfg.grm.block_size
     return default_block_size(n, threads, sample_chunk, variant_chunk, task_memory(cfg.cluster),
-                              np.dtype(cfg.grm.dtype).itemsize, counts=True, split_variants=True)
+                              np.dtype(cfg.grm.dtype).itemsize, counts=True)
 
 
 def _largest_block(mem: int, variant_chunk: int) -> int:
