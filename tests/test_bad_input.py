@@ -43,13 +43,16 @@ def cohort(tmp_path_factory):
 # ---------------------------------------------------------------------------
 
 def write_config(tmp_path: Path, cohort, name: str = "run.yaml", **sections) -> Path:
-    """A valid config for the cohort; ``sections`` replace top-level entries (None removes one)."""
+    """A valid config for the cohort; ``sections`` replace top-level entries (None removes one).
+    Its report leaves the figures out (``report.figures: false``: ~2 s less per run, these tests
+    look at the run layer, tests/test_report.py at the figures); ``report={}`` draws them."""
     cfg = {
         "genotypes": {"plink": str(cohort.prefix)},
         "phenotypes": {"file": str(cohort.pheno)},
         "covariates": {"file": str(cohort.covar), "columns": ["age", "sex"], "categorical": ["sex"]},
         "output": str(tmp_path / "out"),
         "cluster": dict(LIGHT),
+        "report": {"figures": False},
     }
     for key, value in sections.items():
         if value is None:

@@ -5,6 +5,8 @@ Configs are checked with ``bigmm check --no-cluster`` and ``bigmm run`` in subpr
 exit status and the message a user sees are what is tested.
 """
 
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +18,28 @@ import yaml
 from bigmm.pipeline.config import MAX_CONFIG_NODES, load_config
 
 from test_bad_input import assert_refused, bigmm_cli, cohort, write_config  # noqa: F401  (fixture)
+
+@pytest.fixture(scope="module")
+def exact_run(cohort, tmp_path_factory):  # noqa: F811
+    """One finished run with an exact spectrum, copied by the tests that damage it."""
+    d = tmp_path_factory.mktemp("exact")
+    res = bigmm_cli("run", write_config(d, cohort, spectrum={"method": "exact"}))
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run in ``tmp_path/out`` (modification times kept), and its config."""
+    shutil.copytree(run / "out", tmp_path / "out")
+    cfg = yaml.safe_load((run / "run.yaml").read_text())
+    cfg["output"] = str(tmp_path / "out")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    manifest["config_source"] = str(path)  # the copy's config is this folder's own
+    (tmp_path / "out" / "run.json").write_text(json.dumps(manifest, indent=2))
+    return path
+
 
 YAML_BOMB = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
@@ -199,11 +223,11 @@ def test_force_removes_only_what_the_other_run_recorded(tmp_path, cohort):  # no
     import json
 
     out = tmp_path / "out"
-    first = write_config(tmp_path, cohort, name="first.yaml", variants={"min_maf": 0.0})
+    first = write_config(tmp_path, cohort, name="first.yaml", variants={"min_maf": 0.0}, report={})  # figures
     assert bigmm_cli("run", first).returncode == 0
     (out / "report" / "my_plot.png").write_bytes(b"user")
     (out / "hsq" / "README").write_text("user")
-    second = write_config(tmp_path, cohort, name="second.yaml", variants={"min_maf": 0.05})
+    second = write_config(tmp_path, cohort, name="second.yaml", variants={"min_maf": 0.05}, report={})
     res = bigmm_cli("run", second, "--force")
     assert res.returncode == 0, res.stderr
     assert (out / "report" / "my_plot.png").read_bytes() == b"user"
@@ -223,18 +247,20 @@ def test_a_failed_rerun_leaves_no_stale_result_and_dropped_phenotypes_leave_no_h
     two = tmp_path / "two.tsv"
     lines = cohort.pheno.read_text().splitlines()
     two.write_text("\n".join(f"{ln}\t{ln.split()[2]}" if i else f"{ln}\tcopy" for i, ln in enumerate(lines)) + "\n")
-    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"})
+    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"}, report={})  # figures
     assert bigmm_cli("run", path).returncode == 0
     names = {p["name"] for p in json.loads((out / "results.json").read_text())["phenotypes"]}
     assert len(names) == 2 and (out / "hsq" / "copy.hsq").exists()
     # rerun with one phenotype: the .hsq of the other goes
-    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": [sorted(names - {"copy"})[0]]})
+    path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": [sorted(names - {"copy"})[0]]},
+                        report={})
     assert bigmm_cli("run", path).returncode == 0
     assert not (out / "hsq" / "copy.hsq").exists()
     # a rerun (two phenotypes again) whose reml stage fails
     state = json.loads((out / "run.json").read_text())
     assert state["status"] == "complete"
-    env_path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"})
+    env_path = write_config(tmp_path, cohort, phenotypes={"file": str(two), "columns": "all"}, report={})
+    assert any(f.startswith("report/") for f in listing(out))  # figures the failed rerun must take away
     res = bigmm_cli_env("run", env_path, env={"BIGMM_TEST_FAIL_AT": "reml"})
     assert res.returncode != 0
     left = set(listing(out))
@@ -434,15 +460,14 @@ def test_a_categorical_covariate_with_1000_levels_is_checked_by_one_qr(monkeypat
     assert calls["svd"] == 0 and calls["qr"] <= 3  # the failing case: a QR, then one lstsq to name the partners
 
 
-def test_a_truncated_run_json_is_rebuilt_and_the_grm_kept(tmp_path, cohort):  # noqa: F811
+def test_a_truncated_run_json_is_rebuilt_and_the_grm_kept(tmp_path, exact_run):
     """A truncated run.json is no dead end (before: run, check, status and run --force all
     refused, and the message pointed to --force): the run rebuilds its record from the committed
     outputs that name their plan, keeps the GRM store untouched and finishes with the same numbers."""
     import json
 
     out = tmp_path / "out"
-    path = write_config(tmp_path, cohort, spectrum={"method": "exact"})
-    assert bigmm_cli("run", path).returncode == 0
+    path = copy_of(exact_run, tmp_path)
     first = json.loads((out / "results.json").read_text())["phenotypes"][0]
     k_files = sorted((out / "grm.zarr").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in k_files if p.is_file() and p.name != "bigmm-stage.json"}
@@ -513,14 +538,13 @@ def test_temporaries_left_by_killed_processes_are_removed_under_the_lock(tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["reml.json", "rotated.npz", "spectrum.zarr/zarr.json"])
-def test_a_damaged_stage_output_is_recomputed(tmp_path, cohort, damage):  # noqa: F811
+def test_a_damaged_stage_output_is_recomputed(tmp_path, exact_run, damage):
     """A truncated reml.json, rotated.npz or a store's zarr.json: the next run names the damaged
     output and reruns its stage (before: a JSONDecodeError / BadZipFile traceback on every rerun)."""
     import json
 
     out = tmp_path / "out"
-    path = write_config(tmp_path, cohort, spectrum={"method": "exact"})
-    assert bigmm_cli("run", path).returncode == 0
+    path = copy_of(exact_run, tmp_path)
     first = json.loads((out / "results.json").read_text())["phenotypes"][0]["h2"]
     target = out / damage
     data = target.read_bytes()

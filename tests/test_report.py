@@ -187,6 +187,38 @@ def test_changed_labels_rerun_only_the_report(run_dir):
     assert "12 distinct labels" in html and "other (" not in html and "pop11 (39)" in html
 
 
+def test_a_report_without_figures_has_its_tables(run_dir, tmp_path):
+    """``report.figures: false`` (write_report's ``figures``): the page keeps its sections and
+    numbers, with no image and no report/*.png; with figures, the same inputs draw them."""
+    from bigmm.pipeline.report import write_report
+    from bigmm.pipeline.report_data import ReportData
+
+    doc = json.loads((run_dir / "results.json").read_text())
+    s = np.linspace(3.0, 0.5, 40)
+    pages = {}
+    for figures in (False, True):
+        d = tmp_path / str(figures)
+        pages[figures] = write_report(d, doc, s, None, None, ReportData(), figures=figures).read_text()
+        assert bool(list((d / "report").glob("*.png"))) == figures
+    assert "<img" not in pages[False] and "<img" in pages[True]
+    for page in pages.values():
+        assert '<section id="estimates">' in page and f"{doc['phenotypes'][0]['h2']:.4f}" in page
+
+
+def test_report_figures_at_their_default_keep_the_fingerprints(run_dir):
+    """Runs made before ``report.figures`` existed keep their fingerprints; false changes the
+    report stage's (and the config's)."""
+    from bigmm.pipeline.config import RunConfig
+
+    cfg = yaml.safe_load((run_dir.parent / "run.yaml").read_text())
+    fps = []
+    for figures in (None, True, False):
+        c = dict(cfg, report=dict(cfg["report"], **({} if figures is None else {"figures": figures})))
+        rc = RunConfig.model_validate(c)
+        fps.append((rc.fingerprint(), rc.section_fingerprint("report")))
+    assert fps[0] == fps[1] and fps[2][0] != fps[0][0] and fps[2][1] != fps[0][1]
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)

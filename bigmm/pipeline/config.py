@@ -518,6 +518,10 @@ class ReportConfig(_Section):
     #: the column of labels that colours the PC plots; may be left out when the table has one
     label_column: Optional[str] = None
     """the column of labels that colours the PC plots (default: the table's only column)"""
+    #: matplotlib's figures take ~2 s of a run of a small cohort (its import and 7 figures); a
+    #: batch of many small runs that only needs results.json and the tables may leave them out
+    figures: bool = True
+    """draw the report's figures; false: report.html with its tables only (no matplotlib)"""
 
     _column = field_validator("label_column", mode="before")(
         classmethod(lambda cls, v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v))
@@ -650,9 +654,18 @@ class RunConfig(_Section):
             return None
         return self.output / ("gcta/grm" if exp is True else exp)
 
+    def _dump(self) -> dict:
+        """The configuration as JSON for its hashes; a setting added later with a default that
+        keeps what runs did before is left out at that default (report.figures), so that the
+        runs made before it keep their fingerprints."""
+        dump = self.model_dump(mode="json")
+        if (dump.get("report") or {}).get("figures") is True:
+            dump["report"].pop("figures")
+        return dump
+
     def section_fingerprint(self, *names: str) -> str:
         """Hash of some sections of the configuration."""
-        dump = self.model_dump(mode="json")
+        dump = self._dump()
         blob = json.dumps({n: dump.get(n) for n in names}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -663,7 +676,7 @@ class RunConfig(_Section):
     def fingerprint(self) -> str:
         """Hash of the configuration content (resolved paths included); a config without a
         components section, or with the default rg section, hashes as before they existed."""
-        dump = self.model_dump(mode="json")
+        dump = self._dump()
         if dump.get("components") is None:
             dump.pop("components", None)
         if dump.get("rg") == RgConfig().model_dump(mode="json"):  # likewise without an rg section

@@ -65,12 +65,13 @@ def _spectrum_extras(sp: dict, e) -> str:
 
 
 
-def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | None = None) -> Path:
+def write_report(outdir: Path, doc: dict, s, U, ritz=None, data: ReportData | None = None,
+                 figures: bool = True) -> Path:
     """``report.html`` (self-contained: images inline as data URIs) and ``report/*.png``
-    (one per :data:`FIGURES` that applies)."""
+    (one per :data:`FIGURES` that applies; none without ``figures``)."""
     outdir = Path(outdir)
     data = data or ReportData()
-    figs = make_figures(doc, s, U, ritz, data)
+    figs = make_figures(doc, s, U, ritz, data) if figures else {}
     for name, png in figs.items():
         with atomic_file(outdir / "report" / f"{name}.png", "wb") as fh:
             fh.write(png)

@@ -229,12 +229,14 @@ def declare(name: str, stats: Stage, grm: Stage, spectrum: Stage, remls: tuple, 
         _, doc = write_results(ctx.out, reml, info)
         write_hsq(ctx.out / "hsq", reml)
         fail_point("report-html")
+        figures = ctx.cfg.report.figures
         if spec is None:
-            write_report(ctx.out, doc, None, None, None, data)
+            write_report(ctx.out, doc, None, None, None, data, figures=figures)
         else:
             write_plink_pca(ctx.out / "pca", ctx.inp.ids, spec.U, spec.s, max(ctx.cfg.covariates.pcs, 20))
             ritz = spec.diagnostics.get("ritz_residuals")
-            write_report(ctx.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None, data)
+            write_report(ctx.out, doc, spec.s, spec.U[:, :4], np.asarray(ritz) if ritz else None, data,
+                         figures=figures)
         return doc, {}
 
     def upstream(f: Facts) -> tuple:
