@@ -6,6 +6,9 @@
 # shows the node idle, else why not (and exits non-zero).
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then echo "slurm: needs root" >&2; exit 1; fi
+# one start at a time: the test suite runs its files in two processes, and two of them start SLURM
+exec 9>/tmp/bigmm-slurm-local.lock
+flock 9
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 ||
