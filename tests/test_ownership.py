@@ -446,8 +446,11 @@ def test_ctrl_c_prints_one_line_not_worker_tracebacks(tmp_path, cohort, when):  
     env = dict(os.environ)
     if when == "spectrum":
         env["BIGMM_TEST_PAUSE_AT"] = when
+    # SIGINT as a terminal's child has it: a pytest-xdist worker ignores SIGINT, and an ignored
+    # signal stays ignored in its children (Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "bigmm.pipeline.cli", "run", str(path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     needle = "test pause at spectrum " if when == "spectrum" else when
     t0 = time.monotonic()
     while not ((out / "run.log").exists() and needle in (out / "run.log").read_text()):
