@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, standardize_block
-from .passes import ColumnReader, GrmOperator, PassPlan, plan_pass
+from .genotypes import LIBRARY_DTYPE, BlockReader, standardize_block
+from .passes import GrmOperator, PassPlan, plan_pass
 from .tasks import total_threads
 
 
@@ -28,7 +28,7 @@ def _components_task(G, rows, center, scale, comp, m, bounds, sub_width, M, dtyp
     Md = M.astype(dtype, copy=False)
     buf = np.empty(n * sub_width, dtype=dtype)
     tmp = np.empty(M.shape, dtype=np.result_type(dtype, Md.dtype))
-    read = ColumnReader(G)
+    read = BlockReader(G)
     for a, b in bounds:
         cj = comp[a:b]
         order = np.argsort(cj, kind="stable")
@@ -36,7 +36,7 @@ def _components_task(G, rows, center, scale, comp, m, bounds, sub_width, M, dtyp
         if not order.size:
             continue
         codes = cj[order]
-        g = read(a, b)
+        g = read(slice(None), slice(a, b))
         if rows is not None:
             g = g[rows]
         inorder = bool(np.all(np.diff(order) == 1))

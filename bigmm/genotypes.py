@@ -104,18 +104,37 @@ def _chunk_sums(g: np.ndarray) -> np.ndarray:
     return np.stack([n - m, s + m, q - m])[None]
 
 
+class BlockReader:
+    """Reads blocks ``G[rows, cols]`` (slices) for one task into one int8 buffer that all its reads
+    reuse, where G can decode into it (a store's chunk files,
+    :meth:`bigmm.store.CheckedArray.read_into`); else ``np.asarray(G[rows, cols])``. A new array
+    per read is a fresh memory mapping whose pages the kernel faults in and zeroes: at
+    n = 100,000, as much time as the decoding (sys 0.55-1.2 s against 0.02-0.06 s for 4 columns
+    of 2048-variant chunks, wall 1.3-2.2 s against 0.6-0.7 s). A block is valid until the next read."""
+
+    def __init__(self, G):
+        self.G = G
+        self.buf = None
+
+    def __call__(self, rows: slice, cols: slice) -> np.ndarray:
+        read_into = getattr(self.G, "read_into", None)
+        if read_into is None:
+            return np.asarray(self.G[rows, cols])
+        r0, r1, _ = rows.indices(self.G.shape[0])
+        c0, c1, _ = cols.indices(self.G.shape[1])
+        shape = (max(0, r1 - r0), max(0, c1 - c0))
+        if self.buf is None or self.buf.size < shape[0] * shape[1]:
+            self.buf = np.empty(shape[0] * shape[1], dtype=np.int8)
+        return read_into(rows, cols, self.buf[: shape[0] * shape[1]].reshape(shape))
+
+
 def _column_sums(G, a: int, b: int, rows: int) -> np.ndarray:
     """:func:`_chunk_sums` of the columns ``a:b`` of G over all its rows, read ``rows`` at a time."""
     n = G.shape[0]
     out = np.zeros((3, b - a), np.int64)
-    buf = np.empty(min(n, rows) * (b - a), dtype=np.int8)  # every read into the same memory
+    read = BlockReader(G)
     for r in range(0, n, rows):
-        r1 = min(n, r + rows)
-        if hasattr(G, "read_into"):
-            g = G.read_into(slice(r, r1), slice(a, b), buf[: (r1 - r) * (b - a)].reshape(r1 - r, b - a))
-        else:
-            g = np.asarray(G[r:r1, a:b])
-        out += _chunk_sums(g)[0]
+        out += _chunk_sums(read(slice(r, min(n, r + rows)), slice(a, b)))[0]
     return out
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, check_finite, standardize_block
+from .genotypes import LIBRARY_DTYPE, BlockReader, check_finite, standardize_block
 from .tasks import current_client, run_tasks, total_threads
 
 log = logging.getLogger("bigmm")
@@ -189,27 +189,6 @@ def balanced_groups(chunk_bounds: list[tuple[int, int]], n_tasks: int, piece: in
     return [g for g in groups if g]
 
 
-class ColumnReader:
-    """Reads ``G[:, a:b]`` for a task, into one int8 buffer that every read of the task reuses
-    where G can decode into it (a store's chunk files, :meth:`bigmm.store.CheckedArray.read_into`):
-    a new n x w array per read costs the kernel's faulting in and zeroing of its pages, which
-    at n = 100,000 took as much time as the decoding (sys 0.55-1.2 s against 0.02-0.06 s for
-    4 columns of chunks, wall 1.3-2.2 s against 0.6-0.7 s)."""
-
-    def __init__(self, G):
-        self.G = G
-        self.buf = None
-
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        read_into = getattr(self.G, "read_into", None)
-        if read_into is None:
-            return np.asarray(self.G[:, a:b])
-        n = self.G.shape[0]
-        if self.buf is None or self.buf.size < n * (b - a):
-            self.buf = np.empty(n * (b - a), dtype=np.int8)
-        return read_into(slice(0, n), slice(a, b), self.buf[: n * (b - a)].reshape(n, b - a))
-
-
 def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, want_diag, kernel=DEFAULT_KERNEL):
     """Σ over the variant chunks ``bounds`` of X_v (X_vᵀ M) / p, and Σ of squared entries per row.
 
@@ -230,11 +209,11 @@ def _apply_task(G, rows, center, scale, bounds, sub_width, M, dtype, p_kept, wan
     if fold:
         colsum = Md.sum(axis=0, dtype=np.float64)
         shift = np.zeros(M.shape[1])
-    read = ColumnReader(G)
+    read = BlockReader(G)
     for a, b in bounds:
         if not scale[a:b].any():
             continue
-        g = read(a, b)
+        g = read(slice(None), slice(a, b))
         if rows is not None:
             g = g[rows]
         if tile:
@@ -373,9 +352,9 @@ def _xt_task(G, rows, center, scale, bounds, sub_width, W, dtype):
     """(a, b, X_vᵀ W) for each column range of ``bounds``."""
     out = []
     Wd = W.astype(dtype, copy=False)
-    read = ColumnReader(G)
+    read = BlockReader(G)
     for a, b in bounds:
-        g = read(a, b)
+        g = read(slice(None), slice(a, b))
         if rows is not None:
             g = g[rows]
         for w0 in range(0, b - a, sub_width):

@@ -9,6 +9,7 @@ are rejected before the cluster starts; the .bed checks and the two valid runs
 start it (a few seconds each).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -62,6 +63,21 @@ def write_config(tmp_path: Path, cohort, name: str = "run.yaml", **sections) -> 
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def copy_run(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the finished run in ``run/out`` (modification times kept) at ``tmp_path/out``, its
+    config pointing at the copy and recorded in the copy's run.json as the one that made it:
+    (config, output folder)."""
+    shutil.copytree(run / "out", tmp_path / "out")
+    cfg = yaml.safe_load((run / "run.yaml").read_text())
+    cfg["output"] = str(tmp_path / "out")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    manifest["config_source"] = str(path)
+    (tmp_path / "out" / "run.json").write_text(json.dumps(manifest, indent=2))
+    return path, tmp_path / "out"
 
 
 def bigmm_cli(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from conftest import random_genotypes
 
 import bigmm
 from bigmm.chunk_files import ChunkFiles
-from bigmm.passes import ColumnReader
+from bigmm.genotypes import BlockReader
 from bigmm.store import LAYOUTS, StoreIntegrityError
 
 
@@ -29,11 +29,11 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, rng, layout, chunks):
     np.testing.assert_array_equal(store.to_dask().compute(), G)
     # a pass task's reads of whole columns into one reused buffer (filled with junk first: every
     # byte of each read must be written), widths in turn wider and narrower than before
-    read = ColumnReader(arr)
+    read = BlockReader(arr)
     read.buf = np.full(53 * 30, 77, dtype=np.int8)
-    for c0, c1 in [(0, 8), (8, 30), (3, 4), (16, 24), (0, 30)]:
-        np.testing.assert_array_equal(read(c0, c1), G[:, c0:c1])
-    np.testing.assert_array_equal(ColumnReader(G)(3, 9), G[:, 3:9])  # no read_into: a plain slice
+    for r0, r1, c0, c1 in [(0, 53, 0, 8), (0, 53, 8, 30), (0, 53, 3, 4), (12, 48, 16, 24), (0, 53, 0, 30)]:
+        np.testing.assert_array_equal(read(slice(r0, r1), slice(c0, c1)), G[r0:r1, c0:c1])
+    np.testing.assert_array_equal(BlockReader(G)(slice(None), slice(3, 9)), G[:, 3:9])  # a plain slice
     with pytest.raises(ValueError, match="out must be int8 of shape"):
         arr.files.read(slice(0, 53), slice(0, 8), out=np.empty((53, 7), np.int8))
 
@@ -54,7 +54,7 @@ def test_damaged_chunk_refused_naming_it(tmp_path, rng, layout):
     with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\)"):
         arr[13:14, 2:3]
     with pytest.raises(StoreIntegrityError, match=r"genotypes: chunk \(1, 0\)"):
-        ColumnReader(arr)(0, 8)  # a pass's read into its buffer names the chunk too
+        BlockReader(arr)(slice(None), slice(0, 8))  # a pass's read into its buffer names the chunk too
 
 
 def test_other_codecs_are_read_by_zarr(tmp_path, rng):

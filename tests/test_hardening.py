@@ -5,8 +5,6 @@ Configs are checked with ``bigmm check --no-cluster`` and ``bigmm run`` in subpr
 exit status and the message a user sees are what is tested.
 """
 
-import json
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import yaml
 
 from bigmm.pipeline.config import MAX_CONFIG_NODES, load_config
 
-from test_bad_input import assert_refused, bigmm_cli, cohort, write_config  # noqa: F401  (fixture)
+from test_bad_input import assert_refused, bigmm_cli, cohort, copy_run, write_config  # noqa: F401  (fixture)
 
 @pytest.fixture(scope="module")
 def exact_run(cohort, tmp_path_factory):  # noqa: F811
@@ -26,19 +24,6 @@ def exact_run(cohort, tmp_path_factory):  # noqa: F811
     res = bigmm_cli("run", write_config(d, cohort, spectrum={"method": "exact"}))
     assert res.returncode == 0, res.stderr
     return d
-
-
-def copy_of(run: Path, tmp_path: Path) -> Path:
-    """A copy of a finished run in ``tmp_path/out`` (modification times kept), and its config."""
-    shutil.copytree(run / "out", tmp_path / "out")
-    cfg = yaml.safe_load((run / "run.yaml").read_text())
-    cfg["output"] = str(tmp_path / "out")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
-    manifest["config_source"] = str(path)  # the copy's config is this folder's own
-    (tmp_path / "out" / "run.json").write_text(json.dumps(manifest, indent=2))
-    return path
 
 
 YAML_BOMB = """\
@@ -467,7 +452,7 @@ def test_a_truncated_run_json_is_rebuilt_and_the_grm_kept(tmp_path, exact_run):
     import json
 
     out = tmp_path / "out"
-    path = copy_of(exact_run, tmp_path)
+    path, _ = copy_run(exact_run, tmp_path)
     first = json.loads((out / "results.json").read_text())["phenotypes"][0]
     k_files = sorted((out / "grm.zarr").rglob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in k_files if p.is_file() and p.name != "bigmm-stage.json"}
@@ -544,7 +529,7 @@ def test_a_damaged_stage_output_is_recomputed(tmp_path, exact_run, damage):
     import json
 
     out = tmp_path / "out"
-    path = copy_of(exact_run, tmp_path)
+    path, _ = copy_run(exact_run, tmp_path)
     first = json.loads((out / "results.json").read_text())["phenotypes"][0]["h2"]
     target = out / damage
     data = target.read_bytes()
