@@ -6,9 +6,11 @@
 # shows the node idle, else why not (and exits non-zero).
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then echo "slurm: needs root" >&2; exit 1; fi
-# one start at a time: the test suite runs its files in two processes, and two of them start SLURM
+# one start at a time: the test suite runs its files in two processes, and two of them start SLURM.
+# The daemons started below must not inherit the lock's descriptor (9>&-): munged keeps the
+# descriptors it is given, and a lock held by a daemon blocked every later start for good.
 exec 9>/tmp/bigmm-slurm-local.lock
-flock 9
+flock -w 240 9 || { echo "slurm: another start of slurm-local.sh held /tmp/bigmm-slurm-local.lock for 240 s" >&2; exit 1; }
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 ||
@@ -25,7 +27,7 @@ mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
 [ -s /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
 chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge 2>/dev/null || true
 chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key
-pgrep -x munged >/dev/null || su -s /bin/sh munge -c munged 2>/dev/null || munged --force
+pgrep -x munged >/dev/null || su -s /bin/sh munge -c munged 2>/dev/null 9>&- || munged --force 9>&-
 
 # slurm.conf: this host as the controller and the only node
 cpus=$(nproc)
@@ -55,8 +57,8 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 rm -f /etc/slurm/cgroup.conf  # proctrack/linuxproc and task/none: no cgroups
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+pgrep -x slurmctld >/dev/null || slurmctld 9>&-
+pgrep -x slurmd >/dev/null || slurmd 9>&-
 for _ in $(seq 60); do
   if sinfo -h -o '%T' 2>/dev/null | grep -Eq 'idle|mixed'; then echo "slurm: ready ($host, $cpus CPUs, ${mem} MiB)"; exit 0; fi
   scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
