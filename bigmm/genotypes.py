@@ -359,6 +359,13 @@ def check_finite(std: Standardization) -> None:
             f"rerun from the variant_stats stage)")
 
 
+def blas(dtype, name: str):
+    """The ``scipy.linalg.blas`` routine ``name`` (``"gemm"``, ``"syrk"``) of a float dtype."""
+    from scipy.linalg import blas as _blas
+
+    return getattr(_blas, ("s" if np.dtype(dtype) == np.float32 else "d") + name)
+
+
 def standardize_block(g: np.ndarray, center: np.ndarray, scale: np.ndarray,
                       out_dtype=np.float64, out: np.ndarray | None = None) -> np.ndarray:
     """Standardize one block of genotypes (rows x variants): ``(g − c) s``, missing → 0.

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, Standardization, check_finite, standardize_block
+from .genotypes import LIBRARY_DTYPE, Standardization, blas, check_finite, standardize_block
 from .store import new_array, writable
 from .tasks import run_tasks, total_threads
 
@@ -64,6 +64,11 @@ def _read_pair(G, rows_i: slice, rows_j: slice, cols: slice) -> tuple[np.ndarray
             g = _row_block(G, span, cols)
             return g[rows_i.start - lo:rows_i.stop - lo], g[rows_j.start - lo:rows_j.stop - lo]
     return _row_block(G, rows_i, cols), _row_block(G, rows_j, cols)
+
+
+#: variants whose products a GRM block sums in its products' precision (float32) before adding
+#: them into its float64 block (:func:`grm_block`): the span of the measured float32 error, |ΔK| ≤ 2e-7
+F32_SPAN = 8192
 
 
 #: missing-call density of a chunk below which the pair counts use a sparse product
@@ -119,7 +124,7 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
     """
     ni = rows_i.stop - rows_i.start
     nj = rows_j.stop - rows_j.start
-    acc = np.zeros((ni, nj), dtype=np.float64)
+    acc = np.zeros((ni, nj), dtype=np.float64, order="F")
     if counts:
         both_missing = np.zeros((ni, nj), dtype=np.int32)
         miss_i = np.zeros(ni, dtype=np.int64)
@@ -128,9 +133,14 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
     same = rows_i == rows_j
     buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
     buf_j = None if same else np.empty(nj * min(variant_step, p), dtype=dtype)
-    # each chunk's product into one buffer: a fresh b x b array per chunk costs its page faults
-    # (measured ~10% of an off-diagonal task's CPU at b = 5000)
-    prod = np.empty((ni, nj), dtype=dtype)
+    # the chunks' products are summed in place by the BLAS (C := X_I X_Jᵀ + C; on the diagonal the
+    # upper triangle only, by SYRK) in ``dtype`` over F32_SPAN variants, then added into the float64
+    # block: adding each chunk's product into float64 (and NumPy mirroring each SYRK) was a pass
+    # over the b x b block per chunk
+    f64 = np.dtype(dtype) == np.float64
+    prod = acc if f64 else np.zeros((ni, nj), dtype=dtype, order="F")  # SYRK leaves the lower triangle 0
+    gemm, syrk = blas(dtype, "gemm"), blas(dtype, "syrk")
+    spanned = 0   # variants summed in ``prod`` since it was last added into ``acc``
     for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         sc = scale[cols]
@@ -138,33 +148,59 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
             continue
         gi, gj = _read_pair(G, rows_i, rows_j, cols)
         xi = standardize_block(gi, center[cols], sc, dtype, out=buf_i)
+        beta = 1.0 if (f64 or spanned) else 0.0
         if same:
-            acc += np.matmul(xi, xi.T, out=prod)  # NumPy calls the symmetric kernel (syrk) for a @ a.T
+            prod = syrk(1.0, xi.T, beta=beta, c=prod, trans=1, overwrite_c=1)
         else:
             xj = standardize_block(gj, center[cols], sc, dtype, out=buf_j)
-            acc += np.matmul(xi, xj.T, out=prod)
+            prod = gemm(1.0, xi.T, xj.T, beta=beta, c=prod, trans_a=1, overwrite_c=1)
+        spanned += cols.stop - cols.start
+        if not f64 and spanned >= F32_SPAN:
+            acc += prod
+            spanned = 0
         if counts:
             _count_missing(gi, gj, sc != 0, same, both_missing, miss_i, miss_j)
+    if not f64 and spanned:
+        acc += prod
+    if f64:
+        acc = prod
+    if same:
+        _mirror_upper(acc)
     acc /= p_kept
     if not np.isfinite(acc).all():
         raise InputError(
             f"GRM block rows {rows_i.start}:{rows_i.stop} x {rows_j.start}:{rows_j.stop} has non-finite "
             f"entries: the variant standardization has a non-finite centre or scale; recompute the "
             f"variant statistics")
-    if counts:
-        N = p_kept - miss_i[:, None] - miss_j[None, :] + both_missing
-        return acc, N.astype(np.int32)
+    if counts:  # N = p − m_I − m_J + M_I M_Jᵀ, in place in the int32 block (no n x n temporaries)
+        N = both_missing
+        N -= miss_i.astype(np.int32)[:, None]
+        N -= miss_j.astype(np.int32)[None, :]
+        N += np.int32(p_kept)
+        return acc, N
     return acc
 
 
+def _mirror_upper(a: np.ndarray, step: int = 1024) -> None:
+    """Copy the upper triangle of a square array onto its lower (SYRK writes one triangle), a band
+    of rows at a time (no n² index arrays)."""
+    for r0 in range(0, a.shape[0], step):
+        r1 = min(a.shape[0], r0 + step)
+        a[r0:r1, :r0] = a[:r0, r0:r1].T
+        d = a[r0:r1, r0:r1]
+        d[...] = np.triu(d) + np.triu(d, 1).T
+
+
 def block_bytes(block: int, variant_chunk: int, itemsize: int = 8, counts: bool = False) -> int:
-    """Memory of one GRM block task: the float64 output block and two standardized slabs; with
-    ``counts`` (per-pair call counts, :func:`grm_block`) an int32 block and its int32 chunk product.
+    """Memory of one GRM block task: the float64 output block, the products' block in ``itemsize``
+    (float32: summed there over F32_SPAN variants) and two standardized slabs; with ``counts``
+    (per-pair call counts, :func:`grm_block`) an int32 block and its int32 chunk product.
 
     >>> block_bytes(2048, 8192, itemsize=4) // 2**20, block_bytes(2048, 8192, 4, counts=True) // 2**20
-    (160, 192)
+    (176, 208)
     """
-    return (16 if counts else 8) * block * block + 2 * itemsize * block * variant_chunk
+    out = 8 + (itemsize if itemsize != 8 else 0) + (8 if counts else 0)
+    return out * block * block + 2 * itemsize * block * variant_chunk
 
 
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
@@ -235,7 +271,6 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
         Also compute ``N``, per pair of samples the number of kept variants called in both
         (what GCTA and PLINK 2 store in ``.grm.N.bin``), in the same pass (:func:`grm_block`).
         With ``out``, it is on when the store was created with ``counts=True``.
-
     Returns
     -------
     numpy.ndarray or zarr.Array, or the pair ``(K, N)`` with ``counts``

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, BlockReader, check_finite, standardize_block
+from .genotypes import LIBRARY_DTYPE, BlockReader, blas, check_finite, standardize_block
 from .tasks import current_client, run_tasks, total_threads
 
 log = logging.getLogger("bigmm")
@@ -299,13 +299,6 @@ def _add_diag(F, c, s, diag, tmp):
         diag[r0:r0 + rb] += (sq @ s2f - Fr @ s2cf) + const
 
 
-def _gemm(dtype):
-    """The BLAS GEMM (``scipy.linalg.blas``) of a float dtype."""
-    from scipy.linalg import blas
-
-    return blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
-
-
 def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
     """One piece of a ``tile`` pass: the products of :func:`_fold_piece` (``acc += F U``, and the
     row ``cᵀ U`` returned), computed one block of rows at a time.
@@ -331,7 +324,7 @@ def _tile_piece(g, center, scale, Md, colsum, buf, out, acc, diag):
     # Fᵀ M summed over the row blocks in place by the BLAS (C := Fᵣᵀ Mᵣ + C, in the products'
     # precision, as one GEMM over all rows would sum them): adding a new w x l product to a
     # float64 sum per block cost 2 operations per genotype at l = 250
-    gemm = _gemm(dtype)
+    gemm = blas(dtype, "gemm")
     Tb = np.zeros((w, Md.shape[1]), dtype=dtype, order="F")
     for r0 in range(0, n, rb):
         Mr = Md[r0:r0 + rb]

@@ -1,6 +1,8 @@
 """GRM block tasks: K and the per-pair call counts N equal a dense reference with and without
 missing calls, and a block task decodes each store chunk of samples once per variant chunk."""
 
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -69,3 +71,26 @@ def test_an_off_diagonal_block_decodes_each_sample_chunk_once(tmp_path, rng, row
     ref = grm_reference(G, "gcta")
     np.testing.assert_allclose(K, ref[rows_i, rows_j], rtol=0, atol=1e-10)
     np.testing.assert_array_equal(N, _counts_reference(G, std.keep)[rows_i, rows_j])
+
+
+@pytest.mark.parametrize("span", [100, 10**6])
+def test_float32_blocks_summed_by_the_blas_equal_dense_k(tmp_path, rng, monkeypatch, span):
+    # a block task sums its variant chunks' products in float32 in place (GEMM off the diagonal,
+    # SYRK's upper triangle on it, mirrored at the end) over bigmm.grm.F32_SPAN variants before
+    # adding them into float64: a span of 100 variants with chunks of 50 adds every 2 chunks (7
+    # chunks: the last span is a single chunk), 10**6 once at the end
+    monkeypatch.setattr(sys.modules["bigmm.grm"], "F32_SPAN", span)  # (bigmm.grm is the function)
+    G = random_genotypes(rng, 90, 340, missing=0.02)
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=G.shape, dtype="int8", chunks=(64, 50))
+    arr[...] = G
+    std = bigmm.standardization(bigmm.variant_stats(G), "gcta")
+    ref = grm_reference(G, "gcta")
+    for rows_i, rows_j in ((slice(0, 45), slice(0, 45)), (slice(0, 45), slice(45, 90)), (slice(20, 90), slice(20, 90))):
+        K32 = grm_block(arr, std.center, std.scale, rows_i, rows_j, 50, std.n_kept, np.float32)
+        K64 = grm_block(arr, std.center, std.scale, rows_i, rows_j, 50, std.n_kept, np.float64)
+        # float64: round-off of sums of 340 products, ~1e-15; float32: each product and partial sum
+        # rounded to 2^-24 relative, |x_ij x_kj| <= ~20 for these MAFs, so |error| <= 340 * 6e-8 * 20 / 340
+        # per entry at worst (1.2e-6); a chunk left out or added twice moves entries by ~1/7
+        np.testing.assert_allclose(K64, ref[rows_i, rows_j], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(K32, ref[rows_i, rows_j], rtol=0, atol=2e-6)
+        assert np.abs(K32 - ref[rows_i, rows_j]).max() > 0  # really float32
