@@ -324,7 +324,9 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
     n_total = len(blocks) * (len(blocks) + 1) // 2
     if n_total - len(todo):
         log.info("GRM: %d of %d blocks already done, computing %d", n_total - len(todo), n_total, len(todo))
-    results = run_tasks([t for _, t in todo], f"GRM {n}x{n} blocks", )
+    # off-diagonal blocks (a GEMM) do twice the work of diagonal ones (a SYRK): they start first
+    results = run_tasks([t for _, t in todo], f"GRM {n}x{n} blocks",
+                        costs=[1.0 if I == J else 2.0 for (I, J), _ in todo])
     if out is not None:
         group = zarr.open_group(out_path, mode="r")
         return (group["K"], group["N"]) if counts else group["K"]

@@ -161,13 +161,20 @@ def total_threads() -> int:
 
 
 def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str | None = None,
-              num_workers: int | None = None, combine: Callable | None = None):
+              num_workers: int | None = None, combine: Callable | None = None,
+              costs: Sequence[float] | None = None):
     """Compute a list of ``dask.delayed`` objects.
 
     Without ``combine`` the results are returned as a list, in order. With it, each
     result is folded into a running value as soon as it arrives,
     ``state = combine(state, result)`` (``state`` starts as None), and the final
     state is returned: large partial results are then never all held at once.
+
+    ``costs`` (relative work of each task): the tasks start longest first (each a
+    distributed priority), so that a short task, not a long one, is what a worker takes
+    last. Without it a client starts independent tasks in an arbitrary order: of a GRM's
+    two diagonal blocks and one off-diagonal block (twice their work) on two workers,
+    either worker may be left the long one last (at n = 10,000: 28.7 s against 23.4 s).
     """
     tasks = list(tasks)
     if not tasks:
@@ -175,12 +182,26 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
     client = current_client() if scheduler is None else None
     progress = Progress(desc, len(tasks), interval=interval)
     try:
-        return _run(tasks, desc, client, scheduler, num_workers, combine, progress)
+        return _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs)
     finally:
         progress.close()  # also when a task fails: the bar stops where it was
 
 
-def _run(tasks, desc, client, scheduler, num_workers, combine, progress):
+def _priorities(costs: Sequence[float]) -> list[int]:
+    """Distributed priorities (higher first) that start the tasks in decreasing ``costs``, ties in
+    list order.
+
+    >>> _priorities([1.0, 2.0, 1.0])
+    [2, 3, 1]
+    """
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    prio = [0] * len(costs)
+    for rank, i in enumerate(order):
+        prio[i] = len(costs) - rank
+    return prio
+
+
+def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=None):
     import dask
 
     state = None
@@ -204,8 +225,14 @@ def _run(tasks, desc, client, scheduler, num_workers, combine, progress):
         return results if combine is None else state
     from distributed import as_completed
 
-    futures = client.compute(tasks)
-    index = {f.key: i for i, f in enumerate(futures)}
+    if costs is None:
+        futures = client.compute(tasks)
+        index = {f.key: i for i, f in enumerate(futures)}
+    else:  # submitted longest first (a task sent first may start before the next one arrives)
+        prio = _priorities(costs)
+        order = sorted(range(len(tasks)), key=lambda i: -prio[i])
+        futures = [client.compute(tasks[i], priority=prio[i]) for i in order]
+        index = {f.key: i for f, i in zip(futures, order)}
     for fut in as_completed(futures):
         r = fut.result()
         if combine is None:

@@ -105,3 +105,27 @@ def test_grm_on_local_cluster_equals_single_threaded(cohort, tmp_path):
     # the same block tasks in the same order of variant chunks: equal up to BLAS summation order
     np.testing.assert_allclose(K_dist, K_single, rtol=0, atol=1e-13)
     np.testing.assert_allclose(K_sync, K_single, rtol=0, atol=1e-13)
+
+
+def _started(i):
+    import time
+
+    time.sleep(0.05)
+    return i, time.monotonic()
+
+
+@pytest.mark.distributed
+def test_tasks_with_costs_start_longest_first():
+    # one worker thread runs the tasks one at a time: they start in decreasing cost (ties in list
+    # order), as the GRM's off-diagonal blocks start before its diagonal ones; results in list order
+    import dask
+    from conftest import local_cluster
+    from distributed import Client
+
+    from bigmm.tasks import run_tasks
+
+    costs = [1.0, 2.0, 1.0, 3.0, 2.0]
+    with local_cluster(1, 1) as cluster, Client(cluster):
+        out = run_tasks([dask.delayed(_started, pure=False)(i) for i in range(5)], "order", costs=costs)
+    assert [i for i, _ in out] == list(range(5))
+    assert [i for i, _ in sorted(out, key=lambda r: r[1])] == [3, 1, 4, 0, 2]
