@@ -24,7 +24,7 @@ import zarr
 
 from .errors import InputError
 from .genotypes import LIBRARY_DTYPE, Standardization, blas, check_finite, standardize_block
-from .store import new_array, writable
+from .store import CHECKSUM_ONLY, new_array, writable
 from .tasks import run_tasks, total_threads
 
 log = logging.getLogger("bigmm")
@@ -340,12 +340,12 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
 
 
 def create_grm_store(path: str | Path, n: int, block_size: int, attrs: dict, counts: bool = False) -> zarr.Group:
-    """An empty GRM group: ``K`` (n x n float64, chunks = blocks), the ``done`` ledger and, with
+    """An empty GRM group: ``K`` (n x n float64, chunks = blocks, checksummed, not compressed), the ``done`` ledger and, with
     ``counts``, ``N`` (n x n int32: per pair, the kept variants called in both samples)."""
     group = zarr.open_group(str(path), mode="w")
     nb = (n + block_size - 1) // block_size
     new_array(group, "K", shape=(n, n), dtype="float64", chunks=(block_size, block_size),
-              fill_value=np.nan)
+              fill_value=np.nan, compressors=CHECKSUM_ONLY)
     if counts:
         new_array(group, "N", shape=(n, n), dtype="int32", chunks=(block_size, block_size), fill_value=-1)
     # one chunk per block, so that concurrent tasks never rewrite each other's entries
