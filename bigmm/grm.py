@@ -271,6 +271,7 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
         Also compute ``N``, per pair of samples the number of kept variants called in both
         (what GCTA and PLINK 2 store in ``.grm.N.bin``), in the same pass (:func:`grm_block`).
         With ``out``, it is on when the store was created with ``counts=True``.
+
     Returns
     -------
     numpy.ndarray or zarr.Array, or the pair ``(K, N)`` with ``counts``

@@ -187,18 +187,13 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
         progress.close()  # also when a task fails: the bar stops where it was
 
 
-def _priorities(costs: Sequence[float]) -> list[int]:
-    """Distributed priorities (higher first) that start the tasks in decreasing ``costs``, ties in
-    list order.
+def _longest_first(costs: Sequence[float]) -> list[int]:
+    """The task indices in decreasing ``costs``, ties in list order.
 
-    >>> _priorities([1.0, 2.0, 1.0])
-    [2, 3, 1]
+    >>> _longest_first([1.0, 2.0, 1.0])
+    [1, 0, 2]
     """
-    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
-    prio = [0] * len(costs)
-    for rank, i in enumerate(order):
-        prio[i] = len(costs) - rank
-    return prio
+    return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
 
 
 def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=None):
@@ -228,10 +223,10 @@ def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=N
     if costs is None:
         futures = client.compute(tasks)
         index = {f.key: i for i, f in enumerate(futures)}
-    else:  # submitted longest first (a task sent first may start before the next one arrives)
-        prio = _priorities(costs)
-        order = sorted(range(len(tasks)), key=lambda i: -prio[i])
-        futures = [client.compute(tasks[i], priority=prio[i]) for i in order]
+    else:  # submitted longest first, each with a priority in that order (a task sent first may
+        # start before the next one arrives; the priorities order those that wait)
+        order = _longest_first(costs)
+        futures = [client.compute(tasks[i], priority=len(order) - rank) for rank, i in enumerate(order)]
         index = {f.key: i for f, i in zip(futures, order)}
     for fut in as_completed(futures):
         r = fut.result()
