@@ -175,6 +175,8 @@ def run_tasks(tasks: Sequence, desc: str, interval: float = 10.0, scheduler: str
     last. Without it a client starts independent tasks in an arbitrary order: of a GRM's
     two diagonal blocks and one off-diagonal block (twice their work) on two workers,
     either worker may be left the long one last (at n = 10,000: 28.7 s against 23.4 s).
+    On a local cluster they are also sent one per worker thread at a time, each next one as
+    a task finishes (:func:`_fixed_local`).
     """
     tasks = list(tasks)
     if not tasks:
@@ -194,6 +196,18 @@ def _longest_first(costs: Sequence[float]) -> list[int]:
     [1, 0, 2]
     """
     return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+
+
+def _fixed_local(client) -> bool:
+    """Whether ``client``'s cluster is a local one (its workers all started with it), where
+    sending one task per worker thread at a time keeps them all busy; a batch system's or an
+    outside scheduler's workers may come later (or be added for the tasks waiting)."""
+    try:
+        from distributed import LocalCluster
+
+        return isinstance(getattr(client, "cluster", None), LocalCluster)
+    except Exception:  # noqa: BLE001 - unknown: send all at once
+        return False
 
 
 def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=None):
@@ -220,15 +234,36 @@ def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=N
         return results if combine is None else state
     from distributed import as_completed
 
+    left = iter(())
     if costs is None:
         futures = client.compute(tasks)
         index = {f.key: i for i, f in enumerate(futures)}
-    else:  # submitted longest first, each with a priority in that order (a task sent first may
-        # start before the next one arrives; the priorities order those that wait)
+    elif not _fixed_local(client):  # longest first, each with a priority in that order (a task sent
+        # first may start before the next one arrives; the priorities order those that wait)
         order = _longest_first(costs)
         futures = [client.compute(tasks[i], priority=len(order) - rank) for rank, i in enumerate(order)]
         index = {f.key: i for f, i in zip(futures, order)}
-    for fut in as_completed(futures):
+    else:  # on a local cluster (all its workers there): longest first, one task per worker thread,
+        # the next sent as one finishes. Sent at once, a task placed behind a long one waited
+        # there until the scheduler moved it (GRM n = 10,000: 1.1 s of a worker idle, 2 builds in 6)
+        order = iter(_longest_first(costs))
+        index = {}
+
+        def send():
+            i = next(order, None)
+            if i is None:
+                return None
+            f = client.compute(tasks[i], priority=-len(index))
+            index[f.key] = i
+            return f
+
+        futures = [f for f in (send() for _ in range(total_threads())) if f is not None]
+        left = iter(send, None)
+    pending = as_completed(futures)
+    for fut in pending:
+        nxt = next(left, None)
+        if nxt is not None:
+            pending.add(nxt)
         r = fut.result()
         if combine is None:
             results[index[fut.key]] = r

@@ -115,17 +115,21 @@ def _started(i):
 
 
 @pytest.mark.distributed
-def test_tasks_with_costs_start_longest_first():
+@pytest.mark.parametrize("by_address", [False, True])
+def test_tasks_with_costs_start_longest_first(by_address):
     # one worker thread runs the tasks one at a time: they start in decreasing cost (ties in list
-    # order), as the GRM's off-diagonal blocks start before its diagonal ones; results in list order
+    # order), as the GRM's off-diagonal blocks start before its diagonal ones; results in list
+    # order. A client of the local cluster itself sends one task per thread at a time; a client
+    # by address (the cluster unknown to it, as an outside scheduler's) sends them all at once
     import dask
     from conftest import local_cluster
     from distributed import Client
 
-    from bigmm.tasks import run_tasks
+    from bigmm.tasks import _fixed_local, run_tasks
 
     costs = [1.0, 2.0, 1.0, 3.0, 2.0]
-    with local_cluster(1, 1) as cluster, Client(cluster):
+    with local_cluster(1, 1) as cluster, Client(cluster.scheduler_address if by_address else cluster) as client:
+        assert _fixed_local(client) is not by_address
         out = run_tasks([dask.delayed(_started, pure=False)(i) for i in range(5)], "order", costs=costs)
     assert [i for i, _ in out] == list(range(5))
     assert [i for i, _ in sorted(out, key=lambda r: r[1])] == [3, 1, 4, 0, 2]
