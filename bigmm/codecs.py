@@ -108,6 +108,28 @@ def unpack_2bit(packed: np.ndarray, rows: int, out: np.ndarray | None = None) ->
         if out.shape != (4 * q, c) or out.dtype != np.int8 or not out.flags.c_contiguous:
             raise ValueError(f"unpack_2bit: out must be a C-contiguous int8 array of shape {(4 * q, c)}")
         out = out.view(np.uint8)
+    return _unpack_planes(packed, 0, 4, out)[:rows]
+
+
+def unpack_rows(packed: np.ndarray, rows: int, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``lo`` to ``hi`` of the int8 codes of a packed block of ``rows`` rows (:func:`unpack_2bit`),
+    decoding only the planes that hold them: plane k is rows ``kq`` to ``(k + 1)q``, so the 1,808
+    rows a cohort of 10,000 has in its last chunk of 8,192 are one plane, a quarter of the work.
+    ``out``: a buffer of ``(k1 - k0)q x C`` bytes for the planes (k0 to k1) decoded, instead of a
+    new array; the rows returned are a view of it."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    q, c = packed.shape
+    if q != packed_rows(rows) or not 0 <= lo < hi <= rows:
+        raise ValueError(f"rows {lo}:{hi} of a packed block of {q} rows ({rows} rows)")
+    k0, k1 = lo // q, -(-hi // q)
+    out = np.empty(((k1 - k0) * q, c), dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8).reshape(-1, c)
+    return _unpack_planes(packed, k0, k1, out)[lo - k0 * q:hi - k0 * q]
+
+
+def _unpack_planes(packed: np.ndarray, k0: int, k1: int, out: np.ndarray) -> np.ndarray:
+    """Planes ``k0`` to ``k1`` of a packed ``q x C`` block decoded into ``out`` (uint8, C-contiguous,
+    ``(k1 - k0)q x C``); returns ``out`` viewed as int8 (:func:`unpack_2bit`)."""
+    q, c = packed.shape
     if c % 8 == 0 and packed.flags.c_contiguous and q:
         words = packed.view(np.uint64)
         dst = out.view(np.uint64)
@@ -115,8 +137,8 @@ def unpack_2bit(packed: np.ndarray, rows: int, out: np.ndarray | None = None) ->
         for r in range(0, q, UNPACK_ROWS):
             src = words[r:r + UNPACK_ROWS]
             t = tmp[: src.shape[0]]
-            for k in range(4):
-                v = dst[k * q + r:k * q + r + src.shape[0]]
+            for k in range(k0, k1):
+                v = dst[(k - k0) * q + r:(k - k0) * q + r + src.shape[0]]
                 np.right_shift(src, np.uint64(2 * k), out=v)
                 np.bitwise_and(v, _LOW2, out=v)
                 np.add(v, _ONES, out=v)
@@ -126,13 +148,13 @@ def unpack_2bit(packed: np.ndarray, rows: int, out: np.ndarray | None = None) ->
                 np.bitwise_and(t, _ONES, out=t)
                 np.multiply(t, _TOP6, out=t)
                 np.bitwise_or(v, t, out=v)
-        return out.view(np.int8)[:rows]
-    for k in range(4):
-        np.left_shift(packed, 6 - 2 * k, out=out[k * q:(k + 1) * q])
+        return out.view(np.int8)
+    for k in range(k0, k1):
+        np.left_shift(packed, 6 - 2 * k, out=out[(k - k0) * q:(k - k0 + 1) * q])
     codes = out.view(np.int8)
     np.right_shift(codes, 6, out=codes)
     np.add(codes, np.int8(1), out=codes)
-    return codes[:rows]
+    return codes
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,13 @@
 Only the upper-triangle sample blocks (I ≤ J) are computed; each block is a
 task that streams the variant chunks of sample blocks I and J from the store,
 standardizes them in place and accumulates ``X_I X_Jᵀ`` in float64. A task
-holds one output block and two genotype slabs, so peak memory per task is
-``8 b² + 2 · 8 b c`` bytes for block size b and variant chunk c, whatever n
-and p are (:func:`block_bytes`; ``8 b²`` more with per-pair call counts).
-Blocks on the diagonal use the symmetric kernel (``X @ X.T``).
+holds one output block, the block its float32 products are summed in, and two
+genotype slabs with the int8 codes they come from, whatever n and p are
+(:func:`block_bytes`; ``8 b²`` more with per-pair call counts). Blocks on the
+diagonal use the symmetric kernel (``X @ X.T``). A finished block is written
+straight to its chunk file (:func:`~bigmm.chunk_files.write_whole_chunk`), an
+off-diagonal one also at its transposed place, after transposing its memory in
+place (:func:`_write_pair`).
 
 Cost: n² p multiply-adds over all blocks (half of a full GEMM); each genotype
 chunk is read ``n / b`` times (a task whose two sample ranges share a store chunk
@@ -22,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .chunk_files import write_whole_chunk
 from .errors import InputError
-from .genotypes import LIBRARY_DTYPE, Standardization, blas, check_finite, standardize_block
+from .genotypes import LIBRARY_DTYPE, BlockReader, Standardization, blas, check_finite, standardize_block
 from .store import CHECKSUM_ONLY, new_array, writable
 from .tasks import run_tasks, total_threads
 
@@ -37,23 +41,22 @@ def _variant_chunk(G) -> int:
     return 8192
 
 
-def _row_block(G, rows: slice, cols: slice) -> np.ndarray:
-    return np.asarray(G[rows, cols])
-
-
 def _chunks_touched(rows: slice, sample_chunk: int) -> int:
     return (rows.stop - 1) // sample_chunk - rows.start // sample_chunk + 1
 
 
-def _read_pair(G, rows_i: slice, rows_j: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(G, rows_i: slice, rows_j: slice, cols: slice, read=None) -> tuple[np.ndarray, np.ndarray]:
     """The codes of sample ranges I and J in variant columns ``cols``, decoding each store chunk once.
 
     A store decodes whole chunks: where I and J share a chunk of samples (blocks smaller than the
     store's sample chunks, or not aligned with them), one read of the span from I to J decodes
-    fewer chunks than two reads, and both ranges are views of it.
+    fewer chunks than two reads, and both ranges are views of it. ``read``: the task's two
+    readers (:class:`~bigmm.genotypes.BlockReader`: each decodes into its own buffer, valid until
+    its next read), else new arrays.
     """
+    read_i, read_j = read if read is not None else ((lambda r, c: np.asarray(G[r, c])),) * 2
     if rows_i == rows_j:
-        g = _row_block(G, rows_i, cols)
+        g = read_i(rows_i, cols)
         return g, g
     chunks = getattr(G, "chunks", None)
     rc = chunks[0] if chunks is not None and len(chunks) == 2 else None
@@ -61,9 +64,9 @@ def _read_pair(G, rows_i: slice, rows_j: slice, cols: slice) -> tuple[np.ndarray
         lo, hi = min(rows_i.start, rows_j.start), max(rows_i.stop, rows_j.stop)
         span = slice(lo, hi)
         if _chunks_touched(span, rc) < _chunks_touched(rows_i, rc) + _chunks_touched(rows_j, rc):
-            g = _row_block(G, span, cols)
+            g = read_i(span, cols)
             return g[rows_i.start - lo:rows_i.stop - lo], g[rows_j.start - lo:rows_j.stop - lo]
-    return _row_block(G, rows_i, cols), _row_block(G, rows_j, cols)
+    return read_i(rows_i, cols), read_j(rows_j, cols)
 
 
 #: variants whose products a GRM block sums in its products' precision (float32) before adding
@@ -140,13 +143,14 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
     f64 = np.dtype(dtype) == np.float64
     prod = acc if f64 else np.zeros((ni, nj), dtype=dtype, order="F")  # SYRK leaves the lower triangle 0
     gemm, syrk = blas(dtype, "gemm"), blas(dtype, "syrk")
+    read = (BlockReader(G), BlockReader(G))  # each chunk's codes decoded into the same two buffers
     spanned = 0   # variants summed in ``prod`` since it was last added into ``acc``
     for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         sc = scale[cols]
         if not sc.any():
             continue
-        gi, gj = _read_pair(G, rows_i, rows_j, cols)
+        gi, gj = _read_pair(G, rows_i, rows_j, cols, read)
         xi = standardize_block(gi, center[cols], sc, dtype, out=buf_i)
         beta = 1.0 if (f64 or spanned) else 0.0
         if same:
@@ -193,14 +197,15 @@ def _mirror_upper(a: np.ndarray, step: int = 1024) -> None:
 
 def block_bytes(block: int, variant_chunk: int, itemsize: int = 8, counts: bool = False) -> int:
     """Memory of one GRM block task: the float64 output block, the products' block in ``itemsize``
-    (float32: summed there over F32_SPAN variants) and two standardized slabs; with ``counts``
-    (per-pair call counts, :func:`grm_block`) an int32 block and its int32 chunk product.
+    (float32: summed there over F32_SPAN variants), two standardized slabs and the int8 codes
+    they come from (:class:`~bigmm.genotypes.BlockReader`); with ``counts`` (per-pair call counts,
+    :func:`grm_block`) an int32 block and its int32 chunk product.
 
     >>> block_bytes(2048, 8192, itemsize=4) // 2**20, block_bytes(2048, 8192, 4, counts=True) // 2**20
-    (176, 208)
+    (208, 240)
     """
     out = 8 + (itemsize if itemsize != 8 else 0) + (8 if counts else 0)
-    return out * block * block + 2 * itemsize * block * variant_chunk
+    return out * block * block + 2 * (itemsize + 1) * block * variant_chunk
 
 
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
@@ -222,13 +227,60 @@ def default_block_size(n: int, threads: int, sample_chunk: int | None = None, va
     return max(1, min(b, n))
 
 
+def _diagonal_row_major(block: np.ndarray) -> np.ndarray:
+    """A diagonal block (symmetric) C-ordered, as a chunk is stored: F-ordered, it is its own
+    transpose, a view (Zarr given the F-ordered 5,000 x 5,000 float64 block took 0.5-1.2 s to
+    write it, against 0.27 s C-ordered)."""
+    if block.flags.f_contiguous and not block.flags.c_contiguous:
+        return block.T
+    return np.ascontiguousarray(block)
+
+
+def _transpose_square(a: np.ndarray, tile: int = 128) -> None:
+    """Transpose the square array ``a`` in place, a pair of tiles at a time (no copy of ``a``)."""
+    n = a.shape[0]
+    for i0 in range(0, n, tile):
+        i1 = min(n, i0 + tile)
+        d = a[i0:i1, i0:i1]
+        d[...] = d.T.copy()
+        for j0 in range(i1, n, tile):
+            j1 = min(n, j0 + tile)
+            upper = a[i0:i1, j0:j1].copy()
+            a[i0:i1, j0:j1] = a[j0:j1, i0:i1].T
+            a[j0:j1, i0:i1] = upper.T
+
+
+def _write_pair(arr, rows_i: slice, rows_j: slice, block: np.ndarray) -> None:
+    """An off-diagonal block at (I, J) and its transpose at (J, I), each written from C-ordered
+    memory (the orientation Zarr stores): of an F-ordered block first its transpose (a view), then,
+    where the block is square, the block itself after transposing its memory in place. A copy of a
+    5,000 x 5,000 float64 block into new memory took 0.76-1.0 s in a task (memory a process has
+    not used before is slow to touch on a virtual machine), the transposition in place 0.05 s.
+    Leaves ``block`` transposed."""
+    if block.flags.f_contiguous and not block.flags.c_contiguous:
+        block, rows_i, rows_j = block.T, rows_j, rows_i  # the same memory, C-ordered, at (J, I)
+    block = np.ascontiguousarray(block)
+    _write(arr, rows_i, rows_j, block)
+    if block.shape[0] == block.shape[1]:
+        _transpose_square(block)
+        _write(arr, rows_j, rows_i, block)
+    else:
+        _write(arr, rows_j, rows_i, np.ascontiguousarray(block.T))
+
+
+def _write(arr, rows: slice, cols: slice, block: np.ndarray) -> None:
+    if not write_whole_chunk(arr, rows, cols, block):
+        arr[rows, cols] = block
+
+
 def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, blocks: dict) -> tuple:
     group = zarr.open_group(out_path, mode="r+")
     for name, block in blocks.items():
         arr = writable(group[name])  # a re-opened array: written even where a block equals the fill value
-        arr[rows_i, rows_j] = block
-        if I != J:
-            arr[rows_j, rows_i] = block.T
+        if I == J:
+            _write(arr, rows_i, rows_j, _diagonal_row_major(block))
+        else:
+            _write_pair(arr, rows_i, rows_j, block)
     writable(group["done"])[I, J] = 1
     return (I, J)
 

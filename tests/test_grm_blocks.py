@@ -94,3 +94,28 @@ def test_float32_blocks_summed_by_the_blas_equal_dense_k(tmp_path, rng, monkeypa
         np.testing.assert_allclose(K64, ref[rows_i, rows_j], rtol=0, atol=1e-12)
         np.testing.assert_allclose(K32, ref[rows_i, rows_j], rtol=0, atol=2e-6)
         assert np.abs(K32 - ref[rows_i, rows_j]).max() > 0  # really float32
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 300])
+def test_square_transposed_in_place(rng, n):
+    from bigmm.grm import _transpose_square
+
+    for a in (rng.standard_normal((n, n)), np.asfortranarray(rng.integers(0, 9, (n, n)).astype(np.int32))):
+        want = a.T.copy()
+        _transpose_square(a)
+        np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 3)])  # square: transposed in place; else copied
+@pytest.mark.parametrize("order", ["C", "F"])  # F: K's block as the BLAS leaves it; C: N's
+def test_off_diagonal_block_written_at_both_places(tmp_path, rng, shape, order):
+    from bigmm.grm import _write_pair, create_grm_store
+
+    group = create_grm_store(tmp_path / "g.zarr", 4 + shape[1], 4, {})
+    block = np.asarray(rng.standard_normal(shape), order=order)
+    want = block.copy()
+    rows_i, rows_j = slice(0, 4), slice(4, 4 + shape[1])
+    _write_pair(group["K"], rows_i, rows_j, block)
+    K = zarr.open_group(tmp_path / "g.zarr", mode="r")["K"]
+    np.testing.assert_array_equal(K[rows_i, rows_j], want)
+    np.testing.assert_array_equal(K[rows_j, rows_i], want.T)

@@ -55,6 +55,26 @@ def test_unpack_by_words_over_several_row_blocks(rng, monkeypatch):
     np.testing.assert_array_equal(by_words, by_planes)
 
 
+@pytest.mark.parametrize("cols", [11, 16])
+@pytest.mark.parametrize("rows", [5, 13, 16])
+def test_unpack_rows_decodes_the_rows_asked(rng, rows, cols):
+    # every row range, within one plane, across planes, to the last row; into a new array and
+    # into a reused buffer (filled with junk first), by words (16 columns) and plane by plane
+    from bigmm.codecs import unpack_rows
+
+    g = rng.integers(-1, 3, size=(rows, cols)).astype(np.int8)
+    packed = pack_2bit(g)
+    q = packed.shape[0]
+    buf = np.full(4 * q * cols, 77, dtype=np.uint8)
+    for lo in range(rows):
+        for hi in range(lo + 1, rows + 1):
+            np.testing.assert_array_equal(unpack_rows(packed, rows, lo, hi), g[lo:hi])
+            planes = -(-hi // q) - lo // q
+            np.testing.assert_array_equal(unpack_rows(packed, rows, lo, hi, out=buf[:planes * q * cols]), g[lo:hi])
+    with pytest.raises(ValueError, match="rows 3:3"):
+        unpack_rows(packed, rows, 3, 3)
+
+
 def test_pack_refuses_what_2_bits_cannot_hold():
     g = np.zeros((6, 3), dtype=np.int8)
     g[4, 1] = 3  # would read back as another code

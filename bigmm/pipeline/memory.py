@@ -147,9 +147,9 @@ def grm_block_size(cfg: RunConfig, n: int, threads: int, sample_chunk: int, vari
 
 def _largest_block(mem: int, variant_chunk: int) -> int:
     """The most samples of a GRM block whose task (:func:`~bigmm.grm.block_bytes` with counts)
-    fits ``mem`` bytes: the root of 16·b² + 16·b·c = mem."""
+    fits ``mem`` bytes: the root of 16·b² + 18·b·c = mem."""
     c = variant_chunk
-    b = int((-16 * c + np.sqrt((16.0 * c) ** 2 + 64.0 * mem)) / 32)
+    b = int((-18 * c + np.sqrt((18.0 * c) ** 2 + 64.0 * mem)) / 32)
     while b > 0 and block_bytes(b, c, counts=True) > mem:
         b -= 1
     return b
