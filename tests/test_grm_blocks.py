@@ -119,3 +119,13 @@ def test_off_diagonal_block_written_at_both_places(tmp_path, rng, shape, order):
     K = zarr.open_group(tmp_path / "g.zarr", mode="r")["K"]
     np.testing.assert_array_equal(K[rows_i, rows_j], want)
     np.testing.assert_array_equal(K[rows_j, rows_i], want.T)
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 600])
+def test_upper_triangle_mirrored(rng, n):
+    from bigmm.grm import _mirror_upper
+
+    for a in (np.asfortranarray(rng.standard_normal((n, n))), rng.standard_normal((n, n))):
+        want = np.triu(a) + np.triu(a, 1).T
+        _mirror_upper(a)
+        np.testing.assert_array_equal(a, want)
