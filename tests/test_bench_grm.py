@@ -45,3 +45,19 @@ def test_benchmark_k_only_build_has_the_same_k(tmp_path, rng):
     a, b = (zarr.open_group(str(tmp_path / f), mode="r") for f in ("a.zarr", "b.zarr"))
     assert np.array_equal(np.asarray(a["K"][...]), np.asarray(b["K"][...]))
     assert "N" not in b
+
+
+def test_timed_builds_start_from_scratch_outside_the_time(tmp_path, rng):
+    """timed_grm removes an earlier repeat's store before the clock starts; compute_grm itself
+    refuses a path that holds one (it would resume or time its removal)."""
+    import pytest
+
+    G = random_genotypes(rng, 30, 70, missing=0.02)
+    store = bigmm.create_store(tmp_path / "c.zarr", G, chunks=(16, 32))
+    std = bigmm.standardization(bigmm.variant_stats(store.genotypes), "gcta")
+    path = tmp_path / "g.zarr"
+    for _ in range(2):
+        r = common.timed_grm(store, std, path, 16, np.float32, "grm")
+        assert r["result"]["blocks"] == "3 computed, 0 from checkpoint"
+    with pytest.raises(RuntimeError, match="clear_grm first"):
+        common.compute_grm(store, std, path, 16, np.float32)

@@ -68,9 +68,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (MIB, REPO, add_docs_args, alternate, bigmm_spectrum, cluster_config, cluster_section,  # noqa: E402
-                    compute_grm, du, ensure_cohort, fmt_time, grm_block_size, log, machine_info,
+                    du, ensure_cohort, fmt_time, grm_block_size, log, machine_info,
                     machine_line, md_table, measure_spectra, peer_exe, plink2_pca, publish, reference,
-                    run_e2e, run_peer, summarize, svd_compressed, task_memory, timed, variant_filter)
+                    run_e2e, run_peer, summarize, svd_compressed, task_memory, timed, timed_grm, variant_filter)
 
 SECTION = "Benchmark suite (scripts/bench/bench.py)"
 WORKLOADS = ("blas", "floor", "grm", "spectrum", "e2e", "reml")
@@ -213,11 +213,10 @@ def w_grm(args) -> dict:
         std = std_of(store, args)
         out["p_kept"] = std.n_kept
         block = out["block"] = grm_block_size(store, cc, np.float32)
-        methods = {"bigmm": lambda _r: timed(lambda: compute_grm(store, std, work / "bigmm_grm.zarr", block,
-                                                                 np.float32), "bigmm GRM")}
+        methods = {"bigmm": lambda _r: timed_grm(store, std, work / "bigmm_grm.zarr", block, np.float32, "bigmm GRM")}
         if args.grm_k_only:
-            methods["bigmm_k_only"] = lambda _r: timed(lambda: compute_grm(
-                store, std, work / "bigmm_grm_k_only.zarr", block, np.float32, k_only=True), "bigmm GRM, K only")
+            methods["bigmm_k_only"] = lambda _r: timed_grm(store, std, work / "bigmm_grm_k_only.zarr", block,
+                                                           np.float32, "bigmm GRM, K only", k_only=True)
         if plink2:
             methods["plink2"] = lambda _r: run_peer(
                 [plink2, "--bfile", c["paths"]["plink"], "--make-rel", "square", "bin", "--threads", threads,

@@ -54,9 +54,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, Columns, add_docs_args, add_plink2_args, command_line, compute_grm,  # noqa: E402
+from common import (REPO, Columns, add_docs_args, add_plink2_args, command_line,  # noqa: E402
                     grm_block_size, log, machine_info, machine_line, md_table, peer_exe, peer_version,
-                    profile_call, publish, run_peer, summarize, task_stream_summary, timed)
+                    profile_call, publish, run_peer, summarize, task_stream_summary, timed, timed_grm)
 
 SECTION = "GRM and eigendecomposition (scripts/bench/bench_grm.py)"
 
@@ -439,8 +439,7 @@ def main(argv=None) -> int:
             runs = []
             for _ in range(args.repeats):
                 with get_task_stream(client) as ts:
-                    runs.append(timed(lambda: compute_grm(store, std, gpath, block, dtype, cfg["k_only"]),
-                                      f"grm {cfg['spec']}"))
+                    runs.append(timed_grm(store, std, gpath, block, dtype, f"grm {cfg['spec']}", cfg["k_only"]))
                 cfg["build"] = runs[-1]["result"]
                 cfg["task_stream"] = task_stream_summary(ts.data)
                 if i == 0 and exe:  # the peer right after each GRM of the first config: similar load

@@ -365,7 +365,7 @@ def measure_grm(args) -> dict:
     import bigmm
     from bigmm.genotypes import standardize_block
     from bigmm.pipeline.cluster import dask_client
-    from common import compute_grm, grm_block_size
+    from common import grm_block_size, timed_grm
 
     n = args.grm_n
     c = ensure_cohort(args.cache, n, p=args.p, seed=args.seed, pops=10, fst=0.01, h2=[0.5, 0.3],
@@ -388,8 +388,7 @@ def measure_grm(args) -> dict:
                                               f"in-memory float32 X Xᵀ n={n}, 1 BLAS thread"),
             "variant stats": lambda _r: timed(lambda: variant_filter(store, args.min_maf, args.max_missing).n_kept,
                                               f"variant statistics n={n}"),
-            "grm stage": lambda _r: timed(lambda: compute_grm(store, std, path, block, np.float32),
-                                          f"grm stage build n={n}")})
+            "grm stage": lambda _r: timed_grm(store, std, path, block, np.float32, f"grm stage build n={n}")})
     X = None
     prof = profile_grm_task(store, std, block, args.grm_profile_chunks, args.cache)
     return {"n": n, "p": p, "p_kept": std.n_kept, "block": block, "sample_chunk": store.chunks[0], "layout": store.layout,
