@@ -43,15 +43,19 @@ def test_the_spectrum_pass_plan_carries_the_widest_pass_within_the_task_memory()
 
 def test_the_task_kinds_name_each_pass_and_the_grm_blocks_least_bytes():
     """A randomized spectrum with a GCTA export (so a GRM stage): two kinds of task. A GRM block
-    task with per-pair counts holds its float64 block and its int32 count block and count
-    product (16 b² bytes), two float64 standardized slabs of b x c (16 b c bytes) and the int8
-    codes they come from (2 b c bytes)."""
+    task with per-pair counts (float32 products, grm.dtype's default) holds its float64 block, the
+    float32 block its products are summed in, its int32 count block and count product (20 b²
+    bytes), two float32 standardized slabs of b x c (8 b c bytes) and the int8 codes they come
+    from (2 b c bytes); with float64 products, 16 b² and 18 b c."""
     cfg = _cfg(spectrum={"method": "randomized", "rank": 20}, grm={"block_size": 300, "export_gcta": True})
     tasks, block = _task_kinds(cfg, 1000, "randomized", 500, True, 2**30)
     assert block == 300
     assert [t[0].split(" (")[0] for t in tasks] == ["a randomized spectrum pass of 101 vectors",
                                                       "a GRM block task"]
-    assert tasks[1][1] == 16 * 300 * 300 + 18 * 300 * 500
+    assert tasks[1][1] == 20 * 300 * 300 + 10 * 300 * 500
+    cfg64 = _cfg(spectrum={"method": "randomized", "rank": 20},
+                 grm={"block_size": 300, "export_gcta": True, "dtype": "float64"})
+    assert _task_kinds(cfg64, 1000, "randomized", 500, True, 2**30)[0][1][1] == 16 * 300 * 300 + 18 * 300 * 500
     # no known task memory (a running scheduler's): no GRM block kind to check
     assert _task_kinds(cfg, 1000, "randomized", 500, True, None)[1] is None
 
@@ -73,5 +77,16 @@ def test_deflation_beyond_n_is_refused_before_the_rank():
 def test_the_exact_spectrum_plan_holds_k_and_its_eigenvectors_on_the_driver():
     """eigh of the n x n float64 K with its eigenvectors: 2 · 8 n² bytes."""
     out = _plan_figures(_cfg(), 1000, "exact", 500, True, 2**30, 300, None)
-    assert out == {"grm_block_task_bytes": 16 * 300 * 300 + 18 * 300 * 500, "driver_bytes": 16 * 1000 * 1000,
+    assert out == {"grm_block_task_bytes": 20 * 300 * 300 + 10 * 300 * 500, "driver_bytes": 16 * 1000 * 1000,
                    "task_memory_bytes": 2**30}
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+@pytest.mark.parametrize("mem", [10**6, 2**30, 5 * 2**30])
+def test_largest_grm_block_is_the_largest_that_fits(mem, itemsize):
+    from bigmm.grm import block_bytes
+    from bigmm.pipeline.memory import _largest_block
+
+    b = _largest_block(mem, 2048, itemsize)
+    assert b >= 1
+    assert block_bytes(b, 2048, itemsize, counts=True) <= mem < block_bytes(b + 1, 2048, itemsize, counts=True)

@@ -142,15 +142,22 @@ def grm_block_size(cfg: RunConfig, n: int, threads: int, sample_chunk: int, vari
     if cfg.grm.block_size:
         return cfg.grm.block_size
     return default_block_size(n, threads, sample_chunk, variant_chunk, task_memory(cfg.cluster),
-                              np.dtype(cfg.grm.dtype).itemsize, counts=True)
+                              _grm_itemsize(cfg), counts=True)
 
 
-def _largest_block(mem: int, variant_chunk: int) -> int:
+def _grm_itemsize(cfg: RunConfig) -> int:
+    """Bytes per value of the GRM's products (grm.dtype)."""
+    return np.dtype(cfg.grm.dtype).itemsize
+
+
+def _largest_block(mem: int, variant_chunk: int, itemsize: int) -> int:
     """The most samples of a GRM block whose task (:func:`~bigmm.grm.block_bytes` with counts)
-    fits ``mem`` bytes: the root of 16·b² + 18·b·c = mem."""
-    c = variant_chunk
-    b = int((-18 * c + np.sqrt((18.0 * c) ** 2 + 64.0 * mem)) / 32)
-    while b > 0 and block_bytes(b, c, counts=True) > mem:
+    fits ``mem`` bytes: the root of ``a·b² + k·b = mem`` for the rule's coefficients (a = 20 and
+    k = 10·c with float32 products), then down to the first that fits."""
+    a = block_bytes(1, 0, itemsize, counts=True)  # the rule's coefficient of b²
+    k = block_bytes(1, variant_chunk, itemsize, counts=True) - a  # and of b
+    b = int((-k + np.sqrt(float(k) ** 2 + 4.0 * a * mem)) / (2 * a))
+    while b > 0 and block_bytes(b, variant_chunk, itemsize, counts=True) > mem:
         b -= 1
     return b
 
@@ -222,9 +229,9 @@ def _task_kinds(cfg: RunConfig, n: int, method: str, variant_chunk: int, grm_nee
     grm_block = None
     if grm_needed and mem is not None:
         grm_block = min(cfg.grm.block_size or cfg.genotypes.chunks[0], n)
-        fits = _largest_block(mem, variant_chunk)
+        fits = _largest_block(mem, variant_chunk, _grm_itemsize(cfg))
         tasks.append((f"a GRM block task ({grm_block} samples x variant chunk {variant_chunk})",
-                      block_bytes(grm_block, variant_chunk, counts=True),
+                      block_bytes(grm_block, variant_chunk, _grm_itemsize(cfg), counts=True),
                       f"; or set grm.block_size to {fits} samples or fewer" if fits >= 1 else ""))
     return tasks, grm_block
 
@@ -246,7 +253,7 @@ def _plan_figures(cfg: RunConfig, n: int, method: str, variant_chunk: int, spect
                    passes_over_X=(q + 1 if sc.algorithm == "krylov" else q + 2),
                    driver_bytes=driver_bytes(n, l, q, sc.algorithm))
     if grm_block is not None:
-        out["grm_block_task_bytes"] = block_bytes(grm_block, variant_chunk, counts=True)
+        out["grm_block_task_bytes"] = block_bytes(grm_block, variant_chunk, _grm_itemsize(cfg), counts=True)
     if cfg.genotypes.grm is not None:
         out["driver_bytes"] = check_grm_memory(n_grm_file or n, n)
     elif method == "exact" and spectrum_needed:
