@@ -184,7 +184,6 @@ def write_whole_chunk(arr, rows: slice, cols: slice, block: np.ndarray) -> bool:
 
     Measured on a 5,000 x 5,000 float64 block of a GRM (200 MB): 0.085-0.25 s against 0.27 s
     through Zarr for the block C-ordered and 0.5-1.2 s for it F-ordered (docs/performance.md)."""
-    import os
     import uuid
 
     import google_crc32c

@@ -253,7 +253,7 @@ def _run(tasks, desc, client, scheduler, num_workers, combine, progress, costs=N
             i = next(order, None)
             if i is None:
                 return None
-            f = client.compute(tasks[i], priority=-len(index))
+            f = client.compute(tasks[i])
             index[f.key] = i
             return f
 
