@@ -2,9 +2,9 @@
 
 The blocking is that of :func:`bigmm.grm` (its sample blocks, variant chunks, task list and
 standardization): a task computes the sample block (I, J) of every K_j at once. For each variant
-chunk it reads the two genotype slabs once, reorders their columns by component (a copy of the
-int8 slab), standardizes them, and adds ``X_I[:, S_j] X_J[:, S_j]ᵀ`` to block (I, J) of K_j for
-each component j present in the chunk. The reads are those of one :func:`bigmm.grm`, and the
+chunk it reads the two genotype slabs once, and for each component j present in the chunk copies
+its columns out of the int8 slabs, standardizes them, and adds ``X_I[:, S_j] X_J[:, S_j]ᵀ`` to
+block (I, J) of K_j, summed by the BLAS in place as :func:`bigmm.grm.grm_block` sums its block. The reads are those of one :func:`bigmm.grm`, and the
 multiply-adds ``n² p_A / 2`` those of one GRM over the assigned variants A.
 """
 
@@ -50,39 +50,48 @@ class ComponentGrms:
 
 
 def component_block_bytes(block: int, variant_chunk: int, m: int, itemsize: int = 8) -> int:
-    """Memory of one component-GRM block task: m float64 output blocks, two standardized slabs
-    and the two reordered int8 slabs (:func:`bigmm.grm.block_bytes` with m output blocks).
+    """Memory of one component-GRM block task: m float64 output blocks (with the blocks their
+    float32 products are summed in, :func:`bigmm.grm.sums_bytes`), the int8 codes of two slabs
+    (:class:`~bigmm.genotypes.BlockReader`), the two slabs with their columns in component order
+    and one standardized component of each (at most a chunk wide).
 
-    >>> component_block_bytes(1024, 8192, 4) // 2**20
-    176
+    >>> component_block_bytes(1024, 8192, 4) // 2**20, component_block_bytes(1024, 8192, 4, 4) // 2**20
+    (192, 144)
     """
-    return 8 * m * block * block + 2 * itemsize * block * variant_chunk + 2 * block * variant_chunk
+    from .grm import sums_bytes
+
+    return m * sums_bytes(block, itemsize) + 2 * (itemsize + 2) * block * variant_chunk
 
 
 def _grouped(g: np.ndarray, order: np.ndarray, inorder: bool) -> np.ndarray:
-    """The int8 slab ``g`` with the chunk's columns in component order (``order``, chunk-relative;
-    a plain slice when the components are already contiguous)."""
+    """The columns ``order`` (chunk-relative, one component's) of the int8 slab ``g``: a contiguous
+    copy (standardized 1.6x faster than a view of a slab of all components), or a plain slice
+    when the components are already contiguous in the chunk."""
     # np.take: 4x faster than fancy indexing g[:, order] on an int8 slab
     return g[:, int(order[0]):int(order[-1]) + 1] if inorder else np.take(g, order, axis=1)
 
 
 def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice, variant_step: int,
-                        p_j: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """Blocks ``(I, J)`` of all m component GRMs, ``X_{I,S_j} X_{J,S_j}ᵀ / p_j`` (m, |I|, |J|),
+                        p_j: np.ndarray, dtype=np.float64) -> list[np.ndarray]:
+    """Blocks ``(I, J)`` of all m component GRMs, ``X_{I,S_j} X_{J,S_j}ᵀ / p_j`` (m arrays |I| x |J|,
+    F-ordered),
     from one read of each variant chunk of sample ranges I and J.
 
     ``comp`` gives each variant's component (-1: none, dropped variants included); each chunk's
-    columns are sorted by component so that every component is a contiguous slice of the
-    standardized slab.
+    columns are sorted by component, and each component's columns standardized into one
+    contiguous slab whose product the component's sums take in place
+    (:class:`bigmm.grm.BlockSums`, as :func:`bigmm.grm.grm_block`).
     """
-    from .grm import _read_pair
+    from .genotypes import BlockReader
+    from .grm import BlockSums, _read_pair, check_block
 
     ni, nj = rows_i.stop - rows_i.start, rows_j.stop - rows_j.start
-    acc = np.zeros((m, ni, nj), dtype=np.float64)
     same = rows_i == rows_j
+    sums = [BlockSums(ni, nj, same, dtype) for _ in range(m)]
     p = G.shape[1]
     buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
     buf_j = None if same else np.empty(nj * min(variant_step, p), dtype=dtype)
+    read = (BlockReader(G), BlockReader(G))
     for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         cj = comp[cols]
@@ -94,20 +103,21 @@ def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice,
         c, s = center[cols][order], scale[cols][order]
         # variants already grouped by component (e.g. by chromosome) need no reordering
         inorder = bool(np.all(np.diff(order) == 1))
-        gi, gj = _read_pair(G, rows_i, rows_j, cols)  # one read of a store chunk both ranges share
-        xi = standardize_block(_grouped(gi, order, inorder), c, s, dtype, out=buf_i)
-        xj = xi if same else standardize_block(_grouped(gj, order, inorder), c, s, dtype, out=buf_j)
+        gi, gj = _read_pair(G, rows_i, rows_j, cols, read)  # one read of a store chunk both ranges share
         for j in range(m):
             a, b = int(bounds[j]), int(bounds[j + 1])
             if b > a:
-                acc[j] += xi[:, a:b] @ xj[:, a:b].T  # the symmetric kernel on diagonal blocks
-    acc /= np.asarray(p_j, dtype=np.float64)[:, None, None]
-    if not np.isfinite(acc).all():
-        raise InputError(
-            f"component GRM block rows {rows_i.start}:{rows_i.stop} x {rows_j.start}:{rows_j.stop} has "
-            f"non-finite entries: the variant standardization has a non-finite centre or scale; "
-            f"recompute the variant statistics")
-    return acc
+                xi = standardize_block(_grouped(gi, order[a:b], inorder), c[a:b], s[a:b], dtype, out=buf_i)
+                xj = None if same else standardize_block(_grouped(gj, order[a:b], inorder), c[a:b], s[a:b], dtype,
+                                                         out=buf_j)
+                sums[j].add(xi, xj)
+    blocks = []
+    for j in range(m):
+        acc = sums[j].total()
+        acc /= float(p_j[j])
+        check_block(acc, rows_i, rows_j, f"component {j + 1} GRM")
+        blocks.append(acc)
+    return blocks
 
 
 def _assignment(assignment, std: Standardization, p: int, min_variants: int | None):
@@ -164,8 +174,8 @@ def component_grms(genotypes, std: Standardization, assignment, *, block_size: i
     active Dask scheduler; each reads the variant chunks of its two sample ranges once and
     splits each standardized chunk by component. Cost: the reads of one :func:`bigmm.grm` (each
     genotype chunk read ``n / b`` times) and ``n² p_A / 2`` multiply-adds for the ``p_A``
-    assigned variants; memory per task ``8 m b² + 2 b c (itemsize + 1)`` bytes and ``8 m n²``
-    for the result.
+    assigned variants; memory per task :func:`component_block_bytes` (float32 products:
+    ``12 m b² + 12 b c`` bytes) and ``8 m n²`` for the result.
 
     Examples
     --------
@@ -181,7 +191,7 @@ def component_grms(genotypes, std: Standardization, assignment, *, block_size: i
     import dask
 
     from .genotypes import genotype_matrix
-    from .grm import _blocks, _variant_chunk, default_block_size
+    from .grm import _blocks, _variant_chunk, default_block_size, put_block
 
     G = genotype_matrix(genotypes)
     n, p = G.shape
@@ -202,7 +212,7 @@ def component_grms(genotypes, std: Standardization, assignment, *, block_size: i
     results = run_tasks([task(G, std.center, std.scale, comp, m, blocks[I], blocks[J], step, p_j,
                               np.dtype(dtype)) for I, J in pairs], f"{m} component GRMs {n}x{n} blocks")
     K = np.empty((m, n, n), dtype=np.float64)
-    for (I, J), block in zip(pairs, results):
-        K[:, blocks[I], blocks[J]] = block
-        K[:, blocks[J], blocks[I]] = block.transpose(0, 2, 1)
+    for (I, J), parts in zip(pairs, results):
+        for j, block in enumerate(parts):
+            put_block(K[j], blocks[I], blocks[J], block)
     return ComponentGrms(K=K, n_variants=p_j, names=tuple(names))

@@ -113,12 +113,71 @@ def _count_missing(gi: np.ndarray, gj: np.ndarray, kept: np.ndarray, same: bool,
     miss_j += ri if same else rj
 
 
+class BlockSums:
+    """``X_I X_Jᵀ`` of one block of samples, summed in float64 over variant chunks.
+
+    Each chunk's product is computed in the slabs' ``dtype`` (float32 doubles the BLAS rate) and
+    summed in place by the BLAS (``C := X_I X_Jᵀ + C``; on the diagonal the upper triangle only, by
+    SYRK); a float32 block is added into the float64 one every :data:`F32_SPAN` variants. Adding
+    each chunk's product into float64 (and NumPy mirroring each SYRK) was a pass over the b x b
+    block per chunk. Memory: :func:`sums_bytes`.
+    """
+
+    def __init__(self, ni: int, nj: int, same: bool, dtype=np.float64):
+        self.same = same
+        self.f64 = np.dtype(dtype) == np.float64
+        self.acc = np.zeros((ni, nj), dtype=np.float64, order="F")
+        # SYRK leaves the lower triangle as it is: 0
+        self.prod = self.acc if self.f64 else np.zeros((ni, nj), dtype=dtype, order="F")
+        self.spanned = 0   # variants summed in ``prod`` since it was last added into ``acc``
+        self.gemm, self.syrk = blas(dtype, "gemm"), blas(dtype, "syrk")
+
+    def add(self, xi: np.ndarray, xj: np.ndarray | None = None) -> None:
+        """Add ``xi xjᵀ`` (``xi xiᵀ`` on the diagonal) of one chunk's standardized slabs, C-ordered
+        rows x variants in the sums' dtype."""
+        beta = 1.0 if (self.f64 or self.spanned) else 0.0
+        if self.same:
+            self.prod = self.syrk(1.0, xi.T, beta=beta, c=self.prod, trans=1, overwrite_c=1)
+        else:
+            self.prod = self.gemm(1.0, xi.T, xj.T, beta=beta, c=self.prod, trans_a=1, overwrite_c=1)
+        self.spanned += xi.shape[1]
+        if not self.f64 and self.spanned >= F32_SPAN:
+            self.acc += self.prod
+            self.spanned = 0
+
+    def total(self) -> np.ndarray:
+        """The float64 sums (F-ordered; mirrored whole on the diagonal)."""
+        if self.f64:
+            self.acc = self.prod
+        elif self.spanned:
+            self.acc += self.prod
+            self.spanned = 0
+        if self.same:
+            _mirror_upper(self.acc)
+        return self.acc
+
+
+def sums_bytes(block: int, itemsize: int) -> int:
+    """Memory of one :class:`BlockSums` of a block x block sample block: the float64 block and,
+    for products in another precision, the block they are summed in."""
+    return (8 + (itemsize if itemsize != 8 else 0)) * block * block
+
+
+def check_block(acc: np.ndarray, rows_i: slice, rows_j: slice, what: str = "GRM") -> None:
+    """Refuse a block with non-finite entries (a non-finite centre or scale of a variant)."""
+    if not np.isfinite(acc).all():
+        raise InputError(
+            f"{what} block rows {rows_i.start}:{rows_i.stop} x {rows_j.start}:{rows_j.stop} has non-finite "
+            f"entries: the variant standardization has a non-finite centre or scale; recompute the "
+            f"variant statistics")
+
+
 def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int, p_kept: int,
               dtype=np.float64, counts: bool = False):
     """``X_I X_Jᵀ / p`` for sample ranges I and J, streamed over variant chunks.
 
     Each chunk's product is computed in ``dtype`` (float32 doubles the BLAS
-    rate) and accumulated across chunks in float64; the standardized slabs
+    rate) and accumulated across chunks in float64 (:class:`BlockSums`); the standardized slabs
     reuse two buffers.
 
     With ``counts``, also returns ``N_IJ``, the number of kept variants called in both samples of
@@ -127,24 +186,16 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
     """
     ni = rows_i.stop - rows_i.start
     nj = rows_j.stop - rows_j.start
-    acc = np.zeros((ni, nj), dtype=np.float64, order="F")
     if counts:
         both_missing = np.zeros((ni, nj), dtype=np.int32)
         miss_i = np.zeros(ni, dtype=np.int64)
         miss_j = np.zeros(nj, dtype=np.int64)
     p = G.shape[1]
     same = rows_i == rows_j
+    sums = BlockSums(ni, nj, same, dtype)
     buf_i = np.empty(ni * min(variant_step, p), dtype=dtype)
     buf_j = None if same else np.empty(nj * min(variant_step, p), dtype=dtype)
-    # the chunks' products are summed in place by the BLAS (C := X_I X_Jᵀ + C; on the diagonal the
-    # upper triangle only, by SYRK) in ``dtype`` over F32_SPAN variants, then added into the float64
-    # block: adding each chunk's product into float64 (and NumPy mirroring each SYRK) was a pass
-    # over the b x b block per chunk
-    f64 = np.dtype(dtype) == np.float64
-    prod = acc if f64 else np.zeros((ni, nj), dtype=dtype, order="F")  # SYRK leaves the lower triangle 0
-    gemm, syrk = blas(dtype, "gemm"), blas(dtype, "syrk")
     read = (BlockReader(G), BlockReader(G))  # each chunk's codes decoded into the same two buffers
-    spanned = 0   # variants summed in ``prod`` since it was last added into ``acc``
     for v0 in range(0, p, variant_step):
         cols = slice(v0, min(p, v0 + variant_step))
         sc = scale[cols]
@@ -152,30 +203,12 @@ def grm_block(G, center, scale, rows_i: slice, rows_j: slice, variant_step: int,
             continue
         gi, gj = _read_pair(G, rows_i, rows_j, cols, read)
         xi = standardize_block(gi, center[cols], sc, dtype, out=buf_i)
-        beta = 1.0 if (f64 or spanned) else 0.0
-        if same:
-            prod = syrk(1.0, xi.T, beta=beta, c=prod, trans=1, overwrite_c=1)
-        else:
-            xj = standardize_block(gj, center[cols], sc, dtype, out=buf_j)
-            prod = gemm(1.0, xi.T, xj.T, beta=beta, c=prod, trans_a=1, overwrite_c=1)
-        spanned += cols.stop - cols.start
-        if not f64 and spanned >= F32_SPAN:
-            acc += prod
-            spanned = 0
+        sums.add(xi, None if same else standardize_block(gj, center[cols], sc, dtype, out=buf_j))
         if counts:
             _count_missing(gi, gj, sc != 0, same, both_missing, miss_i, miss_j)
-    if not f64 and spanned:
-        acc += prod
-    if f64:
-        acc = prod
-    if same:
-        _mirror_upper(acc)
+    acc = sums.total()
     acc /= p_kept
-    if not np.isfinite(acc).all():
-        raise InputError(
-            f"GRM block rows {rows_i.start}:{rows_i.stop} x {rows_j.start}:{rows_j.stop} has non-finite "
-            f"entries: the variant standardization has a non-finite centre or scale; recompute the "
-            f"variant statistics")
+    check_block(acc, rows_i, rows_j)
     if counts:  # N = p − m_I − m_J + M_I M_Jᵀ, in place in the int32 block (no n x n temporaries)
         N = both_missing
         N -= miss_i.astype(np.int32)[:, None]
@@ -221,8 +254,8 @@ def block_bytes(block: int, variant_chunk: int, itemsize: int = 8, counts: bool 
     >>> block_bytes(2048, 8192, itemsize=4) // 2**20, block_bytes(2048, 8192, 4, counts=True) // 2**20
     (208, 240)
     """
-    out = 8 + (itemsize if itemsize != 8 else 0) + (8 if counts else 0)
-    return out * block * block + 2 * (itemsize + 1) * block * variant_chunk
+    return (sums_bytes(block, itemsize) + (8 if counts else 0) * block * block
+            + 2 * (itemsize + 1) * block * variant_chunk)
 
 
 def default_block_size(n: int, threads: int, sample_chunk: int | None = None, variant_chunk: int = 8192,
@@ -287,14 +320,21 @@ def _write(arr, rows: slice, cols: slice, block: np.ndarray) -> None:
         arr[rows, cols] = block
 
 
+def put_block(arr, rows_i: slice, rows_j: slice, block: np.ndarray) -> None:
+    """Block (I, J) of a symmetric matrix into ``arr`` (a GRM store's array, or an n x n NumPy
+    array), and its transpose at (J, I), each from C-ordered memory (:func:`_diagonal_row_major`,
+    :func:`_write_pair`; an off-diagonal ``block`` is left transposed)."""
+    if rows_i == rows_j:
+        _write(arr, rows_i, rows_j, _diagonal_row_major(block))
+    else:
+        _write_pair(arr, rows_i, rows_j, block)
+
+
 def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, blocks: dict) -> tuple:
     group = zarr.open_group(out_path, mode="r+")
     for name, block in blocks.items():
-        arr = writable(group[name])  # a re-opened array: written even where a block equals the fill value
-        if I == J:
-            _write(arr, rows_i, rows_j, _diagonal_row_major(block))
-        else:
-            _write_pair(arr, rows_i, rows_j, block)
+        # a re-opened array: written even where a block equals the fill value
+        put_block(writable(group[name]), rows_i, rows_j, block)
     writable(group["done"])[I, J] = 1
     return (I, J)
 
@@ -401,8 +441,7 @@ def grm(G, std: Standardization, *, block_size: int | None = None, out: str | Pa
     N = np.empty((n, n), dtype=np.int32) if counts else None
     for ((I, J), _), block in zip(todo, results):
         for full, part in ((K, block[0]), (N, block[1])) if counts else ((K, block),):
-            full[blocks[I], blocks[J]] = part
-            full[blocks[J], blocks[I]] = part.T
+            put_block(full, blocks[I], blocks[J], part)
     return (K, N) if counts else K
 
 

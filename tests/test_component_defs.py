@@ -353,6 +353,29 @@ def test_each_component_grm_equals_its_dense_product(standardize, layout):
         np.testing.assert_allclose(res.K[j], X @ X.T / kept.size, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("span", [30, 10**6])
+def test_float32_component_grms_equal_their_dense_products(monkeypatch, span):
+    """Products in float32, each component's summed by the BLAS in place over bigmm.grm.F32_SPAN of
+    its variants before entering its float64 block: a span of 30 (a component has ~15 kept variants
+    per chunk of 64: added every 2-3 chunks, spans straddling chunks) and 10**6 (once, at the end)."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["bigmm.grm"], "F32_SPAN", span)  # (bigmm.grm is the function)
+    G, comp = _cohort(seed=5)
+    std = bigmm.standardization(bigmm.variant_stats(G))
+    res = bigmm.component_grms(CountingGenotypes(G, 64), std, comp, block_size=32, min_variants=10,
+                               dtype=np.float32)
+    for j in range(4):
+        X, kept = standardize_reference(G, "gcta", keep=comp == j)
+        want = X @ X.T / kept.size
+        # each product and partial sum rounded to 2^-24 relative, |x_ij x_kj| <= ~20 for these MAFs:
+        # |error| <= 6e-8 * 20 per entry at worst (1.2e-6); a chunk of a component left out or added
+        # twice moves entries by ~1/5
+        np.testing.assert_allclose(res.K[j], want, rtol=0, atol=2e-6)
+        assert np.abs(res.K[j] - want).max() > 0  # really float32
+        np.testing.assert_array_equal(res.K[j], res.K[j].T)  # each block and its mirror placed whole
+
+
 def test_weighted_component_grms_sum_to_the_grm_of_the_assigned_variants():
     G, comp = _cohort(seed=4)
     stats = bigmm.variant_stats(G)
