@@ -61,3 +61,13 @@ def test_timed_builds_start_from_scratch_outside_the_time(tmp_path, rng):
         assert r["result"]["blocks"] == "3 computed, 0 from checkpoint"
     with pytest.raises(RuntimeError, match="clear_grm first"):
         common.compute_grm(store, std, path, 16, np.float32)
+
+
+def test_arithmetic_alone_runs_one_task_per_block_of_the_stage():
+    """bench_pass_floor's "arithmetic alone": the grm stage's blocks (3 x 3 blocks of 20, 20 and 10
+    samples: 6 upper-triangle tasks), each summing its variant chunks' products (the last chunk
+    narrower) with bigmm.grm.BlockSums, and reporting its own time."""
+    import bench_pass_floor
+
+    times = bench_pass_floor.products_alone(50, 130, 20, 32)
+    assert len(times) == 6 and all(t > 0 for t in times)

@@ -316,6 +316,7 @@ def profile_grm_task(store, std, block: int, n_chunks: int, cache: Path) -> dict
     blocks = gm._blocks(n, block)
     cases = [("diagonal", blocks[0], blocks[0])] + ([("off-diagonal", blocks[0], blocks[1])] if len(blocks) > 1 else [])
     read_file = Columns.__getitem__.__code__.co_filename
+    grm_file = gm.__file__
     out: dict = {"variant_chunks": -(-pv // step), "cases": {}}
     for kind, ri, rj in cases:
         pr = cProfile.Profile(time.process_time)  # CPU seconds: steadier than wall time on a loaded machine
@@ -331,7 +332,7 @@ def profile_grm_task(store, std, block: int, n_chunks: int, cache: Path) -> dict
                 t["standardize_s"] += ct
             elif name in ("_count_missing", "_missing_product"):
                 t["counts_s"] += tt if name == "_missing_product" else ct
-            elif name == "grm_block":
+            elif name == "grm_block" or (file == grm_file and name in ("add", "total")):
                 t["products_s"] += tt
         total = pstats.Stats(pr).total_tt
         out["cases"][kind] = {"cpu_s": total, **t, "other_s": total - sum(t.values())}
@@ -345,6 +346,42 @@ def profile_grm_task(store, std, block: int, n_chunks: int, cache: Path) -> dict
         out["write_block_s"], out["write_block_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         shutil.rmtree(wpath, ignore_errors=True)
     return out
+
+
+def _products_task(ni: int, nj: int, same: bool, p: int, step: int) -> float:
+    """The arithmetic of one grm block task alone: its variant chunks' float32 products summed as
+    grm_block sums them (bigmm.grm.BlockSums: in place by the BLAS, into float64 every F32_SPAN
+    variants, the diagonal mirrored), on slabs already standardized (random, made once, before the
+    clock of the task). Returns the task's seconds."""
+    from bigmm.grm import BlockSums
+
+    rng = np.random.default_rng(0)
+    xi = rng.standard_normal((ni, step), dtype=np.float32)
+    xj = None if same else rng.standard_normal((nj, step), dtype=np.float32)
+    t0 = time.perf_counter()
+    sums = BlockSums(ni, nj, same, np.float32)
+    for v0 in range(0, p, step):
+        w = min(step, p - v0)
+        sums.add(*((x if w == step else np.ascontiguousarray(x[:, :w])) for x in (xi, xj) if x is not None))
+    sums.total()
+    return time.perf_counter() - t0
+
+
+def products_alone(n: int, p: int, block: int, step: int) -> list[float]:
+    """The grm stage's block tasks doing their arithmetic alone (:func:`_products_task`): the same
+    blocks, costs and workers as the stage (bigmm.tasks.run_tasks), no reading, decoding,
+    standardizing or writing. Its wall time is the least any build of these blocks on these
+    workers can take."""
+    import dask
+
+    from bigmm.grm import _blocks
+    from bigmm.tasks import run_tasks
+
+    blocks = _blocks(n, block)
+    pairs = [(I, J) for I in range(len(blocks)) for J in range(I, len(blocks))]
+    task = dask.delayed(_products_task, pure=False)
+    return run_tasks([task(blocks[I].stop - blocks[I].start, blocks[J].stop - blocks[J].start, I == J, p, step)
+                      for I, J in pairs], "GRM products alone", costs=[1.0 if I == J else 2.0 for I, J in pairs])
 
 
 def one_thread(fn):
@@ -388,7 +425,9 @@ def measure_grm(args) -> dict:
                                               f"in-memory float32 X Xᵀ n={n}, 1 BLAS thread"),
             "variant stats": lambda _r: timed(lambda: variant_filter(store, args.min_maf, args.max_missing).n_kept,
                                               f"variant statistics n={n}"),
-            "grm stage": lambda _r: timed_grm(store, std, path, block, np.float32, f"grm stage build n={n}")})
+            "grm stage": lambda _r: timed_grm(store, std, path, block, np.float32, f"grm stage build n={n}"),
+            "products alone": lambda _r: timed(lambda: products_alone(n, p, block, cc),
+                                               f"the grm stage's products alone n={n}")})
     X = None
     prof = profile_grm_task(store, std, block, args.grm_profile_chunks, args.cache)
     return {"n": n, "p": p, "p_kept": std.n_kept, "block": block, "sample_chunk": store.chunks[0], "layout": store.layout,
@@ -419,6 +458,17 @@ def grm_report(g: dict) -> str:
                       + ([["**variant statistics + grm stage** (sums of the medians)", f"{both:.2f} s",
                            f"{both_cpu:.1f} s", f"**{both / syrk['median_s']:.2f}**",
                            f"**{both_cpu / syrk['cpu_s_median']:.2f}**"]] if vs else [])), ""]
+    prod = r.get("products alone")
+    if prod and vs:
+        left = 1.25 * syrk["median_s"] - vs["median_s"] - prod["median_s"]
+        lines += [f"**The stage's arithmetic alone** (its block tasks' float32 products and float64 sums, "
+                  f"bigmm.grm.BlockSums, on slabs already standardized in memory; the same blocks, costs and "
+                  f"workers; no reading, decoding, standardizing or writing): {fmt_time(prod, 2)}, CPU "
+                  f"{prod['cpu_s_median']:.1f} s, {prod['median_s'] / syrk['median_s']:.2f}× the SYRK. Variant "
+                  f"statistics + the arithmetic alone: {(vs['median_s'] + prod['median_s']) / syrk['median_s']:.2f}× "
+                  f"the SYRK; 1.25× leaves {left:.2f} s for the rest of the stage (reading and decoding the "
+                  f"genotypes {g['n'] // g['block'] if g['block'] else 1} times, standardizing them, writing K and N, "
+                  f"the store's digests and fsync), which took {build['median_s'] - prod['median_s']:.2f} s here.", ""]
     one = r.get("syrk 1 thread")
     if one:
         lines += [f"The same SYRK on one BLAS thread: {fmt_time(one, 2)}, CPU {one['cpu_s_median']:.1f} s (the "
