@@ -4,8 +4,9 @@ The blocking is that of :func:`bigmm.grm` (its sample blocks, variant chunks, ta
 standardization): a task computes the sample block (I, J) of every K_j at once. For each variant
 chunk it reads the two genotype slabs once, and for each component j present in the chunk copies
 its columns out of the int8 slabs, standardizes them, and adds ``X_I[:, S_j] X_J[:, S_j]ᵀ`` to
-block (I, J) of K_j, summed by the BLAS in place as :func:`bigmm.grm.grm_block` sums its block. The reads are those of one :func:`bigmm.grm`, and the
-multiply-adds ``n² p_A / 2`` those of one GRM over the assigned variants A.
+block (I, J) of K_j, summed by the BLAS in place as :func:`bigmm.grm.grm_block` sums its block.
+The reads are those of one :func:`bigmm.grm`, and the multiply-adds ``n² p_A / 2`` those of one
+GRM over the assigned variants A.
 """
 
 from __future__ import annotations
@@ -73,9 +74,8 @@ def _grouped(g: np.ndarray, order: np.ndarray, inorder: bool) -> np.ndarray:
 
 def component_grm_block(G, center, scale, comp, m, rows_i: slice, rows_j: slice, variant_step: int,
                         p_j: np.ndarray, dtype=np.float64) -> list[np.ndarray]:
-    """Blocks ``(I, J)`` of all m component GRMs, ``X_{I,S_j} X_{J,S_j}ᵀ / p_j`` (m arrays |I| x |J|,
-    F-ordered),
-    from one read of each variant chunk of sample ranges I and J.
+    """Blocks ``(I, J)`` of all m component GRMs, ``X_{I,S_j} X_{J,S_j}ᵀ / p_j`` (a list of m
+    F-ordered |I| x |J| arrays), from one read of each variant chunk of sample ranges I and J.
 
     ``comp`` gives each variant's component (-1: none, dropped variants included); each chunk's
     columns are sorted by component, and each component's columns standardized into one
