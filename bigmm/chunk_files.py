@@ -90,13 +90,10 @@ class ChunkFiles:
         planes that hold them, :func:`~bigmm.codecs.unpack_rows`)."""
         return self._decode(i, j, out, rows, scratch=False)
 
-    def _decode(self, i: int, j: int, out, rows, scratch: bool) -> np.ndarray:
-        """:meth:`chunk`; with ``scratch`` the rows returned (``rows`` given, ``out`` not) are
-        this thread's buffer, valid until its next chunk."""
+    def _body(self, i: int, j: int) -> np.ndarray:
+        """The compressed bytes of chunk (i, j), its CRC32C trailer checked (this thread's buffer)."""
         import google_crc32c
-        import numcodecs
 
-        rc, cc = self.chunks
         with open(self.root / self._keys.encode_chunk_key((i, j)), "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             data = self._scratch("file", size)
@@ -110,14 +107,33 @@ class ChunkFiles:
         body.flags.writeable = False  # google_crc32c takes read-only buffers
         if size < 4 or np.uint32(google_crc32c.value(body)).tobytes() != data[-4:].tobytes():
             raise ValueError(f"chunk ({i}, {j}): stored and computed CRC32C checksums do not match")
+        return body
+
+    def packed(self, i: int, j: int) -> np.ndarray:
+        """The packed 2-bit block of chunk (i, j) (:mod:`bigmm.codecs`; ``ceil(rows / 4) x cols``
+        uint8 at the chunk's full shape), this thread's buffer, valid until its next chunk."""
+        import numcodecs
+
         if not self.two_bit:
-            codes = np.frombuffer(numcodecs.Zstd().decode(body), dtype=np.int8).reshape(rc, cc)
-            return codes if rows is None else codes[rows[0]:rows[1]]
+            raise ValueError("packed: the array is not in the 2-bit layout")
+        rc, cc = self.chunks
         q = packed_rows(rc)
-        packed = numcodecs.Zstd().decode(body, out=self._scratch("packed", q * cc)).reshape(q, cc)
+        return numcodecs.Zstd().decode(self._body(i, j), out=self._scratch("packed", q * cc)).reshape(q, cc)
+
+    def _decode(self, i: int, j: int, out, rows, scratch: bool) -> np.ndarray:
+        """:meth:`chunk`; with ``scratch`` the rows returned (``rows`` given, ``out`` not) are
+        this thread's buffer, valid until its next chunk."""
+        import numcodecs
+
+        rc, cc = self.chunks
+        if not self.two_bit:
+            codes = np.frombuffer(numcodecs.Zstd().decode(self._body(i, j)), dtype=np.int8).reshape(rc, cc)
+            return codes if rows is None else codes[rows[0]:rows[1]]
+        packed = self.packed(i, j)
         if rows is None:
             return unpack_2bit(packed, rc, out=out)
         lo, hi = rows
+        q = packed.shape[0]
         planes = None if not scratch else self._scratch("planes", (-(-hi // q) - lo // q) * q * cc)
         return unpack_rows(packed, rc, lo, hi, out=planes)
 

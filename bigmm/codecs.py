@@ -157,6 +157,75 @@ def _unpack_planes(packed: np.ndarray, k0: int, k1: int, out: np.ndarray) -> np.
     return codes
 
 
+def _count_tables() -> np.ndarray:
+    """``tables[v][byte]``: over the fields of planes 0 to v - 1 of a packed byte, the calls of
+    allele count 1, of count 2 and the missing calls, in 16-bit lanes 0, 1 and 2 of a uint64."""
+    tables = np.zeros((5, 256), dtype=np.uint64)
+    lane = {0: 1, 1: 1 << 16, 2: 1 << 32, 3: 0}  # field (g - 1) mod 4: counts 1, 2, missing, 0
+    for v in range(5):
+        for byte in range(256):
+            tables[v, byte] = sum(lane[(byte >> (2 * k)) & 3] for k in range(v))
+    return tables
+
+
+_COUNTS = _count_tables()
+#: packed rows looked up at a time by :func:`packed_counts` (their indices and counts stay in
+#: cache): 0.24 ns per genotype of an 8192 x 2048 chunk, against 0.27 for 8 or 32 rows and 0.43
+#: for 128 (in a process that hands freed memory back at once, as a Dask worker does)
+COUNT_ROWS = 16
+#: packed rows whose counts the 16-bit lanes hold (4 fields a byte): then the lanes are emptied
+_LANE_ROWS = 16383
+
+
+def packed_counts(packed: np.ndarray, rows: int) -> np.ndarray:
+    """Per column of a packed block (:func:`pack_2bit`), over its first ``rows`` rows: the called
+    genotypes, the sum of the allele counts and the sum of their squares (int64, 3 x C), as
+    :func:`bigmm.genotypes.variant_stats` counts them, without decoding the genotypes.
+
+    Each byte is looked up in a table of its counts (:func:`_count_tables`) and the counts summed
+    in 16-bit lanes of a uint64 (0.24 ns per genotype on an 8192 x 2048 chunk, against 0.89 to
+    decode it into int8 and sum those). Rows past ``rows`` (the padding of a chunk whose rows are
+    not a multiple of 4, or the rows of an edge chunk past the array's end) are left out whatever
+    they hold: the bytes that hold a row past the end count only their planes below it.
+    """
+    packed = np.asarray(packed, dtype=np.uint8)
+    q, c = packed.shape
+    if not 0 < rows <= 4 * q:
+        raise ValueError(f"rows {rows} of a packed block of {q} rows")
+    k = (rows - 1) // q  # the plane of the last row: planes 0..k hold rows in bytes [0, r1)
+    r1 = rows - k * q
+    sums = np.zeros((3, c), dtype=np.int64)
+    # the lookups' indices, values and sums in buffers of their own: np.take converts uint8
+    # indices into a new intp array at each call, and with mode "raise" writes into a new array
+    # before ``out``: new memory each time in a Dask worker (which hands freed memory back at
+    # once): 3x slower
+    idx = np.empty((min(COUNT_ROWS, q), c), dtype=np.intp)
+    buf = np.empty(idx.shape, dtype=np.uint64)
+    block = np.empty(c, dtype=np.uint64)
+    lanes = np.zeros(c, dtype=np.uint64)
+    filled = 0
+    for lo, hi, planes in ((0, r1, k + 1), (r1, q, k)):
+        for r in range(lo, hi, COUNT_ROWS) if planes else ():
+            part = packed[r:min(hi, r + COUNT_ROWS)]
+            m = part.shape[0]
+            if filled + m > _LANE_ROWS:
+                _empty_lanes(lanes, sums)
+                filled = 0
+            np.copyto(idx[:m], part, casting="safe")
+            np.take(_COUNTS[planes], idx[:m], out=buf[:m], mode="clip")  # ("raise" buffers out)
+            lanes += np.add.reduce(buf[:m], axis=0, out=block)
+            filled += m
+    _empty_lanes(lanes, sums)
+    ones, twos, missing = sums
+    return np.stack([rows - missing, ones + 2 * twos, ones + 4 * twos])
+
+
+def _empty_lanes(lanes: np.ndarray, sums: np.ndarray) -> None:
+    for i in range(3):
+        sums[i] += ((lanes >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.int64)
+    lanes[...] = 0
+
+
 @dataclass(frozen=True)
 class TwoBitCodec(ArrayBytesCodec):
     """Zarr v3 array-to-bytes codec ``bigmm.2bit``: int8 genotype codes (0, 1, 2, -1 missing),

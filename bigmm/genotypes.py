@@ -129,12 +129,24 @@ class BlockReader:
 
 
 def _column_sums(G, a: int, b: int, rows: int) -> np.ndarray:
-    """:func:`_chunk_sums` of the columns ``a:b`` of G over all its rows, read ``rows`` at a time."""
+    """:func:`_chunk_sums` of the columns ``a:b`` of G over all its rows, read ``rows`` at a time.
+
+    Where G is a store's array in the 2-bit layout and ``a:b`` one column of its chunks, each chunk
+    is counted from its packed bytes (:func:`bigmm.codecs.packed_counts`) without decoding it."""
+    from .codecs import packed_counts
+
     n = G.shape[0]
     out = np.zeros((3, b - a), np.int64)
     read = BlockReader(G)
+    packed = getattr(G, "packed_chunk", None)
+    rc, cc = G.chunks if packed is not None else (None, None)
+    whole = packed is not None and rows == rc and a % cc == 0 and b == min(G.shape[1], a + cc)
     for r in range(0, n, rows):
-        out += _chunk_sums(read(slice(r, min(n, r + rows)), slice(a, b)))[0]
+        block = packed(r // rc, a // cc) if whole else None
+        if block is not None:
+            out += packed_counts(block, min(n, r + rows) - r)[:, : b - a]
+        else:
+            out += _chunk_sums(read(slice(r, min(n, r + rows)), slice(a, b)))[0]
     return out
 
 
@@ -169,8 +181,9 @@ def variant_stats(genotypes) -> VariantStats:
         is set as default); memory is bounded by one chunk per thread. A cohort
         store or an xarray Dataset in the VCF Zarr layout is taken too
         (:func:`genotype_matrix`); a chunked array (a store's, Zarr) is read by one
-        task per column of chunks, a chunk of rows at a time. Cost: one read of
-        every genotype.
+        task per column of chunks, a chunk of rows at a time (a store's 2-bit chunks
+        counted from their packed bytes, :func:`bigmm.codecs.packed_counts`). Cost: one
+        read of every genotype.
 
     Examples
     --------

@@ -435,6 +435,18 @@ class CheckedArray:
         except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
             raise self._locate((rows, cols), exc) from exc
 
+    def packed_chunk(self, i: int, j: int) -> np.ndarray | None:
+        """The packed 2-bit block of chunk (i, j) (:meth:`bigmm.chunk_files.ChunkFiles.packed`;
+        valid until this thread's next chunk), or None where the chunks are not read that way."""
+        if self.files is None or not self.files.two_bit:
+            return None
+        rc, cc = self.chunks
+        try:
+            return self.files.packed(i, j)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the chunk named
+            raise self._locate((slice(i * rc, min(self.shape[0], (i + 1) * rc)),
+                                slice(j * cc, min(self.shape[1], (j + 1) * cc))), exc) from exc
+
     def get_orthogonal_selection(self, sel):
         try:
             return self.arr.get_orthogonal_selection(sel)

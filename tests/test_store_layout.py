@@ -75,6 +75,28 @@ def test_unpack_rows_decodes_the_rows_asked(rng, rows, cols):
         unpack_rows(packed, rows, 3, 3)
 
 
+@pytest.mark.parametrize("cols", [3, 16])
+@pytest.mark.parametrize("rows", [5, 13, 30, 70])  # 70: more packed rows than one block of COUNT_ROWS
+def test_packed_counts_are_the_counts_of_the_rows_asked(rng, rows, cols, monkeypatch):
+    """Counts from the packed bytes (bigmm.codecs.packed_counts) of the first k rows of a packed
+    block, for every k, against counts of the int8 codes written here: the rows past k (other
+    genotypes here, as an edge chunk's padding may be) are left out, also where a byte holds rows
+    on both sides of k."""
+    from bigmm import codecs
+
+    monkeypatch.setattr(codecs, "COUNT_ROWS", 4)  # several blocks of rows even for small blocks
+    monkeypatch.setattr(codecs, "_LANE_ROWS", 6)  # and the 16-bit lanes emptied between them
+    G = random_genotypes(rng, rows, cols, missing=0.2)
+    packed = pack_2bit(G)
+    for k in range(1, rows + 1):
+        called = G[:k] >= 0
+        g = np.where(called, G[:k], 0).astype(np.int64)
+        want = np.stack([called.sum(0), g.sum(0), (g * g).sum(0)])
+        np.testing.assert_array_equal(codecs.packed_counts(packed, k), want, err_msg=f"{k} rows")
+    with pytest.raises(ValueError, match="rows"):
+        codecs.packed_counts(packed, 4 * packed.shape[0] + 1)
+
+
 def test_pack_refuses_what_2_bits_cannot_hold():
     g = np.zeros((6, 3), dtype=np.int8)
     g[4, 1] = 3  # would read back as another code
@@ -163,6 +185,24 @@ def test_variant_stats_and_grm_of_the_layouts_agree(both):
     np.testing.assert_allclose(grms["2bit"], dense_k(G), rtol=0, atol=1e-12)
 
 
+def test_2bit_variant_stats_count_each_chunk_from_its_packed_bytes(both, monkeypatch):
+    """The variant statistics of a 2-bit store count every chunk from its packed bytes (4 chunks
+    of rows, the last of 1 row, x 4 of columns), without decoding it, and count what the matrix holds."""
+    from bigmm import codecs
+
+    G, stores = both
+    seen = []
+    real = codecs.packed_counts
+    monkeypatch.setattr(codecs, "packed_counts", lambda packed, rows: seen.append(rows) or real(packed, rows))
+    st = bigmm.variant_stats(stores["2bit"])
+    assert sorted(seen) == [1] * 4 + [30] * 12
+    called = G >= 0
+    g = np.where(called, G, 0).astype(np.int64)
+    np.testing.assert_array_equal(np.asarray(st.n_called), called.sum(0))
+    np.testing.assert_array_equal(np.asarray(st.allele_sum), g.sum(0))
+    np.testing.assert_array_equal(np.asarray(st.allele_sq_sum), (g * g).sum(0))
+
+
 def test_convert_both_ways_is_verified_and_never_replaces(both, tmp_path):
     G, stores = both
     two = stores["2bit"]
@@ -210,6 +250,20 @@ def test_2bit_store_reopens_verified_and_damage_is_named(both, tmp_path):
     a.write_bytes(bb), b.write_bytes(ba)  # two valid chunks in each other's place
     with pytest.raises(StoreIntegrityError, match="holds the data bigmm wrote for chunk c/1/0"):
         open_store(path)
+
+
+def test_damaged_chunk_counted_from_its_packed_bytes_is_named(both, tmp_path):
+    """The variant statistics read a 2-bit store's chunks as packed bytes (no int8 decoding): a
+    chunk whose bytes no longer match its CRC32C is still named, with its file."""
+    G, stores = both
+    path = tmp_path / "s.zarr"
+    shutil.copytree(stores["2bit"].path, path)
+    f = path / "genotypes" / "c" / "1" / "2"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(StoreIntegrityError, match=r"chunk \(1, 2\).*c/1/2.*cannot be read"):
+        bigmm.variant_stats(open_store(path, verify=False))
 
 
 def test_int8_store_made_before_the_2bit_layout_opens():
