@@ -345,24 +345,27 @@ def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, bl
 
 
 def _sync_soon(files: list[Path]) -> None:
-    """Start writing ``files`` to disk now, in a thread of their own, while the worker goes on to
-    its next block (the data is the page cache's until then: the store's final fsync, before it is
-    committed, waited on all of them at once, 0.36 s at n = 10,000). That fsync still runs and
-    guarantees them; an error here is left to it."""
+    """Start writing ``files`` to disk now, in a thread of their own (:func:`_sync_files`), while
+    the worker goes on to its next block (the data is the page cache's until then: the store's
+    final fsync, before it is committed, waited on all of them at once, 0.36 s at n = 10,000).
+    That fsync still runs and guarantees them."""
     import threading
 
-    def sync():
-        for f in files:
-            try:
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+    threading.Thread(target=_sync_files, args=(files,), name="grm-block-fsync", daemon=True).start()
 
-    threading.Thread(target=sync, name="grm-block-fsync", daemon=True).start()
+
+def _sync_files(files: list[Path]) -> None:
+    """fsync each of ``files``; one that cannot be opened (the store committed under its final
+    name meanwhile) is left to the store's own fsync."""
+    for f in files:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _block_task(G, center, scale, I, J, rows_i, rows_j, step, p_kept, dtype, out_path, counts):
