@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def test_a_rerun_skips_every_stage(cohort, annotated, one_cluster):
 
 def test_damaged_component_grms_are_computed_again(cohort, annotated, one_cluster):
     """A flipped byte in the committed K.npy (no checksum of its own) is caught by its recorded
-    SHA-256 when the reml stage reads it: component_grms runs again and the fit is the same."""
+    CRC32C when the reml stage reads it: component_grms runs again and the fit is the same."""
     out, _ = annotated
     before = json.loads((out / "reml.json").read_text())
     path = out / "components" / "K.npy"
@@ -140,6 +141,44 @@ def test_damaged_component_grms_are_computed_again(cohort, annotated, one_cluste
     again = run(config(cohort, out, file=str(cohort["ann"])), from_stage="reml")
     assert "component_grms" in again.stages_run and "reml" in again.stages_run
     assert json.loads((out / "reml.json").read_text())["phenotypes"] == before["phenotypes"]
+
+
+def test_component_grms_committed_with_sha256_still_load_and_damage_is_caught(tmp_path, rng):
+    """Component GRMs committed before CRC32C (components.json with a SHA-256 of each K_j) load,
+    checked by their SHA-256; new ones record a CRC32C (of the bytes, checked here with
+    google_crc32c itself); a flipped byte is refused under either, and so is a record without a
+    checksum for each GRM."""
+    import google_crc32c
+
+    from bigmm.component_grm import ComponentGrms
+    from bigmm.pipeline.stage.component_grms import load_component_grms, save_component_grms
+    from bigmm.store import StoreIntegrityError
+
+    K = rng.standard_normal((2, 5, 5))
+    res = ComponentGrms(K=K, n_variants=np.array([3.0, 4.0]), names=("A", "B"))
+    new = tmp_path / "new"
+    save_component_grms(new, res, np.arange(5), "test")
+    meta = json.loads((new / "components.json").read_text())
+    assert meta["crc32c"] == [f"{google_crc32c.value(k.tobytes()):08x}" for k in K] and "sha256" not in meta
+    old = tmp_path / "old"
+    old.mkdir()
+    np.save(old / "K.npy", K)
+    meta["sha256"] = [hashlib.sha256(k.tobytes()).hexdigest() for k in K]
+    del meta["crc32c"]
+    (old / "components.json").write_text(json.dumps(meta))
+    for path in (new, old):
+        got, rows = load_component_grms(path)
+        np.testing.assert_array_equal(got.K, K)
+        assert got.names == ("A", "B") and rows.tolist() == list(range(5))
+        raw = bytearray((path / "K.npy").read_bytes())
+        raw[-8] ^= 0x01  # a low bit of the last entry of K_B
+        (path / "K.npy").write_bytes(bytes(raw))
+        with pytest.raises(StoreIntegrityError, match="component B does not match its recorded"):
+            load_component_grms(path)
+    del meta["sha256"]
+    (old / "components.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreIntegrityError, match="records no checksum"):
+        load_component_grms(old)
 
 
 def test_the_flag_run_with_component_lists_equals_the_direct_fit(cohort, one_cluster, tmp_path, capsys):
