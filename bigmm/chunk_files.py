@@ -190,6 +190,15 @@ def _direct_codecs(arr):
         return False
 
 
+def chunk_file(arr, idx: tuple[int, ...]) -> Path | None:
+    """The file of chunk ``idx`` of ``arr`` (a Zarr array in a local store), or None for an array
+    of another store."""
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return None
+    return Path(root) / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key(idx)
+
+
 def write_whole_chunk(arr, rows: slice, cols: slice, block: np.ndarray) -> bool:
     """``arr[rows, cols] = block`` written straight to the chunk's file where the region is exactly
     one whole chunk of a 2-D array with bigmm's codecs (:func:`_direct_codecs`): the bytes Zarr
@@ -221,7 +230,7 @@ def write_whole_chunk(arr, rows: slice, cols: slice, block: np.ndarray) -> bool:
     ro = raw.view()
     ro.flags.writeable = False  # google_crc32c takes read-only buffers
     crc = np.uint32(google_crc32c.value(ro)).tobytes()
-    path = Path(arr.store.root) / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key((r0 // rc, c0 // cc))
+    path = chunk_file(arr, (r0 // rc, c0 // cc))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:

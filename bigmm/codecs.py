@@ -161,7 +161,7 @@ def _count_tables() -> np.ndarray:
     """``tables[v][byte]``: over the fields of planes 0 to v - 1 of a packed byte, the calls of
     allele count 1, of count 2 and the missing calls, in 16-bit lanes 0, 1 and 2 of a uint64."""
     tables = np.zeros((5, 256), dtype=np.uint64)
-    lane = {0: 1, 1: 1 << 16, 2: 1 << 32, 3: 0}  # field (g - 1) mod 4: counts 1, 2, missing, 0
+    lane = {0: 1, 1: 1 << 16, MISSING_CODE: 1 << 32, 3: 0}  # field (g - 1) mod 4: counts 1, 2, missing, 0
     for v in range(5):
         for byte in range(256):
             tables[v, byte] = sum(lane[(byte >> (2 * k)) & 3] for k in range(v))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .chunk_files import write_whole_chunk
+from .chunk_files import chunk_file, write_whole_chunk
 from .errors import InputError
 from .genotypes import LIBRARY_DTYPE, BlockReader, Standardization, blas, check_finite, standardize_block
 from .store import CHECKSUM_ONLY, new_array, writable
@@ -337,10 +337,9 @@ def _write_block(out_path: str, I: int, J: int, rows_i: slice, rows_j: slice, bl
     for name, block in blocks.items():
         arr = writable(group[name])  # a re-opened array: written even where a block equals the fill value
         put_block(arr, rows_i, rows_j, block)
-        root = Path(arr.store.root) / arr.path
-        files += [root / arr.metadata.chunk_key_encoding.encode_chunk_key(c) for c in {(I, J), (J, I)}]
+        files += [chunk_file(arr, c) for c in {(I, J), (J, I)}]
     writable(group["done"])[I, J] = 1
-    _sync_soon(files)
+    _sync_soon([f for f in files if f is not None])
     return (I, J)
 
 
@@ -356,7 +355,7 @@ def _sync_soon(files: list[Path]) -> None:
 
 def _sync_files(files: list[Path]) -> None:
     """fsync each of ``files``; one that cannot be opened (the store committed under its final
-    name meanwhile) is left to the store's own fsync."""
+    name meanwhile) or synced is left to the store's own fsync, which reports an error."""
     for f in files:
         try:
             fd = os.open(f, os.O_RDONLY)
@@ -364,6 +363,8 @@ def _sync_files(files: list[Path]) -> None:
             continue
         try:
             os.fsync(fd)
+        except OSError:
+            pass  # the store's own fsync reports it
         finally:
             os.close(fd)
 
